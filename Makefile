@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make demo` (whole default lifecycle) and `make test`.
+# Each creates .venv and installs what it needs. torch is pinned HERE and only here: it is installed
+# before the package so pip never resolves a multi-GB CUDA build on a CPU machine.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_PIN ?= torch==2.13.0
+EXTRAS ?= dev
+RUN ?= runs/tiny
+PY := $(VENV)/bin/python
+
+.PHONY: demo test test-fast lint bench clean venv
+
+venv: $(VENV)/.installed-$(EXTRAS)
+
+$(VENV)/.installed-$(EXTRAS): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_PIN)"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+## demo: run the default recipe (data → tokenizer → pretrain → eval → generate → report) into $(RUN)
+demo: venv
+	$(VENV)/bin/lmforge run recipes/tiny.yaml --out $(RUN)
+	@echo "report: $(RUN)/report.html"
+
+## test: the whole test suite, slow end-to-end tests included (what CI runs)
+test: venv
+	$(PY) -m pytest -q -p no:cacheprovider
+
+## test-fast: everything but the slow end-to-end tests
+test-fast: venv
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,94 @@
+"""The command line: a table from subcommand to stage program. No logic lives here.
+
+``lmforge <stage> [RECIPE.yaml] [key=value | --key value ...]`` builds the stage's typed config from
+the recipe's section for that stage plus the overrides, then calls the stage's ``main(config)``.
+``lmforge run RECIPE --out runs/NAME`` runs every stage of a recipe through the run store.
+Stage modules are imported only when their subcommand is used, so ``lmforge --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import NamedTuple
+
+
+class Command(NamedTuple):
+    module: str  # module holding Config and main(config), or "" when not built yet
+    summary: str
+    issue: int = 0  # for commands not built yet: the issue that plans them
+
+
+# subcommand → stage program, in lifecycle order
+COMMANDS: dict[str, Command] = {
+    "data": Command("lmforge.stages.data", "read sources, clean and deduplicate, write parquet shards"),
+    "tokenizer": Command("lmforge.stages.tokenizer", "train a tokenizer and write token shards"),
+    "pretrain": Command("lmforge.stages.pretrain", "pretrain a decoder-only transformer"),
+    "finetune": Command("", "fine-tune: sft, lora, classify, multitask, dapt, contrastive", 6),
+    "align": Command("", "align from human rankings: collect, reward, ppo, dpo, grpo", 7),
+    "eval": Command("lmforge.stages.eval", "evaluate loss, perplexity and bits per byte"),
+    "generate": Command("lmforge.stages.generate", "sample text from a checkpoint"),
+    "chat": Command("", "chat with a model in the terminal", 8),
+    "serve": Command("", "serve a model over an OpenAI-compatible HTTP API", 9),
+    "export": Command("", "export to Hugging Face transformers and GGUF", 9),
+    "scaling": Command("", "sweep, fit and predict scaling laws", 10),
+    "report": Command("lmforge.stages.report", "write the run report (Markdown and HTML)"),
+    "run": Command("lmforge.stages.run", "run every stage of a recipe as a cached DAG"),
+}
+
+USAGE = """usage: lmforge [-h] [--version] <command> [RECIPE.yaml] [key=value | --key value ...] [-q | -v]
+
+Build language models end to end on the hardware you have.
+
+commands:
+{table}
+
+Options are dotted config keys: `--model.n_layer 6` or `model.n_layer=6` (values are YAML).
+`lmforge <command> --help` lists every option with its type, default and meaning.
+Global flags: -q/--quiet (warnings only, no progress bars), -v/--verbose (debug log).
+
+Quick start:  lmforge run recipes/tiny.yaml --out runs/tiny
+"""
+
+
+def _table() -> str:
+    rows = []
+    for name, cmd in COMMANDS.items():
+        note = f" (planned: issue {cmd.issue})" if not cmd.module else ""
+        rows.append(f"  {name:<10} {cmd.summary}{note}")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lmforge`` console script; returns the process exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE.format(table=_table()))
+        return 0
+    if args[0] == "--version":
+        from lmforge import __version__
+
+        print(f"lmforge {__version__}")
+        return 0
+    name, rest = args[0], args[1:]
+    cmd = COMMANDS.get(name)
+    if cmd is None:
+        import difflib
+
+        near = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        hint = f" Did you mean '{near[0]}'?" if near else ""
+        print(f"lmforge: unknown command '{name}'.{hint} Commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    if not cmd.module:
+        print(
+            f"lmforge {name}: not available yet; it is planned in issue {cmd.issue} ({cmd.summary}).",
+            file=sys.stderr,
+        )
+        return 2
+    from lmforge.stages.invoke import invoke
+
+    return invoke(importlib.import_module(cmd.module), name, rest)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

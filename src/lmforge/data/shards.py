@@ -1,0 +1,163 @@
+"""Train/val split by hash, and parquet shards of documents (columns ``id``, ``text``, ``source``).
+
+A shard appears under its final name ``shard_00000.parquet`` only once it is completely written
+(written as ``.shard_00000.parquet.tmp``, then renamed), so a reader never sees half a shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from lmforge.data.document import Document
+from lmforge.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())])
+SHARD_GLOB = "shard_*.parquet"
+_READ_BATCH_ROWS = 1024
+
+
+def split_of(doc_id: str, val_fraction: float, seed: int = 0) -> str:
+    """Assign a document to ``"train"`` or ``"val"`` from a hash of ``(seed, doc_id)``.
+
+    The same id always lands in the same split for a given seed and fraction, whatever the order or
+    number of documents, and raising ``val_fraction`` only moves documents from train to val.
+
+    Raises:
+        ValueError: ``val_fraction`` is outside [0, 1].
+    """
+    if not 0.0 <= val_fraction <= 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1], got {val_fraction!r}")
+    digest = hashlib.blake2b(
+        f"{seed}\x00{doc_id}".encode("utf-8", errors="surrogatepass"), digest_size=8
+    ).digest()
+    return "val" if int.from_bytes(digest, "big") / 2**64 < val_fraction else "train"
+
+
+def shard_name(index: int) -> str:
+    """File name of shard number ``index``: ``shard_00000.parquet``."""
+    return f"shard_{index:05d}.parquet"
+
+
+class ShardWriter:
+    """Write documents to ``out_dir/shard_NNNNN.parquet``, ``rows_per_shard`` rows each.
+
+    Use as a context manager (or call ``close()``): the last, partial shard is written on close.
+    Closing a writer that received no documents writes one empty ``shard_00000.parquet`` so readers
+    always find a valid (possibly empty) dataset. If the context exits with an exception, the
+    buffered rows are discarded and no partial shard is written.
+
+    Args:
+        out_dir: created if missing. Shards already in it (from an interrupted earlier attempt) are
+            deleted first, so the directory never mixes two runs' shards.
+        rows_per_shard: documents per shard (the last shard may hold fewer).
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, rows_per_shard: int = 100_000):
+        if rows_per_shard < 1:
+            raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        stale = sorted(self.out_dir.glob(SHARD_GLOB))
+        if stale:
+            logger.warning("%s: deleting %d shard(s) of an earlier attempt", self.out_dir, len(stale))
+        for path in stale:
+            path.unlink()
+        self.rows_per_shard = rows_per_shard
+        self.shards: list[dict] = []  # [{"file": name, "rows": n, "bytes": text bytes}]
+        self._rows: dict[str, list[str]] = {"id": [], "text": [], "source": []}
+        self._closed = False
+
+    @property
+    def rows(self) -> int:
+        """Documents written so far (including those still buffered)."""
+        return sum(s["rows"] for s in self.shards) + len(self._rows["id"])
+
+    def write(self, doc: Document) -> None:
+        """Add one document; a shard is written each time ``rows_per_shard`` documents are buffered."""
+        if self._closed:
+            raise ValueError(f"ShardWriter for {self.out_dir} is closed")
+        self._rows["id"].append(doc.id)
+        self._rows["text"].append(doc.text)
+        self._rows["source"].append(str(doc.metadata.get("source", "")))
+        if len(self._rows["id"]) >= self.rows_per_shard:
+            self._flush()
+
+    def _flush(self) -> None:
+        name = shard_name(len(self.shards))
+        table = pa.table(self._rows, schema=SCHEMA)
+        tmp = self.out_dir / f".{name}.tmp"
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, self.out_dir / name)
+        text_bytes = int(pc.sum(pc.binary_length(table["text"])).as_py() or 0)
+        self.shards.append({"file": name, "rows": table.num_rows, "bytes": text_bytes})
+        logger.debug("wrote %s (%d rows)", self.out_dir / name, table.num_rows)
+        self._rows = {"id": [], "text": [], "source": []}
+
+    def close(self) -> list[dict]:
+        """Write the remaining rows; return ``[{"file", "rows", "bytes"}]`` per shard (bytes of text)."""
+        if not self._closed:
+            if self._rows["id"] or not self.shards:
+                self._flush()
+            self._closed = True
+        return self.shards
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._closed = True
+
+
+def shard_files(shard_dir: str | os.PathLike) -> list[Path]:
+    """The parquet shards of ``shard_dir`` in order, raising InputError if there are none."""
+    shard_dir = Path(shard_dir)
+    if not shard_dir.is_dir():
+        raise InputError(
+            f"{shard_dir}: no such directory; expected parquet shards ({SHARD_GLOB}) from the data stage"
+        )
+    files = sorted(shard_dir.glob(SHARD_GLOB))
+    if not files:
+        raise InputError(f"{shard_dir}: holds no {SHARD_GLOB} files; expected the output of the data stage")
+    return files
+
+
+def _batches(shard_dir: str | os.PathLike, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    for path in shard_files(shard_dir):
+        try:
+            pf = pq.ParquetFile(path)
+            missing = [c for c in columns if c not in pf.schema_arrow.names]
+            if missing:
+                raise InputError(f"{path}: lacks column(s) {missing}; valid shards have {SCHEMA.names}")
+            yield from pf.iter_batches(batch_size=_READ_BATCH_ROWS, columns=columns)
+        except (OSError, pa.ArrowException) as exc:
+            raise InputError(f"{path}: cannot read parquet shard ({exc})") from exc
+
+
+def iter_shard_texts(shard_dir: str | os.PathLike) -> Iterator[str]:
+    """Stream the ``text`` column of every shard in ``shard_dir``, in order."""
+    for batch in _batches(shard_dir, ["text"]):
+        yield from batch.column(0).to_pylist()
+
+
+def read_documents(shard_dir: str | os.PathLike) -> Iterator[Document]:
+    """Stream the documents of every shard in ``shard_dir``, in order (``metadata["source"]`` set)."""
+    for batch in _batches(shard_dir, ["id", "text", "source"]):
+        ids, texts, sources = (batch.column(i).to_pylist() for i in range(3))
+        for doc_id, text, source in zip(ids, texts, sources):
+            yield Document(id=doc_id, text=text, metadata={"source": source})

@@ -1,0 +1,172 @@
+"""Turn source specs (``builtin:NAME``, files, directories, globs) into streams of documents.
+
+``resolve_sources`` checks every spec before any work starts and raises one ``InputError`` listing
+every fault (unknown builtin, missing path, glob matching nothing, unsupported extension, missing
+text column). ``iter_documents`` then streams one resolved source; ``fingerprint`` describes it
+cheaply (file sizes and modification times, never contents) for the run store's cache key.
+
+Spec forms:
+  ``builtin:python-docs`` / ``builtin:python-code``  corpora every CPython carries (see ``builtin``)
+  ``notes.md``, ``dump.jsonl.zst``                   one file
+  ``corpus/``                                         every supported file below it, recursively
+  ``data/**/*.parquet``                               a glob (``**`` crosses directories)
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import platform
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmforge.data.builtin import BUILTIN_NAMES, iter_builtin, stdlib_dir
+from lmforge.data.document import Document
+from lmforge.data.readers import COMPRESSIONS, FORMATS, Problem, check_columns, read_file, split_name
+from lmforge.errors import InputError
+
+__all__ = ["BUILTIN_PREFIX", "Problem", "SourceSpec", "fingerprint", "iter_documents", "resolve_sources"]
+
+BUILTIN_PREFIX = "builtin:"
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One validated source.
+
+    Args:
+        spec: the spec as the user wrote it; stored as each document's ``metadata["source"]``.
+        builtin: builtin corpus name (``python-docs``), or None for files.
+        files: the files to read, in reading order (empty for builtins).
+        text_field: JSON key / column holding the text in JSONL, CSV and Parquet files.
+    """
+
+    spec: str
+    builtin: str | None = None
+    files: tuple[Path, ...] = ()
+    text_field: str = "text"
+
+
+def _valid_extensions() -> str:
+    return (
+        ", ".join(f".{f}" for f in FORMATS)
+        + f" (optionally compressed: {', '.join('.' + c for c in COMPRESSIONS)})"
+    )
+
+
+def _is_hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _walk(directory: Path) -> list[Path]:
+    """Supported, non-hidden files below ``directory``, sorted."""
+    found = []
+    for folder, _dirs, names in os.walk(directory):
+        for name in names:
+            path = Path(folder, name)
+            if split_name(path)[0] is not None and not _is_hidden(path, directory):
+                found.append(path)
+    return sorted(found)
+
+
+def _expand(spec: str, errors: list[str]) -> list[Path]:
+    """Files named by a path/directory/glob spec; faults are appended to ``errors``."""
+    if _GLOB_CHARS & set(spec):
+        matches = [Path(m) for m in sorted(glob.glob(spec, recursive=True))]
+        if not matches:
+            errors.append(f"{spec}: glob matches nothing")
+            return []
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            errors.append(f"{spec}: no such file or directory")
+            return []
+        matches = [path]
+    files: list[Path] = []
+    for match in matches:
+        if match.is_dir():
+            below = _walk(match)
+            if not below:
+                errors.append(f"{match}: directory holds no supported files; valid: {_valid_extensions()}")
+            files.extend(below)
+        elif split_name(match)[0] is None:
+            errors.append(f"{match}: unsupported file type; valid: {_valid_extensions()}")
+        else:
+            files.append(match)
+    return files
+
+
+def resolve_sources(specs: Iterable[str], text_field: str = "text") -> list[SourceSpec]:
+    """Validate source specs and list their files, before any document is read.
+
+    Args:
+        specs: ``builtin:NAME``, file paths, directories (read recursively) or globs.
+        text_field: JSON key / column holding the text in JSONL, CSV and Parquet files.
+
+    Raises:
+        InputError: listing every fault found, one per line.
+    """
+    specs = list(specs)
+    if not specs:
+        raise InputError(
+            f"no sources given; valid: builtin:{', builtin:'.join(BUILTIN_NAMES)}, or paths/globs"
+        )
+    resolved, errors = [], []
+    for spec in specs:
+        if spec.startswith(BUILTIN_PREFIX):
+            name = spec[len(BUILTIN_PREFIX) :]
+            if name not in BUILTIN_NAMES:
+                errors.append(
+                    f"{spec}: unknown builtin source; valid: {', '.join(BUILTIN_PREFIX + n for n in BUILTIN_NAMES)}"
+                )
+            resolved.append(SourceSpec(spec=spec, builtin=name, text_field=text_field))
+            continue
+        files = _expand(spec, errors)
+        for path in files:
+            try:
+                check_columns(path, text_field)
+            except InputError as exc:
+                errors.append(str(exc))
+        resolved.append(SourceSpec(spec=spec, files=tuple(files), text_field=text_field))
+    if errors:
+        raise InputError("invalid sources:\n  " + "\n  ".join(errors))
+    return resolved
+
+
+def iter_documents(spec: SourceSpec, problems: list[Problem] | None = None) -> Iterator[Document]:
+    """Stream the documents of one resolved source; ``metadata["source"]`` is ``spec.spec``.
+
+    Args:
+        spec: from ``resolve_sources``.
+        problems: collects records that were skipped or repaired (``str(p)`` reads ``file:line: what``);
+            None logs them as warnings instead.
+
+    Raises:
+        InputError: a whole file is unreadable (corrupt compression, no text column).
+    """
+    if spec.builtin is not None:
+        yield from iter_builtin(spec.builtin, spec.spec, problems)
+        return
+    for path in spec.files:
+        yield from read_file(path, spec.spec, spec.text_field, problems)
+
+
+def fingerprint(spec: SourceSpec) -> dict:
+    """A cheap, JSON-able description that changes when the source's content may have changed.
+
+    Files: ``[absolute path, size, mtime_ns]`` each. Builtins: the Python version and stdlib path.
+    """
+    if spec.builtin is not None:
+        return {"spec": spec.spec, "python": platform.python_version(), "stdlib": str(stdlib_dir())}
+    files = []
+    for path in spec.files:
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            raise InputError(
+                f"{path}: cannot stat ({exc.strerror}); was it removed after resolve_sources?"
+            ) from exc
+        files.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+    return {"spec": spec.spec, "text_field": spec.text_field, "files": files}

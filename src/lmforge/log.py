@@ -1,0 +1,133 @@
+"""Logging set-up, the one-line-per-step training log, metrics.jsonl, and progress bars.
+
+Library code only calls ``logging.getLogger(__name__)``; :func:`setup_logging` is called once by the
+CLI (never at import). Progress bars follow the log level: ``--quiet`` silences them too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+ROOT = "lmforge"
+
+
+def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
+    """Configure the ``lmforge`` logger: INFO to stderr by default, WARNING with quiet, DEBUG verbose."""
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    logger = logging.getLogger(ROOT)
+    logger.setLevel(level)
+    for h in list(logger.handlers):
+        if getattr(h, "_lmforge_console", False):
+            logger.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S"))
+    handler._lmforge_console = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.propagate = False
+
+
+def add_file_handler(path: Path) -> logging.Handler:
+    """Also write everything the ``lmforge`` logger says to ``path``; returns the handler to remove."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s %(message)s"))
+    handler.setLevel(logging.DEBUG)
+    logging.getLogger(ROOT).addHandler(handler)
+    return handler
+
+
+def remove_handler(handler: logging.Handler) -> None:
+    logging.getLogger(ROOT).removeHandler(handler)
+    handler.close()
+
+
+def format_duration(seconds: float) -> str:
+    """``3725.0`` → ``1:02:05``; ``nan`` or negative → ``?``."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def step_line(step: int, max_steps: int, metrics: dict[str, float], elapsed_s: float) -> str:
+    """One dense log line for a training step: step, loss, lr, tokens/s, elapsed and ETA."""
+    parts = [f"step {step:>{len(str(max_steps))}}/{max_steps}"]
+    for key, value in metrics.items():
+        if key == "lr":
+            parts.append(f"lr {value:.2e}")
+        elif key == "tokens_per_s":
+            parts.append(f"{value / 1000:.1f}k tok/s")
+        elif isinstance(value, float):
+            parts.append(f"{key} {value:.4f}")
+        else:
+            parts.append(f"{key} {value}")
+    eta = elapsed_s / step * (max_steps - step) if step > 0 else float("nan")
+    parts.append(f"elapsed {format_duration(elapsed_s)}")
+    parts.append(f"eta {format_duration(eta)}")
+    return " | ".join(parts)
+
+
+class MetricsWriter:
+    """Append-only ``metrics.jsonl``: one JSON object per line, flushed at once so a crash keeps it."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._fh = self.path.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(record, sort_keys=True) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Read a ``metrics.jsonl`` (a torn last line from a crash is skipped)."""
+    out = []
+    if not Path(path).is_file():
+        return out
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def progress(items: Iterable[T], *, total: int | None = None, description: str = "") -> Iterator[T]:
+    """Yield ``items`` while showing a rich progress bar on stderr (hidden with --quiet or no TTY)."""
+    logger = logging.getLogger(ROOT)
+    if not logger.isEnabledFor(logging.INFO) or not sys.stderr.isatty():
+        start = time.perf_counter()
+        n = 0
+        for item in items:
+            n += 1
+            yield item
+        logger.debug("%s: %d items in %.1fs", description, n, time.perf_counter() - start)
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    if total is not None:
+        columns.append(TimeRemainingColumn())
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)

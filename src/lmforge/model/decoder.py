@@ -1,0 +1,373 @@
+"""The decoder-only transformer language model, in one file. Every architectural choice is listed here.
+
+Defaults are in brackets; each is a ``ModelConfig`` field.
+
+- Token embedding ``tok_emb``; the output head ``lm_head`` (no bias) shares its weight
+  [tie_embeddings=True] (Press & Wolf 2017).
+- Positions [pos="rope"]:
+  * ``rope``: rotary embeddings applied to queries and keys (Su et al. 2021, RoFormer), base
+    ``rope_theta``. Departure: the half-split layout of GPT-NeoX/Llama (channel i rotates with
+    i + head_dim/2) rather than the paper's adjacent pairs (2i, 2i+1); the two are the same up to a fixed
+    permutation of q/k channels, and this layout maps one-to-one onto Hugging Face Llama weights.
+  * ``learned``: absolute position embeddings ``pos_emb`` added to the token embeddings (GPT-2).
+  * ``sinusoidal``: fixed sin/cos absolute encodings (base 10000) added to the token embeddings
+    (Vaswani et al. 2017).
+  * ``alibi``: no embedding; a per-head linear distance penalty added to attention scores, slopes the
+    geometric sequence of Press et al. 2022 (with their rule for head counts that are not powers of two).
+  ``block_size`` is a hard limit for every scheme, cache included.
+- Pre-norm residual blocks (Xiong et al. 2020): ``x = x + attn(attn_norm(x))``,
+  ``x = x + mlp(mlp_norm(x))``, then a final ``norm`` before ``lm_head``.
+- Normalisation [norm="rmsnorm"]: RMSNorm (Zhang & Sennrich 2019) or LayerNorm (Ba et al. 2016), both
+  with a learnable gain; LayerNorm has a bias only when ``bias=True``.
+- Attention: causal multi-head attention (Vaswani et al. 2017) through
+  ``F.scaled_dot_product_attention`` with scale 1/sqrt(head_dim). Separate ``q_proj``/``k_proj``/
+  ``v_proj``/``o_proj`` (no fused QKV, so LoRA and weight export map one-to-one). Grouped-query attention
+  when ``n_kv_head < n_head`` (Ainslie et al. 2023), by repeating each key/value head for its group.
+  Optional QK-norm [qk_norm=False]: RMSNorm over each head's queries and keys, before RoPE (Dehghani et
+  al. 2023; placement as in OLMo 2 and Qwen3).
+- MLP [mlp="swiglu"]: SwiGLU ``down(silu(gate(x)) * up(x))`` (Shazeer 2020); GELU ``down(gelu(up(x)))``
+  (Hendrycks & Gimpel 2016, exact erf form); squared ReLU ``down(relu(up(x))^2)`` (So et al. 2021, Primer).
+  Hidden width ``ModelConfig.hidden_dim``.
+- Linear layers (and LayerNorm) carry biases only when ``bias=True`` [False]; ``lm_head`` never does.
+  Dropout [0.0] on the embedding sum, attention probabilities and both residual branches.
+- Initialisation: ``Decoder.init_weights`` documents every tensor's init in one place.
+- Incremental decoding: ``forward(idx, cache)`` with a ``KVCache`` (see kv_cache.py); positions (all four
+  schemes) start at ``cache.pos``.
+
+Shape notation: B batch, T new tokens, S = cache position + T keys, D n_embd, H query heads,
+K key/value heads, Q head_dim, V vocab_size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.errors import ConfigError
+from lmforge.model.config import ModelConfig
+from lmforge.model.kv_cache import KVCache
+
+INIT_STD = 0.02
+
+
+def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
+    """Return the configured normalisation layer over the last ``dim`` features."""
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=cfg.norm_eps)
+    return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+def rope_tables(block_size: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cos and sin tables of RoPE (Su et al. 2021), each ``[block_size, head_dim // 2]``, in fp32.
+
+    Channel pair i rotates by angle ``pos * theta ** (-2i / head_dim)``.
+    """
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # [Q/2]
+    angles = torch.outer(torch.arange(block_size, dtype=torch.float64), inv_freq)  # [block_size, Q/2]
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` ``[B, heads, T, Q]`` by the angles of ``cos``/``sin`` ``[T, Q/2]`` (half-split layout)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def sinusoidal_table(block_size: int, dim: int) -> torch.Tensor:
+    """Fixed absolute encodings of Vaswani et al. 2017, ``[block_size, dim]``: sin on even, cos on odd."""
+    inv_freq = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # [D/2]
+    angles = torch.outer(torch.arange(block_size, dtype=torch.float64), inv_freq)  # [block_size, D/2]
+    table = torch.stack((angles.sin(), angles.cos()), dim=-1)  # [block_size, D/2, 2]
+    return table.reshape(block_size, dim).float()  # [block_size, D], interleaved sin, cos
+
+
+def alibi_slopes(n_head: int) -> torch.Tensor:
+    """Per-head ALiBi slopes ``[n_head]`` (Press et al. 2022).
+
+    For n a power of two the slopes are ``2 ** (-8 * i / n)`` for i = 1..n. Otherwise take the slopes of
+    the closest smaller power of two m, then every other slope of 2m, as the paper's reference code does.
+    """
+
+    def powers_of_two(n: int) -> list[float]:
+        return [2.0 ** (-8.0 * i / n) for i in range(1, n + 1)]
+
+    m = 2 ** math.floor(math.log2(n_head))
+    slopes = powers_of_two(m) + powers_of_two(2 * m)[0::2][: n_head - m]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+def count_params(model: nn.Module, non_embedding: bool = True) -> int:
+    """Number of distinct parameters of ``model`` (tied tensors counted once).
+
+    With ``non_embedding`` the weights of every ``nn.Embedding`` (token and learned position tables) are
+    left out, as in Kaplan et al. 2020. An untied ``lm_head`` still counts; a tied one is the embedding.
+    """
+    embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    return sum(p.numel() for p in model.parameters() if not (non_embedding and id(p) in embedding_ids))
+
+
+class Attention(nn.Module):
+    """Causal self-attention with separate projections, optional GQA, QK-norm, RoPE and KV cache."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.n_embd, cfg.n_head * cfg.head_dim, bias=cfg.bias)
+        self.k_proj = nn.Linear(cfg.n_embd, cfg.kv_heads * cfg.head_dim, bias=cfg.bias)
+        self.v_proj = nn.Linear(cfg.n_embd, cfg.kv_heads * cfg.head_dim, bias=cfg.bias)
+        self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.bias)
+        self.q_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.dropout = cfg.dropout
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        attn_mask: torch.Tensor | None,
+        is_causal: bool,
+        cache: KVCache | None,
+        layer: int,
+    ) -> torch.Tensor:
+        """Attend ``x`` ``[B, T, D]`` over itself (and the cached prefix); return ``[B, T, D]``."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # [B, H, T, Q]
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # [B, K, T, Q]
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # [B, K, T, Q]
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # [B, K, S, Q]
+        if self.n_kv_head != self.n_head:
+            group = self.n_head // self.n_kv_head
+            k = k.repeat_interleave(group, dim=1)  # [B, H, S, Q]
+            v = v.repeat_interleave(group, dim=1)  # [B, H, S, Q]
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal,
+        )  # [B, H, T, Q]
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # [B, T, H*Q]
+        return self.o_proj(y)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: SwiGLU (gate_proj, up_proj, down_proj) or GELU / ReLU² (up, down)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.kind = cfg.mlp
+        hidden = cfg.hidden_dim
+        self.gate_proj = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias) if cfg.mlp == "swiglu" else None
+        self.up_proj = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
+        self.down_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``[B, T, D]`` to ``[B, T, D]``."""
+        if self.gate_proj is not None:
+            h = F.silu(self.gate_proj(x)) * self.up_proj(x)
+        elif self.kind == "gelu":
+            h = F.gelu(self.up_proj(x))
+        else:  # relu2
+            h = F.relu(self.up_proj(x)).square()
+        return self.down_proj(h)
+
+
+class Block(nn.Module):
+    """One pre-norm transformer block: attention then MLP, each on a residual branch."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = make_norm(cfg, cfg.n_embd)
+        self.attn = Attention(cfg)
+        self.mlp_norm = make_norm(cfg, cfg.n_embd)
+        self.mlp = MLP(cfg)
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        attn_mask: torch.Tensor | None,
+        is_causal: bool,
+        cache: KVCache | None,
+        layer: int,
+    ) -> torch.Tensor:
+        """Map ``[B, T, D]`` to ``[B, T, D]``."""
+        x = x + self.resid_drop(self.attn(self.attn_norm(x), rope, attn_mask, is_causal, cache, layer))
+        return x + self.resid_drop(self.mlp(self.mlp_norm(x)))
+
+
+class Decoder(nn.Module):
+    """Decoder-only transformer language model (architecture in the module docstring).
+
+    Args:
+        cfg: the model configuration; validated here, and ``vocab_size`` must be > 0.
+
+    Raises:
+        ConfigError: an invalid field, or ``vocab_size`` still 0 (it was meant to come from a tokenizer).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        if cfg.vocab_size <= 0:
+            raise ConfigError(
+                "vocab_size", f"must be > 0 to build a model, got {cfg.vocab_size}; set it from the tokenizer"
+            )
+        self.config = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = make_norm(cfg, cfg.n_embd)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        # Fixed tables are recomputed from the config, never saved (persistent=False).
+        if cfg.pos == "rope":
+            cos, sin = rope_tables(cfg.block_size, cfg.head_dim, cfg.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)  # [block_size, Q/2]
+            self.register_buffer("rope_sin", sin, persistent=False)  # [block_size, Q/2]
+        elif cfg.pos == "sinusoidal":
+            table = sinusoidal_table(cfg.block_size, cfg.n_embd)
+            self.register_buffer("pos_table", table, persistent=False)  # [block_size, D]
+        elif cfg.pos == "alibi":
+            self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_head), persistent=False)  # [H]
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """(Re)initialise every parameter. The one place that states each tensor's init:
+
+        - ``tok_emb.weight`` (and ``lm_head.weight``, tied or not): normal, std 0.02 (GPT-2).
+        - ``pos_emb.weight`` (learned positions): normal, std 0.02.
+        - ``q_proj``, ``k_proj``, ``v_proj``, ``gate_proj``, ``up_proj`` weights: normal, std 0.02.
+        - ``o_proj`` and ``down_proj`` weights (they write into the residual stream): normal, std
+          0.02 / sqrt(2 * n_layer), so the residual variance does not grow with depth (GPT-2, Radford
+          et al. 2019).
+        - Every linear bias (``bias=True``) and LayerNorm bias: zeros.
+        - Every norm gain (attn_norm, mlp_norm, norm, q_norm, k_norm): ones.
+        """
+        residual_std = INIT_STD / math.sqrt(2 * self.config.n_layer)
+        nn.init.normal_(self.tok_emb.weight, mean=0.0, std=INIT_STD)
+        if not self.config.tie_embeddings:
+            nn.init.normal_(self.lm_head.weight, mean=0.0, std=INIT_STD)
+        if self.pos_emb is not None:
+            nn.init.normal_(self.pos_emb.weight, mean=0.0, std=INIT_STD)
+        for block in self.blocks:
+            attn, mlp = block.attn, block.mlp
+            for linear in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj):
+                if linear is not None:
+                    nn.init.normal_(linear.weight, mean=0.0, std=INIT_STD)
+            for linear in (attn.o_proj, mlp.down_proj):
+                nn.init.normal_(linear.weight, mean=0.0, std=residual_std)
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.RMSNorm, nn.LayerNorm)):
+                module.reset_parameters()  # gain ones, bias zeros
+
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty ``KVCache`` for this model's shape, dtype and device (``max_len`` default block_size)."""
+        cfg = self.config
+        weight = self.tok_emb.weight
+        return KVCache(
+            batch_size,
+            max_len or cfg.block_size,
+            cfg.n_layer,
+            cfg.kv_heads,
+            cfg.head_dim,
+            dtype=weight.dtype,
+            device=weight.device,
+        )
+
+    def _attention_mask(
+        self, start: int, T: int, dtype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor | None, bool]:
+        """Mask for T queries at absolute positions start..start+T-1 over keys 0..start+T-1.
+
+        Returns ``(attn_mask, is_causal)`` for ``F.scaled_dot_product_attention``: ALiBi gets a float
+        bias ``[1, H, T, S]`` (``-slope * distance``, ``-inf`` above the diagonal); otherwise the cheap
+        built-in causal mask when there is no prefix, nothing for one new token (it sees every key),
+        and a boolean ``[T, S]`` mask for a multi-token chunk after a prefix.
+        """
+        S = start + T
+        if self.config.pos != "alibi":
+            if start == 0:
+                return None, True
+            if T == 1:
+                return None, False
+        q_pos = torch.arange(start, S, device=device)
+        k_pos = torch.arange(S, device=device)
+        distance = k_pos[None, :] - q_pos[:, None]  # [T, S]; <= 0 where a query may attend
+        if self.config.pos != "alibi":
+            return distance <= 0, False
+        bias = self.alibi_slopes[:, None, None] * distance[None].to(torch.float32)  # [H, T, S]
+        bias = bias.masked_fill(distance[None] > 0, float("-inf"))
+        return bias[None].to(dtype), False  # [1, H, T, S]
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Next-token logits ``[B, T, V]`` for token ids ``idx`` ``[B, T]``.
+
+        With a ``cache`` the tokens are taken to sit at positions ``cache.pos ..`` after the cached
+        prefix; their keys and values are appended and ``cache.pos`` advances by T.
+
+        Raises:
+            ValueError: ``idx`` is not a 2-D integer tensor, ``cache.pos + T`` exceeds ``block_size``,
+                or the cache does not fit the batch.
+        """
+        if idx.dim() != 2 or idx.dtype not in (torch.long, torch.int32):
+            raise ValueError(f"idx must be a [B, T] integer tensor, got {tuple(idx.shape)} {idx.dtype}")
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(
+                f"sequence of {start + T} tokens (cache position {start} + {T} new) exceeds "
+                f"block_size {self.config.block_size}"
+            )
+        if cache is not None:
+            cache.check(B, T)
+        x = self.tok_emb(idx)  # [B, T, D]
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))  # [T, D] broadcast
+        elif self.config.pos == "sinusoidal":
+            x = x + self.pos_table[start : start + T].to(x.dtype)  # [T, D] broadcast
+        x = self.drop(x)
+        rope = None
+        if self.config.pos == "rope":
+            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])  # [T, Q/2] each
+        attn_mask, is_causal = self._attention_mask(start, T, x.dtype, x.device)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, rope, attn_mask, is_causal, cache, layer)
+        if cache is not None:
+            cache.advance(T)
+        return self.lm_head(self.norm(x))  # [B, T, V]
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Distinct parameters; see ``count_params`` for what ``non_embedding`` leaves out."""
+        return count_params(self, non_embedding=non_embedding)
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token (forward + backward) at full context: ``6 N + 12 L H Q T``.
+
+        Following Chowdhery et al. 2022 (PaLM, appendix B) as nanochat does: N counts every weight that
+        takes part in a matmul (non-embedding parameters plus the output head, which still costs a
+        matmul when tied); each costs 2 FLOPs per token forward and 4 backward. The second term is the
+        attention score and value matmuls, with L layers, H query heads, Q head_dim, T = block_size.
+        """
+        cfg = self.config
+        n = self.num_params(non_embedding=True)
+        if cfg.tie_embeddings:
+            n += self.lm_head.weight.numel()
+        return 6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * cfg.block_size

@@ -1,0 +1,79 @@
+"""Preallocated key/value cache for incremental decoding: prefill a prompt once, then decode token by token.
+
+The idea follows nanochat's engine: one tensor per kind holds every layer's keys (or values), allocated
+once at ``max_len``; each forward writes its new positions in place and attends over the filled prefix.
+
+Limitation: every row of the batch shares one position counter, so the batch must hold left-aligned
+prompts of equal length (e.g. one prompt repeated for several samples). Ragged batches (per-row
+positions and padding masks) are a later extension.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    """Keys and values of every layer for ``batch_size`` sequences of up to ``max_len`` tokens.
+
+    Keys are stored after QK-norm and RoPE, i.e. exactly as attention consumes them.
+
+    Shapes: ``k``/``v`` are ``[n_layer, B, kv_heads, max_len, head_dim]``; ``pos`` is the number of
+    positions already filled (the absolute position of the next token).
+
+    Use: the decoder calls ``update(layer, k, v)`` in each layer and ``advance(T)`` once per forward.
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        max_len: int,
+        n_layer: int,
+        kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ):
+        for name, value in (
+            ("batch_size", batch_size),
+            ("max_len", max_len),
+            ("n_layer", n_layer),
+            ("kv_heads", kv_heads),
+            ("head_dim", head_dim),
+        ):
+            if value <= 0:
+                raise ValueError(f"KVCache {name} must be > 0, got {value}")
+        self.batch_size = batch_size
+        self.max_len = max_len
+        shape = (n_layer, batch_size, kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.pos = 0
+
+    def check(self, batch_size: int, n_new: int) -> None:
+        """Raise ValueError unless ``n_new`` tokens for ``batch_size`` rows fit at the current position."""
+        if batch_size != self.batch_size:
+            raise ValueError(f"batch has {batch_size} rows but the KV cache was built for {self.batch_size}")
+        if self.pos + n_new > self.max_len:
+            raise ValueError(
+                f"KV cache full: position {self.pos} + {n_new} new tokens exceeds max_len {self.max_len}"
+            )
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``k``/``v`` ``[B, kv_heads, T, head_dim]`` at positions ``pos .. pos+T-1`` of ``layer``.
+
+        Returns the layer's keys and values for positions ``0 .. pos+T-1``, each
+        ``[B, kv_heads, pos+T, head_dim]`` (views into the cache). Does not move ``pos``.
+        """
+        end = self.pos + k.shape[2]
+        self.k[layer, :, :, self.pos : end] = k
+        self.v[layer, :, :, self.pos : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        """Mark ``n`` more positions as filled (called once per forward, after every layer)."""
+        self.pos += n
+
+    def reset(self) -> None:
+        """Forget every cached position so the cache can serve a new batch of prompts."""
+        self.pos = 0

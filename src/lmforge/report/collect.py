@@ -1,0 +1,192 @@
+"""Read a run directory into plain data for the report: manifests, data stats, loss curves, evals, samples.
+
+Only finished stages count (``runstore.stage_dirs``: a directory with a complete ``manifest.json``, not
+``*.partial``). Everything else is optional: a missing file leaves its section empty (the renderers then
+omit it); torn ``.jsonl`` lines are skipped and an unreadable ``stats.json`` is skipped with a warning."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmforge.errors import InputError
+from lmforge.log import read_metrics
+from lmforge.runstore import read_manifest, stage_dirs
+
+logger = logging.getLogger(__name__)
+
+CURVE_KINDS = ("pretrain", "finetune")  # stage kinds (prefixes) whose metrics.jsonl holds a loss curve
+
+
+@dataclass
+class Stage:
+    """One finished stage instance: its directory and its parsed ``manifest.json``."""
+
+    dir: Path
+    manifest: dict[str, Any]
+
+    @property
+    def instance(self) -> str:
+        return str(self.manifest.get("instance") or self.dir.name)
+
+    @property
+    def kind(self) -> str:
+        return str(self.manifest.get("stage", ""))
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        metrics = self.manifest.get("metrics")
+        return metrics if isinstance(metrics, dict) else {}
+
+
+@dataclass
+class Curve:
+    """Training curve of one stage: ``(step, value)`` pairs of ``loss`` and of ``val_loss``."""
+
+    instance: str
+    loss: list[tuple[float, float]]
+    val_loss: list[tuple[float, float]]
+
+
+@dataclass
+class DataStats:
+    """Data stage numbers: manifest metrics, scalar counts from ``stats.json``, and drops by reason."""
+
+    metrics: dict[str, Any]
+    counts: dict[str, Any]
+    drops: dict[str, Any]
+
+
+@dataclass
+class SampleSet:
+    """Prompt/completion pairs written by one ``generate`` stage."""
+
+    instance: str
+    samples: list[tuple[str, str]]
+
+
+@dataclass
+class RunData:
+    """Everything the renderers need; empty fields mean the section is absent."""
+
+    name: str
+    stages: list[Stage]
+    data: DataStats | None = None
+    tokenizer: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    curves: list[Curve] = field(default_factory=list)
+    evals: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    samples: list[SampleSet] = field(default_factory=list)
+
+
+def load_stages(run_dir: Path) -> list[Stage]:
+    """Finished stages of ``run_dir`` (complete manifest, not ``*.partial``), sorted by ``started``.
+
+    Raises:
+        InputError: if ``run_dir`` is not a directory.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(f"run directory {run_dir} does not exist or is not a directory")
+    stages = []
+    for stage_dir in stage_dirs(run_dir):
+        manifest = read_manifest(stage_dir)
+        if manifest is not None and manifest.get("stage") != "report":  # could vanish between the reads
+            stages.append(Stage(stage_dir, manifest))
+    return stages
+
+
+def load_manifests(run_dir: Path) -> list[dict[str, Any]]:
+    """Manifests of the finished stages of ``run_dir``, sorted by ``started`` (see ``load_stages``)."""
+    return [stage.manifest for stage in load_stages(run_dir)]
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a ``.jsonl`` file (``[]`` if it is missing; torn or non-object lines skipped)."""
+    return [row for row in read_metrics(path) if isinstance(row, dict)]
+
+
+def collect(run_dir: Path) -> RunData:
+    """Gather every section's data from ``run_dir``."""
+    run_dir = Path(run_dir)
+    stages = load_stages(run_dir)
+    run = RunData(name=run_dir.resolve().name, stages=stages)
+    for stage in stages:
+        if stage.kind == "data":
+            run.data = _data_stats(stage)
+        elif stage.kind == "tokenizer" and stage.metrics:
+            run.tokenizer.append((stage.instance, stage.metrics))
+        elif stage.kind.startswith(CURVE_KINDS):
+            curve = _curve(stage)
+            if curve.loss or curve.val_loss:
+                run.curves.append(curve)
+        elif stage.kind == "eval" and stage.metrics:
+            run.evals.append((stage.instance, stage.metrics))
+        elif stage.kind == "generate":
+            pairs = [
+                (str(row.get("prompt", "")), str(row.get("completion", "")))
+                for row in read_jsonl(stage.dir / "samples.jsonl")
+            ]
+            if pairs:
+                run.samples.append(SampleSet(stage.instance, pairs))
+    return run
+
+
+def _data_stats(stage: Stage) -> DataStats | None:
+    """Numbers of the data stage. ``stats.json``: top-level dicts whose key mentions "drop" or "reject"
+    become the drops-by-reason table, other numbers (nested ones under dotted names) the counts table."""
+    metrics = {k: v for k, v in stage.metrics.items() if _is_number(v)}
+    counts: dict[str, Any] = {}
+    drops: dict[str, Any] = {}
+    stats = _read_json(stage.dir / "stats.json") if (stage.dir / "stats.json").exists() else None
+    if isinstance(stats, dict):
+        for key, value in stats.items():
+            if isinstance(value, dict) and ("drop" in key.lower() or "reject" in key.lower()):
+                drops.update(_flatten(value))
+            else:
+                counts.update(_flatten({key: value}))
+    if not (metrics or counts or drops):
+        return None
+    return DataStats(metrics, counts, drops)
+
+
+def _curve(stage: Stage) -> Curve:
+    """``loss`` and ``val_loss`` against ``step`` from the stage's ``metrics.jsonl``."""
+    loss, val_loss = [], []
+    for row in read_jsonl(stage.dir / "metrics.jsonl"):
+        step = row.get("step")
+        if not _is_number(step):
+            continue
+        if _is_number(row.get("loss")):
+            loss.append((float(step), float(row["loss"])))
+        if _is_number(row.get("val_loss")):
+            val_loss.append((float(step), float(row["val_loss"])))
+    return Curve(stage.instance, loss, val_loss)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Numeric leaves of a nested dict, keyed by dotted path."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        elif _is_number(value):
+            flat[name] = value
+    return flat
+
+
+def _is_number(value: Any) -> bool:
+    """True for ints and floats (nan and inf included), false for bools and everything else."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _read_json(path: Path) -> Any:
+    """Parsed JSON of ``path``, or ``None`` (with a warning) when it cannot be read or parsed."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        logger.warning("%s: unreadable JSON (%s), skipping", path, err)
+        return None

@@ -1,0 +1,132 @@
+"""Render a run as one self-contained HTML page: inline CSS, figures as base64 PNG data URIs, no links out.
+
+The template is kept here as a string (no package data to install). Jinja2 autoescaping is on, so text
+from the run (names, prompts, completions) can never inject markup.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+
+import jinja2
+
+from lmforge.report.collect import RunData
+from lmforge.report.figures import Image
+from lmforge.report.tables import (
+    PIPELINE_HEADER,
+    curve_summary,
+    metric_rows,
+    pipeline_rows,
+    timing_rows,
+)
+
+TEMPLATE = """\
+<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Run report: {{ name }}</title>
+<style>
+  body { font-family: system-ui, sans-serif; max-width: 960px; margin: 2em auto; padding: 0 1em; color: #222; }
+  h1 { border-bottom: 2px solid #ddd; padding-bottom: .3em; }
+  h2 { margin-top: 1.8em; border-bottom: 1px solid #eee; }
+  table { border-collapse: collapse; margin: .8em 0; }
+  th, td { border: 1px solid #ddd; padding: .3em .7em; text-align: left; }
+  th { background: #f5f5f5; }
+  td.num { text-align: right; font-variant-numeric: tabular-nums; }
+  img { max-width: 100%; }
+  .sample { white-space: pre-wrap; border-left: 3px solid #ccc; padding: .4em .8em; margin: .8em 0; background: #fafafa; }
+  .bar { background: #4a7bd0; height: .9em; min-width: 2px; }
+  .barcell { width: 60%; }
+</style>
+</head>
+<body>
+<h1>Run report: {{ name }}</h1>
+{% macro metrics_table(rows, key="metric", value="value") %}
+<table><tr><th>{{ key }}</th><th>{{ value }}</th></tr>
+{% for k, v in rows %}<tr><td>{{ k }}</td><td class="num">{{ v }}</td></tr>
+{% endfor %}</table>
+{% endmacro %}
+{% if pipeline %}
+<h2>Pipeline</h2>
+<table><tr>{% for h in pipeline_header %}<th>{{ h }}</th>{% endfor %}</tr>
+{% for row in pipeline %}<tr>{% for cell in row %}<td>{{ cell }}</td>{% endfor %}</tr>
+{% endfor %}</table>
+{% endif %}
+{% if data %}
+<h2>Data</h2>
+{% if data.metrics %}{{ metrics_table(data.metrics) }}{% endif %}
+{% if data.counts %}<h3>Counts</h3>{{ metrics_table(data.counts, "count") }}{% endif %}
+{% if data.drops %}<h3>Drops by reason</h3>{{ metrics_table(data.drops, "reason", "dropped") }}{% endif %}
+{% endif %}
+{% if tokenizer %}
+<h2>Tokenizer</h2>
+{% for instance, rows in tokenizer %}<h3>{{ instance }}</h3>{{ metrics_table(rows) }}{% endfor %}
+{% endif %}
+{% if figures %}
+<h2>Training</h2>
+{% for fig in figures %}
+<h3>{{ fig.instance }}</h3>
+<img alt="loss curve of {{ fig.instance }}" src="data:image/png;base64,{{ fig.data }}">
+{% if fig.summary %}<p>{{ fig.summary }}</p>{% endif %}
+{% endfor %}
+{% endif %}
+{% if evals %}
+<h2>Evaluation</h2>
+{% for instance, rows in evals %}<h3>{{ instance }}</h3>{{ metrics_table(rows) }}{% endfor %}
+{% endif %}
+{% if samples %}
+<h2>Samples</h2>
+{% for instance, pairs in samples %}
+<h3>{{ instance }}</h3>
+{% for prompt, completion in pairs %}<div class="sample"><strong>{{ prompt }}</strong>{{ completion }}</div>
+{% endfor %}
+{% endfor %}
+{% endif %}
+{% if timings %}
+<h2>Stage timings</h2>
+<table><tr><th>instance</th><th>duration (s)</th><th class="barcell"></th></tr>
+{% for instance, seconds, fraction in timings %}<tr><td>{{ instance }}</td><td class="num">{{ seconds }}</td>
+<td class="barcell"><div class="bar" style="width: {{ '%.1f' % (100 * fraction) }}%"></div></td></tr>
+{% endfor %}</table>
+{% endif %}
+</body>
+</html>
+"""
+
+_ENV = jinja2.Environment(
+    autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
+)
+
+
+def to_html(run: RunData, images: Sequence[Image]) -> str:
+    """The whole report as one HTML document; sections without data are left out."""
+    curves = {curve.instance: curve for curve in run.curves}
+    figures = [
+        {
+            "instance": image.instance,
+            "data": base64.b64encode(image.png).decode("ascii"),
+            "summary": curve_summary(curves[image.instance]) if image.instance in curves else "",
+        }
+        for image in images
+    ]
+    data = None
+    if run.data is not None:
+        data = {
+            "metrics": metric_rows(run.data.metrics),
+            "counts": metric_rows(run.data.counts),
+            "drops": metric_rows(run.data.drops),
+        }
+    return _ENV.from_string(TEMPLATE).render(
+        name=run.name,
+        pipeline_header=PIPELINE_HEADER,
+        pipeline=pipeline_rows(run),
+        data=data,
+        tokenizer=[(instance, metric_rows(metrics)) for instance, metrics in run.tokenizer],
+        figures=figures,
+        evals=[(instance, metric_rows(metrics)) for instance, metrics in run.evals],
+        samples=[(s.instance, s.samples) for s in run.samples],
+        timings=timing_rows(run),
+    )

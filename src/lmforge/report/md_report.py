@@ -1,0 +1,109 @@
+"""Render a run as Markdown: ``report.md`` next to the stages, figures linked from ``report_files/``.
+
+Text that comes from the run (metric names, prompts, completions) is HTML-escaped, because Markdown
+viewers pass raw HTML through, and Markdown punctuation in it is backslash-escaped.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+from lmforge.report.collect import DataStats, RunData
+from lmforge.report.figures import Image
+from lmforge.report.tables import (
+    PIPELINE_HEADER,
+    curve_summary,
+    metric_rows,
+    pipeline_rows,
+    timing_rows,
+)
+
+BAR_WIDTH = 40  # characters of the longest stage's timing bar
+
+
+def to_markdown(run: RunData, images: Sequence[Image]) -> str:
+    """The whole report as Markdown; sections without data are left out."""
+    sections = [f"# Run report: {_text(run.name)}"]
+    if run.stages:
+        sections.append("## Pipeline\n\n" + _table(PIPELINE_HEADER, pipeline_rows(run)))
+    if run.data is not None:
+        sections.append(_data_section(run.data))
+    if run.tokenizer:
+        sections.append(_metric_section("Tokenizer", run.tokenizer))
+    if images:
+        sections.append(_training_section(run, images))
+    if run.evals:
+        sections.append(_metric_section("Evaluation", run.evals))
+    if run.samples:
+        sections.append(_samples_section(run))
+    timings = timing_rows(run)
+    if timings:
+        rows = [(name, seconds, "█" * max(1, round(frac * BAR_WIDTH))) for name, seconds, frac in timings]
+        sections.append("## Stage timings\n\n" + _table(("instance", "duration (s)", ""), rows))
+    return "\n\n".join(sections) + "\n"
+
+
+def _data_section(data: DataStats) -> str:
+    parts = ["## Data"]
+    if data.metrics:
+        parts.append(_table(("metric", "value"), metric_rows(data.metrics)))
+    if data.counts:
+        parts.append("### Counts\n\n" + _table(("count", "value"), metric_rows(data.counts)))
+    if data.drops:
+        parts.append("### Drops by reason\n\n" + _table(("reason", "dropped"), metric_rows(data.drops)))
+    return "\n\n".join(parts)
+
+
+def _metric_section(title: str, groups: list[tuple[str, dict]]) -> str:
+    parts = [f"## {title}"]
+    for instance, metrics in groups:
+        parts.append(f"### {_text(instance)}\n\n" + _table(("metric", "value"), metric_rows(metrics)))
+    return "\n\n".join(parts)
+
+
+def _training_section(run: RunData, images: Sequence[Image]) -> str:
+    curves = {curve.instance: curve for curve in run.curves}
+    parts = ["## Training"]
+    for image in images:
+        name = _text(image.instance)
+        parts.append(f"### {name}\n\n![loss curve of {name}]({image.relpath})")
+        if image.instance in curves:
+            parts.append(curve_summary(curves[image.instance]))
+    return "\n\n".join(parts)
+
+
+def _samples_section(run: RunData) -> str:
+    parts = ["## Samples"]
+    for sample_set in run.samples:
+        parts.append(f"### {_text(sample_set.instance)}")
+        for prompt, completion in sample_set.samples:
+            parts.append("> " + "  \n> ".join(_sample(prompt, completion).split("\n")))
+    return "\n\n".join(parts)
+
+
+def _sample(prompt: str, completion: str) -> str:
+    """Prompt in bold, then the completion; whitespace around the prompt stays outside the ``**``."""
+    core = prompt.strip()
+    if not core:
+        return _text(prompt + completion)
+    lead, trail = prompt[: len(prompt) - len(prompt.lstrip())], prompt[len(prompt.rstrip()) :]
+    return f"{lead}**{_text(core)}**{trail}{_text(completion)}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(value: str) -> str:
+    return _text(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _text(value: str) -> str:
+    """``value`` safe for Markdown: HTML-escaped, then Markdown punctuation backslash-escaped."""
+    escaped = html.escape(str(value), quote=False)
+    for char in "\\`*_[]":
+        escaped = escaped.replace(char, "\\" + char)
+    return escaped

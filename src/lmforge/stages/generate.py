@@ -1,0 +1,92 @@
+"""Sample text from a checkpoint for a list of prompts; writes ``samples.jsonl`` for the report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from lmforge.config import ConfigError, opt
+from lmforge.runstore import StageContext, run_stage
+
+log = logging.getLogger(__name__)
+
+STAGE = "generate"
+VERSION = 1
+
+
+@dataclass
+class Config:
+    """Options of ``lmforge generate``."""
+
+    model: str = opt("@pretrain", "a checkpoint directory, or a training stage directory", path=True)
+    out: str = opt("", "output stage directory", path=True)
+    checkpoint: Literal["best", "last"] = opt("best", "which checkpoint of a training stage to use")
+    prompts: list[str] = opt(["The "], "prompts to continue, one sample each")
+    max_new_tokens: int = opt(64, "tokens to generate per prompt")
+    temperature: float = opt(0.8, "sampling temperature (0 = greedy)")
+    top_k: int = opt(50, "sample among the k most likely tokens (0 = all)")
+    top_p: float = opt(1.0, "nucleus sampling: smallest set with this much probability (1 = off)")
+    seed: int = opt(0, "sampling seed (each prompt uses seed + its index)")
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
+
+    def validate(self) -> None:
+        if not self.prompts:
+            raise ConfigError("prompts", "at least one prompt is required")
+        if self.max_new_tokens < 1:
+            raise ConfigError("max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ConfigError("temperature", f"must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ConfigError("top_k", f"must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError("top_p", f"must be in (0, 1], got {self.top_p}")
+
+
+INPUTS = ("model",)
+
+
+def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
+    """Generate (or return the cached result); returns the stage manifest."""
+    if not cfg.out:
+        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/generate)")
+    return run_stage(
+        STAGE, cfg, out=cfg.out, inputs={"model": cfg.model}, work=sample, version=VERSION, force=force
+    )
+
+
+def sample(cfg: Config, ctx: StageContext) -> dict[str, float]:
+    """Continue every prompt and write one JSON line per sample."""
+    from lmforge.inference.generate import generate
+    from lmforge.runtime import create_runtime
+    from lmforge.tokenizer.train import load_tokenizer, special_id
+    from lmforge.training.checkpoint import load_model, resolve_checkpoint
+
+    rt = create_runtime(cfg.device, "fp32", seed=cfg.seed)
+    ckpt_dir = resolve_checkpoint(ctx.inputs["model"], cfg.checkpoint)
+    model, mcfg = load_model(ckpt_dir, device=rt.device)
+    tok = load_tokenizer(ckpt_dir / "tokenizer.json")
+    bos, eos = special_id(tok, "<|bos|>"), special_id(tok, "<|eos|>")
+    n_tokens, start = 0, time.perf_counter()
+    with (ctx.dir / "samples.jsonl").open("w", encoding="utf-8") as fh:
+        for i, prompt in enumerate(cfg.prompts):
+            ids = [bos] + tok.encode(prompt).ids
+            new = generate(
+                model,
+                ids,
+                max_new_tokens=cfg.max_new_tokens,
+                block_size=mcfg.block_size,
+                temperature=cfg.temperature,
+                top_k=cfg.top_k or None,
+                top_p=cfg.top_p if cfg.top_p < 1 else None,
+                seed=cfg.seed + i,
+                stop_ids={bos, eos},
+            )
+            n_tokens += len(new)
+            completion = tok.decode(new)
+            fh.write(json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False) + "\n")
+            log.info("sample %d: %r", i, (prompt + completion)[:200])
+    dt = time.perf_counter() - start
+    return {"samples": len(cfg.prompts), "tokens": n_tokens, "tokens_per_s": n_tokens / max(dt, 1e-9)}

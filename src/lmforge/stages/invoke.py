@@ -1,0 +1,118 @@
+"""Turn a command line into a stage's typed config and call its ``main`` (shared by every subcommand).
+
+``lmforge <stage> [RECIPE.yaml] [overrides] [-q|-v] [--help]``: the recipe's ``stages.<stage>``
+section, then the overrides, are validated into the stage's ``Config`` before any work starts.
+A stage module may define ``cli(argv) -> int`` to parse its own command line (``run`` does).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from types import ModuleType
+from typing import Any
+
+from lmforge.config import ConfigError, describe, from_dict, load_yaml, merge, parse_overrides
+from lmforge.errors import LmforgeError
+from lmforge.log import setup_logging
+
+log = logging.getLogger("lmforge")
+
+
+def split_global_flags(argv: list[str]) -> tuple[list[str], bool, bool, bool]:
+    """Remove ``-q/--quiet``, ``-v/--verbose`` and ``-h/--help`` from ``argv``."""
+    quiet = verbose = want_help = False
+    rest = []
+    for a in argv:
+        if a in ("-q", "--quiet"):
+            quiet = True
+        elif a in ("-v", "--verbose"):
+            verbose = True
+        elif a in ("-h", "--help"):
+            want_help = True
+        else:
+            rest.append(a)
+    return rest, quiet, verbose, want_help
+
+
+def help_text(name: str, module: ModuleType) -> str:
+    """``--help`` for a stage: its docstring's first paragraph and every option (type, default, help)."""
+    doc = (module.__doc__ or "").strip().split("\n\n")[0]
+    rows = describe(module.Config)
+    width = max(len(r[0]) for r in rows) + 2
+    lines = [
+        f"usage: lmforge {name} [RECIPE.yaml] [--key value | key=value ...] [-q | -v]",
+        "",
+        doc,
+        "",
+        "options:",
+    ]
+    for key, tp, default, meaning in rows:
+        lines.append(f"  --{key:<{width}} {meaning}")
+        lines.append(f"    {'':<{width}} type: {tp}; default: {default}")
+    lines += [
+        "",
+        "A RECIPE.yaml supplies its `stages." + name + "` section; options given after it override it.",
+        "Inputs written @name mean the stage `name` beside --out (e.g. --out runs/x/" + name + ").",
+    ]
+    return "\n".join(lines)
+
+
+def config_from_args(name: str, module: ModuleType, argv: list[str]) -> Any:
+    """The stage's validated config from ``[RECIPE.yaml] overrides`` (raises ConfigError)."""
+    data: dict[str, Any] = {}
+    if argv and argv[0].endswith((".yaml", ".yml")) and "=" not in argv[0]:
+        recipe = load_yaml(argv[0])
+        sections = recipe.get("stages") or {}
+        if name not in sections:
+            raise ConfigError(
+                "", f"recipe {argv[0]} has no stages.{name} section (it has: {', '.join(sections)})"
+            )
+        data = dict(sections[name] or {})
+        data.pop("stage", None)
+        argv = argv[1:]
+    data = merge(data, parse_overrides(argv))
+    return from_dict(module.Config, data)
+
+
+def invoke(module: ModuleType, name: str, argv: list[str]) -> int:
+    """Run subcommand ``name`` implemented by ``module``; returns the exit code."""
+    if hasattr(module, "cli"):
+        return module.cli(argv)
+    argv, quiet, verbose, want_help = split_global_flags(argv)
+    if want_help:
+        print(help_text(name, module))
+        return 0
+    setup_logging(quiet=quiet, verbose=verbose)
+    try:
+        cfg = config_from_args(name, module, argv)
+        manifest = module.main(cfg)
+    except LmforgeError as exc:
+        print(f"lmforge {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lmforge {name}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    print_summary([manifest])
+    return 0
+
+
+def print_summary(manifests: list[dict[str, Any]]) -> None:
+    """A short table of stages, status and headline metrics on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="lmforge", show_lines=False)
+    for col in ("stage", "status", "time", "metrics"):
+        table.add_column(col)
+    for m in manifests:
+        status = "cached" if m.get("cached_last") else m.get("status", "?")
+        metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in list(m.get("metrics", {}).items())[:6])
+        table.add_row(m.get("instance", "?"), status, f"{m.get('duration_s', 0):.1f}s", metrics)
+    Console(stderr=False, width=160).print(table)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

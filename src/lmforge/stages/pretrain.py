@@ -1,0 +1,298 @@
+"""Pretrain a decoder-only transformer on token shards with next-token prediction.
+
+The loop is written out below: schedule → accumulated token-weighted forward/backward → clip →
+AdamW step → log line and metrics.jsonl → periodic validation (loss, perplexity, bits per byte) →
+atomic checkpoints. Checkpoints live in the stage's work directory, so an interrupted run resumes
+from the latest complete one (model, optimiser, data loader position and RNG state), continuing
+exactly where it stopped. ``max_time_s`` stops training at a wall-clock budget and evaluates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from lmforge.config import ConfigError, opt
+from lmforge.model.config import ModelConfig
+from lmforge.runstore import StageContext, run_stage, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+STAGE = "pretrain"
+VERSION = 1
+
+
+@dataclass
+class Config:
+    """Options of ``lmforge pretrain``."""
+
+    tokenizer: str = opt("@tokenizer", "tokenizer stage directory (tokenizer.json and tokens/)", path=True)
+    out: str = opt("", "output stage directory (checkpoints under ckpt/)", path=True)
+    model: ModelConfig = opt(ModelConfig(), "model shape (vocab_size 0 = the tokenizer's)")
+    batch_size: int = opt(16, "sequences per micro-batch")
+    grad_accum: int = opt(1, "micro-batches per optimiser step (loss weighted by token count)")
+    max_steps: int = opt(1000, "optimiser steps")
+    max_time_s: float = opt(0.0, "stop training after this many seconds and evaluate (0 = no budget)")
+    lr: float = opt(3e-3, "peak learning rate")
+    min_lr_ratio: float = opt(0.1, "final learning rate as a fraction of lr")
+    warmup_steps: int = opt(50, "linear warmup steps")
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = opt(
+        "cosine", "learning-rate schedule after warmup"
+    )
+    weight_decay: float = opt(0.1, "decoupled weight decay on matrices (AdamW)")
+    beta1: float = opt(0.9, "AdamW beta1")
+    beta2: float = opt(0.95, "AdamW beta2")
+    grad_clip: float = opt(1.0, "clip the global gradient norm to this (0 = off)")
+    eval_every: int = opt(250, "validate every N steps (and at the end)")
+    eval_tokens: int = opt(65536, "validation tokens per evaluation (0 = the whole split)")
+    ckpt_every: int = opt(250, "checkpoint every N steps (and at the end)")
+    keep_last: int = opt(2, "checkpoints to keep besides the best")
+    log_every: int = opt(10, "log a line every N steps")
+    seed: int = opt(1337, "seed of initialisation, data order and dropout")
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
+    dtype: str = opt("auto", "auto | fp32 | bf16 | fp16 (auto: fp32 on CPU, bf16 on recent GPUs)")
+    threads: int = opt(0, "CPU threads for torch (0 = one per core)")
+
+    def validate(self) -> None:
+        for key in ("batch_size", "grad_accum", "max_steps", "eval_every", "ckpt_every", "log_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
+        if not 0 <= self.warmup_steps <= self.max_steps:
+            raise ConfigError(
+                "warmup_steps", f"must be in [0, max_steps={self.max_steps}], got {self.warmup_steps}"
+            )
+        if self.lr <= 0:
+            raise ConfigError("lr", f"must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        for key in ("weight_decay", "grad_clip", "max_time_s", "eval_tokens", "keep_last", "threads"):
+            if getattr(self, key) < 0:
+                raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
+        for key in ("beta1", "beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(key, f"must be in [0, 1), got {getattr(self, key)}")
+
+
+INPUTS = ("tokenizer",)
+
+
+def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
+    """Pretrain (or return the cached result); returns the stage manifest."""
+    if not cfg.out:
+        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/pretrain)")
+    return run_stage(
+        STAGE, cfg, out=cfg.out, inputs={"tokenizer": cfg.tokenizer}, work=train, version=VERSION, force=force
+    )
+
+
+def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
+    """The pretraining loop; returns the final metrics."""
+    import torch
+
+    from lmforge.eval.lm import evaluate_lm
+    from lmforge.log import step_line
+    from lmforge.model.decoder import Decoder
+    from lmforge.runtime import create_runtime
+    from lmforge.tokenizer.loader import BatchLoader
+    from lmforge.tokenizer.shards import open_tokens
+    from lmforge.tokenizer.train import load_tokenizer, token_byte_lengths
+    from lmforge.training import checkpoint as ckpt
+    from lmforge.training.optim import build_optimizer, lr_at
+    from lmforge.training.step import supervised_tokens, token_loss, weighted_backward
+
+    rt = create_runtime(cfg.device, cfg.dtype, cfg.seed, cfg.threads)
+    tok_dir = ctx.inputs["tokenizer"]
+    tok_path = tok_dir / "tokenizer.json"
+    tok = load_tokenizer(tok_path)
+    vocab = tok.get_vocab_size()
+    mcfg = cfg.model
+    if mcfg.vocab_size == 0:
+        mcfg = dataclasses.replace(mcfg, vocab_size=vocab)
+    elif mcfg.vocab_size < vocab:
+        raise ConfigError("model.vocab_size", f"{mcfg.vocab_size} is smaller than the tokenizer's {vocab}")
+    mcfg.validate()
+
+    model = Decoder(mcfg).to(rt.device)
+    optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
+    loader = BatchLoader(
+        tok_dir / "tokens" / "train",
+        cfg.batch_size,
+        mcfg.block_size,
+        seed=cfg.seed,
+        rank=rt.rank,
+        world_size=rt.world_size,
+    )
+    val_tokens = open_tokens(tok_dir / "tokens" / "val")
+    token_bytes = token_byte_lengths(tok)
+    ckpt_root = ctx.dir / "ckpt"
+    ckpt_root.mkdir(exist_ok=True)
+
+    step, best_val, best_dir, elapsed_before, loss_ema = 0, math.inf, "", 0.0, math.nan
+    latest = ckpt.latest_checkpoint(ckpt_root)
+    if latest is not None:
+        state = ckpt.load_train_state(latest)
+        model.load_state_dict(ckpt.load_model(latest, device=rt.device)[0].state_dict())
+        optimizer.load_state_dict(state["optimizer"])
+        loader.load_state_dict(state["loader"])
+        ckpt.set_rng_state(state["rng"])
+        step, best_val = int(state["step"]), float(state["best_val_loss"])
+        best_dir, elapsed_before = str(state["best_dir"]), float(state["elapsed_s"])
+        loss_ema = float(state["loss_ema"])
+        log.info("resumed from %s (step %d)", latest.name, step)
+
+    n_params = model.num_params(non_embedding=True)
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * mcfg.block_size * rt.world_size
+    log.info(
+        "model: %.2fM non-embedding params, %d layers, d=%d, vocab %d, context %d; %d tokens/step",
+        n_params / 1e6,
+        mcfg.n_layer,
+        mcfg.n_embd,
+        mcfg.vocab_size,
+        mcfg.block_size,
+        tokens_per_step,
+    )
+
+    def evaluate() -> dict[str, float]:
+        r = evaluate_lm(
+            model,
+            val_tokens,
+            block_size=mcfg.block_size,
+            batch_size=cfg.batch_size,
+            token_bytes=token_bytes,
+            max_tokens=cfg.eval_tokens or None,
+            device=rt.device,
+        )
+        return {"val_loss": r["loss"], "val_ppl": r["perplexity"], "val_bpb": r["bpb"]}
+
+    def save(val: dict[str, float] | None) -> None:
+        nonlocal best_val, best_dir
+        name = f"step_{step}"
+        if val is not None and val["val_loss"] < best_val:
+            best_val, best_dir = val["val_loss"], name
+        ckpt.save_checkpoint(
+            ckpt_root / name,
+            model,
+            mcfg,
+            tokenizer_path=tok_path,
+            train_state={
+                "optimizer": optimizer.state_dict(),
+                "loader": loader.state_dict(),
+                "rng": ckpt.rng_state(),
+                "step": step,
+                "best_val_loss": best_val,
+                "best_dir": best_dir,
+                "elapsed_s": elapsed_before + (time.perf_counter() - start),
+                "loss_ema": loss_ema,
+            },
+        )
+        keep = {ckpt_root / best_dir} if best_dir else set()
+        ckpt.prune_checkpoints(ckpt_root, keep_last=max(cfg.keep_last, 1), keep=keep)
+
+    start = time.perf_counter()
+    last_val: dict[str, float] | None = None
+    model.train()
+    while step < cfg.max_steps:
+        t0 = time.perf_counter()
+        lr = lr_at(
+            step,
+            max_steps=cfg.max_steps,
+            base_lr=cfg.lr,
+            warmup_steps=cfg.warmup_steps,
+            schedule=cfg.schedule,
+            min_lr_ratio=cfg.min_lr_ratio,
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        micro = [loader.next_batch() for _ in range(cfg.grad_accum)]
+        total = sum(supervised_tokens(y) for _, y in micro)
+        loss_sum_all = 0.0
+        for x, y in micro:
+            x, y = x.to(rt.device), y.to(rt.device)
+            with rt.autocast():
+                logits = model(x)
+            loss_sum, _ = token_loss(logits, y)
+            weighted_backward(loss_sum, total)
+            loss_sum_all += loss_sum.item()
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+            if cfg.grad_clip > 0
+            else _grad_norm(model)
+        )
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        loss = loss_sum_all / max(total, 1)
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"loss became {loss} at step {step}; lower the learning rate (lr={cfg.lr})"
+            )
+        loss_ema = loss if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * loss
+        dt = time.perf_counter() - t0
+        elapsed = elapsed_before + time.perf_counter() - start
+        record = {
+            "step": step,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_s": total / dt,
+            "elapsed_s": elapsed,
+        }
+        ctx.log_metrics(record)
+        if step % cfg.log_every == 0 or step == 1:
+            log.info(
+                step_line(
+                    step,
+                    cfg.max_steps,
+                    {"loss": loss_ema, "lr": lr, "gnorm": grad_norm, "tokens_per_s": total / dt},
+                    elapsed,
+                )
+            )
+        out_of_time = cfg.max_time_s > 0 and elapsed >= cfg.max_time_s
+        final = step == cfg.max_steps or out_of_time
+        val = None
+        if step % cfg.eval_every == 0 or final:
+            val = evaluate()
+            model.train()
+            last_val = val
+            ctx.log_metrics({"step": step, **val})
+            log.info(
+                "step %d: val loss %.4f | ppl %.2f | bpb %.4f",
+                step,
+                val["val_loss"],
+                val["val_ppl"],
+                val["val_bpb"],
+            )
+        if step % cfg.ckpt_every == 0 or final:
+            save(val)
+        if out_of_time:
+            log.info("time budget of %.0fs reached at step %d", cfg.max_time_s, step)
+            break
+
+    if last_val is None:  # resumed after the final checkpoint was written
+        last_val = evaluate()
+    last_dir = f"step_{step}"
+    write_json_atomic(
+        ckpt_root / "final.json", {"last": last_dir, "best": best_dir or last_dir, "step": step}
+    )
+    train_time = elapsed_before + time.perf_counter() - start
+    return {
+        **last_val,
+        "best_val_loss": min(best_val, last_val["val_loss"]),
+        "train_loss": loss_ema,
+        "steps": step,
+        "tokens": step * tokens_per_step,
+        "params": n_params,
+        "train_time_s": train_time,
+        "tokens_per_s": step * tokens_per_step / max(train_time, 1e-9),
+    }
+
+
+def _grad_norm(model: Any) -> float:
+    import torch
+
+    norms = [p.grad.detach().norm() for p in model.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0

@@ -1,0 +1,302 @@
+"""Checkpoints: write atomically, load safely, find the latest complete one, prune old ones; RNG state.
+
+A checkpoint is a directory (conventionally ``<ckpt_root>/step_N``, see ``checkpoint_dir``) holding:
+
+- ``model.safetensors``: the model's state dict. With tied embeddings ``lm_head.weight`` is the same
+  tensor as ``tok_emb.weight``, so it is stored once (as ``tok_emb.weight``) and re-tied on load.
+- ``model_config.json``: ``ModelConfig.to_dict()`` (input fields and ``"format": 1``).
+- ``tokenizer.json``: a copy of the tokenizer, when given, so the directory is self-contained.
+- ``train_state.pt``: optional, for resuming: plain data only (tensors, numbers, strings, lists, tuples,
+  dicts), e.g. optimiser state dict, step, ``rng_state()``, data-loader state; read back with
+  ``torch.load(..., weights_only=True)``, so loading never runs pickled code.
+- ``DONE``: written last. Everything is written into ``<dir>.tmp`` and renamed into place, so a
+  directory named ``step_N`` is complete; readers still insist on ``DONE``.
+
+A training stage keeps its checkpoints in ``<stage>/ckpt/`` and, when it finishes, writes
+``<stage>/ckpt/final.json`` (``{"last": "step_N", "best": "step_M", ...}``) naming which to use;
+``resolve_checkpoint`` reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lmforge.errors import ConfigError, InputError
+from lmforge.model.config import ModelConfig
+from lmforge.model.decoder import Decoder
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "model_config.json"
+TOKENIZER_FILE = "tokenizer.json"
+TRAIN_STATE_FILE = "train_state.pt"
+DONE_FILE = "DONE"
+FINAL_FILE = "final.json"
+TIED_KEY, TIED_SOURCE = "lm_head.weight", "tok_emb.weight"
+_STEP_DIR = re.compile(r"step_(\d+)")
+
+
+def checkpoint_dir(ckpt_root: Path, step: int) -> Path:
+    """The directory of the checkpoint taken after ``step``: ``<ckpt_root>/step_<step>``."""
+    return Path(ckpt_root) / f"step_{step}"
+
+
+def _check_plain(obj: Any, where: str) -> None:
+    """Raise TypeError (naming the key path) unless ``obj`` is loadable with ``weights_only=True``."""
+    if obj is None or isinstance(obj, (torch.Tensor, bool, int, float, str)):
+        return
+    if isinstance(obj, (list, tuple)):
+        for i, item in enumerate(obj):
+            _check_plain(item, f"{where}[{i}]")
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"{where}: dict key {key!r} must be a str or int")
+            _check_plain(value, f"{where}[{key!r}]")
+    else:
+        raise TypeError(
+            f"{where} is a {type(obj).__name__}; train_state may hold only tensors, numbers, strings, "
+            "None, lists, tuples and dicts"
+        )
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or directory to disk (directories are skipped where the OS does not allow it)."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() and hasattr(os, "O_DIRECTORY") else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    dir: Path,
+    model: nn.Module,
+    model_config: ModelConfig,
+    *,
+    tokenizer_path: Path | None = None,
+    train_state: dict | None = None,
+) -> Path:
+    """Write a complete checkpoint to ``dir`` atomically (via ``<dir>.tmp``) and return ``dir``.
+
+    An existing ``dir`` is replaced. ``model_config`` must be the model's own config.
+
+    Raises:
+        ValueError: ``model_config`` differs from ``model.config``, or the config says tied but the
+            model's ``lm_head`` and ``tok_emb`` weights are separate tensors.
+        TypeError: ``train_state`` holds something other than plain data (the message names the key).
+        InputError: ``tokenizer_path`` is not a file.
+    """
+    dir = Path(dir)
+    if getattr(model, "config", model_config) != model_config:
+        raise ValueError(f"model_config {model_config} differs from the model's config {model.config}")
+    if train_state is not None:
+        _check_plain(train_state, "train_state")
+    if tokenizer_path is not None and not Path(tokenizer_path).is_file():
+        raise InputError(f"tokenizer file not found: {tokenizer_path}")
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if model_config.tie_embeddings:
+        if model.get_parameter(TIED_KEY) is not model.get_parameter(TIED_SOURCE):
+            raise ValueError("config has tie_embeddings=True but lm_head.weight is not tok_emb.weight")
+        del state[TIED_KEY]  # the same tensor as tok_emb.weight; re-tied on load
+
+    tmp = dir.with_name(dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file(state, str(tmp / MODEL_FILE), metadata={"format": "pt"})
+    (tmp / CONFIG_FILE).write_text(json.dumps(model_config.to_dict(), indent=2) + "\n")
+    if tokenizer_path is not None:
+        shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
+    if train_state is not None:
+        torch.save(train_state, tmp / TRAIN_STATE_FILE)
+    for path in tmp.iterdir():
+        _fsync(path)
+    (tmp / DONE_FILE).write_text("complete\n")
+    _fsync(tmp / DONE_FILE)
+    _fsync(tmp)
+
+    if dir.exists():
+        old = dir.with_name(dir.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(dir, old)
+        os.replace(tmp, dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, dir)
+    _fsync(dir.parent)
+    logger.info("saved checkpoint %s", dir)
+    return dir
+
+
+def _require_complete(dir: Path) -> Path:
+    """Return ``dir`` if it is a checkpoint with ``DONE``; raise InputError otherwise."""
+    dir = Path(dir)
+    if not dir.is_dir():
+        raise InputError(f"checkpoint directory not found: {dir}")
+    if not (dir / DONE_FILE).is_file():
+        raise InputError(
+            f"checkpoint {dir} is incomplete (no {DONE_FILE} marker); it was interrupted mid-write"
+        )
+    return dir
+
+
+def load_model(dir: Path, device: torch.device | str = "cpu") -> tuple[Decoder, ModelConfig]:
+    """Rebuild the ``Decoder`` of a complete checkpoint, weights loaded and tied as saved.
+
+    The model is returned on ``device`` in training mode (the ``nn.Module`` default).
+
+    Raises:
+        InputError: missing directory, no ``DONE``, unreadable or invalid config, or weights that do
+            not match the config.
+    """
+    dir = _require_complete(dir)
+    config_path = dir / CONFIG_FILE
+    try:
+        cfg = ModelConfig.from_dict(json.loads(config_path.read_text()))
+    except (OSError, json.JSONDecodeError, ConfigError) as e:
+        raise InputError(f"cannot read model config {config_path}: {e}") from e
+    model = Decoder(cfg)
+    try:
+        state = load_file(str(dir / MODEL_FILE), device="cpu")
+    except (OSError, RuntimeError) as e:
+        raise InputError(f"cannot read weights {dir / MODEL_FILE}: {e}") from e
+    if cfg.tie_embeddings and TIED_SOURCE in state:
+        state.setdefault(TIED_KEY, state[TIED_SOURCE])  # copied into the one shared tensor
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise InputError(f"weights in {dir / MODEL_FILE} do not match {config_path}: {e}") from e
+    return model.to(device), cfg
+
+
+def load_train_state(dir: Path) -> dict:
+    """Read ``train_state.pt`` of a complete checkpoint with ``weights_only=True``, tensors on CPU.
+
+    Raises:
+        InputError: missing directory, no ``DONE``, or no ``train_state.pt``.
+    """
+    path = _require_complete(dir) / TRAIN_STATE_FILE
+    if not path.is_file():
+        raise InputError(f"checkpoint {dir} has no {TRAIN_STATE_FILE}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _complete_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
+    """``(step, dir)`` of every ``step_N`` directory with ``DONE`` under ``ckpt_root``, by step."""
+    ckpt_root = Path(ckpt_root)
+    if not ckpt_root.is_dir():
+        return []
+    found = []
+    for child in ckpt_root.iterdir():
+        match = _STEP_DIR.fullmatch(child.name)
+        if match and child.is_dir() and (child / DONE_FILE).is_file():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(ckpt_root: Path) -> Path | None:
+    """The complete ``step_N`` directory with the highest N, or None.
+
+    Directories without ``DONE``, ``.tmp``/``.old`` leftovers and other names are ignored.
+    """
+    found = _complete_checkpoints(ckpt_root)
+    return found[-1][1] if found else None
+
+
+def resolve_checkpoint(path: Path, which: str = "best") -> Path:
+    """The checkpoint directory meant by ``path``: a checkpoint itself, a ``ckpt`` root or a stage dir.
+
+    For a root (``path/ckpt`` or ``path``) the ``which`` entry (``"best"`` or ``"last"``) of its
+    ``final.json`` is used; without ``final.json`` (an unfinished stage) the latest complete checkpoint.
+
+    Raises:
+        ValueError: ``which`` is neither ``"best"`` nor ``"last"``.
+        InputError: nothing under ``path`` is a complete checkpoint, or ``final.json`` is unreadable or
+            names one that is missing or incomplete.
+    """
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    path = Path(path)
+    if (path / DONE_FILE).is_file():
+        return path
+    root = path / "ckpt" if (path / "ckpt").is_dir() else path
+    final = root / FINAL_FILE
+    if final.is_file():
+        try:
+            name = json.loads(final.read_text())[which]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise InputError(f"cannot read {which!r} from {final}: {e}") from e
+        return _require_complete(root / str(name))
+    latest = latest_checkpoint(root)
+    if latest is None:
+        raise InputError(f"no complete checkpoint (a directory with {DONE_FILE}) at {path}")
+    logger.warning("%s has no %s; using the latest complete checkpoint %s", root, FINAL_FILE, latest.name)
+    return latest
+
+
+def prune_checkpoints(
+    ckpt_root: Path, keep_last: int, keep: set[Path] | frozenset[Path] = frozenset()
+) -> list[Path]:
+    """Delete complete checkpoints except the ``keep_last`` newest and any in ``keep``; return the deleted.
+
+    Also deletes ``step_N.tmp`` / ``step_N.old`` leftovers of interrupted saves, so call it only while no
+    save is in progress. Incomplete ``step_N`` directories (no ``DONE``) are left alone.
+
+    Raises:
+        ValueError: ``keep_last`` < 0.
+    """
+    if keep_last < 0:
+        raise ValueError(f"keep_last must be >= 0, got {keep_last}")
+    keep_resolved = {Path(p).resolve() for p in keep}
+    complete = [path for _, path in _complete_checkpoints(ckpt_root)]
+    doomed = complete[: max(0, len(complete) - keep_last)]
+    doomed = [p for p in doomed if p.resolve() not in keep_resolved]
+    if Path(ckpt_root).is_dir():
+        doomed += [
+            p
+            for p in Path(ckpt_root).iterdir()
+            if p.is_dir() and re.fullmatch(r"step_\d+\.(tmp|old)", p.name)
+        ]
+    for path in doomed:
+        shutil.rmtree(path)
+        logger.info("pruned checkpoint %s", path)
+    return doomed
+
+
+def rng_state() -> dict[str, Any]:
+    """The random-number-generator state to store in ``train_state``, as tensors.
+
+    Holds the torch CPU generator (``"torch_cpu"``) and, when CUDA is available, every CUDA device's
+    generator (``"torch_cuda"``). Python's ``random`` and NumPy are not captured: lmforge draws training
+    randomness (init, dropout, sampling) from torch, and data order is part of the loader's own state.
+    """
+    state: dict[str, Any] = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["torch_cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore generators saved by ``rng_state`` (CUDA state only when present and CUDA is available)."""
+    torch.set_rng_state(state["torch_cpu"])
+    if "torch_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["torch_cuda"])

@@ -1,0 +1,112 @@
+"""Tests for lmforge.inference.sampling.sample_next: greedy, top-k, top-p, seeding, argument checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lmforge.inference import sample_next
+
+
+def _logits(batch: int = 4, vocab: int = 50, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, vocab, generator=torch.Generator().manual_seed(seed)) * 3
+
+
+def _draws(logits: torch.Tensor, n: int = 300, **kwargs) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(123)
+    return torch.stack([sample_next(logits, generator=gen, **kwargs) for _ in range(n)])  # [n, B]
+
+
+def test_temperature_zero_is_argmax():
+    logits = _logits()
+    out = sample_next(logits, temperature=0)
+    assert out.dtype == torch.long and out.shape == (4,)
+    assert torch.equal(out, logits.argmax(dim=-1))
+    assert torch.equal(sample_next(logits, temperature=0.0, top_k=5, top_p=0.5), logits.argmax(dim=-1))
+
+
+def test_top_k_one_is_greedy_at_any_temperature():
+    logits = _logits()
+    draws = _draws(logits, n=50, temperature=5.0, top_k=1)
+    assert torch.equal(draws, logits.argmax(dim=-1).expand_as(draws))
+
+
+def test_top_k_keeps_only_the_k_largest():
+    logits = _logits(vocab=30)
+    draws = _draws(logits, temperature=3.0, top_k=3)
+    allowed = torch.topk(logits, 3, dim=-1).indices  # [B, 3]
+    for row in range(logits.shape[0]):
+        assert set(draws[:, row].tolist()) <= set(allowed[row].tolist())
+    assert len(set(draws[:, 0].tolist())) > 1  # it still samples
+
+
+def test_top_k_larger_than_vocab_keeps_everything():
+    logits = torch.zeros(1, 4)
+    draws = _draws(logits, n=200, top_k=100)
+    assert set(draws.flatten().tolist()) == {0, 1, 2, 3}
+
+
+def test_small_top_p_keeps_only_the_top_token():
+    logits = _logits()
+    draws = _draws(logits, n=50, temperature=10.0, top_p=1e-6)
+    assert torch.equal(draws, logits.argmax(dim=-1).expand_as(draws))
+
+
+def test_top_p_keeps_the_smallest_nucleus():
+    # probabilities 0.5, 0.3, 0.15, 0.05: top_p 0.7 needs tokens {0, 1}; top_p 0.85 needs {0, 1, 2}
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    assert set(_draws(logits, top_p=0.7).flatten().tolist()) == {0, 1}
+    assert set(_draws(logits, top_p=0.85).flatten().tolist()) == {0, 1, 2}
+    assert set(_draws(logits, n=600, top_p=1.0).flatten().tolist()) == {0, 1, 2, 3}
+
+
+def test_sampling_follows_the_distribution():
+    logits = torch.tensor([[0.7, 0.2, 0.1]]).log()
+    draws = _draws(logits, n=4000).flatten()
+    freq = torch.bincount(draws, minlength=3).double() / len(draws)
+    assert torch.allclose(freq, torch.tensor([0.7, 0.2, 0.1], dtype=torch.double), atol=0.03)
+
+
+def test_same_seed_same_draws_other_seed_other_draws():
+    logits = torch.zeros(16, 1000)
+
+    def draw(seed: int) -> torch.Tensor:
+        return sample_next(logits, generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(draw(7), draw(7))
+    assert not torch.equal(draw(7), draw(8))
+
+
+def test_neg_inf_logits_are_never_sampled():
+    logits = torch.tensor([[-math.inf, 0.0, -math.inf, 0.0]])
+    assert set(_draws(logits, n=200).flatten().tolist()) == {1, 3}
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"temperature": -0.1}, "temperature"),
+        ({"temperature": math.nan}, "temperature"),
+        ({"temperature": math.inf}, "temperature"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"top_k": 0}, "top_k"),
+        ({"top_k": 2.5}, "top_k"),
+        ({"top_k": True}, "top_k"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_p": -0.2}, "top_p"),
+    ],
+)
+def test_invalid_settings_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sample_next(_logits(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "logits", [torch.zeros(5), torch.zeros(2, 3, 4), torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 0)]
+)
+def test_bad_logits_raise(logits):
+    with pytest.raises(ValueError, match="logits"):
+        sample_next(logits)

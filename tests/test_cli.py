@@ -1,0 +1,107 @@
+"""The CLI table, --help for every stage, fast start-up, and config errors before any work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lmforge.cli import COMMANDS, main
+from lmforge.config import describe
+
+STAGES = ["data", "tokenizer", "pretrain", "finetune", "align", "eval", "generate", "chat", "serve", "export",
+          "scaling", "report", "run"]
+
+
+def test_table_has_every_stage_in_order():
+    assert list(COMMANDS) == STAGES
+
+
+def test_top_help_lists_commands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in STAGES:
+        assert f"  {name} " in out
+
+
+@pytest.mark.parametrize("name", [n for n, c in COMMANDS.items() if c.module and n != "run"])
+def test_stage_help_lists_every_option(name, capsys):
+    import importlib
+
+    assert main([name, "--help"]) == 0
+    out = capsys.readouterr().out
+    module = importlib.import_module(COMMANDS[name].module)
+    for key, tp, default, meaning in describe(module.Config):
+        assert f"--{key} " in out, key
+        assert meaning and meaning in out
+        assert f"type: {tp}; default: {default}" in out
+
+
+def test_run_help(capsys):
+    assert main(["run", "--help"]) == 0
+    assert "--force" in capsys.readouterr().out
+
+
+def test_unknown_command_suggests(capsys):
+    assert main(["pretrian"]) == 2
+    assert "did you mean 'pretrain'" in capsys.readouterr().err.lower()
+
+
+def test_planned_command_says_so(capsys):
+    assert main(["serve"]) == 2
+    assert "issue 9" in capsys.readouterr().err
+
+
+def test_help_is_fast_and_imports_no_torch():
+    code = (
+        "import sys, time; t=time.perf_counter(); from lmforge.cli import main; import io, contextlib;\n"
+        "buf=io.StringIO()\n"
+        "with contextlib.redirect_stdout(buf): main(['pretrain', '--help'])\n"
+        "print(time.perf_counter()-t, 'torch' in sys.modules)"
+    )
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    wall = time.perf_counter() - t0
+    assert out[1] == "False", "pretrain --help must not import torch"
+    assert float(out[0]) < 1.0 and wall < 5.0
+
+
+def test_bad_option_fails_before_work(tmp_path, capsys):
+    out = tmp_path / "p"
+    assert main(["pretrain", f"--out={out}", "--model.n_embd", "100", "--model.n_head", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "model.n_embd" in err and "divisible" in err
+    assert not out.exists() and not (tmp_path / "p.partial").exists()
+
+
+def test_unknown_option_names_nearest(tmp_path, capsys):
+    assert main(["pretrain", f"--out={tmp_path / 'p'}", "--max_step", "3"]) == 2
+    assert "did you mean 'max_steps'" in capsys.readouterr().err
+
+
+def test_missing_input_is_clear(tmp_path, capsys):
+    assert main(["tokenizer", f"--out={tmp_path / 'tokenizer'}"]) == 2
+    err = capsys.readouterr().err
+    assert "data" in err and "has not finished" in err
+
+
+def test_missing_source_fails_before_work(tmp_path, capsys):
+    assert main(["data", f"--out={tmp_path / 'data'}", "--sources", str(tmp_path / "nope.txt")]) == 2
+    assert "nope.txt" in capsys.readouterr().err
+    assert not (tmp_path / "data.partial").exists()
+
+
+def test_run_rejects_bad_recipe_before_work(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nstages:\n  data: {}\n  pretrain: {lr: -1}\n")
+    assert main(["run", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    assert "pretrain.lr" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "data").exists()
+    recipe.write_text("name: r\nstagez: {}\n")
+    assert main(["run", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    assert "did you mean 'stages'" in capsys.readouterr().err
+    recipe.write_text("name: r\nstages:\n  data: {}\n")
+    assert main(["run", str(recipe), "--out", str(tmp_path / "run"), "dta.max_docs=3"]) == 2
+    assert "did you mean 'data'" in capsys.readouterr().err

@@ -1,0 +1,106 @@
+"""Typed configs: coercion, unknown keys with the nearest valid key, validation, overrides, help rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import pytest
+
+from lmforge.config import ConfigError, describe, from_dict, hash_view, merge, opt, parse_overrides
+
+
+@dataclass
+class Inner:
+    n_embd: int = opt(64, "width")
+    n_head: int = opt(4, "heads")
+
+    def validate(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ConfigError("n_embd", f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+
+@dataclass
+class Outer:
+    lr: float = opt(1e-3, "learning rate")
+    steps: int = opt(10, "steps")
+    name: str = opt("x", "a name")
+    flag: bool = opt(False, "a flag")
+    tags: list[str] = opt([], "tags")
+    sched: Literal["cosine", "linear"] = opt("cosine", "schedule")
+    model: Inner = opt(Inner(), "the model")
+    out: str = opt("", "where", path=True)
+    maybe: int | None = opt(None, "optional")
+
+
+def test_defaults_and_coercion():
+    cfg = from_dict(Outer, {"lr": "3e-4", "steps": "100", "flag": "true", "tags": "one", "maybe": 3})
+    assert cfg.lr == pytest.approx(3e-4) and cfg.steps == 100 and cfg.flag is True
+    assert cfg.tags == ["one"] and cfg.maybe == 3 and cfg.model.n_embd == 64
+
+
+def test_unknown_key_names_nearest():
+    with pytest.raises(ConfigError) as e:
+        from_dict(Outer, {"stpes": 3})
+    assert e.value.key == "stpes" and "did you mean 'steps'" in str(e.value)
+
+
+def test_unknown_nested_key_has_dotted_path():
+    with pytest.raises(ConfigError) as e:
+        from_dict(Outer, {"model": {"n_embed": 32}}, prefix="pretrain")
+    assert e.value.key == "pretrain.model.n_embed" and "'n_embd'" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "data,key",
+    [
+        ({"steps": "ten"}, "steps"),
+        ({"steps": 1.5}, "steps"),
+        ({"lr": True}, "lr"),
+        ({"flag": "maybe"}, "flag"),
+        ({"sched": "cosin"}, "sched"),
+        ({"model": 3}, "model"),
+        ({"tags": [1, {"a": 1}]}, "tags[1]"),
+    ],
+)
+def test_wrong_types_name_the_key(data, key):
+    with pytest.raises(ConfigError) as e:
+        from_dict(Outer, data)
+    assert e.value.key == key
+
+
+def test_impossible_value_fails_with_key():
+    with pytest.raises(ConfigError) as e:
+        from_dict(Outer, {"model": {"n_embd": 100, "n_head": 3}}, prefix="pretrain")
+    assert e.value.key == "pretrain.model.n_embd"
+    assert "divisible" in str(e.value)
+
+
+def test_literal_suggests():
+    with pytest.raises(ConfigError, match="did you mean 'cosine'"):
+        from_dict(Outer, {"sched": "cosin"})
+
+
+def test_parse_overrides_forms():
+    got = parse_overrides(["a.b=1", "--a.c", "x", "--flag", "--lr=3e-4", "--list", "[1, 2]"])
+    assert got == {"a": {"b": 1, "c": "x"}, "flag": True, "lr": "3e-4", "list": [1, 2]}
+    with pytest.raises(ConfigError):
+        parse_overrides(["bare"])
+
+
+def test_merge_is_deep_and_pure():
+    base = {"a": {"b": 1, "c": 2}, "d": 1}
+    out = merge(base, {"a": {"b": 5}})
+    assert out == {"a": {"b": 5, "c": 2}, "d": 1} and base["a"]["b"] == 1
+
+
+def test_hash_view_drops_paths():
+    cfg = from_dict(Outer, {"out": "/somewhere"})
+    assert "out" not in hash_view(cfg) and hash_view(cfg)["model"] == {"n_embd": 64, "n_head": 4}
+
+
+def test_describe_lists_every_option():
+    rows = {r[0]: r for r in describe(Outer)}
+    assert set(rows) >= {"lr", "steps", "model.n_embd", "model.n_head", "sched", "out"}
+    assert rows["sched"][1] == "cosine|linear" and rows["model.n_embd"][2] == "64"
+    assert all(r[3] for r in rows.values())

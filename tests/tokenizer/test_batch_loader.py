@@ -1,0 +1,70 @@
+"""Tests for lmforge.tokenizer.loader: window contents, exact resume, per-rank streams, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lmforge.errors import InputError
+from lmforge.tokenizer.loader import BatchLoader
+from lmforge.tokenizer.shards import encode_to_shards, open_tokens
+
+
+@pytest.fixture(scope="module")
+def tokens_dir(tok_path, corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tokens") / "train"
+    encode_to_shards(corpus[:200], tok_path, out, workers=1, tokens_per_shard=500)  # several shards
+    return out
+
+
+def test_batches_are_shifted_windows_of_the_stream(tokens_dir):
+    flat = open_tokens(tokens_dir).tolist()
+    text = "," + ",".join(map(str, flat)) + ","
+    loader = BatchLoader(tokens_dir, batch_size=4, block_size=16, seed=0)
+    for _ in range(5):
+        x, y = loader.next_batch()
+        assert x.shape == y.shape == (4, 16) and x.dtype == y.dtype == torch.int64
+        assert torch.equal(x[:, 1:], y[:, :-1])
+        for row_x, row_y in zip(x.tolist(), y.tolist()):
+            assert "," + ",".join(map(str, row_x + row_y[-1:])) + "," in text  # a contiguous window
+
+
+def test_resume_from_state_dict_gives_identical_batches(tokens_dir):
+    straight = BatchLoader(tokens_dir, batch_size=3, block_size=8, seed=7)
+    expected = [straight.next_batch() for _ in range(6)]
+
+    first = BatchLoader(tokens_dir, batch_size=3, block_size=8, seed=7)
+    for _ in range(2):
+        first.next_batch()
+    state = json.loads(json.dumps(first.state_dict()))  # plain JSON types only
+    assert state["batches"] == 2
+    resumed = BatchLoader(tokens_dir, batch_size=3, block_size=8, seed=7)
+    resumed.load_state_dict(state)
+    for x_exp, y_exp in expected[2:]:
+        x, y = resumed.next_batch()
+        assert torch.equal(x, x_exp) and torch.equal(y, y_exp)
+    assert resumed.batches == 6
+
+
+def test_ranks_and_seeds_draw_different_windows(tokens_dir):
+    def first_batch(seed: int, rank: int) -> torch.Tensor:
+        return BatchLoader(tokens_dir, 4, 16, seed=seed, rank=rank, world_size=2).next_batch()[0]
+
+    assert torch.equal(first_batch(0, 0), first_batch(0, 0))
+    assert not torch.equal(first_batch(0, 0), first_batch(0, 1))
+    assert not torch.equal(first_batch(0, 0), first_batch(1, 0))
+    state = BatchLoader(tokens_dir, 4, 16, seed=0, rank=0, world_size=2).state_dict()
+    with pytest.raises(ValueError, match="rank 0"):
+        BatchLoader(tokens_dir, 4, 16, seed=0, rank=1, world_size=2).load_state_dict(state)
+
+
+def test_stream_shorter_than_a_window_is_rejected(tok_path, tmp_path):
+    encode_to_shards(["hi"], tok_path, tmp_path / "tiny", workers=1)
+    n = len(open_tokens(tmp_path / "tiny"))
+    BatchLoader(tmp_path / "tiny", 1, n - 1, seed=0).next_batch()  # exactly block_size + 1 tokens
+    with pytest.raises(InputError, match=f"holds {n} tokens"):
+        BatchLoader(tmp_path / "tiny", 1, n, seed=0)
+    with pytest.raises(ValueError, match="rank"):
+        BatchLoader(tmp_path / "tiny", 1, 1, seed=0, rank=2, world_size=2)

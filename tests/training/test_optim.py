@@ -1,0 +1,122 @@
+"""Tests for lmforge.training.optim: learning-rate schedules and AdamW parameter groups."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lmforge.model.config import ModelConfig
+from lmforge.model.decoder import Decoder
+from lmforge.training.optim import build_optimizer, lr_at, param_groups
+
+BASE = 1.0
+
+
+def lr(step: int, schedule: str, **kw) -> float:
+    args = {"max_steps": 100, "base_lr": BASE, "warmup_steps": 10, "schedule": schedule, "min_lr_ratio": 0.1}
+    return lr_at(step, **{**args, **kw})
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant", "wsd"])
+def test_warmup_is_linear_and_reaches_base(schedule: str) -> None:
+    assert lr(0, schedule) == pytest.approx(0.1)
+    assert lr(4, schedule) == pytest.approx(0.5)
+    assert lr(9, schedule) == pytest.approx(BASE)
+    assert lr(10, schedule) == pytest.approx(BASE)
+    assert lr(0, schedule, warmup_steps=0) == pytest.approx(BASE)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "wsd"])
+def test_decays_end_at_min_lr_and_never_rise(schedule: str) -> None:
+    values = [lr(s, schedule) for s in range(10, 121)]
+    assert values[0] == pytest.approx(BASE)
+    assert lr(100, schedule) == pytest.approx(0.1)
+    assert lr(120, schedule) == pytest.approx(0.1)  # past max_steps: stays at min_lr
+    assert all(a >= b - 1e-12 for a, b in zip(values, values[1:]))
+
+
+def test_cosine_and_linear_midpoints() -> None:
+    # decay runs over steps 10..100, midpoint 55
+    assert lr(55, "cosine") == pytest.approx(0.55)
+    assert lr(55, "linear") == pytest.approx(0.55)
+    early = lr(32, "cosine")  # 22 of 90 decay steps done
+    assert early == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 22 / 90)))
+    assert early > lr(32, "linear")  # cosine stays higher early in the decay
+
+
+def test_constant_holds_base_lr() -> None:
+    assert {lr(s, "constant") for s in range(10, 150)} == {BASE}
+
+
+def test_wsd_shape() -> None:
+    # decay_fraction 0.2 of 100 steps: stable through step 80, then linear to min_lr at 100
+    assert all(lr(s, "wsd") == BASE for s in range(10, 81))
+    assert lr(90, "wsd") == pytest.approx(0.55)
+    assert lr(95, "wsd") == pytest.approx(0.325)
+    assert lr(100, "wsd") == pytest.approx(0.1)
+    assert lr(70, "wsd", decay_fraction=0.5) == pytest.approx(0.1 + 0.9 * 0.6)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"schedule": "step"}, "unknown schedule 'step'"),
+        ({"warmup_steps": 101}, "warmup_steps must be in"),
+        ({"max_steps": 0, "warmup_steps": 0}, "max_steps must be >= 1"),
+        ({"min_lr_ratio": 1.5}, "min_lr_ratio"),
+        ({"decay_fraction": 0.0}, "decay_fraction"),
+        ({"base_lr": -1.0}, "base_lr"),
+    ],
+)
+def test_lr_at_rejects_bad_arguments(kw: dict, match: str) -> None:
+    args = {"schedule": "cosine", **kw}
+    with pytest.raises(ValueError, match=match):
+        lr(5, **args)
+    with pytest.raises(ValueError, match="step must be >= 0"):
+        lr(-1, "cosine")
+
+
+def _model(**overrides) -> Decoder:
+    torch.manual_seed(0)
+    base = {"vocab_size": 32, "block_size": 8, "n_layer": 2, "n_head": 2, "n_embd": 16}
+    return Decoder(ModelConfig(**{**base, **overrides}))
+
+
+def test_norms_and_biases_are_not_decayed() -> None:
+    model = _model(bias=True, norm="layernorm", qk_norm=True, pos="learned")
+    decay, no_decay = param_groups(model, weight_decay=0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    decay_names = {names[id(p)] for p in decay["params"]}
+    assert no_decay_names == {n for n, p in model.named_parameters() if n.endswith("bias") or "norm" in n}
+    assert {"tok_emb.weight", "pos_emb.weight", "blocks.0.attn.q_proj.weight"} <= decay_names
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
+    # the tied head is the token table: every parameter appears exactly once
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_decay_shrinks_matrices_only() -> None:
+    """With zero gradients AdamW's only effect is decoupled decay: W <- W * (1 - lr * wd)."""
+    model = _model(bias=True)
+    opt = build_optimizer(model, lr=0.1, weight_decay=0.5)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for n, p in model.named_parameters():
+        factor = 0.95 if p.ndim >= 2 else 1.0
+        torch.testing.assert_close(p.detach(), before[n] * factor, msg=n)
+
+
+def test_build_optimizer_validates() -> None:
+    model = _model()
+    with pytest.raises(ValueError, match="lr"):
+        build_optimizer(model, lr=-1.0, weight_decay=0.0)
+    with pytest.raises(ValueError, match="betas"):
+        build_optimizer(model, lr=1e-3, weight_decay=0.0, betas=(0.9, 1.0))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        build_optimizer(model, lr=1e-3, weight_decay=0.0)
