@@ -196,6 +196,7 @@ def encode_to_shards(
         tok_path: ``tokenizer.json`` or its directory; each worker loads it once.
         out_dir: created if missing; shards and index of an earlier attempt in it are deleted first.
         workers: encoding processes; 1 encodes in this process (with ``tokenizers``' own threads).
+            Workers are *spawned*, so a calling script needs the ``if __name__ == "__main__":`` guard.
         batch_docs: documents per task sent to a worker.
         tokens_per_shard: shard size limit in tokens (exceeded only by a single longer document).
         progress: called with the number of documents after each encoded batch (e.g. ``bar.update``).
