@@ -11,8 +11,21 @@ import pytest
 from lmforge.cli import COMMANDS, main
 from lmforge.config import describe
 
-STAGES = ["data", "tokenizer", "pretrain", "finetune", "align", "eval", "generate", "chat", "serve", "export",
-          "scaling", "report", "run"]
+STAGES = [
+    "data",
+    "tokenizer",
+    "pretrain",
+    "finetune",
+    "align",
+    "eval",
+    "generate",
+    "chat",
+    "serve",
+    "export",
+    "scaling",
+    "report",
+    "run",
+]
 
 
 def test_table_has_every_stage_in_order():
@@ -62,7 +75,9 @@ def test_help_is_fast_and_imports_no_torch():
         "print(time.perf_counter()-t, 'torch' in sys.modules)"
     )
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     wall = time.perf_counter() - t0
     assert out[1] == "False", "pretrain --help must not import torch"
     assert float(out[0]) < 1.0 and wall < 5.0

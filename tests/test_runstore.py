@@ -113,7 +113,9 @@ def test_missing_or_unfinished_input_is_clear(tmp_path):
     with pytest.raises(InputError, match="has not finished"):
         run_stage("down", Cfg(), out=tmp_path / "down", inputs={"src": "@up"}, work=lambda c, x: {})
     with pytest.raises(InputError, match="not found"):
-        run_stage("down", Cfg(), out=tmp_path / "down", inputs={"src": tmp_path / "nope"}, work=lambda c, x: {})
+        run_stage(
+            "down", Cfg(), out=tmp_path / "down", inputs={"src": tmp_path / "nope"}, work=lambda c, x: {}
+        )
 
 
 def test_metrics_must_be_numbers(tmp_path):

@@ -280,6 +280,7 @@ def run_stage(
     log.info("%s: running stage %s → %s", out.name, stage, out)
     try:
         metrics = work(cfg, ctx)
+        ctx.log_metrics({"final": True, **_check_metrics(stage, metrics)})
     except BaseException as exc:
         manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}", ended=_now())
         manifest["duration_s"] = round(time.perf_counter() - start, 3)

@@ -112,3 +112,14 @@ def test_bad_directories_are_reported(tok_path, corpus, tmp_path):
         open_tokens(tmp_path / "t")
     with pytest.raises(InputError, match="no such tokenizer file"):
         encode_to_shards(["x"], tmp_path / "none.json", tmp_path / "u", workers=1)
+
+
+def test_special_token_text_in_documents_is_plain_text(tok_path, tmp_path):
+    """A document that contains the literal string "<|eos|>" must not inject the control token."""
+    tok = load_tokenizer(tok_path)
+    eos = tok.token_to_id("<|eos|>")
+    index = encode_to_shards(["before <|eos|> after", "plain"], tok_path, tmp_path / "t", workers=1)
+    ids = open_tokens(tmp_path / "t")
+    assert eos not in set(ids.tolist())
+    assert list(ids).count(0) == 2 and index["docs"] == 2
+    assert tok.encode("<|eos|>").ids == [eos], "the caller's tokenizer is left as it was"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, run_stage
+from lmforge.runstore import StageContext, read_manifest, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
 def build(cfg: Config, ctx: StageContext) -> dict[str, float]:
     """Train the tokenizer, save it, and write the token shards of both splits."""
     from lmforge.data.shards import iter_shard_texts
+    from lmforge.log import progress
     from lmforge.tokenizer.shards import encode_to_shards
     from lmforge.tokenizer.train import save_tokenizer, train_bpe
 
@@ -84,11 +85,15 @@ def build(cfg: Config, ctx: StageContext) -> dict[str, float]:
     log.info("trained byte-level BPE (vocab %d) in %.1fs", tok.get_vocab_size(), train_s)
 
     metrics: dict[str, float] = {"vocab_size": tok.get_vocab_size(), "train_time_s": train_s}
+    upstream = (read_manifest(data_dir) or {}).get("metrics", {})
     for split in ("train", "val"):
         t0 = time.perf_counter()
-        index = encode_to_shards(
-            iter_shard_texts(data_dir / split), tok_path, ctx.dir / "tokens" / split, workers=cfg.workers
+        texts = progress(
+            iter_shard_texts(data_dir / split),
+            total=upstream.get(f"{split}_docs"),
+            description=f"encoding {split}",
         )
+        index = encode_to_shards(texts, tok_path, ctx.dir / "tokens" / split, workers=cfg.workers)
         dt = time.perf_counter() - t0
         metrics[f"{split}_tokens"] = index["tokens"]
         metrics[f"{split}_bytes"] = index["bytes"]

@@ -55,8 +55,16 @@ def encode_texts(tok: Tokenizer, texts: list[str], dtype: np.dtype) -> Encoded:
         (tokens [sum of lengths], tokens per document [len(texts)], UTF-8 bytes per document [len(texts)]).
     """
     bos = special_id(tok, "bos")
-    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)  # _fast (no offsets) since tokenizers 0.20
-    encodings = encode(texts, add_special_tokens=False)
+    # document text is data: a literal "<|eos|>" in it is encoded as ordinary text, never as the control token
+    was = tok.encode_special_tokens
+    tok.encode_special_tokens = True
+    try:
+        encode = getattr(
+            tok, "encode_batch_fast", tok.encode_batch
+        )  # _fast (no offsets) since tokenizers 0.20
+        encodings = encode(texts, add_special_tokens=False)
+    finally:
+        tok.encode_special_tokens = was
     lengths = np.fromiter((len(e.ids) + 1 for e in encodings), dtype=np.int64, count=len(encodings))
     tokens = np.empty(int(lengths.sum()), dtype=dtype)
     pos = 0
