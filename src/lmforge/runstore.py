@@ -241,14 +241,22 @@ def run_stage(
         }
     )
 
+    rank = int(os.environ.get("RANK", 0))
     done = read_manifest(out)
     if done is not None and done.get("cache_key") == key and not force:
         log.info("%s: cached (%s), skipping", out.name, out)
-        done["cached_last"] = True
-        write_json_atomic(out / MANIFEST, done)
+        if rank == 0:
+            done["cached_last"] = True
+            write_json_atomic(out / MANIFEST, done)
         return done
 
     partial = out.with_name(out.name + PARTIAL_SUFFIX)
+    if rank != 0:
+        # another rank of a torchrun job: rank 0 owns the directories and the manifest; this rank only
+        # works (the work function synchronises with rank 0 before reading or writing anything)
+        ctx = StageContext(stage=stage, instance=out.name, dir=partial, run_dir=run_dir, inputs=resolved)
+        metrics = work(cfg, ctx)
+        return {"stage": stage, "instance": out.name, "status": "worker", "rank": rank, "metrics": metrics}
     resumed = False
     if partial.exists():
         old_key = (partial / KEY_FILE).read_text().strip() if (partial / KEY_FILE).is_file() else ""

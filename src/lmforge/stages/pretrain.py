@@ -9,6 +9,7 @@ exactly where it stopped. ``max_time_s`` stops training at a wall-clock budget a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -56,6 +57,14 @@ class Config:
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
     dtype: str = opt("auto", "auto | fp32 | bf16 | fp16 (auto: fp32 on CPU, bf16 on recent GPUs)")
     threads: int = opt(0, "CPU threads for torch (0 = one per core)")
+    early_stop_patience: int = opt(0, "stop after this many evaluations without val improvement (0 = off)")
+    early_stop_min_delta: float = opt(0.0, "val loss must improve by more than this to count")
+    strategy: Literal["ddp", "fsdp"] = opt(
+        "ddp", "data parallelism under torchrun: ddp, or fsdp (FSDP2 per block)"
+    )
+    compile: bool = opt(
+        False, "torch.compile the model (measured slower to start than it gains on short CPU runs)"
+    )
 
     def validate(self) -> None:
         for key in ("batch_size", "grad_accum", "max_steps", "eval_every", "ckpt_every", "log_every"):
@@ -69,7 +78,16 @@ class Config:
             raise ConfigError("lr", f"must be > 0, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
-        for key in ("weight_decay", "grad_clip", "max_time_s", "eval_tokens", "keep_last", "threads"):
+        for key in (
+            "weight_decay",
+            "grad_clip",
+            "max_time_s",
+            "eval_tokens",
+            "keep_last",
+            "threads",
+            "early_stop_patience",
+            "early_stop_min_delta",
+        ):
             if getattr(self, key) < 0:
                 raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
         for key in ("beta1", "beta2"):
@@ -90,7 +108,7 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
 
 
 def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
-    """The pretraining loop; returns the final metrics."""
+    """The pretraining loop (every rank of a torchrun job runs it); returns the final metrics."""
     import torch
 
     from lmforge.eval.lm import evaluate_lm
@@ -101,10 +119,17 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     from lmforge.tokenizer.shards import open_tokens
     from lmforge.tokenizer.train import load_tokenizer, token_byte_lengths
     from lmforge.training import checkpoint as ckpt
+    from lmforge.training import distributed as ddp
+    from lmforge.training.flops import matmul_peak
     from lmforge.training.optim import build_optimizer, lr_at
-    from lmforge.training.step import supervised_tokens, token_loss, weighted_backward
+    from lmforge.training.step import supervised_tokens, token_loss
 
+    ddp.init_distributed("cuda" if cfg.device.startswith("cuda") else "cpu")
     rt = create_runtime(cfg.device, cfg.dtype, cfg.seed, cfg.threads)
+    main_rank = rt.is_main
+    if not main_rank:
+        logging.getLogger("lmforge").setLevel(logging.WARNING)
+    ddp.barrier()  # rank 0 has prepared the stage directory
     tok_dir = ctx.inputs["tokenizer"]
     tok_path = tok_dir / "tokenizer.json"
     tok = load_tokenizer(tok_path)
@@ -116,44 +141,47 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         raise ConfigError("model.vocab_size", f"{mcfg.vocab_size} is smaller than the tokenizer's {vocab}")
     mcfg.validate()
 
-    model = Decoder(mcfg).to(rt.device)
+    raw_model = Decoder(mcfg).to(rt.device)
+    model = ddp.wrap_model(raw_model, cfg.strategy)
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
+    forward = torch.compile(model) if cfg.compile else model
+    # every rank draws the same global batch and trains on its own slice of rows, so N ranks with
+    # batch B follow exactly the trajectory of one process with batch N·B
     loader = BatchLoader(
-        tok_dir / "tokens" / "train",
-        cfg.batch_size,
-        mcfg.block_size,
-        seed=cfg.seed,
-        rank=rt.rank,
-        world_size=rt.world_size,
+        tok_dir / "tokens" / "train", cfg.batch_size * rt.world_size, mcfg.block_size, seed=cfg.seed
     )
+    rows = slice(rt.rank * cfg.batch_size, (rt.rank + 1) * cfg.batch_size)
     val_tokens = open_tokens(tok_dir / "tokens" / "val")
     token_bytes = token_byte_lengths(tok)
     ckpt_root = ctx.dir / "ckpt"
-    ckpt_root.mkdir(exist_ok=True)
+    if main_rank:
+        ckpt_root.mkdir(exist_ok=True)
 
-    step, best_val, best_dir, elapsed_before, loss_ema = 0, math.inf, "", 0.0, math.nan
+    step, best_val, best_dir, elapsed_before, loss_ema, bad_evals = 0, math.inf, "", 0.0, math.nan, 0
     latest = ckpt.latest_checkpoint(ckpt_root)
     if latest is not None:
         state = ckpt.load_train_state(latest)
-        model.load_state_dict(ckpt.load_model(latest, device=rt.device)[0].state_dict())
-        optimizer.load_state_dict(state["optimizer"])
+        ddp.load_full_state_dicts(model, optimizer, ckpt.load_weights(latest, mcfg), state["optimizer"])
         loader.load_state_dict(state["loader"])
         ckpt.set_rng_state(state["rng"])
         step, best_val = int(state["step"]), float(state["best_val_loss"])
         best_dir, elapsed_before = str(state["best_dir"]), float(state["elapsed_s"])
-        loss_ema = float(state["loss_ema"])
+        loss_ema, bad_evals = float(state["loss_ema"]), int(state["bad_evals"])
         log.info("resumed from %s (step %d)", latest.name, step)
 
-    n_params = model.num_params(non_embedding=True)
+    n_params = raw_model.num_params(non_embedding=True)
+    flops_per_token = raw_model.flops_per_token()
+    peak = matmul_peak(rt.device.split(":")[0], "fp32" if rt.dtype == "fp32" else rt.dtype) * rt.world_size
     tokens_per_step = cfg.batch_size * cfg.grad_accum * mcfg.block_size * rt.world_size
     log.info(
-        "model: %.2fM non-embedding params, %d layers, d=%d, vocab %d, context %d; %d tokens/step",
+        "model: %.2fM non-embedding params, %d layers, d=%d, vocab %d, context %d; %d tokens/step on %d rank(s)",
         n_params / 1e6,
         mcfg.n_layer,
         mcfg.n_embd,
         mcfg.vocab_size,
         mcfg.block_size,
         tokens_per_step,
+        rt.world_size,
     )
 
     def evaluate() -> dict[str, float]:
@@ -168,32 +196,34 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         )
         return {"val_loss": r["loss"], "val_ppl": r["perplexity"], "val_bpb": r["bpb"]}
 
-    def save(val: dict[str, float] | None) -> None:
-        nonlocal best_val, best_dir
-        name = f"step_{step}"
-        if val is not None and val["val_loss"] < best_val:
-            best_val, best_dir = val["val_loss"], name
-        ckpt.save_checkpoint(
-            ckpt_root / name,
-            model,
-            mcfg,
-            tokenizer_path=tok_path,
-            train_state={
-                "optimizer": optimizer.state_dict(),
-                "loader": loader.state_dict(),
-                "rng": ckpt.rng_state(),
-                "step": step,
-                "best_val_loss": best_val,
-                "best_dir": best_dir,
-                "elapsed_s": elapsed_before + (time.perf_counter() - start),
-                "loss_ema": loss_ema,
-            },
-        )
-        keep = {ckpt_root / best_dir} if best_dir else set()
-        ckpt.prune_checkpoints(ckpt_root, keep_last=max(cfg.keep_last, 1), keep=keep)
+    def save() -> None:
+        model_sd, optim_sd = ddp.full_state_dicts(model, optimizer)  # collective: every rank
+        if main_rank:
+            ckpt.save_checkpoint(
+                ckpt_root / f"step_{step}",
+                raw_model,
+                mcfg,
+                tokenizer_path=tok_path,
+                state_dict=model_sd,
+                train_state={
+                    "optimizer": optim_sd,
+                    "loader": loader.state_dict(),
+                    "rng": ckpt.rng_state(),
+                    "step": step,
+                    "best_val_loss": best_val,
+                    "best_dir": best_dir,
+                    "elapsed_s": elapsed_before + (time.perf_counter() - start),
+                    "loss_ema": loss_ema,
+                    "bad_evals": bad_evals,
+                },
+            )
+            keep = {ckpt_root / best_dir} if best_dir else set()
+            ckpt.prune_checkpoints(ckpt_root, keep_last=max(cfg.keep_last, 1), keep=keep)
+        ddp.barrier()
 
     start = time.perf_counter()
     last_val: dict[str, float] | None = None
+    stop_reason = "max_steps"
     model.train()
     while step < cfg.max_steps:
         t0 = time.perf_counter()
@@ -207,25 +237,32 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         )
         for group in optimizer.param_groups:
             group["lr"] = lr
-        micro = [loader.next_batch() for _ in range(cfg.grad_accum)]
-        total = sum(supervised_tokens(y) for _, y in micro)
-        loss_sum_all = 0.0
-        for x, y in micro:
+        micro = [tuple(t[rows] for t in loader.next_batch()) for _ in range(cfg.grad_accum)]
+        global_tokens = ddp.all_reduce_sum(sum(supervised_tokens(y) for _, y in micro))
+        scale = ddp.loss_scale(global_tokens)
+        local_loss = 0.0
+        for i, (x, y) in enumerate(micro):
             x, y = x.to(rt.device), y.to(rt.device)
-            with rt.autocast():
-                logits = model(x)
-            loss_sum, _ = token_loss(logits, y)
-            weighted_backward(loss_sum, total)
-            loss_sum_all += loss_sum.item()
-        grad_norm = (
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
-            if cfg.grad_clip > 0
-            else _grad_norm(model)
+            sync = (
+                contextlib.nullcontext()
+                if i == len(micro) - 1 or not hasattr(model, "no_sync")
+                else model.no_sync()
+            )
+            with sync:
+                with rt.autocast():
+                    logits = forward(x)
+                loss_sum, _ = token_loss(logits, y)
+                (loss_sum * scale).backward()
+            local_loss += loss_sum.item()
+        grad_norm = float(
+            torch.nn.utils.clip_grad_norm_(
+                model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+            )
         )
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        loss = loss_sum_all / max(total, 1)
+        loss = ddp.all_reduce_sum(local_loss) / max(global_tokens, 1)
         if not math.isfinite(loss):
             raise FloatingPointError(
                 f"loss became {loss} at step {step}; lower the learning rate (lr={cfg.lr})"
@@ -233,51 +270,72 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         loss_ema = loss if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * loss
         dt = time.perf_counter() - t0
         elapsed = elapsed_before + time.perf_counter() - start
-        record = {
-            "step": step,
-            "loss": loss,
-            "lr": lr,
-            "grad_norm": grad_norm,
-            "tokens_per_s": total / dt,
-            "elapsed_s": elapsed,
-        }
-        ctx.log_metrics(record)
-        if step % cfg.log_every == 0 or step == 1:
-            log.info(
-                step_line(
-                    step,
-                    cfg.max_steps,
-                    {"loss": loss_ema, "lr": lr, "gnorm": grad_norm, "tokens_per_s": total / dt},
-                    elapsed,
-                )
+        tps = global_tokens / dt
+        mfu = tps * flops_per_token / peak if peak > 0 else 0.0
+        if main_rank:
+            ctx.log_metrics(
+                {
+                    "step": step,
+                    "loss": loss,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "tokens_per_s": tps,
+                    "mfu": mfu,
+                    "elapsed_s": elapsed,
+                }
             )
-        out_of_time = cfg.max_time_s > 0 and elapsed >= cfg.max_time_s
+            if step % cfg.log_every == 0 or step == 1:
+                log.info(
+                    step_line(
+                        step,
+                        cfg.max_steps,
+                        {"loss": loss_ema, "lr": lr, "gnorm": grad_norm, "tokens_per_s": tps, "mfu": mfu},
+                        elapsed,
+                    )
+                )
+        out_of_time = cfg.max_time_s > 0 and ddp.all_reduce_sum(elapsed >= cfg.max_time_s) > 0
         final = step == cfg.max_steps or out_of_time
-        val = None
         if step % cfg.eval_every == 0 or final:
-            val = evaluate()
+            last_val = evaluate()
             model.train()
-            last_val = val
-            ctx.log_metrics({"step": step, **val})
+            if main_rank:
+                ctx.log_metrics({"step": step, **last_val})
             log.info(
                 "step %d: val loss %.4f | ppl %.2f | bpb %.4f",
                 step,
-                val["val_loss"],
-                val["val_ppl"],
-                val["val_bpb"],
+                last_val["val_loss"],
+                last_val["val_ppl"],
+                last_val["val_bpb"],
             )
-        if step % cfg.ckpt_every == 0 or final:
-            save(val)
+            if last_val["val_loss"] < best_val - cfg.early_stop_min_delta:
+                best_val, best_dir, bad_evals = last_val["val_loss"], f"step_{step}", 0
+            else:
+                bad_evals += 1
+            if cfg.early_stop_patience and bad_evals >= cfg.early_stop_patience:
+                final, stop_reason = True, "early_stop"
+                log.info(
+                    "early stop: no val improvement in %d evaluations (best %.4f at %s)",
+                    bad_evals,
+                    best_val,
+                    best_dir,
+                )
         if out_of_time:
+            stop_reason = "time_budget"
             log.info("time budget of %.0fs reached at step %d", cfg.max_time_s, step)
+        if step % cfg.ckpt_every == 0 or final or step % cfg.eval_every == 0 and best_dir == f"step_{step}":
+            save()
+        if final:
             break
 
     if last_val is None:  # resumed after the final checkpoint was written
         last_val = evaluate()
     last_dir = f"step_{step}"
-    write_json_atomic(
-        ckpt_root / "final.json", {"last": last_dir, "best": best_dir or last_dir, "step": step}
-    )
+    if main_rank:
+        write_json_atomic(
+            ckpt_root / "final.json",
+            {"last": last_dir, "best": best_dir or last_dir, "step": step, "stop_reason": stop_reason},
+        )
+    ddp.barrier()
     train_time = elapsed_before + time.perf_counter() - start
     return {
         **last_val,
@@ -288,11 +346,6 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         "params": n_params,
         "train_time_s": train_time,
         "tokens_per_s": step * tokens_per_step / max(train_time, 1e-9),
+        "early_stopped": int(stop_reason == "early_stop"),
+        "world_size": rt.world_size,
     }
-
-
-def _grad_norm(model: Any) -> float:
-    import torch
-
-    norms = [p.grad.detach().norm() for p in model.parameters() if p.grad is not None]
-    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0

@@ -93,10 +93,12 @@ def save_checkpoint(
     *,
     tokenizer_path: Path | None = None,
     train_state: dict | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a complete checkpoint to ``dir`` atomically (via ``<dir>.tmp``) and return ``dir``.
 
-    An existing ``dir`` is replaced. ``model_config`` must be the model's own config.
+    An existing ``dir`` is replaced. ``model_config`` must be the model's own config. ``state_dict``,
+    when given, is saved instead of ``model.state_dict()`` (e.g. the full state gathered from FSDP shards).
 
     Raises:
         ValueError: ``model_config`` differs from ``model.config``, or the config says tied but the
@@ -111,11 +113,12 @@ def save_checkpoint(
         _check_plain(train_state, "train_state")
     if tokenizer_path is not None and not Path(tokenizer_path).is_file():
         raise InputError(f"tokenizer file not found: {tokenizer_path}")
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    source = model.state_dict() if state_dict is None else state_dict
+    state = {k: v.detach().to("cpu").contiguous() for k, v in source.items()}
     if model_config.tie_embeddings:
-        if model.get_parameter(TIED_KEY) is not model.get_parameter(TIED_SOURCE):
+        if state_dict is None and model.get_parameter(TIED_KEY) is not model.get_parameter(TIED_SOURCE):
             raise ValueError("config has tie_embeddings=True but lm_head.weight is not tok_emb.weight")
-        del state[TIED_KEY]  # the same tensor as tok_emb.weight; re-tied on load
+        state.pop(TIED_KEY, None)  # the same tensor as tok_emb.weight; re-tied on load
 
     tmp = dir.with_name(dir.name + ".tmp")
     if tmp.exists():
@@ -175,17 +178,27 @@ def load_model(dir: Path, device: torch.device | str = "cpu") -> tuple[Decoder, 
     except (OSError, json.JSONDecodeError, ConfigError) as e:
         raise InputError(f"cannot read model config {config_path}: {e}") from e
     model = Decoder(cfg)
-    try:
-        state = load_file(str(dir / MODEL_FILE), device="cpu")
-    except (OSError, RuntimeError) as e:
-        raise InputError(f"cannot read weights {dir / MODEL_FILE}: {e}") from e
-    if cfg.tie_embeddings and TIED_SOURCE in state:
-        state.setdefault(TIED_KEY, state[TIED_SOURCE])  # copied into the one shared tensor
+    state = load_weights(dir, cfg)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise InputError(f"weights in {dir / MODEL_FILE} do not match {config_path}: {e}") from e
     return model.to(device), cfg
+
+
+def load_weights(dir: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """The full state dict of a checkpoint on CPU, with the tied ``lm_head.weight`` key restored.
+
+    Raises:
+        InputError: unreadable weights file.
+    """
+    try:
+        state = load_file(str(Path(dir) / MODEL_FILE), device="cpu")
+    except (OSError, RuntimeError) as e:
+        raise InputError(f"cannot read weights {Path(dir) / MODEL_FILE}: {e}") from e
+    if cfg.tie_embeddings and TIED_SOURCE in state:
+        state.setdefault(TIED_KEY, state[TIED_SOURCE])  # copied into the one shared tensor
+    return state
 
 
 def load_train_state(dir: Path) -> dict:
