@@ -137,3 +137,27 @@ def test_bad_model_output_raises():
 
     with pytest.raises(ValueError, match="logits"):
         generate(Flat(), [1], max_new_tokens=2, block_size=4)
+
+
+def test_kv_cache_generation_equals_uncached_greedy():
+    """The cached path (lmforge Decoder) gives the same greedy tokens as full recomputation, also past block_size."""
+    from lmforge.inference.generate import _last_logits
+    from lmforge.model.config import ModelConfig
+    from lmforge.model.decoder import Decoder
+
+    torch.manual_seed(0)
+    model = Decoder(ModelConfig(vocab_size=50, n_layer=2, n_head=2, n_embd=32, block_size=16))
+
+    class NoCache(torch.nn.Module):  # the same model without new_kv_cache: the reference path
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, idx):
+            return self.inner(idx)
+
+    prompt = [1, 5, 7]
+    cached = generate(model, prompt, max_new_tokens=30, block_size=16, temperature=0)
+    plain = generate(NoCache(model), prompt, max_new_tokens=30, block_size=16, temperature=0)
+    assert cached == plain and len(cached) == 30
+    assert _last_logits(model, torch.tensor([prompt])).shape == (1, 50)

@@ -1,9 +1,11 @@
 """Autoregressive generation from any next-token model, one token at a time.
 
-Deliberately simple: every step runs a full forward pass over the last ``block_size`` tokens, so a step
-costs O(block_size) model work instead of O(1) with a KV cache. A prefill + cached-decode engine comes
-later (``inference/engine.py``); its output must equal this one under greedy decoding, which makes this
-module its reference. The model is any ``nn.Module`` with ``forward(idx: LongTensor[B, T]) -> logits[B, T, V]``.
+The model is any ``nn.Module`` with ``forward(idx: LongTensor[B, T]) -> logits[B, T, V]``. When it also
+offers ``new_kv_cache(batch_size, max_len)`` and ``forward(idx, cache)`` (lmforge's ``Decoder`` does), the
+prompt is prefilled once and each new token costs one cached decode step; once the sequence outgrows
+``block_size`` the loop falls back to a full forward over the last ``block_size`` tokens (the
+reference behaviour), so cached and uncached generation give the same tokens. Batched decoding with
+ragged prompts, and streaming to many clients, belong to the engine of issue 8.
 """
 
 from __future__ import annotations
@@ -112,9 +114,15 @@ def _stream(
     device: torch.device,
 ) -> Iterator[int]:
     """The generation loop behind ``stream`` (arguments already checked)."""
+    cache = model.new_kv_cache(1, block_size) if hasattr(model, "new_kv_cache") else None
     for _ in range(max_new_tokens):
-        context = torch.tensor([ids[-block_size:]], dtype=torch.long, device=device)  # [1, T]
-        logits = _last_logits(model, context)  # [1, V]
+        if cache is not None and len(ids) <= block_size:
+            fresh = torch.tensor([ids[cache.pos :]], dtype=torch.long, device=device)  # [1, T new]
+            logits = _last_logits(model, fresh, cache)  # [1, V]
+        else:
+            cache = None  # past block_size: crop and recompute, as without a cache
+            context = torch.tensor([ids[-block_size:]], dtype=torch.long, device=device)  # [1, T]
+            logits = _last_logits(model, context)  # [1, V]
         token = int(sample_next(logits, **sampling)[0])
         if token in stop_ids:
             return
@@ -122,13 +130,13 @@ def _stream(
         yield token
 
 
-def _last_logits(model: nn.Module, context: torch.Tensor) -> torch.Tensor:
+def _last_logits(model: nn.Module, context: torch.Tensor, cache: object | None = None) -> torch.Tensor:
     """Logits ``[B, V]`` at the last position, computed in eval mode without autograd; mode is restored."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            logits = model(context)
+            logits = model(context) if cache is None else model(context, cache)
     finally:
         model.train(was_training)
     if logits.ndim != 3 or logits.shape[:2] != context.shape:
