@@ -112,7 +112,12 @@ def count_params(model: nn.Module, non_embedding: bool = True) -> int:
 
 
 class Attention(nn.Module):
-    """Causal self-attention with separate projections, optional GQA, QK-norm, RoPE and KV cache."""
+    """Self-attention with separate projections, optional GQA, QK-norm, RoPE and KV cache.
+
+    The caller decides what each query sees through ``attn_mask``/``is_causal`` (as for
+    ``F.scaled_dot_product_attention``): the ``Decoder`` passes a causal mask, the ``Encoder``
+    (encoder.py) a padding mask with ``is_causal=False``.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -1,0 +1,217 @@
+"""Output heads on top of a transformer's hidden states, and the BERT pre-training model that uses two.
+
+- ``MLMHead``: BERT's masked-language-model head (Devlin et al. 2019): ``dense`` (D→D) → GELU → the
+  configured norm → ``decoder`` (D→V) whose weight is the token embedding matrix [tie_embeddings=True],
+  plus a per-token output ``bias``, as in BERT.
+- ``ClassificationHead``: ``pool`` the sequence ("cls" | "mean" | "last", padding-aware) → ``dense``
+  (D→D) → tanh → dropout → ``out_proj`` (D→n_classes). With "cls" this is BERT's pooler + classifier;
+  the same shape is RoBERTa's classification head (Liu et al. 2019) for every pooling.
+- ``NSPHead``: BERT's next-sentence-prediction head, a two-class ``ClassificationHead`` on [CLS].
+- ``ScalarHead``: one number per sequence ("last" | "mean" | "cls" pooling; reward models, Ouyang et al.
+  2022) or per token ("none"; value heads for PPO): a single linear layer ``proj`` (D→1).
+- ``EncoderForPretraining``: ``Encoder`` + ``MLMHead`` (+ ``NSPHead``), the BERT pre-training model.
+
+Every head takes hidden states ``[B, T, D]`` and, where it pools, the ``attention_mask`` ``[B, T]``
+(True = real token) so padding never leaks into the result. Each head states its init in
+``init_weights`` (called by its constructor): dense/projection weights normal std 0.02, biases zeros,
+norms gain one.
+
+Shape notation: B batch, T tokens, D n_embd, V vocab_size, C classes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.model.config import ModelConfig
+from lmforge.model.decoder import INIT_STD, count_params, make_norm
+from lmforge.model.encoder import Encoder
+
+POOLING_CHOICES = ("cls", "mean", "last")
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, how: str) -> torch.Tensor:
+    """Pool hidden states ``[B, T, D]`` to ``[B, D]``, ignoring positions where ``attention_mask`` is False.
+
+    ``cls``: position 0 (the [CLS] token). ``mean``: mean over real tokens. ``last``: the last real token
+    of each row (right or left padding alike). A None mask means every position is real.
+
+    Raises:
+        ValueError: ``how`` is not one of ``POOLING_CHOICES``, or the mask does not match ``hidden``.
+    """
+    if how not in POOLING_CHOICES:
+        raise ValueError(f"unknown pooling {how!r}; valid: {', '.join(POOLING_CHOICES)}")
+    B, T, _ = hidden.shape
+    if attention_mask is not None and (attention_mask.dtype != torch.bool or attention_mask.shape != (B, T)):
+        raise ValueError(
+            f"attention_mask must be a bool tensor [B, T] = {(B, T)}, "
+            f"got {attention_mask.dtype} {tuple(attention_mask.shape)}"
+        )
+    if how == "cls":
+        return hidden[:, 0]  # [B, D]
+    if attention_mask is None:
+        return hidden.mean(dim=1) if how == "mean" else hidden[:, -1]  # [B, D]
+    if how == "mean":
+        weights = attention_mask.to(hidden.dtype)[:, :, None]  # [B, T, 1]
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # [B, D]
+    positions = torch.arange(T, device=hidden.device)
+    last = torch.where(attention_mask, positions, -1).amax(dim=1).clamp(min=0)  # [B]
+    return hidden[torch.arange(B, device=hidden.device), last]  # [B, D]
+
+
+class MLMHead(nn.Module):
+    """BERT's masked-LM head: hidden ``[B, T, D]`` → logits ``[B, T, V]``.
+
+    Args:
+        cfg: the model configuration (width, vocabulary, norm, bias, tying).
+        tok_emb: the token embedding; its weight becomes ``decoder.weight`` when ``cfg.tie_embeddings``.
+    """
+
+    def __init__(self, cfg: ModelConfig, tok_emb: nn.Embedding):
+        super().__init__()
+        if tok_emb.weight.shape != (cfg.vocab_size, cfg.n_embd):
+            raise ValueError(
+                f"tok_emb must be [vocab_size, n_embd] = {(cfg.vocab_size, cfg.n_embd)}, "
+                f"got {tuple(tok_emb.weight.shape)}"
+            )
+        self.tied = cfg.tie_embeddings
+        self.dense = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.norm = make_norm(cfg, cfg.n_embd)
+        self.decoder = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if self.tied:
+            self.decoder.weight = tok_emb.weight
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """``dense`` weight normal std 0.02, bias zeros; ``norm`` reset; ``bias`` zeros; an untied
+        ``decoder`` weight normal std 0.02 (a tied one belongs to, and is initialised with, the embedding).
+        """
+        nn.init.normal_(self.dense.weight, mean=0.0, std=INIT_STD)
+        if self.dense.bias is not None:
+            nn.init.zeros_(self.dense.bias)
+        self.norm.reset_parameters()
+        nn.init.zeros_(self.bias)
+        if not self.tied:
+            nn.init.normal_(self.decoder.weight, mean=0.0, std=INIT_STD)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Map hidden states ``[B, T, D]`` to vocabulary logits ``[B, T, V]``."""
+        h = self.norm(F.gelu(self.dense(hidden)))  # [B, T, D]
+        return self.decoder(h) + self.bias  # [B, T, V]
+
+
+class ClassificationHead(nn.Module):
+    """Sequence classifier: hidden ``[B, T, D]`` (+ mask) → logits ``[B, C]``.
+
+    Args:
+        cfg: the model configuration (width, bias, dropout).
+        n_classes: number of classes C (>= 1).
+        pooling: "cls" | "mean" | "last" (see ``pool``).
+
+    Raises:
+        ValueError: ``n_classes`` < 1 or an unknown ``pooling``.
+    """
+
+    def __init__(self, cfg: ModelConfig, n_classes: int, pooling: str = "cls"):
+        super().__init__()
+        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
+            raise ValueError(f"n_classes must be an integer >= 1, got {n_classes!r}")
+        if pooling not in POOLING_CHOICES:
+            raise ValueError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLING_CHOICES)}")
+        self.pooling = pooling
+        self.dense = nn.Linear(cfg.n_embd, cfg.n_embd, bias=True)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.out_proj = nn.Linear(cfg.n_embd, n_classes, bias=True)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """``dense`` and ``out_proj`` weights normal std 0.02, their biases zeros."""
+        for linear in (self.dense, self.out_proj):
+            nn.init.normal_(linear.weight, mean=0.0, std=INIT_STD)
+            nn.init.zeros_(linear.bias)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits ``[B, C]`` from hidden states ``[B, T, D]`` and an optional bool mask ``[B, T]``."""
+        pooled = torch.tanh(self.dense(pool(hidden, attention_mask, self.pooling)))  # [B, D]
+        return self.out_proj(self.drop(pooled))  # [B, C]
+
+
+class NSPHead(ClassificationHead):
+    """BERT's next-sentence head: [CLS] → dense → tanh → 2 logits (0 = B follows A, 1 = B is random)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg, n_classes=2, pooling="cls")
+
+
+class ScalarHead(nn.Module):
+    """One scalar per sequence (``pooling`` "last" | "mean" | "cls": ``[B]``) or per token ("none": ``[B, T]``).
+
+    Raises:
+        ValueError: an unknown ``pooling``.
+    """
+
+    def __init__(self, cfg: ModelConfig, pooling: str = "last"):
+        super().__init__()
+        if pooling not in (*POOLING_CHOICES, "none"):
+            raise ValueError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLING_CHOICES)}, none")
+        self.pooling = pooling
+        self.proj = nn.Linear(cfg.n_embd, 1, bias=True)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """``proj`` weight normal std 0.02, bias zeros (initial scalars are near 0)."""
+        nn.init.normal_(self.proj.weight, mean=0.0, std=INIT_STD)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Scalars ``[B]`` (pooled) or ``[B, T]`` (pooling "none") from hidden states ``[B, T, D]``."""
+        if self.pooling == "none":
+            return self.proj(hidden).squeeze(-1)  # [B, T]
+        return self.proj(pool(hidden, attention_mask, self.pooling)).squeeze(-1)  # [B]
+
+
+class EncoderForPretraining(nn.Module):
+    """BERT pre-training model: ``Encoder`` → ``MLMHead`` (and ``NSPHead`` when ``nsp``).
+
+    Args:
+        cfg: the model configuration.
+        nsp: add the next-sentence head (BERT); False gives MLM only (RoBERTa, Liu et al. 2019).
+        n_segments: token types of the encoder (see ``Encoder``).
+    """
+
+    def __init__(self, cfg: ModelConfig, nsp: bool = True, n_segments: int = 2):
+        super().__init__()
+        self.encoder = Encoder(cfg, n_segments=n_segments)
+        self.config = self.encoder.config
+        self.mlm_head = MLMHead(cfg, self.encoder.tok_emb)
+        self.nsp_head = NSPHead(cfg) if nsp else None
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Re-initialise the encoder (``Encoder.init_weights``) and then each head (its ``init_weights``)."""
+        self.encoder.init_weights()
+        self.mlm_head.init_weights()
+        if self.nsp_head is not None:
+            self.nsp_head.init_weights()
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(mlm_logits [B, T, V], nsp_logits [B, 2] or None)``; arguments as ``Encoder.forward``."""
+        hidden = self.encoder(idx, attention_mask, token_type_ids)  # [B, T, D]
+        mlm_logits = self.mlm_head(hidden)  # [B, T, V]
+        nsp_logits = self.nsp_head(hidden, attention_mask) if self.nsp_head is not None else None  # [B, 2]
+        return mlm_logits, nsp_logits
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Distinct parameters, heads included; see ``count_params`` for what ``non_embedding`` leaves out."""
+        return count_params(self, non_embedding=non_embedding)
