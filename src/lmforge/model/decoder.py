@@ -213,6 +213,28 @@ class Block(nn.Module):
         return x + self.resid_drop(self.mlp(self.mlp_norm(x)))
 
 
+@torch.no_grad()
+def init_blocks(model: nn.Module, blocks: nn.ModuleList, n_layer: int) -> None:
+    """Initialise the transformer blocks of ``model`` and every bias and norm in it (shared with the encoder).
+
+    Projections into heads and the MLP: normal, std 0.02; ``o_proj`` and ``down_proj`` (writing into the
+    residual stream): std 0.02 / sqrt(2 * n_layer); linear and LayerNorm biases: zeros; norm gains: ones.
+    """
+    residual_std = INIT_STD / math.sqrt(2 * n_layer)
+    for block in blocks:
+        attn, mlp = block.attn, block.mlp
+        for linear in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj):
+            if linear is not None:
+                nn.init.normal_(linear.weight, mean=0.0, std=INIT_STD)
+        for linear in (attn.o_proj, mlp.down_proj):
+            nn.init.normal_(linear.weight, mean=0.0, std=residual_std)
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.RMSNorm, nn.LayerNorm)):
+            module.reset_parameters()  # gain ones, bias zeros
+
+
 class Decoder(nn.Module):
     """Decoder-only transformer language model (architecture in the module docstring).
 
@@ -264,24 +286,12 @@ class Decoder(nn.Module):
         - Every linear bias (``bias=True``) and LayerNorm bias: zeros.
         - Every norm gain (attn_norm, mlp_norm, norm, q_norm, k_norm): ones.
         """
-        residual_std = INIT_STD / math.sqrt(2 * self.config.n_layer)
         nn.init.normal_(self.tok_emb.weight, mean=0.0, std=INIT_STD)
         if not self.config.tie_embeddings:
             nn.init.normal_(self.lm_head.weight, mean=0.0, std=INIT_STD)
         if self.pos_emb is not None:
             nn.init.normal_(self.pos_emb.weight, mean=0.0, std=INIT_STD)
-        for block in self.blocks:
-            attn, mlp = block.attn, block.mlp
-            for linear in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj):
-                if linear is not None:
-                    nn.init.normal_(linear.weight, mean=0.0, std=INIT_STD)
-            for linear in (attn.o_proj, mlp.down_proj):
-                nn.init.normal_(linear.weight, mean=0.0, std=residual_std)
-        for module in self.modules():
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, (nn.RMSNorm, nn.LayerNorm)):
-                module.reset_parameters()  # gain ones, bias zeros
+        init_blocks(self, self.blocks, self.config.n_layer)
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty ``KVCache`` for this model's shape, dtype and device (``max_len`` default block_size)."""

@@ -30,8 +30,6 @@ Shape notation: B batch, T tokens, D n_embd, H query heads, V vocab_size.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -42,6 +40,7 @@ from lmforge.model.decoder import (
     Block,
     alibi_slopes,
     count_params,
+    init_blocks,
     make_norm,
     rope_tables,
     sinusoidal_table,
@@ -102,22 +101,10 @@ class Encoder(nn.Module):
         - Every linear bias (``bias=True``) and LayerNorm bias: zeros.
         - Every norm gain (attn_norm, mlp_norm, norm, q_norm, k_norm): ones.
         """
-        residual_std = INIT_STD / math.sqrt(2 * self.config.n_layer)
         for emb in (self.tok_emb, self.seg_emb, self.pos_emb):
             if emb is not None:
                 nn.init.normal_(emb.weight, mean=0.0, std=INIT_STD)
-        for block in self.blocks:
-            attn, mlp = block.attn, block.mlp
-            for linear in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj):
-                if linear is not None:
-                    nn.init.normal_(linear.weight, mean=0.0, std=INIT_STD)
-            for linear in (attn.o_proj, mlp.down_proj):
-                nn.init.normal_(linear.weight, mean=0.0, std=residual_std)
-        for module in self.modules():
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, (nn.RMSNorm, nn.LayerNorm)):
-                module.reset_parameters()  # gain ones, bias zeros
+        init_blocks(self, self.blocks, self.config.n_layer)
 
     def _attention_mask(
         self, attention_mask: torch.Tensor | None, T: int, dtype: torch.dtype, device: torch.device
