@@ -21,7 +21,7 @@ TINY = """
 name: micro
 stages:
   data:
-    sources: [builtin:python-docs]
+    input: [builtin:python-docs]
     max_docs: 120
     val_fraction: 0.1
   tokenizer:
@@ -159,3 +159,44 @@ def test_resume_after_sigkill_is_exact(micro_run, tmp_path):
     a = json.loads((ref / "manifest.json").read_text())["metrics"]
     b = json.loads((killed / "manifest.json").read_text())["metrics"]
     assert a["val_loss"] == b["val_loss"] and a["train_loss"] == b["train_loss"]
+
+
+@pytest.mark.parametrize("objective", ["mlm", "mlm+nsp"])
+def test_masked_objectives_train_an_encoder(micro_run, tmp_path, objective):
+    _, out, _ = micro_run
+    dest = tmp_path / objective
+    assert (
+        main(
+            [
+                "pretrain",
+                f"--tokenizer={out / 'tokenizer'}",
+                f"--out={dest}",
+                f"--objective={objective}",
+                "--model.n_layer=2",
+                "--model.n_head=2",
+                "--model.n_embd=64",
+                "--model.block_size=64",
+                "--batch_size=8",
+                "--max_steps=40",
+                "--warmup_steps=5",
+                "--lr=3e-3",
+                "--eval_every=20",
+                "--ckpt_every=20",
+                "--eval_tokens=4096",
+                "--device=cpu",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    rows = [json.loads(x) for x in (dest / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    vals = [r["val_loss"] for r in rows if "val_loss" in r]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5, losses
+    assert vals[-1] < vals[0] or len(vals) == 1
+    from lmforge.model.heads import EncoderForPretraining
+    from lmforge.training.checkpoint import load_model, resolve_checkpoint
+
+    model, cfg = load_model(resolve_checkpoint(dest, "last"))
+    assert cfg.arch == "encoder" and isinstance(model, EncoderForPretraining)
+    assert (model.nsp_head is not None) == (objective == "mlm+nsp")

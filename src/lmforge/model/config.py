@@ -18,6 +18,7 @@ FORMAT_VERSION = 1
 MLP_CHOICES = ("swiglu", "gelu", "relu2")
 NORM_CHOICES = ("rmsnorm", "layernorm")
 POS_CHOICES = ("rope", "learned", "sinusoidal", "alibi")
+ARCH_CHOICES = ("decoder", "encoder")
 
 # Python types accepted for each annotated field type (annotations are strings under postponed evaluation).
 _ACCEPTED_TYPES: dict[str, tuple[type, ...]] = {
@@ -32,6 +33,9 @@ _ACCEPTED_TYPES: dict[str, tuple[type, ...]] = {
 class ModelConfig:
     """Shape and architectural switches of a ``Decoder``; each field's ``help`` is its one-line doc."""
 
+    arch: str = field(
+        default="decoder", metadata={"help": "decoder (causal LM) | encoder (bidirectional, BERT-style MLM)"}
+    )
     vocab_size: int = field(
         default=0, metadata={"help": "vocabulary size; 0 = take it from the tokenizer (must be > 0 to build)"}
     )
@@ -94,7 +98,12 @@ class ModelConfig:
             accepted = _ACCEPTED_TYPES[str(f.type)]
             if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
                 raise ConfigError(f.name, f"must be of type {f.type}, got {value!r} ({type(value).__name__})")
-        for key, choices in (("mlp", MLP_CHOICES), ("norm", NORM_CHOICES), ("pos", POS_CHOICES)):
+        for key, choices in (
+            ("arch", ARCH_CHOICES),
+            ("mlp", MLP_CHOICES),
+            ("norm", NORM_CHOICES),
+            ("pos", POS_CHOICES),
+        ):
             if getattr(self, key) not in choices:
                 raise ConfigError(key, f"unknown {key} {getattr(self, key)!r}; valid: {', '.join(choices)}")
         if self.vocab_size < 0:

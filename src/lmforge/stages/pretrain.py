@@ -34,6 +34,10 @@ class Config:
     tokenizer: str = opt("@tokenizer", "tokenizer stage directory (tokenizer.json and tokens/)", path=True)
     out: str = opt("", "output stage directory (checkpoints under ckpt/)", path=True)
     model: ModelConfig = opt(ModelConfig(), "model shape (vocab_size 0 = the tokenizer's)")
+    objective: Literal["clm", "mlm", "mlm+nsp"] = opt(
+        "clm", "clm: next-token (decoder); mlm / mlm+nsp: masked LM (+ next-sentence) on an encoder"
+    )
+    depth: int = opt(0, "size preset: n_layer = depth, n_embd = 64·depth, n_head = depth (0 = use model.*)")
     batch_size: int = opt(16, "sequences per micro-batch")
     grad_accum: int = opt(1, "micro-batches per optimiser step (loss weighted by token count)")
     max_steps: int = opt(1000, "optimiser steps")
@@ -113,7 +117,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
 
     from lmforge.eval.lm import evaluate_lm
     from lmforge.log import step_line
-    from lmforge.model.decoder import Decoder
+    from lmforge.model.config import preset
     from lmforge.runtime import create_runtime
     from lmforge.tokenizer.loader import BatchLoader
     from lmforge.tokenizer.shards import open_tokens
@@ -121,8 +125,8 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     from lmforge.training import checkpoint as ckpt
     from lmforge.training import distributed as ddp
     from lmforge.training.flops import matmul_peak
+    from lmforge.training.objectives import PretrainObjective
     from lmforge.training.optim import build_optimizer, lr_at
-    from lmforge.training.step import supervised_tokens, token_loss
 
     ddp.init_distributed("cuda" if cfg.device.startswith("cuda") else "cpu")
     rt = create_runtime(cfg.device, cfg.dtype, cfg.seed, cfg.threads)
@@ -134,14 +138,25 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     tok_path = tok_dir / "tokenizer.json"
     tok = load_tokenizer(tok_path)
     vocab = tok.get_vocab_size()
-    mcfg = cfg.model
+    mcfg = dataclasses.replace(cfg.model, arch="decoder" if cfg.objective == "clm" else "encoder")
+    if cfg.depth:
+        mcfg = dataclasses.replace(mcfg, **preset(cfg.depth))
     if mcfg.vocab_size == 0:
         mcfg = dataclasses.replace(mcfg, vocab_size=vocab)
     elif mcfg.vocab_size < vocab:
         raise ConfigError("model.vocab_size", f"{mcfg.vocab_size} is smaller than the tokenizer's {vocab}")
     mcfg.validate()
 
-    raw_model = Decoder(mcfg).to(rt.device)
+    objective = PretrainObjective(
+        cfg.objective,
+        vocab_size=mcfg.vocab_size,
+        special_ids={tok.token_to_id(t) for t in tok.get_vocab() if t.startswith(("<|", "["))},
+        mask_id=_token_id(tok, "[MASK]"),
+        cls_id=_token_id(tok, "[CLS]"),
+        sep_id=_token_id(tok, "[SEP]"),
+        seed=cfg.seed + 1,
+    )
+    raw_model = ckpt.build_model(mcfg, nsp=cfg.objective == "mlm+nsp").to(rt.device)
     model = ddp.wrap_model(raw_model, cfg.strategy)
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
     forward = torch.compile(model) if cfg.compile else model
@@ -170,7 +185,11 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         log.info("resumed from %s (step %d)", latest.name, step)
 
     n_params = raw_model.num_params(non_embedding=True)
-    flops_per_token = raw_model.flops_per_token()
+    flops_per_token = (
+        raw_model.flops_per_token()
+        if hasattr(raw_model, "flops_per_token")
+        else 6 * raw_model.num_params(non_embedding=False)
+    )
     peak = matmul_peak(rt.device.split(":")[0], "fp32" if rt.dtype == "fp32" else rt.dtype) * rt.world_size
     tokens_per_step = cfg.batch_size * cfg.grad_accum * mcfg.block_size * rt.world_size
     log.info(
@@ -185,6 +204,8 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     )
 
     def evaluate() -> dict[str, float]:
+        if cfg.objective != "clm":
+            return _evaluate_masked(model, val_tokens, mcfg, cfg, objective, rt.device)
         r = evaluate_lm(
             model,
             val_tokens,
@@ -237,12 +258,12 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         )
         for group in optimizer.param_groups:
             group["lr"] = lr
-        micro = [tuple(t[rows] for t in loader.next_batch()) for _ in range(cfg.grad_accum)]
-        global_tokens = ddp.all_reduce_sum(sum(supervised_tokens(y) for _, y in micro))
+        micro = [objective.prepare(*(t[rows] for t in loader.next_batch())) for _ in range(cfg.grad_accum)]
+        global_tokens = ddp.all_reduce_sum(sum(n for _, _, n in micro))
         scale = ddp.loss_scale(global_tokens)
         local_loss = 0.0
-        for i, (x, y) in enumerate(micro):
-            x, y = x.to(rt.device), y.to(rt.device)
+        for i, (batch, targets, n) in enumerate(micro):
+            batch = {k: v.to(rt.device) for k, v in batch.items()}
             sync = (
                 contextlib.nullcontext()
                 if i == len(micro) - 1 or not hasattr(model, "no_sync")
@@ -250,8 +271,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
             )
             with sync:
                 with rt.autocast():
-                    logits = forward(x)
-                loss_sum, _ = token_loss(logits, y)
+                    loss_sum = objective.loss(forward, batch, targets.to(rt.device), n)
                 (loss_sum * scale).backward()
             local_loss += loss_sum.item()
         grad_norm = float(
@@ -300,13 +320,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
             model.train()
             if main_rank:
                 ctx.log_metrics({"step": step, **last_val})
-            log.info(
-                "step %d: val loss %.4f | ppl %.2f | bpb %.4f",
-                step,
-                last_val["val_loss"],
-                last_val["val_ppl"],
-                last_val["val_bpb"],
-            )
+            log.info("step %d: %s", step, " | ".join(f"{k} {v:.4f}" for k, v in last_val.items()))
             if last_val["val_loss"] < best_val - cfg.early_stop_min_delta:
                 best_val, best_dir, bad_evals = last_val["val_loss"], f"step_{step}", 0
             else:
@@ -349,3 +363,48 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         "early_stopped": int(stop_reason == "early_stop"),
         "world_size": rt.world_size,
     }
+
+
+def _token_id(tok: Any, token: str) -> int:
+    found = tok.token_to_id(token)
+    return -1 if found is None else int(found)
+
+
+def _evaluate_masked(
+    model: Any, tokens: Any, mcfg: ModelConfig, cfg: Config, objective: Any, device: str
+) -> dict:
+    """Masked-LM validation: the same fixed-seed masks every time, over non-overlapping windows."""
+    import numpy as np
+    import torch
+
+    from lmforge.training.objectives import PretrainObjective
+
+    fixed = PretrainObjective(
+        objective.kind,
+        vocab_size=objective.vocab_size,
+        special_ids=objective.special_ids,
+        mask_id=objective.mask_id,
+        cls_id=objective.cls_id,
+        sep_id=objective.sep_id,
+        seed=0,
+    )
+    T = mcfg.block_size
+    n_windows = max(1, min(len(tokens), cfg.eval_tokens or len(tokens)) // T)
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, n_windows, cfg.batch_size):
+            stop = min(start + cfg.batch_size, n_windows)
+            rows = [np.asarray(tokens[i * T : (i + 1) * T], dtype=np.int64) for i in range(start, stop)]
+            rows = [r for r in rows if len(r) == T]
+            if not rows:
+                break
+            x = torch.from_numpy(np.stack(rows))
+            batch, targets, n = fixed.prepare(x, x)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            total += float(fixed.loss(model, batch, targets.to(device), n))
+            count += n
+    model.train(was_training)
+    loss = total / max(count, 1)
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}  # no bits per byte for a masked LM

@@ -114,11 +114,15 @@ def save_checkpoint(
     if tokenizer_path is not None and not Path(tokenizer_path).is_file():
         raise InputError(f"tokenizer file not found: {tokenizer_path}")
     source = model.state_dict() if state_dict is None else state_dict
-    state = {k: v.detach().to("cpu").contiguous() for k, v in source.items()}
-    if model_config.tie_embeddings:
-        if state_dict is None and model.get_parameter(TIED_KEY) is not model.get_parameter(TIED_SOURCE):
+    if model_config.arch == "decoder" and model_config.tie_embeddings and state_dict is None:
+        if model.get_parameter(TIED_KEY) is not model.get_parameter(TIED_SOURCE):
             raise ValueError("config has tie_embeddings=True but lm_head.weight is not tok_emb.weight")
-        state.pop(TIED_KEY, None)  # the same tensor as tok_emb.weight; re-tied on load
+    state = {}
+    tied = tied_keys(model)
+    for key, value in source.items():
+        if key in tied:
+            continue  # the same tensor as the embedding; re-tied by the model's constructor on load
+        state[key] = value.detach().to("cpu").contiguous()
 
     tmp = dir.with_name(dir.name + ".tmp")
     if tmp.exists():
@@ -162,7 +166,7 @@ def _require_complete(dir: Path) -> Path:
     return dir
 
 
-def load_model(dir: Path, device: torch.device | str = "cpu") -> tuple[Decoder, ModelConfig]:
+def load_model(dir: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, ModelConfig]:
     """Rebuild the ``Decoder`` of a complete checkpoint, weights loaded and tied as saved.
 
     The model is returned on ``device`` in training mode (the ``nn.Module`` default).
@@ -177,13 +181,42 @@ def load_model(dir: Path, device: torch.device | str = "cpu") -> tuple[Decoder, 
         cfg = ModelConfig.from_dict(json.loads(config_path.read_text()))
     except (OSError, json.JSONDecodeError, ConfigError) as e:
         raise InputError(f"cannot read model config {config_path}: {e}") from e
-    model = Decoder(cfg)
     state = load_weights(dir, cfg)
+    model = build_model(cfg, state_keys=set(state))
+    for key in tied_keys(model):
+        state.pop(key, None)
     try:
-        model.load_state_dict(state, strict=True)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = set(missing) - tied_keys(model)
+        if missing or unexpected:
+            raise RuntimeError(f"missing keys {sorted(missing)}, unexpected keys {sorted(unexpected)}")
     except RuntimeError as e:
         raise InputError(f"weights in {dir / MODEL_FILE} do not match {config_path}: {e}") from e
     return model.to(device), cfg
+
+
+def tied_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of parameters that are the same tensor as an earlier key (tied weights)."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for key, value in model.state_dict(keep_vars=True).items():
+        ident = id(value)
+        if ident in seen:
+            tied.add(key)
+        else:
+            seen[ident] = key
+    return tied
+
+
+def build_model(cfg: ModelConfig, *, nsp: bool = False, state_keys: set[str] | None = None) -> nn.Module:
+    """An untrained model of ``cfg.arch``: ``Decoder``, or ``EncoderForPretraining`` with an NSP head when
+    ``nsp`` or when a checkpoint's ``state_keys`` hold one."""
+    if cfg.arch == "encoder":
+        from lmforge.model.heads import EncoderForPretraining
+
+        nsp = nsp or any(k.startswith("nsp_head.") for k in state_keys or ())
+        return EncoderForPretraining(cfg, nsp=nsp)
+    return Decoder(cfg)
 
 
 def load_weights(dir: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
@@ -196,8 +229,10 @@ def load_weights(dir: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
         state = load_file(str(Path(dir) / MODEL_FILE), device="cpu")
     except (OSError, RuntimeError) as e:
         raise InputError(f"cannot read weights {Path(dir) / MODEL_FILE}: {e}") from e
-    if cfg.tie_embeddings and TIED_SOURCE in state:
+    if cfg.arch == "decoder" and cfg.tie_embeddings and TIED_SOURCE in state:
         state.setdefault(TIED_KEY, state[TIED_SOURCE])  # copied into the one shared tensor
+    if cfg.arch == "encoder" and "encoder.tok_emb.weight" in state:
+        state.setdefault("mlm_head.decoder.weight", state["encoder.tok_emb.weight"])
     return state
 
 

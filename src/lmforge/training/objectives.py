@@ -182,3 +182,84 @@ def nsp_loss(nsp_logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
             f"expected nsp_logits [B, 2] and labels [B], got {tuple(nsp_logits.shape)} and {tuple(labels.shape)}"
         )
     return token_loss(nsp_logits[:, None], labels[:, None])  # as [B, 1, 2] and [B, 1]
+
+
+class PretrainObjective:
+    """How a pretraining batch of windows ``(x, y)`` becomes ``(model inputs, targets, supervised count)``
+    and a summed loss, for the three objectives the pretrain stage offers:
+
+    - ``clm``: next-token prediction; every position of ``y`` is supervised.
+    - ``mlm``: BERT masked-LM on the window ``x`` (``mask_tokens``; 15%, 80/10/10), RoBERTa-style.
+    - ``mlm+nsp``: masked-LM on ``[CLS] A [SEP] B [SEP]`` pairs cut from the windows, where B is the
+      true continuation of A (half the rows) or the second half of another row of the batch (NSP,
+      Devlin et al. 2019). Departure: segments are window halves, not sentences. The step loss is
+      MLM mean + NSP mean, expressed as a token-weighted sum (NSP scaled by masked tokens / rows) so
+      the shared accumulation rule applies unchanged.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        vocab_size: int,
+        special_ids: Collection[int],
+        mask_id: int = -1,
+        cls_id: int = -1,
+        sep_id: int = -1,
+        seed: int = 0,
+    ):
+        if kind not in ("clm", "mlm", "mlm+nsp"):
+            raise ValueError(f"unknown objective {kind!r}; valid: clm, mlm, mlm+nsp")
+        needed = [] if kind == "clm" else [mask_id] + ([cls_id, sep_id] if kind == "mlm+nsp" else [])
+        if any(i < 0 for i in needed):
+            raise ValueError(f"objective {kind} needs [MASK] (and [CLS]/[SEP] for NSP) in the tokenizer")
+        self.kind = kind
+        self.vocab_size = vocab_size
+        self.special_ids = set(special_ids) | {i for i in (mask_id, cls_id, sep_id) if i >= 0}
+        self.mask_id, self.cls_id, self.sep_id = mask_id, cls_id, sep_id
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def prepare(self, x: torch.Tensor, y: torch.Tensor) -> tuple[dict, torch.Tensor, int]:
+        """``(model kwargs, targets, supervised tokens)`` for windows ``x``, ``y`` ``[B, T]``."""
+        if self.kind == "clm":
+            return {"idx": x}, y, int(y.numel())
+        batch: dict = {}
+        ids = x
+        if self.kind == "mlm+nsp":
+            ids, batch["token_type_ids"], batch["nsp_labels"] = self._pairs(x)
+        inputs, targets = mask_tokens(
+            ids,
+            mask_id=self.mask_id,
+            vocab_size=self.vocab_size,
+            special_ids=self.special_ids,
+            generator=self.generator,
+        )
+        batch["idx"] = inputs
+        return batch, targets, int((targets != IGNORE_INDEX).sum())
+
+    def _pairs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, T = x.shape
+        half = (T - 3) // 2
+        a, b = x[:, :half], x[:, half : 2 * half]  # [B, half] each
+        labels = (torch.rand(B, generator=self.generator) < 0.5).long()  # 1 = random B (NotNext)
+        shift = torch.randint(1, max(B, 2), (B,), generator=self.generator)
+        other = (torch.arange(B) + shift) % B
+        b = torch.where(labels[:, None].bool() & (other != torch.arange(B))[:, None], b[other], b)
+        labels = labels * (other != torch.arange(B)).long()  # a batch of 1 can only be IsNext
+        col = lambda v: torch.full((B, 1), v, dtype=x.dtype)  # noqa: E731
+        ids = torch.cat([col(self.cls_id), a, col(self.sep_id), b, col(self.sep_id)], dim=1)  # [B, 2*half+3]
+        types = torch.cat(
+            [torch.zeros(B, half + 2, dtype=torch.long), torch.ones(B, half + 1, dtype=torch.long)], 1
+        )
+        return ids, types, labels
+
+    def loss(self, model: torch.nn.Module, batch: dict, targets: torch.Tensor, n_tokens: int) -> torch.Tensor:
+        """Summed loss of one micro-batch (divide by the accumulated token count, as for every loss)."""
+        if self.kind == "clm":
+            return token_loss(model(batch["idx"]), targets)[0]
+        mlm_logits, nsp_logits = model(batch["idx"], None, batch.get("token_type_ids"))
+        loss_sum, _ = mlm_loss(mlm_logits, targets)
+        if self.kind == "mlm+nsp":
+            nsp_sum, rows = nsp_loss(nsp_logits, batch["nsp_labels"])
+            loss_sum = loss_sum + nsp_sum * (max(n_tokens, 1) / rows)
+        return loss_sum
