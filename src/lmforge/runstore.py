@@ -67,13 +67,17 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def hash_outputs(directory: Path) -> dict[str, dict[str, Any]]:
-    """``{relative path: {"bytes": n, "sha256": hex}}`` for every product file under ``directory``."""
+def hash_outputs(directory: Path, volatile: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """``{relative path: {"bytes": n, "sha256": hex}}`` for every product file under ``directory``.
+
+    ``volatile`` names files (relative paths) that describe the run rather than its product (timings,
+    comparisons); they are left out, so they never trigger re-runs downstream.
+    """
     out: dict[str, dict[str, Any]] = {}
     for p in sorted(directory.rglob("*")):
-        if not p.is_file() or p.name in NOT_OUTPUTS:
-            continue
         rel = p.relative_to(directory).as_posix()
+        if not p.is_file() or p.name in NOT_OUTPUTS or rel in volatile:
+            continue
         out[rel] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
     return out
 
@@ -194,6 +198,7 @@ def run_stage(
     version: int = 1,
     fingerprint: dict[str, Any] | None = None,
     force: bool = False,
+    volatile: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Run ``work(cfg, ctx)`` as the stage ``stage`` writing to ``out``, or return its cached manifest.
 
@@ -207,6 +212,8 @@ def run_stage(
         version: bump when the stage's output format or algorithm changes, to invalidate caches.
         fingerprint: extra cache-key material for inputs that are not files (e.g. builtin corpora).
         force: run even when a finished stage with the same key exists.
+        volatile: output files that describe the run (timings, comparisons) and are not hashed as
+            products, so they do not invalidate downstream stages.
 
     Returns:
         The manifest, with ``cached_last`` telling whether this call was a cache hit.
@@ -299,7 +306,7 @@ def run_stage(
             ctx.metrics.close()
         remove_handler(handler)
     manifest["metrics"] = _check_metrics(stage, metrics)
-    manifest["outputs"] = hash_outputs(partial)
+    manifest["outputs"] = hash_outputs(partial, volatile)
     manifest.update(status="complete", ended=_now(), cached_last=False)
     manifest["duration_s"] = round(time.perf_counter() - start, 3)
     write_json_atomic(partial / MANIFEST, manifest)

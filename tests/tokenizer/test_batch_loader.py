@@ -68,3 +68,51 @@ def test_stream_shorter_than_a_window_is_rejected(tok_path, tmp_path):
         BatchLoader(tmp_path / "tiny", 1, n, seed=0)
     with pytest.raises(ValueError, match="rank"):
         BatchLoader(tmp_path / "tiny", 1, 1, seed=0, rank=2, world_size=2)
+
+
+def test_random_packing_keeps_its_state_format(tokens_dir):
+    state = BatchLoader(tokens_dir, 2, 8, seed=0).state_dict()
+    assert set(state) == {"format", "batches", "rank", "n_tokens", "bit_generator", "state", "inc"} | {
+        "has_uint32",
+        "uinteger",
+    }
+    assert state["format"] == 1
+
+
+def test_bos_aligned_windows_start_at_documents_and_resume_exactly(tokens_dir):
+    flat = open_tokens(tokens_dir)
+    loader = BatchLoader(tokens_dir, batch_size=4, block_size=32, seed=3, packing="bos_aligned")
+    seen_starts = set()
+    for _ in range(10):
+        x, y = loader.next_batch()
+        assert (x[:, 0] == 0).all(), "every window starts with <|bos|>"
+        assert torch.equal(x[:, 1:], y[:, :-1])
+        for row in x.tolist():
+            seen_starts.add(tuple(row[:4]))
+            assert any(flat[s : s + 32].tolist() == row for s in loader.starts.tolist())
+    assert len(seen_starts) > 5  # different documents, not one
+
+    straight = BatchLoader(tokens_dir, 3, 16, seed=5, packing="bos_aligned")
+    expected = [straight.next_batch() for _ in range(5)]
+    first = BatchLoader(tokens_dir, 3, 16, seed=5, packing="bos_aligned")
+    first.next_batch()
+    first.next_batch()
+    state = json.loads(json.dumps(first.state_dict()))
+    assert state["packing"] == "bos_aligned"
+    resumed = BatchLoader(tokens_dir, 3, 16, seed=5, packing="bos_aligned")
+    resumed.load_state_dict(state)
+    for x_exp, y_exp in expected[2:]:
+        x, y = resumed.next_batch()
+        assert torch.equal(x, x_exp) and torch.equal(y, y_exp)
+    with pytest.raises(ValueError, match="packing"):
+        BatchLoader(tokens_dir, 3, 16, seed=5).load_state_dict(state)
+
+
+def test_bos_aligned_uses_only_starts_a_whole_window_fits_after(tok_path, tmp_path):
+    encode_to_shards(["a b c d e f g h", "x"], tok_path, tmp_path / "one", workers=1)
+    n = len(open_tokens(tmp_path / "one"))  # the second document starts at n - 2
+    loader = BatchLoader(tmp_path / "one", 4, n - 3, seed=0, packing="bos_aligned")
+    assert loader.starts.tolist() == [0]
+    assert BatchLoader(tmp_path / "one", 4, 1, seed=0, packing="bos_aligned").starts.tolist() == [0, n - 2]
+    with pytest.raises(ValueError, match="packing must be one of"):
+        BatchLoader(tmp_path / "one", 1, 2, seed=0, packing="docs")

@@ -1,6 +1,8 @@
-"""Tokenizer for lmforge: train/save/load ``tokenizer.json``, token shards, and the batch loader.
+"""Tokenizer for lmforge: train/save/load ``tokenizer.json``, the chat template, token shards, the loader.
 
-Modules: ``train`` (byte-level BPE, special tokens, bytes per token), ``shards`` (documents →
-``shard_NNNNN.bin`` + ``index.json`` and memory-mapped reading), ``loader`` (resumable random
-windows for training; imports torch).
+Modules: ``train`` (byte-level BPE, WordPiece, Unigram and word-level kinds; special tokens;
+metadata; bytes per token), ``chat`` (conversation → ids + loss mask), ``compare`` (held-out
+metrics of a tokenizer), ``encoders`` (``tokenizers`` or tiktoken document encoding), ``shards``
+(documents → ``shard_NNNNN.bin`` + ``.idx`` + ``index.json``, memory-mapped reading), ``loader``
+(resumable random or BOS-aligned windows for training; imports torch).
 """

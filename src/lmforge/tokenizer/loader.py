@@ -1,9 +1,21 @@
-"""Random training windows over a token directory, resumable exactly.
+"""Training windows over a token directory, rank-aware and resumable exactly.
 
-Each batch takes ``batch_size`` windows of ``block_size + 1`` tokens at uniformly random start
-positions of the concatenated stream (windows may cross document and shard boundaries; documents are
-separated by ``<|bos|>``). Positions come from a numpy PCG64 generator seeded by ``(seed, rank)``, so
-ranks draw different windows. The loader's whole state is that generator's state and a batch counter;
+Each batch takes ``batch_size`` windows of ``block_size + 1`` tokens of the concatenated stream
+(documents are ``<|bos|>``-separated; windows may cross document and shard boundaries). Where a
+window starts is the ``packing`` choice:
+
+- ``random`` (default) — a uniformly random token position. Every token is equally likely to be
+  trained on, whatever the document lengths, but most windows start mid-document, so their first
+  tokens are predicted without the context that preceded them.
+- ``bos_aligned`` — the ``<|bos|>`` of a uniformly random document (from the shards' document
+  index), packed with the following documents to fill the window. Every window starts the way
+  inference does, at a document start with full context, and no compute is spent on padding; but a
+  document longer than ``block_size`` is only ever seen up to ``block_size`` tokens (its tail is
+  never a target), and short documents are drawn as often as long ones. Prefer it when most
+  documents fit in a window (chat, instructions, short texts); prefer ``random`` for long documents.
+
+Positions come from a numpy PCG64 generator seeded by ``(seed, rank)``, so ranks of a multi-process
+run draw different windows. The loader's whole state is that generator's state and a batch counter;
 ``state_dict`` saves it as plain ints and strings, and a loader restored with ``load_state_dict``
 produces exactly the batches an uninterrupted one would.
 """
@@ -17,15 +29,16 @@ import numpy as np
 import torch
 
 from lmforge.errors import InputError
-from lmforge.tokenizer.shards import TokenStream
+from lmforge.tokenizer.shards import TokenStream, document_starts
 
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
+PACKINGS = ("random", "bos_aligned")
 
 
 class BatchLoader:
-    """Draw ``(x, y)`` batches of random windows from ``tokens_dir``.
+    """Draw ``(x, y)`` batches of windows from ``tokens_dir``.
 
     Args:
         tokens_dir: a directory written by ``encode_to_shards``.
@@ -34,11 +47,12 @@ class BatchLoader:
         seed: base seed; the generator is seeded by ``(seed, rank)``.
         rank: this process's rank, in ``[0, world_size)``.
         world_size: number of ranks (each draws its own windows).
+        packing: ``random`` or ``bos_aligned`` window starts (the trade-off: module docstring).
 
     Raises:
         InputError: the directory is not a valid token directory, or holds fewer than
             ``block_size + 1`` tokens.
-        ValueError: a size or rank is out of range.
+        ValueError: a size, rank or packing is out of range.
     """
 
     def __init__(
@@ -50,7 +64,10 @@ class BatchLoader:
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        packing: str = "random",
     ):
+        if packing not in PACKINGS:
+            raise ValueError(f"packing must be one of {', '.join(PACKINGS)}, got {packing!r}")
         if batch_size < 1 or block_size < 1:
             raise ValueError(f"batch_size and block_size must be >= 1, got {batch_size}, {block_size}")
         if not 0 <= rank < world_size:
@@ -61,7 +78,11 @@ class BatchLoader:
                 f"{tokens_dir}: holds {len(self.stream)} tokens; block_size={block_size} needs at least "
                 f"{block_size + 1} (use more data or a smaller block_size)"
             )
-        self.batch_size, self.block_size = batch_size, block_size
+        self.batch_size, self.block_size, self.packing = batch_size, block_size, packing
+        self.starts: np.ndarray | None = None  # bos_aligned: document starts a full window fits after
+        if packing == "bos_aligned":
+            starts = document_starts(tokens_dir)  # starts[0] == 0, so at least one window fits
+            self.starts = starts[starts <= len(self.stream) - (block_size + 1)]
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, rank])))
         self.batches = 0
@@ -69,7 +90,10 @@ class BatchLoader:
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(x, y)``, int64 tensors of shape [B, T] with ``y[:, t] == x[:, t + 1]`` in the stream."""
         span = self.block_size + 1
-        starts = self.rng.integers(0, len(self.stream) - self.block_size, size=self.batch_size)
+        if self.starts is None:
+            starts = self.rng.integers(0, len(self.stream) - self.block_size, size=self.batch_size)
+        else:
+            starts = self.starts[self.rng.integers(0, len(self.starts), size=self.batch_size)]
         windows = np.stack([self.stream.read(int(s), int(s) + span) for s in starts]).astype(
             np.int64
         )  # [B, T+1]
@@ -81,7 +105,9 @@ class BatchLoader:
     def state_dict(self) -> dict:
         """The loader's position: plain ints and strings only (safe for JSON and ``weights_only`` loads)."""
         state = self.rng.bit_generator.state
+        extra = {"packing": self.packing} if self.packing != "random" else {}  # random: format 1 as before
         return {
+            **extra,
             "format": STATE_FORMAT,
             "batches": self.batches,
             "rank": self.rank,
@@ -97,7 +123,7 @@ class BatchLoader:
         """Continue from a ``state_dict`` saved by the loader of the same rank.
 
         Raises:
-            ValueError: the state is of another format, rank or generator.
+            ValueError: the state is of another format, rank, packing or generator.
         """
         if state.get("format") != STATE_FORMAT or state.get("bit_generator") != "PCG64":
             raise ValueError(
@@ -105,6 +131,10 @@ class BatchLoader:
             )
         if state["rank"] != self.rank:
             raise ValueError(f"loader state belongs to rank {state['rank']}, this loader is rank {self.rank}")
+        if state.get("packing", "random") != self.packing:
+            raise ValueError(
+                f"loader state uses packing {state.get('packing', 'random')!r}, this loader {self.packing!r}"
+            )
         if state["n_tokens"] != len(self.stream):
             logger.warning(
                 "token stream changed since the loader state was saved (%d → %d tokens); batches will differ",

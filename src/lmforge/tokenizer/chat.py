@@ -1,0 +1,177 @@
+"""The chat template: the one place that turns a conversation into token ids and a loss mask.
+
+Format (special tokens are single ids; nothing else is added, not even newlines)::
+
+    <|bos|><|system|>You are terse.<|end|><|user|>Hi<|end|><|assistant|>Hello.<|end|>
+
+- ``<|bos|>`` once, then each message as ``<|role|>`` + content + ``<|end|>``; roles are ``system``
+  (at most one, first), ``user`` and ``assistant``.
+- ``add_generation_prompt=True`` appends ``<|assistant|>``: the model continues with the reply, and a
+  chat engine stops when it samples ``<|end|>``.
+- Content is encoded with special-token matching off, so a message containing the text
+  ``<|assistant|>`` or ``<|end|>`` is ordinary text and cannot forge a turn.
+- The loss mask is True exactly on the tokens of assistant content and on the ``<|end|>`` closing an
+  assistant turn (so the model learns when to stop); ``mask[i]`` says whether ``ids[i]`` is a
+  supervised *target* — a trainer predicting ``ids[1:]`` from ``ids[:-1]`` uses ``mask[1:]``.
+
+SFT, alignment, chat and the server all call ``render_chat``; ``CHAT_TEMPLATE_JINJA`` renders the same
+text for Hugging Face ``apply_chat_template`` (``hf_tokenizer_config`` puts it in
+``tokenizer_config.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer
+
+from lmforge.errors import InputError
+from lmforge.tokenizer.train import CHAT_TOKENS, SPECIAL_TOKENS, special_id
+
+ROLES = ("system", "user", "assistant")
+CONFIG_FILE = "tokenizer_config.json"
+
+CHAT_TEMPLATE_JINJA = (
+    "{{ '<|bos|>' }}"
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+
+def _check(messages: Sequence[dict[str, Any]]) -> None:
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or set(message) - {"role", "content"}:
+            raise ValueError(f"messages[{i}]: expected {{'role', 'content'}}, got {message!r}")
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise ValueError(f"messages[{i}]: role {role!r}; valid: {', '.join(ROLES)}")
+        if role == "system" and i != 0:
+            raise ValueError(f"messages[{i}]: a system message may only come first")
+        if not isinstance(content, str):
+            raise ValueError(f"messages[{i}]: content must be a string, got {type(content).__name__}")
+
+
+def chat_ids(tok: Tokenizer) -> dict[str, int]:
+    """Ids of ``bos``, the roles and ``end`` in ``tok``.
+
+    Raises:
+        InputError: ``tok`` lacks the chat tokens (trained before they existed, or without them).
+    """
+    missing = [t for t in CHAT_TOKENS if tok.token_to_id(t) is None]
+    if missing:
+        raise InputError(
+            f"tokenizer lacks chat token(s) {missing}; retrain it with the default special tokens"
+        )
+    return {"bos": special_id(tok, "bos"), **{name: special_id(tok, name) for name in (*ROLES, "end")}}
+
+
+def render_chat(
+    tok: Tokenizer, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = False
+) -> tuple[list[int], list[bool]]:
+    """Render a conversation into token ids and the loss mask (format: module docstring).
+
+    Args:
+        tok: an lmforge tokenizer with chat tokens.
+        messages: ``[{"role": "system"|"user"|"assistant", "content": str}, ...]``.
+        add_generation_prompt: end with ``<|assistant|>`` for the model to continue.
+
+    Returns:
+        ``(ids, mask)`` of equal length; ``mask[i]`` is True when ``ids[i]`` is assistant content or
+        the ``<|end|>`` of an assistant turn.
+
+    Raises:
+        ValueError: a malformed message (unknown role, non-string content, system not first).
+        InputError: ``tok`` lacks the chat tokens.
+    """
+    _check(messages)
+    special = chat_ids(tok)
+    was = tok.encode_special_tokens
+    tok.encode_special_tokens = True  # content is data: special-token text in it stays text
+    try:
+        contents = [m["content"] for m in messages]
+        encoded = tok.encode_batch(contents, add_special_tokens=False) if contents else []
+    finally:
+        tok.encode_special_tokens = was
+    ids, mask = [special["bos"]], [False]
+    for message, encoding in zip(messages, encoded):
+        supervised = message["role"] == "assistant"
+        ids += [special[message["role"]], *encoding.ids, special["end"]]
+        mask += [False, *[supervised] * len(encoding.ids), supervised]
+    if add_generation_prompt:
+        ids.append(special["assistant"])
+        mask.append(False)
+    return ids, mask
+
+
+def render_chat_text(messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = False) -> str:
+    """The text ``render_chat`` encodes (what ``CHAT_TEMPLATE_JINJA`` renders), for display and interop."""
+    _check(messages)
+    body = "".join(f"<|{m['role']}|>{m['content']}<|end|>" for m in messages)
+    return "<|bos|>" + body + ("<|assistant|>" if add_generation_prompt else "")
+
+
+def parse_chat(tok: Tokenizer, ids: Sequence[int]) -> list[dict[str, str]]:
+    """Invert ``render_chat``: ids → messages (a trailing open turn, e.g. a generation, is included).
+
+    Content is decoded with ``tok``, so the round trip is exact for byte-level BPE.
+
+    Raises:
+        ValueError: ids that do not follow the format (no leading ``<|bos|>``, content outside a turn,
+            a role token inside a turn).
+        InputError: ``tok`` lacks the chat tokens.
+    """
+    special = chat_ids(tok)
+    role_of = {special[r]: r for r in ROLES}
+    if not ids or ids[0] != special["bos"]:
+        raise ValueError("chat ids must start with <|bos|>")
+    messages: list[dict[str, str]] = []
+    role: str | None = None
+    content: list[int] = []
+    for i, token in enumerate(ids[1:], start=1):
+        if token in role_of:
+            if role is not None:
+                raise ValueError(f"ids[{i}]: role token {token} inside an open {role} turn")
+            role, content = role_of[token], []
+        elif token == special["end"]:
+            if role is None:
+                raise ValueError(f"ids[{i}]: <|end|> outside a turn")
+            messages.append({"role": role, "content": tok.decode(content, skip_special_tokens=False)})
+            role = None
+        elif role is None:
+            raise ValueError(f"ids[{i}] = {token} is outside a turn (expected a role token)")
+        else:
+            content.append(token)
+    if role is not None:
+        messages.append({"role": role, "content": tok.decode(content, skip_special_tokens=False)})
+    return messages
+
+
+def hf_tokenizer_config(tok: Tokenizer) -> dict[str, Any]:
+    """A ``tokenizer_config.json`` for ``transformers.PreTrainedTokenizerFast`` with the chat template."""
+    config: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": SPECIAL_TOKENS[0],
+        "eos_token": SPECIAL_TOKENS[1],
+        "pad_token": SPECIAL_TOKENS[2],
+        "clean_up_tokenization_spaces": False,
+    }
+    if all(tok.token_to_id(t) is not None for t in CHAT_TOKENS):
+        config["chat_template"] = CHAT_TEMPLATE_JINJA
+    for name in ("unk", "mask", "cls", "sep"):
+        token = f"[{name.upper()}]"
+        if tok.token_to_id(token) is not None:
+            config[f"{name}_token"] = token
+    return config
+
+
+def save_hf_config(tok: Tokenizer, directory: str | os.PathLike) -> Path:
+    """Write ``hf_tokenizer_config(tok)`` to ``directory/tokenizer_config.json``; returns the path."""
+    path = Path(directory) / CONFIG_FILE
+    path.write_text(json.dumps(hf_tokenizer_config(tok), indent=1) + "\n", encoding="utf-8")
+    return path
