@@ -103,7 +103,7 @@ def test_missing_input_is_clear(tmp_path, capsys):
 
 
 def test_missing_source_fails_before_work(tmp_path, capsys):
-    assert main(["data", f"--out={tmp_path / 'data'}", "--sources", str(tmp_path / "nope.txt")]) == 2
+    assert main(["data", f"--out={tmp_path / 'data'}", "--input", str(tmp_path / "nope.txt")]) == 2
     assert "nope.txt" in capsys.readouterr().err
     assert not (tmp_path / "data.partial").exists()
 

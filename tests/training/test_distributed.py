@@ -30,10 +30,26 @@ def tokenizer_dir(tmp_path_factory) -> Path:
 
 
 def pretrain(tokenizer_dir: Path, out: Path, batch: int, nproc: int = 1, strategy: str = "ddp") -> list[dict]:
-    args = ["pretrain", f"--tokenizer={tokenizer_dir}", f"--out={out}", f"--batch_size={batch}",
-            "--model.n_layer=2", "--model.n_head=2", "--model.n_embd=32", "--model.block_size=32",
-            "--max_steps=6", "--warmup_steps=2", "--eval_every=3", "--ckpt_every=3", "--eval_tokens=512",
-            "--grad_accum=2", f"--strategy={strategy}", "--device=cpu", "--threads=1", "-q"]
+    args = [
+        "pretrain",
+        f"--tokenizer={tokenizer_dir}",
+        f"--out={out}",
+        f"--batch_size={batch}",
+        "--model.n_layer=2",
+        "--model.n_head=2",
+        "--model.n_embd=32",
+        "--model.block_size=32",
+        "--max_steps=6",
+        "--warmup_steps=2",
+        "--eval_every=3",
+        "--ckpt_every=3",
+        "--eval_tokens=512",
+        "--grad_accum=2",
+        f"--strategy={strategy}",
+        "--device=cpu",
+        "--threads=1",
+        "-q",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     if nproc == 1:
         cmd = [sys.executable, "-m", "lmforge", *args]

@@ -2,52 +2,30 @@
 
 Shaped like datatrove's pipeline: a *step* is a callable ``step(docs, drop) -> Iterator[Document]``
 that yields the documents it keeps and calls ``drop(doc, reason)`` for each one it removes.
-``Cleaner`` chains steps, counts documents and UTF-8 bytes in and out, and tallies drops by reason
-in a ``CleanStats``. Adding a filter means writing one more small step.
+``Cleaner`` chains steps, counts documents and UTF-8 bytes in and out (in total and per step), and
+tallies drops by reason in a ``CleanStats``. Adding a filter means writing one more small step.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
-import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from lmforge.data.document import Document
+from lmforge.data.normalize import normalize_text
 
 DropFn = Callable[[Document, str], None]
 Step = Callable[[Iterable[Document], DropFn], Iterator[Document]]
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # Unicode category Cc except \t and \n
-_SURROGATE = re.compile("[\ud800-\udfff]")
-_TRAILING_SPACE = re.compile(r"[^\S\n]+$", re.MULTILINE)
-_MANY_BLANK_LINES = re.compile(r"\n{4,}")  # three or more blank lines
 _SAMPLE_IDS = 10
 
 
 def utf8_len(text: str) -> int:
     """Number of bytes of ``text`` encoded as UTF-8."""
     return len(text.encode("utf-8", errors="surrogatepass"))
-
-
-def normalize_text(text: str) -> str:
-    """Normalise text so equal-looking documents compare equal.
-
-    In order: ``\\r\\n`` and lone ``\\r`` become ``\\n``; control characters other than ``\\n`` and
-    ``\\t`` are removed; lone surrogates become U+FFFD; Unicode NFC; trailing whitespace is stripped
-    from every line; runs of three or more blank lines become two; leading and trailing whitespace
-    is stripped. The function is idempotent.
-    """
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _CONTROL.sub("", text)
-    text = _SURROGATE.sub("\ufffd", text)
-    text = unicodedata.normalize("NFC", text)
-    text = _TRAILING_SPACE.sub("", text)
-    text = _MANY_BLANK_LINES.sub("\n\n\n", text)
-    return text.strip()
 
 
 @dataclass
@@ -63,9 +41,23 @@ class CleanStats:
     bytes_out: int = 0
     drops: Counter = field(default_factory=Counter)
     dropped_ids: dict[str, list[str]] = field(default_factory=dict)
+    steps: list[dict] = field(default_factory=list)  # per step: name, docs and bytes out, drops by reason
 
     def to_dict(self) -> dict:
-        """JSON-able copy (for ``stats.json``)."""
+        """JSON-able copy (for ``stats.json``); each step's input is the previous step's output."""
+        steps, docs, size = [], self.docs_in, self.bytes_in
+        for s in self.steps:
+            steps.append(
+                {
+                    "step": s["step"],
+                    "docs_in": docs,
+                    "docs_out": s["docs_out"],
+                    "bytes_in": size,
+                    "bytes_out": s["bytes_out"],
+                    "drops": dict(sorted(s["drops"].items())),
+                }
+            )
+            docs, size = s["docs_out"], s["bytes_out"]
         return {
             "docs_in": self.docs_in,
             "docs_out": self.docs_out,
@@ -73,11 +65,16 @@ class CleanStats:
             "bytes_out": self.bytes_out,
             "drops": dict(sorted(self.drops.items())),
             "dropped_ids": {k: list(v) for k, v in sorted(self.dropped_ids.items())},
+            "steps": steps,
         }
 
 
 def normalize(docs: Iterable[Document], drop: DropFn) -> Iterator[Document]:
-    """Step: replace each document's text by ``normalize_text(text)``; drops nothing."""
+    """Step: replace each document's text by ``normalize_text(text)``; drops nothing.
+
+    ``normalize_text`` lives in ``normalize`` (re-exported here); ``normalize.Normalize`` is the
+    configurable variant that also counts mojibake repairs.
+    """
     for doc in docs:
         yield dataclasses.replace(doc, text=normalize_text(doc.text))
 
@@ -112,6 +109,11 @@ class ExactDedup:
                 yield doc
 
 
+def step_name(step: Step) -> str:
+    """A step's name for statistics: its ``name`` attribute, function name, or class name."""
+    return getattr(step, "name", None) or getattr(step, "__name__", None) or type(step).__name__
+
+
 def default_steps() -> list[Step]:
     """The standard cleaning chain: normalise, drop empty, drop exact duplicates."""
     return [normalize, drop_empty, ExactDedup()]
@@ -132,10 +134,19 @@ class Cleaner:
         cleaner.stats.to_dict()  # {"docs_in": ..., "drops": {"exact_duplicate": 3}, ...}
     """
 
-    def __init__(self, steps: Sequence[Step] | None = None, on_drop: DropFn | None = None) -> None:
+    def __init__(
+        self,
+        steps: Sequence[Step] | None = None,
+        on_drop: DropFn | None = None,
+        names: Sequence[str] | None = None,
+    ) -> None:
         self.steps: list[Step] = list(steps) if steps is not None else default_steps()
         self.on_drop = on_drop
         self.stats = CleanStats()
+        names = list(names) if names is not None else [step_name(s) for s in self.steps]
+        if len(names) != len(self.steps):
+            raise ValueError(f"{len(names)} names for {len(self.steps)} steps")
+        self.stats.steps = [{"step": n, "docs_out": 0, "bytes_out": 0, "drops": Counter()} for n in names]
 
     def drop(self, doc: Document, reason: str) -> None:
         """Record that ``doc`` was dropped for ``reason``."""
@@ -152,11 +163,24 @@ class Cleaner:
             self.stats.bytes_in += utf8_len(doc.text)
             yield doc
 
+    def _count_out(self, docs: Iterable[Document], record: dict) -> Iterator[Document]:
+        for doc in docs:
+            record["docs_out"] += 1
+            record["bytes_out"] += utf8_len(doc.text)
+            yield doc
+
+    def _dropper(self, record: dict) -> DropFn:
+        def drop(doc: Document, reason: str) -> None:
+            record["drops"][reason] += 1
+            self.drop(doc, reason)
+
+        return drop
+
     def __call__(self, docs: Iterable[Document]) -> Iterator[Document]:
         """Yield the documents every step keeps, in input order."""
         stream: Iterable[Document] = self._count_in(docs)
-        for step in self.steps:
-            stream = step(stream, self.drop)
+        for step, record in zip(self.steps, self.stats.steps):
+            stream = self._count_out(step(stream, self._dropper(record)), record)
         for doc in stream:
             self.stats.docs_out += 1
             self.stats.bytes_out += utf8_len(doc.text)

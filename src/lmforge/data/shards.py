@@ -2,6 +2,8 @@
 
 A shard appears under its final name ``shard_00000.parquet`` only once it is completely written
 (written as ``.shard_00000.parquet.tmp``, then renamed), so a reader never sees half a shard.
+``ShardWriter`` writes a stream of documents; ``write_shard`` writes one shard from selected rows of
+other parquet files (how the parallel pipeline assembles shards), ``take_rows`` reads such rows.
 """
 
 from __future__ import annotations
@@ -9,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -122,6 +125,42 @@ class ShardWriter:
             self.close()
         else:
             self._closed = True
+
+
+def take_rows(path: str | os.PathLike, rows: np.ndarray, columns: list[str]) -> Iterator[pa.Table]:
+    """Rows ``rows`` (ascending indices) of the parquet file ``path``, read one row group at a time."""
+    pf = pq.ParquetFile(path)
+    bounds = np.cumsum([0] + [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)])
+    group = np.searchsorted(bounds, rows, side="right") - 1
+    for g in np.unique(group):
+        yield pf.read_row_group(int(g), columns=columns).take(pa.array(rows[group == g] - bounds[g]))
+
+
+def write_shard(
+    path: str | os.PathLike, pieces: Iterable[tuple[str | os.PathLike, np.ndarray]], group_rows: int = 2048
+) -> None:
+    """Write shard ``path`` from ``(parquet file, ascending rows)`` pieces, in order; rename into place.
+
+    The sources need the ``SCHEMA`` columns. Memory holds about ``group_rows`` rows (one row group).
+    Without pieces the shard is empty but valid.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as writer:
+        pending: list[pa.Table] = []
+        rows = groups = 0
+        for source, index in pieces:
+            for table in take_rows(source, index, SCHEMA.names):
+                pending.append(table)
+                rows += table.num_rows
+                if rows >= group_rows:
+                    writer.write_table(pa.concat_tables(pending).cast(SCHEMA), row_group_size=rows)
+                    pending, rows, groups = [], 0, groups + 1
+        if pending or not groups:
+            table = pa.concat_tables(pending).cast(SCHEMA) if pending else SCHEMA.empty_table()
+            writer.write_table(table, row_group_size=max(rows, 1))
+    os.replace(tmp, path)
 
 
 def shard_files(shard_dir: str | os.PathLike) -> list[Path]:

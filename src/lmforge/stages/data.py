@@ -1,65 +1,100 @@
-"""Read sources, clean them, drop exact duplicates, and write train/val parquet shards.
+"""Curate text: read inputs, filter, scrub, deduplicate, and write train/val parquet shards.
 
-Sources are validated before any work: ``builtin:python-docs`` (the Python language reference and
+Inputs are validated before any work: ``builtin:python-docs`` (the Python language reference and
 standard-library docstrings every CPython holds), ``builtin:python-code`` (the standard library's
 source), or files, directories and globs of txt / md / jsonl / parquet / csv, optionally .gz / .zst /
-.bz2. Every document is normalised (NFC, control characters, whitespace); empty documents and exact
-duplicates are dropped with their reason recorded in ``stats.json`` and ``rejects/`` (when enabled).
-Bad records (malformed JSON lines, missing fields, invalid UTF-8) are reported with file and line
-and the run continues. Documents go to train or val by a hash of their id, so the split is stable.
+.bz2. Every document is normalised, then goes through the quality, language, PII, audit and
+decontamination steps, then exact and near-duplicate removal across the whole corpus (MinHash + LSH);
+work units run in parallel on local processes (``--executor ray`` for a Ray cluster). Every dropped
+document is counted by reason in ``stats.json`` and written to ``rejects/``; bad records (binary or
+empty files, invalid UTF-8, malformed JSON lines, missing fields) are reported with file and line and
+the run continues. Documents go to train or val by a hash of their id. An interrupted run resumes:
+finished work units and shards are not redone.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import shutil
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
+from lmforge.data.audit import AuditConfig
+from lmforge.data.decontam import DecontamConfig
+from lmforge.data.dedup import REASONS, DedupConfig
+from lmforge.data.langid import LangConfig
+from lmforge.data.normalize import NormalizeConfig
+from lmforge.data.pii import PIIConfig
+from lmforge.data.quality import QualityConfig
 from lmforge.errors import InputError
 from lmforge.runstore import StageContext, run_stage, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 STAGE = "data"
-VERSION = 1
+VERSION = 2
+_EXAMPLES = 10
+_BAD_EXAMPLES = 200
 
 
 @dataclass
 class Config:
     """Options of ``lmforge data``."""
 
-    sources: list[str] = opt(["builtin:python-docs"], "builtin:NAME, files, directories or globs to read")
+    input: list[str] = opt(["builtin:python-docs"], "builtin:NAME, files, directories or globs to read")
     text_field: str = opt("text", "JSON key / column holding the text in jsonl, csv and parquet files")
     out: str = opt("", "output stage directory", path=True)
     val_fraction: float = opt(0.05, "fraction of documents held out for validation (by id hash)")
     split_seed: int = opt(0, "seed of the train/val split hash")
     rows_per_shard: int = opt(50_000, "documents per parquet shard")
-    max_docs: int = opt(0, "stop after this many input documents (0 = all)")
-    write_rejects: bool = opt(True, "write dropped documents with their reason to rejects/")
+    max_docs: int = opt(0, "stop after this many input documents (0 = all); reading is then serial")
+    write_rejects: bool = opt(True, "write dropped documents and bad records with their reason to rejects/")
+    # how the work is run does not change the output, so these three stay out of the cache key
+    executor: Literal["local", "ray"] = opt(
+        "local", "local: worker processes on this machine; ray: tasks on a Ray cluster", path=True
+    )
+    workers: int = opt(0, "local worker processes, or CPUs of a local Ray instance (0 = all CPUs)", path=True)
+    ray_address: str = opt("", "Ray cluster to join (e.g. auto); empty starts a local Ray", path=True)
+    unit_mb: float = opt(1.0, "work unit size in MB: smaller files are grouped, larger ones cut")
+    normalize: NormalizeConfig = opt(NormalizeConfig(), "text normalisation")
+    quality: QualityConfig = opt(QualityConfig(), "heuristic quality filter")
+    lang: LangConfig = opt(LangConfig(), "language identification and filter")
+    pii: PIIConfig = opt(PIIConfig(), "personal data and secrets scrubbing")
+    audit: AuditConfig = opt(AuditConfig(), "representation audit (group mentions) and blocklist")
+    decontam: DecontamConfig = opt(DecontamConfig(), "drop documents overlapping evaluation sets")
+    dedup: DedupConfig = opt(DedupConfig(), "exact and near-duplicate removal")
 
     def validate(self) -> None:
-        if not self.sources:
-            raise ConfigError("sources", "at least one source is required (e.g. builtin:python-docs)")
+        if not self.input:
+            raise ConfigError("input", "at least one input is required (e.g. builtin:python-docs)")
         if not 0 < self.val_fraction < 1:
             raise ConfigError("val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         if self.rows_per_shard < 1:
             raise ConfigError("rows_per_shard", f"must be >= 1, got {self.rows_per_shard}")
         if self.max_docs < 0:
             raise ConfigError("max_docs", f"must be >= 0, got {self.max_docs}")
+        if self.workers < 0:
+            raise ConfigError("workers", f"must be >= 0 (0 = all CPUs), got {self.workers}")
+        if not self.unit_mb > 0:
+            raise ConfigError("unit_mb", f"must be > 0, got {self.unit_mb}")
 
 
 INPUTS: tuple[str, ...] = ()
 
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
-    """Validate the sources (before any work), then run the stage; returns the manifest."""
+    """Validate and open every input (before any work), then run the stage; returns the manifest."""
+    from lmforge.data.pipeline import check_readable
     from lmforge.data.sources import fingerprint, resolve_sources
 
     if not cfg.out:
         raise ConfigError("out", "an output directory is required (e.g. --out runs/x/data)")
-    specs = resolve_sources(cfg.sources, text_field=cfg.text_field)
+    specs = resolve_sources(cfg.input, text_field=cfg.text_field)
+    check_readable(specs)
+    for step in steps(cfg):  # building checks the steps' own files (eval sets, blocklists)
+        step.build(step.config)
     prints = [fingerprint(s) for s in specs]
     return run_stage(
         STAGE,
@@ -73,99 +108,163 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     )
 
 
-def curate(cfg: Config, ctx: StageContext, specs: list[Any]) -> dict[str, float]:
-    """Stream every source through the cleaner into train/val shards; write stats.json."""
-    import itertools
+def steps(cfg: Config) -> tuple[Any, ...]:
+    """The filtering steps of pass 1, in order."""
+    from lmforge.data import audit, decontam, langid, normalize, pii, quality
+    from lmforge.data.pipeline import StepSpec, build_empty_filter
 
-    from lmforge.data.clean import Cleaner
-    from lmforge.data.shards import ShardWriter, split_of
-    from lmforge.data.sources import iter_documents
-    from lmforge.log import progress
-
-    problems: list[Any] = []
-    rejects = RejectWriter(ctx.dir / "rejects") if cfg.write_rejects else None
-    cleaner = Cleaner(on_drop=rejects.write if rejects else None)
-    writers = {s: ShardWriter(ctx.dir / s, rows_per_shard=cfg.rows_per_shard) for s in ("train", "val")}
-    split_docs = {"train": 0, "val": 0}
-    split_bytes = {"train": 0, "val": 0}
-    per_source: dict[str, int] = {}
-
-    def documents():
-        for spec in specs:
-            yield from iter_documents(spec, problems)
-
-    stream = documents()
-    if cfg.max_docs:
-        stream = itertools.islice(stream, cfg.max_docs)
-    for doc in progress(cleaner(stream), description="cleaning documents"):
-        split = split_of(doc.id, cfg.val_fraction, cfg.split_seed)
-        writers[split].write(doc)
-        split_docs[split] += 1
-        split_bytes[split] += len(doc.text.encode("utf-8"))
-        src = str(doc.metadata.get("source", ""))
-        per_source[src] = per_source.get(src, 0) + 1
-    for w in writers.values():
-        w.close()
-    if rejects:
-        rejects.close()
-    for p in problems[:20]:
-        log.warning("bad record: %s", p)
-    if len(problems) > 20:
-        log.warning("... and %d more bad records (all listed in stats.json)", len(problems) - 20)
-    if split_docs["train"] == 0:
-        raise InputError("no documents survived cleaning; nothing to train on (see stats.json and rejects/)")
-    if split_docs["val"] == 0:
-        log.warning("no validation documents (val_fraction=%s); later stages need some", cfg.val_fraction)
-
-    stats = cleaner.stats.to_dict()
-    stats.update(
-        splits={s: {"docs": split_docs[s], "bytes": split_bytes[s]} for s in split_docs},
-        sources=per_source,
-        bad_records=[str(p) for p in problems],
-        bad_records_by_kind=_count_kinds(problems),
+    return (
+        StepSpec("normalize", normalize.build, cfg.normalize),
+        StepSpec("empty", build_empty_filter),
+        StepSpec("quality", quality.build, cfg.quality),
+        StepSpec("lang", langid.build, cfg.lang),
+        StepSpec("pii", pii.build, cfg.pii),
+        StepSpec("audit", audit.build, cfg.audit),
+        StepSpec("decontam", decontam.build, cfg.decontam),
     )
+
+
+def curate(cfg: Config, ctx: StageContext, specs: list[Any]) -> dict[str, float]:
+    """Run the pipeline into ``ctx.dir`` (resuming an interrupted attempt); write stats.json."""
+    from lmforge.data.executor import make_executor
+    from lmforge.data.pipeline import Settings, run_pipeline
+
+    settings = Settings(
+        steps=steps(cfg),
+        dedup=cfg.dedup,
+        out=str(ctx.dir),
+        val_fraction=cfg.val_fraction,
+        split_seed=cfg.split_seed,
+        rows_per_shard=cfg.rows_per_shard,
+        write_rejects=cfg.write_rejects,
+    )
+    if not ctx.resumed:
+        for name in ("work", "train", "val", "rejects"):
+            shutil.rmtree(ctx.dir / name, ignore_errors=True)
+    with make_executor(cfg.executor, cfg.workers, cfg.ray_address) as executor:
+        result = run_pipeline(
+            specs, settings, executor, unit_bytes=int(cfg.unit_mb * 1e6), max_docs=cfg.max_docs
+        )
+    stats = assemble_stats(result)
     write_json_atomic(ctx.dir / "stats.json", stats)
+    shutil.rmtree(settings.work, ignore_errors=True)
+    for line in stats["bad_records"][:20]:
+        log.warning("bad record: %s", line)
+    if stats["bad_records_total"] > 20:
+        log.warning(
+            "... %d bad records in all (stats.json, rejects/bad_records/)", stats["bad_records_total"]
+        )
     log.info(
-        "kept %d of %d documents (%.2f MB); dropped %s; %d bad records",
+        "kept %d of %d documents (%.2f of %.2f MB); dropped %s; %d bad records",
         stats["docs_out"],
         stats["docs_in"],
         stats["bytes_out"] / 1e6,
-        dict(stats["drops"]) or "none",
-        len(problems),
+        stats["bytes_in"] / 1e6,
+        stats["drops"] or "none",
+        stats["bad_records_total"],
     )
-    metrics: dict[str, float] = {
-        "docs_in": stats["docs_in"],
-        "docs_out": stats["docs_out"],
-        "bytes_in": stats["bytes_in"],
-        "bytes_out": stats["bytes_out"],
-        "train_docs": split_docs["train"],
-        "val_docs": split_docs["val"],
-        "train_bytes": split_bytes["train"],
-        "val_bytes": split_bytes["val"],
-        "bad_records": len(problems),
+    splits = stats["splits"]
+    if splits["train"]["docs"] == 0:
+        raise InputError("no documents survived curation; nothing to train on (see stats.json and rejects/)")
+    if splits["val"]["docs"] == 0:
+        log.warning("no validation documents (val_fraction=%s); later stages need some", cfg.val_fraction)
+    return metrics_of(stats, result.timings, executor.workers)
+
+
+def assemble_stats(result: Any) -> dict[str, Any]:
+    """``stats.json``: totals, per-step documents and bytes, drops by reason (with example ids), step
+    counts (PII by kind, languages, audit), duplicate clusters, splits, sources and bad records."""
+    docs_in = bytes_in = 0
+    drops: Counter = Counter()
+    examples: dict[str, list[str]] = {}
+    steps_out: dict[str, dict] = {}
+    bad_kinds: Counter = Counter()
+    bad: list[str] = []
+
+    def example(reason: str, ids: list[str]) -> None:
+        have = examples.setdefault(reason, [])
+        have.extend(ids[: _EXAMPLES - len(have)])
+
+    for unit in result.units:
+        clean = unit["clean"]
+        docs_in += clean["docs_in"]
+        bytes_in += clean["bytes_in"]
+        drops.update(clean["drops"])
+        for reason, ids in clean["dropped_ids"].items():
+            example(reason, ids)
+        for s in clean["steps"]:
+            into = steps_out.setdefault(
+                s["step"], {"step": s["step"], "drops": Counter(), "counts": Counter()}
+            )
+            for key in ("docs_in", "docs_out", "bytes_in", "bytes_out"):
+                into[key] = into.get(key, 0) + s[key]
+            into["drops"].update(s["drops"])
+            into["counts"].update(unit["step_counts"].get(s["step"], {}))
+        bad_kinds.update(unit["bad_records_by_kind"])
+        bad.extend(unit["bad_records"][: _BAD_EXAMPLES - len(bad)])
+    dups = result.duplicates
+    dedup_drops = {
+        reason: int((dups.reason == code).sum())
+        for code, reason in sorted(REASONS.items())
+        if (dups.reason == code).any()
     }
+    drops.update(dedup_drops)
+    for reason, ids in result.duplicate_examples.items():
+        example(reason, ids)
+    docs_out = sum(s["docs"] for s in result.splits.values())
+    bytes_out = sum(s["bytes"] for s in result.splits.values())
+    step_list = [
+        {**s, "drops": dict(sorted(s["drops"].items())), "counts": dict(sorted(s["counts"].items()))}
+        for s in steps_out.values()
+    ]
+    step_list.append(
+        {
+            "step": "dedup",
+            "docs_in": int(len(dups.reason)),
+            "docs_out": docs_out,
+            "bytes_in": step_list[-1]["bytes_out"] if step_list else bytes_in,
+            "bytes_out": bytes_out,
+            "drops": dedup_drops,
+            "counts": {},
+        }
+    )
+    return {
+        "docs_in": docs_in,
+        "docs_out": docs_out,
+        "bytes_in": bytes_in,
+        "bytes_out": bytes_out,
+        "drops": dict(sorted(drops.items())),
+        "drop_examples": dict(sorted(examples.items())),
+        "steps": step_list,
+        "duplicates": dups.stats,
+        "splits": result.splits,
+        "sources": result.sources,
+        "units": len(result.units),
+        "bad_records_by_kind": dict(sorted(bad_kinds.items())),
+        "bad_records_total": sum(bad_kinds.values()),
+        "bad_records": bad,
+    }
+
+
+def metrics_of(stats: dict[str, Any], timings: dict[str, float], workers: int) -> dict[str, float]:
+    """Flat manifest metrics: totals, ``dropped_<reason>``, step counts (``pii_<kind>``, ``lang_<code>``,
+    ...), duplicate clusters, bad records, split sizes and pass timings."""
+    metrics: dict[str, float] = {k: stats[k] for k in ("docs_in", "docs_out", "bytes_in", "bytes_out")}
     for reason, n in stats["drops"].items():
         metrics[f"dropped_{reason}"] = n
+    for step in stats["steps"]:
+        for key, n in step["counts"].items():
+            if isinstance(n, (int, float)):
+                metrics[key if key.startswith(step["step"] + "_") else f"{step['step']}_{key}"] = n
+    for kind in ("exact", "near"):
+        if kind in stats["duplicates"]:
+            metrics[f"{kind}_duplicate_clusters"] = stats["duplicates"][kind]["clusters"]
+    metrics["bad_records"] = stats["bad_records_total"]
+    for split, s in stats["splits"].items():
+        metrics[f"{split}_docs"] = s["docs"]
+        metrics[f"{split}_bytes"] = s["bytes"]
+    metrics["units"] = stats["units"]
+    metrics["workers"] = workers
+    for name, seconds in timings.items():
+        metrics[f"time_{name}"] = round(seconds, 3)
     return metrics
-
-
-def _count_kinds(problems: list[Any]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for p in problems:
-        out[p.kind] = out.get(p.kind, 0) + 1
-    return out
-
-
-class RejectWriter:
-    """Dropped documents as ``rejects/rejects.jsonl``: ``{"id", "reason", "source", "text"}`` per line."""
-
-    def __init__(self, directory: Any):
-        directory.mkdir(parents=True, exist_ok=True)
-        self._fh = (directory / "rejects.jsonl").open("w", encoding="utf-8")
-
-    def write(self, doc: Any, reason: str) -> None:
-        record = {"id": doc.id, "reason": reason, "source": doc.metadata.get("source", ""), "text": doc.text}
-        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-    def close(self) -> None:
-        self._fh.close()
