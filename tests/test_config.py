@@ -30,6 +30,7 @@ class Outer:
     sched: Literal["cosine", "linear"] = opt("cosine", "schedule")
     model: Inner = opt(Inner(), "the model")
     out: str = opt("", "where", path=True)
+    workers: int = opt(2, "how many", cache=False)
     maybe: int | None = opt(None, "optional")
 
 
@@ -96,7 +97,11 @@ def test_merge_is_deep_and_pure():
 
 def test_hash_view_drops_paths():
     cfg = from_dict(Outer, {"out": "/somewhere"})
-    assert "out" not in hash_view(cfg) and hash_view(cfg)["model"] == {"n_embd": 64, "n_head": 4}
+    assert (
+        "out" not in hash_view(cfg)
+        and "workers" not in hash_view(cfg)
+        and hash_view(cfg)["model"] == {"n_embd": 64, "n_head": 4}
+    )
 
 
 def test_describe_lists_every_option():

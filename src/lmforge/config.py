@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 
-def opt(default: Any, help: str, *, path: bool = False) -> Any:
+def opt(default: Any, help: str, *, path: bool = False, cache: bool = True) -> Any:
     """Declare a config field with its default and one line of help.
 
     Args:
@@ -51,8 +51,10 @@ def opt(default: Any, help: str, *, path: bool = False) -> Any:
         help: one line saying what the field means (shown by ``--help``).
         path: True for fields that name where things are (input or output paths). Such fields are left
             out of the cache key, so moving a run directory does not invalidate it.
+        cache: False for fields that change how work is done but never what it produces (worker
+            counts, executors); they are left out of the cache key too.
     """
-    meta = {"help": help, "path": path}
+    meta = {"help": help, "path": path, "cache": cache}
     if isinstance(default, (list, dict, set)) or is_dataclass(default):
         return field(default_factory=lambda d=default: _copy(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -243,7 +245,7 @@ def hash_view(obj: Any) -> dict[str, Any]:
     """The config as plain data without its path fields: what the cache key is computed from."""
     out: dict[str, Any] = {}
     for f in fields(obj):
-        if f.metadata.get("path"):
+        if f.metadata.get("path") or f.metadata.get("cache") is False:
             continue
         value = getattr(obj, f.name)
         out[f.name] = hash_view(value) if is_dataclass(value) else _copy(value)

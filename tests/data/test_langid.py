@@ -62,3 +62,13 @@ def test_config():
         with pytest.raises(ConfigError) as exc:
             LangConfig(**{field: value}).validate()
         assert exc.value.key == field
+
+
+def test_unknown_code_is_refused_when_the_step_is_built_not_at_validation():
+    from lmforge.data.langid import build
+    from lmforge.errors import ConfigError
+
+    cfg = LangConfig(keep=["en", "qq"])
+    cfg.validate()  # the form is fine, and validating must not need the model
+    with pytest.raises(ConfigError, match="qq"):
+        build(cfg)

@@ -67,3 +67,16 @@ def test_reading_missing_shards_names_the_directory(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="empty"):
         list(read_documents(tmp_path / "empty"))
+
+
+def test_tail_split_cuts_each_document_at_the_fraction():
+    from lmforge.data.document import Document
+    from lmforge.data.shards import tail_split
+
+    text = "".join(chr(ord("a") + i % 26) for i in range(1000))
+    train, val = tail_split(Document("d", text, {"source": "s"}), 0.1)
+    assert (train.id, val.id) == ("d#train", "d#val")
+    assert train.text + val.text == text and len(val.text) == 100
+    assert train.metadata == {"source": "s", "split": "train"} and val.metadata["split"] == "val"
+    assert [p.metadata["split"] for p in tail_split(Document("e", "abc", {}), 0.1)] == ["train", "val"]
+    assert [p.metadata["split"] for p in tail_split(Document("e", "ab", {}), 0.1)] == ["train"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -46,13 +47,19 @@ class LangConfig:
             raise ConfigError("min_confidence", f"must be in [0, 1], got {self.min_confidence}")
         if self.max_chars < 1:
             raise ConfigError("max_chars", f"must be >= 1, got {self.max_chars}")
-        if self.keep:
-            known = set(language_codes())
-            unknown = [c for c in self.keep if c not in known]
-            if unknown:
-                raise ConfigError(
-                    "keep", f"unknown language codes {unknown}; valid: {', '.join(sorted(known))}"
-                )
+        # only the form here: checking against the model's list loads a 70 MB model, which would slow
+        # every config validation (even a fully cached `lmforge run`); build() checks the codes
+        bad = [c for c in self.keep if not re.fullmatch(r"[a-z]{2,3}", c)]
+        if bad:
+            raise ConfigError("keep", f"language codes are 2-3 lower-case letters (ISO 639), got {bad}")
+
+
+def check_codes(codes: list[str]) -> None:
+    """Raise ConfigError naming every code the language model does not know (loads the model)."""
+    known = set(language_codes())
+    unknown = [c for c in codes if c not in known]
+    if unknown:
+        raise ConfigError("keep", f"unknown language codes {unknown}; valid: {', '.join(sorted(known))}")
 
 
 def _identifier() -> Any:
@@ -108,5 +115,12 @@ class LanguageFilter:
 
 
 def build(cfg: LangConfig) -> LanguageFilter | None:
-    """The language step for ``cfg``, or None when ``cfg.enabled`` is false."""
-    return LanguageFilter(cfg) if cfg.enabled else None
+    """The language step for ``cfg``, or None when ``cfg.enabled`` is false.
+
+    Raises:
+        ConfigError: a ``keep`` code the model does not know.
+    """
+    if not cfg.enabled:
+        return None
+    check_codes(cfg.keep)
+    return LanguageFilter(cfg)

@@ -47,7 +47,7 @@ from lmforge.data.dedup import KEEP, REASONS, DedupConfig, Duplicates, MinHasher
 from lmforge.data.document import Document
 from lmforge.data.executor import Executor
 from lmforge.data.readers import Problem, open_binary, read_file, split_name
-from lmforge.data.shards import shard_name, split_of, take_rows, write_shard
+from lmforge.data.shards import shard_name, split_of, tail_split, take_rows, write_shard
 from lmforge.data.sources import SourceSpec
 from lmforge.errors import InputError
 from lmforge.runstore import write_json_atomic
@@ -90,6 +90,7 @@ class Settings:
     out: str  # the stage directory: train/, val/, rejects/ and the scratch work/ go here
     val_fraction: float = 0.05
     split_seed: int = 0
+    split: str = "hash"  # "hash": whole documents by id hash; "tail": the end of every document is val
     rows_per_shard: int = 50_000
     write_rejects: bool = True
 
@@ -324,7 +325,10 @@ class _PartWriter:
         self.rows = 0
 
     def add(self, doc: Document) -> None:
-        self.buffer.append(doc)
+        if self.settings.split == "tail":
+            self.buffer.extend(tail_split(doc, self.settings.val_fraction))
+        else:
+            self.buffer.append(doc)
         if len(self.buffer) >= _ROW_GROUP:
             self._flush()
 
@@ -339,7 +343,14 @@ class _PartWriter:
         if self.minhasher is not None:
             self.sigs.append(self.minhasher.signatures(texts))
         s = self.settings
-        self.val.append(np.array([split_of(d.id, s.val_fraction, s.split_seed) == "val" for d in docs]))
+        self.val.append(
+            np.array(
+                [
+                    (d.metadata.get("split") or split_of(d.id, s.val_fraction, s.split_seed)) == "val"
+                    for d in docs
+                ]
+            )
+        )
         self.rows += len(docs)
 
     def close(self) -> None:

@@ -30,6 +30,21 @@ SHARD_GLOB = "shard_*.parquet"
 _READ_BATCH_ROWS = 1024
 
 
+def tail_split(doc: Document, val_fraction: float) -> list[Document]:
+    """Cut one document into its first ``1 - val_fraction`` (train) and last ``val_fraction`` (val).
+
+    The classic split of a single-file corpus (e.g. tiny-shakespeare: first 90% train, last 10% val):
+    the cut is at character ``int(len(text) * (1 - val_fraction))``, as nanoGPT's prepare script does.
+    The parts get ids ``<id>#train`` / ``<id>#val`` and ``metadata["split"]``; an empty part is left out.
+    """
+    cut = int(len(doc.text) * (1.0 - val_fraction))
+    parts = []
+    for split, text in (("train", doc.text[:cut]), ("val", doc.text[cut:])):
+        if text:
+            parts.append(Document(f"{doc.id}#{split}", text, {**doc.metadata, "split": split}))
+    return parts
+
+
 def split_of(doc_id: str, val_fraction: float, seed: int = 0) -> str:
     """Assign a document to ``"train"`` or ``"val"`` from a hash of ``(seed, doc_id)``.
 

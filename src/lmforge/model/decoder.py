@@ -52,11 +52,66 @@ from lmforge.model.kv_cache import KVCache
 
 INIT_STD = 0.02
 
+FLAGS = {"rmsnorm": True, "rope": True, "qkv": True, "gateup": True, "swiglu": True, "addmm": True}
+
+
+class _RMSNormFunction(torch.autograd.Function):
+    """RMSNorm with a hand-written backward: 3 passes over the activations forward, 6 backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)  # [..., 1]
+        rstd = norm.square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+        xhat = x * rstd.to(x.dtype)  # [..., D]
+        ctx.save_for_backward(xhat, rstd, weight)
+        return xhat * weight
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        xhat, rstd, weight = ctx.saved_tensors
+        D = xhat.shape[-1]
+        p = dy * xhat  # [..., D]
+        dweight = p.reshape(-1, D).sum(0) if ctx.needs_input_grad[1] else None
+        dot = (p @ weight.to(p.dtype)).unsqueeze(-1)  # [..., 1] = sum_j dy_j w_j xhat_j
+        dx = torch.mul(dy, weight.to(dy.dtype))
+        dx.addcmul_(xhat, dot, value=-1.0 / D).mul_(rstd.to(dx.dtype))
+        return dx, dweight, None
+
+
+class RMSNorm(nn.RMSNorm):
+    """``nn.RMSNorm`` (Zhang & Sennrich 2019) with a leaner backward in eager mode; same parameters and math."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not FLAGS["rmsnorm"] or torch.compiler.is_compiling() or self.weight is None or self.eps is None:
+            return super().forward(x)
+        return _RMSNormFunction.apply(x, self.weight, self.eps)
+
+
+class _SwiGLUFunction(torch.autograd.Function):
+    """``silu(g) * u`` for ``gu = [g, u]`` (last dim); backward writes d(gu) into one buffer (no cat)."""
+
+    @staticmethod
+    def forward(ctx, gu: torch.Tensor) -> torch.Tensor:
+        g, u = gu.chunk(2, dim=-1)
+        ctx.save_for_backward(gu)
+        return F.silu(g).mul_(u)
+
+    @staticmethod
+    def backward(ctx, dh: torch.Tensor):
+        (gu,) = ctx.saved_tensors
+        g, u = gu.chunk(2, dim=-1)
+        dgu = torch.empty_like(gu)
+        dg, du = dgu.chunk(2, dim=-1)
+        torch.mul(dh, F.silu(g), out=du)
+        torch.mul(dh, u, out=dg)
+        torch.ops.aten.silu_backward.grad_input(dg, g, grad_input=dg)
+        return dgu
+
 
 def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
     """Return the configured normalisation layer over the last ``dim`` features."""
     if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(dim, eps=cfg.norm_eps)
+        return RMSNorm(dim, eps=cfg.norm_eps)
     return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias)
 
 
@@ -76,6 +131,46 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x1, x2 = x[..., :half], x[..., half:]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def _pairs(t: torch.Tensor, n: int, head_dim: int, interleave: bool) -> torch.Tensor:
+    """Rows of a projection weight ``[n*Q, D]`` (or bias ``[n*Q]``) as ``[n, Q/2, 2, D or 1]``.
+
+    With ``interleave`` each head's channels i and i + Q/2 (a RoPE pair in the half-split layout) become
+    adjacent (2i, 2i+1); otherwise the order is kept.
+    """
+    if interleave:
+        return t.reshape(n, 2, head_dim // 2, -1).transpose(1, 2)
+    return t.reshape(n, head_dim // 2, 2, -1)
+
+
+def _rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on ``x`` ``[B, T, n, Q]`` whose pairs are adjacent channels; ``cos``/``sin`` ``[T, Q/2]``."""
+    if FLAGS["rope"] and x.dtype == torch.float32 and not torch.compiler.is_compiling():
+        freqs = torch.complex(cos, sin)[:, None, :]  # [T, 1, Q/2]
+        xc = torch.view_as_complex(x.unflatten(-1, (-1, 2)))  # [B, T, n, Q/2]
+        return torch.view_as_real(xc * freqs).flatten(-2)
+    x = x.unflatten(-1, (-1, 2))  # [B, T, n, Q/2, 2]
+    x1, x2 = x[..., 0], x[..., 1]
+    cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)
+    return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+
+
+def _linear_add(linear: nn.Module, h: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+    """``residual + linear(h)``; for a plain bias-free ``nn.Linear`` the addition is fused into the matmul."""
+    if residual is None:
+        return linear(h)
+    if (
+        FLAGS["addmm"]
+        and type(linear) is nn.Linear
+        and linear.bias is None
+        and not torch.is_autocast_enabled(h.device.type)
+    ):
+        out = torch.addmm(
+            residual.reshape(-1, residual.shape[-1]), h.reshape(-1, h.shape[-1]), linear.weight.t()
+        )
+        return out.view(residual.shape)
+    return residual + linear(h)
 
 
 def sinusoidal_table(block_size: int, dim: int) -> torch.Tensor:
@@ -126,9 +221,37 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.n_embd, cfg.kv_heads * cfg.head_dim, bias=cfg.bias)
         self.v_proj = nn.Linear(cfg.n_embd, cfg.kv_heads * cfg.head_dim, bias=cfg.bias)
         self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.bias)
-        self.q_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
-        self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.q_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
         self.dropout = cfg.dropout
+
+    def _fused_qkv(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q ``[B, T, H, Q]``, k and v ``[B, T, K, Q]`` from one matmul over the concatenated weights."""
+        B, T, _ = x.shape
+        H, K, Q = self.n_head, self.n_kv_head, self.head_dim
+        inter = rope is not None
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        w = torch.cat(
+            [_pairs(p.weight, n, Q, inter and i < 2) for i, (p, n) in enumerate(zip(projs, (H, K, K)))]
+        )
+        b = None
+        if self.q_proj.bias is not None:
+            b = torch.cat(
+                [_pairs(p.bias, n, Q, inter and i < 2) for i, (p, n) in enumerate(zip(projs, (H, K, K)))]
+            )
+            b = b.view(-1)
+        qkv = F.linear(x, w.view(-1, x.shape[-1]), b).view(B, T, H + 2 * K, Q)
+        q, k, v = qkv.split((H, K, K), dim=2)
+        if self.q_norm is not None and self.k_norm is not None:
+            q = F.rms_norm(q, (Q,), _pairs(self.q_norm.weight, 1, Q, inter).reshape(Q), self.q_norm.eps)
+            k = F.rms_norm(k, (Q,), _pairs(self.k_norm.weight, 1, Q, inter).reshape(Q), self.k_norm.eps)
+            if inter:
+                q, k = _rope_interleaved(q, *rope), _rope_interleaved(k, *rope)
+        elif inter:
+            q, k = _rope_interleaved(qkv[:, :, : H + K], *rope).split((H, K), dim=2)
+        return q, k, v
 
     def forward(
         self,
@@ -138,16 +261,27 @@ class Attention(nn.Module):
         is_causal: bool,
         cache: KVCache | None,
         layer: int,
+        residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Attend ``x`` ``[B, T, D]`` over itself (and the cached prefix); return ``[B, T, D]``."""
+        """Attend ``x`` ``[B, T, D]`` over itself (and the cached prefix); return ``[B, T, D]``.
+
+        With ``residual`` (``[B, T, D]``) return ``residual + attention(x)``.
+        """
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # [B, H, T, Q]
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # [B, K, T, Q]
-        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # [B, K, T, Q]
-        if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if (
+            cache is None
+            and FLAGS["qkv"]
+            and all(type(p) is nn.Linear for p in (self.q_proj, self.k_proj, self.v_proj))
+        ):
+            q, k, v = (t.transpose(1, 2) for t in self._fused_qkv(x, rope))  # [B, H or K, T, Q]
+        else:
+            q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # [B, H, T, Q]
+            k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # [B, K, T, Q]
+            v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # [B, K, T, Q]
+            if self.q_norm is not None and self.k_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            if rope is not None:
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # [B, K, S, Q]
         if self.n_kv_head != self.n_head:
@@ -163,7 +297,7 @@ class Attention(nn.Module):
             is_causal=is_causal,
         )  # [B, H, T, Q]
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # [B, T, H*Q]
-        return self.o_proj(y)
+        return _linear_add(self.o_proj, y, residual)
 
 
 class MLP(nn.Module):
@@ -177,15 +311,29 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
         self.down_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map ``[B, T, D]`` to ``[B, T, D]``."""
-        if self.gate_proj is not None:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """Map ``[B, T, D]`` to ``[B, T, D]`` (plus ``residual`` when given)."""
+        if (
+            self.gate_proj is not None
+            and FLAGS["gateup"]
+            and type(self.gate_proj) is nn.Linear
+            and type(self.up_proj) is nn.Linear
+        ):
+            w = torch.cat((self.gate_proj.weight, self.up_proj.weight))  # [2F, D]
+            b = None if self.up_proj.bias is None else torch.cat((self.gate_proj.bias, self.up_proj.bias))
+            gu = F.linear(x, w, b)  # [B, T, 2F]
+            if FLAGS["swiglu"] and not torch.compiler.is_compiling():
+                h = _SwiGLUFunction.apply(gu)
+            else:
+                g, u = gu.chunk(2, dim=-1)
+                h = F.silu(g) * u
+        elif self.gate_proj is not None:
             h = F.silu(self.gate_proj(x)) * self.up_proj(x)
         elif self.kind == "gelu":
             h = F.gelu(self.up_proj(x))
         else:  # relu2
             h = F.relu(self.up_proj(x)).square()
-        return self.down_proj(h)
+        return _linear_add(self.down_proj, h, residual)
 
 
 class Block(nn.Module):
@@ -209,8 +357,11 @@ class Block(nn.Module):
         layer: int,
     ) -> torch.Tensor:
         """Map ``[B, T, D]`` to ``[B, T, D]``."""
-        x = x + self.resid_drop(self.attn(self.attn_norm(x), rope, attn_mask, is_causal, cache, layer))
-        return x + self.resid_drop(self.mlp(self.mlp_norm(x)))
+        if self.training and self.resid_drop.p > 0:
+            x = x + self.resid_drop(self.attn(self.attn_norm(x), rope, attn_mask, is_causal, cache, layer))
+            return x + self.resid_drop(self.mlp(self.mlp_norm(x)))
+        x = self.attn(self.attn_norm(x), rope, attn_mask, is_causal, cache, layer, residual=x)
+        return self.mlp(self.mlp_norm(x), residual=x)
 
 
 @torch.no_grad()

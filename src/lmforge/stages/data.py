@@ -48,15 +48,20 @@ class Config:
     out: str = opt("", "output stage directory", path=True)
     val_fraction: float = opt(0.05, "fraction of documents held out for validation (by id hash)")
     split_seed: int = opt(0, "seed of the train/val split hash")
+    split: Literal["hash", "tail"] = opt(
+        "hash", "hash: whole documents by id hash; tail: the last val_fraction of every document is val"
+    )
     rows_per_shard: int = opt(50_000, "documents per parquet shard")
     max_docs: int = opt(0, "stop after this many input documents (0 = all); reading is then serial")
     write_rejects: bool = opt(True, "write dropped documents and bad records with their reason to rejects/")
     # how the work is run does not change the output, so these three stay out of the cache key
     executor: Literal["local", "ray"] = opt(
-        "local", "local: worker processes on this machine; ray: tasks on a Ray cluster", path=True
+        "local", "local: worker processes on this machine; ray: tasks on a Ray cluster", cache=False
     )
-    workers: int = opt(0, "local worker processes, or CPUs of a local Ray instance (0 = all CPUs)", path=True)
-    ray_address: str = opt("", "Ray cluster to join (e.g. auto); empty starts a local Ray", path=True)
+    workers: int = opt(
+        0, "local worker processes, or CPUs of a local Ray instance (0 = all CPUs)", cache=False
+    )
+    ray_address: str = opt("", "Ray cluster to join (e.g. auto); empty starts a local Ray", cache=False)
     unit_mb: float = opt(1.0, "work unit size in MB: smaller files are grouped, larger ones cut")
     normalize: NormalizeConfig = opt(NormalizeConfig(), "text normalisation")
     quality: QualityConfig = opt(QualityConfig(), "heuristic quality filter")
@@ -135,6 +140,7 @@ def curate(cfg: Config, ctx: StageContext, specs: list[Any]) -> dict[str, float]
         out=str(ctx.dir),
         val_fraction=cfg.val_fraction,
         split_seed=cfg.split_seed,
+        split=cfg.split,
         rows_per_shard=cfg.rows_per_shard,
         write_rejects=cfg.write_rejects,
     )

@@ -56,7 +56,7 @@ class Config:
     eval_tokens: int = opt(65536, "validation tokens per evaluation (0 = the whole split)")
     ckpt_every: int = opt(250, "checkpoint every N steps (and at the end)")
     keep_last: int = opt(2, "checkpoints to keep besides the best")
-    log_every: int = opt(1, "log one line every N steps")
+    log_every: int = opt(1, "log one line every N steps", cache=False)
     seed: int = opt(1337, "seed of initialisation, data order and dropout")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
     dtype: str = opt("auto", "auto | fp32 | bf16 | fp16 (auto: fp32 on CPU, bf16 on recent GPUs)")

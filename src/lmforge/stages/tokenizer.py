@@ -54,7 +54,7 @@ class Config:
     )
     pre_tokenizer: str = opt("", "pre-tokenizer split: '' (the kind's own), gpt2, gpt4, or a regex")
     train_max_bytes: int = opt(0, "train the tokenizer on at most this many bytes of text (0 = all)")
-    workers: int = opt(2, "parallel encoders: tiktoken threads, or tokenizers processes")
+    workers: int = opt(2, "parallel encoders: tiktoken threads, or tokenizers processes", cache=False)
     encode_backend: Literal["auto", "tokenizers", "tiktoken"] = opt(
         "auto", "encoder for the shards: auto = tiktoken when installed and identical on a sample"
     )
