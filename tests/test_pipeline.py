@@ -200,3 +200,49 @@ def test_masked_objectives_train_an_encoder(micro_run, tmp_path, objective):
     model, cfg = load_model(resolve_checkpoint(dest, "last"))
     assert cfg.arch == "encoder" and isinstance(model, EncoderForPretraining)
     assert (model.nsp_head is not None) == (objective == "mlm+nsp")
+
+
+def test_muon_and_l1_train_and_their_state_reloads(micro_run, tmp_path):
+    """optimizer=muon (Muon for block matrices + AdamW) with an L1 penalty trains, and the checkpointed
+    state of both optimisers loads back into fresh ones (what a resume does)."""
+    _, out, _ = micro_run
+    assert (
+        main(
+            [
+                "pretrain",
+                f"--tokenizer={out / 'tokenizer'}",
+                "--optimizer=muon",
+                "--l1=1e-5",
+                "--model.n_layer=2",
+                "--model.n_head=2",
+                "--model.n_embd=64",
+                "--model.block_size=64",
+                "--batch_size=8",
+                "--warmup_steps=2",
+                "--lr=3e-3",
+                "--eval_every=10",
+                "--ckpt_every=10",
+                "--eval_tokens=2048",
+                "--device=cpu",
+                "--max_steps=20",
+                f"--out={tmp_path / 'a'}",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    rows = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5, losses
+
+    from lmforge.training import checkpoint as ckpt
+    from lmforge.training import distributed as ddp
+    from lmforge.training.optim import build_optimizers
+
+    last = ckpt.resolve_checkpoint(tmp_path / "a", "last")
+    model, cfg = ckpt.load_model(last)
+    optimizers = build_optimizers(model, "muon", 3e-3, 0.1)
+    state = ckpt.load_train_state(last)
+    ddp.load_full_state_dicts(model, optimizers, ckpt.load_weights(last, cfg), state["optimizer"])
+    muon_state = optimizers[0].state_dict()["state"]
+    assert len(muon_state) > 0 and all("momentum_buffer" in v for v in muon_state.values())

@@ -48,7 +48,11 @@ class Config:
     schedule: Literal["cosine", "linear", "constant", "wsd"] = opt(
         "cosine", "learning-rate schedule after warmup"
     )
+    optimizer: Literal["adamw", "muon"] = opt(
+        "adamw", "adamw, or muon for the blocks' matrices (AdamW for the rest)"
+    )
     weight_decay: float = opt(0.1, "decoupled weight decay on matrices (AdamW)")
+    l1: float = opt(0.0, "L1 penalty: adds l1 · Σ|w| over weight matrices to the loss (0 = off)")
     beta1: float = opt(0.9, "AdamW beta1")
     beta2: float = opt(0.95, "AdamW beta2")
     grad_clip: float = opt(1.0, "clip the global gradient norm to this (0 = off)")
@@ -84,6 +88,7 @@ class Config:
             raise ConfigError("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
         for key in (
             "weight_decay",
+            "l1",
             "grad_clip",
             "max_time_s",
             "eval_tokens",
@@ -126,7 +131,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     from lmforge.training import distributed as ddp
     from lmforge.training.flops import matmul_peak
     from lmforge.training.objectives import PretrainObjective
-    from lmforge.training.optim import build_optimizer, lr_at
+    from lmforge.training.optim import build_optimizers, lr_at
 
     ddp.init_distributed("cuda" if cfg.device.startswith("cuda") else "cpu")
     rt = create_runtime(cfg.device, cfg.dtype, cfg.seed, cfg.threads)
@@ -158,7 +163,8 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     )
     raw_model = ckpt.build_model(mcfg, nsp=cfg.objective == "mlm+nsp").to(rt.device)
     model = ddp.wrap_model(raw_model, cfg.strategy)
-    optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
+    optimizers = build_optimizers(model, cfg.optimizer, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+    l1_params = [p for p in raw_model.parameters() if p.ndim >= 2] if cfg.l1 > 0 else []
     forward = torch.compile(model) if cfg.compile else model
     # every rank draws the same global batch and trains on its own slice of rows, so N ranks with
     # batch B follow exactly the trajectory of one process with batch N·B
@@ -176,7 +182,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     latest = ckpt.latest_checkpoint(ckpt_root)
     if latest is not None:
         state = ckpt.load_train_state(latest)
-        ddp.load_full_state_dicts(model, optimizer, ckpt.load_weights(latest, mcfg), state["optimizer"])
+        ddp.load_full_state_dicts(model, optimizers, ckpt.load_weights(latest, mcfg), state["optimizer"])
         loader.load_state_dict(state["loader"])
         ckpt.set_rng_state(state["rng"])
         step, best_val = int(state["step"]), float(state["best_val_loss"])
@@ -218,7 +224,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         return {"val_loss": r["loss"], "val_ppl": r["perplexity"], "val_bpb": r["bpb"]}
 
     def save() -> None:
-        model_sd, optim_sd = ddp.full_state_dicts(model, optimizer)  # collective: every rank
+        model_sd, optim_sd = ddp.full_state_dicts(model, optimizers)  # collective: every rank
         if main_rank:
             ckpt.save_checkpoint(
                 ckpt_root / f"step_{step}",
@@ -256,7 +262,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
             schedule=cfg.schedule,
             min_lr_ratio=cfg.min_lr_ratio,
         )
-        for group in optimizer.param_groups:
+        for group in (g for o in optimizers for g in o.param_groups):
             group["lr"] = lr
         micro = [objective.prepare(*(t[rows] for t in loader.next_batch())) for _ in range(cfg.grad_accum)]
         global_tokens = ddp.all_reduce_sum(sum(n for _, _, n in micro))
@@ -279,8 +285,14 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
                 model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf
             )
         )
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if l1_params:  # L1 penalty on the weight matrices: its gradient l1 · sign(w), added once per step
+            with torch.no_grad():
+                for p in l1_params:
+                    if p.grad is not None:
+                        p.grad.add_(torch.sign(p), alpha=cfg.l1)
+        for o in optimizers:
+            o.step()
+            o.zero_grad(set_to_none=True)
         step += 1
         loss = ddp.all_reduce_sum(local_loss) / max(global_tokens, 1)
         if not math.isfinite(loss):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -91,8 +92,12 @@ def loss_scale(global_tokens: float) -> float:
     return world_size / max(global_tokens, 1.0)
 
 
-def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """Unsharded model and optimizer state dicts (a collective under FSDP: call on every rank)."""
+def full_state_dicts(model: nn.Module, optimizer: Any) -> tuple[dict, dict]:
+    """Unsharded model and optimizer state dicts (a collective under FSDP: call on every rank).
+
+    ``optimizer`` is one optimizer or a list of them (e.g. Muon + AdamW); their states are keyed by
+    parameter name, so a checkpoint does not depend on how parameters were grouped.
+    """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
     # with cpu_offload only rank 0 receives the gathered tensors (it is the rank that writes them)
@@ -100,9 +105,7 @@ def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tupl
     return get_state_dict(unwrap(model), optimizer, options=opts)
 
 
-def load_full_state_dicts(
-    model: nn.Module, optimizer: torch.optim.Optimizer, model_sd: dict, optim_sd: dict
-) -> None:
+def load_full_state_dicts(model: nn.Module, optimizer: Any, model_sd: dict, optim_sd: dict) -> None:
     """Load unsharded state dicts into a (possibly sharded) model and its optimizer, on every rank."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 

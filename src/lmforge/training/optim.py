@@ -135,3 +135,37 @@ def lr_at(
     if schedule == "cosine":
         return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
     return base_lr + (min_lr - base_lr) * progress  # linear and the decay phase of wsd
+
+
+def build_optimizers(
+    model: nn.Module,
+    kind: str,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.95),
+) -> list[torch.optim.Optimizer]:
+    """The optimisers of a training loop: ``[AdamW]``, or ``[Muon, AdamW]`` for ``kind="muon"``.
+
+    Muon (Jordan et al. 2024; ``torch.optim.Muon``) orthogonalises the momentum of each hidden weight
+    matrix with Newton–Schulz iterations. It takes the 2-D weights inside the transformer blocks; the
+    embeddings, the output head, norms and biases stay on AdamW, as its authors recommend. Its learning
+    rate is rescaled to match AdamW's update RMS (``adjust_lr_fn="match_rms_adamw"``, Liu et al. 2025,
+    Moonlight), so one ``lr`` and one schedule serve both.
+
+    Raises:
+        ValueError: an unknown ``kind``, or the arguments ``build_optimizer`` refuses.
+    """
+    if kind == "adamw":
+        return [build_optimizer(model, lr, weight_decay, betas)]
+    if kind != "muon":
+        raise ValueError(f"unknown optimizer {kind!r}; valid: adamw, muon")
+    hidden = [
+        p for n, p in model.named_parameters() if p.requires_grad and p.ndim == 2 and ".blocks." in f".{n}"
+    ]
+    ids = {id(p) for p in hidden}
+    rest = nn.ParameterList([p for p in model.parameters() if p.requires_grad and id(p) not in ids])
+    muon = torch.optim.Muon(hidden, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+    logger.info(
+        "Muon: %d matrices (%d params); the rest on AdamW", len(hidden), sum(p.numel() for p in hidden)
+    )
+    return [muon, build_optimizer(rest, lr, weight_decay, betas)]
