@@ -1,6 +1,6 @@
 """The curation pipeline: filter work units in parallel, deduplicate globally, write train/val shards.
 
-Three passes, each resumable, over *work units* (a group of small files, or a chunk of about
+Three passes, each resumable, over *work units* (planned and read by ``units``) (a group of small files, or a chunk of about
 ``unit_bytes`` of a builtin corpus or a big file, cut by the reader in the driver):
 
 1. **Filter** (parallel, :func:`process_unit`): read → the configured steps (normalise, drop empty,
@@ -22,8 +22,6 @@ is one unit per worker and, in pass 2, a few dozen bytes per document (never its
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
 import json
 import logging
 import math
@@ -31,25 +29,33 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lmforge.data.builtin import iter_builtin
 from lmforge.data.clean import Cleaner, Step, drop_empty
 from lmforge.data.dedup import KEEP, REASONS, DedupConfig, Duplicates, MinHasher, find_duplicates, text_hash
 from lmforge.data.document import Document
 from lmforge.data.executor import Executor
-from lmforge.data.readers import Problem, open_binary, read_file, split_name
+from lmforge.data.readers import Problem
 from lmforge.data.shards import shard_name, split_of, tail_split, take_rows, write_shard
 from lmforge.data.sources import SourceSpec
-from lmforge.errors import InputError
+from lmforge.data.units import (
+    DONE,
+    PART_SCHEMA,
+    ROW_GROUP,
+    Unit,
+    check_readable,
+    part_table,
+    plan_units,
+    read_chunk,
+    read_files,
+)
 from lmforge.runstore import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -57,16 +63,9 @@ log = logging.getLogger(__name__)
 __all__ = ["Result", "Settings", "StepSpec", "Unit", "build_empty_filter", "check_readable", "plan_units"]
 __all__ += ["process_unit", "read_files", "run_pipeline", "write_output"]
 
-DONE = "DONE"
-PART_SCHEMA = pa.schema(
-    [("id", pa.string()), ("text", pa.string()), ("source", pa.string()), ("meta", pa.string())]
-)
-_PROBLEMS_KEY = b"lmforge.problems"
-_ROW_GROUP = 512  # documents per row group of a unit's docs.parquet (and per signature batch)
 _OUT_GROUP = 2048  # rows per row group of an output shard
 _EXAMPLES = 10  # example ids kept per drop reason
 _BAD_EXAMPLES = 200  # bad records listed in stats.json (all of them are in rejects/bad_records/)
-_SNIFF_BYTES = 8192
 
 
 @dataclass(frozen=True)
@@ -99,188 +98,13 @@ class Settings:
         return Path(self.out) / "work"
 
 
-@dataclass(frozen=True)
-class Unit:
-    """A piece of input processed by one worker: ``files`` read in order, or a ``chunk`` cut by the driver."""
-
-    name: str
-    source: str
-    text_field: str = "text"
-    files: tuple[str, ...] = ()
-    chunk: str = ""
-
-
 def build_empty_filter(_config: object = None) -> Step:
     """The ``drop_empty`` step (reason ``empty``), as a ``StepSpec.build`` function."""
     return drop_empty
 
 
 # --------------------------------------------------------------------------------------------------
-# reading
-
-
-def _sniff(path: Path) -> bytes:
-    fmt, compression = split_name(path)
-    if fmt == "parquet":
-        return b""
-    with open_binary(path, compression) as fh:
-        return fh.read(_SNIFF_BYTES)
-
-
-def check_readable(specs: Sequence[SourceSpec]) -> None:
-    """Open every input file and read its first bytes (decompressing), before any work starts.
-
-    Raises:
-        InputError: listing every file that cannot be opened or decompressed.
-    """
-    errors = []
-    for spec in specs:
-        for path in spec.files:
-            try:
-                _sniff(path)
-            except Exception as exc:  # noqa: BLE001 - any failure here means "unreadable"
-                errors.append(f"{path}: cannot read ({type(exc).__name__}: {exc})")
-    if errors:
-        raise InputError("unreadable input files:\n  " + "\n  ".join(errors))
-
-
-def read_files(
-    files: Iterable[str | Path], source: str, text_field: str, problems: list[Problem]
-) -> Iterator[Document]:
-    """Stream the documents of ``files``; empty and binary files are reported in ``problems`` and skipped.
-
-    A file is binary when its first 8 KiB (decompressed) hold a NUL byte (the heuristic of git and
-    grep); Parquet files are exempt.
-    """
-    for name in files:
-        path = Path(name)
-        try:
-            head = _sniff(path) if path.stat().st_size else None
-        except Exception as exc:  # noqa: BLE001 - changed or removed since it was checked
-            raise InputError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from exc
-        if head is None:
-            problems.append(Problem(str(path), None, "empty_file", "empty file; skipped"))
-            continue
-        if b"\x00" in head:
-            problems.append(Problem(str(path), None, "binary_file", "binary file (NUL bytes); skipped"))
-            continue
-        before, count = len(problems), 0
-        for doc in read_file(path, source, text_field, problems):
-            count += 1
-            yield doc
-        if count == 0 and len(problems) == before:
-            problems.append(Problem(str(path), None, "empty_file", "file holds no documents"))
-
-
-def _table(docs: list[Document]) -> pa.Table:
-    """Documents as a ``PART_SCHEMA`` table (metadata other than ``source`` as JSON in ``meta``)."""
-    columns = {
-        "id": [d.id for d in docs],
-        "text": [d.text for d in docs],
-        "source": [str(d.metadata.get("source", "")) for d in docs],
-        "meta": [
-            json.dumps({k: v for k, v in d.metadata.items() if k != "source"}, default=str) for d in docs
-        ],
-    }
-    return pa.table(columns, schema=PART_SCHEMA)
-
-
-def _write_chunk(path: Path, docs: list[Document], problems: list[Problem]) -> None:
-    problem_rows = json.dumps([dataclasses.astuple(p) for p in problems])
-    table = _table(docs).replace_schema_metadata({_PROBLEMS_KEY: problem_rows})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
-
-
-def _read_chunk(path: Path, problems: list[Problem]) -> Iterator[Document]:
-    pf = pq.ParquetFile(path)
-    stored = (pf.schema_arrow.metadata or {}).get(_PROBLEMS_KEY, b"[]")
-    problems.extend(Problem(*p) for p in json.loads(stored))
-    for batch in pf.iter_batches(batch_size=_ROW_GROUP):
-        for doc_id, text, source, meta in zip(*(c.to_pylist() for c in batch.columns)):
-            yield Document(id=doc_id, text=text, metadata={"source": source, **json.loads(meta)})
-
-
-# --------------------------------------------------------------------------------------------------
 # pass 1: plan work units, filter them
-
-
-def plan_units(
-    specs: Sequence[SourceSpec], settings: Settings, *, unit_bytes: int, max_docs: int = 0
-) -> Iterator[Unit]:
-    """Yield the work units of ``specs`` in input order, cutting chunks as it goes.
-
-    Files up to ``unit_bytes`` are grouped into units of at most that size and read by the workers.
-    Builtin corpora, larger files, and everything when ``max_docs`` is set are read here, in the
-    driver, and cut into parquet chunks of about ``unit_bytes`` (``max_docs`` then stops the read
-    after that many documents). A chunk whose unit is already done is not written again.
-    """
-    budget = [max_docs] if max_docs else None
-    for s, spec in enumerate(specs):
-        names = (f"{s:04d}-{i:06d}" for i in itertools.count())
-        if spec.builtin is not None or budget is not None:
-            problems: list[Problem] = []
-            if spec.builtin is not None:
-                docs = iter_builtin(spec.builtin, spec.spec, problems)
-            else:
-                docs = read_files(spec.files, spec.spec, spec.text_field, problems)
-            yield from _cut(docs, problems, names, spec, settings, unit_bytes, budget)
-            if budget is not None and budget[0] <= 0:
-                return
-            continue
-        group: list[str] = []
-        size = 0
-        for path in spec.files:
-            file_size = path.stat().st_size
-            if group and (size + file_size > unit_bytes or file_size > unit_bytes):
-                yield Unit(next(names), spec.spec, spec.text_field, files=tuple(group))
-                group, size = [], 0
-            if file_size > unit_bytes:
-                problems = []
-                docs = read_files([path], spec.spec, spec.text_field, problems)
-                yield from _cut(docs, problems, names, spec, settings, unit_bytes, None)
-            else:
-                group.append(str(path))
-                size += file_size
-        if group:
-            yield Unit(next(names), spec.spec, spec.text_field, files=tuple(group))
-
-
-def _cut(
-    docs: Iterable[Document],
-    problems: list[Problem],
-    names: Iterator[str],
-    spec: SourceSpec,
-    settings: Settings,
-    unit_bytes: int,
-    budget: list[int] | None,
-) -> Iterator[Unit]:
-    buffer: list[Document] = []
-    size = 0
-    cut = 0
-
-    def flush() -> Unit:
-        name = next(names)
-        chunk = settings.work / "input" / f"{name}.parquet"
-        if not (settings.work / "units" / name / DONE).is_file():
-            _write_chunk(chunk, buffer, problems)
-        problems.clear()
-        return Unit(name, spec.spec, spec.text_field, chunk=str(chunk))
-
-    for doc in docs:
-        if budget is not None:
-            if budget[0] <= 0:
-                break
-            budget[0] -= 1
-        buffer.append(doc)
-        size += len(doc.text)
-        if size >= unit_bytes:
-            yield flush()
-            buffer, size, cut = [], 0, cut + 1
-    if buffer or problems or cut == 0:
-        yield flush()
 
 
 class _JsonlWriter:
@@ -329,7 +153,7 @@ class _PartWriter:
             self.buffer.extend(tail_split(doc, self.settings.val_fraction))
         else:
             self.buffer.append(doc)
-        if len(self.buffer) >= _ROW_GROUP:
+        if len(self.buffer) >= ROW_GROUP:
             self._flush()
 
     def _flush(self) -> None:
@@ -337,7 +161,7 @@ class _PartWriter:
         if not docs:
             return
         texts = [d.text for d in docs]
-        self.writer.write_table(_table(docs))
+        self.writer.write_table(part_table(docs))
         digests = b"".join(text_hash(t) for t in texts)
         self.hashes.append(np.frombuffer(digests, dtype="<u8").reshape(-1, 2))
         if self.minhasher is not None:
@@ -398,7 +222,7 @@ def process_unit(task: UnitTask) -> dict:
     unit_dir.mkdir(parents=True)
     problems: list[Problem] = []
     if unit.chunk:
-        docs = _read_chunk(Path(unit.chunk), problems)
+        docs = read_chunk(Path(unit.chunk), problems)
     else:
         docs = read_files(unit.files, unit.source, unit.text_field, problems)
     built = _steps(settings.steps)
