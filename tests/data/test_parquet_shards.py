@@ -79,4 +79,6 @@ def test_tail_split_cuts_each_document_at_the_fraction():
     assert train.text + val.text == text and len(val.text) == 100
     assert train.metadata == {"source": "s", "split": "train"} and val.metadata["split"] == "val"
     assert [p.metadata["split"] for p in tail_split(Document("e", "abc", {}), 0.1)] == ["train", "val"]
-    assert [p.metadata["split"] for p in tail_split(Document("e", "a", {}), 0.1)] == ["val"]  # empty train part left out
+    assert [p.metadata["split"] for p in tail_split(Document("e", "a", {}), 0.1)] == [
+        "val"
+    ]  # empty train part left out
