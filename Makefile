@@ -4,35 +4,37 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_PIN ?= torch==2.13.0
-EXTRAS ?= dev
 RUN ?= runs/tiny
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast lint bench clean venv
+.PHONY: demo test test-fast lint clean
 
-venv: $(VENV)/.installed-$(EXTRAS)
-
-$(VENV)/.installed-$(EXTRAS): pyproject.toml Makefile
+# the package alone (demo), or with the test tools and the Ray extra the executor tests use (test)
+$(VENV)/.installed-base: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed-base
+	$(PY) -m pip install -q -e ".[dev,dist]"
 	touch $@
 
 ## demo: run the default recipe (data → tokenizer → pretrain → eval → generate → report) into $(RUN)
-demo: venv
+demo: $(VENV)/.installed-base
 	$(VENV)/bin/lmforge run recipes/tiny.yaml --out $(RUN)
 	@echo "report: $(RUN)/report.html"
 
 ## test: the whole test suite, slow end-to-end tests included (what CI runs)
-test: venv
+test: $(VENV)/.installed-test
 	$(PY) -m pytest -q -p no:cacheprovider
 
 ## test-fast: everything but the slow end-to-end tests
-test-fast: venv
+test-fast: $(VENV)/.installed-test
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 
-lint: venv
+lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 
