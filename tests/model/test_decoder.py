@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from lmforge.errors import ConfigError
 from lmforge.model.config import POS_CHOICES, ModelConfig
-from lmforge.model.decoder import Decoder, alibi_slopes, count_params
+from lmforge.model.decoder import Decoder, alibi_slopes, apply_rope, count_params
 
 VOCAB = 64
 
@@ -188,3 +188,175 @@ def test_sequence_longer_than_block_size_is_refused(pos: str) -> None:
         model(torch.zeros(1, 17, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\[B, T\] integer"):
         model(torch.zeros(16, dtype=torch.long))
+
+
+# --- the eager fast paths (fused projections, hand-written backwards) against the plain math -----------
+
+
+def plain_forward(model: Decoder, idx: torch.Tensor) -> torch.Tensor:
+    """The decoder's math written out plainly: separate projections, half-split RoPE, composite ops."""
+    cfg = model.config
+    B, T = idx.shape
+    H, K, Q = cfg.n_head, cfg.kv_heads, cfg.head_dim
+    x = model.tok_emb(idx)
+    if cfg.pos == "learned":
+        x = x + model.pos_emb.weight[:T]
+    elif cfg.pos == "sinusoidal":
+        x = x + model.pos_table[:T]
+    mask, is_causal = model._attention_mask(0, T, x.dtype, x.device)
+
+    def norm(module: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
+        if isinstance(module, torch.nn.RMSNorm):
+            return F.rms_norm(h, module.normalized_shape, module.weight, module.eps)
+        return module(h)
+
+    for block in model.blocks:
+        attn, mlp = block.attn, block.mlp
+        h = norm(block.attn_norm, x)
+        q = attn.q_proj(h).view(B, T, H, Q).transpose(1, 2)
+        k = attn.k_proj(h).view(B, T, K, Q).transpose(1, 2)
+        v = attn.v_proj(h).view(B, T, K, Q).transpose(1, 2)
+        if cfg.qk_norm:
+            q, k = norm(attn.q_norm, q), norm(attn.k_norm, k)
+        if cfg.pos == "rope":
+            q, k = (
+                apply_rope(q, model.rope_cos[:T], model.rope_sin[:T]),
+                apply_rope(k, model.rope_cos[:T], model.rope_sin[:T]),
+            )
+        k, v = k.repeat_interleave(H // K, dim=1), v.repeat_interleave(H // K, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        x = x + attn.o_proj(y.transpose(1, 2).reshape(B, T, H * Q))
+        h = norm(block.mlp_norm, x)
+        if cfg.mlp == "swiglu":
+            h = F.silu(mlp.gate_proj(h)) * mlp.up_proj(h)
+        else:
+            h = F.gelu(mlp.up_proj(h)) if cfg.mlp == "gelu" else F.relu(mlp.up_proj(h)).square()
+        x = x + mlp.down_proj(h)
+    return model.lm_head(norm(model.norm, x))
+
+
+FAST_PATH_CASES = [
+    {},
+    {"n_kv_head": 2, "qk_norm": True, "bias": True},
+    {"n_kv_head": 1, "tie_embeddings": False},
+    {"pos": "alibi", "norm": "layernorm", "mlp": "gelu", "bias": True},
+    {"pos": "learned", "mlp": "relu2", "n_kv_head": 2},
+    {"pos": "sinusoidal", "qk_norm": True},
+]
+
+
+@pytest.mark.parametrize(
+    "overrides", FAST_PATH_CASES, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items())
+)
+def test_fast_paths_equal_the_plain_math(overrides: dict) -> None:
+    """Logits and every gradient of the training forward equal the plainly written model's."""
+    model = build(tiny(**overrides)).train()
+    with torch.no_grad():  # move the gains and biases off their init so every term is exercised
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    idx = torch.randint(0, VOCAB, (3, 16))
+    weights = torch.randn(3, 16, VOCAB)
+    fast = model(idx)
+    (fast * weights).sum().backward()
+    fast_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    plain = plain_forward(model, idx)
+    (plain * weights).sum().backward()
+    torch.testing.assert_close(fast, plain, rtol=0, atol=2e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(fast_grads[name], p.grad, rtol=1e-4, atol=2e-5, msg=name)
+
+
+@pytest.mark.parametrize("pos", ["rope", "alibi"])
+def test_dropout_trains_on_the_fast_path(pos: str) -> None:
+    """With dropout the attention kernel hands back gradients in other layouts; training still works."""
+    model = build(tiny(pos=pos, dropout=0.1, n_kv_head=2)).train()
+    idx = torch.randint(0, VOCAB, (2, 16))
+    model(idx).logsumexp(-1).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_wrapped_projections_take_the_plain_path() -> None:
+    """A projection that is not a plain nn.Linear (as LoRA makes it) is called, not bypassed."""
+
+    class Scaled(torch.nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(x)
+
+    model = build(tiny())
+    idx = torch.randint(0, VOCAB, (2, 16))
+    before = model(idx)
+    for block in model.blocks:
+        for parent, name in ((block.attn, "q_proj"), (block.mlp, "up_proj"), (block.attn, "o_proj")):
+            old = getattr(parent, name)
+            new = Scaled(old.in_features, old.out_features, bias=old.bias is not None)
+            new.load_state_dict(old.state_dict())
+            setattr(parent, name, new)
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), plain_forward(model, idx), rtol=0, atol=2e-5)
+    assert (model(idx) - before).abs().amax() > 1e-3
+
+
+@pytest.mark.parametrize("pos", ["rope", "alibi"])
+def test_bf16_autocast_stays_close_to_fp32(pos: str) -> None:
+    """Under CPU bf16 autocast (attention then runs in fp32) logits and gradients track the fp32 model."""
+    model = build(tiny(pos=pos, n_embd=64)).train()
+    idx = torch.randint(0, VOCAB, (4, 16))
+    ref = model(idx)
+    ref.logsumexp(-1).sum().backward()
+    ref_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(idx)
+    assert low.dtype == torch.bfloat16
+    low.float().logsumexp(-1).sum().backward()
+    assert (low.float() - ref).abs().amax() < 0.05
+    for p, g in zip(model.parameters(), ref_grads):
+        assert (p.grad - g).norm() <= 0.05 * g.norm() + 1e-6
+
+
+def hf_llama_key(key: str) -> str:
+    """The Hugging Face Llama name of one of our state-dict keys."""
+    parts = key.split(".")
+    if parts[0] == "blocks":
+        renamed = {
+            "attn_norm": "input_layernorm",
+            "mlp_norm": "post_attention_layernorm",
+            "attn": "self_attn",
+        }
+        return ".".join(["model", "layers", parts[1], *(renamed.get(p, p) for p in parts[2:])])
+    top = {"tok_emb": "model.embed_tokens", "norm": "model.norm", "lm_head": "lm_head"}
+    return ".".join([top[parts[0]], *parts[1:]])
+
+
+@pytest.mark.slow
+def test_logits_and_gradients_match_hf_llama() -> None:
+    """The default architecture is Llama: same logits and gradients as transformers' LlamaForCausalLM."""
+    transformers = pytest.importorskip("transformers")
+    cfg = tiny(n_kv_head=2, mlp_hidden=96)
+    model = build(cfg).train()
+    hf = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=cfg.n_embd,
+            intermediate_size=cfg.hidden_dim,
+            num_hidden_layers=cfg.n_layer,
+            num_attention_heads=cfg.n_head,
+            num_key_value_heads=cfg.kv_heads,
+            max_position_embeddings=cfg.block_size,
+            rms_norm_eps=cfg.norm_eps,
+            rope_theta=cfg.rope_theta,
+            tie_word_embeddings=True,
+            attention_bias=False,
+            mlp_bias=False,
+        )
+    ).train()
+    hf.load_state_dict({hf_llama_key(k): v for k, v in model.state_dict().items()})
+    idx = torch.randint(0, VOCAB, (2, 16))
+    ours, theirs = model(idx), hf(input_ids=idx).logits
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=2e-5)
+    ours.logsumexp(-1).sum().backward()
+    theirs.logsumexp(-1).sum().backward()
+    hf_params = dict(hf.named_parameters())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, hf_params[hf_llama_key(name)].grad, rtol=1e-4, atol=2e-5, msg=name)

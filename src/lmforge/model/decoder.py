@@ -33,6 +33,14 @@ Defaults are in brackets; each is a ``ModelConfig`` field.
 - Initialisation: ``Decoder.init_weights`` documents every tensor's init in one place.
 - Incremental decoding: ``forward(idx, cache)`` with a ``KVCache`` (see kv_cache.py); positions (all four
   schemes) start at ``cache.pos``.
+- Speed (eager training and scoring; same parameters, state-dict keys and math up to float rounding;
+  measurements in docs/performance.md). Without a cache, q/k/v come from one matmul over the concatenated
+  weights, whose rows put each head's RoPE pair (i, i + Q/2) side by side, so the rotation is one complex
+  multiply (permuting the channels of q and k alike leaves q·k unchanged); gate/up are one matmul; the
+  residual additions are fused into the o_proj/down_proj matmuls (``addmm``); RMSNorm, SwiGLU and RoPE
+  have hand-written backwards with fewer passes over the activations. Under CPU autocast, attention runs
+  in fp32 (CPU flash attention is slower in bf16). Cached decoding, projections that are not a plain
+  ``nn.Linear`` (e.g. LoRA-wrapped) and ``torch.compile`` (inductor fuses by itself) take plain paths.
 
 Shape notation: B batch, T new tokens, S = cache position + T keys, D n_embd, H query heads,
 K key/value heads, Q head_dim, V vocab_size.
@@ -40,6 +48,7 @@ K key/value heads, Q head_dim, V vocab_size.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -52,11 +61,15 @@ from lmforge.model.kv_cache import KVCache
 
 INIT_STD = 0.02
 
-FLAGS = {"rmsnorm": True, "rope": True, "qkv": True, "gateup": True, "swiglu": True, "addmm": True}
+# Eager kernels: the composite ops' math with fewer passes over the activations (module docstring, Speed).
 
 
 class _RMSNormFunction(torch.autograd.Function):
-    """RMSNorm with a hand-written backward: 3 passes over the activations forward, 6 backward."""
+    """RMSNorm ``y = x / rms(x) * w`` with a hand-written backward: 3 passes forward, 6 backward.
+
+    With ``xhat = x / rms(x)`` and ``g = dy * w``: ``dx = (g - xhat * mean(g * xhat)) / rms(x)`` and
+    ``dw = sum(dy * xhat)`` over positions; ``sum(g * xhat)`` is a matrix-vector product with ``w``.
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -79,33 +92,81 @@ class _RMSNormFunction(torch.autograd.Function):
 
 
 class RMSNorm(nn.RMSNorm):
-    """``nn.RMSNorm`` (Zhang & Sennrich 2019) with a leaner backward in eager mode; same parameters and math."""
+    """``nn.RMSNorm`` (Zhang & Sennrich 2019) computed by ``_RMSNormFunction`` in eager mode."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not FLAGS["rmsnorm"] or torch.compiler.is_compiling() or self.weight is None or self.eps is None:
+        if torch.compiler.is_compiling() or self.weight is None or self.eps is None:
             return super().forward(x)
         return _RMSNormFunction.apply(x, self.weight, self.eps)
 
 
 class _SwiGLUFunction(torch.autograd.Function):
-    """``silu(g) * u`` for ``gu = [g, u]`` (last dim); backward writes d(gu) into one buffer (no cat)."""
+    """``silu(g) * u`` for ``gu = [g, u]`` (halves of the last dim); backward fills d(gu) in one buffer."""
 
     @staticmethod
     def forward(ctx, gu: torch.Tensor) -> torch.Tensor:
         g, u = gu.chunk(2, dim=-1)
-        ctx.save_for_backward(gu)
-        return F.silu(g).mul_(u)
+        s = F.silu(g)
+        ctx.save_for_backward(gu, s)
+        return s * u
 
     @staticmethod
     def backward(ctx, dh: torch.Tensor):
-        (gu,) = ctx.saved_tensors
+        gu, s = ctx.saved_tensors
         g, u = gu.chunk(2, dim=-1)
         dgu = torch.empty_like(gu)
         dg, du = dgu.chunk(2, dim=-1)
-        torch.mul(dh, F.silu(g), out=du)
+        torch.mul(dh, s, out=du)
         torch.mul(dh, u, out=dg)
-        torch.ops.aten.silu_backward.grad_input(dg, g, grad_input=dg)
+        torch.ops.aten.silu_backward.grad_input(dg, g, grad_input=dg)  # dg *= silu'(g), in place
         return dgu
+
+
+def _as_complex(x: torch.Tensor) -> torch.Tensor:
+    """View ``x`` ``[..., Q]`` (fp32, RoPE pairs in adjacent channels) as complex ``[..., Q/2]``."""
+    x = x.unflatten(-1, (-1, 2))
+    if x.stride(-1) != 1 or x.storage_offset() % 2 or any(s % 2 for s in x.stride()[:-1]):
+        x = x.contiguous()  # e.g. a gradient from the attention kernel used with dropout
+    return torch.view_as_complex(x)
+
+
+def _rotate(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` ``[..., Q]`` (RoPE pairs adjacent) by complex ``freqs`` ``[..., Q/2]``; fp32 result."""
+    return torch.view_as_real(_as_complex(x.float()) * freqs).flatten(-2)
+
+
+class _RopeQKVFunction(torch.autograd.Function):
+    """RoPE on the q and k heads of ``qkv`` ``[B, T, H+2K, Q]`` (pairs adjacent), computed in fp32.
+
+    Returns q ``[B, T, H, Q]`` and k ``[B, T, K, Q]`` in ``out_dtype`` (default qkv's) and v, a view of
+    qkv. Backward rotates the gradients back straight into one d(qkv) buffer: no zero fills, no sums.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv, freqs: torch.Tensor, n_head: int, n_kv_head: int, out_dtype: torch.dtype | None):
+        ctx.save_for_backward(freqs)
+        ctx.heads, ctx.dtype = (n_head, n_kv_head), qkv.dtype
+        q, k, v = qkv.split((n_head, n_kv_head, n_kv_head), dim=2)
+        out_dtype = out_dtype or qkv.dtype
+        return _rotate(q, freqs).to(out_dtype), _rotate(k, freqs).to(out_dtype), v
+
+    @staticmethod
+    def backward(ctx, dq: torch.Tensor | None, dk: torch.Tensor | None, dv: torch.Tensor | None):
+        (freqs,) = ctx.saved_tensors
+        H, K = ctx.heads
+        like = next(g for g in (dq, dk, dv) if g is not None)
+        dqkv = torch.empty(*like.shape[:2], H + 2 * K, like.shape[-1], dtype=ctx.dtype, device=like.device)
+        dq_out, dk_out, dv_out = dqkv.split((H, K, K), dim=2)
+        conj = freqs.conj()
+        for grad, out in ((dq, dq_out), (dk, dk_out)):
+            if grad is None:
+                out.zero_()
+            elif grad.dtype == out.dtype == torch.float32:  # rotate straight into the buffer
+                torch.mul(_as_complex(grad), conj, out=_as_complex(out))
+            else:
+                out.copy_(_rotate(grad, conj))
+        dv_out.zero_() if dv is None else dv_out.copy_(dv)
+        return dqkv, None, None, None, None
 
 
 def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
@@ -136,8 +197,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 def _pairs(t: torch.Tensor, n: int, head_dim: int, interleave: bool) -> torch.Tensor:
     """Rows of a projection weight ``[n*Q, D]`` (or bias ``[n*Q]``) as ``[n, Q/2, 2, D or 1]``.
 
-    With ``interleave`` each head's channels i and i + Q/2 (a RoPE pair in the half-split layout) become
-    adjacent (2i, 2i+1); otherwise the order is kept.
+    With ``interleave`` each head's channels i and i + Q/2 (a half-split RoPE pair) become adjacent rows
+    (2i, 2i+1); otherwise the order is kept.
     """
     if interleave:
         return t.reshape(n, 2, head_dim // 2, -1).transpose(1, 2)
@@ -146,10 +207,6 @@ def _pairs(t: torch.Tensor, n: int, head_dim: int, interleave: bool) -> torch.Te
 
 def _rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """RoPE on ``x`` ``[B, T, n, Q]`` whose pairs are adjacent channels; ``cos``/``sin`` ``[T, Q/2]``."""
-    if FLAGS["rope"] and x.dtype == torch.float32 and not torch.compiler.is_compiling():
-        freqs = torch.complex(cos, sin)[:, None, :]  # [T, 1, Q/2]
-        xc = torch.view_as_complex(x.unflatten(-1, (-1, 2)))  # [B, T, n, Q/2]
-        return torch.view_as_real(xc * freqs).flatten(-2)
     x = x.unflatten(-1, (-1, 2))  # [B, T, n, Q/2, 2]
     x1, x2 = x[..., 0], x[..., 1]
     cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)
@@ -157,19 +214,15 @@ def _rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> 
 
 
 def _linear_add(linear: nn.Module, h: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
-    """``residual + linear(h)``; for a plain bias-free ``nn.Linear`` the addition is fused into the matmul."""
+    """``residual + linear(h)``, the addition fused into the matmul for a plain bias-free ``nn.Linear``.
+
+    Not under autocast, where the sum must stay in the residual stream's dtype.
+    """
     if residual is None:
         return linear(h)
-    if (
-        FLAGS["addmm"]
-        and type(linear) is nn.Linear
-        and linear.bias is None
-        and not torch.is_autocast_enabled(h.device.type)
-    ):
-        out = torch.addmm(
-            residual.reshape(-1, residual.shape[-1]), h.reshape(-1, h.shape[-1]), linear.weight.t()
-        )
-        return out.view(residual.shape)
+    if type(linear) is nn.Linear and linear.bias is None and not torch.is_autocast_enabled(h.device.type):
+        flat = torch.addmm(residual.reshape(-1, residual.shape[-1]), h.flatten(0, -2), linear.weight.t())
+        return flat.view(residual.shape)
     return residual + linear(h)
 
 
@@ -226,29 +279,24 @@ class Attention(nn.Module):
         self.dropout = cfg.dropout
 
     def _fused_qkv(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, out_dtype: torch.dtype | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q ``[B, T, H, Q]``, k and v ``[B, T, K, Q]`` from one matmul over the concatenated weights."""
         B, T, _ = x.shape
         H, K, Q = self.n_head, self.n_kv_head, self.head_dim
-        inter = rope is not None
-        projs = (self.q_proj, self.k_proj, self.v_proj)
-        w = torch.cat(
-            [_pairs(p.weight, n, Q, inter and i < 2) for i, (p, n) in enumerate(zip(projs, (H, K, K)))]
-        )
-        b = None
-        if self.q_proj.bias is not None:
-            b = torch.cat(
-                [_pairs(p.bias, n, Q, inter and i < 2) for i, (p, n) in enumerate(zip(projs, (H, K, K)))]
-            )
-            b = b.view(-1)
-        qkv = F.linear(x, w.view(-1, x.shape[-1]), b).view(B, T, H + 2 * K, Q)
+        inter = rope is not None  # gather each head's RoPE pairs into adjacent rows of q and k
+        heads = ((self.q_proj, H, inter), (self.k_proj, K, inter), (self.v_proj, K, False))
+        w = torch.cat([_pairs(p.weight, n, Q, r) for p, n, r in heads]).view(-1, x.shape[-1])  # [(H+2K)Q, D]
+        b = None if self.q_proj.bias is None else torch.cat([_pairs(p.bias, n, Q, r) for p, n, r in heads])
+        qkv = F.linear(x, w, None if b is None else b.view(-1)).view(B, T, H + 2 * K, Q)
         q, k, v = qkv.split((H, K, K), dim=2)
         if self.q_norm is not None and self.k_norm is not None:
             q = F.rms_norm(q, (Q,), _pairs(self.q_norm.weight, 1, Q, inter).reshape(Q), self.q_norm.eps)
             k = F.rms_norm(k, (Q,), _pairs(self.k_norm.weight, 1, Q, inter).reshape(Q), self.k_norm.eps)
             if inter:
                 q, k = _rope_interleaved(q, *rope), _rope_interleaved(k, *rope)
+        elif inter and not torch.compiler.is_compiling():
+            q, k, v = _RopeQKVFunction.apply(qkv, torch.complex(*rope)[:, None, :], H, K, out_dtype)
         elif inter:
             q, k = _rope_interleaved(qkv[:, :, : H + K], *rope).split((H, K), dim=2)
         return q, k, v
@@ -268,12 +316,11 @@ class Attention(nn.Module):
         With ``residual`` (``[B, T, D]``) return ``residual + attention(x)``.
         """
         B, T, _ = x.shape
-        if (
-            cache is None
-            and FLAGS["qkv"]
-            and all(type(p) is nn.Linear for p in (self.q_proj, self.k_proj, self.v_proj))
-        ):
-            q, k, v = (t.transpose(1, 2) for t in self._fused_qkv(x, rope))  # [B, H or K, T, Q]
+        # CPU flash attention is slower in bf16 than in fp32 (measured), so under CPU autocast it runs in fp32
+        fp32_attention = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        if cache is None and all(type(p) is nn.Linear for p in (self.q_proj, self.k_proj, self.v_proj)):
+            out_dtype = torch.float32 if fp32_attention else None
+            q, k, v = (t.transpose(1, 2) for t in self._fused_qkv(x, rope, out_dtype))  # [B, H or K, T, Q]
         else:
             q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # [B, H, T, Q]
             k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # [B, K, T, Q]
@@ -288,14 +335,17 @@ class Attention(nn.Module):
             group = self.n_head // self.n_kv_head
             k = k.repeat_interleave(group, dim=1)  # [B, H, S, Q]
             v = v.repeat_interleave(group, dim=1)  # [B, H, S, Q]
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal,
-        )  # [B, H, T, Q]
+        with torch.autocast("cpu", enabled=False) if fp32_attention else contextlib.nullcontext():
+            if fp32_attention:
+                q, k, v = q.float(), k.float(), v.float()
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=attn_mask,
+                dropout_p=self.dropout if self.training else 0.0,
+                is_causal=is_causal,
+            )  # [B, H, T, Q]
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # [B, T, H*Q]
         return _linear_add(self.o_proj, y, residual)
 
@@ -313,16 +363,11 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """Map ``[B, T, D]`` to ``[B, T, D]`` (plus ``residual`` when given)."""
-        if (
-            self.gate_proj is not None
-            and FLAGS["gateup"]
-            and type(self.gate_proj) is nn.Linear
-            and type(self.up_proj) is nn.Linear
-        ):
+        if self.gate_proj is not None and type(self.gate_proj) is type(self.up_proj) is nn.Linear:
             w = torch.cat((self.gate_proj.weight, self.up_proj.weight))  # [2F, D]
             b = None if self.up_proj.bias is None else torch.cat((self.gate_proj.bias, self.up_proj.bias))
             gu = F.linear(x, w, b)  # [B, T, 2F]
-            if FLAGS["swiglu"] and not torch.compiler.is_compiling():
+            if not torch.compiler.is_compiling():
                 h = _SwiGLUFunction.apply(gu)
             else:
                 g, u = gu.chunk(2, dim=-1)
