@@ -15,6 +15,7 @@ _EXPORTS = {
     "Decoder": "lmforge.model.decoder",
     "count_params": "lmforge.model.decoder",
     "KVCache": "lmforge.model.kv_cache",
+    "LoraConfig": "lmforge.model.lora",
 }
 
 __all__ = sorted(_EXPORTS)
