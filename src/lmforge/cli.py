@@ -24,7 +24,9 @@ COMMANDS: dict[str, Command] = {
     "data": Command("lmforge.stages.data", "read sources, clean and deduplicate, write parquet shards"),
     "tokenizer": Command("lmforge.stages.tokenizer", "train a tokenizer and write token shards"),
     "pretrain": Command("lmforge.stages.pretrain", "pretrain a decoder-only transformer"),
-    "finetune": Command("", "fine-tune: sft, lora, classify, multitask, dapt, contrastive", 6),
+    "finetune": Command(
+        "lmforge.stages.finetune", "fine-tune: sft, lora, classify, multitask, dapt, contrastive"
+    ),
     "align": Command("", "align from human rankings: collect, reward, ppo, dpo, grpo", 7),
     "eval": Command("lmforge.stages.eval", "evaluate loss, perplexity and bits per byte"),
     "generate": Command("lmforge.stages.generate", "sample text from a checkpoint"),

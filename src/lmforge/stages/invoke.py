@@ -58,25 +58,42 @@ def help_text(name: str, module: ModuleType) -> str:
     return "\n".join(lines)
 
 
-def config_from_args(name: str, module: ModuleType, argv: list[str]) -> Any:
-    """The stage's validated config from ``[RECIPE.yaml] overrides`` (raises ConfigError)."""
+def config_from_args(name: str, module: ModuleType, argv: list[str], kind: str = "") -> Any:
+    """The stage's validated config from ``[RECIPE.yaml] overrides`` (raises ConfigError).
+
+    The recipe section is ``stages.<name>``, or the one section whose ``stage:`` is ``kind``
+    (e.g. ``finetune.classify``).
+    """
     data: dict[str, Any] = {}
     if argv and argv[0].endswith((".yaml", ".yml")) and "=" not in argv[0]:
         recipe = load_yaml(argv[0])
         sections = recipe.get("stages") or {}
-        if name not in sections:
-            raise ConfigError(
-                "", f"recipe {argv[0]} has no stages.{name} section (it has: {', '.join(sections)})"
+        found = [name] if name in sections else []
+        found = found or [
+            k for k, v in sections.items() if kind and isinstance(v, dict) and v.get("stage") == kind
+        ]
+        if len(found) != 1:
+            what = (
+                f"several sections with stage: {kind} ({', '.join(found)}); run one with `lmforge run --only`"
             )
-        data = dict(sections[name] or {})
+            raise ConfigError(
+                "",
+                f"recipe {argv[0]}: {what}"
+                if found
+                else f"recipe {argv[0]} has no stages.{name} section (it has: {', '.join(sections)})",
+            )
+        data = dict(sections[found[0]] or {})
         data.pop("stage", None)
         argv = argv[1:]
     data = merge(data, parse_overrides(argv))
     return from_dict(module.Config, data)
 
 
-def invoke(module: ModuleType, name: str, argv: list[str]) -> int:
-    """Run subcommand ``name`` implemented by ``module``; returns the exit code."""
+def invoke(module: ModuleType, name: str, argv: list[str], kind: str = "") -> int:
+    """Run subcommand ``name`` implemented by ``module``; returns the exit code.
+
+    ``kind`` names the stage kind when it differs from ``name`` (``finetune.sft`` for ``finetune sft``).
+    """
     if hasattr(module, "cli"):
         return module.cli(argv)
     argv, quiet, verbose, want_help = split_global_flags(argv)
@@ -85,7 +102,7 @@ def invoke(module: ModuleType, name: str, argv: list[str]) -> int:
         return 0
     setup_logging(quiet=quiet, verbose=verbose)
     try:
-        cfg = config_from_args(name, module, argv)
+        cfg = config_from_args(name, module, argv, kind)
         manifest = module.main(cfg)
     except LmforgeError as exc:
         print(f"lmforge {name}: error: {exc}", file=sys.stderr)

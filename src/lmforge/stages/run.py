@@ -2,7 +2,8 @@
 
 A recipe is YAML with ``name``, ``description`` and ``stages``: a mapping from stage instance name to
 that stage's options. The instance name is the stage kind unless the section says ``stage: KIND``
-(so a recipe can hold two fine-tunes). Inputs written ``@name`` point at another instance of the run;
+(so a recipe can hold two fine-tunes); fine-tuning methods are kinds ``finetune.<method>``
+(``stage: finetune.classify``). Inputs written ``@name`` point at another instance of the run;
 they define the DAG. Every config is validated before the first stage starts. Each stage goes through
 the run store: unchanged stages are cached, a changed value re-runs that stage and everything
 downstream of it, and an interrupted run resumes where it stopped.
@@ -62,6 +63,7 @@ def stage_module(kind: str, where: str) -> ModuleType:
     """The stage program for ``kind`` from the CLI table; a clear error for unknown or planned kinds."""
     from lmforge.cli import COMMANDS
 
+    kind, _, method = kind.partition(".")  # `finetune.classify`: a method of a command with methods
     cmd = COMMANDS.get(kind)
     if cmd is None or kind == "run":
         valid = [k for k, c in COMMANDS.items() if c.module and k != "run"]
@@ -70,7 +72,18 @@ def stage_module(kind: str, where: str) -> ModuleType:
         raise ConfigError(where, f"unknown stage kind '{kind}'; {hint}valid kinds: {', '.join(valid)}")
     if not cmd.module:
         raise ConfigError(where, f"stage '{kind}' is not available yet (planned in issue {cmd.issue})")
-    return importlib.import_module(cmd.module)
+    module = importlib.import_module(cmd.module)
+    methods = getattr(module, "METHODS", None)  # a command whose stages are methods (finetune)
+    if methods is None and not method:
+        return module
+    if methods is None or method not in methods:
+        valid = [f"{kind}.{m}" for m in methods or {}]
+        near = difflib.get_close_matches(f"{kind}.{method}", valid, n=1)
+        hint = f"did you mean '{near[0]}'? " if near else ""
+        raise ConfigError(
+            where, f"unknown stage kind '{kind}.{method}'; {hint}valid kinds: {', '.join(valid)}"
+        )
+    return module.method_module(method)
 
 
 def plan(recipe: dict[str, Any], overrides: dict[str, Any], run_dir: Path) -> list[Step]:

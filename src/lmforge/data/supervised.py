@@ -1,0 +1,345 @@
+"""Readers for supervised fine-tuning data: conversations, labelled texts and text pairs.
+
+Three kinds of record, each read from a file whose name decides the format (``.jsonl``, ``.csv``,
+``.tsv``, anything else = plain lines; each optionally ``.gz``/``.zst``/``.bz2``):
+
+- **Conversations** (``read_conversations``), JSONL only, one conversation per line in any of these
+  schemas, turned into ``[{"role", "content"}, ...]`` for ``tokenizer.chat.render_chat``:
+  ``{"messages": [...]}`` (chat); ``{"prompt", "response"}``; Alpaca ``{"instruction", "input",
+  "output"}`` (a non-empty ``input`` is appended to the instruction after a blank line);
+  Self-Instruct seeds ``{"instruction", "instances": [{"input", "output"}, ...]}`` (one conversation
+  per instance); GSM8K-style ``{"question", "answer"}``. An optional ``system`` string becomes the
+  system turn.
+- **Labelled texts** (``read_labeled``): JSONL or CSV/TSV with a text and a label column, or plain
+  lines ``LABEL<space or tab>TEXT`` (the SST-2 / MR / CR / Subj files: ``1 a stirring , funny ...``).
+- **Pairs** (``read_pairs``) for contrastive training: JSONL with ``{"query"|"anchor"|"text_a"|"a",
+  "positive"|"text_b"|"b"}``, CSV/TSV with two such columns, or plain lines ``A<tab>B``.
+
+A record that cannot be used (malformed JSON, a missing or non-string field, a line without a label)
+is reported as a ``data.readers.Problem`` naming ``file:line`` and skipped; the good records are kept.
+A file that cannot be read at all raises ``InputError``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmforge.data.readers import COMPRESSIONS, Problem, decode, open_binary, report
+from lmforge.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+Messages = list[dict[str, str]]
+PAIR_A_KEYS = ("query", "anchor", "text_a", "a", "sentence1")
+PAIR_B_KEYS = ("positive", "text_b", "b", "sentence2")
+
+
+@dataclass(frozen=True)
+class Labeled:
+    """One labelled text; ``where`` is ``file:line`` for messages."""
+
+    text: str
+    label: str
+    where: str = ""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two texts that belong together (a query and its positive)."""
+
+    a: str
+    b: str
+    where: str = ""
+
+
+def file_format(path: Path) -> tuple[str, str | None]:
+    """``(format, compression)`` of a data file: format is ``jsonl``, ``csv``, ``tsv`` or ``lines``."""
+    suffixes = [s.lower().lstrip(".") for s in Path(path).suffixes]
+    compression = suffixes.pop() if suffixes and suffixes[-1] in COMPRESSIONS else None
+    last = suffixes[-1] if suffixes else ""
+    if last in ("jsonl", "json"):
+        return "jsonl", compression
+    if last in ("csv", "tsv"):
+        return last, compression
+    return "lines", compression
+
+
+def _check_file(path: Path) -> Path:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"data file not found: {path}")
+    return path
+
+
+def _text_lines(
+    path: Path, compression: str | None, problems: list[Problem] | None
+) -> Iterator[tuple[int, str]]:
+    """``(line number, decoded line without its newline)`` for every line of ``path``."""
+    name = str(path)
+    try:
+        with open_binary(path, compression) as fh:
+            for number, raw in enumerate(fh, start=1):
+                line = decode(raw, name, number, problems)
+                yield number, (line.removeprefix("\ufeff") if number == 1 else line).rstrip("\r\n")
+    except (OSError, EOFError) as exc:
+        raise InputError(f"{path}: cannot read ({exc})") from exc
+
+
+def _json_records(path: Path, problems: list[Problem] | None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line, object)`` for every JSON-object line; malformed lines are reported and skipped."""
+    name = str(path)
+    _, compression = file_format(path)
+    for number, line in _text_lines(path, compression, problems):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            report(problems, Problem(name, number, "malformed_json", f"malformed JSON ({exc.msg}); skipped"))
+            continue
+        if not isinstance(record, dict):
+            report(problems, Problem(name, number, "malformed_json", "line is not a JSON object; skipped"))
+            continue
+        yield number, record
+
+
+def _table_records(path: Path, problems: list[Problem] | None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line, row as a dict)`` for every row of a CSV or TSV file with a header."""
+    fmt, compression = file_format(path)
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    lines = (line for _, line in _text_lines(path, compression, problems))
+    reader = csv.reader(lines, delimiter="\t" if fmt == "tsv" else ",")
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            yield reader.line_num, dict(zip(header, row))
+    except csv.Error as exc:
+        raise InputError(f"{path}:{reader.line_num}: malformed {fmt.upper()} ({exc})") from exc
+
+
+def _str_field(record: dict[str, Any], key: str) -> str | None:
+    value = record.get(key)
+    return value if isinstance(value, str) else None
+
+
+# --------------------------------------------------------------------------------------------------
+# conversations
+
+
+def to_conversations(record: dict[str, Any]) -> list[Messages]:
+    """The conversations one JSON record holds (schemas: module docstring); ``[]`` when none fits.
+
+    Raises:
+        ValueError: the record matches a schema but a field has the wrong type (the message says which).
+    """
+    system = _str_field(record, "system")
+    head: Messages = [{"role": "system", "content": system}] if system else []
+    if "messages" in record:
+        messages = record["messages"]
+        if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages
+        ):
+            raise ValueError("'messages' must be a list of {role, content} objects with string content")
+        return [[{"role": str(m.get("role")), "content": m["content"]} for m in messages]]
+    pairs: list[tuple[str, str]] = []
+    if "instruction" in record and "instances" in record:  # Self-Instruct seed tasks
+        instances = record["instances"]
+        if not isinstance(record["instruction"], str) or not isinstance(instances, list):
+            raise ValueError("'instruction' must be a string and 'instances' a list")
+        for inst in instances:
+            if not isinstance(inst, dict) or not isinstance(inst.get("output"), str):
+                raise ValueError("each of 'instances' needs a string 'output'")
+            pairs.append((_with_input(record["instruction"], inst.get("input")), inst["output"]))
+    else:
+        for prompt_key, input_key, answer_key in (
+            ("prompt", None, "response"),
+            ("instruction", "input", "output"),
+            ("question", None, "answer"),
+        ):
+            if prompt_key in record or answer_key in record:
+                prompt, answer = record.get(prompt_key), record.get(answer_key)
+                if not isinstance(prompt, str) or not isinstance(answer, str):
+                    raise ValueError(f"'{prompt_key}' and '{answer_key}' must both be strings")
+                extra = record.get(input_key) if input_key else None
+                pairs.append((_with_input(prompt, extra), answer))
+                break
+    return [
+        [*head, {"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        for prompt, answer in pairs
+    ]
+
+
+def _with_input(instruction: str, extra: Any) -> str:
+    return f"{instruction}\n\n{extra}" if isinstance(extra, str) and extra.strip() else instruction
+
+
+def read_conversations(path: str | Path, problems: list[Problem] | None = None) -> list[Messages]:
+    """Every conversation in a JSONL file (schemas: module docstring); bad records reported and skipped.
+
+    Raises:
+        InputError: the file is missing, unreadable or not JSONL.
+    """
+    path = _check_file(Path(path))
+    if file_format(path)[0] != "jsonl":
+        raise InputError(f"{path}: conversations are read from .jsonl files (optionally compressed)")
+    out: list[Messages] = []
+    for number, record in _json_records(path, problems):
+        try:
+            found = to_conversations(record)
+        except ValueError as exc:
+            report(problems, Problem(str(path), number, "missing_field", f"{exc}; skipped"))
+            continue
+        if not found:
+            report(
+                problems,
+                Problem(
+                    str(path),
+                    number,
+                    "missing_field",
+                    f"no conversation schema matches keys {sorted(record)}; valid: messages, "
+                    "prompt/response, instruction/input/output, instruction/instances, question/answer",
+                ),
+            )
+        out.extend(found)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# labelled texts
+
+
+def read_labeled(
+    path: str | Path,
+    *,
+    text_field: str = "text",
+    label_field: str = "label",
+    problems: list[Problem] | None = None,
+) -> list[Labeled]:
+    """Labelled texts from JSONL, CSV/TSV (``text_field``/``label_field``) or ``LABEL TEXT`` lines.
+
+    Labels are kept as strings (``1`` and ``"1"`` are the same label). Records without a text or a
+    label are reported and skipped.
+
+    Raises:
+        InputError: the file is missing or unreadable, or a CSV/TSV lacks one of the columns.
+    """
+    path = _check_file(Path(path))
+    name = str(path)
+    fmt, compression = file_format(path)
+    out: list[Labeled] = []
+    if fmt == "lines":
+        for number, line in _text_lines(path, compression, problems):
+            if not line.strip():
+                continue
+            parts = line.strip().split(None, 1)
+            if len(parts) < 2:
+                report(problems, Problem(name, number, "missing_field", "expected 'LABEL TEXT'; skipped"))
+                continue
+            out.append(Labeled(parts[1].strip(), parts[0], f"{name}:{number}"))
+        return out
+    records = _json_records(path, problems) if fmt == "jsonl" else _table_records(path, problems)
+    for number, record in records:
+        if fmt != "jsonl" and not out and (text_field not in record or label_field not in record):
+            raise InputError(
+                f"{name}: needs columns {text_field!r} and {label_field!r}; has {sorted(record)}"
+            )
+        text, label = record.get(text_field), record.get(label_field)
+        if isinstance(label, bool):
+            label = str(label).lower()
+        elif isinstance(label, (int, float)):
+            label = str(int(label)) if float(label).is_integer() else str(label)
+        if not isinstance(text, str) or not isinstance(label, str) or not label.strip():
+            report(
+                problems,
+                Problem(
+                    name,
+                    number,
+                    "missing_field",
+                    f"needs a string {text_field!r} and a {label_field!r}; skipped",
+                ),
+            )
+            continue
+        out.append(Labeled(text, label.strip(), f"{name}:{number}"))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# pairs
+
+
+def read_pairs(path: str | Path, problems: list[Problem] | None = None) -> list[Pair]:
+    """Text pairs from JSONL or CSV/TSV (keys: ``PAIR_A_KEYS`` × ``PAIR_B_KEYS``) or ``A<tab>B`` lines.
+
+    Raises:
+        InputError: the file is missing or unreadable.
+    """
+    path = _check_file(Path(path))
+    name = str(path)
+    fmt, compression = file_format(path)
+    out: list[Pair] = []
+    if fmt == "lines":
+        for number, line in _text_lines(path, compression, problems):
+            if not line.strip():
+                continue
+            parts = line.split("\t")
+            if len(parts) != 2 or not all(p.strip() for p in parts):
+                report(problems, Problem(name, number, "missing_field", "expected 'A<tab>B'; skipped"))
+                continue
+            out.append(Pair(parts[0].strip(), parts[1].strip(), f"{name}:{number}"))
+        return out
+    records = _json_records(path, problems) if fmt == "jsonl" else _table_records(path, problems)
+    for number, record in records:
+        a = next((record[k] for k in PAIR_A_KEYS if isinstance(record.get(k), str)), None)
+        b = next((record[k] for k in PAIR_B_KEYS if isinstance(record.get(k), str)), None)
+        if not a or not b:
+            report(
+                problems,
+                Problem(
+                    name,
+                    number,
+                    "missing_field",
+                    f"needs one of {PAIR_A_KEYS} and one of {PAIR_B_KEYS} as strings; skipped",
+                ),
+            )
+            continue
+        out.append(Pair(a, b, f"{name}:{number}"))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# splits
+
+
+def holdout(items: Sequence[Any], fraction: float, seed: int = 0) -> tuple[list[Any], list[Any]]:
+    """Split ``items`` into ``(train, held out)`` by a hash of (seed, position): stable and order-free.
+
+    At least one item is held out when ``fraction > 0`` and there are two or more items.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    train, held = [], []
+    for i, item in enumerate(items):
+        h = int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8], "big") / 2**64
+        (held if h < fraction else train).append(item)
+    if fraction > 0 and not held and len(train) > 1:
+        held.append(train.pop())
+    return train, held
+
+
+def log_problems(problems: list[Problem], what: str, limit: int = 5) -> None:
+    """Log how many records of ``what`` were skipped, with the first ``limit`` as examples."""
+    if problems:
+        logger.warning("%s: %d record(s) skipped or repaired, e.g.:", what, len(problems))
+        for problem in problems[:limit]:
+            logger.warning("  %s", problem)

@@ -1,0 +1,77 @@
+"""Supervised fine-tuning with LoRA adapters (stage kind ``finetune.lora``).
+
+The SFT of ``finetune.sft`` with the base weights frozen and low-rank adapters (Hu et al. 2021) on
+the linear layers named in ``targets`` (default: every attention and MLP projection). Each checkpoint
+holds ``adapter/`` (``adapter_model.safetensors`` + ``adapter_config.json``, the PEFT layout) and, with
+``merge`` on, the merged weights as a normal checkpoint for eval, generate and chat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from lmforge.config import ConfigError, opt
+from lmforge.runstore import StageContext, run_stage
+from lmforge.training.options import FinetuneOptions
+
+STAGE = "finetune.lora"
+VERSION = 1
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class Config(FinetuneOptions):
+    """Options of ``lmforge finetune lora``."""
+
+    train: list[str] = opt([], "conversation files (.jsonl, optionally compressed)", path=True)
+    val: str = opt("", "held-out conversations ('' = hold out val_fraction of train)", path=True)
+    packing: Literal["pack", "pad"] = opt("pack", "pack whole conversations into rows, or one per row")
+    max_train_examples: int = opt(0, "use at most this many training conversations (0 = all)")
+    lr: float = opt(5e-3, "peak learning rate (adapters take larger steps than full fine-tuning)")
+    weight_decay: float = opt(0.0, "decoupled weight decay (L2) on the adapter matrices")
+    r: int = opt(8, "adapter rank")
+    alpha: float = opt(16.0, "adapter scale numerator: the update is (alpha / r) · B A")
+    lora_dropout: float = opt(0.0, "dropout on the adapter's input")
+    targets: list[str] = opt(DEFAULT_TARGETS, "names of the linear layers that get adapters")
+    merge: bool = opt(True, "also save the merged weights as a normal checkpoint")
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.train:
+            raise ConfigError("train", "at least one conversation file is required (--train data.jsonl)")
+        if self.r < 1:
+            raise ConfigError("r", f"must be >= 1, got {self.r}")
+        if self.alpha <= 0:
+            raise ConfigError("alpha", f"must be > 0, got {self.alpha}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError("lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+        if not self.targets:
+            raise ConfigError("targets", "name at least one linear layer (e.g. [q_proj, v_proj])")
+        if self.max_train_examples < 0:
+            raise ConfigError("max_train_examples", f"must be >= 0, got {self.max_train_examples}")
+
+
+INPUTS = ("model", "val")
+
+
+def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
+    """Fine-tune adapters (or return the cached result); returns the stage manifest."""
+    if not cfg.out:
+        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/lora)")
+    found = {"model": cfg.model, **{f"train{i}": p for i, p in enumerate(cfg.train)}}
+    if cfg.val:
+        found["val"] = cfg.val
+    return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)
+
+
+def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
+    """The SFT loop (``training.sft.run_sft``) with adapters."""
+    try:
+        from lmforge.model.lora import LoraConfig
+    except ImportError as exc:  # the LoRA library lands separately
+        raise ConfigError("", f"LoRA is not available in this build ({exc})") from exc
+    from lmforge.training.sft import run_sft
+
+    lora = LoraConfig(r=cfg.r, alpha=cfg.alpha, dropout=cfg.lora_dropout, targets=tuple(cfg.targets))
+    return run_sft(cfg, ctx, lora=lora)

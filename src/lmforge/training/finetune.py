@@ -1,0 +1,444 @@
+"""Pieces every fine-tuning method shares: the base model, task heads, the step loop, checkpoints.
+
+- ``load_base``: the model of any lmforge checkpoint (a checkpoint directory or a training stage
+  directory, via ``checkpoint.resolve_checkpoint``), optionally rebuilt with a different dropout.
+- ``hidden_states``: final hidden states ``[B, T, D]`` of a decoder or an encoder, for heads.
+- ``TaskClassifier``: one shared trunk and one ``ClassificationHead`` per task; ``forward_routed``
+  sends each row of a mixed batch through its own task's head (multi-task learning with hard
+  parameter sharing, Caruana 1997).
+- ``fit``: the optimisation loop all methods run: schedule (``optim.lr_at``) → accumulated
+  token/example-weighted backward (``step.weighted_backward``) → clip → L1 → AdamW over the trainable
+  parameters only → periodic evaluation → early stopping with patience on a monitored metric, keeping
+  the best trainable weights in memory (fine-tuned models here are small).
+- ``save_finetuned`` / ``load_heads`` / ``write_final``: a fine-tuned model is a normal checkpoint
+  directory (``checkpoint.save_checkpoint``: the trunk, loadable by eval/generate when it is a language
+  model) plus, for methods with heads, ``heads.safetensors`` and ``finetune.json`` (task labels and
+  pooling); ``ckpt/final.json`` names the best and the last checkpoint as pretraining does.
+
+Shape notation: B batch, T tokens, D n_embd, C classes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lmforge.errors import InputError
+from lmforge.model.config import ModelConfig
+from lmforge.model.heads import ClassificationHead
+from lmforge.runstore import write_json_atomic
+from lmforge.training import checkpoint as ckpt
+from lmforge.training.optim import build_optimizer, lr_at
+from lmforge.training.options import FinetuneOptions
+from lmforge.training.step import weighted_backward
+
+logger = logging.getLogger(__name__)
+
+HEADS_FILE = "heads.safetensors"
+META_FILE = "finetune.json"
+
+
+# --------------------------------------------------------------------------------------------------
+# base model and hidden states
+
+
+def load_base(
+    path: Path, which: str = "best", *, device: str = "cpu", dropout: float = -1.0
+) -> tuple[nn.Module, ModelConfig, Path]:
+    """``(model, config, checkpoint dir)`` of the checkpoint meant by ``path`` (see ``resolve_checkpoint``).
+
+    ``dropout`` >= 0 rebuilds the model with that dropout (the weights are unchanged); -1 keeps it.
+
+    Raises:
+        InputError: nothing under ``path`` is a complete checkpoint.
+    """
+    ckpt_dir = ckpt.resolve_checkpoint(Path(path), which)
+    model, mcfg = ckpt.load_model(ckpt_dir)
+    if dropout >= 0 and dropout != mcfg.dropout:
+        mcfg = dataclasses.replace(mcfg, dropout=dropout)
+        state = model.state_dict()
+        model = ckpt.build_model(mcfg, state_keys=set(state))
+        model.load_state_dict(state)
+    logger.info("base model %s (%s, %d layers, d=%d)", ckpt_dir, mcfg.arch, mcfg.n_layer, mcfg.n_embd)
+    return model.to(device), mcfg, ckpt_dir
+
+
+@contextlib.contextmanager
+def _without_lm_head(model: nn.Module) -> Iterator[None]:
+    """Make a ``Decoder`` return its final hidden states: ``lm_head`` is an identity for the block.
+
+    The head module is put back afterwards (a tied head keeps its tie: it is the same object).
+    """
+    head = model.lm_head
+    model.lm_head = nn.Identity()
+    try:
+        yield
+    finally:
+        model.lm_head = head
+
+
+def hidden_states(
+    model: nn.Module, idx: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Final hidden states ``[B, T, D]`` (after the final norm) of a decoder or encoder checkpoint model.
+
+    A decoder is causal, so with right padding the real tokens never see the pads and the mask is not
+    needed; an encoder gets ``attention_mask`` so padding is ignored.
+    """
+    if hasattr(model, "encoder"):  # EncoderForPretraining
+        return model.encoder(idx, attention_mask)
+    if getattr(model.config, "arch", "decoder") == "encoder":
+        return model(idx, attention_mask)
+    with _without_lm_head(model):
+        return model(idx)
+
+
+def default_pooling(arch: str, pooling: str) -> str:
+    """``auto`` → ``last`` for decoders (the only position that has read the whole text), ``cls`` for encoders."""
+    if pooling != "auto":
+        return pooling
+    return "cls" if arch == "encoder" else "last"
+
+
+class TaskClassifier(nn.Module):
+    """A shared trunk with one classification head per task.
+
+    Args:
+        trunk: a checkpoint model (``Decoder`` or ``EncoderForPretraining``).
+        n_classes: task name → number of classes.
+        pooling: ``cls`` | ``mean`` | ``last`` (see ``model.heads.pool``).
+    """
+
+    def __init__(self, trunk: nn.Module, n_classes: dict[str, int], pooling: str):
+        super().__init__()
+        if not n_classes:
+            raise ValueError("TaskClassifier needs at least one task")
+        self.trunk = trunk
+        self.heads = nn.ModuleDict(
+            {t: ClassificationHead(trunk.config, c, pooling) for t, c in n_classes.items()}
+        )
+
+    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor, task: str) -> torch.Tensor:
+        """Logits ``[B, C_task]`` of every row under ``task``'s head."""
+        return self.heads[task](hidden_states(self.trunk, idx, attention_mask), attention_mask)
+
+    def forward_routed(
+        self, idx: torch.Tensor, attention_mask: torch.Tensor, tasks: Sequence[str]
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """One trunk pass for a mixed batch; ``{task: (row indices [n], logits [n, C_task])}``.
+
+        Row ``i`` goes through the head of ``tasks[i]`` only.
+        """
+        if len(tasks) != idx.shape[0]:
+            raise ValueError(f"{len(tasks)} task names for a batch of {idx.shape[0]} rows")
+        hidden = hidden_states(self.trunk, idx, attention_mask)  # [B, T, D]
+        out = {}
+        for task in dict.fromkeys(tasks):
+            rows = torch.tensor([i for i, t in enumerate(tasks) if t == task], device=idx.device)
+            out[task] = (rows, self.heads[task](hidden[rows], attention_mask[rows]))
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
+# the loop
+
+
+@dataclass
+class EarlyStopping:
+    """Track the best value of a monitored metric; ``stop`` after ``patience`` evaluations without
+    an improvement larger than ``min_delta`` (``patience`` 0 never stops)."""
+
+    mode: str = "min"
+    patience: int = 0
+    min_delta: float = 0.0
+    best: float = math.nan
+    bad: int = 0
+
+    def update(self, value: float) -> bool:
+        """Record one evaluation; True when it is the best so far."""
+        better = (
+            math.isnan(self.best)
+            or (self.mode == "min" and value < self.best - self.min_delta)
+            or (self.mode == "max" and value > self.best + self.min_delta)
+        )
+        if better:
+            self.best, self.bad = value, 0
+        else:
+            self.bad += 1
+        return better
+
+    @property
+    def stop(self) -> bool:
+        return self.patience > 0 and self.bad >= self.patience
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` returns: where it stopped, the best evaluation and its trainable weights."""
+
+    steps: int
+    best_step: int
+    best_metrics: dict[str, float]
+    last_metrics: dict[str, float]
+    initial_metrics: dict[str, float]
+    best_state: dict[str, torch.Tensor] = field(repr=False)
+    stop_reason: str
+    train_loss: float
+    train_time_s: float
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of every trainable parameter, by name."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def restore(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy ``state`` (from ``trainable_state``) back into ``model``'s parameters."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+
+
+def fit(
+    model: nn.Module,
+    opts: FinetuneOptions,
+    *,
+    next_batch: Callable[[], tuple[Any, int]],
+    loss_sum: Callable[[Any], torch.Tensor],
+    evaluate: Callable[[], dict[str, float]],
+    monitor: str,
+    mode: str = "min",
+    log_metrics: Callable[[dict[str, Any]], None] | None = None,
+) -> FitResult:
+    """Train the parameters of ``model`` that require grad; the loop is in the module docstring.
+
+    Args:
+        model: the model being fine-tuned (frozen parameters have ``requires_grad=False``).
+        opts: the shared options (steps, accumulation, lr and schedule, weight decay, L1, clipping,
+            evaluation interval, patience).
+        next_batch: returns ``(batch, n)``, ``n`` the number of loss terms (tokens or examples) in it.
+        loss_sum: the summed loss of a batch (a scalar tensor); ``fit`` divides by the step's total ``n``.
+        evaluate: validation metrics (called before training, every ``eval_every`` steps and at the end).
+        monitor: the metric of ``evaluate`` that early stopping and best-checkpoint selection follow.
+        mode: ``min`` (a loss) or ``max`` (an accuracy).
+        log_metrics: receives one record per step and per evaluation (``metrics.jsonl``).
+
+    Raises:
+        FloatingPointError: the loss becomes NaN or infinite.
+        KeyError: ``evaluate`` does not return ``monitor``.
+    """
+    from lmforge.log import step_line
+
+    log_metrics = log_metrics or (lambda record: None)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(model, opts.lr, opts.weight_decay)
+    l1_params = [p for p in params if p.ndim >= 2] if opts.l1 > 0 else []
+    stopper = EarlyStopping(mode, opts.patience, opts.min_delta)
+    initial = evaluate()
+    log_metrics({"step": 0, **initial})
+    logger.info("step 0 (before fine-tuning): %s", _fmt(initial))
+    best_state, best_step, best_metrics, last = trainable_state(model), 0, initial, initial
+    loss_ema, stop_reason, step = math.nan, "max_steps", 0
+    start = time.perf_counter()
+    while step < opts.max_steps:
+        lr = lr_at(
+            step,
+            max_steps=opts.max_steps,
+            base_lr=opts.lr,
+            warmup_steps=min(opts.warmup_steps, opts.max_steps),
+            schedule=opts.schedule,
+            min_lr_ratio=opts.min_lr_ratio,
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        micro = [next_batch() for _ in range(opts.grad_accum)]
+        total = sum(n for _, n in micro)
+        summed = 0.0
+        for batch, _ in micro:
+            loss = loss_sum(batch)
+            weighted_backward(loss, total)
+            summed += float(loss.detach())
+        grad_norm = float(
+            torch.nn.utils.clip_grad_norm_(params, opts.grad_clip if opts.grad_clip > 0 else math.inf)
+        )
+        if l1_params:  # gradient of l1 · Σ|w|, added once per step
+            with torch.no_grad():
+                for p in l1_params:
+                    if p.grad is not None:
+                        p.grad.add_(torch.sign(p), alpha=opts.l1)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        loss_value = summed / max(total, 1)
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(
+                f"loss became {loss_value} at step {step}; lower the learning rate (lr={opts.lr})"
+            )
+        loss_ema = loss_value if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * loss_value
+        elapsed = time.perf_counter() - start
+        log_metrics(
+            {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm, "elapsed_s": elapsed}
+        )
+        if step % opts.log_every == 0 or step == 1:
+            logger.info(
+                step_line(step, opts.max_steps, {"loss": loss_ema, "lr": lr, "gnorm": grad_norm}, elapsed)
+            )
+        if step % opts.eval_every == 0 or step == opts.max_steps:
+            last = evaluate()
+            log_metrics({"step": step, **last})
+            logger.info("step %d: %s", step, _fmt(last))
+            if stopper.update(float(last[monitor])):
+                best_state, best_step, best_metrics = trainable_state(model), step, last
+            if stopper.stop:
+                stop_reason = "early_stop"
+                logger.info("early stop: no %s improvement in %d evaluations", monitor, stopper.bad)
+                break
+    if best_step == 0 and step > 0:  # never keep the untrained model as "best" of a fine-tune
+        best_state, best_step, best_metrics = trainable_state(model), step, last
+    return FitResult(
+        steps=step,
+        best_step=best_step,
+        best_metrics=best_metrics,
+        last_metrics=last,
+        initial_metrics=initial,
+        best_state=best_state,
+        stop_reason=stop_reason,
+        train_loss=loss_ema,
+        train_time_s=time.perf_counter() - start,
+    )
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return " | ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, (int, float)))
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def save_finetuned(
+    dir: Path,
+    trunk: nn.Module,
+    mcfg: ModelConfig,
+    *,
+    tokenizer_path: Path | None,
+    heads: nn.ModuleDict | None = None,
+    meta: dict[str, Any] | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write a normal checkpoint of ``trunk`` to ``dir``, plus ``heads.safetensors`` and ``finetune.json``.
+
+    ``state_dict`` replaces the trunk's own (e.g. LoRA weights merged in). The checkpoint's own files
+    are written atomically by ``save_checkpoint``; the head files follow inside the stage's work
+    directory, which the run store renames into place only when the stage finishes.
+    """
+    ckpt.save_checkpoint(dir, trunk, mcfg, tokenizer_path=tokenizer_path, state_dict=state_dict)
+    if heads is not None:
+        state = {k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
+        save_file(state, str(Path(dir) / HEADS_FILE), metadata={"format": "pt"})
+    if meta is not None:
+        write_json_atomic(Path(dir) / META_FILE, {"format": 1, **meta})
+    return Path(dir)
+
+
+def load_heads(dir: Path, mcfg: ModelConfig) -> tuple[nn.ModuleDict, dict[str, Any]]:
+    """The task heads and ``finetune.json`` of a classifier checkpoint written by ``save_finetuned``.
+
+    Raises:
+        InputError: the checkpoint has no heads.
+    """
+    meta_path, heads_path = Path(dir) / META_FILE, Path(dir) / HEADS_FILE
+    if not (meta_path.is_file() and heads_path.is_file()):
+        raise InputError(f"{dir} holds no classification heads ({META_FILE} + {HEADS_FILE})")
+    meta = json.loads(meta_path.read_text())
+    heads = nn.ModuleDict(
+        {t: ClassificationHead(mcfg, len(labels), meta["pooling"]) for t, labels in meta["labels"].items()}
+    )
+    heads.load_state_dict(load_file(str(heads_path)))
+    return heads, meta
+
+
+def write_final(ckpt_root: Path, *, last: str, best: str, **extra: Any) -> None:
+    """``ckpt_root/final.json`` naming the last and best checkpoints (read by ``resolve_checkpoint``)."""
+    write_json_atomic(Path(ckpt_root) / ckpt.FINAL_FILE, {"last": last, "best": best, **extra})
+
+
+def save_best_and_last(
+    ckpt_root: Path,
+    model: nn.Module,
+    result: FitResult,
+    save: Callable[[Path], None],
+) -> Path:
+    """Save the last weights as ``step_<steps>`` and the best as ``step_<best_step>``; write final.json.
+
+    ``save(dir)`` writes the checkpoint of the model as it is now. On return the model holds the best
+    weights. Returns the best checkpoint's directory.
+    """
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    last = f"step_{result.steps}"
+    save(ckpt_root / last)
+    best = f"step_{result.best_step}"
+    restore(model, result.best_state)
+    if best != last:
+        save(ckpt_root / best)
+    write_final(
+        ckpt_root,
+        last=last,
+        best=best,
+        step=result.steps,
+        best_step=result.best_step,
+        stop_reason=result.stop_reason,
+    )
+    return ckpt_root / best
+
+
+# --------------------------------------------------------------------------------------------------
+# classification helpers
+
+
+@torch.no_grad()
+def predict_classes(
+    model: TaskClassifier,
+    seqs: Sequence[Sequence[int]],
+    labels: Sequence[int],
+    task: str,
+    *,
+    pad_id: int,
+    batch_size: int = 64,
+    device: str = "cpu",
+) -> tuple[list[int], float]:
+    """``(predicted class per sequence, mean cross-entropy)`` of ``task``'s head, in eval mode.
+
+    Sequences are scored in batches of similar length (less padding); the output keeps input order.
+    """
+    from lmforge.training.batches import pad_batch
+
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    predicted = [0] * len(seqs)
+    total = 0.0
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        idx, mask = pad_batch([seqs[i] for i in rows], pad_id)
+        logits = model(idx.to(device), mask.to(device), task)  # [b, C]
+        target = torch.tensor([labels[i] for i in rows], device=device)
+        total += float(torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum"))
+        for i, p in zip(rows, logits.argmax(dim=-1).tolist()):
+            predicted[i] = p
+    model.train(was_training)
+    return predicted, total / max(len(seqs), 1)

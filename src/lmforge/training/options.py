@@ -1,0 +1,65 @@
+"""The training-control options every fine-tuning stage shares (no torch import: ``--help`` stays fast).
+
+Each ``lmforge finetune <method>`` config subclasses ``FinetuneOptions`` and adds its own data and
+method fields, so the base checkpoint, the optimiser, regularisation (dropout, weight decay = L2, L1),
+the learning-rate schedule and early stopping are spelled, validated and documented once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from lmforge.config import ConfigError, opt
+
+
+@dataclass
+class FinetuneOptions:
+    """Options shared by every fine-tuning method."""
+
+    model: str = opt(
+        "@pretrain", "base model: a checkpoint directory or a training stage directory", path=True
+    )
+    checkpoint: Literal["best", "last"] = opt("best", "which checkpoint of a training stage to start from")
+    out: str = opt("", "output stage directory (checkpoints under ckpt/)", path=True)
+    max_steps: int = opt(200, "optimiser steps")
+    batch_size: int = opt(16, "examples (or sequences) per micro-batch")
+    grad_accum: int = opt(1, "micro-batches per optimiser step (loss weighted by token/example count)")
+    lr: float = opt(1e-3, "peak learning rate")
+    min_lr_ratio: float = opt(0.1, "final learning rate as a fraction of lr")
+    warmup_steps: int = opt(10, "linear warmup steps (at most max_steps)")
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = opt(
+        "cosine", "learning-rate schedule after warmup"
+    )
+    weight_decay: float = opt(0.01, "decoupled weight decay (L2) on trainable matrices")
+    l1: float = opt(0.0, "L1 penalty: adds l1 · Σ|w| over trainable matrices to the loss (0 = off)")
+    dropout: float = opt(-1.0, "dropout while fine-tuning (-1 = keep the base model's)")
+    grad_clip: float = opt(1.0, "clip the global gradient norm to this (0 = off)")
+    eval_every: int = opt(50, "evaluate on the validation split every N steps (and at the end)")
+    patience: int = opt(0, "stop after this many evaluations without improvement (0 = off)")
+    min_delta: float = opt(0.0, "the monitored metric must improve by more than this to count")
+    val_fraction: float = opt(0.1, "fraction of the training data held out when no validation file is given")
+    seed: int = opt(1337, "seed of data order, held-out split, new heads and dropout")
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
+    threads: int = opt(0, "CPU threads for torch (0 = one per core)", cache=False)
+    log_every: int = opt(10, "log one line every N steps", cache=False)
+
+    def validate(self) -> None:
+        for key in ("max_steps", "batch_size", "grad_accum", "eval_every", "log_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
+        if self.warmup_steps < 0:
+            raise ConfigError("warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        if self.lr <= 0:
+            raise ConfigError("lr", f"must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        for key in ("weight_decay", "l1", "grad_clip", "patience", "min_delta", "threads"):
+            if getattr(self, key) < 0:
+                raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
+        if not (self.dropout == -1.0 or 0.0 <= self.dropout < 1.0):
+            raise ConfigError(
+                "dropout", f"must be in [0, 1) or -1 (keep the base model's), got {self.dropout}"
+            )
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError("val_fraction", f"must be in [0, 1), got {self.val_fraction}")

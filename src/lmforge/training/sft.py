@@ -1,0 +1,161 @@
+"""Supervised fine-tuning on conversations, with or without LoRA adapters (stages ``finetune.sft``/``.lora``).
+
+The loop is ``finetune.fit``; this module supplies the data and the loss. Conversations are rendered
+by ``render_chat``, so the loss covers assistant tokens (and the ``<|end|>`` closing each assistant
+turn) only, packed or padded into rows (``training.batches``); the loss of a step is the token-weighted
+mean over every supervised token of the accumulated batch (``training.step``). Validation loss and
+perplexity are measured on held-out conversations, before training (the base model) and after.
+
+With LoRA (Hu et al. 2021, ``lmforge.model.lora``) only the adapters train. Each checkpoint
+directory then holds ``adapter/`` in the PEFT layout and, with ``merge`` on, the merged weights as a
+normal checkpoint, which eval, generate and chat load like any other.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmforge.errors import ConfigError
+from lmforge.runstore import StageContext
+from lmforge.training import finetune as ft
+from lmforge.training.batches import chat_rows, encode_conversations, lm_batch
+from lmforge.training.step import token_loss
+
+logger = logging.getLogger(__name__)
+
+
+def read_split(paths: list[Path], problems: list) -> list:
+    """Every conversation of ``paths`` (see ``data.supervised.read_conversations``)."""
+    from lmforge.data.supervised import read_conversations
+
+    out = []
+    for path in paths:
+        out.extend(read_conversations(path, problems))
+    return out
+
+
+def run_sft(cfg: Any, ctx: StageContext, *, lora: Any = None) -> dict[str, float]:
+    """Fine-tune ``cfg.model`` on ``cfg.train`` (LoRA when ``lora`` is a ``LoraConfig``); returns metrics.
+
+    ``cfg`` is the stage config: ``FinetuneOptions`` plus ``packing`` and ``max_train_examples``, and
+    ``merge`` for LoRA. Inputs in ``ctx.inputs``: ``model``, ``train0..``, optionally ``val``.
+    """
+    from lmforge.data.supervised import holdout, log_problems
+    from lmforge.runtime import create_runtime
+    from lmforge.tokenizer.train import load_tokenizer, special_id
+
+    rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
+    model, mcfg, ckpt_dir = ft.load_base(
+        ctx.inputs["model"], cfg.checkpoint, device=rt.device, dropout=cfg.dropout
+    )
+    if mcfg.arch != "decoder":
+        raise ConfigError("model", f"SFT needs a decoder checkpoint, {ckpt_dir} is an {mcfg.arch}")
+    tok_path = ckpt_dir / "tokenizer.json"
+    tok = load_tokenizer(tok_path)
+    pad_id = special_id(tok, "pad")
+    problems: list = []
+    train_convs = read_split([p for k, p in sorted(ctx.inputs.items()) if k.startswith("train")], problems)
+    if "val" in ctx.inputs:
+        val_convs = read_split([ctx.inputs["val"]], problems)
+    else:
+        train_convs, val_convs = holdout(train_convs, cfg.val_fraction or 0.1, cfg.seed)
+    log_problems(problems, "SFT data")
+    if cfg.max_train_examples:
+        train_convs = train_convs[: cfg.max_train_examples]
+    train_ex, dropped = encode_conversations(tok, train_convs, mcfg.block_size)
+    val_ex, val_dropped = encode_conversations(tok, val_convs, mcfg.block_size)
+    if dropped or val_dropped:
+        logger.warning(
+            "%d conversations dropped (invalid, or nothing supervised within block_size)",
+            dropped + val_dropped,
+        )
+    if not train_ex or not val_ex:
+        raise ConfigError(
+            "train", f"no usable conversations: {len(train_ex)} for training, {len(val_ex)} held out"
+        )
+    rows = chat_rows(train_ex, mcfg.block_size, cfg.packing)
+    val_rows = chat_rows(val_ex, mcfg.block_size, "pad")
+    logger.info(
+        "%d training conversations in %d rows (%s), %d held out",
+        len(train_ex),
+        len(rows),
+        cfg.packing,
+        len(val_ex),
+    )
+    adapted: list[str] = []
+    if lora is not None:
+        from lmforge.model.lora import apply_lora
+
+        adapted = apply_lora(model, lora)
+        logger.info("LoRA r=%d alpha=%g on %d layers", lora.r, lora.alpha, len(adapted))
+    rng = np.random.default_rng(cfg.seed)
+    device = rt.device
+
+    def next_batch() -> tuple[Any, int]:
+        x, y, m = lm_batch([rows[i] for i in rng.integers(0, len(rows), size=cfg.batch_size)], pad_id)
+        return (x.to(device), y.to(device), m.to(device)), int(m.sum())
+
+    def loss_sum(batch: Any) -> torch.Tensor:
+        x, y, m = batch
+        return token_loss(model(x), y, m)[0]
+
+    @torch.no_grad()
+    def evaluate() -> dict[str, float]:
+        was = model.training
+        model.eval()
+        total, count = 0.0, 0
+        for start in range(0, len(val_rows), 2 * cfg.batch_size):
+            x, y, m = lm_batch(val_rows[start : start + 2 * cfg.batch_size], pad_id)
+            s, n = token_loss(model(x.to(device)), y.to(device), m.to(device))
+            total, count = total + float(s), count + n
+        model.train(was)
+        loss = total / max(count, 1)
+        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
+
+    result = ft.fit(
+        model,
+        cfg,
+        next_batch=next_batch,
+        loss_sum=loss_sum,
+        evaluate=evaluate,
+        monitor="val_loss",
+        log_metrics=ctx.log_metrics,
+    )
+
+    def save(d: Path) -> None:
+        if lora is None:
+            ft.save_finetuned(
+                d, model, mcfg, tokenizer_path=tok_path, meta={"method": "sft", "base": str(ckpt_dir)}
+            )
+            return
+        from lmforge.model.lora import merged_state_dict, save_adapter
+
+        if cfg.merge:
+            meta = {"method": "lora", "base": str(ckpt_dir), "merged": True}
+            ft.save_finetuned(
+                d, model, mcfg, tokenizer_path=tok_path, meta=meta, state_dict=merged_state_dict(model)
+            )
+        save_adapter(model, d / "adapter", lora, base_model_name_or_path=str(ckpt_dir))
+
+    ft.save_best_and_last(ctx.dir / "ckpt", model, result, save)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {
+        **result.best_metrics,
+        "base_val_loss": result.initial_metrics["val_loss"],
+        "base_val_ppl": result.initial_metrics["val_ppl"],
+        "train_loss": result.train_loss,
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "train_conversations": len(train_ex),
+        "val_conversations": len(val_ex),
+        "trainable_params": trainable,
+        "adapted_layers": len(adapted),
+        "train_time_s": result.train_time_s,
+        "early_stopped": int(result.stop_reason == "early_stop"),
+    }

@@ -1,0 +1,197 @@
+"""Each fine-tuning method runs from the command line on tiny generated data (a few steps each)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lmforge.cli import main
+
+
+def run_cli(*args: str) -> None:
+    assert main(["finetune", *args, "-q", "--device", "cpu", "--threads", "1"]) == 0
+
+
+def manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def test_finetune_help_lists_methods(capsys):
+    assert main(["finetune", "--help"]) == 0
+    text = capsys.readouterr().out
+    for method in ("sft", "lora", "classify", "multitask", "dapt", "contrastive"):
+        assert method in text
+    assert main(["finetune", "clasify"]) == 2
+    assert "did you mean 'classify'" in capsys.readouterr().err.lower()
+
+
+def test_classify_cli(ft_dir, tmp_path):
+    out = tmp_path / "classify"
+    run_cli(
+        "classify",
+        "--model", str(ft_dir / "decoder"),
+        "--train", str(ft_dir / "sent_train.txt"),
+        "--dev", str(ft_dir / "sent_dev.txt"),
+        "--out", str(out),
+        "--max_steps", "4",
+        "--eval_every", "2",
+        "--bow_baseline", "false",  # tested in tests/eval and by `lmforge run` (scikit-learn is slow to import)
+    )  # fmt: skip
+    m = manifest(out)
+    assert m["stage"] == "finetune.classify"
+    for key in ("accuracy", "macro_f1", "precision_0", "recall_1", "val_loss"):
+        assert key in m["metrics"]
+    final = json.loads((out / "ckpt" / "final.json").read_text())
+    best = out / "ckpt" / final["best"]
+    assert (best / "DONE").is_file() and (best / "heads.safetensors").is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert any(t["title"].startswith("confusion") for t in report["tables"])
+
+
+def test_sft_cli_writes_a_loadable_lm_checkpoint(ft_dir, tmp_path):
+    from lmforge.training.checkpoint import load_model, resolve_checkpoint
+
+    out = tmp_path / "sft"
+    run_cli(
+        "sft",
+        "--model", str(ft_dir / "decoder"),
+        "--train", str(ft_dir / "chat.jsonl"),
+        "--out", str(out),
+        "--max_steps", "3",
+        "--batch_size", "4",
+    )  # fmt: skip
+    m = manifest(out)["metrics"]
+    assert m["steps"] == 3 and m["val_loss"] > 0 and m["base_val_loss"] > 0
+    model, mcfg = load_model(resolve_checkpoint(out))
+    assert mcfg.arch == "decoder"
+
+
+def test_lora_cli_saves_peft_adapter_and_merged_checkpoint(ft_dir, tmp_path):
+    pytest.importorskip("lmforge.model.lora", reason="the LoRA library (lmforge.model.lora) is not there yet")
+    from lmforge.training.checkpoint import load_model, resolve_checkpoint
+
+    out = tmp_path / "lora"
+    run_cli(
+        "lora",
+        "--model", str(ft_dir / "decoder"),
+        "--train", str(ft_dir / "chat.jsonl"),
+        "--out", str(out),
+        "--max_steps", "3",
+        "--batch_size", "4",
+        "--r", "4",
+    )  # fmt: skip
+    best = resolve_checkpoint(out)
+    assert (best / "adapter" / "adapter_config.json").is_file()
+    assert (best / "adapter" / "adapter_model.safetensors").is_file()
+    load_model(best)
+    assert manifest(out)["metrics"]["trainable_params"] > 0
+
+
+@pytest.mark.parametrize("method", ["sft", "lora", "classify", "multitask", "dapt", "contrastive"])
+def test_method_help_lists_every_option(method, capsys):
+    from lmforge.config import describe
+    from lmforge.stages.finetune import method_module
+
+    assert main(["finetune", method, "--help"]) == 0
+    out = capsys.readouterr().out
+    for key, tp, default, _meaning in describe(method_module(method).Config):
+        assert f"--{key} " in out, key
+        assert f"type: {tp}; default: {default}" in out
+
+
+def test_help_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, io, contextlib; from lmforge.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()): main(['finetune', 'classify', '--help'])\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_classify_encoder_trunk(ft_dir, tmp_path):
+    out = tmp_path / "classify-enc"
+    run_cli(
+        "classify",
+        "--model", str(ft_dir / "encoder"),
+        "--train", str(ft_dir / "topic.jsonl"),
+        "--out", str(out),
+        "--max_steps", "2",
+        "--pooling", "mean",
+        "--bow_baseline", "false",
+    )  # fmt: skip
+    m = manifest(out)["metrics"]
+    assert "accuracy" in m and "bow_accuracy" not in m
+    assert m["dev_examples"] > 0
+
+
+def test_multitask_cli(ft_dir, tmp_path):
+    recipe = tmp_path / "mt.yaml"
+    recipe.write_text(
+        "stages:\n  mt:\n    stage: finetune.multitask\n    tasks:\n"
+        f"      sentiment: {{train: {ft_dir / 'sent_train.txt'}, dev: {ft_dir / 'sent_dev.txt'}}}\n"
+        f"      topic: {{train: {ft_dir / 'topic.jsonl'}, weight: 0.5}}\n"
+    )
+    out = tmp_path / "mt"
+    run_cli(
+        "multitask", str(recipe), "--model", str(ft_dir / "decoder"), "--out", str(out), "--max_steps", "3",
+        "--bow_baseline", "false",
+    )  # fmt: skip
+    m = manifest(out)["metrics"]
+    assert {"sentiment_accuracy", "topic_accuracy", "mean_accuracy"} <= set(m)
+    meta = json.loads(
+        (
+            out / "ckpt" / json.loads((out / "ckpt" / "final.json").read_text())["best"] / "finetune.json"
+        ).read_text()
+    )
+    assert meta["labels"] == {"sentiment": ["0", "1"], "topic": ["food", "sport"]}
+
+
+def test_dapt_cli_reports_domain_and_general_perplexity(ft_dir, tmp_path):
+    out = tmp_path / "dapt"
+    run_cli(
+        "dapt",
+        "--model", str(ft_dir / "decoder"),
+        "--domain", str(ft_dir / "domain.txt"),
+        "--general", str(ft_dir / "general.txt"),
+        "--replay", "0.25",
+        "--val_fraction", "0.3",
+        "--out", str(out),
+        "--max_steps", "3",
+        "--batch_size", "4",
+    )  # fmt: skip
+    m = manifest(out)["metrics"]
+    for key in (
+        "domain_ppl_before",
+        "domain_ppl_after",
+        "general_ppl_before",
+        "general_ppl_after",
+        "forgetting",
+    ):
+        assert key in m
+
+
+def test_contrastive_cli_and_embed(ft_dir, tmp_path):
+    from lmforge.training.contrastive import embed, load_embedder
+
+    out = tmp_path / "contrastive"
+    run_cli(
+        "contrastive",
+        "--model", str(ft_dir / "decoder"),
+        "--train", str(ft_dir / "pairs.jsonl"),
+        "--out", str(out),
+        "--max_steps", "3",
+        "--batch_size", "8",
+        "--val_fraction", "0.3",
+    )  # fmt: skip
+    m = manifest(out)["metrics"]
+    assert 0 <= m["recall_at_1"] <= m["recall_at_5"] <= 1 and "recall_at_1_before" in m
+    model, tok, pooling = load_embedder(out)
+    vectors = embed(model, tok, ["a good story", "bread"], pooling=pooling)
+    assert vectors.shape == (2, 32)
+    assert abs(float(vectors.norm(dim=-1)[0]) - 1.0) < 1e-5
