@@ -1,0 +1,244 @@
+"""The shared fine-tuning library: the loop (trainable parameters change, frozen ones do not), a
+separable toy task learned to ~100%, multi-task routing, hidden states, checkpoints with heads,
+the chat mask of SFT batches, and the contrastive loss and retrieval metric."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmforge.model.config import ModelConfig
+from lmforge.model.decoder import Decoder
+from lmforge.training import finetune as ft
+from lmforge.training.options import FinetuneOptions
+from lmforge.training.step import token_loss
+
+V = 24
+
+
+def tiny(**kw) -> Decoder:
+    torch.manual_seed(0)
+    return Decoder(ModelConfig(vocab_size=V, block_size=16, n_layer=1, n_head=2, n_embd=16, **kw))
+
+
+def opts(**kw) -> FinetuneOptions:
+    base = dict(max_steps=3, warmup_steps=0, eval_every=100, log_every=100, lr=1e-2, weight_decay=0.0)
+    return FinetuneOptions(**{**base, **kw})
+
+
+def lm_fit(model, steps=3, **kw):
+    g = torch.Generator().manual_seed(1)
+    data = torch.randint(3, V, (8, 9), generator=g)
+    return ft.fit(
+        model,
+        opts(max_steps=steps, **kw),
+        next_batch=lambda: ((data[:, :-1], data[:, 1:]), data[:, 1:].numel()),
+        loss_sum=lambda b: token_loss(model(b[0]), b[1])[0],
+        evaluate=lambda: {
+            "val_loss": token_loss(model(data[:, :-1]), data[:, 1:])[0].item() / data[:, 1:].numel()
+        },
+        monitor="val_loss",
+    )
+
+
+def test_every_trainable_parameter_changes_and_frozen_ones_do_not():
+    model = tiny(tie_embeddings=False)
+    model.blocks[0].attn.requires_grad_(False)
+    model.tok_emb.requires_grad_(False)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = lm_fit(model)
+    assert result.steps == 3
+    for name, p in model.named_parameters():
+        changed = not torch.equal(before[name], p)
+        assert changed == p.requires_grad, name
+
+
+def test_lora_only_adapters_change():
+    lora = pytest.importorskip("lmforge.model.lora", reason="the LoRA library is not there yet")
+    model = tiny()
+    lora.apply_lora(model, lora.LoraConfig(r=2, alpha=4.0))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    lm_fit(model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora" in n for n in trainable)
+    for name, p in model.named_parameters():
+        assert (not torch.equal(before[name], p)) == (name in trainable), name
+
+
+def test_l1_shrinks_weights():
+    plain, sparse = tiny(), tiny()
+    lm_fit(plain, steps=5)
+    lm_fit(sparse, steps=5, l1=1.0)
+    l1 = lambda m: sum(p.detach().abs().sum().item() for p in m.parameters() if p.ndim >= 2)  # noqa: E731
+    assert l1(sparse) < l1(plain)
+
+
+def test_early_stopping_patience_and_best_selection():
+    stop = ft.EarlyStopping("max", patience=2, min_delta=0.01)
+    assert stop.update(0.5) and not stop.update(0.505) and not stop.stop
+    assert not stop.update(0.4) and stop.stop and stop.best == 0.5
+    values = iter([9.0, 1.0, 2.0, 3.0, 4.0])  # initial, then evaluations at steps 1..4
+
+    model = tiny()
+    result = ft.fit(
+        model,
+        opts(max_steps=10, eval_every=1, patience=3),
+        next_batch=lambda: ((torch.randint(3, V, (2, 5)),), 2),
+        loss_sum=lambda b: model(b[0]).float().square().mean() * 2,
+        evaluate=lambda: {"val_loss": next(values)},
+        monitor="val_loss",
+    )
+    assert result.stop_reason == "early_stop" and result.steps == 4 and result.best_step == 1
+
+
+def test_hidden_states_are_what_the_lm_head_reads():
+    model = tiny()
+    idx = torch.randint(0, V, (2, 7))
+    hidden = ft.hidden_states(model, idx)
+    assert hidden.shape == (2, 7, 16)
+    torch.testing.assert_close(model.lm_head(hidden), model(idx))
+    assert isinstance(model.lm_head, torch.nn.Linear) and model.lm_head.weight is model.tok_emb.weight
+
+
+def separable(n: int, seed: int) -> tuple[list[list[int]], list[int]]:
+    """Label 1 iff token 5 occurs (else token 6 does), amid random tokens 10..23."""
+    rng = random.Random(seed)
+    xs, ys = [], []
+    for i in range(n):
+        y = i % 2
+        seq = [rng.randrange(10, V) for _ in range(rng.randint(3, 8))]
+        seq.insert(rng.randrange(len(seq) + 1), 5 if y else 6)
+        xs.append([0, *seq, 1])
+        ys.append(y)
+    return xs, ys
+
+
+def test_separable_toy_task_reaches_full_accuracy():
+    from lmforge.training.batches import pad_batch
+
+    model = ft.TaskClassifier(tiny(), {"t": 2}, "last")
+    x, y = separable(64, 0)
+    x_dev, y_dev = separable(64, 1)
+    g = torch.Generator().manual_seed(0)
+
+    def next_batch():
+        rows = torch.randint(0, len(x), (16,), generator=g).tolist()
+        idx, mask = pad_batch([x[i] for i in rows], 2)
+        return (idx, mask, torch.tensor([y[i] for i in rows])), len(rows)
+
+    def evaluate():
+        predicted, loss = ft.predict_classes(model, x_dev, y_dev, "t", pad_id=2)
+        return {"accuracy": sum(p == t for p, t in zip(predicted, y_dev)) / len(y_dev), "val_loss": loss}
+
+    result = ft.fit(
+        model,
+        opts(max_steps=80, eval_every=20, lr=1e-2, warmup_steps=5),
+        next_batch=next_batch,
+        loss_sum=lambda b: F.cross_entropy(model(b[0], b[1], "t"), b[2], reduction="sum"),
+        evaluate=evaluate,
+        monitor="accuracy",
+        mode="max",
+    )
+    assert result.initial_metrics["accuracy"] < 0.8
+    assert result.best_metrics["accuracy"] >= 0.97
+
+
+def test_multitask_heads_route_each_row_to_its_task():
+    model = ft.TaskClassifier(tiny(), {"a": 2, "b": 3}, "last").eval()
+    idx = torch.randint(3, V, (4, 6))
+    mask = torch.ones_like(idx, dtype=torch.bool)
+    mask[1, 4:] = False
+    tasks = ["a", "b", "a", "b"]
+    routed = model.forward_routed(idx, mask, tasks)
+    assert routed["a"][0].tolist() == [0, 2] and routed["b"][0].tolist() == [1, 3]
+    assert routed["a"][1].shape == (2, 2) and routed["b"][1].shape == (2, 3)
+    torch.testing.assert_close(routed["b"][1], model(idx, mask, "b")[[1, 3]])
+    with torch.no_grad():
+        model.heads["b"].out_proj.weight.add_(1.0)  # changing head b leaves task a untouched
+    again = model.forward_routed(idx, mask, tasks)
+    torch.testing.assert_close(again["a"][1], routed["a"][1])
+    assert not torch.allclose(again["b"][1], routed["b"][1])
+
+
+def test_checkpoint_with_heads_round_trips(tmp_path):
+    from lmforge.training.checkpoint import load_model, resolve_checkpoint
+
+    model = ft.TaskClassifier(tiny(), {"a": 2}, "last").eval()
+    meta = {"method": "classify", "pooling": "last", "labels": {"a": ["neg", "pos"]}}
+    result = lm_fit(model.trunk, steps=2)
+    ft.save_best_and_last(
+        tmp_path / "ckpt",
+        model.trunk,
+        result,
+        lambda d: ft.save_finetuned(
+            d, model.trunk, model.trunk.config, tokenizer_path=None, heads=model.heads, meta=meta
+        ),
+    )
+    best = resolve_checkpoint(tmp_path)
+    trunk, mcfg = load_model(best)  # a normal checkpoint: the heads are extra files
+    heads, loaded_meta = ft.load_heads(best, mcfg)
+    assert loaded_meta["labels"] == meta["labels"]
+    again = ft.TaskClassifier(trunk, {"a": 2}, "last").eval()
+    again.heads.load_state_dict(heads.state_dict())
+    idx = torch.randint(3, V, (2, 5))
+    mask = torch.ones_like(idx, dtype=torch.bool)
+    torch.testing.assert_close(again(idx, mask, "a"), model(idx, mask, "a"))
+
+
+@pytest.fixture(scope="module")
+def chat_tok():
+    from lmforge.tokenizer.train import train_bpe
+
+    return train_bpe(
+        ["hello there how are you", "fine thanks and you", "good day to you"] * 20, vocab_size=300
+    )
+
+
+def test_sft_rows_supervise_assistant_tokens_only(chat_tok):
+    from lmforge.tokenizer.chat import render_chat
+    from lmforge.training.batches import chat_rows, encode_conversations, lm_batch
+
+    convs = [
+        [{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "fine thanks"}],
+        [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "how are you"},
+            {"role": "assistant", "content": "good"},
+            {"role": "user", "content": "and you"},
+            {"role": "assistant", "content": "good day"},
+        ],
+        [{"role": "user", "content": "no answer"}],  # nothing supervised: dropped
+    ]
+    examples, dropped = encode_conversations(chat_tok, convs, block_size=64)
+    assert dropped == 1 and len(examples) == 2
+    end = chat_tok.token_to_id("<|end|>")
+    for packing in ("pad", "pack"):
+        rows = chat_rows(examples, 64, packing)
+        assert len(rows) == (1 if packing == "pack" else 2)
+        x, y, m = lm_batch(rows, pad_id=2)
+        supervised = y[m].tolist()
+        expected = []
+        for messages in convs[:2]:
+            for msg in messages:
+                if msg["role"] == "assistant":
+                    expected += [*chat_tok.encode(msg["content"], add_special_tokens=False).ids, end]
+        assert supervised == expected, packing
+        assert not m[x == 2].any() or packing == "pack"
+    ids, mask = render_chat(chat_tok, convs[0])
+    assert examples[0] == (ids, mask)
+
+
+def test_info_nce_and_recall_at_k():
+    from lmforge.training.contrastive import info_nce, recall_at_k
+
+    a = F.normalize(torch.eye(4), dim=-1)
+    assert float(info_nce(a, a, temperature=0.01)) < 1e-3  # each row matches itself far better
+    shuffled = a[[1, 0, 2, 3]]
+    assert float(info_nce(a, shuffled, temperature=0.01)) > 10
+    manual = F.cross_entropy(a @ shuffled.T / 0.5, torch.arange(4), reduction="sum")
+    torch.testing.assert_close(info_nce(a, shuffled, 0.5, symmetric=False), manual)
+    r = recall_at_k(a, shuffled, (1, 2, 4))
+    assert r == {"recall_at_1": 0.5, "recall_at_2": 1.0, "recall_at_4": 1.0}
