@@ -1,9 +1,14 @@
-"""Pick the next token from logits: greedy, temperature, top-k and nucleus (top-p) sampling.
+"""Pick the next token from logits: greedy, temperature, top-k, nucleus (top-p) and min-p sampling,
+with an optional repetition penalty.
 
-This is the one place sampling is written; generation, serving and evaluation all call ``sample_next``.
-Order of operations (as in Hugging Face ``generate``): divide by the temperature, keep the ``top_k``
-largest logits, then keep the smallest set of the remaining tokens whose probability mass reaches
-``top_p`` (Holtzman et al., 2020, "The Curious Case of Neural Text Degeneration"), renormalise, draw.
+This is the one place sampling is written; generation, serving and evaluation all call ``sample_next``
+(the engine calls ``filter_logits`` and draws per row with its own generators). Order of operations (as
+in Hugging Face ``generate``): the repetition penalty (Keskar et al. 2019, CTRL: a seen token's positive
+logit is divided by the penalty, a negative one multiplied), divide by the temperature, keep the
+``top_k`` largest logits, keep the smallest set of the remaining tokens whose probability mass reaches
+``top_p`` (Holtzman et al., 2020, "The Curious Case of Neural Text Degeneration"), then drop tokens whose
+probability is below ``min_p`` times the most likely token's (Nguyen et al. 2024, "min-p sampling"),
+renormalise, draw.
 """
 
 from __future__ import annotations
@@ -14,11 +19,18 @@ import torch
 import torch.nn.functional as F
 
 
-def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
+def check_sampling_args(
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    min_p: float | None = None,
+    repetition_penalty: float = 1.0,
+) -> None:
     """Raise ``ValueError`` naming the argument if a sampling setting is impossible.
 
     Valid: ``temperature >= 0`` and finite (0 = greedy); ``top_k`` None or an int >= 1 (values above the
-    vocabulary size keep every token); ``top_p`` None or in ``(0, 1]``.
+    vocabulary size keep every token); ``top_p`` None or in ``(0, 1]``; ``min_p`` None or in ``[0, 1]``;
+    ``repetition_penalty`` a finite number > 0 (1 = off).
     """
     if isinstance(temperature, bool) or not isinstance(temperature, int | float):
         raise ValueError(f"temperature: expected a number >= 0, got {temperature!r}")
@@ -29,6 +41,52 @@ def check_sampling_args(temperature: float, top_k: int | None, top_p: float | No
     if top_p is not None:
         if isinstance(top_p, bool) or not isinstance(top_p, int | float) or not 0 < top_p <= 1:
             raise ValueError(f"top_p: expected None or a number in (0, 1], got {top_p!r}")
+    if min_p is not None:
+        if isinstance(min_p, bool) or not isinstance(min_p, int | float) or not 0 <= min_p <= 1:
+            raise ValueError(f"min_p: expected None or a number in [0, 1], got {min_p!r}")
+    bad_penalty = isinstance(repetition_penalty, bool) or not isinstance(repetition_penalty, int | float)
+    if bad_penalty or not math.isfinite(repetition_penalty) or repetition_penalty <= 0:
+        raise ValueError(
+            f"repetition_penalty: expected a finite number > 0 (1 = off), got {repetition_penalty!r}"
+        )
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's repetition penalty: where ``seen`` (bool ``[B, V]``) is set, positive logits are divided by
+    ``penalty`` and negative ones multiplied by it. Returns a new ``[B, V]`` tensor."""
+    if penalty == 1.0:
+        return logits
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
+def filter_logits(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+) -> torch.Tensor:
+    """Scaled fp32 logits ``[B, V]`` with the tokens that top-k / top-p / min-p drop set to ``-inf``.
+
+    ``temperature`` must be > 0 here (greedy is the caller's argmax).
+    """
+    scaled = logits.float() / temperature  # [B, V]
+    if top_k is not None and top_k < scaled.shape[1]:
+        values, indices = torch.topk(scaled, top_k, dim=-1)  # [B, k]
+        scaled = torch.full_like(scaled, -math.inf).scatter(-1, indices, values)
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = torch.sort(scaled, dim=-1, descending=True)  # [B, V]
+        probs = F.softmax(sorted_logits, dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens
+        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, -math.inf)
+        scaled = torch.full_like(scaled, -math.inf).scatter(-1, order, sorted_logits)
+    if min_p:
+        # p(v) < min_p * p(max)  <=>  logit(v) < logit(max) + log(min_p)
+        floor = scaled.max(dim=-1, keepdim=True).values + math.log(min_p)  # [B, 1]
+        scaled = scaled.masked_fill(scaled < floor, -math.inf)
+    return scaled
 
 
 def sample_next(
@@ -37,6 +95,7 @@ def sample_next(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    min_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Draw one token id per row of ``logits``.
@@ -47,6 +106,7 @@ def sample_next(
         top_k: keep only the ``top_k`` largest logits of each row (exactly ``top_k``, ties broken by index).
         top_p: keep the smallest set of most likely tokens whose total probability is ``>= top_p``; the most
             likely token is always kept, so a tiny ``top_p`` is greedy.
+        min_p: drop tokens whose probability is below ``min_p`` times the top token's (None or 0 = off).
         generator: random source for reproducible draws (must be on ``logits.device``); ``None`` = global RNG.
 
     Returns:
@@ -60,19 +120,9 @@ def sample_next(
         raise ValueError(
             f"logits: expected a floating tensor of shape [B, V] with V >= 1, got {tuple(logits.shape)} {logits.dtype}"
         )
-    check_sampling_args(temperature, top_k, top_p)
+    check_sampling_args(temperature, top_k, top_p, min_p)
     if temperature == 0:
         return logits.argmax(dim=-1)
-
-    scaled = logits.float() / temperature  # [B, V]
-    if top_k is not None and top_k < scaled.shape[1]:
-        values, indices = torch.topk(scaled, top_k, dim=-1)  # [B, k]
-        scaled = torch.full_like(scaled, -math.inf).scatter(-1, indices, values)
-    if top_p is not None and top_p < 1:
-        sorted_logits, order = torch.sort(scaled, dim=-1, descending=True)  # [B, V]
-        probs = F.softmax(sorted_logits, dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens
-        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, -math.inf)
-        scaled = torch.full_like(scaled, -math.inf).scatter(-1, order, sorted_logits)
+    scaled = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     probs = F.softmax(scaled, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)

@@ -1,0 +1,251 @@
+"""The generation engine: prefill + cached decode over a batch of prompts, with streaming.
+
+One loop serves ``lmforge generate``, ``lmforge chat``, evaluation's generative tasks, alignment
+rollouts and the server. Shape of a call (after nanochat's engine):
+
+1. Prompts (lists of token ids, any lengths) are left-padded to a common length and prefilled in one
+   forward pass into a preallocated KV cache; each row keeps its true positions (``batch_forward.py``).
+2. Each step samples one token per unfinished row from the last logits (``SamplingParams``: greedy,
+   temperature, top-k, top-p, min-p, repetition penalty; row ``i`` of a seeded call draws from its own
+   generator seeded ``seed + i``, so a row's sample does not depend on its batch-mates), then one
+   decode step feeds all rows' new tokens through the cache.
+3. A row finishes on a stop token (not included), on a stop string (the text is cut before it), when it
+   has ``max_new_tokens`` tokens, or when it reaches the model's ``block_size`` (``finish_reason``
+   ``"stop"`` or ``"length"``). The loop ends when every row has finished.
+
+``Engine.stream`` yields one ``Event`` per new token with the text it adds (held back while it could be
+the start of a stop string or an incomplete UTF-8 character); ``Engine.generate`` collects the events
+into ``Completion``\\ s. Greedy decoding through the engine equals greedy decoding by full forward passes
+without a cache, token for token (tested, ragged batches included).
+
+Departure from unbounded generation: prompts longer than ``block_size - 1`` tokens keep their last
+``block_size - 1`` tokens, and generation stops at ``block_size`` (no sliding window: the cache is exact).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from lmforge.inference.batch_forward import RaggedForward
+from lmforge.inference.sampling import apply_repetition_penalty, check_sampling_args, filter_logits
+from lmforge.model.decoder import Decoder
+
+
+@dataclass
+class SamplingParams:
+    """How to pick tokens and when to stop (sampling order: ``sampling.py``)."""
+
+    max_new_tokens: int = 64  # new tokens per row at most
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int | None = None  # keep the k most likely tokens (None = all)
+    top_p: float | None = None  # nucleus mass (None = off)
+    min_p: float | None = None  # drop tokens below min_p * p(top token) (None = off)
+    repetition_penalty: float = 1.0  # CTRL penalty on tokens in the prompt or generated (1 = off)
+    seed: int | None = None  # row i draws from a generator seeded seed + i (None = global RNG)
+    stop: Sequence[str] = ()  # stop strings: the text ends before the first one (needs a tokenizer)
+    stop_ids: frozenset[int] | set[int] = frozenset()  # stop tokens, not included in the output
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first impossible setting."""
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
+            raise ValueError(f"max_new_tokens: expected an integer >= 0, got {self.max_new_tokens!r}")
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens: expected an integer >= 0, got {self.max_new_tokens}")
+        check_sampling_args(self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty)
+        if isinstance(self.stop, str) or any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError(f"stop: expected a list of non-empty strings, got {self.stop!r}")
+
+
+@dataclass
+class Event:
+    """One new token of row ``row``: its id, the text it releases (may be ``""``), and ``finish_reason``
+    (``None`` while the row goes on; ``"stop"`` / ``"length"`` on its last event)."""
+
+    row: int
+    token: int | None
+    text: str
+    finish_reason: str | None = None
+
+
+@dataclass
+class Completion:
+    """The result for one prompt."""
+
+    ids: list[int] = field(default_factory=list)  # generated ids (stop token excluded)
+    text: str = ""  # decoded text, cut before a stop string
+    finish_reason: str = "length"
+    prompt_tokens: int = 0
+
+
+class Engine:
+    """Batched, cached generation for an lmforge ``Decoder``.
+
+    Args:
+        model: the decoder (put in eval mode for each call; its mode is restored afterwards).
+        tokenizer: needed for text (``Completion.text``, event text, stop strings); ids work without.
+    """
+
+    def __init__(self, model: Decoder, tokenizer: Tokenizer | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.forward = RaggedForward(model)
+        self.block_size = model.config.block_size
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
+        """Generate for every prompt (token ids); returns one ``Completion`` per prompt, in order."""
+        out = [Completion(prompt_tokens=min(len(p), self.block_size - 1)) for p in prompts]
+        for event in self.stream(prompts, params):
+            c = out[event.row]
+            if event.token is not None:
+                c.ids.append(event.token)
+            c.text += event.text
+            if event.finish_reason:
+                c.finish_reason = event.finish_reason
+        return out
+
+    def stream(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> Iterator[Event]:
+        """Yield ``Event``\\ s as tokens are generated (arguments are checked at call time).
+
+        Raises:
+            ValueError: an empty prompt list or prompt, an id outside the vocabulary, bad ``params``,
+                or stop strings without a tokenizer.
+        """
+        params.validate()
+        rows = [[int(t) for t in p] for p in prompts]
+        if not rows or any(not r for r in rows):
+            raise ValueError("prompts: need at least one prompt, each with at least one token (e.g. <|bos|>)")
+        vocab = self.model.config.vocab_size
+        bad = [t for r in rows for t in r if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompts: token id {bad[0]} is outside the vocabulary [0, {vocab})")
+        if params.stop and self.tokenizer is None:
+            raise ValueError("stop: stop strings need the engine to have a tokenizer")
+        return self._run([r[-(self.block_size - 1) :] for r in rows], params)
+
+    def _run(self, rows: list[list[int]], params: SamplingParams) -> Iterator[Event]:
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            yield from self._loop(rows, params)
+        finally:
+            model.train(was_training)
+
+    def _loop(self, rows: list[list[int]], params: SamplingParams) -> Iterator[Event]:
+        B = len(rows)
+        device = self.model.tok_emb.weight.device
+        lengths = [len(r) for r in rows]
+        width = max(lengths)
+        budget = [min(params.max_new_tokens, self.block_size - n) for n in lengths]
+        if max(budget) == 0:
+            for i in range(B):
+                yield Event(i, None, "", "length")
+            return
+        pad = torch.tensor([width - n for n in lengths], device=device)
+        idx = torch.tensor([[0] * (width - n) + r for r, n in zip(rows, lengths)], device=device)
+        cache = self.forward.new_cache(pad, width + max(budget))
+        gens = None
+        if params.seed is not None:
+            gens = [torch.Generator(device=device).manual_seed(params.seed + i) for i in range(B)]
+        seen = None
+        if params.repetition_penalty != 1.0:
+            seen = torch.zeros(B, self.model.config.vocab_size, dtype=torch.bool, device=device)
+            for i, r in enumerate(rows):
+                seen[i, r] = True
+        texts = [
+            _TextState(self.tokenizer, params.stop) if self.tokenizer is not None else None for _ in rows
+        ]
+        done = [False] * B
+        n_new = [0] * B
+        logits = self.forward(idx, cache)[:, -1]  # [B, V]
+        while True:
+            tokens = self._pick(logits, params, seen, gens)  # [B]
+            step = tokens.tolist()
+            for i, token in enumerate(step):
+                if done[i]:
+                    continue
+                if token in params.stop_ids:
+                    done[i] = True
+                    yield Event(i, None, texts[i].flush() if texts[i] else "", "stop")
+                    continue
+                n_new[i] += 1
+                text, stopped = texts[i].add(token) if texts[i] else ("", False)
+                if stopped or n_new[i] >= budget[i]:
+                    done[i] = True
+                    if texts[i] and not stopped:
+                        text += texts[i].flush()
+                    yield Event(i, token, text, "stop" if stopped else "length")
+                else:
+                    yield Event(i, token, text)
+            if all(done):
+                return
+            if seen is not None:
+                seen[torch.arange(B, device=device), tokens] = True
+            logits = self.forward(tokens[:, None], cache)[:, -1]
+
+    @staticmethod
+    def _pick(
+        logits: torch.Tensor,
+        params: SamplingParams,
+        seen: torch.Tensor | None,
+        gens: list[torch.Generator] | None,
+    ) -> torch.Tensor:
+        """Next token of each row ``[B]`` from ``logits`` ``[B, V]``."""
+        if seen is not None:
+            logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+        if params.temperature == 0:
+            return logits.argmax(dim=-1)
+        scaled = filter_logits(
+            logits, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, min_p=params.min_p
+        )
+        probs = F.softmax(scaled, dim=-1)  # [B, V]
+        if gens is None:
+            return torch.multinomial(probs, 1).squeeze(-1)
+        return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(gens)])
+
+
+class _TextState:
+    """Incremental text of one row: releases text once it cannot be part of a stop string or an
+    incomplete UTF-8 character, and finds the first stop string."""
+
+    def __init__(self, tok: Tokenizer, stop: Sequence[str]):
+        self.tok, self.stop = tok, list(stop)
+        self.hold = max((len(s) for s in self.stop), default=1) - 1
+        self.ids: list[int] = []
+        self.text = ""
+        self.released = 0
+
+    def add(self, token: int) -> tuple[str, bool]:
+        """Add a token; return ``(text released now, whether a stop string was found)``."""
+        self.ids.append(token)
+        self.text = self.tok.decode(self.ids, skip_special_tokens=False)
+        cut = min((i for i in (self.text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self.text = self.text[:cut]
+            return self.flush(), True
+        safe = len(self.text) - self.hold
+        while safe > self.released and self.text[safe - 1] == "\ufffd":  # maybe half a character
+            safe -= 1
+        if safe <= self.released:
+            return "", False
+        out, self.released = self.text[self.released : safe], safe
+        return out, False
+
+    def flush(self) -> str:
+        """Release everything not yet released."""
+        out, self.released = self.text[self.released :], len(self.text)
+        return out
+
+
+def default_stop_ids(tok: Tokenizer) -> frozenset[int]:
+    """The ids that end a plain continuation: ``<|bos|>``, ``<|eos|>`` and ``<|end|>`` where present."""
+    ids = (tok.token_to_id(t) for t in ("<|bos|>", "<|eos|>", "<|end|>"))
+    return frozenset(i for i in ids if i is not None)
+
+
+__all__ = ["Completion", "Engine", "Event", "SamplingParams", "default_stop_ids"]
