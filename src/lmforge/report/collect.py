@@ -69,6 +69,18 @@ class SampleSet:
 
 
 @dataclass
+class FinetuneResult:
+    """A fine-tuning stage: its headline metrics and the titled tables it wrote to ``report.json``
+    (classification scores and confusion matrix, bag-of-words baseline, transfer comparison,
+    perplexity before/after, retrieval)."""
+
+    instance: str
+    kind: str
+    metrics: dict[str, Any]
+    tables: list[dict[str, Any]]
+
+
+@dataclass
 class RunData:
     """Everything the renderers need; empty fields mean the section is absent."""
 
@@ -79,6 +91,7 @@ class RunData:
     curves: list[Curve] = field(default_factory=list)
     evals: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     samples: list[SampleSet] = field(default_factory=list)
+    finetune: list[FinetuneResult] = field(default_factory=list)
 
 
 def load_stages(run_dir: Path) -> list[Stage]:
@@ -122,6 +135,8 @@ def collect(run_dir: Path) -> RunData:
             curve = _curve(stage)
             if curve.loss or curve.val_loss:
                 run.curves.append(curve)
+            if stage.kind.startswith("finetune"):
+                run.finetune.append(_finetune(stage))
         elif stage.kind == "eval" and stage.metrics:
             run.evals.append((stage.instance, stage.metrics))
         elif stage.kind == "generate":
@@ -150,6 +165,23 @@ def _data_stats(stage: Stage) -> DataStats | None:
     if not (metrics or counts or drops):
         return None
     return DataStats(metrics, counts, drops)
+
+
+def _finetune(stage: Stage) -> FinetuneResult:
+    """Metrics of a fine-tuning stage and the well-formed tables of its ``report.json`` (if any)."""
+    data = _read_json(stage.dir / "report.json") if (stage.dir / "report.json").exists() else None
+    tables = []
+    for table in data.get("tables", []) if isinstance(data, dict) else []:
+        if (
+            isinstance(table, dict)
+            and isinstance(table.get("header"), list)
+            and isinstance(table.get("rows"), list)
+        ):
+            tables.append(
+                {"title": str(table.get("title", "")), "header": table["header"], "rows": table["rows"]}
+            )
+    metrics = {k: v for k, v in stage.metrics.items() if _is_number(v)}
+    return FinetuneResult(stage.instance, stage.kind, metrics, tables)
 
 
 def _curve(stage: Stage) -> Curve:

@@ -18,6 +18,7 @@ from lmforge.report.tables import (
     curve_summary,
     metric_rows,
     pipeline_rows,
+    table_rows,
     timing_rows,
 )
 
@@ -77,6 +78,18 @@ TEMPLATE = """\
 <h2>Evaluation</h2>
 {% for instance, rows in evals %}<h3>{{ instance }}</h3>{{ metrics_table(rows) }}{% endfor %}
 {% endif %}
+{% if finetune %}
+<h2>Fine-tuning</h2>
+{% for ft in finetune %}
+<h3>{{ ft.instance }} ({{ ft.kind }})</h3>
+{% for table in ft.tables %}<p><strong>{{ table.title }}</strong></p>
+<table><tr>{% for h in table.header %}<th>{{ h }}</th>{% endfor %}</tr>
+{% for row in table.rows %}<tr>{% for cell in row %}<td>{{ cell }}</td>{% endfor %}</tr>
+{% endfor %}</table>
+{% endfor %}
+{{ metrics_table(ft.metrics) }}
+{% endfor %}
+{% endif %}
 {% if samples %}
 <h2>Samples</h2>
 {% for instance, pairs in samples %}
@@ -128,5 +141,14 @@ def to_html(run: RunData, images: Sequence[Image]) -> str:
         figures=figures,
         evals=[(instance, metric_rows(metrics)) for instance, metrics in run.evals],
         samples=[(s.instance, s.samples) for s in run.samples],
+        finetune=[
+            {
+                "instance": r.instance,
+                "kind": r.kind,
+                "metrics": metric_rows(r.metrics),
+                "tables": [{**t, "rows": table_rows(t["rows"])} for t in r.tables],
+            }
+            for r in run.finetune
+        ],
         timings=timing_rows(run),
     )

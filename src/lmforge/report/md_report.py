@@ -16,6 +16,7 @@ from lmforge.report.tables import (
     curve_summary,
     metric_rows,
     pipeline_rows,
+    table_rows,
     timing_rows,
 )
 
@@ -35,6 +36,8 @@ def to_markdown(run: RunData, images: Sequence[Image]) -> str:
         sections.append(_training_section(run, images))
     if run.evals:
         sections.append(_metric_section("Evaluation", run.evals))
+    if run.finetune:
+        sections.append(_finetune_section(run))
     if run.samples:
         sections.append(_samples_section(run))
     timings = timing_rows(run)
@@ -59,6 +62,18 @@ def _metric_section(title: str, groups: list[tuple[str, dict]]) -> str:
     parts = [f"## {title}"]
     for instance, metrics in groups:
         parts.append(f"### {_text(instance)}\n\n" + _table(("metric", "value"), metric_rows(metrics)))
+    return "\n\n".join(parts)
+
+
+def _finetune_section(run: RunData) -> str:
+    parts = ["## Fine-tuning"]
+    for result in run.finetune:
+        parts.append(f"### {_text(result.instance)} ({_text(result.kind)})")
+        for table in result.tables:
+            parts.append(
+                f"**{_text(table['title'])}**\n\n" + _table(table["header"], table_rows(table["rows"]))
+            )
+        parts.append(_table(("metric", "value"), metric_rows(result.metrics)))
     return "\n\n".join(parts)
 
 

@@ -25,6 +25,11 @@ def metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     return [(str(name), fmt_value(value)) for name, value in metrics.items()]
 
 
+def table_rows(rows: list[Any]) -> list[list[str]]:
+    """Cells of a stage-written table (``report.json``), each formatted with ``fmt_value``."""
+    return [[fmt_value(cell) for cell in row] if isinstance(row, list) else [fmt_value(row)] for row in rows]
+
+
 def pipeline_rows(run: RunData) -> list[tuple[str, ...]]:
     """One row per stage, in start order, matching ``PIPELINE_HEADER``."""
     return [

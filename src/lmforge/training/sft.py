@@ -155,7 +155,7 @@ def run_sft(cfg: Any, ctx: StageContext, *, lora: Any = None) -> dict[str, float
         "train_conversations": len(train_ex),
         "val_conversations": len(val_ex),
         "trainable_params": trainable,
-        "adapted_layers": len(adapted),
+        **({"adapted_layers": len(adapted)} if lora is not None else {}),
         "train_time_s": result.train_time_s,
         "early_stopped": int(result.stop_reason == "early_stop"),
     }

@@ -155,8 +155,8 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
                 "title": "transfer: same classifier, two starting checkpoints",
                 "header": ["start from", "accuracy", "macro_f1"],
                 "rows": [
-                    [str(run["start"]), result["accuracy"], result["macro_f1"]],
-                    [str(other["start"]), compared["accuracy"], compared["macro_f1"]],
+                    [f"model: {cfg.model}", result["accuracy"], result["macro_f1"]],
+                    [f"compare_to: {cfg.compare_to}", compared["accuracy"], compared["macro_f1"]],
                 ],
             }
         )
