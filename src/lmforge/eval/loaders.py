@@ -1,0 +1,169 @@
+"""Read evaluation data into ``Doc``\\ s: the built-in formats of common benchmarks, and generic jsonl/csv.
+
+Built-in formats (files as distributed, e.g. under ``../shared/data``):
+
+- HellaSwag, 6 lines per item (``activity: ctx``, label, 4 endings), optionally ``.bz2``.
+- ARC jsonl ``{id, question: {stem, choices: [{text, label}]}, answerKey}``.
+- BoolQ jsonl ``{question, passage, answer: bool}``.
+- SQuAD v1.1 json (optionally inside a ``.zip``): ``data[].paragraphs[].qas[]``.
+- SST-2 style ``label sentence`` lines.
+- GSM8K jsonl ``{question, answer}`` with the final answer after ``####``.
+- Translation: two line-aligned files (optionally ``.gz``).
+
+Prompt wording follows lm-evaluation-harness's task configs where one exists (HellaSwag's bracket
+cleaning, ARC's ``Question: ...\\nAnswer:``, BoolQ's ``passage\\nQuestion: ...?\\nAnswer:``).
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import io
+import json
+import re
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lmforge.errors import InputError
+
+
+@dataclass
+class Doc:
+    """One evaluation item: the query text and what it is scored against.
+
+    Multiple choice and classification: ``choices`` (continuations, without the target delimiter) and
+    ``gold`` (index of the right one). Generation: ``references`` (one or more acceptable outputs).
+    """
+
+    query: str
+    choices: list[str] = field(default_factory=list)
+    gold: int = -1
+    references: list[str] = field(default_factory=list)
+
+    @property
+    def target(self) -> str:
+        """The answer text shown when this doc is a few-shot example."""
+        return self.choices[self.gold] if self.choices else self.references[0]
+
+
+def open_text(path: Path) -> str:
+    """Whole text of ``path``, decompressing ``.gz``/``.bz2`` and the first member of a ``.zip``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"task data {path} does not exist")
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8").read()
+    if path.suffix == ".bz2":
+        return bz2.open(path, "rt", encoding="utf-8").read()
+    if path.suffix == ".zip":
+        with zipfile.ZipFile(path) as zf:
+            return zf.read(zf.namelist()[0]).decode("utf-8")
+    return path.read_text(encoding="utf-8")
+
+
+def read_records(path: Path) -> Iterator[dict]:
+    """Rows of a ``.jsonl`` or ``.csv`` file (optionally compressed) as dicts."""
+    text = open_text(path)
+    name = Path(path).name.removesuffix(".gz").removesuffix(".bz2")
+    if name.endswith(".csv"):
+        yield from csv.DictReader(io.StringIO(text))
+        return
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{n}: not a JSON line ({e})") from None
+
+
+def _hellaswag_clean(text: str) -> str:
+    """lm-evaluation-harness's HellaSwag preprocessing: drop ' [title]' marks and bracketed tags."""
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
+
+
+def hellaswag(path: Path) -> list[Doc]:
+    """HellaSwag in its 6-line format."""
+    lines = open_text(path).split("\n")
+    docs = []
+    for i in range(0, len(lines) - 5, 6):
+        ctx, label, endings = lines[i], lines[i + 1], lines[i + 2 : i + 6]
+        if not label.strip().isdigit():
+            raise InputError(f"{path}: line {i + 2}: expected the label 0-3, got {label!r}")
+        docs.append(Doc(_hellaswag_clean(ctx), [_hellaswag_clean(e) for e in endings], int(label)))
+    return docs
+
+
+def arc(path: Path) -> list[Doc]:
+    """ARC jsonl."""
+    docs = []
+    for row in read_records(path):
+        q = row["question"]
+        labels = [c["label"] for c in q["choices"]]
+        docs.append(
+            Doc(
+                f"Question: {q['stem']}\nAnswer:",
+                [c["text"] for c in q["choices"]],
+                labels.index(row["answerKey"]),
+            )
+        )
+    return docs
+
+
+def boolq(path: Path) -> list[Doc]:
+    """BoolQ jsonl as a yes/no choice."""
+    return [
+        Doc(f"{r['passage']}\nQuestion: {r['question']}?\nAnswer:", ["no", "yes"], int(bool(r["answer"])))
+        for r in read_records(path)
+    ]
+
+
+def squad(path: Path) -> list[Doc]:
+    """SQuAD v1.1 json: one generation doc per question, every given answer a reference."""
+    data = json.loads(open_text(path))["data"]
+    docs = []
+    for article in data:
+        for para in article["paragraphs"]:
+            for qa in para["qas"]:
+                refs = list(dict.fromkeys(a["text"] for a in qa["answers"]))
+                query = f"Title: {article['title']}\n\nBackground: {para['context']}\n\nQuestion: {qa['question']}\n\nAnswer:"
+                docs.append(Doc(query, references=refs))
+    return docs
+
+
+def labelled_lines(path: Path, labels: list[str], template: str = "{text}\nSentiment:") -> list[Doc]:
+    """``label sentence`` lines (SST-2, MR, Subj, CR): a classification over ``labels`` (index = label)."""
+    docs = []
+    for n, line in enumerate(open_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        label, _, text = line.partition(" ")
+        if not label.isdigit() or int(label) >= len(labels):
+            raise InputError(
+                f"{path}:{n}: expected a label in 0..{len(labels) - 1} then the sentence, got {line[:40]!r}"
+            )
+        docs.append(Doc(template.format(text=text.strip()), list(labels), int(label)))
+    return docs
+
+
+def gsm8k(path: Path) -> list[Doc]:
+    """GSM8K jsonl: the reference is the number after ``####``."""
+    docs = []
+    for r in read_records(path):
+        answer = r["answer"].split("####")[-1].strip().replace(",", "")
+        docs.append(Doc(f"Question: {r['question']}\nAnswer:", references=[answer]))
+    return docs
+
+
+def translation(src: Path, tgt: Path, src_name: str, tgt_name: str) -> list[Doc]:
+    """Two line-aligned files as generation docs ``{src_name}: line\\n{tgt_name}:``."""
+    a, b = open_text(src).splitlines(), open_text(tgt).splitlines()
+    if len(a) != len(b):
+        raise InputError(f"{src} and {tgt} are not line-aligned: {len(a)} vs {len(b)} lines")
+    return [
+        Doc(f"{src_name}: {s}\n{tgt_name}:", references=[t]) for s, t in zip(a, b) if s.strip() and t.strip()
+    ]

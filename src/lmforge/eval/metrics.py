@@ -1,0 +1,130 @@
+"""Scores of generated text against references: exact match, SQuAD F1, BLEU, chrF, ROUGE.
+
+- ``normalize_answer``: the SQuAD v1.1 evaluation script's normalisation (lower-case, drop punctuation
+  and the articles a/an/the, collapse whitespace) (Rajpurkar et al. 2016).
+- ``exact_match`` / ``squad_f1``: per example, the best score over the references, as the official
+  script does; F1 is over bags of normalised tokens.
+- ``corpus_bleu`` / ``corpus_chrf``: sacrebleu's corpus scores (Post 2018; Papineni et al. 2002;
+  Popović 2015) with its defaults (13a tokenisation, exponential smoothing), on a 0-100 scale.
+- ``rouge``: ROUGE-1/2/L F-measure (Lin 2004) from Google's ``rouge-score`` with stemming, averaged
+  over examples (best over references), on a 0-1 scale.
+
+Every function takes ``predictions: list[str]`` and ``references: list[list[str]]`` (one or more per
+example) and returns plain floats.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_PUNCT = set(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalisation: lower-case, no punctuation, no articles, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def _check(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> None:
+    if len(predictions) != len(references):
+        raise ValueError(
+            f"predictions and references differ in length: {len(predictions)} vs {len(references)}"
+        )
+    if not predictions:
+        raise ValueError("predictions: empty, nothing to score")
+    for i, refs in enumerate(references):
+        if isinstance(refs, str) or not refs:
+            raise ValueError(f"references[{i}]: expected a non-empty list of strings, got {refs!r}")
+
+
+def _f1(prediction: str, reference: str) -> float:
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if not pred or not ref:
+        return float(pred == ref)
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """Fraction of predictions equal (after ``normalize_answer``) to one of their references."""
+    _check(predictions, references)
+    hits = sum(
+        any(normalize_answer(p) == normalize_answer(r) for r in refs)
+        for p, refs in zip(predictions, references)
+    )
+    return hits / len(predictions)
+
+
+def squad_f1(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """Mean over examples of the best token-level F1 against any reference (SQuAD v1.1)."""
+    _check(predictions, references)
+    return sum(max(_f1(p, r) for r in refs) for p, refs in zip(predictions, references)) / len(predictions)
+
+
+def _ref_streams(references: Sequence[Sequence[str]]) -> list[list[str]]:
+    """sacrebleu wants one stream per reference slot; examples with fewer references repeat their last."""
+    n = max(len(r) for r in references)
+    return [[refs[min(j, len(refs) - 1)] for refs in references] for j in range(n)]
+
+
+def corpus_bleu(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """sacrebleu corpus BLEU (0-100)."""
+    import sacrebleu
+
+    _check(predictions, references)
+    return float(sacrebleu.corpus_bleu(list(predictions), _ref_streams(references)).score)
+
+
+def corpus_chrf(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """sacrebleu corpus chrF (0-100)."""
+    import sacrebleu
+
+    _check(predictions, references)
+    return float(sacrebleu.corpus_chrf(list(predictions), _ref_streams(references)).score)
+
+
+def rouge(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F-measure (best over references): ``{"rouge1", "rouge2", "rougeL"}``."""
+    from rouge_score import rouge_scorer
+
+    _check(predictions, references)
+    kinds = ("rouge1", "rouge2", "rougeL")
+    scorer = rouge_scorer.RougeScorer(list(kinds), use_stemmer=True)
+    totals = dict.fromkeys(kinds, 0.0)
+    for p, refs in zip(predictions, references):
+        scores = [scorer.score(r, p) for r in refs]
+        for kind in kinds:
+            totals[kind] += max(s[kind].fmeasure for s in scores)
+    return {kind: total / len(predictions) for kind, total in totals.items()}
+
+
+GENERATION_METRICS = ("exact_match", "f1", "bleu", "chrf", "rouge")
+
+
+def score_generations(
+    predictions: Sequence[str], references: Sequence[Sequence[str]], metrics: Sequence[str]
+) -> dict[str, float]:
+    """The named metrics (``GENERATION_METRICS``) as one flat dict; ``rouge`` adds rouge1/rouge2/rougeL."""
+    out: dict[str, float] = {}
+    for name in metrics:
+        if name == "exact_match":
+            out[name] = exact_match(predictions, references)
+        elif name == "f1":
+            out[name] = squad_f1(predictions, references)
+        elif name == "bleu":
+            out[name] = corpus_bleu(predictions, references)
+        elif name == "chrf":
+            out[name] = corpus_chrf(predictions, references)
+        elif name == "rouge":
+            out.update(rouge(predictions, references))
+        else:
+            raise ValueError(f"metric {name!r}: valid: {', '.join(GENERATION_METRICS)}")
+    return out

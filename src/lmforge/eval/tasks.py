@@ -1,0 +1,389 @@
+"""Evaluation tasks: data + prompt format + scoring, run on a causal LM with k-shot prompts.
+
+Kinds:
+
+- ``multiple_choice``: each choice is scored by the log-likelihood of ``delimiter + choice`` after the
+  prompt; ``acc`` takes the highest sum, ``acc_norm`` the highest sum divided by the choice's length in
+  characters (lm-evaluation-harness's ``acc`` and ``acc_norm``).
+- ``classification``: the same scoring over the label words; reports accuracy, macro-F1 and per-class
+  precision/recall (``eval/classification.py``).
+- ``generation``: greedy decoding with the engine until a stop string; the output (optionally the first
+  match of ``answer_regex``) is scored by exact match, SQuAD F1, BLEU, chrF or ROUGE (``metrics.py``).
+
+Tokenisation of a (context, continuation) pair is lm-evaluation-harness's: the continuation's tokens
+are ``encode(context + continuation)`` past ``len(encode(context))``; the context is preceded by
+``<|bos|>`` (how lmforge documents start). Sequences longer than ``block_size + 1`` lose context tokens
+from the left. ``HFLM``-style batching: pairs are scored longest first, right-padded.
+
+A task comes from a built-in name (``BUILTIN``; data under ``data_dir``) or a YAML file (``TaskSpec``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from lmforge.config import ConfigError, from_dict, load_yaml, opt
+from lmforge.errors import InputError
+from lmforge.eval import loaders
+from lmforge.eval.fewshot import PromptFormat, build_prompt, select_shots
+from lmforge.eval.loaders import Doc
+
+log = logging.getLogger(__name__)
+
+KINDS = ("multiple_choice", "classification", "generation")
+
+
+@dataclass
+class Task:
+    """A loaded task: documents, optional few-shot pool, prompt format and scoring settings."""
+
+    name: str
+    kind: str
+    docs: list[Doc]
+    fewshot_pool: list[Doc] | None = None  # None: shots come from ``docs`` (the doc itself excluded)
+    fmt: PromptFormat = PromptFormat()
+    metrics: tuple[str, ...] = ()  # generation metrics (``metrics.GENERATION_METRICS``)
+    labels: tuple[str, ...] = ()  # classification: class names (default: the choices)
+    until: tuple[str, ...] = ("\n",)  # generation stop strings
+    max_new_tokens: int = 32
+    answer_regex: str = ""  # generation: score the first match (group 1 if any) instead of the output
+
+
+# --------------------------------------------------------------------------------------------------
+# the model side
+
+
+class LM:
+    """A causal LM and its tokenizer, as tasks (and the lm-evaluation-harness adapter) call it.
+
+    Args:
+        model: an lmforge ``Decoder`` (any ``forward(idx [B, T]) -> logits [B, T, V]`` for scoring).
+        tok: its tokenizer; ``bos_id`` is prepended to every context.
+        batch_size: sequences per forward pass.
+    """
+
+    def __init__(self, model: torch.nn.Module, tok: Tokenizer, *, bos_id: int, batch_size: int = 16):
+        self.model, self.tok, self.bos_id, self.batch_size = model, tok, bos_id, batch_size
+        self.block_size = model.config.block_size
+        self.device = next(model.parameters()).device
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def pair_ids(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """``(context ids with <|bos|>, continuation ids)`` (module docstring)."""
+        ctx = self.encode(context)
+        whole = self.encode(context + continuation)
+        if whole[: len(ctx)] != ctx:  # the boundary merged: encode the parts separately
+            return [self.bos_id] + ctx, self.encode(continuation)
+        return [self.bos_id] + ctx, whole[len(ctx) :]
+
+    @torch.no_grad()
+    def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
+        """For each ``(context, continuation)``: summed log-prob of the continuation, and whether greedy
+        decoding would produce it exactly."""
+        encoded = [self.pair_ids(c, x) for c, x in pairs]
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]) - len(encoded[i][1]))
+        out: list[tuple[float, bool]] = [(0.0, False)] * len(encoded)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                seqs = [(encoded[i][0] + encoded[i][1])[-(self.block_size + 1) :] for i in batch]
+                width = max(len(s) for s in seqs) - 1
+                idx = torch.zeros(len(seqs), width, dtype=torch.long)
+                for r, s in enumerate(seqs):
+                    idx[r, : len(s) - 1] = torch.tensor(s[:-1])
+                logp = F.log_softmax(self.model(idx.to(self.device)).float(), dim=-1)  # [B, T, V]
+                for r, (i, s) in enumerate(zip(batch, seqs)):
+                    n = len(encoded[i][1])
+                    if n == 0:
+                        out[i] = (0.0, True)
+                        continue
+                    target = torch.tensor(s[-n:], device=self.device)
+                    rows = logp[r, len(s) - 1 - n : len(s) - 1]  # [n, V]
+                    ll = rows.gather(-1, target[:, None]).sum().item()
+                    out[i] = (ll, bool((rows.argmax(-1) == target).all()))
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def generate(self, contexts: Sequence[str], until: Sequence[str], max_new_tokens: int) -> list[str]:
+        """Greedy continuations of ``contexts``, each cut before the first string of ``until``."""
+        from lmforge.inference.engine import Engine, SamplingParams, default_stop_ids
+
+        engine = Engine(self.model, self.tok)
+        params = SamplingParams(
+            max_new_tokens=max_new_tokens,
+            temperature=0,
+            stop=list(until),
+            stop_ids=default_stop_ids(self.tok),
+        )
+        out = []
+        for start in range(0, len(contexts), self.batch_size):
+            prompts = [[self.bos_id] + self.encode(c) for c in contexts[start : start + self.batch_size]]
+            out += [c.text for c in engine.generate(prompts, params)]
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
+# prompts and scoring
+
+
+def prompts(task: Task, k: int, seed: int) -> list[str]:
+    """The k-shot context of every document of ``task``."""
+    pool = task.fewshot_pool if task.fewshot_pool is not None else task.docs
+    same = task.fewshot_pool is None
+    out = []
+    for i, doc in enumerate(task.docs):
+        shots = select_shots(pool, k, seed, i, same_split=same)
+        out.append(build_prompt(doc.query, [(s.query, s.target) for s in shots], task.fmt))
+    return out
+
+
+def evaluate_task(lm: LM, task: Task, *, k: int = 0, seed: int = 1234) -> dict[str, Any]:
+    """Run ``task`` with ``k`` shots; returns ``{"metrics": {...}, "n": int, "example": first prompt}``."""
+    contexts = prompts(task, k, seed)
+    if task.kind in ("multiple_choice", "classification"):
+        metrics = _score_choices(lm, task, contexts)
+    else:
+        metrics = _score_generation(lm, task, contexts)
+    log.info("%s (%d-shot, %d docs): %s", task.name, k, len(task.docs), _brief(metrics))
+    return {"metrics": metrics, "n": len(task.docs), "k": k, "example": contexts[0] if contexts else ""}
+
+
+def _score_choices(lm: LM, task: Task, contexts: list[str]) -> dict[str, float]:
+    delim = task.fmt.target_delimiter
+    pairs = [(ctx, delim + choice) for ctx, doc in zip(contexts, task.docs) for choice in doc.choices]
+    scores = [ll for ll, _ in lm.loglikelihood(pairs)]
+    picks, picks_norm, at = [], [], 0
+    for doc in task.docs:
+        lls = scores[at : at + len(doc.choices)]
+        at += len(doc.choices)
+        picks.append(max(range(len(lls)), key=lls.__getitem__))
+        norm = [ll / max(1, len(c)) for ll, c in zip(lls, doc.choices)]
+        picks_norm.append(max(range(len(norm)), key=norm.__getitem__))
+    golds = [doc.gold for doc in task.docs]
+    if task.kind == "multiple_choice":
+        n = len(golds)
+        return {
+            "acc": sum(p == g for p, g in zip(picks, golds)) / n,
+            "acc_norm": sum(p == g for p, g in zip(picks_norm, golds)) / n,
+        }
+    from lmforge.eval.classification import classification_metrics, flat_metrics
+
+    names = task.labels or tuple(task.docs[0].choices)
+    result = classification_metrics([names[g] for g in golds], [names[p] for p in picks], labels=list(names))
+    return flat_metrics(result)
+
+
+def _score_generation(lm: LM, task: Task, contexts: list[str]) -> dict[str, float]:
+    from lmforge.eval.metrics import score_generations
+
+    outputs = lm.generate(contexts, task.until, task.max_new_tokens)
+    predictions = [extract_answer(o, task.answer_regex) for o in outputs]
+    return score_generations(predictions, [d.references for d in task.docs], task.metrics)
+
+
+def extract_answer(output: str, regex: str) -> str:
+    """``output`` stripped, or the first match of ``regex`` in it (group 1 when the pattern has one)."""
+    if not regex:
+        return output.strip()
+    m = re.search(regex, output)
+    if m is None:
+        return ""
+    return (m.group(1) if m.groups() else m.group(0)).strip()
+
+
+def _brief(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in list(metrics.items())[:4])
+
+
+# --------------------------------------------------------------------------------------------------
+# built-in tasks and YAML task files
+
+
+def _sst2(d: Path, split: str) -> list[Doc]:
+    return loaders.labelled_lines(d / "sst2" / f"stsa.binary.{split}", ["negative", "positive"])
+
+
+def _translation(d: Path, src: str, tgt: str, names: tuple[str, str], folder: str, split: str) -> list[Doc]:
+    if folder == "multi30k":
+        return loaders.translation(d / folder / f"{split}.{src}.gz", d / folder / f"{split}.{tgt}.gz", *names)
+    return loaders.translation(
+        d / folder / f"europarl-v7.fr-en.{src}", d / folder / f"europarl-v7.fr-en.{tgt}", *names
+    )
+
+
+@dataclass(frozen=True)
+class Builtin:
+    kind: str
+    docs: Callable[[Path], list[Doc]]
+    pool: Callable[[Path], list[Doc]] | None = None
+    settings: dict = field(default_factory=dict)
+
+
+BUILTIN: dict[str, Builtin] = {
+    "hellaswag": Builtin(
+        "multiple_choice", lambda d: loaders.hellaswag(d / "hellaswag" / "hellaswag_val_full.txt.bz2")
+    ),
+    "arc_easy": Builtin(
+        "multiple_choice",
+        lambda d: loaders.arc(d / "arc" / "ARC-Easy-Dev.jsonl"),
+        lambda d: loaders.arc(d / "arc" / "ARC-Easy-Train.jsonl"),
+    ),
+    "arc_challenge": Builtin(
+        "multiple_choice",
+        lambda d: loaders.arc(d / "arc" / "ARC-Challenge-Dev.jsonl"),
+        lambda d: loaders.arc(d / "arc" / "ARC-Challenge-Train.jsonl"),
+    ),
+    "boolq": Builtin("multiple_choice", lambda d: loaders.boolq(d / "boolq" / "dev.jsonl")),
+    "sst2": Builtin("classification", lambda d: _sst2(d, "dev"), lambda d: _sst2(d, "train")),
+    "squad": Builtin(
+        "generation",
+        lambda d: loaders.squad(d / "squad-v1.1" / "dev-v1.1.json.zip"),
+        settings={"metrics": ("exact_match", "f1"), "until": ("\n",), "max_new_tokens": 24},
+    ),
+    "gsm8k": Builtin(
+        "generation",
+        lambda d: loaders.gsm8k(d / "gsm8k" / "train.jsonl"),
+        settings={
+            "metrics": ("exact_match",),
+            "until": ("\n\n", "Question:"),
+            "max_new_tokens": 128,
+            "answer_regex": r"####\s*(-?[0-9.,]+)",
+        },
+    ),
+    "multi30k_en_de": Builtin(
+        "generation",
+        lambda d: _translation(d, "en", "de", ("English", "German"), "multi30k", "val"),
+        lambda d: _translation(d, "en", "de", ("English", "German"), "multi30k", "train"),
+        {"metrics": ("bleu", "chrf"), "until": ("\n",), "max_new_tokens": 48},
+    ),
+    "europarl_en_fr": Builtin(
+        "generation",
+        lambda d: _translation(d, "en", "fr", ("English", "French"), "europarl-en-fr-20k", ""),
+        settings={"metrics": ("bleu", "chrf"), "until": ("\n",), "max_new_tokens": 48},
+    ),
+}
+
+
+@dataclass
+class TaskSpec:
+    """A task described in YAML over a jsonl or csv file (``docs/eval.md`` has examples)."""
+
+    name: str = opt("", "task name (default: the YAML file's stem)")
+    kind: Literal["multiple_choice", "classification", "generation"] = opt(
+        "multiple_choice", "how it is scored"
+    )
+    path: str = opt("", "jsonl or csv file of documents, relative to the YAML file", path=True)
+    fewshot_path: str = opt("", "file of few-shot examples (default: the documents, each excluding itself)")
+    template: str = opt("{question}", "the query: a Python format string over a row's fields")
+    choices: str = opt("choices", "multiple choice: the field holding the list of choices")
+    labels: list[str] = opt([], "classification: label words; the answer field holds an index or a label")
+    answer: str = opt("answer", "field of the answer: choice index, letter or text; or the reference(s)")
+    instruction: str = opt("", "text before the examples")
+    example_separator: str = opt("\n\n", "between examples")
+    target_delimiter: str = opt(" ", "between a query and its answer")
+    metrics: list[str] = opt(["exact_match"], "generation metrics: exact_match f1 bleu chrf rouge")
+    until: list[str] = opt(["\n"], "generation stop strings")
+    max_new_tokens: int = opt(32, "generation length limit")
+    answer_regex: str = opt("", "generation: score the first match of this regex (group 1 if any)")
+
+    def validate(self) -> None:
+        if not self.path:
+            raise ConfigError("path", "a task file needs the path of its data (jsonl or csv)")
+        if self.kind == "classification" and not self.labels:
+            raise ConfigError("labels", "a classification task needs its label words")
+        from lmforge.eval.metrics import GENERATION_METRICS
+
+        bad = [m for m in self.metrics if m not in GENERATION_METRICS]
+        if bad:
+            raise ConfigError("metrics", f"unknown metric {bad[0]!r}; valid: {', '.join(GENERATION_METRICS)}")
+
+
+def _spec_docs(spec: TaskSpec, path: Path) -> list[Doc]:
+    docs = []
+    for n, row in enumerate(loaders.read_records(path), 1):
+        try:
+            query = spec.template.format(**row)
+            answer = row[spec.answer]
+            if spec.kind == "generation":
+                docs.append(
+                    Doc(query, references=[answer] if isinstance(answer, str) else [str(a) for a in answer])
+                )
+                continue
+            choices = list(spec.labels) if spec.kind == "classification" else list(row[spec.choices])
+            docs.append(Doc(query, choices, _answer_index(answer, choices)))
+        except (KeyError, ValueError, TypeError) as e:
+            raise InputError(f"{path}: row {n}: {type(e).__name__}: {e}") from None
+    return docs
+
+
+def _answer_index(answer: Any, choices: list[str]) -> int:
+    """An answer given as an index, a letter (A, B, ...) or the choice's text → its index."""
+    if isinstance(answer, int) or (isinstance(answer, str) and answer.strip().isdigit()):
+        i = int(answer)
+    elif isinstance(answer, str) and answer in choices:
+        i = choices.index(answer)
+    elif isinstance(answer, str) and len(answer) == 1 and answer.isalpha():
+        i = ord(answer.upper()) - ord("A")
+    else:
+        raise ValueError(f"answer {answer!r} is not an index, a letter or one of {choices}")
+    if not 0 <= i < len(choices):
+        raise ValueError(f"answer {answer!r} is outside the {len(choices)} choices")
+    return i
+
+
+def load_task(name_or_path: str, *, data_dir: str | Path = "", limit: int = 0) -> Task:
+    """A built-in task by name (data under ``data_dir``) or a YAML task file; at most ``limit`` docs.
+
+    Raises:
+        ConfigError: an unknown name, or a bad YAML task file.
+        InputError: missing or malformed data.
+    """
+    if name_or_path.endswith((".yaml", ".yml")):
+        path = Path(name_or_path)
+        spec = from_dict(TaskSpec, load_yaml(path), prefix=path.name)
+        base = path.parent
+        docs = _spec_docs(spec, base / spec.path)
+        pool = _spec_docs(spec, base / spec.fewshot_path) if spec.fewshot_path else None
+        fmt = PromptFormat(spec.instruction, spec.example_separator, spec.target_delimiter)
+        task = Task(
+            spec.name or path.stem,
+            spec.kind,
+            docs,
+            pool,
+            fmt,
+            tuple(spec.metrics),
+            tuple(spec.labels),
+            tuple(spec.until),
+            spec.max_new_tokens,
+            spec.answer_regex,
+        )
+    elif name_or_path in BUILTIN:
+        if not data_dir:
+            raise ConfigError(
+                "data_dir", f"built-in task {name_or_path!r} needs data_dir (e.g. ../shared/data)"
+            )
+        b, d = BUILTIN[name_or_path], Path(data_dir)
+        task = Task(name_or_path, b.kind, b.docs(d), b.pool(d) if b.pool else None, **b.settings)
+    else:
+        raise ConfigError(
+            "tasks", f"unknown task {name_or_path!r}; built-in: {', '.join(BUILTIN)}, or a .yaml task file"
+        )
+    if limit:
+        task.docs = task.docs[:limit]
+    if not task.docs:
+        raise InputError(f"task {task.name}: no documents")
+    return task
