@@ -246,3 +246,19 @@ def test_muon_and_l1_train_and_their_state_reloads(micro_run, tmp_path):
     ddp.load_full_state_dicts(model, optimizers, ckpt.load_weights(last, cfg), state["optimizer"])
     muon_state = optimizers[0].state_dict()["state"]
     assert len(muon_state) > 0 and all("momentum_buffer" in v for v in muon_state.values())
+
+
+def test_schedule_clock_time_follows_the_budget():
+    """schedule_clock=time: the schedule sees the step the elapsed share of max_time_s stands for when
+    that is further along than the step count, so a slow machine still decays to min_lr at the budget."""
+    from lmforge.errors import ConfigError
+    from lmforge.stages.pretrain import Config, _schedule_step
+
+    steps = Config(max_steps=1000, max_time_s=100.0)
+    timed = Config(max_steps=1000, max_time_s=100.0, schedule_clock="time")
+    assert _schedule_step(steps, 10, elapsed=50.0) == 10
+    assert _schedule_step(timed, 10, elapsed=50.0) == 500
+    assert _schedule_step(timed, 800, elapsed=50.0) == 800  # steps ahead of the clock: steps count
+    assert _schedule_step(timed, 10, elapsed=250.0) == 1000  # never past max_steps
+    with pytest.raises(ConfigError, match="max_time_s"):  # no budget: the clock has nothing to follow
+        Config(max_steps=1000, schedule_clock="time").validate()

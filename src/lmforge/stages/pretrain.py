@@ -48,6 +48,11 @@ class Config:
     schedule: Literal["cosine", "linear", "constant", "wsd"] = opt(
         "cosine", "learning-rate schedule after warmup"
     )
+    schedule_clock: Literal["steps", "time"] = opt(
+        "steps",
+        "what the schedule's progress counts: steps, or (with max_time_s) whichever of steps and the time"
+        " budget is further along, so the decay ends at the budget however fast the machine is",
+    )
     optimizer: Literal["adamw", "muon"] = opt(
         "adamw", "adamw, or muon for the blocks' matrices (AdamW for the rest)"
     )
@@ -99,6 +104,8 @@ class Config:
         ):
             if getattr(self, key) < 0:
                 raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
+        if self.schedule_clock == "time" and self.max_time_s <= 0:
+            raise ConfigError("schedule_clock", "'time' follows the time budget: set max_time_s > 0")
         for key in ("beta1", "beta2"):
             if not 0 <= getattr(self, key) < 1:
                 raise ConfigError(key, f"must be in [0, 1), got {getattr(self, key)}")
@@ -255,7 +262,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     while step < cfg.max_steps:
         t0 = time.perf_counter()
         lr = lr_at(
-            step,
+            _schedule_step(cfg, step, elapsed_before + t0 - start),
             max_steps=cfg.max_steps,
             base_lr=cfg.lr,
             warmup_steps=cfg.warmup_steps,
@@ -375,6 +382,18 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         "early_stopped": int(stop_reason == "early_stop"),
         "world_size": rt.world_size,
     }
+
+
+def _schedule_step(cfg: Config, step: int, elapsed: float) -> int:
+    """The step the learning-rate schedule sees: ``step``, or with ``schedule_clock: time`` the step that
+    the elapsed share of ``max_time_s`` corresponds to when that is further along (ranks agree: mean)."""
+    if cfg.schedule_clock != "time" or cfg.max_time_s <= 0:
+        return step
+    from lmforge.training import distributed as ddp
+
+    _, world = ddp.world()
+    elapsed = ddp.all_reduce_sum(elapsed) / world
+    return min(cfg.max_steps, max(step, int(cfg.max_steps * elapsed / cfg.max_time_s)))
 
 
 def _token_id(tok: Any, token: str) -> int:
