@@ -1,5 +1,18 @@
-"""Language-model evaluation: loss, perplexity and bits per byte on a token stream, and the unigram baseline."""
+"""Evaluation: language-model metrics (lm.py), tasks with k-shot prompts (tasks.py, fewshot.py,
+loaders.py), generation metrics (metrics.py), classification metrics, probes, the harness adapter.
 
-from lmforge.eval.lm import evaluate_lm, unigram_entropy
+``evaluate_lm`` and ``unigram_entropy`` are re-exported lazily, so importing a torch-free module of
+this package (``loaders``, ``metrics``) does not load torch.
+"""
+
+from typing import Any
 
 __all__ = ["evaluate_lm", "unigram_entropy"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from lmforge.eval import lm
+
+        return getattr(lm, name)
+    raise AttributeError(f"module 'lmforge.eval' has no attribute {name!r}")

@@ -23,7 +23,7 @@ import io
 import json
 import re
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,3 +167,71 @@ def translation(src: Path, tgt: Path, src_name: str, tgt_name: str) -> list[Doc]
     return [
         Doc(f"{src_name}: {s}\n{tgt_name}:", references=[t]) for s, t in zip(a, b) if s.strip() and t.strip()
     ]
+
+
+# built-in tasks: name → kind, documents, few-shot pool, task settings (data under a data_dir)
+
+
+def _sst2(d: Path, split: str) -> list[Doc]:
+    return labelled_lines(d / "sst2" / f"stsa.binary.{split}", ["negative", "positive"])
+
+
+def _translation(d: Path, src: str, tgt: str, names: tuple[str, str], folder: str, split: str) -> list[Doc]:
+    if folder == "multi30k":
+        return translation(d / folder / f"{split}.{src}.gz", d / folder / f"{split}.{tgt}.gz", *names)
+    return translation(
+        d / folder / f"europarl-v7.fr-en.{src}", d / folder / f"europarl-v7.fr-en.{tgt}", *names
+    )
+
+
+@dataclass(frozen=True)
+class Builtin:
+    kind: str
+    docs: Callable[[Path], list[Doc]]
+    pool: Callable[[Path], list[Doc]] | None = None
+    settings: dict = field(default_factory=dict)
+
+
+BUILTIN: dict[str, Builtin] = {
+    "hellaswag": Builtin(
+        "multiple_choice", lambda d: hellaswag(d / "hellaswag" / "hellaswag_val_full.txt.bz2")
+    ),
+    "arc_easy": Builtin(
+        "multiple_choice",
+        lambda d: arc(d / "arc" / "ARC-Easy-Dev.jsonl"),
+        lambda d: arc(d / "arc" / "ARC-Easy-Train.jsonl"),
+    ),
+    "arc_challenge": Builtin(
+        "multiple_choice",
+        lambda d: arc(d / "arc" / "ARC-Challenge-Dev.jsonl"),
+        lambda d: arc(d / "arc" / "ARC-Challenge-Train.jsonl"),
+    ),
+    "boolq": Builtin("multiple_choice", lambda d: boolq(d / "boolq" / "dev.jsonl")),
+    "sst2": Builtin("classification", lambda d: _sst2(d, "dev"), lambda d: _sst2(d, "train")),
+    "squad": Builtin(
+        "generation",
+        lambda d: squad(d / "squad-v1.1" / "dev-v1.1.json.zip"),
+        settings={"metrics": ("exact_match", "f1"), "until": ("\n",), "max_new_tokens": 24},
+    ),
+    "gsm8k": Builtin(
+        "generation",
+        lambda d: gsm8k(d / "gsm8k" / "train.jsonl"),
+        settings={
+            "metrics": ("exact_match",),
+            "until": ("\n\n", "Question:"),
+            "max_new_tokens": 128,
+            "answer_regex": r"####\s*(-?[0-9.,]+)",
+        },
+    ),
+    "multi30k_en_de": Builtin(
+        "generation",
+        lambda d: _translation(d, "en", "de", ("English", "German"), "multi30k", "val"),
+        lambda d: _translation(d, "en", "de", ("English", "German"), "multi30k", "train"),
+        {"metrics": ("bleu", "chrf"), "until": ("\n",), "max_new_tokens": 48},
+    ),
+    "europarl_en_fr": Builtin(
+        "generation",
+        lambda d: _translation(d, "en", "fr", ("English", "French"), "europarl-en-fr-20k", ""),
+        settings={"metrics": ("bleu", "chrf"), "until": ("\n",), "max_new_tokens": 48},
+    ),
+}

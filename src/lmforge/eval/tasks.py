@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,7 +35,7 @@ from lmforge.config import ConfigError, from_dict, load_yaml, opt
 from lmforge.errors import InputError
 from lmforge.eval import loaders
 from lmforge.eval.fewshot import PromptFormat, build_prompt, select_shots
-from lmforge.eval.loaders import Doc
+from lmforge.eval.loaders import BUILTIN, Doc
 
 log = logging.getLogger(__name__)
 
@@ -211,71 +211,6 @@ def _brief(metrics: dict[str, float]) -> str:
 
 # --------------------------------------------------------------------------------------------------
 # built-in tasks and YAML task files
-
-
-def _sst2(d: Path, split: str) -> list[Doc]:
-    return loaders.labelled_lines(d / "sst2" / f"stsa.binary.{split}", ["negative", "positive"])
-
-
-def _translation(d: Path, src: str, tgt: str, names: tuple[str, str], folder: str, split: str) -> list[Doc]:
-    if folder == "multi30k":
-        return loaders.translation(d / folder / f"{split}.{src}.gz", d / folder / f"{split}.{tgt}.gz", *names)
-    return loaders.translation(
-        d / folder / f"europarl-v7.fr-en.{src}", d / folder / f"europarl-v7.fr-en.{tgt}", *names
-    )
-
-
-@dataclass(frozen=True)
-class Builtin:
-    kind: str
-    docs: Callable[[Path], list[Doc]]
-    pool: Callable[[Path], list[Doc]] | None = None
-    settings: dict = field(default_factory=dict)
-
-
-BUILTIN: dict[str, Builtin] = {
-    "hellaswag": Builtin(
-        "multiple_choice", lambda d: loaders.hellaswag(d / "hellaswag" / "hellaswag_val_full.txt.bz2")
-    ),
-    "arc_easy": Builtin(
-        "multiple_choice",
-        lambda d: loaders.arc(d / "arc" / "ARC-Easy-Dev.jsonl"),
-        lambda d: loaders.arc(d / "arc" / "ARC-Easy-Train.jsonl"),
-    ),
-    "arc_challenge": Builtin(
-        "multiple_choice",
-        lambda d: loaders.arc(d / "arc" / "ARC-Challenge-Dev.jsonl"),
-        lambda d: loaders.arc(d / "arc" / "ARC-Challenge-Train.jsonl"),
-    ),
-    "boolq": Builtin("multiple_choice", lambda d: loaders.boolq(d / "boolq" / "dev.jsonl")),
-    "sst2": Builtin("classification", lambda d: _sst2(d, "dev"), lambda d: _sst2(d, "train")),
-    "squad": Builtin(
-        "generation",
-        lambda d: loaders.squad(d / "squad-v1.1" / "dev-v1.1.json.zip"),
-        settings={"metrics": ("exact_match", "f1"), "until": ("\n",), "max_new_tokens": 24},
-    ),
-    "gsm8k": Builtin(
-        "generation",
-        lambda d: loaders.gsm8k(d / "gsm8k" / "train.jsonl"),
-        settings={
-            "metrics": ("exact_match",),
-            "until": ("\n\n", "Question:"),
-            "max_new_tokens": 128,
-            "answer_regex": r"####\s*(-?[0-9.,]+)",
-        },
-    ),
-    "multi30k_en_de": Builtin(
-        "generation",
-        lambda d: _translation(d, "en", "de", ("English", "German"), "multi30k", "val"),
-        lambda d: _translation(d, "en", "de", ("English", "German"), "multi30k", "train"),
-        {"metrics": ("bleu", "chrf"), "until": ("\n",), "max_new_tokens": 48},
-    ),
-    "europarl_en_fr": Builtin(
-        "generation",
-        lambda d: _translation(d, "en", "fr", ("English", "French"), "europarl-en-fr-20k", ""),
-        settings={"metrics": ("bleu", "chrf"), "until": ("\n",), "max_new_tokens": 48},
-    ),
-}
 
 
 @dataclass

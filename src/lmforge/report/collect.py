@@ -92,6 +92,7 @@ class RunData:
     evals: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     samples: list[SampleSet] = field(default_factory=list)
     finetune: list[FinetuneResult] = field(default_factory=list)
+    eval_tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # eval instance → tables
 
 
 def load_stages(run_dir: Path) -> list[Stage]:
@@ -139,6 +140,7 @@ def collect(run_dir: Path) -> RunData:
                 run.finetune.append(_finetune(stage))
         elif stage.kind == "eval" and stage.metrics:
             run.evals.append((stage.instance, stage.metrics))
+            run.eval_tables[stage.instance] = _report_tables(stage)
         elif stage.kind == "generate":
             pairs = [
                 (str(row.get("prompt", "")), str(row.get("completion", "")))
@@ -169,6 +171,12 @@ def _data_stats(stage: Stage) -> DataStats | None:
 
 def _finetune(stage: Stage) -> FinetuneResult:
     """Metrics of a fine-tuning stage and the well-formed tables of its ``report.json`` (if any)."""
+    metrics = {k: v for k, v in stage.metrics.items() if _is_number(v)}
+    return FinetuneResult(stage.instance, stage.kind, metrics, _report_tables(stage))
+
+
+def _report_tables(stage: Stage) -> list[dict[str, Any]]:
+    """The well-formed ``{title, header, rows}`` tables of a stage's ``report.json`` (if any)."""
     data = _read_json(stage.dir / "report.json") if (stage.dir / "report.json").exists() else None
     tables = []
     for table in data.get("tables", []) if isinstance(data, dict) else []:
@@ -180,8 +188,7 @@ def _finetune(stage: Stage) -> FinetuneResult:
             tables.append(
                 {"title": str(table.get("title", "")), "header": table["header"], "rows": table["rows"]}
             )
-    metrics = {k: v for k, v in stage.metrics.items() if _is_number(v)}
-    return FinetuneResult(stage.instance, stage.kind, metrics, tables)
+    return tables
 
 
 def _curve(stage: Stage) -> Curve:

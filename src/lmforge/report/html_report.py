@@ -76,7 +76,13 @@ TEMPLATE = """\
 {% endif %}
 {% if evals %}
 <h2>Evaluation</h2>
-{% for instance, rows in evals %}<h3>{{ instance }}</h3>{{ metrics_table(rows) }}{% endfor %}
+{% for instance, rows, tables in evals %}<h3>{{ instance }}</h3>
+{% for table in tables %}<p><strong>{{ table.title }}</strong></p>
+<table><tr>{% for h in table.header %}<th>{{ h }}</th>{% endfor %}</tr>
+{% for row in table.rows %}<tr>{% for cell in row %}<td>{{ cell }}</td>{% endfor %}</tr>
+{% endfor %}</table>
+{% endfor %}
+{{ metrics_table(rows) }}{% endfor %}
 {% endif %}
 {% if finetune %}
 <h2>Fine-tuning</h2>
@@ -139,7 +145,14 @@ def to_html(run: RunData, images: Sequence[Image]) -> str:
         data=data,
         tokenizer=[(instance, metric_rows(metrics)) for instance, metrics in run.tokenizer],
         figures=figures,
-        evals=[(instance, metric_rows(metrics)) for instance, metrics in run.evals],
+        evals=[
+            (
+                instance,
+                metric_rows(metrics),
+                [{**t, "rows": table_rows(t["rows"])} for t in run.eval_tables.get(instance, [])],
+            )
+            for instance, metrics in run.evals
+        ],
         samples=[(s.instance, s.samples) for s in run.samples],
         finetune=[
             {

@@ -35,7 +35,7 @@ def to_markdown(run: RunData, images: Sequence[Image]) -> str:
     if images:
         sections.append(_training_section(run, images))
     if run.evals:
-        sections.append(_metric_section("Evaluation", run.evals))
+        sections.append(_eval_section(run))
     if run.finetune:
         sections.append(_finetune_section(run))
     if run.samples:
@@ -62,6 +62,19 @@ def _metric_section(title: str, groups: list[tuple[str, dict]]) -> str:
     parts = [f"## {title}"]
     for instance, metrics in groups:
         parts.append(f"### {_text(instance)}\n\n" + _table(("metric", "value"), metric_rows(metrics)))
+    return "\n\n".join(parts)
+
+
+def _eval_section(run: RunData) -> str:
+    """Each eval stage: its tables (tasks × checkpoints, probes) then its metrics."""
+    parts = ["## Evaluation"]
+    for instance, metrics in run.evals:
+        parts.append(f"### {_text(instance)}")
+        for table in run.eval_tables.get(instance, []):
+            parts.append(
+                f"**{_text(table['title'])}**\n\n" + _table(table["header"], table_rows(table["rows"]))
+            )
+        parts.append(_table(("metric", "value"), metric_rows(metrics)))
     return "\n\n".join(parts)
 
 

@@ -1,15 +1,27 @@
-"""Evaluate a pretrained checkpoint on the validation split: loss, perplexity and bits per byte.
+"""Evaluate checkpoints: language-model metrics, k-shot tasks, bias and memorisation probes.
 
-It also computes the unigram baseline (the cross-entropy of the validation tokens under the
-training set's token frequencies), the number a model that ignores context would reach, so the
-report shows how much the transformer learned beyond word counts.
+For the checkpoint ``model`` (and each of ``compare``, side by side):
+
+- Language modelling on the token split (``split``, from the tokenizer stage) and on any ``text``
+  inputs (a text file, tokenised with the checkpoint's tokenizer, or a token directory with
+  ``index.json``): loss, perplexity, bits per byte; plus, for the split, the unigram baseline (the
+  cross-entropy under the training set's token frequencies), the number a model that ignores context
+  would reach.
+- ``tasks`` (built-in names, with data under ``data_dir``, or YAML task files) at every k in ``shots``.
+- ``probes``: ``bias`` and ``memorisation`` (``eval/probes.py``).
+
+Writes ``eval.json`` (every number, per checkpoint) and ``report.json`` (the tables the run report
+shows: tasks × checkpoints, probes). The manifest's metrics are the first checkpoint's, flat:
+``val_loss``, ``{task}_{k}shot_{metric}``, ``bias_*``, ``memo_*``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
@@ -18,7 +30,8 @@ from lmforge.runstore import StageContext, run_stage
 log = logging.getLogger(__name__)
 
 STAGE = "eval"
-VERSION = 1
+VERSION = 2
+PROBES = ("bias", "memorisation")
 
 
 @dataclass
@@ -26,11 +39,19 @@ class Config:
     """Options of ``lmforge eval``."""
 
     model: str = opt("@pretrain", "a checkpoint directory, or a training stage directory", path=True)
-    tokenizer: str = opt("@tokenizer", "tokenizer stage directory holding the token shards", path=True)
+    tokenizer: str = opt("@tokenizer", "tokenizer stage with token shards ('' = no split metrics)", path=True)
     out: str = opt("", "output stage directory", path=True)
     checkpoint: Literal["best", "last"] = opt("best", "which checkpoint of a training stage to evaluate")
+    compare: list[str] = opt([], "more checkpoints or training stages to evaluate side by side", path=True)
     split: Literal["val", "train"] = opt("val", "token split to evaluate")
     max_tokens: int = opt(0, "evaluate at most this many tokens (0 = the whole split)")
+    text: list[str] = opt([], "more text files or token directories to compute LM metrics on", path=True)
+    tasks: list[str] = opt([], "tasks: built-in names (hellaswag, arc_easy, ...) or YAML task files")
+    shots: list[int] = opt([0], "k of the k-shot prompts; each task runs at every k")
+    limit: int = opt(200, "documents per task (0 = all)")
+    seed: int = opt(1234, "seed of the few-shot example selection")
+    data_dir: str = opt("", "directory holding built-in task data (e.g. ../shared/data)", path=True)
+    probes: list[Literal["bias", "memorisation"]] = opt([], "probes to run: bias, memorisation")
     batch_size: int = opt(16, "sequences per forward pass")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
 
@@ -39,6 +60,21 @@ class Config:
             raise ConfigError("batch_size", f"must be >= 1, got {self.batch_size}")
         if self.max_tokens < 0:
             raise ConfigError("max_tokens", f"must be >= 0, got {self.max_tokens}")
+        if self.limit < 0:
+            raise ConfigError("limit", f"must be >= 0, got {self.limit}")
+        if not self.shots or any(k < 0 for k in self.shots):
+            raise ConfigError("shots", f"need one or more k >= 0, got {self.shots}")
+        if "memorisation" in self.probes and not self.tokenizer:
+            raise ConfigError("probes", "the memorisation probe reads the token shards: set tokenizer")
+        from lmforge.eval.loaders import BUILTIN
+
+        for t in self.tasks:
+            if not t.endswith((".yaml", ".yml")) and t not in BUILTIN:
+                raise ConfigError(
+                    "tasks", f"unknown task {t!r}; built-in: {', '.join(BUILTIN)}, or a .yaml file"
+                )
+            if t in BUILTIN and not self.data_dir:
+                raise ConfigError("data_dir", f"built-in task {t!r} needs data_dir (e.g. ../shared/data)")
 
 
 INPUTS = ("model", "tokenizer")
@@ -48,51 +84,89 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Evaluate (or return the cached result); returns the stage manifest."""
     if not cfg.out:
         raise ConfigError("out", "an output directory is required (e.g. --out runs/x/eval)")
-    return run_stage(
-        STAGE,
-        cfg,
-        out=cfg.out,
-        inputs={"model": cfg.model, "tokenizer": cfg.tokenizer},
-        work=evaluate,
-        version=VERSION,
-        force=force,
-    )
+    inputs: dict[str, str] = {"model": cfg.model}
+    if cfg.tokenizer:
+        inputs["tokenizer"] = cfg.tokenizer
+    inputs.update({f"compare_{i}": c for i, c in enumerate(cfg.compare)})
+    inputs.update({f"text_{i}": t for i, t in enumerate(cfg.text)})
+    inputs.update({f"task_{i}": t for i, t in enumerate(cfg.tasks) if t.endswith((".yaml", ".yml"))})
+    return run_stage(STAGE, cfg, out=cfg.out, inputs=inputs, work=evaluate, version=VERSION, force=force)
 
 
 def evaluate(cfg: Config, ctx: StageContext) -> dict[str, float]:
-    """Score the split with the model and with the unigram baseline."""
-    from lmforge.eval.lm import evaluate_lm, unigram_entropy
+    """Evaluate every checkpoint; write ``eval.json`` and ``report.json``; return the first's metrics."""
+    from lmforge.eval.tasks import load_task
     from lmforge.runtime import create_runtime
-    from lmforge.tokenizer.shards import open_tokens
-    from lmforge.tokenizer.train import load_tokenizer, token_byte_lengths
-    from lmforge.training.checkpoint import load_model, resolve_checkpoint
+    from lmforge.training.checkpoint import resolve_checkpoint
 
     rt = create_runtime(cfg.device, "fp32", seed=0)
-    ckpt_dir = resolve_checkpoint(ctx.inputs["model"], cfg.checkpoint)
-    model, mcfg = load_model(ckpt_dir, device=rt.device)
-    tok = load_tokenizer(ckpt_dir / "tokenizer.json")
-    tokens_dir = ctx.inputs["tokenizer"] / "tokens"
-    tokens = open_tokens(tokens_dir / cfg.split)
-    r = evaluate_lm(
-        model,
-        tokens,
-        block_size=mcfg.block_size,
-        batch_size=cfg.batch_size,
-        token_bytes=token_byte_lengths(tok),
-        max_tokens=cfg.max_tokens or None,
-        device=rt.device,
+    tasks = [load_task(t, data_dir=cfg.data_dir, limit=cfg.limit) for t in cfg.tasks]
+    sources = [ctx.inputs["model"]] + [ctx.inputs[f"compare_{i}"] for i in range(len(cfg.compare))]
+    results: dict[str, dict[str, Any]] = {}
+    for src in sources:
+        ckpt = resolve_checkpoint(src, cfg.checkpoint)
+        name = _unique(f"{src.name}/{ckpt.name}" if ckpt != src else src.name, results)
+        results[name] = _evaluate_checkpoint(cfg, ctx, ckpt, tasks, rt.device)
+    (ctx.dir / "eval.json").write_text(json.dumps({"checkpoints": results}, indent=2, ensure_ascii=False))
+    (ctx.dir / "report.json").write_text(
+        json.dumps({"tables": _tables(results)}, indent=2, ensure_ascii=False)
     )
+    return next(iter(results.values()))["metrics"]
+
+
+def _evaluate_checkpoint(
+    cfg: Config, ctx: StageContext, ckpt: Path, tasks: list, device: Any
+) -> dict[str, Any]:
+    from lmforge.eval.probes import bias_probe, memorisation_probe
+    from lmforge.eval.tasks import LM, evaluate_task
+    from lmforge.tokenizer.shards import open_tokens
+    from lmforge.tokenizer.train import load_tokenizer, special_id
+    from lmforge.training.checkpoint import load_model
+
+    model, mcfg = load_model(ckpt, device=device)
+    model.eval()
+    tok = load_tokenizer(ckpt / "tokenizer.json")
+    lm = LM(model, tok, bos_id=special_id(tok, "<|bos|>"), batch_size=cfg.batch_size)
+    metrics: dict[str, float] = {}
+    out: dict[str, Any] = {"checkpoint": str(ckpt), "tasks": {}, "examples": {}}
+    tokens_dir = ctx.inputs["tokenizer"] / "tokens" if "tokenizer" in ctx.inputs else None
+    if tokens_dir is not None:
+        metrics.update(_split_metrics(cfg, lm, tokens_dir, open_tokens))
+    for i, _ in enumerate(cfg.text):
+        path = ctx.inputs[f"text_{i}"]
+        stream = open_tokens(path) if (path / "index.json").is_file() else _encode_text(lm, path)
+        r = _lm_metrics(lm, stream, max_tokens=cfg.max_tokens)
+        metrics.update({f"{_stem(path)}_{k}": v for k, v in r.items()})
+    for task in tasks:
+        for k in cfg.shots:
+            r = evaluate_task(lm, task, k=k, seed=cfg.seed)
+            out["tasks"].setdefault(task.name, {})[f"{k}shot"] = r["metrics"]
+            out["examples"][f"{task.name}_{k}shot"] = r["example"]
+            metrics.update({f"{task.name}_{k}shot_{m}": v for m, v in r["metrics"].items()})
+    if "bias" in cfg.probes:
+        r = bias_probe(lm)
+        metrics.update(r["metrics"])
+        out["bias_worst"] = r["worst"]
+    if "memorisation" in cfg.probes:
+        streams = {s: open_tokens(tokens_dir / s) for s in ("train", "val")}
+        prefix = min(32, mcfg.block_size // 2)
+        metrics.update(
+            memorisation_probe(lm, streams, prefix=prefix, suffix=min(16, mcfg.block_size - prefix))
+        )
+    out["metrics"] = metrics
+    return out
+
+
+def _split_metrics(cfg: Config, lm: Any, tokens_dir: Path, open_tokens: Any) -> dict[str, float]:
+    from lmforge.eval.lm import unigram_entropy
+
+    tokens = open_tokens(tokens_dir / cfg.split)
+    r = _lm_metrics(lm, tokens, max_tokens=cfg.max_tokens, raw=True)
     scored = tokens[: r["tokens"] + 1] if cfg.max_tokens else tokens
-    unigram = unigram_entropy(open_tokens(tokens_dir / "train"), scored, mcfg.vocab_size)
+    unigram = unigram_entropy(open_tokens(tokens_dir / "train"), scored, lm.model.config.vocab_size)
     p = cfg.split
     log.info(
-        "%s on %s: loss %.4f | ppl %.2f | bpb %.4f | unigram baseline %.4f nats/token",
-        ckpt_dir.name,
-        p,
-        r["loss"],
-        r["perplexity"],
-        r["bpb"],
-        unigram,
+        "%s: loss %.4f | ppl %.2f | bpb %.4f | unigram %.4f", p, r["loss"], r["perplexity"], r["bpb"], unigram
     )
     return {
         f"{p}_loss": r["loss"],
@@ -104,3 +178,95 @@ def evaluate(cfg: Config, ctx: StageContext) -> dict[str, float]:
         "unigram_ppl": math.exp(unigram),
         "loss_below_unigram": unigram - r["loss"],
     }
+
+
+def _lm_metrics(lm: Any, tokens: Any, *, max_tokens: int, raw: bool = False) -> dict[str, float]:
+    from lmforge.eval.lm import evaluate_lm
+    from lmforge.tokenizer.train import token_byte_lengths
+
+    r = evaluate_lm(
+        lm.model,
+        tokens,
+        block_size=lm.block_size,
+        batch_size=lm.batch_size,
+        token_bytes=token_byte_lengths(lm.tok),
+        max_tokens=max_tokens or None,
+        device=lm.device,
+    )
+    if raw:
+        return r
+    return {"loss": r["loss"], "ppl": r["perplexity"], "bpb": r["bpb"], "tokens": r["tokens"]}
+
+
+def _encode_text(lm: Any, path: Path) -> Any:
+    """A text file as one token stream: ``<|bos|>`` then its tokens, per blank-line-separated document."""
+    import numpy as np
+
+    from lmforge.eval.loaders import open_text
+
+    docs = [d for d in open_text(path).split("\n\n") if d.strip()]
+    ids: list[int] = []
+    for enc in lm.tok.encode_batch(docs, add_special_tokens=False):
+        ids += [lm.bos_id, *enc.ids]
+    return np.asarray(ids, dtype=np.int64)
+
+
+def _stem(path: Path) -> str:
+    return path.name.split(".")[0] or "text"
+
+
+def _unique(name: str, taken: dict) -> str:
+    out, n = name, 2
+    while out in taken:
+        out, n = f"{name}#{n}", n + 1
+    return out
+
+
+def _tables(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Report tables: tasks (rows task/k/metric, a column per checkpoint), probes, the bias example."""
+    names = list(results)
+    tables = []
+    rows = []
+    first = results[names[0]]["tasks"]
+    for task, by_k in first.items():
+        for k, ms in by_k.items():
+            for m in ms:
+                if "/" in m or m.startswith("per_class") or m.startswith("confusion"):
+                    continue
+                rows.append(
+                    [task, k, m] + [_fmt(results[n]["tasks"].get(task, {}).get(k, {}).get(m)) for n in names]
+                )
+    if rows:
+        tables.append({"title": "Tasks", "header": ["task", "shots", "metric", *names], "rows": rows})
+    probe_keys = [
+        k for k in results[names[0]]["metrics"] if k.startswith(("bias_", "memo_")) and "mean_ll" not in k
+    ]
+    if probe_keys:
+        rows = [[k] + [_fmt(results[n]["metrics"].get(k)) for n in names] for k in probe_keys]
+        tables.append({"title": "Probes", "header": ["probe", *names], "rows": rows})
+    if len(names) > 1:
+        keys = [k for k in results[names[0]]["metrics"] if k.endswith(("_loss", "_bpb", "_ppl"))]
+        rows = [[k] + [_fmt(results[n]["metrics"].get(k)) for n in names] for k in keys]
+        if rows:
+            tables.append({"title": "Language modelling", "header": ["metric", *names], "rows": rows})
+    worst = results[names[0]].get("bias_worst")
+    if worst and worst.get("gap", -1) >= 0:
+        rows = [
+            [
+                worst["axis"],
+                worst["template"],
+                worst["continuation"],
+                worst["most_likely"],
+                worst["least_likely"],
+                _fmt(worst["gap"]),
+            ]
+        ]
+        header = ["axis", "template", "continuation", "most likely term", "least likely term", "gap (nats)"]
+        tables.append({"title": "Largest bias-probe gap", "header": header, "rows": rows})
+    return tables
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

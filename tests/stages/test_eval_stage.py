@@ -1,0 +1,116 @@
+"""``lmforge eval``: k-shot tasks on a checkpoint, LM metrics on a text file, checkpoints side by side,
+eval.json and the report tables; a few-shot HellaSwag/ARC run on ../shared/data when it is present."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmforge.config import from_dict
+from lmforge.errors import ConfigError
+from lmforge.stages import eval as eval_stage
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+WORDS = "the cat sat on a mat and dog ran to park sun moon yes no".split()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_torch_thread: None) -> None:
+    return None
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory) -> Path:
+    from lmforge.model.config import ModelConfig
+    from lmforge.tokenizer.train import save_tokenizer, train_bpe
+    from lmforge.training.checkpoint import build_model, save_checkpoint
+
+    root = tmp_path_factory.mktemp("ckpts")
+    tok = train_bpe([" ".join(WORDS) * 4, " ".join(reversed(WORDS)) * 4] * 10, vocab_size=300)
+    tok_path = save_tokenizer(tok, root / "tok")
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        mcfg = ModelConfig(vocab_size=tok.get_vocab_size(), block_size=128, n_layer=1, n_head=2, n_embd=32)
+        save_checkpoint(root / f"m{seed}", build_model(mcfg), mcfg, tokenizer_path=tok_path)
+    rows = [{"q": f"Is {w} a word?", "choices": ["yes", "no"], "answer": i % 2} for i, w in enumerate(WORDS)]
+    (root / "yn.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (root / "yn.yaml").write_text(
+        "path: yn.jsonl\ntemplate: '{q}\\nAnswer:'\ninstruction: Answer yes or no.\n"
+    )
+    (root / "text.txt").write_text("the cat sat on the mat\n\nthe dog ran to the park\n")
+    return root
+
+
+def test_tasks_text_and_comparison_land_in_eval_json_and_report_tables(ckpts: Path, tmp_path: Path) -> None:
+    cfg = from_dict(
+        eval_stage.Config,
+        {
+            "model": str(ckpts / "m0"),
+            "compare": [str(ckpts / "m1")],
+            "tokenizer": "",
+            "out": str(tmp_path / "eval"),
+            "tasks": [str(ckpts / "yn.yaml")],
+            "shots": [0, 2],
+            "text": [str(ckpts / "text.txt")],
+            "probes": ["bias"],
+        },
+    )
+    m = eval_stage.main(cfg)
+    metrics = m["metrics"]
+    assert 0 <= metrics["yn_2shot_acc"] <= 1 and "yn_0shot_acc_norm" in metrics
+    assert metrics["text_loss"] > 0 and "bias_gender_mean_gap" in metrics
+    data = json.loads((tmp_path / "eval" / "eval.json").read_text())["checkpoints"]
+    assert list(data) == ["m0", "m1"]
+    assert data["m0"]["examples"]["yn_2shot"].startswith("Answer yes or no.\n\n")
+    tables = {t["title"]: t for t in json.loads((tmp_path / "eval" / "report.json").read_text())["tables"]}
+    assert tables["Tasks"]["header"] == ["task", "shots", "metric", "m0", "m1"]
+    assert {"Probes", "Language modelling", "Largest bias-probe gap"} <= set(tables)
+    assert eval_stage.main(cfg)["cached_last"]
+
+
+def test_bad_options_fail_before_work(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown task"):
+        from_dict(eval_stage.Config, {"tasks": ["helaswag"]})
+    with pytest.raises(ConfigError, match="data_dir"):
+        from_dict(eval_stage.Config, {"tasks": ["hellaswag"]})
+    with pytest.raises(ConfigError, match="shots"):
+        from_dict(eval_stage.Config, {"shots": [-1]})
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is absent (only on the development machine)")
+def test_few_shot_hellaswag_and_arc_on_a_checkpoint(ckpts: Path, tmp_path: Path) -> None:
+    cfg = from_dict(
+        eval_stage.Config,
+        {
+            "model": str(ckpts / "m0"),
+            "tokenizer": "",
+            "out": str(tmp_path / "eval"),
+            "tasks": ["hellaswag", "arc_easy"],
+            "shots": [2],
+            "limit": 8,
+            "data_dir": str(SHARED),
+        },
+    )
+    metrics = eval_stage.main(cfg)["metrics"]
+    for name in ("hellaswag_2shot_acc", "hellaswag_2shot_acc_norm", "arc_easy_2shot_acc"):
+        assert 0 <= metrics[name] <= 1
+
+
+def test_eval_tables_land_in_the_run_report(ckpts: Path, tmp_path: Path) -> None:
+    from lmforge.report.render import render_report
+
+    run = tmp_path / "run"
+    cfg = {
+        "model": str(ckpts / "m0"),
+        "tokenizer": "",
+        "out": str(run / "eval"),
+        "tasks": [str(ckpts / "yn.yaml")],
+    }
+    eval_stage.main(from_dict(eval_stage.Config, {**cfg, "shots": [1], "probes": ["bias"]}))
+    md_path, html_path = render_report(run)
+    md, html = md_path.read_text(), html_path.read_text()
+    assert "**Tasks**" in md and "| yn | 1shot | acc |" in md and "**Probes**" in md
+    assert "<strong>Tasks</strong>" in html and "Largest bias-probe gap" in html
