@@ -30,7 +30,7 @@ COMMANDS: dict[str, Command] = {
     "align": Command("", "align from human rankings: collect, reward, ppo, dpo, grpo", 7),
     "eval": Command("lmforge.stages.eval", "evaluate loss, perplexity and bits per byte"),
     "generate": Command("lmforge.stages.generate", "sample text from a checkpoint"),
-    "chat": Command("", "chat with a model in the terminal", 8),
+    "chat": Command("lmforge.stages.chat", "chat with a model in the terminal"),
     "serve": Command("", "serve a model over an OpenAI-compatible HTTP API", 9),
     "export": Command("", "export to Hugging Face transformers and GGUF", 9),
     "scaling": Command("", "sweep, fit and predict scaling laws", 10),

@@ -1,4 +1,5 @@
-"""Sample text from a checkpoint for a list of prompts; writes ``samples.jsonl`` for the report."""
+"""Sample text from a checkpoint for a list of prompts, as one batch through the generation engine;
+writes ``samples.jsonl`` for the report."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from lmforge.runstore import StageContext, run_stage
 log = logging.getLogger(__name__)
 
 STAGE = "generate"
-VERSION = 1
+VERSION = 2
 
 
 @dataclass
@@ -29,6 +30,9 @@ class Config:
     temperature: float = opt(0.8, "sampling temperature (0 = greedy)")
     top_k: int = opt(50, "sample among the k most likely tokens (0 = all)")
     top_p: float = opt(1.0, "nucleus sampling: smallest set with this much probability (1 = off)")
+    min_p: float = opt(0.0, "drop tokens less likely than min_p times the top token (0 = off)")
+    repetition_penalty: float = opt(1.0, "penalise tokens already in the text (CTRL; 1 = off)")
+    stop: list[str] = opt([], "stop strings: a completion ends before the first one")
     seed: int = opt(0, "sampling seed (each prompt uses seed + its index)")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
 
@@ -43,6 +47,12 @@ class Config:
             raise ConfigError("top_k", f"must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise ConfigError("top_p", f"must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_p <= 1:
+            raise ConfigError("min_p", f"must be in [0, 1], got {self.min_p}")
+        if self.repetition_penalty <= 0:
+            raise ConfigError("repetition_penalty", f"must be > 0, got {self.repetition_penalty}")
+        if any(not s for s in self.stop):
+            raise ConfigError("stop", "stop strings must not be empty")
 
 
 INPUTS = ("model",)
@@ -58,35 +68,41 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
 
 
 def sample(cfg: Config, ctx: StageContext) -> dict[str, float]:
-    """Continue every prompt and write one JSON line per sample."""
-    from lmforge.inference.generate import generate
+    """Continue every prompt (one batch) and write one JSON line per sample."""
+    from lmforge.inference.engine import Engine, SamplingParams, default_stop_ids
     from lmforge.runtime import create_runtime
     from lmforge.tokenizer.train import load_tokenizer, special_id
     from lmforge.training.checkpoint import load_model, resolve_checkpoint
 
     rt = create_runtime(cfg.device, "fp32", seed=cfg.seed)
     ckpt_dir = resolve_checkpoint(ctx.inputs["model"], cfg.checkpoint)
-    model, mcfg = load_model(ckpt_dir, device=rt.device)
+    model, _ = load_model(ckpt_dir, device=rt.device)
     tok = load_tokenizer(ckpt_dir / "tokenizer.json")
-    bos, eos = special_id(tok, "<|bos|>"), special_id(tok, "<|eos|>")
-    n_tokens, start = 0, time.perf_counter()
-    with (ctx.dir / "samples.jsonl").open("w", encoding="utf-8") as fh:
-        for i, prompt in enumerate(cfg.prompts):
-            ids = [bos] + tok.encode(prompt).ids
-            new = generate(
-                model,
-                ids,
-                max_new_tokens=cfg.max_new_tokens,
-                block_size=mcfg.block_size,
-                temperature=cfg.temperature,
-                top_k=cfg.top_k or None,
-                top_p=cfg.top_p if cfg.top_p < 1 else None,
-                seed=cfg.seed + i,
-                stop_ids={bos, eos},
-            )
-            n_tokens += len(new)
-            completion = tok.decode(new)
-            fh.write(json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False) + "\n")
-            log.info("sample %d: %r", i, (prompt + completion)[:200])
+    bos = special_id(tok, "<|bos|>")
+    params = SamplingParams(
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k or None,
+        top_p=cfg.top_p if cfg.top_p < 1 else None,
+        min_p=cfg.min_p or None,
+        repetition_penalty=cfg.repetition_penalty,
+        seed=cfg.seed,
+        stop=cfg.stop,
+        stop_ids=default_stop_ids(tok),
+    )
+    start = time.perf_counter()
+    prompts = [[bos] + tok.encode(p, add_special_tokens=False).ids for p in cfg.prompts]
+    completions = Engine(model, tok).generate(prompts, params)
     dt = time.perf_counter() - start
+    with (ctx.dir / "samples.jsonl").open("w", encoding="utf-8") as fh:
+        for i, (prompt, c) in enumerate(zip(cfg.prompts, completions)):
+            row = {
+                "prompt": prompt,
+                "completion": c.text,
+                "tokens": len(c.ids),
+                "finish_reason": c.finish_reason,
+            }
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            log.info("sample %d: %r", i, (prompt + c.text)[:200])
+    n_tokens = sum(len(c.ids) for c in completions)
     return {"samples": len(cfg.prompts), "tokens": n_tokens, "tokens_per_s": n_tokens / max(dt, 1e-9)}

@@ -1,0 +1,147 @@
+"""``lmforge chat``: talk to a checkpoint in the terminal over the chat template.
+
+Each turn renders the whole conversation (optional system prompt, then the user and assistant turns)
+with ``tokenizer.chat.render_chat(..., add_generation_prompt=True)`` and streams the reply from the
+generation engine until ``<|end|>``. When the conversation no longer fits the model's context
+(``block_size - max_new_tokens`` tokens), the oldest user/assistant turns are dropped; the system
+prompt is kept. Commands: ``/reset`` forgets the history, ``/system TEXT`` sets the system prompt (and
+resets), ``/quit`` or end of input leaves.
+
+Not a run-store stage: nothing is written and nothing is cached.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from lmforge.config import ConfigError, opt
+
+STAGE = "chat"
+INPUTS = ("model",)
+
+
+@dataclass
+class Config:
+    """Options of ``lmforge chat``."""
+
+    model: str = opt("", "a checkpoint directory, or a training stage directory", path=True)
+    checkpoint: Literal["best", "last"] = opt("best", "which checkpoint of a training stage to use")
+    system: str = opt("", "system prompt")
+    max_new_tokens: int = opt(256, "reply length limit in tokens")
+    temperature: float = opt(0.7, "sampling temperature (0 = greedy)")
+    top_k: int = opt(50, "sample among the k most likely tokens (0 = all)")
+    top_p: float = opt(0.95, "nucleus sampling mass (1 = off)")
+    min_p: float = opt(0.0, "drop tokens less likely than min_p times the top token (0 = off)")
+    repetition_penalty: float = opt(1.1, "penalise tokens already in the conversation (1 = off)")
+    seed: int = opt(0, "sampling seed (-1 = a fresh random seed)")
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError("max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ConfigError("temperature", f"must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError("top_p", f"must be in (0, 1], got {self.top_p}")
+
+
+def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
+    """Load the model and chat on stdin/stdout; returns ``{"turns": n}``."""
+    if not cfg.model:
+        raise ConfigError("model", "a checkpoint is required (e.g. --model runs/tiny/pretrain)")
+    from pathlib import Path
+
+    from lmforge.inference.engine import Engine
+    from lmforge.runtime import create_runtime
+    from lmforge.tokenizer.train import load_tokenizer
+    from lmforge.training.checkpoint import load_model, resolve_checkpoint
+
+    rt = create_runtime(cfg.device, "fp32", seed=max(cfg.seed, 0))
+    ckpt = resolve_checkpoint(Path(cfg.model).expanduser(), cfg.checkpoint)
+    model, _ = load_model(ckpt, device=rt.device)
+    tok = load_tokenizer(ckpt / "tokenizer.json")
+    print(f"lmforge chat: {ckpt} — /reset, /system TEXT, /quit", flush=True)
+    turns = chat_loop(Engine(model, tok), cfg, _lines(), lambda s: print(s, end="", flush=True))
+    return {"turns": turns}
+
+
+def _lines() -> Iterable[str]:
+    while True:
+        try:
+            yield input("you> ")
+        except EOFError:
+            print()
+            return
+
+
+def chat_loop(engine: Any, cfg: Config, lines: Iterable[str], write: Callable[[str], None]) -> int:
+    """Run the conversation over ``lines`` (user inputs), streaming replies to ``write``; returns the
+    number of assistant turns."""
+    from lmforge.inference.engine import SamplingParams
+    from lmforge.tokenizer.chat import chat_ids, render_chat
+
+    tok = engine.tokenizer
+    end = chat_ids(tok)["end"]
+    stop_ids = {end, chat_ids(tok)["bos"]}
+    system, history, turns = cfg.system, [], 0
+    budget = engine.block_size - cfg.max_new_tokens
+    for line in lines:
+        text = line.strip()
+        if text in ("/quit", "/exit"):
+            break
+        if text == "/reset" or text.startswith("/system"):
+            system = text[len("/system") :].strip() if text.startswith("/system") else system
+            history = []
+            write("(history cleared)\n")
+            continue
+        if not text:
+            continue
+        history.append({"role": "user", "content": text})
+        head = [{"role": "system", "content": system}] if system else []
+        ids, _ = render_chat(tok, head + history, add_generation_prompt=True)
+        while len(ids) > budget and len(history) > 1:  # drop the oldest exchange
+            history = history[2:] if len(history) > 2 else history[1:]
+            ids, _ = render_chat(tok, head + history, add_generation_prompt=True)
+        params = SamplingParams(
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k or None,
+            top_p=cfg.top_p if cfg.top_p < 1 else None,
+            min_p=cfg.min_p or None,
+            repetition_penalty=cfg.repetition_penalty,
+            seed=None if cfg.seed < 0 else cfg.seed + turns,
+            stop_ids=stop_ids,
+        )
+        write("model> ")
+        reply = ""
+        for event in engine.stream([ids], params):
+            reply += event.text
+            write(event.text)
+        write("\n")
+        history.append({"role": "assistant", "content": reply})
+        turns += 1
+    return turns
+
+
+def cli(argv: list[str]) -> int:
+    """``lmforge chat [RECIPE.yaml] [options]``: parse options like every stage, then chat."""
+    from lmforge.errors import LmforgeError
+    from lmforge.log import setup_logging
+    from lmforge.stages.invoke import config_from_args, help_text, split_global_flags
+
+    argv, quiet, verbose, want_help = split_global_flags(argv)
+    if want_help:
+        print(help_text("chat", sys.modules[__name__]))
+        return 0
+    setup_logging(quiet=True, verbose=verbose)
+    try:
+        main(config_from_args("chat", sys.modules[__name__], argv))
+    except LmforgeError as exc:
+        print(f"lmforge chat: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print()
+    return 0
