@@ -87,11 +87,16 @@ class LM:
             return [self.bos_id] + ctx, self.encode(continuation)
         return [self.bos_id] + ctx, whole[len(ctx) :]
 
-    @torch.no_grad()
     def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
         """For each ``(context, continuation)``: summed log-prob of the continuation, and whether greedy
         decoding would produce it exactly."""
-        encoded = [self.pair_ids(c, x) for c, x in pairs]
+        return self.loglikelihood_tokens([self.pair_ids(c, x) for c, x in pairs])
+
+    @torch.no_grad()
+    def loglikelihood_tokens(
+        self, encoded: Sequence[tuple[list[int], list[int]]]
+    ) -> list[tuple[float, bool]]:
+        """``loglikelihood`` over ``(context ids, continuation ids)`` pairs."""
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]) - len(encoded[i][1]))
         out: list[tuple[float, bool]] = [(0.0, False)] * len(encoded)
         was_training = self.model.training
@@ -116,6 +121,19 @@ class LM:
                     out[i] = (ll, bool((rows.argmax(-1) == target).all()))
         finally:
             self.model.train(was_training)
+        return out
+
+    def loglikelihood_rolling(self, texts: Sequence[str]) -> list[float]:
+        """Log-likelihood of each whole text after ``<|bos|>``, in disjoint windows of ``block_size``
+        targets, each seeing as much preceding text as fits the context."""
+        out = []
+        for text in texts:
+            full = [self.bos_id] + self.encode(text)
+            pieces = []
+            for start in range(1, len(full), self.block_size):
+                cont = full[start : start + self.block_size]
+                pieces.append((full[max(0, start - (self.block_size - len(cont) + 1)) : start], cont))
+            out.append(sum(ll for ll, _ in self.loglikelihood_tokens(pieces)))
         return out
 
     def generate(self, contexts: Sequence[str], until: Sequence[str], max_new_tokens: int) -> list[str]:

@@ -1,0 +1,81 @@
+"""lm-evaluation-harness adapter: run harness tasks on lmforge checkpoints.
+
+``pip install lmforge[eval]`` (``lm-eval``), then::
+
+    lm_eval --model lmforge --model_args checkpoint=runs/tiny/pretrain,batch_size=16 --tasks hellaswag
+    # or from Python
+    import lmforge.eval.harness, lm_eval
+    lm_eval.simple_evaluate(model="lmforge", model_args="checkpoint=runs/tiny/pretrain", tasks=[...])
+
+The command-line form needs the registration to happen first: ``python -m lmforge.eval.harness ARGS``
+runs the harness CLI with the model registered. Every request goes through ``eval.tasks.LM``, the same
+code our own evaluator uses, so a harness task and the equivalent lmforge task give the same number
+(tested on a local task file). ``checkpoint`` is a checkpoint directory or a training stage
+(``which=best|last``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lm_eval.api.model import LM as HarnessLM
+from lm_eval.api.registry import register_model
+
+from lmforge.eval.tasks import LM
+
+
+@register_model("lmforge")
+class LmforgeLM(HarnessLM):
+    """An lmforge decoder checkpoint as an lm-evaluation-harness model.
+
+    Args:
+        checkpoint: checkpoint directory or training stage directory.
+        which: ``best`` or ``last`` checkpoint of a training stage.
+        batch_size: sequences per forward pass.
+        device: ``auto``, ``cpu``, ``cuda``, ...
+    """
+
+    def __init__(
+        self, checkpoint: str, which: str = "best", batch_size: int | str = 16, device: str = "auto", **_: Any
+    ):
+        super().__init__()
+        from lmforge.runtime import create_runtime
+        from lmforge.tokenizer.train import load_tokenizer, special_id
+        from lmforge.training.checkpoint import load_model, resolve_checkpoint
+
+        rt = create_runtime(device, "fp32", seed=0)
+        ckpt = resolve_checkpoint(Path(checkpoint).expanduser(), which)
+        model, _ = load_model(ckpt, device=rt.device)
+        tok = load_tokenizer(ckpt / "tokenizer.json")
+        size = 16 if str(batch_size).startswith("auto") else int(batch_size)
+        self.lm = LM(model.eval(), tok, bos_id=special_id(tok, "<|bos|>"), batch_size=size)
+
+    @classmethod
+    def from_lm(cls, lm: LM) -> LmforgeLM:
+        """Wrap an already loaded ``eval.tasks.LM`` (tests, notebooks)."""
+        self = cls.__new__(cls)
+        HarnessLM.__init__(self)
+        self.lm = lm
+        return self
+
+    def loglikelihood(self, requests: list) -> list[tuple[float, bool]]:
+        return self.lm.loglikelihood([tuple(r.args) for r in requests])
+
+    def loglikelihood_rolling(self, requests: list) -> list[float]:
+        return self.lm.loglikelihood_rolling([r.args[0] for r in requests])
+
+    def generate_until(self, requests: list) -> list[str]:
+        out = []
+        for r in requests:  # one by one: each request may carry its own stop strings and length
+            context, kwargs = r.args
+            until = kwargs.get("until") or []
+            until = [until] if isinstance(until, str) else list(until)
+            out += self.lm.generate([context], until, int(kwargs.get("max_gen_toks", 256)))
+        return out
+
+
+if __name__ == "__main__":
+    from lm_eval.__main__ import cli_evaluate
+
+    cli_evaluate()
