@@ -12,8 +12,9 @@ Three kinds of record, each read from a file whose name decides the format (``.j
   system turn.
 - **Labelled texts** (``read_labeled``): JSONL or CSV/TSV with a text and a label column, or plain
   lines ``LABEL<space or tab>TEXT`` (the SST-2 / MR / CR / Subj files: ``1 a stirring , funny ...``).
-- **Pairs** (``read_pairs``) for contrastive training: JSONL with ``{"query"|"anchor"|"text_a"|"a",
-  "positive"|"text_b"|"b"}``, CSV/TSV with two such columns, or plain lines ``A<tab>B``.
+- **Pairs** (``read_pairs``) for contrastive training: JSONL with one key of ``PAIR_A_KEYS``
+  (``query``, ``anchor``, ``question``, ...) and one of ``PAIR_B_KEYS`` (``positive``, ``passage``,
+  ...), e.g. BoolQ's ``{"question", "passage"}``; CSV/TSV with two such columns; or ``A<tab>B`` lines.
 
 A record that cannot be used (malformed JSON, a missing or non-string field, a line without a label)
 is reported as a ``data.readers.Problem`` naming ``file:line`` and skipped; the good records are kept.
@@ -37,8 +38,8 @@ from lmforge.errors import InputError
 logger = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
-PAIR_A_KEYS = ("query", "anchor", "text_a", "a", "sentence1")
-PAIR_B_KEYS = ("positive", "text_b", "b", "sentence2")
+PAIR_A_KEYS = ("query", "anchor", "text_a", "a", "sentence1", "question")
+PAIR_B_KEYS = ("positive", "text_b", "b", "sentence2", "passage")
 
 
 @dataclass(frozen=True)
