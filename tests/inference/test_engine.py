@@ -142,3 +142,31 @@ def test_model_mode_restored_and_bad_args_raise() -> None:
         engine.stream([[1]], SamplingParams(min_p=2.0))
     with pytest.raises(ValueError, match="tokenizer"):
         engine.stream([[1]], SamplingParams(stop=["x"]))
+
+
+class WrappedLinear(torch.nn.Linear):
+    """A projection that is not a plain ``nn.Linear`` (as a LoRA wrapper): the engine must call it."""
+
+
+@pytest.mark.parametrize("overrides", [{"pos": "rope", "qk_norm": True}, {"pos": "learned"}], ids=str)
+def test_wrapped_projections_take_the_module_path(overrides: dict) -> None:
+    model = build(**overrides)
+    for block in model.blocks:
+        for owner, name in ((block.attn, "q_proj"), (block.attn, "k_proj"), (block.mlp, "gate_proj")):
+            old = getattr(owner, name)
+            new = WrappedLinear(old.in_features, old.out_features, bias=old.bias is not None)
+            new.load_state_dict(old.state_dict())
+            setattr(owner, name, new)
+    out = Engine(model).generate(PROMPTS, SamplingParams(max_new_tokens=8, temperature=0))
+    assert [c.ids for c in out] == [uncached_greedy(model, p, 8) for p in PROMPTS]
+
+
+def test_fused_weights_follow_parameter_updates() -> None:
+    model = build()
+    engine = Engine(model)
+    params = SamplingParams(max_new_tokens=8, temperature=0)
+    engine.generate(PROMPTS, params)
+    with torch.no_grad():
+        for p in model.blocks.parameters():
+            p.add_(torch.randn_like(p) * 0.5)  # in place, as an optimiser step
+    assert [c.ids for c in engine.generate(PROMPTS, params)] == [uncached_greedy(model, p, 8) for p in PROMPTS]

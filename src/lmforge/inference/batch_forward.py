@@ -9,10 +9,15 @@ keys. The math is the decoder's (decoder.py lists it: RoPE, learned, sinusoidal 
 GQA, QK-norm, every norm and MLP kind), read from the decoder's own modules, so a LoRA-wrapped projection
 still works; it is written again here only because the decoder's forward has no per-row positions.
 
-Speed (cached decoding is bound by per-op overhead and weight reads at small batch): for plain
-``nn.Linear`` projections q/k/v and gate/up run as one matmul each over concatenated weights, built once
-and rebuilt only when a parameter changes (tracked by tensor version counters, so an optimiser step
-between generations is seen).
+Speed (cached decoding at small batch is bound by per-op overhead and weight reads): for plain
+``nn.Linear`` projections q/k/v and gate/up run as one matmul each over concatenated weights, built by
+``refresh()`` and rebuilt only when a parameter changed since (tensor version counters, so an optimiser
+step between generations is seen); residual additions are fused into the o_proj/down_proj matmuls
+(``addmm``); only the last position's logits are computed when ``last_only``. RoPE is one complex
+multiply: the rows of q and k are permuted once so each half-split pair (i, i + Q/2) is adjacent
+(the decoder's training path does the same); keys are cached in that order, and since q and k are
+permuted alike their dot products are unchanged. Wrapped projections (e.g. LoRA) keep their modules
+and have their outputs permuted instead.
 
 Shape notation: B batch, T new tokens, S filled cache columns, D n_embd, H heads, K kv heads, Q head_dim.
 """
@@ -23,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmforge.model.decoder import Decoder, apply_rope
+from lmforge.model.decoder import Decoder
 from lmforge.model.kv_cache import KVCache
 
 
@@ -31,9 +36,10 @@ class RaggedForward:
     """Cached forward of a ``Decoder`` over a left-padded batch (module docstring).
 
     Args:
-        model: the decoder; its parameters are read at every call (never copied except fused weights).
+        model: the decoder; its parameters are read at every call (only fused copies are kept).
 
-    Use: ``new_cache(pad, max_len)`` then ``__call__(idx, cache)`` for the prefill and each decode step.
+    Use: ``new_cache(pad, max_len)``, ``refresh()``, then ``__call__(idx, cache)`` for the prefill and
+    each decode step.
     """
 
     def __init__(self, model: Decoder):
@@ -41,8 +47,14 @@ class RaggedForward:
             raise TypeError(f"RaggedForward needs an lmforge Decoder, got {type(model).__name__}")
         self.model = model
         self.cfg = model.config
-        self._fused: list[tuple[torch.Tensor | None, torch.Tensor | None]] = []
-        self._fused_key: tuple = ()
+        self._params = [p for block in model.blocks for p in block.parameters()]
+        self._layers: list[_Layer] = []
+        self._key: tuple = ()
+        Q = self.cfg.head_dim
+        self._perm = torch.arange(Q).view(2, Q // 2).t().reshape(Q)  # channel order (0, Q/2, 1, Q/2+1, ...)
+        self._freqs = None
+        if self.cfg.pos == "rope":
+            self._freqs = torch.complex(model.rope_cos, model.rope_sin)  # [block_size, Q/2]
 
     def new_cache(self, pad: torch.Tensor, max_len: int) -> KVCache:
         """A cache of ``max_len`` columns for ``len(pad)`` rows; ``pad[b]`` = padding columns of row b."""
@@ -50,31 +62,25 @@ class RaggedForward:
         cache.pad = pad.to(device=cache.k.device, dtype=torch.long)  # [B]
         return cache
 
-    # -- fused weights ---------------------------------------------------------------------------
-    def _fused_weights(self) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
-        """Per layer ``(qkv weight [(H+2K)Q, D] or None, gate_up weight [2F, D] or None)``."""
-        params = [p for block in self.model.blocks for p in block.parameters()]
-        key = tuple((p.data_ptr(), p._version) for p in params)
-        if key != self._fused_key:
-            self._fused = [
-                (
-                    _cat_linears(b.attn.q_proj, b.attn.k_proj, b.attn.v_proj),
-                    _cat_linears(b.mlp.gate_proj, b.mlp.up_proj),
-                )
-                for b in self.model.blocks
-            ]
-            self._fused_key = key
-        return self._fused
+    def refresh(self) -> None:
+        """(Re)build the fused weights if any block parameter changed since the last build."""
+        key = tuple((p.data_ptr(), p._version) for p in self._params)
+        if key != self._key:
+            rope = self.cfg.pos == "rope"
+            self._layers = [_Layer(b, self._perm if rope else None) for b in self.model.blocks]
+            self._key = key
 
-    # -- forward ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Logits ``[B, T, V]`` of tokens ``idx`` ``[B, T]`` written at cache columns ``cache.pos ..``.
+    def __call__(self, idx: torch.Tensor, cache: KVCache, last_only: bool = False) -> torch.Tensor:
+        """Logits ``[B, T, V]`` (``[B, 1, V]`` with ``last_only``) of tokens ``idx`` ``[B, T]`` written at
+        cache columns ``cache.pos ..``.
 
         Raises:
             ValueError: a row's last position would reach ``block_size``, or the cache is full.
         """
         model, cfg = self.model, self.cfg
+        if not self._layers:
+            self.refresh()
         B, T = idx.shape
         start = cache.pos
         cache.check(B, T)
@@ -90,18 +96,17 @@ class RaggedForward:
             x = x + model.pos_emb(pos)
         elif cfg.pos == "sinusoidal":
             x = x + model.pos_table[pos].to(x.dtype)
-        rope = None
-        if cfg.pos == "rope":
-            rope = (model.rope_cos[pos][:, None], model.rope_sin[pos][:, None])  # [B, 1, T, Q/2] each
+        freqs = None
+        if self._freqs is not None:
+            freqs = self._freqs.to(x.device)[pos][:, :, None]  # [B, T, 1, Q/2] complex
         mask = self._mask(cols, pad, x.dtype)
-        fused = self._fused_weights()
-        for layer, block in enumerate(model.blocks):
-            x = x + self._attention(
-                block.attn, _norm(block.attn_norm, x), rope, mask, cache, layer, fused[layer][0]
-            )
-            x = x + self._mlp(block.mlp, _norm(block.mlp_norm, x), fused[layer][1])
+        for layer, (block, fused) in enumerate(zip(model.blocks, self._layers)):
+            x = self._attention(block.attn, fused, _norm(block.attn_norm, x), x, freqs, mask, cache, layer)
+            x = self._mlp(block.mlp, fused, _norm(block.mlp_norm, x), x)
         cache.advance(T)
-        return model.lm_head(_norm(model.norm, x))  # [B, T, V]
+        if last_only:
+            x = x[:, -1:]
+        return model.lm_head(_norm(model.norm, x))  # [B, T or 1, V]
 
     def _mask(self, cols: torch.Tensor, pad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
         """Attention mask for queries at columns ``cols`` over keys ``0 .. cols[-1]``.
@@ -127,44 +132,95 @@ class RaggedForward:
     def _attention(
         self,
         attn: nn.Module,
-        x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        fused: _Layer,
+        h: torch.Tensor,
+        residual: torch.Tensor,
+        freqs: torch.Tensor | None,
         mask: torch.Tensor | None,
         cache: KVCache,
         layer: int,
-        qkv_weight: torch.Tensor | None,
     ) -> torch.Tensor:
-        B, T, _ = x.shape
+        """``residual + attention(h)``, ``[B, T, D]``."""
+        B, T, _ = h.shape
         H, K, Q = attn.n_head, attn.n_kv_head, attn.head_dim
-        if qkv_weight is not None:
-            bias = (
-                None
-                if attn.q_proj.bias is None
-                else torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
-            )
-            qkv = F.linear(x, qkv_weight, bias).view(B, T, H + 2 * K, Q)
-            q, k, v = (t.transpose(1, 2) for t in qkv.split((H, K, K), dim=2))  # [B, H or K, T, Q]
+        if fused.qkv is not None:
+            q, k, v = F.linear(h, fused.qkv, fused.qkv_bias).view(B, T, H + 2 * K, Q).split((H, K, K), dim=2)
         else:
-            q = attn.q_proj(x).view(B, T, H, Q).transpose(1, 2)  # [B, H, T, Q]
-            k = attn.k_proj(x).view(B, T, K, Q).transpose(1, 2)  # [B, K, T, Q]
-            v = attn.v_proj(x).view(B, T, K, Q).transpose(1, 2)  # [B, K, T, Q]
+            q, k, v = (
+                attn.q_proj(h).view(B, T, H, Q),
+                attn.k_proj(h).view(B, T, K, Q),
+                attn.v_proj(h).view(B, T, K, Q),
+            )
+            if freqs is not None:  # wrapped projections: permute their outputs instead of the weights
+                q, k = q[..., self._perm], k[..., self._perm]
         if attn.q_norm is not None:
-            q, k = _norm(attn.q_norm, q), _norm(attn.k_norm, k)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        k, v = cache.update(layer, k, v)  # [B, K, S, Q]
+            q = F.rms_norm(q, (Q,), fused.q_norm, attn.q_norm.eps)
+            k = F.rms_norm(k, (Q,), fused.k_norm, attn.k_norm.eps)
+        if freqs is not None:
+            q, k = _rotate(q, freqs), _rotate(k, freqs)
+        k, v = cache.update(layer, k.transpose(1, 2), v.transpose(1, 2))  # [B, K, S, Q]
         if K != H:
             k = k.repeat_interleave(H // K, dim=1)  # [B, H, S, Q]
             v = v.repeat_interleave(H // K, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, Q]
-        return attn.o_proj(y.transpose(1, 2).reshape(B, T, H * Q))
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask)  # [B, H, T, Q]
+        return _linear_add(attn.o_proj, y.transpose(1, 2).reshape(B, T, H * Q), residual)
 
-    def _mlp(self, mlp: nn.Module, x: torch.Tensor, gate_up: torch.Tensor | None) -> torch.Tensor:
-        if gate_up is None:
-            return mlp(x)
-        bias = None if mlp.up_proj.bias is None else torch.cat([mlp.gate_proj.bias, mlp.up_proj.bias])
-        g, u = F.linear(x, gate_up, bias).chunk(2, dim=-1)  # [B, T, F] each
-        return mlp.down_proj(F.silu(g) * u)
+    def _mlp(self, mlp: nn.Module, fused: _Layer, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``residual + mlp(h)``, ``[B, T, D]``."""
+        if fused.gate_up is None:
+            return residual + mlp(h)
+        g, u = F.linear(h, fused.gate_up, fused.gate_up_bias).chunk(2, dim=-1)  # [B, T, F] each
+        return _linear_add(mlp.down_proj, F.silu(g).mul_(u), residual)
+
+
+class _Layer:
+    """Fused (and, for RoPE, row-permuted) weights of one block; ``None`` where a layer is wrapped."""
+
+    def __init__(self, block: nn.Module, perm: torch.Tensor | None):
+        attn, mlp = block.attn, block.mlp
+        Q = attn.head_dim
+
+        def rows(lin: nn.Linear, permute: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+            w, b = lin.weight.detach(), None if lin.bias is None else lin.bias.detach()
+            if permute and perm is not None:
+                w = w.view(-1, Q, w.shape[-1])[:, perm].reshape(w.shape)
+                b = None if b is None else b.view(-1, Q)[:, perm].reshape(b.shape)
+            return w, b
+
+        self.qkv = self.qkv_bias = None
+        if all(type(p) is nn.Linear for p in (attn.q_proj, attn.k_proj, attn.v_proj)):
+            parts = [rows(attn.q_proj, True), rows(attn.k_proj, True), rows(attn.v_proj, False)]
+            self.qkv = torch.cat([w for w, _ in parts]).contiguous()  # [(H+2K)Q, D]
+            if parts[0][1] is not None:
+                self.qkv_bias = torch.cat([b for _, b in parts])
+        self.q_norm = self.k_norm = None
+        if attn.q_norm is not None:
+            self.q_norm, self.k_norm = attn.q_norm.weight.detach(), attn.k_norm.weight.detach()
+            if perm is not None:
+                self.q_norm, self.k_norm = self.q_norm[perm], self.k_norm[perm]
+        self.gate_up = self.gate_up_bias = None
+        if mlp.gate_proj is not None and type(mlp.gate_proj) is type(mlp.up_proj) is nn.Linear:
+            self.gate_up = torch.cat(
+                [mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach()]
+            ).contiguous()
+            if mlp.up_proj.bias is not None:
+                self.gate_up_bias = torch.cat([mlp.gate_proj.bias.detach(), mlp.up_proj.bias.detach()])
+
+
+def _rotate(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """RoPE on ``x`` ``[B, T, n, Q]`` whose pairs are adjacent channels, by complex ``freqs`` ``[B, T, 1, Q/2]``."""
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())
+    return torch.view_as_real(xc * freqs).flatten(-2).to(x.dtype)
+
+
+def _linear_add(linear: nn.Module, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``residual + linear(h)``, the addition fused into the matmul for a plain bias-free ``nn.Linear``."""
+    if type(linear) is nn.Linear and linear.bias is None:
+        flat = torch.addmm(
+            residual.reshape(-1, residual.shape[-1]), h.reshape(-1, h.shape[-1]), linear.weight.t()
+        )
+        return flat.view(residual.shape)
+    return residual + linear(h)
 
 
 def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -172,10 +228,3 @@ def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(norm, nn.RMSNorm):
         return F.rms_norm(x, norm.normalized_shape, norm.weight, norm.eps)
     return norm(x)
-
-
-def _cat_linears(*linears: nn.Module | None) -> torch.Tensor | None:
-    """The row-concatenated weight of plain ``nn.Linear`` layers, or None (a missing or wrapped layer)."""
-    if any(type(lin) is not nn.Linear for lin in linears):
-        return None
-    return torch.cat([lin.weight.detach() for lin in linears]).contiguous()

@@ -162,7 +162,8 @@ class Engine:
         ]
         done = [False] * B
         n_new = [0] * B
-        logits = self.forward(idx, cache)[:, -1]  # [B, V]
+        self.forward.refresh()
+        logits = self.forward(idx, cache, last_only=True)[:, -1]  # [B, V]
         while True:
             tokens = self._pick(logits, params, seen, gens)  # [B]
             step = tokens.tolist()
