@@ -35,7 +35,7 @@ def split_global_flags(argv: list[str]) -> tuple[list[str], bool, bool, bool]:
     return rest, quiet, verbose, want_help
 
 
-def help_text(name: str, module: ModuleType) -> str:
+def help_text(name: str, module: ModuleType, kind: str = "") -> str:
     """``--help`` for a stage: its docstring's first paragraph and every option (type, default, help)."""
     doc = (module.__doc__ or "").strip().split("\n\n")[0]
     rows = describe(module.Config)
@@ -52,8 +52,15 @@ def help_text(name: str, module: ModuleType) -> str:
         lines.append(f"    {'':<{width}} type: {tp}; default: {default}")
     lines += [
         "",
-        "A RECIPE.yaml supplies its `stages." + name + "` section; options given after it override it.",
-        "Inputs written @name mean the stage `name` beside --out (e.g. --out runs/x/" + name + ").",
+        (
+            f"A RECIPE.yaml supplies its section with `stage: {kind}`"
+            if kind
+            else f"A RECIPE.yaml supplies its `stages.{name}` section"
+        )
+        + "; options given after it override it.",
+        "Inputs written @name mean the stage `name` beside --out (e.g. --out runs/x/"
+        + name.split()[-1]
+        + ").",
     ]
     return "\n".join(lines)
 
@@ -98,7 +105,7 @@ def invoke(module: ModuleType, name: str, argv: list[str], kind: str = "") -> in
         return module.cli(argv)
     argv, quiet, verbose, want_help = split_global_flags(argv)
     if want_help:
-        print(help_text(name, module))
+        print(help_text(name, module, kind))
         return 0
     setup_logging(quiet=quiet, verbose=verbose)
     try:
