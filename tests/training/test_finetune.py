@@ -242,3 +242,27 @@ def test_info_nce_and_recall_at_k():
     torch.testing.assert_close(info_nce(a, shuffled, 0.5, symmetric=False), manual)
     r = recall_at_k(a, shuffled, (1, 2, 4))
     assert r == {"recall_at_1": 0.5, "recall_at_2": 1.0, "recall_at_4": 1.0}
+
+
+def test_text_framing_keeps_the_end_marker_when_cut(chat_tok):
+    from lmforge.training.batches import encode_texts, pad_batch
+
+    bos, eos = chat_tok.token_to_id("<|bos|>"), chat_tok.token_to_id("<|eos|>")
+    cls, sep = chat_tok.token_to_id("[CLS]"), chat_tok.token_to_id("[SEP]")
+    long = " ".join(["hello there how are you"] * 20)
+    (dec,) = encode_texts(chat_tok, [long], "decoder", block_size=12)
+    (enc,) = encode_texts(chat_tok, ["hi <|end|>"], "encoder", block_size=64)
+    assert len(dec) == 12 and dec[0] == bos and dec[-1] == eos
+    assert enc[0] == cls and enc[-1] == sep and chat_tok.token_to_id("<|end|>") not in enc  # text stays text
+    idx, mask = pad_batch([[5, 6, 7], [8]], pad_id=2)
+    assert idx.tolist() == [[5, 6, 7], [8, 2, 2]] and mask.tolist() == [[True] * 3, [True, False, False]]
+
+
+def test_packing_is_first_fit_with_whole_examples():
+    from lmforge.training.batches import chat_rows
+
+    ex = [([0] * n, [True] * n) for n in (6, 4, 3, 2)]
+    rows = chat_rows(ex, block_size=8, packing="pack")  # rows of 9 tokens: [6+3], [4+2]
+    assert [len(ids) for ids, _ in rows] == [9, 6]
+    with pytest.raises(ValueError, match="packing"):
+        chat_rows(ex, 8, "zip")
