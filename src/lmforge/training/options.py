@@ -39,6 +39,7 @@ class FinetuneOptions:
     patience: int = opt(0, "stop after this many evaluations without improvement (0 = off)")
     min_delta: float = opt(0.0, "the monitored metric must improve by more than this to count")
     val_fraction: float = opt(0.1, "fraction of the training data held out when no validation file is given")
+    max_eval_examples: int = opt(0, "score at most this many held-out examples per evaluation (0 = all)")
     seed: int = opt(1337, "seed of data order, held-out split, new heads and dropout")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
     threads: int = opt(0, "CPU threads for torch (0 = one per core)", cache=False)
@@ -54,7 +55,15 @@ class FinetuneOptions:
             raise ConfigError("lr", f"must be > 0, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
-        for key in ("weight_decay", "l1", "grad_clip", "patience", "min_delta", "threads"):
+        for key in (
+            "weight_decay",
+            "l1",
+            "grad_clip",
+            "patience",
+            "min_delta",
+            "threads",
+            "max_eval_examples",
+        ):
             if getattr(self, key) < 0:
                 raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
         if not (self.dropout == -1.0 or 0.0 <= self.dropout < 1.0):

@@ -69,7 +69,9 @@ def run_sft(cfg: Any, ctx: StageContext, *, lora: Any = None) -> dict[str, float
     if cfg.max_train_examples:
         train_convs = train_convs[: cfg.max_train_examples]
     train_ex, dropped = encode_conversations(tok, train_convs, mcfg.block_size)
-    val_ex, val_dropped = encode_conversations(tok, val_convs, mcfg.block_size)
+    val_ex, val_dropped = encode_conversations(
+        tok, val_convs[: cfg.max_eval_examples or None], mcfg.block_size
+    )
     if dropped or val_dropped:
         logger.warning(
             "%d conversations dropped (invalid, or nothing supervised within block_size)",

@@ -99,6 +99,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         train_set, dev_set = holdout(train_set, cfg.val_fraction or 0.1, cfg.seed)
     if cfg.max_train_examples:
         train_set = train_set[: cfg.max_train_examples]
+    dev_set = dev_set[: cfg.max_eval_examples or None]
     labels = sorted({e.label for e in train_set})
     if len(labels) < 2:
         raise ConfigError("train", f"needs at least two labels, found {labels} in {len(train_set)} examples")

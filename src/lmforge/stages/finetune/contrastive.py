@@ -82,6 +82,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         val_pairs = read_pairs(ctx.inputs["val"], problems)
     else:
         pairs, val_pairs = holdout(pairs, cfg.val_fraction or 0.1, cfg.seed)
+    val_pairs = val_pairs[: cfg.max_eval_examples or None]
     log_problems(problems, "pairs")
     if len(pairs) < 2 or len(val_pairs) < 2:
         raise ConfigError(

@@ -120,6 +120,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
             train_set, dev_set = holdout(train_set, cfg.val_fraction or 0.1, cfg.seed)
         if spec.max_train_examples:
             train_set = train_set[: spec.max_train_examples]
+        dev_set = dev_set[: cfg.max_eval_examples or None]
         labels = sorted({e.label for e in train_set})
         dev_set = [e for e in dev_set if e.label in labels]
         if len(labels) < 2 or not dev_set:
