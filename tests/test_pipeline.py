@@ -249,16 +249,18 @@ def test_muon_and_l1_train_and_their_state_reloads(micro_run, tmp_path):
 
 
 def test_schedule_clock_time_follows_the_budget():
-    """schedule_clock=time: the schedule sees the step the elapsed share of max_time_s stands for when
-    that is further along than the step count, so a slow machine still decays to min_lr at the budget."""
+    """schedule_clock=time: the schedule spans the steps projected to fit in max_time_s from the recent
+    step time, so a slow (or suddenly slower) machine still decays to min_lr at the budget."""
     from lmforge.errors import ConfigError
-    from lmforge.stages.pretrain import Config, _schedule_step
+    from lmforge.stages.pretrain import Config, _schedule_length
 
-    steps = Config(max_steps=1000, max_time_s=100.0)
-    timed = Config(max_steps=1000, max_time_s=100.0, schedule_clock="time")
-    assert _schedule_step(steps, 10, elapsed=50.0) == 10
-    assert _schedule_step(timed, 10, elapsed=50.0) == 500
-    assert _schedule_step(timed, 800, elapsed=50.0) == 800  # steps ahead of the clock: steps count
-    assert _schedule_step(timed, 10, elapsed=250.0) == 1000  # never past max_steps
+    steps = Config(max_steps=1000, max_time_s=100.0, warmup_steps=5)
+    timed = Config(max_steps=1000, max_time_s=100.0, warmup_steps=5, schedule_clock="time")
+    assert _schedule_length(steps, 10, elapsed=50.0, step_time=0.5) == 1000
+    assert _schedule_length(timed, 10, elapsed=50.0, step_time=None) == 1000  # no step time yet
+    assert _schedule_length(timed, 10, elapsed=50.0, step_time=0.5) == 110  # 10 done + 50 s / 0.5 s
+    assert _schedule_length(timed, 10, elapsed=50.0, step_time=0.01) == 1000  # capped at max_steps
+    assert _schedule_length(timed, 10, elapsed=120.0, step_time=0.5) == 11  # over budget: ends now
+    assert _schedule_length(timed, 2, elapsed=99.0, step_time=0.5) == 5  # never inside the warmup
     with pytest.raises(ConfigError, match="max_time_s"):  # no budget: the clock has nothing to follow
         Config(max_steps=1000, schedule_clock="time").validate()

@@ -50,8 +50,8 @@ class Config:
     )
     schedule_clock: Literal["steps", "time"] = opt(
         "steps",
-        "what the schedule's progress counts: steps, or (with max_time_s) whichever of steps and the time"
-        " budget is further along, so the decay ends at the budget however fast the machine is",
+        "length of the schedule: max_steps, or (time, needs max_time_s) the steps projected to fit in the"
+        " time budget from the recent step time, so the decay ends at the budget however fast the machine is",
     )
     optimizer: Literal["adamw", "muon"] = opt(
         "adamw", "adamw, or muon for the blocks' matrices (AdamW for the rest)"
@@ -256,14 +256,15 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         ddp.barrier()
 
     start = time.perf_counter()
+    first_step, step_time = step, None  # step time (EMA) for schedule_clock=time
     last_val: dict[str, float] | None = None
     stop_reason = "max_steps"
     model.train()
     while step < cfg.max_steps:
         t0 = time.perf_counter()
         lr = lr_at(
-            _schedule_step(cfg, step, elapsed_before + t0 - start),
-            max_steps=cfg.max_steps,
+            step,
+            max_steps=_schedule_length(cfg, step, elapsed_before + t0 - start, step_time),
             base_lr=cfg.lr,
             warmup_steps=cfg.warmup_steps,
             schedule=cfg.schedule,
@@ -309,6 +310,8 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         loss_ema = loss if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * loss
         dt = time.perf_counter() - t0
         elapsed = elapsed_before + time.perf_counter() - start
+        if step > first_step + 1:  # the first step of a process (warm-up, compilation) is not typical
+            step_time = dt if step_time is None else 0.9 * step_time + 0.1 * dt
         tps = global_tokens / dt
         mfu = tps * flops_per_token / peak if peak > 0 else 0.0
         if main_rank:
@@ -384,16 +387,20 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     }
 
 
-def _schedule_step(cfg: Config, step: int, elapsed: float) -> int:
-    """The step the learning-rate schedule sees: ``step``, or with ``schedule_clock: time`` the step that
-    the elapsed share of ``max_time_s`` corresponds to when that is further along (ranks agree: mean)."""
-    if cfg.schedule_clock != "time" or cfg.max_time_s <= 0:
-        return step
+def _schedule_length(cfg: Config, step: int, elapsed: float, step_time: float | None) -> int:
+    """Steps the learning-rate schedule spans: ``max_steps``, or with ``schedule_clock: time`` the steps
+    projected to fit in ``max_time_s`` (steps done + remaining time / recent step time, ranks averaged),
+    capped at ``max_steps``. Before a step time is known (the first steps, usually warmup) it is
+    ``max_steps``; the projection never ends the schedule before the current step or the warmup."""
+    if cfg.schedule_clock != "time" or step_time is None or step_time <= 0:
+        return cfg.max_steps
     from lmforge.training import distributed as ddp
 
+    projected = step + max(0.0, cfg.max_time_s - elapsed) / step_time
     _, world = ddp.world()
-    elapsed = ddp.all_reduce_sum(elapsed) / world
-    return min(cfg.max_steps, max(step, int(cfg.max_steps * elapsed / cfg.max_time_s)))
+    if world > 1:
+        projected = ddp.all_reduce_sum(projected) / world
+    return int(min(cfg.max_steps, max(projected, step + 1, cfg.warmup_steps)))
 
 
 def _token_id(tok: Any, token: str) -> int:
