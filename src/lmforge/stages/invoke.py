@@ -68,17 +68,18 @@ def help_text(name: str, module: ModuleType, kind: str = "") -> str:
 def config_from_args(name: str, module: ModuleType, argv: list[str], kind: str = "") -> Any:
     """The stage's validated config from ``[RECIPE.yaml] overrides`` (raises ConfigError).
 
-    The recipe section is ``stages.<name>``, or the one section whose ``stage:`` is ``kind``
-    (e.g. ``finetune.classify``).
+    The recipe section is ``stages.<name>``, or the section whose ``stage:`` is ``kind`` (e.g.
+    ``finetune.classify``): the only one, or among several the one named like the method.
     """
     data: dict[str, Any] = {}
     if argv and argv[0].endswith((".yaml", ".yml")) and "=" not in argv[0]:
         recipe = load_yaml(argv[0])
         sections = recipe.get("stages") or {}
-        found = [name] if name in sections else []
-        found = found or [
-            k for k, v in sections.items() if kind and isinstance(v, dict) and v.get("stage") == kind
-        ]
+        matches = [k for k, v in sections.items() if kind and isinstance(v, dict) and v.get("stage") == kind]
+        # by instance name, else the one section of this kind (named like the method if several)
+        found = (
+            [name] if name in sections else [k for k in matches if k == kind.rpartition(".")[2]] or matches
+        )
         if len(found) != 1:
             what = (
                 f"several sections with stage: {kind} ({', '.join(found)}); run one with `lmforge run --only`"

@@ -195,3 +195,21 @@ def test_contrastive_cli_and_embed(ft_dir, tmp_path):
     vectors = embed(model, tok, ["a good story", "bread"], pooling=pooling)
     assert vectors.shape == (2, 32)
     assert abs(float(vectors.norm(dim=-1)[0]) - 1.0) < 1e-5
+
+
+def test_recipe_section_is_found_by_stage_kind(tmp_path, capsys):
+    from lmforge.stages.finetune import method_module
+    from lmforge.stages.invoke import config_from_args
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "stages:\n  dapt: {stage: finetune.dapt, domain: [a.txt], replay: 0.0}\n"
+        "  dapt-replay: {stage: finetune.dapt, domain: [a.txt], replay: 0.5}\n"
+        "  mine: {stage: finetune.sft, train: [x.jsonl]}\n"
+    )
+    dapt = config_from_args("finetune dapt", method_module("dapt"), [str(recipe)], "finetune.dapt")
+    sft = config_from_args("finetune sft", method_module("sft"), [str(recipe)], "finetune.sft")
+    assert dapt.replay == 0.0 and sft.train == ["x.jsonl"]
+    recipe.write_text("stages:\n  a: {stage: finetune.sft}\n  b: {stage: finetune.sft}\n")
+    assert main(["finetune", "sft", str(recipe)]) == 2
+    assert "several sections" in capsys.readouterr().err
