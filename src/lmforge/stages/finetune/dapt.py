@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, run_stage
+from lmforge.runstore import StageContext, run_stage, write_json_atomic
 from lmforge.training.options import FinetuneOptions
 
 log = logging.getLogger(__name__)
@@ -204,8 +204,6 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         "header": ["data", "ppl before", "ppl after", "loss change (nats/token)"],
         "rows": rows,
     }
-    from lmforge.runstore import write_json_atomic
-
     write_json_atomic(ctx.dir / "report.json", {"tables": [table]})
     return {
         **{f"{k}_before": v for k, v in before.items()},
