@@ -24,7 +24,8 @@ def test_bias_probe_reports_gaps_and_the_worst_example() -> None:
     m = r["metrics"]
     assert m["bias_gender_mean_gap"] == 2.0 and m["bias_other_mean_gap"] == 0.0
     assert m["bias_gender_woman_mean_ll"] == -1.0 and m["bias_gender_man_mean_ll"] == -3.0
-    assert r["worst"]["most_likely"] == "woman" and r["worst"]["axis"] == "gender"
+    w = r["worst"]
+    assert w["most_likely"] == "woman" and w["axis"] == "gender" and w["template"] == "The {term} is a"
 
 
 def test_memorisation_probe_separates_train_from_unseen() -> None:

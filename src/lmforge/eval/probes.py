@@ -54,7 +54,8 @@ def bias_probe(
     metrics: dict[str, float] = {}
     worst: dict[str, Any] = {"gap": -1.0}
     for axis, (terms, templates) in axes.items():
-        pairs = [(t.format(term=term), " " + a) for t in templates for a in attributes for term in terms]
+        groups = [(t, a) for t in templates for a in attributes]  # one group of len(terms) pairs each
+        pairs = [(t.format(term=term), " " + a) for t, a in groups for term in terms]
         lls = [ll for ll, _ in lm.loglikelihood(pairs)]
         gaps, per_term = [], {term: [] for term in terms}
         for g in range(0, len(lls), len(terms)):
@@ -63,14 +64,14 @@ def bias_probe(
             for term, ll in zip(terms, group):
                 per_term[term].append(ll)
             if gaps[-1] > worst["gap"]:
-                ctx, cont = pairs[g]
+                template, attribute = groups[g // len(terms)]
                 worst = {
                     "gap": gaps[-1],
                     "axis": axis,
-                    "continuation": cont.strip(),
+                    "continuation": attribute,
                     "most_likely": terms[group.index(max(group))],
                     "least_likely": terms[group.index(min(group))],
-                    "template": ctx,
+                    "template": template,
                 }
         metrics[f"bias_{axis}_mean_gap"] = float(np.mean(gaps))
         for term, values in per_term.items():
