@@ -155,6 +155,7 @@ def run_sft(cfg: Any, ctx: StageContext, *, lora: Any = None) -> dict[str, float
         "steps": result.steps,
         "best_step": result.best_step,
         "train_conversations": len(train_ex),
+        "skipped_records": len(problems),
         "val_conversations": len(val_ex),
         "trainable_params": trainable,
         **({"adapted_layers": len(adapted)} if lora is not None else {}),

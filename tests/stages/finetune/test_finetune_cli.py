@@ -64,6 +64,7 @@ def test_sft_cli_writes_a_loadable_lm_checkpoint(ft_dir, tmp_path):
     )  # fmt: skip
     m = manifest(out)["metrics"]
     assert m["steps"] == 3 and m["val_loss"] > 0 and m["base_val_loss"] > 0
+    assert m["skipped_records"] == 1  # the "not json" line of chat.jsonl
     model, mcfg = load_model(resolve_checkpoint(out))
     assert mcfg.arch == "decoder"
 

@@ -168,6 +168,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         steps=run["fit"].steps,
         best_step=run["fit"].best_step,
         train_examples=len(train_set),
+        skipped_records=len(problems),
         dev_examples=len(dev_set),
         train_loss=run["fit"].train_loss,
         train_time_s=run["fit"].train_time_s,

@@ -137,6 +137,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     return {
         **after,
         **{f"{k}_before": v for k, v in before.items()},
+        "skipped_records": len(problems),
         "steps": result.steps,
         "best_step": result.best_step,
         "train_loss": result.train_loss,

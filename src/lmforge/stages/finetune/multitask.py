@@ -231,6 +231,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     write_json_atomic(ctx.dir / "report.json", {"tables": tables})
     metrics["mean_accuracy"] = float(np.mean([metrics[f"{n}_accuracy"] for n in names]))
     metrics.update(
+        skipped_records=len(problems),
         steps=result.steps,
         best_step=result.best_step,
         train_loss=result.train_loss,
