@@ -109,3 +109,14 @@ def test_real_sst2_files():
     dev = read_labeled(SHARED / "sst2" / "stsa.binary.dev")
     assert len(train) == 6920 and len(dev) == 872
     assert {e.label for e in train} == {"0", "1"}
+
+
+def test_latin1_lines_are_repaired_not_dropped(tmp_path):
+    from lmforge.data.supervised import skipped
+
+    path = tmp_path / "rt-polarity.all"
+    path.write_bytes("0 the action clichés pile up\n1 fine\n".encode("latin-1") + b"2\n")
+    problems: list = []
+    got = read_labeled(path, problems=problems)
+    assert got[0].text == "the action clichés pile up" and len(got) == 2
+    assert [p.kind for p in problems] == ["invalid_utf8", "missing_field"] and skipped(problems) == 1

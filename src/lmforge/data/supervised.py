@@ -18,6 +18,7 @@ Three kinds of record, each read from a file whose name decides the format (``.j
 
 A record that cannot be used (malformed JSON, a missing or non-string field, a line without a label)
 is reported as a ``data.readers.Problem`` naming ``file:line`` and skipped; the good records are kept.
+A line that is not UTF-8 is read as Windows-1252 (MR and Subj are Latin-1) and reported as repaired.
 A file that cannot be read at all raises ``InputError``.
 """
 
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmforge.data.readers import COMPRESSIONS, Problem, decode, open_binary, report
+from lmforge.data.readers import COMPRESSIONS, Problem, open_binary, report
 from lmforge.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,24 @@ def _check_file(path: Path) -> Path:
     return path
 
 
+def _decode(raw: bytes, file: str, line: int, problems: list[Problem] | None) -> str:
+    """UTF-8, or else Windows-1252 (the classic sentence-classification files, e.g. MR and Subj, are
+    Latin-1): the line is kept and the repair reported as ``invalid_utf8``."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        report(
+            problems,
+            Problem(file, line, "invalid_utf8", f"not UTF-8 (byte {exc.start}); read as Windows-1252, kept"),
+        )
+        return raw.decode("cp1252", errors="replace")
+
+
+def skipped(problems: list[Problem]) -> int:
+    """How many of ``problems`` dropped a record (encoding repairs keep theirs)."""
+    return sum(p.kind != "invalid_utf8" for p in problems)
+
+
 def _text_lines(
     path: Path, compression: str | None, problems: list[Problem] | None
 ) -> Iterator[tuple[int, str]]:
@@ -87,7 +106,7 @@ def _text_lines(
     try:
         with open_binary(path, compression) as fh:
             for number, raw in enumerate(fh, start=1):
-                line = decode(raw, name, number, problems)
+                line = _decode(raw, name, number, problems)
                 yield number, (line.removeprefix("\ufeff") if number == 1 else line).rstrip("\r\n")
     except (OSError, EOFError) as exc:
         raise InputError(f"{path}: cannot read ({exc})") from exc

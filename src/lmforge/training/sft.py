@@ -46,7 +46,7 @@ def run_sft(cfg: Any, ctx: StageContext, *, lora: Any = None) -> dict[str, float
     ``cfg`` is the stage config: ``FinetuneOptions`` plus ``packing`` and ``max_train_examples``, and
     ``merge`` for LoRA. Inputs in ``ctx.inputs``: ``model``, ``train0..``, optionally ``val``.
     """
-    from lmforge.data.supervised import holdout, log_problems
+    from lmforge.data.supervised import holdout, log_problems, skipped
     from lmforge.runtime import create_runtime
     from lmforge.tokenizer.train import load_tokenizer, special_id
 
@@ -155,7 +155,7 @@ def run_sft(cfg: Any, ctx: StageContext, *, lora: Any = None) -> dict[str, float
         "steps": result.steps,
         "best_step": result.best_step,
         "train_conversations": len(train_ex),
-        "skipped_records": len(problems),
+        "skipped_records": skipped(problems),
         "val_conversations": len(val_ex),
         "trainable_params": trainable,
         **({"adapted_layers": len(adapted)} if lora is not None else {}),

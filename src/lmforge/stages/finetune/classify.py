@@ -80,7 +80,7 @@ def load_split(cfg: Any, path: str, problems: list) -> list:
 
 def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     """Read the splits, fine-tune, score the best checkpoint and the baselines, write the report tables."""
-    from lmforge.data.supervised import holdout, log_problems
+    from lmforge.data.supervised import holdout, log_problems, skipped
     from lmforge.eval.classification import (
         bow_baseline,
         classification_metrics,
@@ -168,7 +168,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         steps=run["fit"].steps,
         best_step=run["fit"].best_step,
         train_examples=len(train_set),
-        skipped_records=len(problems),
+        skipped_records=skipped(problems),
         dev_examples=len(dev_set),
         train_loss=run["fit"].train_loss,
         train_time_s=run["fit"].train_time_s,

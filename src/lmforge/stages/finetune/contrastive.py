@@ -61,7 +61,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from lmforge.data.supervised import holdout, log_problems, read_pairs
+    from lmforge.data.supervised import holdout, log_problems, read_pairs, skipped
     from lmforge.runtime import create_runtime
     from lmforge.tokenizer.train import load_tokenizer, special_id
     from lmforge.training import finetune as ft
@@ -137,7 +137,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     return {
         **after,
         **{f"{k}_before": v for k, v in before.items()},
-        "skipped_records": len(problems),
+        "skipped_records": skipped(problems),
         "steps": result.steps,
         "best_step": result.best_step,
         "train_loss": result.train_loss,

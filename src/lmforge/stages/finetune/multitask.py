@@ -92,7 +92,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
 
-    from lmforge.data.supervised import holdout, log_problems, read_labeled
+    from lmforge.data.supervised import holdout, log_problems, read_labeled, skipped
     from lmforge.eval.classification import bow_baseline, classification_metrics, confusion_table
     from lmforge.runtime import create_runtime
     from lmforge.tokenizer.train import load_tokenizer, special_id
@@ -231,7 +231,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     write_json_atomic(ctx.dir / "report.json", {"tables": tables})
     metrics["mean_accuracy"] = float(np.mean([metrics[f"{n}_accuracy"] for n in names]))
     metrics.update(
-        skipped_records=len(problems),
+        skipped_records=skipped(problems),
         steps=result.steps,
         best_step=result.best_step,
         train_loss=result.train_loss,
