@@ -81,22 +81,32 @@ def test_bad_options_fail_before_work(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is absent (only on the development machine)")
-def test_few_shot_hellaswag_and_arc_on_a_checkpoint(ckpts: Path, tmp_path: Path) -> None:
+def test_few_shot_hellaswag_arc_sst2_squad_on_a_checkpoint(ckpts: Path, tmp_path: Path) -> None:
     cfg = from_dict(
         eval_stage.Config,
         {
             "model": str(ckpts / "m0"),
             "tokenizer": "",
             "out": str(tmp_path / "eval"),
-            "tasks": ["hellaswag", "arc_easy"],
+            "tasks": ["hellaswag", "arc_easy", "sst2", "squad"],
             "shots": [2],
-            "limit": 8,
+            "limit": 6,
             "data_dir": str(SHARED),
         },
     )
     metrics = eval_stage.main(cfg)["metrics"]
-    for name in ("hellaswag_2shot_acc", "hellaswag_2shot_acc_norm", "arc_easy_2shot_acc"):
-        assert 0 <= metrics[name] <= 1
+    for name in (
+        "hellaswag_2shot_acc",
+        "hellaswag_2shot_acc_norm",
+        "arc_easy_2shot_acc",
+        "sst2_2shot_accuracy",
+        "sst2_2shot_macro_f1",
+        "squad_2shot_exact_match",
+        "squad_2shot_f1",
+    ):
+        assert 0 <= metrics[name] <= 1, name
+    tables = json.loads((tmp_path / "eval" / "report.json").read_text())["tables"]
+    assert any(t["title"].startswith("sst2 2-shot: confusion matrix") for t in tables)
 
 
 def test_eval_tables_land_in_the_run_report(ckpts: Path, tmp_path: Path) -> None:

@@ -170,17 +170,20 @@ def prompts(task: Task, k: int, seed: int) -> list[str]:
 
 
 def evaluate_task(lm: LM, task: Task, *, k: int = 0, seed: int = 1234) -> dict[str, Any]:
-    """Run ``task`` with ``k`` shots; returns ``{"metrics": {...}, "n": int, "example": first prompt}``."""
+    """Run ``task`` with ``k`` shots; returns ``{"metrics": {...}, "n": int, "example": first prompt,
+    "tables": report tables}`` (classification: the confusion matrix)."""
     contexts = prompts(task, k, seed)
+    tables: list[dict[str, Any]] = []
     if task.kind in ("multiple_choice", "classification"):
-        metrics = _score_choices(lm, task, contexts)
+        metrics = _score_choices(lm, task, contexts, tables)
     else:
         metrics = _score_generation(lm, task, contexts)
     log.info("%s (%d-shot, %d docs): %s", task.name, k, len(task.docs), _brief(metrics))
-    return {"metrics": metrics, "n": len(task.docs), "k": k, "example": contexts[0] if contexts else ""}
+    example = contexts[0] if contexts else ""
+    return {"metrics": metrics, "n": len(task.docs), "k": k, "example": example, "tables": tables}
 
 
-def _score_choices(lm: LM, task: Task, contexts: list[str]) -> dict[str, float]:
+def _score_choices(lm: LM, task: Task, contexts: list[str], tables: list[dict[str, Any]]) -> dict[str, float]:
     delim = task.fmt.target_delimiter
     pairs = [(ctx, delim + choice) for ctx, doc in zip(contexts, task.docs) for choice in doc.choices]
     scores = [ll for ll, _ in lm.loglikelihood(pairs)]
@@ -198,10 +201,11 @@ def _score_choices(lm: LM, task: Task, contexts: list[str]) -> dict[str, float]:
             "acc": sum(p == g for p, g in zip(picks, golds)) / n,
             "acc_norm": sum(p == g for p, g in zip(picks_norm, golds)) / n,
         }
-    from lmforge.eval.classification import classification_metrics, flat_metrics
+    from lmforge.eval.classification import classification_metrics, confusion_table, flat_metrics
 
     names = task.labels or tuple(task.docs[0].choices)
     result = classification_metrics([names[g] for g in golds], [names[p] for p in picks], labels=list(names))
+    tables.append(confusion_table(result))
     return flat_metrics(result)
 
 

@@ -3,9 +3,10 @@
 The idea follows nanochat's engine: one tensor per kind holds every layer's keys (or values), allocated
 once at ``max_len``; each forward writes its new positions in place and attends over the filled prefix.
 
-Limitation: every row of the batch shares one position counter, so the batch must hold left-aligned
-prompts of equal length (e.g. one prompt repeated for several samples). Ragged batches (per-row
-positions and padding masks) are a later extension.
+Every row of the batch shares one column counter ``pos``. ``Decoder.forward(idx, cache)`` gives every
+row the positions ``pos ..``, so through the decoder the batch must hold prompts of equal length. Ragged
+batches go through ``inference/batch_forward.py``: prompts are left-padded, ``pad[b]`` counts row b's
+padding columns, and that forward gives each row its true positions and masks its padding.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.pos = 0
+        self.pad: torch.Tensor | None = None  # [B] left-padding columns per row (ragged batches only)
 
     def check(self, batch_size: int, n_new: int) -> None:
         """Raise ValueError unless ``n_new`` tokens for ``batch_size`` rows fit at the current position."""

@@ -142,6 +142,8 @@ def _evaluate_checkpoint(
             r = evaluate_task(lm, task, k=k, seed=cfg.seed)
             out["tasks"].setdefault(task.name, {})[f"{k}shot"] = r["metrics"]
             out["examples"][f"{task.name}_{k}shot"] = r["example"]
+            for t in r["tables"]:
+                out.setdefault("tables", []).append({**t, "title": f"{task.name} {k}-shot: {t['title']}"})
             metrics.update({f"{task.name}_{k}shot_{m}": v for m, v in r["metrics"].items()})
     if "bias" in cfg.probes:
         r = bias_probe(lm)
@@ -249,6 +251,7 @@ def _tables(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         rows = [[k] + [_fmt(results[n]["metrics"].get(k)) for n in names] for k in keys]
         if rows:
             tables.append({"title": "Language modelling", "header": ["metric", *names], "rows": rows})
+    tables += results[names[0]].get("tables", [])  # per-task tables (confusion matrices) of the first
     worst = results[names[0]].get("bias_worst")
     if worst and worst.get("gap", -1) >= 0:
         rows = [
