@@ -266,3 +266,14 @@ def test_packing_is_first_fit_with_whole_examples():
     assert [len(ids) for ids, _ in rows] == [9, 6]
     with pytest.raises(ValueError, match="packing"):
         chat_rows(ex, 8, "zip")
+
+
+def test_restart_discards_an_interrupted_attempt(tmp_path):
+    from types import SimpleNamespace
+
+    (tmp_path / "ckpt" / "step_5").mkdir(parents=True)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
+    ft.restart(SimpleNamespace(resumed=False, dir=tmp_path, instance="x"))
+    assert (tmp_path / "metrics.jsonl").exists()
+    ft.restart(SimpleNamespace(resumed=True, dir=tmp_path, instance="x"))
+    assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "ckpt").exists()

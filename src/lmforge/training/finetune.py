@@ -25,6 +25,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -442,3 +443,15 @@ def predict_classes(
             predicted[i] = p
     model.train(was_training)
     return predicted, total / max(len(seqs), 1)
+
+
+def restart(ctx: Any) -> None:
+    """Clear what an interrupted attempt left in the stage's work directory (``metrics.jsonl``, ``ckpt/``).
+
+    Fine-tunes are short, so an interrupted one starts again from its base checkpoint rather than
+    resuming mid-run; without this its step records would be appended twice.
+    """
+    if getattr(ctx, "resumed", False):
+        logger.info("%s: an interrupted attempt is discarded; fine-tuning starts again", ctx.instance)
+        (ctx.dir / "metrics.jsonl").unlink(missing_ok=True)
+        shutil.rmtree(ctx.dir / "ckpt", ignore_errors=True)

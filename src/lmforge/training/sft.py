@@ -51,6 +51,7 @@ def run_sft(cfg: Any, ctx: StageContext, *, lora: Any = None) -> dict[str, float
     from lmforge.tokenizer.train import load_tokenizer, special_id
 
     rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
+    ft.restart(ctx)
     model, mcfg, ckpt_dir = ft.load_base(
         ctx.inputs["model"], cfg.checkpoint, device=rt.device, dropout=cfg.dropout
     )

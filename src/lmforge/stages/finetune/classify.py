@@ -89,9 +89,11 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         per_class_table,
     )
     from lmforge.runtime import create_runtime
+    from lmforge.training.finetune import restart
 
     rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
     problems: list = []
+    restart(ctx)
     train_set = load_split(cfg, str(ctx.inputs["train"]), problems)
     if "dev" in ctx.inputs:
         dev_set = load_split(cfg, str(ctx.inputs["dev"]), problems)

@@ -120,6 +120,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
 
     rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
     device = rt.device
+    ft.restart(ctx)
     model, mcfg, ckpt_dir = ft.load_base(
         ctx.inputs["model"], cfg.checkpoint, device=device, dropout=cfg.dropout
     )
