@@ -50,10 +50,10 @@ def test_replay_reduces_forgetting(ft_dir, tmp_path):
     general.write_text(cycles(words, 0))
     domain.write_text(cycles(words[::-1], 1))
     # a "general" model: the untrained checkpoint trained on the general text first
-    base = run(tmp_path / "base", ft_dir / "decoder", general, domain, 0.0, 120)
+    base = run(tmp_path / "base", ft_dir / "decoder", general, domain, 0.0, 80)
     assert base["domain_loss_after"] < base["domain_loss_before"]
-    plain = run(tmp_path / "plain", tmp_path / "base", domain, general, 0.0, 60)
-    replay = run(tmp_path / "replay", tmp_path / "base", domain, general, 0.5, 60)
+    plain = run(tmp_path / "plain", tmp_path / "base", domain, general, 0.0, 40)
+    replay = run(tmp_path / "replay", tmp_path / "base", domain, general, 0.5, 40)
     assert plain["domain_gain"] > 0 and replay["domain_gain"] > 0  # both adapt to the domain
     assert plain["forgetting"] > 0  # without replay the general loss rises
     assert replay["forgetting"] < 0.5 * plain["forgetting"]
