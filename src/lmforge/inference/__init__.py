@@ -1,6 +1,17 @@
-"""Inference: next-token sampling (temperature, top-k, top-p) and autoregressive generation."""
+"""Inference: next-token sampling, the batched generation engine (prefill + cached decode, streaming),
+and single-prompt generation for any next-token model."""
 
+from lmforge.inference.engine import Completion, Engine, Event, SamplingParams
 from lmforge.inference.generate import generate, stream
 from lmforge.inference.sampling import check_sampling_args, sample_next
 
-__all__ = ["check_sampling_args", "generate", "sample_next", "stream"]
+__all__ = [
+    "Completion",
+    "Engine",
+    "Event",
+    "SamplingParams",
+    "check_sampling_args",
+    "generate",
+    "sample_next",
+    "stream",
+]

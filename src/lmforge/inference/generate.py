@@ -4,8 +4,8 @@ The model is any ``nn.Module`` with ``forward(idx: LongTensor[B, T]) -> logits[B
 offers ``new_kv_cache(batch_size, max_len)`` and ``forward(idx, cache)`` (lmforge's ``Decoder`` does), the
 prompt is prefilled once and each new token costs one cached decode step; once the sequence outgrows
 ``block_size`` the loop falls back to a full forward over the last ``block_size`` tokens (the
-reference behaviour), so cached and uncached generation give the same tokens. Batched decoding with
-ragged prompts, and streaming to many clients, belong to the engine of issue 8.
+reference behaviour), so cached and uncached generation give the same tokens. For batches of prompts,
+stop strings and the full set of sampling controls on an lmforge ``Decoder``, use ``engine.Engine``.
 """
 
 from __future__ import annotations
