@@ -169,4 +169,23 @@ def test_fused_weights_follow_parameter_updates() -> None:
     with torch.no_grad():
         for p in model.blocks.parameters():
             p.add_(torch.randn_like(p) * 0.5)  # in place, as an optimiser step
-    assert [c.ids for c in engine.generate(PROMPTS, params)] == [uncached_greedy(model, p, 8) for p in PROMPTS]
+    assert [c.ids for c in engine.generate(PROMPTS, params)] == [
+        uncached_greedy(model, p, 8) for p in PROMPTS
+    ]
+
+
+def test_lora_applied_after_the_engine_is_made_is_used() -> None:
+    from lmforge.model.lora import LoraConfig, apply_lora
+
+    model = build()
+    engine = Engine(model)
+    params = SamplingParams(max_new_tokens=8, temperature=0)
+    engine.generate(PROMPTS, params)
+    apply_lora(model, LoraConfig(r=4, targets=("q_proj", "v_proj", "gate_proj", "o_proj")))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)  # a non-zero update, so the adapter changes the outputs
+    assert [c.ids for c in engine.generate(PROMPTS, params)] == [
+        uncached_greedy(model, p, 8) for p in PROMPTS
+    ]

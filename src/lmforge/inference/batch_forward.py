@@ -47,7 +47,6 @@ class RaggedForward:
             raise TypeError(f"RaggedForward needs an lmforge Decoder, got {type(model).__name__}")
         self.model = model
         self.cfg = model.config
-        self._params = [p for block in model.blocks for p in block.parameters()]
         self._layers: list[_Layer] = []
         self._key: tuple = ()
         Q = self.cfg.head_dim
@@ -63,8 +62,11 @@ class RaggedForward:
         return cache
 
     def refresh(self) -> None:
-        """(Re)build the fused weights if any block parameter changed since the last build."""
-        key = tuple((p.data_ptr(), p._version) for p in self._params)
+        """(Re)build the fused weights if any block parameter changed since the last build (a new
+        parameter, e.g. a LoRA adapter applied after the engine was made, counts as a change)."""
+        key = tuple(
+            (id(p), p.data_ptr(), p._version) for block in self.model.blocks for p in block.parameters()
+        )
         if key != self._key:
             rope = self.cfg.pos == "rope"
             self._layers = [_Layer(b, self._perm if rope else None) for b in self.model.blocks]
