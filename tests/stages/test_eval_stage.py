@@ -41,6 +41,12 @@ def ckpts(tmp_path_factory) -> Path:
         "path: yn.jsonl\ntemplate: '{q}\\nAnswer:'\ninstruction: Answer yes or no.\n"
     )
     (root / "text.txt").write_text("the cat sat on the mat\n\nthe dog ran to the park\n")
+    (root / "tokens").mkdir()  # a token directory with one .bin shard
+    import numpy as np
+
+    ids = np.array([0] + tok.encode("the cat sat on the mat").ids * 3, dtype=np.uint16)  # 7 tokens
+    ids.tofile(root / "tokens" / "shard_00000.bin")
+    (root / "tokens" / "index.json").write_text(json.dumps({"dtype": "uint16", "shards": []}))
     return root
 
 
@@ -54,14 +60,15 @@ def test_tasks_text_and_comparison_land_in_eval_json_and_report_tables(ckpts: Pa
             "out": str(tmp_path / "eval"),
             "tasks": [str(ckpts / "yn.yaml")],
             "shots": [0, 2],
-            "text": [str(ckpts / "text.txt")],
+            "text": [str(ckpts / "text.txt"), str(ckpts / "tokens" / "shard_00000.bin")],
             "probes": ["bias"],
         },
     )
     m = eval_stage.main(cfg)
     metrics = m["metrics"]
     assert 0 <= metrics["yn_2shot_acc"] <= 1 and "yn_0shot_acc_norm" in metrics
-    assert metrics["text_loss"] > 0 and "bias_gender_mean_gap" in metrics
+    assert metrics["text_loss"] > 0 and metrics["shard_00000_tokens"] == 3 * 7  # every target of the shard
+    assert "bias_gender_mean_gap" in metrics
     data = json.loads((tmp_path / "eval" / "eval.json").read_text())["checkpoints"]
     assert list(data) == ["m0", "m1"]
     assert data["m0"]["examples"]["yn_2shot"].startswith("Answer yes or no.\n\n")

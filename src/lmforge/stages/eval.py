@@ -45,7 +45,9 @@ class Config:
     compare: list[str] = opt([], "more checkpoints or training stages to evaluate side by side", path=True)
     split: Literal["val", "train"] = opt("val", "token split to evaluate")
     max_tokens: int = opt(0, "evaluate at most this many tokens (0 = the whole split)")
-    text: list[str] = opt([], "more text files or token directories to compute LM metrics on", path=True)
+    text: list[str] = opt(
+        [], "text files, token directories or .bin shards to compute LM metrics on", path=True
+    )
     tasks: list[str] = opt([], "tasks: built-in names (hellaswag, arc_easy, ...) or YAML task files")
     shots: list[int] = opt([0], "k of the k-shot prompts; each task runs at every k")
     limit: int = opt(200, "documents per task (0 = all)")
@@ -134,7 +136,7 @@ def _evaluate_checkpoint(
         metrics.update(_split_metrics(cfg, lm, tokens_dir, open_tokens))
     for i, _ in enumerate(cfg.text):
         path = ctx.inputs[f"text_{i}"]
-        stream = open_tokens(path) if (path / "index.json").is_file() else _encode_text(lm, path)
+        stream = _token_stream(lm, path, open_tokens)
         r = _lm_metrics(lm, stream, max_tokens=cfg.max_tokens)
         metrics.update({f"{_stem(path)}_{k}": v for k, v in r.items()})
     for task in tasks:
@@ -198,6 +200,19 @@ def _lm_metrics(lm: Any, tokens: Any, *, max_tokens: int, raw: bool = False) -> 
     if raw:
         return r
     return {"loss": r["loss"], "ppl": r["perplexity"], "bpb": r["bpb"], "tokens": r["tokens"]}
+
+
+def _token_stream(lm: Any, path: Path, open_tokens: Any) -> Any:
+    """Tokens of a token directory (``index.json``), of one ``.bin`` shard of such a directory, or of a
+    text file (encoded with the checkpoint's tokenizer)."""
+    if path.is_dir():
+        return open_tokens(path)
+    if path.suffix == ".bin" and (path.parent / "index.json").is_file():
+        import numpy as np
+
+        dtype = json.loads((path.parent / "index.json").read_text())["dtype"]
+        return np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r")
+    return _encode_text(lm, path)
 
 
 def _encode_text(lm: Any, path: Path) -> Any:
