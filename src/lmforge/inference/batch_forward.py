@@ -149,7 +149,13 @@ class RaggedForward:
         """``residual + attention(h)``, ``[B, T, D]``."""
         B, T, _ = h.shape
         H, K, Q = attn.n_head, attn.n_kv_head, attn.head_dim
-        if fused.qkv is not None:
+        if (
+            fused.qkv is not None and attn.q_norm is None and freqs is not None
+        ):  # the common case: one rotation
+            qk, v = F.linear(h, fused.qkv, fused.qkv_bias).view(B, T, H + 2 * K, Q).split((H + K, K), dim=2)
+            q, k = _rotate(qk, freqs).split((H, K), dim=2)
+            freqs = None  # done
+        elif fused.qkv is not None:
             q, k, v = F.linear(h, fused.qkv, fused.qkv_bias).view(B, T, H + 2 * K, Q).split((H, K, K), dim=2)
         else:
             q, k, v = (
