@@ -189,3 +189,15 @@ def test_lora_applied_after_the_engine_is_made_is_used() -> None:
     assert [c.ids for c in engine.generate(PROMPTS, params)] == [
         uncached_greedy(model, p, 8) for p in PROMPTS
     ]
+
+
+def test_logprobs_are_the_model_log_probabilities_of_the_tokens() -> None:
+    model = build()
+    out = Engine(model).generate(
+        PROMPTS, SamplingParams(max_new_tokens=6, temperature=0.8, seed=0, logprobs=True)
+    )
+    for prompt, c in zip(PROMPTS, out):
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([prompt + c.ids]))[0], dim=-1)  # [T, V]
+        expected = [logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(c.ids)]
+        assert c.logprobs == pytest.approx(expected, abs=1e-4)

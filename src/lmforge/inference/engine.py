@@ -49,6 +49,7 @@ class SamplingParams:
     seed: int | None = None  # row i draws from a generator seeded seed + i (None = global RNG)
     stop: Sequence[str] = ()  # stop strings: the text ends before the first one (needs a tokenizer)
     stop_ids: frozenset[int] | set[int] = frozenset()  # stop tokens, not included in the output
+    logprobs: bool = False  # report each token's log-probability under the model (before any processing)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first impossible setting."""
@@ -70,6 +71,7 @@ class Event:
     token: int | None
     text: str
     finish_reason: str | None = None
+    logprob: float | None = None  # with ``SamplingParams.logprobs``
 
 
 @dataclass
@@ -80,6 +82,7 @@ class Completion:
     text: str = ""  # decoded text, cut before a stop string
     finish_reason: str = "length"
     prompt_tokens: int = 0
+    logprobs: list[float] = field(default_factory=list)  # per generated id, with ``SamplingParams.logprobs``
 
 
 class Engine:
@@ -103,6 +106,8 @@ class Engine:
             c = out[event.row]
             if event.token is not None:
                 c.ids.append(event.token)
+                if event.logprob is not None:
+                    c.logprobs.append(event.logprob)
             c.text += event.text
             if event.finish_reason:
                 c.finish_reason = event.finish_reason
@@ -167,6 +172,9 @@ class Engine:
         while True:
             tokens = self._pick(logits, params, seen, gens)  # [B]
             step = tokens.tolist()
+            lps = [None] * B
+            if params.logprobs:
+                lps = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None])[:, 0].tolist()
             for i, token in enumerate(step):
                 if done[i]:
                     continue
@@ -180,9 +188,9 @@ class Engine:
                     done[i] = True
                     if texts[i] and not stopped:
                         text += texts[i].flush()
-                    yield Event(i, token, text, "stop" if stopped else "length")
+                    yield Event(i, token, text, "stop" if stopped else "length", lps[i])
                 else:
-                    yield Event(i, token, text)
+                    yield Event(i, token, text, None, lps[i])
             if all(done):
                 return
             if seen is not None:
