@@ -40,11 +40,15 @@ class LmforgeLM(HarnessLM):
         self, checkpoint: str, which: str = "best", batch_size: int | str = 16, device: str = "auto", **_: Any
     ):
         super().__init__()
+        import torch
+
         from lmforge.runtime import create_runtime
         from lmforge.tokenizer.train import load_tokenizer, special_id
         from lmforge.training.checkpoint import load_model, resolve_checkpoint
 
-        rt = create_runtime(device, "fp32", seed=0)
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            device = "auto"  # the harness CLI passes cuda:0 by default
+        rt = create_runtime(device or "auto", "fp32", seed=0)
         ckpt = resolve_checkpoint(Path(checkpoint).expanduser(), which)
         model, _ = load_model(ckpt, device=rt.device)
         tok = load_tokenizer(ckpt / "tokenizer.json")
