@@ -201,3 +201,16 @@ def test_logprobs_are_the_model_log_probabilities_of_the_tokens() -> None:
             logp = torch.log_softmax(model(torch.tensor([prompt + c.ids]))[0], dim=-1)  # [T, V]
         expected = [logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(c.ids)]
         assert c.logprobs == pytest.approx(expected, abs=1e-4)
+
+
+def test_rows_finishing_early_leave_the_batch_without_changing_the_others() -> None:
+    engine = Engine(build())
+    base = dict(max_new_tokens=14, temperature=0.9, top_k=20, repetition_penalty=1.3, logprobs=True)
+    free = engine.generate(PROMPTS, SamplingParams(seed=5, **base))
+    stop = {free[0].ids[2], free[2].ids[6]}  # rows stop at different steps, so the batch shrinks
+    batched = engine.generate(PROMPTS, SamplingParams(seed=5, stop_ids=stop, **base))
+    assert len({len(c.ids) for c in batched}) > 1
+    for i, prompt in enumerate(PROMPTS):  # row i draws from seed + i, alone or in the batch
+        alone = engine.generate([prompt], SamplingParams(seed=5 + i, stop_ids=stop, **base))[0]
+        assert alone.ids == batched[i].ids and alone.finish_reason == batched[i].finish_reason
+        assert alone.logprobs == pytest.approx(batched[i].logprobs, abs=1e-4)

@@ -11,7 +11,8 @@ rollouts and the server. Shape of a call (after nanochat's engine):
    decode step feeds all rows' new tokens through the cache.
 3. A row finishes on a stop token (not included), on a stop string (the text is cut before it), when it
    has ``max_new_tokens`` tokens, or when it reaches the model's ``block_size`` (``finish_reason``
-   ``"stop"`` or ``"length"``). The loop ends when every row has finished.
+   ``"stop"`` or ``"length"``). Once at most 3/4 of the batch is still generating, finished rows are
+   dropped from the batch and the cache. The loop ends when every row has finished.
 
 ``Engine.stream`` yields one ``Event`` per new token with the text it adds (held back while it could be
 the start of a stop string or an incomplete UTF-8 character); ``Engine.generate`` collects the events
@@ -34,6 +35,7 @@ from tokenizers import Tokenizer
 from lmforge.inference.batch_forward import RaggedForward
 from lmforge.inference.sampling import apply_repetition_penalty, check_sampling_args, filter_logits
 from lmforge.model.decoder import Decoder
+from lmforge.model.kv_cache import KVCache
 
 
 @dataclass
@@ -167,15 +169,16 @@ class Engine:
         ]
         done = [False] * B
         n_new = [0] * B
+        alive = list(range(B))  # the prompt index of each cache row
         self.forward.refresh()
-        logits = self.forward(idx, cache, last_only=True)[:, -1]  # [B, V]
+        logits = self.forward(idx, cache, last_only=True)[:, -1]  # [b, V], b = len(alive)
         while True:
-            tokens = self._pick(logits, params, seen, gens)  # [B]
-            step = tokens.tolist()
-            lps = [None] * B
+            tokens = self._pick(logits, params, seen, gens)  # [b]
+            lps = [None] * len(alive)
             if params.logprobs:
                 lps = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None])[:, 0].tolist()
-            for i, token in enumerate(step):
+            for j, token in enumerate(tokens.tolist()):
+                i = alive[j]
                 if done[i]:
                     continue
                 if token in params.stop_ids:
@@ -188,13 +191,21 @@ class Engine:
                     done[i] = True
                     if texts[i] and not stopped:
                         text += texts[i].flush()
-                    yield Event(i, token, text, "stop" if stopped else "length", lps[i])
+                    yield Event(i, token, text, "stop" if stopped else "length", lps[j])
                 else:
-                    yield Event(i, token, text, None, lps[i])
+                    yield Event(i, token, text, None, lps[j])
             if all(done):
                 return
             if seen is not None:
-                seen[torch.arange(B, device=device), tokens] = True
+                seen[torch.arange(len(alive), device=device), tokens] = True
+            keep = [j for j, i in enumerate(alive) if not done[i]]
+            if len(keep) <= COMPACT_AT * len(alive):  # drop finished rows from the batch and the cache
+                rows_kept = torch.tensor(keep, device=device)
+                _select_rows(cache, rows_kept)
+                tokens = tokens[rows_kept]
+                seen = None if seen is None else seen[rows_kept]
+                gens = None if gens is None else [gens[j] for j in keep]
+                alive = [alive[j] for j in keep]
             logits = self.forward(tokens[:, None], cache)[:, -1]
 
     @staticmethod
@@ -216,6 +227,17 @@ class Engine:
         if gens is None:
             return torch.multinomial(probs, 1).squeeze(-1)
         return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(gens)])
+
+
+COMPACT_AT = 0.75  # compact the batch once at most this fraction of its rows is still generating
+
+
+def _select_rows(cache: KVCache, rows: torch.Tensor) -> None:
+    """Keep only ``rows`` (indices ``[b]``) of every tensor of ``cache``, in place."""
+    cache.k = cache.k.index_select(1, rows)
+    cache.v = cache.v.index_select(1, rows)
+    cache.pad = cache.pad.index_select(0, rows)
+    cache.batch_size = len(rows)
 
 
 class _TextState:
