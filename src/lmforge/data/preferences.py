@@ -1,0 +1,169 @@
+"""Reader for preference data: a prompt and two responses, one preferred (DPO, reward models).
+
+Every record becomes one or more ``Preference(prompt, chosen, rejected, where)``: ``prompt`` is the
+conversation so far (``[{"role", "content"}, ...]``, ending with a user turn), ``chosen`` and
+``rejected`` are the two candidate assistant replies. JSONL (optionally ``.gz``/``.zst``/``.bz2``), one
+record per line, in any of these schemas:
+
+- ``{"prompt": str | messages, "chosen": str | messages, "rejected": str | messages}`` — when the
+  responses are message lists they are the assistant turns that follow the prompt;
+- ``{"messages": [...], "chosen": str | {"role": "assistant", "content"}, "rejected": ...}``;
+- ``{"chosen": messages, "rejected": messages}`` — two whole conversations that share a prefix and
+  differ in the last assistant turn (the TRL/UltraFeedback layout);
+- ``{"chosen": str, "rejected": str}`` in Anthropic HH-RLHF's text format
+  (``"\\n\\nHuman: ...\\n\\nAssistant: ..."``): the turns are split on those markers, the shared turns
+  up to the last ``Assistant:`` are the prompt;
+- full rankings ``{"prompt", "responses": [str, ...], "ranking": [i, ...]}`` (indices, best first):
+  every implied pair (best over each worse one, ...), ``K·(K-1)/2`` pairs per record.
+
+An optional ``"system"`` string becomes the system turn. A record that fits none of these, has wrong
+types, identical chosen and rejected replies, or (text format) no final assistant turn is reported as
+a ``data.readers.Problem`` naming ``file:line`` and skipped; the good records are kept.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+from lmforge.data.readers import Problem, report
+from lmforge.data.supervised import Messages, _check_file, _json_records, file_format
+from lmforge.errors import InputError
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+@dataclass(frozen=True)
+class Preference:
+    """One comparison: after ``prompt`` the reply ``chosen`` is preferred to ``rejected``."""
+
+    prompt: tuple[dict[str, str], ...]
+    chosen: str
+    rejected: str
+    where: str = ""
+
+    def conversation(self, which: str) -> Messages:
+        """The prompt followed by the ``chosen`` or ``rejected`` reply as an assistant turn."""
+        reply = {"chosen": self.chosen, "rejected": self.rejected}[which]
+        return [*map(dict, self.prompt), {"role": "assistant", "content": reply}]
+
+
+def parse_hh(text: str) -> Messages:
+    """Split HH-RLHF text (``"\\n\\nHuman: a\\n\\nAssistant: b"``) into messages.
+
+    Raises:
+        ValueError: the text does not start with a ``Human:``/``Assistant:`` marker.
+    """
+    parts = _HH_TURN.split(text)
+    if len(parts) < 3 or parts[0].strip():
+        raise ValueError("expected HH-RLHF text starting with '\\n\\nHuman: '")
+    return [
+        {"role": _HH_ROLES[role], "content": content.strip()}
+        for role, content in zip(parts[1::2], parts[2::2])
+    ]
+
+
+def _messages(value: Any, key: str) -> Messages:
+    if not isinstance(value, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in value
+    ):
+        raise ValueError(f"'{key}' must be a string or a list of {{role, content}} with string content")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def _reply(value: Any, key: str) -> str:
+    """An assistant reply given as a string, a message, or a list of messages (the last one)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        value = [value]
+    messages = _messages(value, key)
+    if not messages or messages[-1]["role"] != "assistant":
+        raise ValueError(f"'{key}' must end with an assistant message")
+    return messages[-1]["content"]
+
+
+def _split_pair(chosen: Messages, rejected: Messages) -> tuple[Messages, str, str]:
+    """Shared prefix (the prompt) and the two final assistant replies of two whole conversations."""
+    for conv, key in ((chosen, "chosen"), (rejected, "rejected")):
+        if not conv or conv[-1]["role"] != "assistant":
+            raise ValueError(f"'{key}' has no final assistant turn")
+    prompt_c, prompt_r = chosen[:-1], rejected[:-1]
+    if prompt_c != prompt_r:
+        raise ValueError("'chosen' and 'rejected' differ before their last assistant turn")
+    return prompt_c, chosen[-1]["content"], rejected[-1]["content"]
+
+
+def to_preferences(record: dict[str, Any]) -> list[tuple[Messages, str, str]]:
+    """``[(prompt, chosen, rejected), ...]`` of one record (schemas: module docstring).
+
+    Raises:
+        ValueError: the record fits no schema or has wrong types; the message says what was expected.
+    """
+    system = record.get("system")
+    head: Messages = [{"role": "system", "content": system}] if isinstance(system, str) and system else []
+    if "responses" in record or "ranking" in record:
+        responses, ranking = record.get("responses"), record.get("ranking")
+        if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
+            raise ValueError("'responses' must be a list of strings")
+        if (
+            not isinstance(ranking, list)
+            or sorted(ranking) != list(range(len(responses)))
+            or len(responses) < 2
+        ):
+            raise ValueError(
+                f"'ranking' must order all {len(responses)} response indices, best first (e.g. [2, 0, 1])"
+            )
+        prompt = record.get("prompt")
+        msgs = (
+            [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _messages(prompt, "prompt")
+        )
+        return [(head + msgs, responses[a], responses[b]) for a, b in combinations(ranking, 2)]
+    if "chosen" not in record or "rejected" not in record:
+        raise ValueError(
+            f"no preference schema matches keys {sorted(record)}; valid: prompt/chosen/rejected, "
+            "messages/chosen/rejected, chosen/rejected conversations, HH-RLHF text, prompt/responses/ranking"
+        )
+    chosen, rejected = record["chosen"], record["rejected"]
+    if "prompt" in record or "messages" in record:
+        key = "prompt" if "prompt" in record else "messages"
+        prompt = record[key]
+        msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _messages(prompt, key)
+        return [(head + msgs, _reply(chosen, "chosen"), _reply(rejected, "rejected"))]
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        prompt, c, r = _split_pair(parse_hh(chosen), parse_hh(rejected))
+    else:
+        prompt, c, r = _split_pair(_messages(chosen, "chosen"), _messages(rejected, "rejected"))
+    return [(head + prompt, c, r)]
+
+
+def read_preferences(path: str | Path, problems: list[Problem] | None = None) -> list[Preference]:
+    """Every comparison in a JSONL file (schemas: module docstring); bad records reported and skipped.
+
+    Raises:
+        InputError: the file is missing, unreadable or not JSONL.
+    """
+    path = _check_file(Path(path))
+    name = str(path)
+    if file_format(path)[0] != "jsonl":
+        raise InputError(f"{path}: preferences are read from .jsonl files (optionally compressed)")
+    out: list[Preference] = []
+    for number, record in _json_records(path, problems):
+        try:
+            found = to_preferences(record)
+            for prompt, chosen, rejected in found:
+                if not prompt or prompt[-1]["role"] != "user":
+                    raise ValueError("the prompt must end with a user turn")
+                if chosen == rejected:
+                    raise ValueError("'chosen' and 'rejected' are the same reply")
+        except (ValueError, KeyError) as exc:
+            report(problems, Problem(name, number, "missing_field", f"{exc}; skipped"))
+            continue
+        for prompt, chosen, rejected in found:
+            out.append(Preference(tuple(prompt), chosen, rejected, f"{name}:{number}"))
+    return out
