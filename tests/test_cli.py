@@ -39,9 +39,9 @@ def test_top_help_lists_commands(capsys):
         assert f"  {name} " in out
 
 
-# commands whose stages are methods (finetune) test each method's --help beside the methods
+# commands whose stages are methods (finetune, align) test each method's --help beside the methods
 @pytest.mark.parametrize(
-    "name", [n for n, c in COMMANDS.items() if c.module and n not in ("run", "finetune")]
+    "name", [n for n, c in COMMANDS.items() if c.module and n not in ("run", "finetune", "align")]
 )
 def test_stage_help_lists_every_option(name, capsys):
     import importlib

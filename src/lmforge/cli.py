@@ -27,7 +27,7 @@ COMMANDS: dict[str, Command] = {
     "finetune": Command(
         "lmforge.stages.finetune", "fine-tune: sft, lora, classify, multitask, dapt, contrastive"
     ),
-    "align": Command("", "align from human rankings: collect, reward, ppo, dpo, grpo", 7),
+    "align": Command("lmforge.stages.align", "align: dpo, reward, grpo (collect, ppo: planned, issue 7)"),
     "eval": Command("lmforge.stages.eval", "evaluate loss, perplexity and bits per byte"),
     "generate": Command("lmforge.stages.generate", "sample text from a checkpoint"),
     "chat": Command("lmforge.stages.chat", "chat with a model in the terminal"),

@@ -1,0 +1,56 @@
+"""Align a model to preferences or verifiable rewards: ``lmforge align <method> [RECIPE.yaml] [--key value ...]``.
+
+Each method is its own stage program (a module here with ``Config``, ``INPUTS`` and ``main``); its
+stage kind is ``align.<method>``, which is what a recipe names (``stage: align.dpo``) and what the
+manifest records. docs/align.md describes every method.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import sys
+from types import ModuleType
+
+# method → (module, one line)
+METHODS: dict[str, tuple[str, str]] = {
+    "dpo": ("lmforge.stages.align.dpo", "direct preference optimisation (or IPO) on chosen/rejected pairs"),
+}
+
+INPUTS: tuple[str, ...] = ()
+
+USAGE = """usage: lmforge align <method> [RECIPE.yaml] [--key value | key=value ...] [-q | -v]
+
+Align a checkpoint (a checkpoint directory or a training stage directory such as runs/x/sft).
+
+methods:
+{table}
+
+`lmforge align <method> --help` lists the method's options. In a recipe a method is the stage kind
+`align.<method>`:   dpo: {{stage: align.dpo, model: "@sft", train: [pairs.jsonl]}}
+Not built yet (issue 7): collect (the ranking page), ppo (PPO-RLHF).
+"""
+
+
+def method_module(method: str) -> ModuleType:
+    """The stage module of ``method`` (a key of ``METHODS``)."""
+    return importlib.import_module(METHODS[method][0])
+
+
+def cli(argv: list[str]) -> int:
+    """``lmforge align <method> ...``: dispatch to the method's stage program."""
+    from lmforge.stages.invoke import invoke
+
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        table = "\n".join(f"  {name:<8} {summary}" for name, (_, summary) in METHODS.items())
+        print(USAGE.format(table=table))
+        return 0 if argv else 2
+    method, rest = argv[0], argv[1:]
+    if method not in METHODS:
+        near = difflib.get_close_matches(method, list(METHODS), n=1)
+        hint = f" Did you mean '{near[0]}'?" if near else ""
+        print(
+            f"lmforge align: unknown method '{method}'.{hint} Methods: {', '.join(METHODS)}", file=sys.stderr
+        )
+        return 2
+    return invoke(method_module(method), f"align {method}", rest, kind=f"align.{method}")

@@ -1,0 +1,202 @@
+"""Direct preference optimisation on chosen/rejected pairs (stage kind ``align.dpo``).
+
+DPO (Rafailov et al. 2023) trains the policy so that its log-probability ratio to a frozen reference
+rises on the chosen reply and falls on the rejected one: loss ``−log σ(β h)`` (or IPO's squared loss).
+The reference is the starting model; its log-probabilities of every pair are computed once before the
+first step (the policy equals the reference then), so no second model is held in memory. The policy
+is the whole model, or LoRA adapters (``lora_r`` > 0). Data: ``data.preferences`` (HH-RLHF text,
+prompt/chosen/rejected, conversation pairs, rankings). Metrics on held-out pairs: ``val_loss``,
+``reward_accuracy`` (chosen implicit reward above rejected), ``reward_margin``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from lmforge.config import ConfigError, opt
+from lmforge.runstore import StageContext, run_stage
+from lmforge.training.options import FinetuneOptions
+
+logger = logging.getLogger(__name__)
+
+STAGE = "align.dpo"
+VERSION = 1
+
+
+@dataclass
+class Config(FinetuneOptions):
+    """Options of ``lmforge align dpo``."""
+
+    train: list[str] = opt([], "preference files (.jsonl, optionally compressed)", path=True)
+    val: str = opt("", "held-out preference file ('' = hold out val_fraction of train)", path=True)
+    beta: float = opt(0.1, "β: strength of the pull towards the reference (KL weight)")
+    loss_type: Literal["sigmoid", "ipo"] = opt("sigmoid", "sigmoid = DPO, ipo = IPO's squared loss")
+    lr: float = opt(5e-5, "peak learning rate")
+    batch_size: int = opt(8, "pairs per micro-batch")
+    weight_decay: float = opt(0.0, "decoupled weight decay (L2) on trainable matrices")
+    lora_r: int = opt(0, "train LoRA adapters of this rank instead of every weight (0 = full model)")
+    lora_alpha: float = opt(16.0, "LoRA scale numerator (update = alpha / r · B A)")
+    max_train_examples: int = opt(0, "use at most this many training pairs (0 = all)")
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.train:
+            raise ConfigError("train", "at least one preference file is required (--train pairs.jsonl)")
+        if self.beta <= 0:
+            raise ConfigError("beta", f"must be > 0, got {self.beta}")
+        for key in ("lora_r", "max_train_examples"):
+            if getattr(self, key) < 0:
+                raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
+
+
+INPUTS = ("model", "val")
+
+
+def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
+    """Train with DPO (or return the cached result); returns the stage manifest."""
+    if not cfg.out:
+        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/dpo)")
+    found = {"model": cfg.model, **{f"train{i}": p for i, p in enumerate(cfg.train)}}
+    if cfg.val:
+        found["val"] = cfg.val
+    return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)
+
+
+def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
+    """Read and encode the pairs, precompute the reference, run ``finetune.fit`` on the DPO loss."""
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from lmforge.data.supervised import holdout, log_problems, skipped
+    from lmforge.runtime import create_runtime
+    from lmforge.tokenizer.train import load_tokenizer, special_id
+    from lmforge.training import align
+    from lmforge.training import finetune as ft
+    from lmforge.training.batches import lm_batch
+
+    rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
+    ft.restart(ctx)
+    model, mcfg, ckpt_dir = ft.load_base(
+        ctx.inputs["model"], cfg.checkpoint, device=rt.device, dropout=cfg.dropout
+    )
+    if mcfg.arch != "decoder":
+        raise ConfigError("model", f"DPO needs a decoder checkpoint, {ckpt_dir} is an {mcfg.arch}")
+    tok_path = ckpt_dir / "tokenizer.json"
+    tok = load_tokenizer(tok_path)
+    pad_id = special_id(tok, "pad")
+    problems: list = []
+    train = align.read_preference_split(
+        [p for k, p in sorted(ctx.inputs.items()) if k.startswith("train")], problems
+    )
+    if "val" in ctx.inputs:
+        val = align.read_preference_split([ctx.inputs["val"]], problems)
+    else:
+        train, val = holdout(train, cfg.val_fraction or 0.1, cfg.seed)
+    log_problems(problems, "preference data")
+    train = train[: cfg.max_train_examples or None]
+    train_pairs, dropped = align.encode_pairs(tok, train, mcfg.block_size)
+    val_pairs, val_dropped = align.encode_pairs(tok, val[: cfg.max_eval_examples or None], mcfg.block_size)
+    if not train_pairs or not val_pairs:
+        raise ConfigError(
+            "train", f"no usable pairs: {len(train_pairs)} for training, {len(val_pairs)} held out"
+        )
+    device = rt.device
+    lora = None
+    if cfg.lora_r:
+        from lmforge.model.lora import LoraConfig, apply_lora
+
+        lora = LoraConfig(r=cfg.lora_r, alpha=cfg.lora_alpha)
+        apply_lora(model, lora)
+
+    def tensors(pairs: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y, m = lm_batch(
+            [c for c, _ in pairs] + [r for _, r in pairs], pad_id
+        )  # chosen rows, then rejected
+        return x.to(device), y.to(device), m.to(device)
+
+    @torch.no_grad()
+    def logps(pairs: list) -> torch.Tensor:  # [n, 2] summed log-probs (chosen, rejected), eval mode
+        was = model.training
+        model.eval()
+        out = []
+        for s in range(0, len(pairs), 2 * cfg.batch_size):
+            chunk = pairs[s : s + 2 * cfg.batch_size]
+            lp, _ = align.sequence_logprobs(model, *tensors(chunk))
+            out.append(lp.view(2, len(chunk)).T)
+        model.train(was)
+        return torch.cat(out)
+
+    ref_train, ref_val = logps(train_pairs), logps(val_pairs)  # the reference = the model before any step
+    logger.info(
+        "%d training pairs, %d held out, %d dropped", len(train_pairs), len(val_pairs), dropped + val_dropped
+    )
+    rng = np.random.default_rng(cfg.seed)
+    seen = {"correct": 0.0, "pairs": 0}
+
+    def next_batch() -> tuple[Any, int]:
+        rows = rng.integers(0, len(train_pairs), size=cfg.batch_size)
+        return ([train_pairs[i] for i in rows], ref_train[torch.as_tensor(rows)]), len(rows)
+
+    def loss_sum(batch: Any) -> torch.Tensor:
+        pairs, ref = batch
+        lp, _ = align.sequence_logprobs(model, *tensors(pairs))
+        pc, pr = lp.view(2, len(pairs))
+        losses, rc, rr = align.dpo_loss(pc, pr, ref[:, 0], ref[:, 1], cfg.beta, cfg.loss_type)
+        seen["correct"] += float((rc > rr).sum())
+        seen["pairs"] += len(pairs)
+        return losses.sum()
+
+    def evaluate() -> dict[str, float]:
+        pol = logps(val_pairs)
+        losses, rc, rr = align.dpo_loss(
+            pol[:, 0], pol[:, 1], ref_val[:, 0], ref_val[:, 1], cfg.beta, cfg.loss_type
+        )
+        return {
+            "val_loss": float(losses.mean()),
+            "reward_accuracy": float((rc > rr).float().mean()),
+            "reward_margin": float((rc - rr).mean()),
+            "chosen_reward": float(rc.mean()),
+            "rejected_reward": float(rr.mean()),
+        }
+
+    result = ft.fit(
+        model,
+        cfg,
+        next_batch=next_batch,
+        loss_sum=loss_sum,
+        evaluate=evaluate,
+        monitor="val_loss",
+        log_metrics=ctx.log_metrics,
+    )
+
+    def save(d: Path) -> None:
+        meta = {"method": "dpo", "base": str(ckpt_dir), "beta": cfg.beta, "loss_type": cfg.loss_type}
+        if lora is None:
+            ft.save_finetuned(d, model, mcfg, tokenizer_path=tok_path, meta=meta)
+            return
+        from lmforge.model.lora import merged_state_dict, save_adapter
+
+        ft.save_finetuned(
+            d, model, mcfg, tokenizer_path=tok_path, meta=meta, state_dict=merged_state_dict(model)
+        )
+        save_adapter(model, d / "adapter", lora, base_model_name_or_path=str(ckpt_dir))
+
+    ft.save_best_and_last(ctx.dir / "ckpt", model, result, save)
+    return {
+        **result.best_metrics,
+        "base_val_loss": result.initial_metrics["val_loss"],
+        "train_loss": result.train_loss,
+        "train_reward_accuracy": seen["correct"] / max(seen["pairs"], 1),
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "train_pairs": len(train_pairs),
+        "val_pairs": len(val_pairs),
+        "dropped_pairs": dropped + val_dropped,
+        "skipped_records": skipped(problems),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "train_time_s": result.train_time_s,
+    }

@@ -1,0 +1,330 @@
+"""Alignment pieces shared by the ``align.*`` stages: response log-probabilities, a frozen reference,
+the DPO / reward-model / GRPO losses as small pure functions, the reward model, and verifiable rewards.
+
+- ``encode_response``: prompt + reply through ``render_chat``; the mask covers the *last* assistant
+  turn only (the reply being judged), so earlier assistant turns of a multi-turn prompt carry nothing.
+- ``token_logprobs`` / ``sequence_logprobs``: log p(reply | prompt) per token ``[B, T]`` and summed per
+  row ``[B]`` under a decoder.
+- ``Reference``: the frozen reference model of DPO, GRPO and PPO — the policy with its LoRA adapters
+  disabled (no copy) or, for a fully fine-tuned policy, a frozen copy taken at construction.
+- ``dpo_loss``: DPO (Rafailov et al. 2023, eq. 7) with the sigmoid loss, or IPO (Azar et al. 2023).
+- ``bradley_terry_loss`` / ``plackett_luce_loss``: reward-model likelihoods (Bradley & Terry 1952;
+  Plackett 1975, Luce 1959; Ouyang et al. 2022 train on all implied pairs of a ranking).
+- ``RewardModel``: a trunk (decoder or encoder) + ``model.heads.ScalarHead`` on the last real token.
+- ``group_advantages`` / ``clipped_policy_loss`` / ``kl_k3``: GRPO (Shao et al. 2024, DeepSeekMath §4).
+- ``extract_answer`` / ``correctness_reward`` / ``format_reward`` / ``arithmetic_problems``: rewards as
+  plain functions and a verifiable task generator (GSM8K-style ``#### N`` answers).
+
+Shape notation: B batch (rows), T tokens, P prompts, G samples per prompt, K ranked responses.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.model.heads import ScalarHead
+
+REWARD_HEAD = "reward"
+
+# --------------------------------------------------------------------------------------------------
+# responses and their log-probabilities
+
+
+def encode_response(
+    tok: Any, prompt: Sequence[dict[str, str]], reply: str, block_size: int
+) -> tuple[list[int], list[bool]]:
+    """``(ids, mask)`` of ``prompt`` + the assistant ``reply``; ``mask`` marks the reply's tokens and its
+    closing ``<|end|>`` (targets, as ``render_chat``). At most ``block_size + 1`` tokens: the prompt
+    loses tokens from the left first, then the reply is cut at the right.
+    """
+    from lmforge.tokenizer.chat import render_chat
+
+    ids, mask = render_chat(tok, [*prompt, {"role": "assistant", "content": reply}])
+    start = len(render_chat(tok, prompt, add_generation_prompt=True)[0])
+    mask = [m and i >= start for i, m in enumerate(mask)]
+    limit = block_size + 1
+    if len(ids) > limit:
+        cut = min(len(ids) - limit, max(start - 1, 0))  # drop prompt tokens (left), keep one to condition on
+        ids, mask = ids[cut:][:limit], mask[cut:][:limit]
+    return ids, mask
+
+
+def token_logprobs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``log p(y[b, t] | x[b, :t+1])`` ``[B, T]`` in fp32 under a decoder (``lm_batch`` layout)."""
+    logits = model(x).float()  # [B, T, V]
+    return -F.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # [B, T]
+
+
+def sequence_logprobs(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, m: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(summed log-probability of the masked targets [B], their count [B])`` of each row."""
+    lp = token_logprobs(model, x, y)
+    return (lp * m).sum(dim=1), m.sum(dim=1)
+
+
+class Reference:
+    """The frozen reference policy of ``policy``: its LoRA adapters disabled, or a frozen copy.
+
+    With LoRA (``model.lora.apply_lora`` before this) nothing is copied: ``disable_lora`` computes the
+    base weights exactly. Otherwise the policy is deep-copied *now*, in eval mode, every parameter
+    ``requires_grad=False``. Calls are ``torch.no_grad``.
+    """
+
+    def __init__(self, policy: nn.Module):
+        from lmforge.model.lora import lora_modules
+
+        self.policy = policy
+        self.uses_lora = bool(lora_modules(policy))
+        self.model = None if self.uses_lora else copy.deepcopy(policy).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def token_logprobs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``token_logprobs`` under the reference ``[B, T]``."""
+        if self.model is not None:
+            return token_logprobs(self.model, x, y)
+        from lmforge.model.lora import disable_lora
+
+        was = self.policy.training
+        self.policy.eval()
+        try:
+            with disable_lora(self.policy):
+                return token_logprobs(self.policy, x, y)
+        finally:
+            self.policy.train(was)
+
+
+# --------------------------------------------------------------------------------------------------
+# DPO and reward-model likelihoods
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+    loss_type: str = "sigmoid",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pair DPO losses ``[B]`` and the implicit rewards of the chosen and rejected replies ``[B]``.
+
+    With ``h = (log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))`` (summed log-probs of
+    each reply): ``sigmoid`` is DPO's ``−log σ(β h)`` (Rafailov et al. 2023, eq. 7), ``ln 2`` when the
+    policy equals the reference; ``ipo`` is IPO's ``(h − 1/(2β))²`` (Azar et al. 2023, eq. 17, on
+    summed rather than length-averaged log-probs). The implicit reward is ``β (log π − log π_ref)``.
+
+    Raises:
+        ValueError: an unknown ``loss_type`` or ``beta <= 0``.
+    """
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    chosen = policy_chosen - ref_chosen
+    rejected = policy_rejected - ref_rejected
+    h = chosen - rejected
+    if loss_type == "sigmoid":
+        losses = -F.logsigmoid(beta * h)
+    elif loss_type == "ipo":
+        losses = (h - 1.0 / (2.0 * beta)) ** 2
+    else:
+        raise ValueError(f"unknown DPO loss_type {loss_type!r}; valid: sigmoid, ipo")
+    return losses, beta * chosen.detach(), beta * rejected.detach()
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """``−log σ(r_w − r_l)`` per pair ``[B]``: the negative Bradley–Terry log-likelihood of the preference."""
+    return -F.logsigmoid(chosen - rejected)
+
+
+def plackett_luce_loss(scores: torch.Tensor) -> torch.Tensor:
+    """Negative Plackett–Luce log-likelihood ``[B]`` of rankings; ``scores`` ``[B, K]`` are ordered best first.
+
+    ``−Σ_k (s_k − log Σ_{j≥k} exp s_j)``; for ``K = 2`` this is ``bradley_terry_loss``.
+    """
+    tail_lse = torch.logcumsumexp(scores.flip(-1), dim=-1).flip(-1)  # [B, K]: log Σ_{j≥k} exp s_j
+    return -(scores - tail_lse)[:, :-1].sum(dim=-1)
+
+
+class RewardModel(nn.Module):
+    """A checkpoint trunk (decoder or encoder) with a ``ScalarHead``: one reward per sequence ``[B]``.
+
+    The head reads the last real token (``pooling="last"``: for a decoder the only position that has
+    read the whole conversation) or ``cls``/``mean`` for an encoder.
+    """
+
+    def __init__(self, trunk: nn.Module, pooling: str = "last"):
+        super().__init__()
+        self.trunk = trunk
+        self.config = trunk.config
+        self.head = ScalarHead(trunk.config, pooling)
+
+    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Rewards ``[B]`` of right-padded sequences ``idx`` ``[B, T]`` (``attention_mask`` True = real)."""
+        from lmforge.training.finetune import hidden_states
+
+        return self.head(hidden_states(self.trunk, idx, attention_mask), attention_mask)
+
+
+def save_reward_model(dir: Path, rm: RewardModel, mcfg: Any, *, tokenizer_path: Path, base: str) -> None:
+    """A normal checkpoint of the trunk plus ``heads.safetensors`` (the scalar head) and ``finetune.json``."""
+    from lmforge.training.finetune import save_finetuned
+
+    meta = {"method": "reward", "pooling": rm.head.pooling, "base": base}
+    heads = nn.ModuleDict({REWARD_HEAD: rm.head})
+    save_finetuned(dir, rm.trunk, mcfg, tokenizer_path=tokenizer_path, heads=heads, meta=meta)
+
+
+def load_reward_model(path: Path, which: str = "best") -> RewardModel:
+    """The ``RewardModel`` saved by ``align.reward`` (a checkpoint or the stage directory), in eval mode.
+
+    Raises:
+        InputError: the checkpoint holds no reward head.
+    """
+    import json
+
+    from safetensors.torch import load_file
+
+    from lmforge.errors import InputError
+    from lmforge.training import checkpoint as ckpt
+    from lmforge.training.finetune import HEADS_FILE, META_FILE
+
+    dir = ckpt.resolve_checkpoint(Path(path), which)
+    meta_path = dir / META_FILE
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    if meta.get("method") != "reward" or not (dir / HEADS_FILE).is_file():
+        raise InputError(f"{dir} is not a reward model (no {HEADS_FILE} with method 'reward')")
+    trunk, _ = ckpt.load_model(dir)
+    rm = RewardModel(trunk, meta["pooling"])
+    state = load_file(str(dir / HEADS_FILE))
+    rm.head.load_state_dict({k.removeprefix(f"{REWARD_HEAD}."): v for k, v in state.items()})
+    return rm.eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# GRPO
+
+
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO's group-normalised advantages ``[P, G]``: ``(r − mean_g r) / (std_g r + eps)``.
+
+    ``std`` is the population standard deviation over each group; a group whose rewards are all equal
+    gets zero advantages (it carries no signal).
+    """
+    mean = rewards.mean(dim=1, keepdim=True)
+    std = rewards.std(dim=1, keepdim=True, unbiased=False)
+    return (rewards - mean) / (std + eps)
+
+
+def clipped_policy_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip_eps: float
+) -> torch.Tensor:
+    """PPO's clipped surrogate, negated, per token ``[B, T]`` (Schulman et al. 2017, eq. 7).
+
+    ``−min(ρ A, clip(ρ, 1−ε, 1+ε) A)`` with ``ρ = exp(logp − old_logp)``; ``advantages`` ``[B]`` (one
+    per sequence, GRPO) or ``[B, T]`` (per token, PPO with GAE).
+    """
+    if advantages.dim() == 1:
+        advantages = advantages[:, None]
+    ratio = torch.exp(logp - old_logp)
+    return -torch.minimum(ratio * advantages, ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages)
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(π ‖ π_ref) estimate ``exp(r) − r − 1`` with ``r = ref_logp − logp`` (Schulman's "k3";
+    GRPO eq. 4): unbiased on samples from π, never negative."""
+    r = ref_logp - logp
+    return torch.exp(r) - r - 1
+
+
+# --------------------------------------------------------------------------------------------------
+# verifiable rewards and a task generator
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_HASHES = re.compile(r"####\s*(-?[\d,]*\.?\d+)")
+
+
+def _number(text: str) -> str:
+    text = text.replace(",", "")
+    return text[:-2] if text.endswith(".0") else text
+
+
+def extract_answer(text: str) -> str | None:
+    """The answer of a completion: the number after ``####`` (GSM8K), else the last number; None if none."""
+    m = _HASHES.search(text)
+    if m:
+        return _number(m.group(1))
+    found = _NUMBER.findall(text)
+    return _number(found[-1]) if found else None
+
+
+def correctness_reward(completion: str, answer: str) -> float:
+    """1.0 when the completion's answer (``extract_answer``) equals ``answer`` numerically as text, else 0."""
+    got = extract_answer(completion)
+    want = extract_answer(answer)
+    return float(got is not None and got == want)
+
+
+def format_reward(completion: str) -> float:
+    """1.0 when the completion states its answer as ``#### N``, else 0."""
+    return float(_HASHES.search(completion) is not None)
+
+
+def arithmetic_problems(n: int, *, digits: int = 1, ops: str = "+", seed: int = 0) -> list[dict[str, str]]:
+    """``n`` problems ``{"question": "3+4=", "answer": "7"}`` with ``digits``-digit operands and ``ops``.
+
+    Raises:
+        ValueError: ``digits < 1`` or an operator outside ``+-*``.
+    """
+    if digits < 1 or not ops or set(ops) - set("+-*"):
+        raise ValueError(f"need digits >= 1 and ops from '+-*', got digits={digits}, ops={ops!r}")
+    rng = random.Random(seed)
+    lo, hi = (0 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
+    out = []
+    for _ in range(n):
+        a, b, op = rng.randint(lo, hi), rng.randint(lo, hi), rng.choice(ops)
+        value = a + b if op == "+" else a - b if op == "-" else a * b
+        out.append({"question": f"{a}{op}{b}=", "answer": str(value)})
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# preference data → token rows
+
+Row = tuple[list[int], list[bool]]
+
+
+def encode_pairs(tok: Any, prefs: Sequence[Any], block_size: int) -> tuple[list[tuple[Row, Row]], int]:
+    """``([(chosen row, rejected row), ...], dropped)`` of ``data.preferences.Preference``\\ s.
+
+    A pair is dropped (and counted) when a rendering fails or either reply has no token left within
+    ``block_size + 1`` tokens.
+    """
+    out, dropped = [], 0
+    for p in prefs:
+        try:
+            rows = tuple(
+                encode_response(tok, p.prompt, reply, block_size) for reply in (p.chosen, p.rejected)
+            )
+        except ValueError:
+            dropped += 1
+            continue
+        if any(len(ids) < 2 or not any(mask[1:]) for ids, mask in rows):
+            dropped += 1
+            continue
+        out.append(rows)
+    return out, dropped
+
+
+def read_preference_split(paths: Sequence[Path], problems: list) -> list[Any]:
+    """Every ``Preference`` of ``paths`` (``data.preferences.read_preferences``), in file order."""
+    from lmforge.data.preferences import read_preferences
+
+    return [p for path in paths for p in read_preferences(path, problems)]

@@ -1,0 +1,71 @@
+"""Each alignment method runs from the command line on tiny generated data (a few steps each)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from lmforge.cli import main
+from lmforge.stages.align import METHODS
+
+
+def run_cli(*args: str) -> None:
+    assert main(["align", *args, "-q", "--device", "cpu", "--threads", "1"]) == 0
+
+
+def manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def test_align_help_lists_methods(capsys):
+    assert main(["align", "--help"]) == 0
+    text = capsys.readouterr().out
+    for method in METHODS:
+        assert method in text
+    assert main(["align", "dpx"]) == 2
+    assert "did you mean 'dpo'" in capsys.readouterr().err.lower()
+    assert main(["align", "dpo", "--help"]) == 0
+    assert "--beta" in capsys.readouterr().out
+
+
+def test_dpo_cli(align_dir, tmp_path):
+    from lmforge.training.checkpoint import load_model, resolve_checkpoint
+
+    out = tmp_path / "dpo"
+    run_cli(
+        "dpo",
+        "--model", str(align_dir / "decoder"),
+        "--train", str(align_dir / "prefs.jsonl"),
+        "--out", str(out),
+        "--max_steps", "6",
+        "--eval_every", "3",
+        "--lr", "3e-3",
+        "--beta", "0.5",
+    )  # fmt: skip
+    m = manifest(out)
+    assert m["stage"] == "align.dpo"
+    metrics = m["metrics"]
+    assert metrics["base_val_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert metrics["val_loss"] < metrics["base_val_loss"]
+    assert metrics["skipped_records"] == 1  # the "not json" line
+    assert 0 <= metrics["reward_accuracy"] <= 1
+    load_model(resolve_checkpoint(out))
+
+
+def test_dpo_lora_cli(align_dir, tmp_path):
+    out = tmp_path / "dpo-lora"
+    run_cli(
+        "dpo",
+        "--model", str(align_dir / "decoder"),
+        "--train", str(align_dir / "prefs.jsonl"),
+        "--out", str(out),
+        "--max_steps", "2",
+        "--lora_r", "4",
+        "--lr", "1e-2",
+    )  # fmt: skip
+    final = json.loads((out / "ckpt" / "final.json").read_text())
+    assert (out / "ckpt" / final["best"] / "adapter" / "adapter_model.safetensors").is_file()
+    assert manifest(out)["metrics"]["base_val_loss"] == pytest.approx(math.log(2), abs=1e-5)

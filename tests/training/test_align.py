@@ -1,0 +1,202 @@
+"""Alignment library: DPO / Bradley–Terry / Plackett–Luce / GRPO math against hand computations, the
+frozen reference, DPO and a reward model learning a toy preference, and the verifiable rewards."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from lmforge.training import align
+
+GOOD = "good great fine nice".split()
+BAD = "bad awful poor ugly".split()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """``(tokenizer, fresh decoder builder)``: a BPE tokenizer and a 1-layer d=32 decoder factory."""
+    from lmforge.model.config import ModelConfig
+    from lmforge.tokenizer.train import train_bpe
+    from lmforge.training.checkpoint import build_model
+
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])  # pay torch.optim's one-time start-up here
+    rng = random.Random(0)
+    words = GOOD + BAD + "the a is was say reply 0 1 2 3 4 5 6 7 8 9 + = ####".split()
+    tok = train_bpe([" ".join(rng.choice(words) for _ in range(12)) for _ in range(200)], vocab_size=300)
+    mcfg = ModelConfig(vocab_size=tok.get_vocab_size(), block_size=48, n_layer=1, n_head=2, n_embd=32)
+
+    def build(seed: int = 0):
+        torch.manual_seed(seed)
+        return build_model(mcfg)
+
+    return tok, build
+
+
+def toy_pairs(tok, n: int, seed: int = 0):
+    from lmforge.data.preferences import Preference
+
+    rng = random.Random(seed)
+    prefs = []
+    for _ in range(n):
+        prompt = ({"role": "user", "content": f"say {rng.choice(GOOD + BAD)}"},)
+        prefs.append(
+            Preference(
+                prompt, f"{rng.choice(GOOD)} {rng.choice(GOOD)}", f"{rng.choice(BAD)} {rng.choice(BAD)}"
+            )
+        )
+    pairs, dropped = align.encode_pairs(tok, prefs, 48)
+    assert dropped == 0
+    return pairs
+
+
+def batch(pairs):
+    from lmforge.training.batches import lm_batch
+
+    return lm_batch([c for c, _ in pairs] + [r for _, r in pairs], pad_id=2)
+
+
+def test_dpo_loss_hand_computed():
+    pc, pr, rc, rr = (torch.tensor([v]) for v in (-2.0, -5.0, -3.0, -4.0))
+    losses, c, r = align.dpo_loss(pc, pr, rc, rr, beta=0.5)
+    h = (-2 + 3) - (-5 + 4)  # 2
+    assert losses.item() == pytest.approx(-math.log(1 / (1 + math.exp(-0.5 * h))))
+    assert (c.item(), r.item()) == (pytest.approx(0.5), pytest.approx(-0.5))
+    ipo, _, _ = align.dpo_loss(pc, pr, rc, rr, beta=0.5, loss_type="ipo")
+    assert ipo.item() == pytest.approx((h - 1.0) ** 2)
+    same, _, _ = align.dpo_loss(pc, pr, pc, pr, beta=0.1)
+    assert same.item() == pytest.approx(math.log(2))
+    with pytest.raises(ValueError, match="loss_type"):
+        align.dpo_loss(pc, pr, rc, rr, beta=0.1, loss_type="hinge")
+
+
+def test_encode_response_masks_the_last_reply_only(tiny):
+    from lmforge.tokenizer.chat import render_chat
+
+    tok, _ = tiny
+    prompt = [
+        {"role": "user", "content": "say"},
+        {"role": "assistant", "content": "good"},
+        {"role": "user", "content": "again"},
+    ]
+    ids, mask = align.encode_response(tok, prompt, "fine", 48)
+    full, full_mask = render_chat(tok, [*prompt, {"role": "assistant", "content": "fine"}])
+    assert ids == full
+    n_reply = len(tok.encode("fine", add_special_tokens=False).ids) + 1  # + <|end|>
+    assert sum(mask) == n_reply and sum(full_mask) > n_reply and all(mask[-n_reply:])
+    short, short_mask = align.encode_response(tok, prompt, "fine " * 40, 16)
+    assert len(short) == 17 and any(short_mask)
+
+
+def test_dpo_starts_at_ln2_falls_and_keeps_the_reference_frozen(tiny):
+    tok, build = tiny
+    policy = build()
+    ref = align.Reference(policy)
+    frozen = {k: v.clone() for k, v in ref.model.state_dict().items()}
+    pairs = toy_pairs(tok, 32)
+    x, y, m = batch(pairs)
+    with torch.no_grad():
+        ref_lp = ref.token_logprobs(x, y).mul(m).sum(1).view(2, -1)
+    opt = torch.optim.AdamW(policy.parameters(), lr=3e-3, weight_decay=0.0)
+    losses = []
+    for _ in range(15):
+        lp, _ = align.sequence_logprobs(policy, x, y, m)
+        pc, pr = lp.view(2, -1)
+        loss, _, _ = align.dpo_loss(pc, pr, ref_lp[0], ref_lp[1], beta=0.5)
+        losses.append(loss.mean())
+        opt.zero_grad()
+        losses[-1].backward()
+        opt.step()
+    assert losses[0].item() == pytest.approx(math.log(2), abs=1e-5)
+    assert losses[-1].item() < 0.5 * math.log(2)
+    assert all(not p.requires_grad for p in ref.model.parameters())
+    assert all(torch.equal(v, ref.model.state_dict()[k]) for k, v in frozen.items())
+
+
+def test_lora_reference_is_the_base_model(tiny):
+    from lmforge.model.lora import LoraConfig, apply_lora
+
+    tok, build = tiny
+    base = build()
+    x, y, m = batch(toy_pairs(tok, 4))
+    with torch.no_grad():
+        before = align.token_logprobs(base, x, y)
+    apply_lora(base, LoraConfig(r=4, alpha=8.0))
+    ref = align.Reference(base)
+    assert ref.uses_lora and ref.model is None
+    opt = torch.optim.AdamW([p for p in base.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        (-align.token_logprobs(base, x, y).mul(m).sum()).backward()
+        opt.step()
+    assert not torch.allclose(align.token_logprobs(base, x, y), before)  # the policy moved
+    assert torch.allclose(ref.token_logprobs(x, y), before, atol=1e-6)  # the reference did not
+    assert base.training
+
+
+def test_bradley_terry_and_plackett_luce():
+    c, r = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
+    bt = align.bradley_terry_loss(c, r)
+    assert bt.tolist() == pytest.approx([math.log(1 + math.exp(-1)), math.log(1 + math.exp(2))])
+    assert align.plackett_luce_loss(torch.stack([c, r], dim=1)).tolist() == pytest.approx(bt.tolist())
+    s = torch.tensor([[3.0, 1.0, 0.0]])
+    e = [math.exp(v) for v in (3.0, 1.0, 0.0)]
+    hand = -(math.log(e[0] / sum(e)) + math.log(e[1] / (e[1] + e[2])))
+    assert align.plackett_luce_loss(s).item() == pytest.approx(hand)
+
+
+def test_reward_model_learns_a_separable_preference(tiny):
+    from lmforge.training.batches import pad_batch
+
+    tok, build = tiny
+    rm = align.RewardModel(build())
+    train, held = toy_pairs(tok, 48, seed=1), toy_pairs(tok, 24, seed=2)
+
+    def scores(pairs):
+        idx, mask = pad_batch([c for (c, _), _ in pairs] + [r for _, (r, _) in pairs], 2)
+        return rm(idx, mask).view(2, -1)
+
+    opt = torch.optim.AdamW(rm.parameters(), lr=3e-3)
+    for _ in range(25):
+        c, r = scores(train)
+        loss = align.bradley_terry_loss(c, r).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        c, r = scores(held)
+    assert float((c > r).float().mean()) >= 0.9
+
+
+def test_group_advantages_and_clipped_objective_by_hand():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, 2.0, 2.0, 2.0]])
+    adv = align.group_advantages(rewards, eps=0.0 + 1e-8)
+    assert adv[0].tolist() == pytest.approx([1.0, -1.0, -1.0, 1.0], abs=1e-6)  # mean 0.5, std 0.5
+    assert adv[1].tolist() == [0.0] * 4  # no signal in a group of equal rewards
+    assert adv.mean(dim=1).abs().max() < 1e-6
+    logp = torch.log(torch.tensor([[0.6, 0.3]]))
+    old = torch.log(torch.tensor([[0.4, 0.5]]))  # ratios 1.5, 0.6
+    pos = align.clipped_policy_loss(logp, old, torch.tensor([2.0]), clip_eps=0.2)
+    assert pos.tolist()[0] == pytest.approx([-1.2 * 2, -0.6 * 2])  # min(ρA, clip(ρ)A) with A > 0
+    neg = align.clipped_policy_loss(logp, old, torch.tensor([-1.0]), clip_eps=0.2)
+    assert neg.tolist()[0] == pytest.approx([1.5, 0.8])  # A < 0: the pessimistic term
+    assert align.kl_k3(logp, logp).abs().max() == 0
+    r = -0.5
+    assert align.kl_k3(torch.tensor([0.0]), torch.tensor([r])).item() == pytest.approx(math.exp(r) - r - 1)
+
+
+def test_verifiable_rewards_and_task_generator():
+    assert align.extract_answer("so 3+4 is 7 #### 7") == "7"
+    assert align.extract_answer("it is 1,234.") == "1234"
+    assert align.extract_answer("no digits") is None
+    assert align.correctness_reward("the answer is 12", "#### 12") == 1.0
+    assert align.correctness_reward("#### 13", "12") == 0.0
+    assert align.format_reward("#### 5") == 1.0 and align.format_reward("5") == 0.0
+    probs = align.arithmetic_problems(50, digits=2, ops="+-*", seed=3)
+    assert probs == align.arithmetic_problems(50, digits=2, ops="+-*", seed=3)
+    for p in probs:
+        assert eval(p["question"].rstrip("=")) == int(p["answer"])  # noqa: S307 - our own generated text
+    with pytest.raises(ValueError):
+        align.arithmetic_problems(1, ops="/")
