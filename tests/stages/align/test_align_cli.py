@@ -69,3 +69,24 @@ def test_dpo_lora_cli(align_dir, tmp_path):
     final = json.loads((out / "ckpt" / "final.json").read_text())
     assert (out / "ckpt" / final["best"] / "adapter" / "adapter_model.safetensors").is_file()
     assert manifest(out)["metrics"]["base_val_loss"] == pytest.approx(math.log(2), abs=1e-5)
+
+
+def test_reward_cli_learns_the_toy_preference(align_dir, tmp_path):
+    from lmforge.training.align import load_reward_model
+
+    out = tmp_path / "reward"
+    run_cli(
+        "reward",
+        "--model", str(align_dir / "decoder"),
+        "--train", str(align_dir / "prefs.jsonl"),
+        "--out", str(out),
+        "--max_steps", "20",
+        "--eval_every", "10",
+        "--lr", "3e-3",
+        "--val_fraction", "0.3",
+    )  # fmt: skip
+    m = manifest(out)
+    assert m["stage"] == "align.reward"
+    assert m["metrics"]["rm_pairwise_accuracy"] >= 0.9
+    rm = load_reward_model(out)
+    assert rm.head.pooling == "last" and not rm.training

@@ -15,6 +15,7 @@ from types import ModuleType
 # method → (module, one line)
 METHODS: dict[str, tuple[str, str]] = {
     "dpo": ("lmforge.stages.align.dpo", "direct preference optimisation (or IPO) on chosen/rejected pairs"),
+    "reward": ("lmforge.stages.align.reward", "reward model (Bradley–Terry) on chosen/rejected pairs"),
 }
 
 INPUTS: tuple[str, ...] = ()
