@@ -23,7 +23,8 @@ from __future__ import annotations
 import copy
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +236,87 @@ def clipped_policy_loss(
         advantages = advantages[:, None]
     ratio = torch.exp(logp - old_logp)
     return -torch.minimum(ratio * advantages, ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages)
+
+
+@dataclass
+class Rollout:
+    """One GRPO batch: ``P`` prompts × ``G`` sampled completions as ``lm_batch`` rows (``B = P·G``).
+
+    ``m`` marks the completion tokens (the ``<|end|>`` a row stopped on included); ``old_logp`` and
+    ``ref_logp`` ``[B, T]`` are the sampling policy's and the reference's log-probabilities of ``y``.
+    """
+
+    x: torch.Tensor  # [B, T]
+    y: torch.Tensor  # [B, T]
+    m: torch.Tensor  # [B, T] bool
+    advantages: torch.Tensor  # [B]
+    rewards: torch.Tensor  # [P, G]
+    old_logp: torch.Tensor  # [B, T]
+    ref_logp: torch.Tensor | None  # [B, T], None without a KL term
+    completions: list[Any] = field(repr=False)  # [B] inference.engine.Completion
+
+
+def rollout(
+    engine: Any,
+    prompts: Sequence[Sequence[int]],
+    reward: Callable[[int, Any], float],
+    *,
+    group_size: int,
+    params: Any,
+    pad_id: int,
+    reference: Reference | None = None,
+) -> Rollout:
+    """Sample ``group_size`` completions per prompt with ``engine`` and score them (GRPO, Shao et al. 2024).
+
+    ``reward(p, completion)`` scores a ``Completion`` of prompt ``p``. Completions that ended on a stop
+    token get that token back (it is part of what the policy chose) when ``params.stop_ids`` holds
+    exactly one id and no stop strings are set. ``params`` is the engine's
+    ``SamplingParams``; row ``p·G + g`` is sample ``g`` of prompt ``p``.
+    """
+    from lmforge.training.batches import lm_batch
+
+    model = engine.model
+    rows = [list(p) for p in prompts for _ in range(group_size)]
+    completions = engine.generate(rows, params)
+    stop = sorted(params.stop_ids)
+    examples, scores = [], []
+    for i, (prompt, c) in enumerate(zip(rows, completions)):
+        ended = c.finish_reason == "stop" and len(stop) == 1 and not params.stop  # on the stop token
+        ids = c.ids + stop if ended else c.ids
+        prompt = prompt[-(engine.block_size - 1) :]
+        limit = engine.block_size + 1
+        examples.append(((prompt + ids)[:limit], ([False] * len(prompt) + [True] * len(ids))[:limit]))
+        scores.append(float(reward(i // group_size, c)))
+    device = next(model.parameters()).device
+    x, y, m = (t.to(device) for t in lm_batch(examples, pad_id))
+    rewards = torch.tensor(scores, device=device).view(len(prompts), group_size)
+    with torch.no_grad():
+        old = token_logprobs(model, x, y)
+    ref = reference.token_logprobs(x, y) if reference is not None else None
+    adv = group_advantages(rewards).reshape(-1)
+    return Rollout(x, y, m, adv, rewards, old, ref, completions)
+
+
+def grpo_loss_sum(
+    model: nn.Module, ro: Rollout, *, clip_eps: float, beta: float
+) -> tuple[torch.Tensor, float]:
+    """``(summed per-token GRPO loss over the completion tokens, mean per-token KL to the reference)``.
+
+    Per token: the clipped surrogate with the sequence's group advantage, plus ``beta`` × ``kl_k3``
+    (GRPO eq. 3). Departure from the paper: tokens are summed here and divided by the step's total count
+    of completion tokens (``training.step``'s token weighting, as DAPO and Dr. GRPO do) instead of
+    averaging each sequence first, so long and short completions weigh by their tokens.
+    """
+    logp = token_logprobs(model, ro.x, ro.y)  # [B, T]
+    loss = clipped_policy_loss(logp, ro.old_logp, ro.advantages, clip_eps)
+    kl = torch.zeros((), device=logp.device)
+    n = ro.m.sum().clamp(min=1)
+    if ro.ref_logp is not None:
+        per_token = kl_k3(logp, ro.ref_logp)
+        kl = (per_token.detach() * ro.m).sum() / n
+        if beta > 0:
+            loss = loss + beta * per_token
+    return (loss * ro.m).sum(), float(kl)
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
