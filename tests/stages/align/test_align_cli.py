@@ -90,3 +90,44 @@ def test_reward_cli_learns_the_toy_preference(align_dir, tmp_path):
     assert m["metrics"]["rm_pairwise_accuracy"] >= 0.9
     rm = load_reward_model(out)
     assert rm.head.pooling == "last" and not rm.training
+
+
+def test_grpo_cli_on_a_problem_file(align_dir, tmp_path):
+    out = tmp_path / "grpo"
+    run_cli(
+        "grpo",
+        "--model", str(align_dir / "decoder"),
+        "--problems", str(align_dir / "math.jsonl"),
+        "--out", str(out),
+        "--max_steps", "3",
+        "--eval_every", "3",
+        "--batch_size", "2",
+        "--group_size", "4",
+        "--max_new_tokens", "4",
+        "--updates_per_rollout", "2",
+        "--val_fraction", "0.25",
+    )  # fmt: skip
+    m = manifest(out)
+    assert m["stage"] == "align.grpo"
+    metrics = m["metrics"]
+    for key in ("grpo_accuracy_before", "grpo_accuracy_after", "reward_first", "reward_last", "kl_last"):
+        assert key in metrics
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "reward" in r] == [1, 3]  # step 2 reuses step 1's rollout
+
+
+def test_grpo_cli_on_generated_arithmetic_with_lora(align_dir, tmp_path):
+    out = tmp_path / "grpo-lora"
+    run_cli(
+        "grpo",
+        "--model", str(align_dir / "decoder"),
+        "--out", str(out),
+        "--max_steps", "2",
+        "--n_problems", "20",
+        "--n_eval", "8",
+        "--batch_size", "2",
+        "--group_size", "2",
+        "--max_new_tokens", "3",
+        "--lora_r", "2",
+    )  # fmt: skip
+    assert manifest(out)["metrics"]["eval_problems"] == 8

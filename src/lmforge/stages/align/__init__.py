@@ -16,6 +16,7 @@ from types import ModuleType
 METHODS: dict[str, tuple[str, str]] = {
     "dpo": ("lmforge.stages.align.dpo", "direct preference optimisation (or IPO) on chosen/rejected pairs"),
     "reward": ("lmforge.stages.align.reward", "reward model (Bradley–Terry) on chosen/rejected pairs"),
+    "grpo": ("lmforge.stages.align.grpo", "GRPO with verifiable rewards (arithmetic, #### N answers)"),
 }
 
 INPUTS: tuple[str, ...] = ()

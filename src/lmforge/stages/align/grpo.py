@@ -1,0 +1,249 @@
+"""GRPO with verifiable rewards (stage kind ``align.grpo``).
+
+Group relative policy optimisation (Shao et al. 2024): for each prompt the policy samples a group of
+``group_size`` completions through the inference engine; each is scored by plain reward functions
+(``training.align.correctness_reward``: the number after ``####`` or the last number equals the
+answer; plus ``format_weight`` × ``format_reward``); advantages are the rewards normalised within the
+group; the loss is PPO's clipped surrogate on the completion tokens plus ``beta`` × a KL estimate to the
+frozen reference (LoRA disabled, or a frozen copy). Each rollout is reused for ``updates_per_rollout``
+optimiser steps (with 1 the ratio is 1 and the clip inactive, as in the paper's default).
+
+Problems: ``problems`` (JSONL ``{"question", "answer"}``, GSM8K's ``#### N`` answers work as they are)
+or, by default, generated arithmetic (``digits``, ``ops``). The prompt is the question as a user turn
+of the chat template. Held-out problems are solved greedily before, during and after training:
+``accuracy`` (exact match), reported as ``grpo_accuracy_before`` / ``grpo_accuracy_after``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from lmforge.config import ConfigError, opt
+from lmforge.runstore import StageContext, run_stage
+from lmforge.training.options import FinetuneOptions
+
+logger = logging.getLogger(__name__)
+
+STAGE = "align.grpo"
+VERSION = 1
+
+
+@dataclass
+class Config(FinetuneOptions):
+    """Options of ``lmforge align grpo``."""
+
+    problems: str = opt("", "JSONL {question, answer} problems ('' = generated arithmetic)", path=True)
+    n_problems: int = opt(500, "generated problems for training (with problems: '' only)")
+    n_eval: int = opt(100, "held-out problems solved greedily at each evaluation")
+    digits: int = opt(1, "generated arithmetic: digits per operand")
+    ops: str = opt("+", "generated arithmetic: operators drawn from these characters (+-*)")
+    batch_size: int = opt(4, "prompts per micro-batch (each sampled group_size times)")
+    group_size: int = opt(8, "completions sampled per prompt (the GRPO group)")
+    max_new_tokens: int = opt(8, "tokens per completion at most")
+    temperature: float = opt(1.0, "sampling temperature of the rollouts")
+    beta: float = opt(0.04, "weight of the KL penalty to the reference (0 = none, no reference kept)")
+    clip_eps: float = opt(0.2, "PPO clip range ε of the probability ratio")
+    updates_per_rollout: int = opt(1, "optimiser steps on each rollout (μ)")
+    format_weight: float = opt(0.0, "reward added for stating the answer as '#### N'")
+    lr: float = opt(1e-4, "peak learning rate")
+    warmup_steps: int = opt(0, "linear warmup steps (at most max_steps)")
+    weight_decay: float = opt(0.0, "decoupled weight decay (L2) on trainable matrices")
+    eval_every: int = opt(20, "evaluate on the held-out problems every N steps (and at the end)")
+    lora_r: int = opt(0, "train LoRA adapters of this rank instead of every weight (0 = full model)")
+    lora_alpha: float = opt(16.0, "LoRA scale numerator (update = alpha / r · B A)")
+
+    def validate(self) -> None:
+        super().validate()
+        for key in ("n_problems", "n_eval", "digits", "max_new_tokens", "updates_per_rollout"):
+            if getattr(self, key) < 1:
+                raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
+        if self.group_size < 2:
+            raise ConfigError(
+                "group_size", f"must be >= 2 (advantages compare a group), got {self.group_size}"
+            )
+        if not self.ops or set(self.ops) - set("+-*"):
+            raise ConfigError("ops", f"operators from '+-*', got {self.ops!r}")
+        for key in ("temperature", "beta", "clip_eps", "format_weight", "lora_r"):
+            if getattr(self, key) < 0:
+                raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
+        if self.temperature == 0:
+            raise ConfigError("temperature", "must be > 0: a group of greedy samples is all alike")
+
+
+INPUTS = ("model", "problems")
+
+
+def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
+    """Train with GRPO (or return the cached result); returns the stage manifest."""
+    if not cfg.out:
+        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/grpo)")
+    found = {"model": cfg.model, **({"problems": cfg.problems} if cfg.problems else {})}
+    return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)
+
+
+def load_problems(cfg: Config, path: Any) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """``(training, held-out)`` problems: from ``path`` (JSONL) or generated."""
+    from lmforge.data.readers import Problem, report
+    from lmforge.data.supervised import _json_records, holdout, log_problems
+    from lmforge.training.align import arithmetic_problems, extract_answer
+
+    if path is None:
+        both = arithmetic_problems(cfg.n_problems + cfg.n_eval, digits=cfg.digits, ops=cfg.ops, seed=cfg.seed)
+        return both[cfg.n_eval :], both[: cfg.n_eval]
+    problems: list = []
+    found = []
+    for number, record in _json_records(path, problems):
+        q, a = record.get("question"), record.get("answer")
+        if not isinstance(q, str) or not isinstance(a, (str, int, float)) or extract_answer(str(a)) is None:
+            report(
+                problems,
+                Problem(
+                    str(path), number, "missing_field", "needs 'question' and a numeric 'answer'; skipped"
+                ),
+            )
+            continue
+        found.append({"question": q, "answer": str(a)})
+    log_problems(problems, "problems")
+    train, held = holdout(found, cfg.val_fraction or 0.1, cfg.seed)
+    return train, held[: cfg.n_eval]
+
+
+def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
+    """Rollouts and updates through ``finetune.fit``; greedy accuracy on held-out problems."""
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from lmforge.inference.engine import Engine, SamplingParams
+    from lmforge.runtime import create_runtime
+    from lmforge.tokenizer.chat import render_chat
+    from lmforge.tokenizer.train import load_tokenizer, special_id
+    from lmforge.training import align
+    from lmforge.training import finetune as ft
+
+    rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
+    ft.restart(ctx)
+    model, mcfg, ckpt_dir = ft.load_base(
+        ctx.inputs["model"], cfg.checkpoint, device=rt.device, dropout=cfg.dropout
+    )
+    if mcfg.arch != "decoder":
+        raise ConfigError("model", f"GRPO needs a decoder checkpoint, {ckpt_dir} is an {mcfg.arch}")
+    tok_path = ckpt_dir / "tokenizer.json"
+    tok = load_tokenizer(tok_path)
+    pad_id, end_id = special_id(tok, "pad"), special_id(tok, "end")
+    train, held = load_problems(cfg, ctx.inputs.get("problems"))
+    if not train or not held:
+        raise ConfigError(
+            "problems", f"need problems to train on and to hold out, got {len(train)} and {len(held)}"
+        )
+    logger.info("%d training problems, %d held out", len(train), len(held))
+    lora = None
+    if cfg.lora_r:
+        from lmforge.model.lora import LoraConfig, apply_lora
+
+        lora = LoraConfig(r=cfg.lora_r, alpha=cfg.lora_alpha)
+        apply_lora(model, lora)
+    reference = align.Reference(model) if cfg.beta > 0 else None
+    engine = Engine(model, tok)
+
+    def prompt(problem: dict[str, str]) -> list[int]:
+        return render_chat(
+            tok, [{"role": "user", "content": problem["question"]}], add_generation_prompt=True
+        )[0]
+
+    def score(problem: dict[str, str], text: str) -> float:
+        return align.correctness_reward(text, problem["answer"]) + cfg.format_weight * align.format_reward(
+            text
+        )
+
+    rng = np.random.default_rng(cfg.seed)
+    buffer: list = []
+    state = {"calls": 0, "reward": [], "kl": []}
+
+    def next_batch() -> tuple[Any, int]:
+        calls = state["calls"]
+        state["calls"] += 1
+        slot = calls % cfg.grad_accum
+        if calls % (cfg.grad_accum * cfg.updates_per_rollout) >= cfg.grad_accum:
+            return buffer[slot], int(buffer[slot].m.sum())  # reuse this micro-batch's rollout (μ > 1)
+        chosen = [train[i] for i in rng.integers(0, len(train), size=cfg.batch_size)]
+        params = SamplingParams(
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            seed=cfg.seed + 1000 * calls,
+            stop_ids=frozenset({end_id}),
+        )
+        ro = align.rollout(
+            engine,
+            [prompt(p) for p in chosen],
+            lambda i, c: score(chosen[i], c.text),
+            group_size=cfg.group_size,
+            params=params,
+            pad_id=pad_id,
+            reference=reference,
+        )
+        state["reward"].append(float(ro.rewards.mean()))
+        ctx.log_metrics({"step": calls // cfg.grad_accum + 1, "reward": state["reward"][-1]})
+        buffer[slot:] = [ro]
+        return ro, int(ro.m.sum())
+
+    def loss_sum(ro: Any) -> torch.Tensor:
+        loss, kl = align.grpo_loss_sum(model, ro, clip_eps=cfg.clip_eps, beta=cfg.beta)
+        state["kl"].append(kl)
+        return loss
+
+    @torch.no_grad()
+    def evaluate() -> dict[str, float]:
+        greedy = SamplingParams(
+            max_new_tokens=cfg.max_new_tokens, temperature=0.0, stop_ids=frozenset({end_id})
+        )
+        done = engine.generate([prompt(p) for p in held], greedy)
+        correct = [align.correctness_reward(c.text, p["answer"]) for p, c in zip(held, done)]
+        return {
+            "accuracy": sum(correct) / len(held),
+            "format": sum(align.format_reward(c.text) for c in done) / len(held),
+        }
+
+    result = ft.fit(
+        model,
+        cfg,
+        next_batch=next_batch,
+        loss_sum=loss_sum,
+        evaluate=evaluate,
+        monitor="accuracy",
+        mode="max",
+        log_metrics=ctx.log_metrics,
+    )
+
+    def save(d: Path) -> None:
+        meta = {"method": "grpo", "base": str(ckpt_dir)}
+        if lora is None:
+            ft.save_finetuned(d, model, mcfg, tokenizer_path=tok_path, meta=meta)
+            return
+        from lmforge.model.lora import merged_state_dict, save_adapter
+
+        ft.save_finetuned(
+            d, model, mcfg, tokenizer_path=tok_path, meta=meta, state_dict=merged_state_dict(model)
+        )
+        save_adapter(model, d / "adapter", lora, base_model_name_or_path=str(ckpt_dir))
+
+    ft.save_best_and_last(ctx.dir / "ckpt", model, result, save)
+    rewards, kls = state["reward"], state["kl"]
+    tail = max(1, len(rewards) // 4)
+    return {
+        **result.best_metrics,
+        "grpo_accuracy_before": result.initial_metrics["accuracy"],
+        "grpo_accuracy_after": result.best_metrics["accuracy"],
+        "last_accuracy": result.last_metrics["accuracy"],
+        "reward_first": sum(rewards[:tail]) / tail,
+        "reward_last": sum(rewards[-tail:]) / tail,
+        "kl_last": kls[-1] if kls else 0.0,
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "train_problems": len(train),
+        "eval_problems": len(held),
+        "train_time_s": result.train_time_s,
+    }
