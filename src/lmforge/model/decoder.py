@@ -529,7 +529,11 @@ class Decoder(nn.Module):
         return bias[None].to(dtype), False  # [1, H, T, S]
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Next-token logits ``[B, T, V]`` for token ids ``idx`` ``[B, T]``.
+        """Next-token logits ``[B, T, V]`` for token ids ``idx`` ``[B, T]``: ``lm_head(hidden_states)``."""
+        return self.lm_head(self.hidden_states(idx, cache))  # [B, T, V]
+
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Final hidden states ``[B, T, D]`` (after the final norm, before ``lm_head``) for ``idx`` ``[B, T]``.
 
         With a ``cache`` the tokens are taken to sit at positions ``cache.pos ..`` after the cached
         prefix; their keys and values are appended and ``cache.pos`` advances by T.
@@ -563,7 +567,7 @@ class Decoder(nn.Module):
             x = block(x, rope, attn_mask, is_causal, cache, layer)
         if cache is not None:
             cache.advance(T)
-        return self.lm_head(self.norm(x))  # [B, T, V]
+        return self.norm(x)  # [B, T, D]
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Distinct parameters; see ``count_params`` for what ``non_embedding`` leaves out."""

@@ -20,14 +20,13 @@ Shape notation: B batch, T tokens, D n_embd, C classes.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,20 +75,6 @@ def load_base(
     return model.to(device), mcfg, ckpt_dir
 
 
-@contextlib.contextmanager
-def _without_lm_head(model: nn.Module) -> Iterator[None]:
-    """Make a ``Decoder`` return its final hidden states: ``lm_head`` is an identity for the block.
-
-    The head module is put back afterwards (a tied head keeps its tie: it is the same object).
-    """
-    head = model.lm_head
-    model.lm_head = nn.Identity()
-    try:
-        yield
-    finally:
-        model.lm_head = head
-
-
 def hidden_states(
     model: nn.Module, idx: torch.Tensor, attention_mask: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -102,8 +87,7 @@ def hidden_states(
         return model.encoder(idx, attention_mask)
     if getattr(model.config, "arch", "decoder") == "encoder":
         return model(idx, attention_mask)
-    with _without_lm_head(model):
-        return model(idx)
+    return model.hidden_states(idx)
 
 
 def default_pooling(arch: str, pooling: str) -> str:
