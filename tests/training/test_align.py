@@ -234,3 +234,20 @@ def test_grpo_raises_a_toy_reward_within_a_few_steps(tiny):
         if step == 0:
             assert kl == pytest.approx(0.0, abs=1e-6)  # policy == reference before the first update
     assert sum(means[-3:]) / 3 > sum(means[:3]) / 3 + 0.1, means  # measured: 0.50 → 0.63
+
+
+def test_ppo_pieces_by_hand():
+    mask = torch.tensor([[False, True, True, True, False]])
+    logp = torch.tensor([[0.0, -1.0, -2.0, -1.0, 0.0]])
+    ref = torch.tensor([[0.0, -1.5, -2.0, -0.5, 0.0]])
+    r = align.kl_shaped_rewards(torch.tensor([2.0]), logp, ref, mask, kl_coef=0.1)
+    assert r.tolist()[0] == pytest.approx([0.0, -0.05, 0.0, 0.05 + 2.0, 0.0])
+    values = torch.tensor([[9.0, 0.5, 1.0, 1.5, 9.0]])
+    adv, ret = align.gae(r, values, mask, gamma=1.0, lam=1.0)  # λ = γ = 1: return-to-go minus value
+    togo = [r[0, 1:4].sum().item(), r[0, 2:4].sum().item(), r[0, 3].item()]
+    assert adv.tolist()[0] == pytest.approx([0.0, togo[0] - 0.5, togo[1] - 1.0, togo[2] - 1.5, 0.0])
+    assert ret.tolist()[0] == pytest.approx([0.0, *togo, 0.0])
+    adv0, _ = align.gae(r, values, mask, gamma=1.0, lam=0.0)  # λ = 0: one-step TD errors
+    assert adv0[0, 1].item() == pytest.approx(r[0, 1].item() + 1.0 - 0.5)
+    vl = align.clipped_value_loss(torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([0.0]), clip_eps=0.2)
+    assert vl.item() == pytest.approx(0.5 * max(2.0**2, 1.2**2))
