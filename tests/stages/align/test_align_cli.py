@@ -131,3 +131,33 @@ def test_grpo_cli_on_generated_arithmetic_with_lora(align_dir, tmp_path):
         "--lora_r", "2",
     )  # fmt: skip
     assert manifest(out)["metrics"]["eval_problems"] == 8
+
+
+def test_ppo_cli_with_a_reward_model(align_dir, tmp_path):
+    from lmforge.training import align
+    from lmforge.training.checkpoint import load_model
+
+    trunk, mcfg = load_model(align_dir / "decoder")
+    rm_dir = tmp_path / "rm"
+    align.save_reward_model(
+        rm_dir, align.RewardModel(trunk), mcfg, tokenizer_path=align_dir / "tokenizer.json", base="test"
+    )
+    out = tmp_path / "ppo"
+    run_cli(
+        "ppo",
+        "--model", str(align_dir / "decoder"),
+        "--reward_model", str(rm_dir),
+        "--prompts", str(align_dir / "prefs.jsonl"),
+        "--out", str(out),
+        "--max_steps", "2",
+        "--eval_every", "2",
+        "--batch_size", "2",
+        "--max_new_tokens", "4",
+        "--n_eval", "4",
+        "--val_fraction", "0.3",
+    )  # fmt: skip
+    m = manifest(out)
+    assert m["stage"] == "align.ppo"
+    for key in ("score_before", "score_after", "kl_after", "kl"):
+        assert key in m["metrics"]
+    assert abs(m["metrics"]["kl_after"]) < 5.0

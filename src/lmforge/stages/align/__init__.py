@@ -16,6 +16,10 @@ from types import ModuleType
 METHODS: dict[str, tuple[str, str]] = {
     "dpo": ("lmforge.stages.align.dpo", "direct preference optimisation (or IPO) on chosen/rejected pairs"),
     "reward": ("lmforge.stages.align.reward", "reward model (Bradley–Terry) on chosen/rejected pairs"),
+    "ppo": (
+        "lmforge.stages.align.ppo",
+        "PPO-RLHF: rollouts scored by a reward model, value head, GAE, KL penalty",
+    ),
     "grpo": ("lmforge.stages.align.grpo", "GRPO with verifiable rewards (arithmetic, #### N answers)"),
 }
 
@@ -30,7 +34,7 @@ methods:
 
 `lmforge align <method> --help` lists the method's options. In a recipe a method is the stage kind
 `align.<method>`:   dpo: {{stage: align.dpo, model: "@sft", train: [pairs.jsonl]}}
-Not built yet (issue 7): collect (the ranking page), ppo (PPO-RLHF).
+Not built yet (issue 7): collect (the ranking page).
 """
 
 

@@ -1,0 +1,254 @@
+"""PPO-RLHF against a reward model (stage kind ``align.ppo``).
+
+The RLHF loop of Ouyang et al. 2022 (after Ziegler et al. 2019): the policy samples replies to prompts
+through the inference engine; a reward model (``align.reward``) scores each whole conversation; the
+per-token reward is ``−kl_coef · (log π − log π_ref)`` plus that score on the last reply token; a value
+head (``ScalarHead(pooling="none")`` on the policy's final hidden states) gives GAE advantages
+(Schulman et al. 2016), whitened over the batch's reply tokens; the loss is PPO's clipped surrogate plus
+``vf_coef`` × the clipped value loss (Schulman et al. 2017), for ``updates_per_rollout`` steps per
+rollout. The reference is the LoRA-disabled policy or a frozen copy. Prompts: the prompts of
+preference files (``data.preferences``; chosen/rejected are ignored). Each evaluation samples replies
+to held-out prompts (fixed seed) and reports the reward model's mean ``score`` and the policy's
+``kl`` to the reference (summed over a reply's tokens, averaged over replies).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from lmforge.config import ConfigError, opt
+from lmforge.runstore import StageContext, run_stage
+from lmforge.training.options import FinetuneOptions
+
+logger = logging.getLogger(__name__)
+
+STAGE = "align.ppo"
+VERSION = 1
+
+
+@dataclass
+class Config(FinetuneOptions):
+    """Options of ``lmforge align ppo``."""
+
+    reward_model: str = opt("@reward", "reward model: an align.reward stage or checkpoint", path=True)
+    prompts: list[str] = opt([], "preference files whose prompts are used (.jsonl)", path=True)
+    batch_size: int = opt(4, "prompts per micro-batch")
+    samples_per_prompt: int = opt(2, "replies sampled per prompt")
+    max_new_tokens: int = opt(32, "tokens per reply at most")
+    temperature: float = opt(1.0, "sampling temperature of the rollouts")
+    kl_coef: float = opt(0.05, "per-token KL penalty to the reference, in reward units")
+    clip_eps: float = opt(0.2, "PPO clip range of the probability ratio (and of the value change)")
+    vf_coef: float = opt(0.5, "weight of the value loss")
+    gamma: float = opt(1.0, "discount")
+    lam: float = opt(0.95, "GAE λ")
+    updates_per_rollout: int = opt(2, "optimiser steps on each rollout (PPO epochs)")
+    n_eval: int = opt(32, "held-out prompts scored at each evaluation")
+    lr: float = opt(1e-5, "peak learning rate")
+    weight_decay: float = opt(0.0, "decoupled weight decay (L2) on trainable matrices")
+    lora_r: int = opt(0, "train LoRA adapters of this rank instead of every weight (0 = full model)")
+    lora_alpha: float = opt(16.0, "LoRA scale numerator (update = alpha / r · B A)")
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.prompts:
+            raise ConfigError(
+                "prompts", "at least one preference file is required (--prompts '[pairs.jsonl]')"
+            )
+        for key in ("samples_per_prompt", "max_new_tokens", "updates_per_rollout", "n_eval"):
+            if getattr(self, key) < 1:
+                raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
+        for key in ("kl_coef", "clip_eps", "vf_coef", "lora_r"):
+            if getattr(self, key) < 0:
+                raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
+        if self.temperature <= 0:
+            raise ConfigError("temperature", f"must be > 0, got {self.temperature}")
+        if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
+            raise ConfigError("gamma", f"gamma and lam must be in [0, 1], got {self.gamma}, {self.lam}")
+
+
+INPUTS = ("model", "reward_model")
+
+
+def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
+    """Train with PPO (or return the cached result); returns the stage manifest."""
+    if not cfg.out:
+        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/ppo)")
+    found = {
+        "model": cfg.model,
+        "reward_model": cfg.reward_model,
+        **{f"prompts{i}": p for i, p in enumerate(cfg.prompts)},
+    }
+    return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)
+
+
+def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
+    """Rollouts scored by the reward model, GAE, PPO updates through ``finetune.fit``."""
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from lmforge.data.supervised import holdout, log_problems
+    from lmforge.inference.engine import Engine, SamplingParams
+    from lmforge.model.heads import ScalarHead
+    from lmforge.runtime import create_runtime
+    from lmforge.tokenizer.chat import render_chat
+    from lmforge.tokenizer.train import load_tokenizer, special_id
+    from lmforge.training import align
+    from lmforge.training import finetune as ft
+    from lmforge.training.batches import pad_batch
+
+    rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
+    device = rt.device
+    ft.restart(ctx)
+    model, mcfg, ckpt_dir = ft.load_base(
+        ctx.inputs["model"], cfg.checkpoint, device=device, dropout=cfg.dropout
+    )
+    if mcfg.arch != "decoder":
+        raise ConfigError("model", f"PPO needs a decoder checkpoint, {ckpt_dir} is an {mcfg.arch}")
+    rm = align.load_reward_model(ctx.inputs["reward_model"]).to(device)
+    if rm.config.vocab_size != mcfg.vocab_size:
+        raise ConfigError(
+            "reward_model", f"vocabulary {rm.config.vocab_size} differs from the policy's {mcfg.vocab_size}"
+        )
+    rm.requires_grad_(False)
+    tok_path = ckpt_dir / "tokenizer.json"
+    tok = load_tokenizer(tok_path)
+    pad_id, end_id = special_id(tok, "pad"), special_id(tok, "end")
+    problems: list = []
+    prefs = align.read_preference_split(
+        [p for k, p in sorted(ctx.inputs.items()) if k.startswith("prompts")], problems
+    )
+    log_problems(problems, "prompts")
+    distinct = {tuple(tuple(sorted(m.items())) for m in p.prompt): p.prompt for p in prefs}
+    prompts = list(distinct.values())  # distinct prompts, file order
+    train, held = holdout(prompts, cfg.val_fraction or 0.1, cfg.seed)
+    held = held[: cfg.n_eval]
+    if not train or not held:
+        raise ConfigError(
+            "prompts", f"need prompts to train on and to hold out, got {len(train)} and {len(held)}"
+        )
+    lora = None
+    if cfg.lora_r:
+        from lmforge.model.lora import LoraConfig, apply_lora
+
+        lora = LoraConfig(r=cfg.lora_r, alpha=cfg.lora_alpha)
+        apply_lora(model, lora)
+    reference = align.Reference(model)
+    torch.manual_seed(cfg.seed)
+
+    class PolicyWithValue(nn.Module):  # one trunk pass gives log-probs and values
+        def __init__(self) -> None:
+            super().__init__()
+            self.policy, self.value = model, ScalarHead(mcfg, "none").to(device)
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            hidden = ft.hidden_states(self.policy, x)  # [B, T, D]
+            logits = self.policy.lm_head(hidden).float()  # [B, T, V]
+            logp = -torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")
+            return logp, self.value(hidden)  # [B, T], [B, T]
+
+    pv = PolicyWithValue()
+    engine = Engine(model, tok)
+    budget = mcfg.block_size - cfg.max_new_tokens
+
+    def prompt_ids(p: tuple) -> list[int]:
+        return render_chat(tok, list(p), add_generation_prompt=True)[0][-budget:]
+
+    @torch.no_grad()
+    def scores(rows: list[list[int]]) -> torch.Tensor:  # reward model on whole conversations [B]
+        idx, mask = pad_batch([r[-mcfg.block_size :] for r in rows], pad_id)
+        return rm(idx.to(device), mask.to(device))
+
+    def sample(chosen: list, seed: int) -> tuple[align.Rollout, torch.Tensor]:
+        ids = [prompt_ids(p) for p in chosen]
+        params = SamplingParams(
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            seed=seed,
+            stop_ids=frozenset({end_id}),
+        )
+        G = cfg.samples_per_prompt
+        ro = align.rollout(
+            engine, ids, lambda i, c: 0.0, group_size=G, params=params, pad_id=pad_id, reference=reference
+        )
+        full = [
+            ids[i // G] + c.ids + ([end_id] if c.finish_reason == "stop" else [])
+            for i, c in enumerate(ro.completions)
+        ]
+        return ro, scores(full)
+
+    rng = np.random.default_rng(cfg.seed)
+    buffer: list = []
+    state = {"calls": 0, "score": []}
+
+    def next_batch() -> tuple[Any, int]:
+        calls = state["calls"]
+        state["calls"] += 1
+        slot = calls % cfg.grad_accum
+        if calls % (cfg.grad_accum * cfg.updates_per_rollout) >= cfg.grad_accum:
+            return buffer[slot], int(buffer[slot][0].m.sum())
+        chosen = [train[i] for i in rng.integers(0, len(train), size=cfg.batch_size)]
+        ro, score = sample(chosen, cfg.seed + 1000 * calls)
+        with torch.no_grad():
+            _, old_values = pv(ro.x, ro.y)
+        rewards = align.kl_shaped_rewards(score, ro.old_logp, ro.ref_logp, ro.m, cfg.kl_coef)
+        adv, returns = align.gae(rewards, old_values, ro.m, cfg.gamma, cfg.lam)
+        sel = adv[ro.m]
+        adv = ((adv - sel.mean()) / (sel.std() + 1e-8)) * ro.m if sel.numel() > 1 else adv  # whitened
+        state["score"].append(float(score.mean()))
+        ctx.log_metrics({"step": calls // cfg.grad_accum + 1, "score": state["score"][-1]})
+        batch = (ro, adv, returns, old_values)
+        buffer[slot:] = [batch]
+        return batch, int(ro.m.sum())
+
+    def loss_sum(batch: Any) -> torch.Tensor:
+        ro, adv, returns, old_values = batch
+        logp, values = pv(ro.x, ro.y)
+        pg = align.clipped_policy_loss(logp, ro.old_logp, adv, cfg.clip_eps)
+        vl = align.clipped_value_loss(values, old_values, returns, cfg.clip_eps)
+        return ((pg + cfg.vf_coef * vl) * ro.m).sum()
+
+    def evaluate() -> dict[str, float]:
+        ro, score = sample(held, cfg.seed + 7)
+        kl = ((ro.old_logp - ro.ref_logp) * ro.m).sum(dim=1)  # [B] log π/π_ref of each reply
+        return {"score": float(score.mean()), "kl": float(kl.mean())}
+
+    result = ft.fit(
+        pv,
+        cfg,
+        next_batch=next_batch,
+        loss_sum=loss_sum,
+        evaluate=evaluate,
+        monitor="score",
+        mode="max",
+        log_metrics=ctx.log_metrics,
+    )
+
+    def save(d: Path) -> None:
+        meta = {"method": "ppo", "base": str(ckpt_dir)}
+        if lora is None:
+            ft.save_finetuned(d, model, mcfg, tokenizer_path=tok_path, meta=meta)
+            return
+        from lmforge.model.lora import merged_state_dict, save_adapter
+
+        ft.save_finetuned(
+            d, model, mcfg, tokenizer_path=tok_path, meta=meta, state_dict=merged_state_dict(model)
+        )
+        save_adapter(model, d / "adapter", lora, base_model_name_or_path=str(ckpt_dir))
+
+    ft.save_best_and_last(ctx.dir / "ckpt", pv, result, save)
+    return {
+        **result.best_metrics,
+        "score_before": result.initial_metrics["score"],
+        "score_after": result.best_metrics["score"],
+        "kl_after": result.best_metrics["kl"],
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "train_prompts": len(train),
+        "eval_prompts": len(held),
+        "train_time_s": result.train_time_s,
+    }
