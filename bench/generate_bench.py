@@ -20,7 +20,11 @@ import argparse
 import os
 import time
 
+# isort: off
+import lmforge  # noqa: F401  (first: sets OpenMP's passive wait policy before torch loads it)
 import torch
+
+# isort: on
 
 SIZES = {
     "12M": {"n_layer": 6, "n_embd": 384, "n_head": 6},

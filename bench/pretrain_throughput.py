@@ -20,7 +20,11 @@ import os
 import statistics
 import time
 
+# isort: off
+import lmforge  # noqa: F401  (first: sets OpenMP's passive wait policy before torch loads it)
 import torch
+
+# isort: on
 
 
 def lmforge_model(args):
