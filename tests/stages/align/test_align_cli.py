@@ -161,3 +161,11 @@ def test_ppo_cli_with_a_reward_model(align_dir, tmp_path):
     for key in ("score_before", "score_after", "kl_after", "kl"):
         assert key in m["metrics"]
     assert abs(m["metrics"]["kl_after"]) < 5.0
+
+
+def test_generated_problems_hold_out_their_questions():
+    from lmforge.stages.align.grpo import Config, load_problems
+
+    train, held = load_problems(Config(out="x", n_problems=200, n_eval=20), None)
+    assert len(held) == 20 and len(train) < 200
+    assert not {p["question"] for p in held} & {p["question"] for p in train}

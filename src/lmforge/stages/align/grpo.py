@@ -9,7 +9,8 @@ frozen reference (LoRA disabled, or a frozen copy). Each rollout is reused for `
 optimiser steps (with 1 the ratio is 1 and the clip inactive, as in the paper's default).
 
 Problems: ``problems`` (JSONL ``{"question", "answer"}``, GSM8K's ``#### N`` answers work as they are)
-or, by default, generated arithmetic (``digits``, ``ops``). The prompt is the question as a user turn
+or, by default, generated arithmetic (``digits``, ``ops``; the first ``n_eval`` problems are held out
+and their questions removed from the training problems). The prompt is the question as a user turn
 of the chat template. Held-out problems are solved greedily before, during and after training:
 ``accuracy`` (exact match), reported as ``grpo_accuracy_before`` / ``grpo_accuracy_after``.
 """
@@ -91,7 +92,9 @@ def load_problems(cfg: Config, path: Any) -> tuple[list[dict[str, str]], list[di
 
     if path is None:
         both = arithmetic_problems(cfg.n_problems + cfg.n_eval, digits=cfg.digits, ops=cfg.ops, seed=cfg.seed)
-        return both[cfg.n_eval :], both[: cfg.n_eval]
+        held = both[: cfg.n_eval]
+        seen = {p["question"] for p in held}  # held-out questions never appear in training
+        return [p for p in both[cfg.n_eval :] if p["question"] not in seen], held
     problems: list = []
     found = []
     for number, record in _json_records(path, problems):
