@@ -209,6 +209,64 @@ def load_reward_model(path: Path, which: str = "best") -> RewardModel:
     return rm.eval()
 
 
+@torch.no_grad()
+def judge_against_base(
+    policy: nn.Module,
+    base: nn.Module,
+    rm: RewardModel,
+    tok: Any,
+    prompts: Sequence[Sequence[dict[str, str]]],
+    *,
+    max_new_tokens: int = 48,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Win rate of ``policy`` over ``base`` judged by ``rm``, and the policy's KL to ``base``.
+
+    Both sample one reply per prompt (same seed); ``rm`` scores each whole conversation. Returns
+    ``win_rate`` (policy scored higher; ties count ½), ``policy_score``, ``base_score`` (means) and
+    ``kl``: the policy's summed log-ratio ``log π − log π_base`` over its own replies, averaged — a
+    sample estimate of KL(π ‖ π_base) per reply.
+    """
+    from lmforge.inference.engine import Engine, SamplingParams
+    from lmforge.tokenizer.chat import render_chat
+    from lmforge.tokenizer.train import special_id
+    from lmforge.training.batches import pad_batch
+
+    pad_id, end_id = special_id(tok, "pad"), special_id(tok, "end")
+    block = policy.config.block_size
+    ids = [
+        render_chat(tok, list(p), add_generation_prompt=True)[0][-(block - max_new_tokens) :] for p in prompts
+    ]
+    params = SamplingParams(
+        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, stop_ids=frozenset({end_id})
+    )
+    device = next(policy.parameters()).device
+    was = policy.training
+    policy.eval()
+    base.eval()
+    out: dict[str, torch.Tensor] = {}
+    rows: dict[str, Rollout] = {}
+    for name, model in (("policy", policy), ("base", base)):
+        ro = rollout(Engine(model, tok), ids, lambda i, c: 0.0, group_size=1, params=params, pad_id=pad_id)
+        full = [
+            p + c.ids + ([end_id] if c.finish_reason == "stop" else []) for p, c in zip(ids, ro.completions)
+        ]
+        idx, mask = pad_batch([f[-block:] for f in full], pad_id)
+        out[name] = rm(idx.to(device), mask.to(device)).float()
+        rows[name] = ro
+    ro = rows["policy"]
+    kl = ((ro.old_logp - token_logprobs(base, ro.x, ro.y)) * ro.m).sum(dim=1)  # [P]
+    policy.train(was)
+    wins = (out["policy"] > out["base"]).float() + 0.5 * (out["policy"] == out["base"]).float()
+    return {
+        "win_rate": float(wins.mean()),
+        "policy_score": float(out["policy"].mean()),
+        "base_score": float(out["base"].mean()),
+        "kl": float(kl.mean()),
+    }
+
+
 # --------------------------------------------------------------------------------------------------
 # GRPO
 

@@ -55,10 +55,13 @@ def test_dpo_cli(align_dir, tmp_path):
     load_model(resolve_checkpoint(out))
 
 
-def test_dpo_lora_cli(align_dir, tmp_path):
+def test_dpo_lora_cli_judged_by_a_reward_model(align_dir, tmp_path):
     out = tmp_path / "dpo-lora"
     run_cli(
         "dpo",
+        "--reward_model", str(untrained_reward_model(align_dir, tmp_path / "rm")),
+        "--n_judge", "4",
+        "--judge_tokens", "4",
         "--model", str(align_dir / "decoder"),
         "--train", str(align_dir / "prefs.jsonl"),
         "--out", str(out),
@@ -68,7 +71,9 @@ def test_dpo_lora_cli(align_dir, tmp_path):
     )  # fmt: skip
     final = json.loads((out / "ckpt" / "final.json").read_text())
     assert (out / "ckpt" / final["best"] / "adapter" / "adapter_model.safetensors").is_file()
-    assert manifest(out)["metrics"]["base_val_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    metrics = manifest(out)["metrics"]
+    assert metrics["base_val_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert 0 <= metrics["dpo_win_rate"] <= 1 and "dpo_kl" in metrics and "dpo_base_score" in metrics
 
 
 def test_reward_cli_learns_the_toy_preference(align_dir, tmp_path):
@@ -133,15 +138,21 @@ def test_grpo_cli_on_generated_arithmetic_with_lora(align_dir, tmp_path):
     assert manifest(out)["metrics"]["eval_problems"] == 8
 
 
-def test_ppo_cli_with_a_reward_model(align_dir, tmp_path):
+def untrained_reward_model(align_dir: Path, out: Path) -> Path:
+    import torch
+
     from lmforge.training import align
     from lmforge.training.checkpoint import load_model
 
     trunk, mcfg = load_model(align_dir / "decoder")
-    rm_dir = tmp_path / "rm"
-    align.save_reward_model(
-        rm_dir, align.RewardModel(trunk), mcfg, tokenizer_path=align_dir / "tokenizer.json", base="test"
-    )
+    torch.manual_seed(0)
+    rm = align.RewardModel(trunk)
+    align.save_reward_model(out, rm, mcfg, tokenizer_path=align_dir / "tokenizer.json", base="test")
+    return out
+
+
+def test_ppo_cli_with_a_reward_model(align_dir, tmp_path):
+    rm_dir = untrained_reward_model(align_dir, tmp_path / "rm")
     out = tmp_path / "ppo"
     run_cli(
         "ppo",

@@ -39,6 +39,11 @@ class Config(FinetuneOptions):
     lora_r: int = opt(0, "train LoRA adapters of this rank instead of every weight (0 = full model)")
     lora_alpha: float = opt(16.0, "LoRA scale numerator (update = alpha / r · B A)")
     max_train_examples: int = opt(0, "use at most this many training pairs (0 = all)")
+    reward_model: str = opt(
+        "", "align.reward model judging the win rate over the starting model ('' = no judging)", path=True
+    )
+    n_judge: int = opt(64, "held-out prompts answered by both models for the win rate")
+    judge_tokens: int = opt(48, "tokens per judged reply at most")
 
     def validate(self) -> None:
         super().validate()
@@ -46,12 +51,15 @@ class Config(FinetuneOptions):
             raise ConfigError("train", "at least one preference file is required (--train pairs.jsonl)")
         if self.beta <= 0:
             raise ConfigError("beta", f"must be > 0, got {self.beta}")
+        for key in ("n_judge", "judge_tokens"):
+            if getattr(self, key) < 1:
+                raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
         for key in ("lora_r", "max_train_examples"):
             if getattr(self, key) < 0:
                 raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
 
 
-INPUTS = ("model", "val")
+INPUTS = ("model", "val", "reward_model")
 
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
@@ -61,6 +69,8 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     found = {"model": cfg.model, **{f"train{i}": p for i, p in enumerate(cfg.train)}}
     if cfg.val:
         found["val"] = cfg.val
+    if cfg.reward_model:
+        found["reward_model"] = cfg.reward_model
     return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)
 
 
@@ -186,7 +196,18 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         save_adapter(model, d / "adapter", lora, base_model_name_or_path=str(ckpt_dir))
 
     ft.save_best_and_last(ctx.dir / "ckpt", model, result, save)
+    judged: dict[str, float] = {}
+    if "reward_model" in ctx.inputs:  # the best policy against the starting model, judged by the RM
+        base, _, _ = ft.load_base(ctx.inputs["model"], cfg.checkpoint, device=device)
+        rm = align.load_reward_model(ctx.inputs["reward_model"]).to(device)
+        prompts = [p.prompt for p in val[: cfg.n_judge]]
+        found = align.judge_against_base(
+            model, base, rm, tok, prompts, max_new_tokens=cfg.judge_tokens, seed=cfg.seed
+        )
+        judged = {f"dpo_{k}": v for k, v in found.items()}
+        logger.info("judged by %s: %s", ctx.inputs["reward_model"], judged)
     return {
+        **judged,
         **result.best_metrics,
         "base_val_loss": result.initial_metrics["val_loss"],
         "train_loss": result.train_loss,
