@@ -26,3 +26,15 @@ def test_recipe_plans(name, kind, tmp_path):
 def test_unknown_align_kind_is_named(tmp_path):
     with pytest.raises(ConfigError, match="did you mean 'align.dpo'"):
         plan({"stages": {"x": {"stage": "align.dop"}}}, {}, tmp_path)
+
+
+def test_align_method_takes_its_recipe_section():
+    from lmforge.stages.align import method_module
+    from lmforge.stages.invoke import config_from_args
+
+    cfg = config_from_args(
+        "align dpo", method_module("dpo"), [str(RECIPES / "dpo.yaml"), "beta=0.2"], "align.dpo"
+    )
+    assert (
+        cfg.beta == 0.2 and cfg.model == "@pretrain" and cfg.train[0].endswith("harmless-base_test.jsonl.gz")
+    )
