@@ -83,3 +83,34 @@ def test_hh_rlhf_file():
     assert len(prefs) + len(problems) == 2312
     assert len(prefs) > 2200
     assert all(p.prompt[-1]["role"] == "user" for p in prefs)
+
+
+def test_ranking_records_are_validated_and_read_back_as_pairs(tmp_path):
+    from lmforge.data.preferences import append_record, ranking_record
+
+    responses = {"a": "first", "b": "second", "c": "third"}
+    rec = ranking_record(
+        "q?", responses, {"a": 2, "b": 3, "c": 1}, annotator="ann1", criteria={"c": {"accuracy": 5}}
+    )
+    assert rec["ranking"] == [2, 0, 1] and rec["annotator"] == "ann1"
+    for ranks, message in (
+        ({"a": 1, "b": 2}, "missing rank"),
+        ({"a": 1, "b": 1, "c": 2}, "duplicate rank"),
+        ({"a": 1, "b": 2, "c": 3, "z": 4}, "unknown response id"),
+        ({"a": 1, "b": 2, "c": 4}, "integer in 1..3"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            ranking_record("q?", responses, ranks, annotator="ann1")
+    with pytest.raises(ValueError, match="annotator"):
+        ranking_record("q?", responses, {"a": 1, "b": 2, "c": 3}, annotator=" ")
+    store = tmp_path / "rankings.jsonl"
+    append_record(store, rec)
+    append_record(store, ranking_record("q2", {"x": "yes", "y": "no"}, {"x": 1, "y": 2}, annotator="ann2"))
+    with open(store, "a") as fh:
+        fh.write('{"prompt": "torn')  # a crash mid-write leaves at most a partial last line
+    problems: list = []
+    prefs = read_preferences(store, problems)
+    assert [(p.chosen, p.rejected) for p in prefs] == [
+        ("third", "first"), ("third", "second"), ("first", "second"), ("yes", "no"),
+    ]  # fmt: skip
+    assert [p.line for p in problems] == [3]

@@ -19,6 +19,10 @@ record per line, in any of these schemas:
 An optional ``"system"`` string becomes the system turn. A record that fits none of these, has wrong
 types, identical chosen and rejected replies, or (text format) no final assistant turn is reported as
 a ``data.readers.Problem`` naming ``file:line`` and skipped; the good records are kept.
+
+Rankings people submit (the store behind the planned ``align collect`` page): ``ranking_record``
+validates one submission (every response ranked once, known ids, criteria scores 1–5, an annotator
+id) into the full-ranking schema above; ``append_record`` appends it to a JSONL store atomically.
 """
 
 from __future__ import annotations
@@ -167,3 +171,91 @@ def read_preferences(path: str | Path, problems: list[Problem] | None = None) ->
         for prompt, chosen, rejected in found:
             out.append(Preference(tuple(prompt), chosen, rejected, f"{name}:{number}"))
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# rankings submitted by people (the store behind the planned ranking page)
+
+CRITERIA = ("accuracy", "relevance", "coherence")
+
+
+def ranking_record(
+    prompt: str | list[dict[str, str]],
+    responses: dict[str, str],
+    ranks: dict[str, Any],
+    *,
+    annotator: str,
+    criteria: dict[str, dict[str, Any]] | None = None,
+    note: str = "",
+) -> dict[str, Any]:
+    """Validate one person's ranking of ``responses`` (id → text) and return the record to store.
+
+    ``ranks`` maps every response id to its rank, 1 = best, each rank used once. ``criteria``
+    optionally scores responses on ``CRITERIA`` from 1 to 5. The record is the full-ranking schema
+    ``read_preferences`` reads (``responses`` in id order, ``ranking`` best first) plus ``ids``,
+    ``annotator``, ``criteria`` and ``note``.
+
+    Raises:
+        ValueError: a missing, duplicate, out-of-range or non-integer rank, an unknown response id, an
+            empty annotator, or a bad criterion score; the message names the offending entry.
+    """
+    if not isinstance(annotator, str) or not annotator.strip():
+        raise ValueError("annotator: a non-empty annotator id is required")
+    ids = sorted(responses)
+    if len(ids) < 2:
+        raise ValueError(f"responses: need at least two to rank, got {len(ids)}")
+    unknown = sorted(set(ranks) - set(ids))
+    if unknown:
+        raise ValueError(f"unknown response id(s) {unknown}; valid: {ids}")
+    missing = [i for i in ids if i not in ranks]
+    if missing:
+        raise ValueError(f"missing rank for response(s) {missing}; rank every response 1..{len(ids)}")
+    for i, r in ranks.items():
+        if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= len(ids):
+            raise ValueError(f"rank of {i!r} must be an integer in 1..{len(ids)}, got {r!r}")
+    if len(set(ranks.values())) != len(ids):
+        dup = sorted({r for r in ranks.values() if list(ranks.values()).count(r) > 1})
+        raise ValueError(f"duplicate rank(s) {dup}; each of 1..{len(ids)} must be used once")
+    for i, scores in (criteria or {}).items():
+        if i not in responses:
+            raise ValueError(f"criteria: unknown response id {i!r}; valid: {ids}")
+        for name, value in scores.items():
+            if (
+                name not in CRITERIA
+                or isinstance(value, bool)
+                or not isinstance(value, int)
+                or not 1 <= value <= 5
+            ):
+                raise ValueError(
+                    f"criteria[{i!r}][{name!r}]: expected one of {CRITERIA} scored 1..5, got {value!r}"
+                )
+    return {
+        "prompt": prompt,
+        "ids": ids,
+        "responses": [responses[i] for i in ids],
+        "ranking": sorted(range(len(ids)), key=lambda k: ranks[ids[k]]),
+        "annotator": annotator.strip(),
+        "criteria": criteria or {},
+        "note": note,
+    }
+
+
+def append_record(path: str | Path, record: dict[str, Any]) -> None:
+    """Append ``record`` as one JSONL line, atomically with respect to other writers and crashes.
+
+    The line is written by a single ``write`` on an ``O_APPEND`` descriptor under an exclusive
+    ``flock`` and fsynced before returning, so concurrent annotators never interleave and a crash can
+    at worst leave a partial *last* line, which ``read_preferences`` reports and skips.
+    """
+    import fcntl
+    import json
+    import os
+
+    line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)  # releases the lock
