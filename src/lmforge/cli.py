@@ -27,8 +27,8 @@ COMMANDS: dict[str, Command] = {
     "finetune": Command(
         "lmforge.stages.finetune", "fine-tune: sft, lora, classify, multitask, dapt, contrastive"
     ),
-    "align": Command("lmforge.stages.align", "align: dpo, reward, grpo (collect, ppo: planned, issue 7)"),
-    "eval": Command("lmforge.stages.eval", "evaluate loss, perplexity and bits per byte"),
+    "align": Command("lmforge.stages.align", "align: dpo, reward, ppo, grpo (collect: planned, issue 7)"),
+    "eval": Command("lmforge.stages.eval", "evaluate LM metrics and k-shot tasks, side by side"),
     "generate": Command("lmforge.stages.generate", "sample text from a checkpoint"),
     "chat": Command("lmforge.stages.chat", "chat with a model in the terminal"),
     "serve": Command("", "serve a model over an OpenAI-compatible HTTP API", 9),
