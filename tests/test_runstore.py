@@ -121,3 +121,22 @@ def test_missing_or_unfinished_input_is_clear(tmp_path):
 def test_metrics_must_be_numbers(tmp_path):
     with pytest.raises(TypeError, match="must be a number"):
         run_stage("s", Cfg(), out=tmp_path / "s", inputs={}, work=lambda c, x: {"a": "text"})
+
+
+def test_config_inputs_expand_lists_and_skip_unset_fields():
+    from dataclasses import dataclass, field
+
+    from lmforge.runstore import config_inputs
+
+    @dataclass
+    class C:
+        train: list = field(default_factory=lambda: ["a.jsonl", "b.jsonl"])
+        val: str = ""
+        reward_model: str = "@reward"
+
+    assert config_inputs(C(), "train", "val", "reward_model") == {
+        "train0": "a.jsonl",
+        "train1": "b.jsonl",
+        "reward_model": "@reward",
+    }
+    assert list(config_inputs(C(val="v.jsonl"), "val", "train")) == ["val", "train0", "train1"]

@@ -180,6 +180,19 @@ class StageContext:
         self.metrics.write(record)
 
 
+def config_inputs(cfg: Any, *fields: str) -> dict[str, Any]:
+    """Run-store inputs named by config ``fields``, in order: a list field gives ``field0``,
+    ``field1``, ...; any other field is included under its own name when it is set (non-empty)."""
+    found: dict[str, Any] = {}
+    for name in fields:
+        value = getattr(cfg, name)
+        if isinstance(value, (list, tuple)):
+            found.update({f"{name}{i}": v for i, v in enumerate(value)})
+        elif value:
+            found[name] = value
+    return found
+
+
 def resolve_ref(ref: str | Path, out: Path) -> Path:
     """``@name`` → ``<run dir>/name`` (the run dir is the parent of ``out``); a plain path as given."""
     s = str(ref)

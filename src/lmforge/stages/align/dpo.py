@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, run_stage
+from lmforge.runstore import StageContext, config_inputs, run_stage
 from lmforge.training.options import FinetuneOptions
 
 logger = logging.getLogger(__name__)
@@ -66,11 +66,7 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Train with DPO (or return the cached result); returns the stage manifest."""
     if not cfg.out:
         raise ConfigError("out", "an output directory is required (e.g. --out runs/x/dpo)")
-    found = {"model": cfg.model, **{f"train{i}": p for i, p in enumerate(cfg.train)}}
-    if cfg.val:
-        found["val"] = cfg.val
-    if cfg.reward_model:
-        found["reward_model"] = cfg.reward_model
+    found = {"model": cfg.model, **config_inputs(cfg, "train", "val", "reward_model")}
     return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, run_stage
+from lmforge.runstore import StageContext, config_inputs, run_stage
 from lmforge.training.options import FinetuneOptions
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Train with GRPO (or return the cached result); returns the stage manifest."""
     if not cfg.out:
         raise ConfigError("out", "an output directory is required (e.g. --out runs/x/grpo)")
-    found = {"model": cfg.model, **({"problems": cfg.problems} if cfg.problems else {})}
+    found = {"model": cfg.model, **config_inputs(cfg, "problems")}
     return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, run_stage
+from lmforge.runstore import StageContext, config_inputs, run_stage
 from lmforge.training.options import FinetuneOptions
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     found = {
         "model": cfg.model,
         "reward_model": cfg.reward_model,
-        **{f"prompts{i}": p for i, p in enumerate(cfg.prompts)},
+        **config_inputs(cfg, "prompts"),
     }
     return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)
 

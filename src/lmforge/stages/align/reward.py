@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, run_stage
+from lmforge.runstore import StageContext, config_inputs, run_stage
 from lmforge.training.options import FinetuneOptions
 
 logger = logging.getLogger(__name__)
@@ -52,9 +52,7 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Train the reward model (or return the cached result); returns the stage manifest."""
     if not cfg.out:
         raise ConfigError("out", "an output directory is required (e.g. --out runs/x/reward)")
-    found = {"model": cfg.model, **{f"train{i}": p for i, p in enumerate(cfg.train)}}
-    if cfg.val:
-        found["val"] = cfg.val
+    found = {"model": cfg.model, **config_inputs(cfg, "train", "val")}
     return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)
 
 

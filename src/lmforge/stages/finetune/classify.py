@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, run_stage, write_json_atomic
+from lmforge.runstore import StageContext, config_inputs, run_stage, write_json_atomic
 from lmforge.training.options import FinetuneOptions
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,9 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Train the classifier (or return the cached result); returns the stage manifest."""
     if not cfg.out:
         raise ConfigError("out", "an output directory is required (e.g. --out runs/x/classify)")
-    inputs = {name: getattr(cfg, name) for name in INPUTS if getattr(cfg, name)}
-    return run_stage(STAGE, cfg, out=cfg.out, inputs=inputs, work=train, version=VERSION, force=force)
+    return run_stage(
+        STAGE, cfg, out=cfg.out, inputs=config_inputs(cfg, *INPUTS), work=train, version=VERSION, force=force
+    )
 
 
 def load_split(cfg: Any, path: str, problems: list) -> list:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, run_stage
+from lmforge.runstore import StageContext, config_inputs, run_stage
 from lmforge.training.options import FinetuneOptions
 
 STAGE = "finetune.sft"
@@ -45,15 +45,15 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Fine-tune (or return the cached result); returns the stage manifest."""
     if not cfg.out:
         raise ConfigError("out", "an output directory is required (e.g. --out runs/x/sft)")
-    return run_stage(STAGE, cfg, out=cfg.out, inputs=inputs(cfg), work=work, version=VERSION, force=force)
-
-
-def inputs(cfg: Config) -> dict[str, str]:
-    """Run-store inputs: the base model, every training file (``train0``, ...) and the validation file."""
-    found = {"model": cfg.model, **{f"train{i}": p for i, p in enumerate(cfg.train)}}
-    if cfg.val:
-        found["val"] = cfg.val
-    return found
+    return run_stage(
+        STAGE,
+        cfg,
+        out=cfg.out,
+        inputs={"model": cfg.model, **config_inputs(cfg, "train", "val")},
+        work=work,
+        version=VERSION,
+        force=force,
+    )
 
 
 def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
