@@ -315,6 +315,32 @@ def _fmt(metrics: dict[str, float]) -> str:
 # checkpoints
 
 
+def save_policy(
+    dir: Path,
+    model: nn.Module,
+    mcfg: ModelConfig,
+    *,
+    tokenizer_path: Path | None,
+    meta: dict[str, Any],
+    lora: Any = None,
+    base: Path | str = "",
+    merge: bool = True,
+) -> None:
+    """Save a fine-tuned language model: a normal checkpoint (``save_finetuned``; LoRA adapters merged
+    into the weights) and, when ``lora`` (its ``LoraConfig``) is given, the adapter in the PEFT layout
+    under ``dir/adapter`` with ``base`` as its base model. ``merge=False`` writes the adapter alone."""
+    if lora is None:
+        save_finetuned(dir, model, mcfg, tokenizer_path=tokenizer_path, meta=meta)
+        return
+    from lmforge.model.lora import merged_state_dict, save_adapter
+
+    if merge:
+        save_finetuned(
+            dir, model, mcfg, tokenizer_path=tokenizer_path, meta=meta, state_dict=merged_state_dict(model)
+        )
+    save_adapter(model, dir / "adapter", lora, base_model_name_or_path=str(base))
+
+
 def save_finetuned(
     dir: Path,
     trunk: nn.Module,

@@ -132,19 +132,19 @@ def run_sft(cfg: Any, ctx: StageContext, *, lora: Any = None) -> dict[str, float
     )
 
     def save(d: Path) -> None:
-        if lora is None:
-            ft.save_finetuned(
-                d, model, mcfg, tokenizer_path=tok_path, meta={"method": "sft", "base": str(ckpt_dir)}
-            )
-            return
-        from lmforge.model.lora import merged_state_dict, save_adapter
-
-        if cfg.merge:
-            meta = {"method": "lora", "base": str(ckpt_dir), "merged": True}
-            ft.save_finetuned(
-                d, model, mcfg, tokenizer_path=tok_path, meta=meta, state_dict=merged_state_dict(model)
-            )
-        save_adapter(model, d / "adapter", lora, base_model_name_or_path=str(ckpt_dir))
+        meta = {"method": "sft" if lora is None else "lora", "base": str(ckpt_dir)}
+        if lora is not None:
+            meta["merged"] = True
+        ft.save_policy(
+            d,
+            model,
+            mcfg,
+            tokenizer_path=tok_path,
+            meta=meta,
+            lora=lora,
+            base=ckpt_dir,
+            merge=lora is None or cfg.merge,  # only the lora stage has `merge`
+        )
 
     ft.save_best_and_last(ctx.dir / "ckpt", model, result, save)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -181,15 +181,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
 
     def save(d: Path) -> None:
         meta = {"method": "dpo", "base": str(ckpt_dir), "beta": cfg.beta, "loss_type": cfg.loss_type}
-        if lora is None:
-            ft.save_finetuned(d, model, mcfg, tokenizer_path=tok_path, meta=meta)
-            return
-        from lmforge.model.lora import merged_state_dict, save_adapter
-
-        ft.save_finetuned(
-            d, model, mcfg, tokenizer_path=tok_path, meta=meta, state_dict=merged_state_dict(model)
-        )
-        save_adapter(model, d / "adapter", lora, base_model_name_or_path=str(ckpt_dir))
+        ft.save_policy(d, model, mcfg, tokenizer_path=tok_path, meta=meta, lora=lora, base=ckpt_dir)
 
     ft.save_best_and_last(ctx.dir / "ckpt", model, result, save)
     judged: dict[str, float] = {}
