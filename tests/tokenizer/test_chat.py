@@ -118,3 +118,19 @@ def test_malformed_ids_and_tokenizers_without_chat_tokens(tok):
     old = train_bpe(["a b c"], vocab_size=259, extra_special_tokens=())
     with pytest.raises(InputError, match="lacks chat token"):
         render_chat(old, CONVERSATION)
+
+
+def test_chat_prompt_drops_oldest_exchanges_keeps_system_and_last(tok):
+    from lmforge.tokenizer.chat import chat_prompt
+
+    msgs = [{"role": "system", "content": "be brief"}]
+    for i in range(4):
+        msgs += [{"role": "user", "content": f"question {i} " * 3}, {"role": "assistant", "content": "ok"}]
+    msgs.append({"role": "user", "content": "last one"})
+    full, kept = chat_prompt(tok, msgs, 10_000)
+    assert kept == msgs and full == render_chat(tok, msgs, add_generation_prompt=True)[0]
+    budget = len(full) - 1
+    ids, kept = chat_prompt(tok, msgs, budget)
+    assert kept == msgs[:1] + msgs[3:] and len(ids) <= budget  # one exchange dropped
+    ids, kept = chat_prompt(tok, msgs, 1)
+    assert kept == [msgs[0], msgs[-1]] and len(ids) > 1  # the last message stays even over budget

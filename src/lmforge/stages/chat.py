@@ -1,7 +1,7 @@
 """``lmforge chat``: talk to a checkpoint in the terminal over the chat template.
 
 Each turn renders the whole conversation (optional system prompt, then the user and assistant turns)
-with ``tokenizer.chat.render_chat(..., add_generation_prompt=True)`` and streams the reply from the
+with ``tokenizer.chat.chat_prompt`` (the server uses it too) and streams the reply from the
 generation engine until ``<|end|>``. When the conversation no longer fits the model's context
 (``block_size - max_new_tokens`` tokens), the oldest user/assistant turns are dropped; the system
 prompt is kept. Commands: ``/reset`` forgets the history, ``/system TEXT`` sets the system prompt (and
@@ -81,7 +81,7 @@ def chat_loop(engine: Any, cfg: Config, lines: Iterable[str], write: Callable[[s
     """Run the conversation over ``lines`` (user inputs), streaming replies to ``write``; returns the
     number of assistant turns."""
     from lmforge.inference.engine import SamplingParams
-    from lmforge.tokenizer.chat import chat_ids, render_chat
+    from lmforge.tokenizer.chat import chat_ids, chat_prompt
 
     tok = engine.tokenizer
     end = chat_ids(tok)["end"]
@@ -101,10 +101,8 @@ def chat_loop(engine: Any, cfg: Config, lines: Iterable[str], write: Callable[[s
             continue
         history.append({"role": "user", "content": text})
         head = [{"role": "system", "content": system}] if system else []
-        ids, _ = render_chat(tok, head + history, add_generation_prompt=True)
-        while len(ids) > budget and len(history) > 1:  # drop the oldest exchange
-            history = history[2:] if len(history) > 2 else history[1:]
-            ids, _ = render_chat(tok, head + history, add_generation_prompt=True)
+        ids, kept = chat_prompt(tok, head + history, budget)  # drops the oldest exchanges to fit
+        history = kept[len(head) :]
         params = SamplingParams(
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,

@@ -14,7 +14,8 @@ Format (special tokens are single ids; nothing else is added, not even newlines)
   assistant turn (so the model learns when to stop); ``mask[i]`` says whether ``ids[i]`` is a
   supervised *target* — a trainer predicting ``ids[1:]`` from ``ids[:-1]`` uses ``mask[1:]``.
 
-SFT, alignment, chat and the server all call ``render_chat``; ``CHAT_TEMPLATE_JINJA`` renders the same
+SFT, alignment, chat and the server all call ``render_chat``; ``chat_prompt`` (chat and the server)
+asks for the assistant's next turn within a token budget, dropping the oldest turns; ``CHAT_TEMPLATE_JINJA`` renders the same
 text for Hugging Face ``apply_chat_template`` (``hf_tokenizer_config`` puts it in
 ``tokenizer_config.json``).
 """
@@ -107,6 +108,27 @@ def render_chat(
         ids.append(special["assistant"])
         mask.append(False)
     return ids, mask
+
+
+def chat_prompt(
+    tok: Tokenizer, messages: Sequence[dict[str, Any]], budget: int
+) -> tuple[list[int], list[dict[str, Any]]]:
+    """The ids that ask for the assistant's next turn of ``messages``, within ``budget`` tokens.
+
+    Renders with ``add_generation_prompt=True``; while the ids exceed ``budget``, the oldest exchange
+    (two messages, or the one left before the last) after the system message is dropped. The last
+    message always stays, so the ids can still exceed ``budget``: the caller decides what then.
+
+    Returns:
+        ``(ids, kept)``: the prompt ids and the messages they render (the system message included).
+    """
+    head = list(messages[:1]) if messages and messages[0].get("role") == "system" else []
+    history = list(messages[len(head) :])
+    ids, _ = render_chat(tok, head + history, add_generation_prompt=True)
+    while len(ids) > budget and len(history) > 1:
+        history = history[2:] if len(history) > 2 else history[1:]
+        ids, _ = render_chat(tok, head + history, add_generation_prompt=True)
+    return ids, head + history
 
 
 def render_chat_text(messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = False) -> str:
