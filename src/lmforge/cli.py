@@ -27,7 +27,7 @@ COMMANDS: dict[str, Command] = {
     "finetune": Command(
         "lmforge.stages.finetune", "fine-tune: sft, lora, classify, multitask, dapt, contrastive"
     ),
-    "align": Command("lmforge.stages.align", "align: dpo, reward, ppo, grpo (collect: planned, issue 7)"),
+    "align": Command("lmforge.stages.align", "align: collect (ranking page), reward, dpo, ppo, grpo"),
     "eval": Command("lmforge.stages.eval", "evaluate LM metrics and k-shot tasks, side by side"),
     "generate": Command("lmforge.stages.generate", "sample text from a checkpoint"),
     "chat": Command("lmforge.stages.chat", "chat with a model in the terminal"),

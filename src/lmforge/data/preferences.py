@@ -20,9 +20,15 @@ An optional ``"system"`` string becomes the system turn. A record that fits none
 types, identical chosen and rejected replies, or (text format) no final assistant turn is reported as
 a ``data.readers.Problem`` naming ``file:line`` and skipped; the good records are kept.
 
-Rankings people submit (the store behind the planned ``align collect`` page): ``ranking_record``
-validates one submission (every response ranked once, known ids, criteria scores 1–5, an annotator
-id) into the full-ranking schema above; ``append_record`` appends it to a JSONL store atomically.
+``read_rankings`` reads the same files as whole rankings (``Ranking``: the prompt and its replies best
+first; a pair is a ranking of two), for reward models trained on the Plackett–Luce likelihood;
+``read_preferences`` is every ranking expanded into its implied pairs. ``read_prompts`` reads only
+the prompts (distinct, file order) of a ``.txt`` file (one per line) or of any JSONL above, or of
+``{"prompt"}`` / ``{"messages"}`` records.
+
+Rankings people submit (the store behind ``align collect``'s page): ``ranking_record`` validates one
+submission (every response ranked once, known ids, criteria scores 1–5, an annotator id) into the
+full-ranking schema above; ``append_record`` appends it to a JSONL store atomically.
 """
 
 from __future__ import annotations
@@ -103,8 +109,31 @@ def _split_pair(chosen: Messages, rejected: Messages) -> tuple[Messages, str, st
     return prompt_c, chosen[-1]["content"], rejected[-1]["content"]
 
 
+@dataclass(frozen=True)
+class Ranking:
+    """After ``prompt`` the ``responses`` are ordered best first (a chosen/rejected pair is two)."""
+
+    prompt: tuple[dict[str, str], ...]
+    responses: tuple[str, ...]
+    where: str = ""
+
+    def pairs(self) -> list[Preference]:
+        """Every implied comparison: each response over each one ranked below it, ``K·(K−1)/2``."""
+        return [Preference(self.prompt, a, b, self.where) for a, b in combinations(self.responses, 2)]
+
+
 def to_preferences(record: dict[str, Any]) -> list[tuple[Messages, str, str]]:
     """``[(prompt, chosen, rejected), ...]`` of one record (schemas: module docstring).
+
+    Raises:
+        ValueError: the record fits no schema or has wrong types; the message says what was expected.
+    """
+    prompt, ordered = to_ranking(record)
+    return [(prompt, a, b) for a, b in combinations(ordered, 2)]
+
+
+def to_ranking(record: dict[str, Any]) -> tuple[Messages, list[str]]:
+    """``(prompt, responses best first)`` of one record (schemas: module docstring).
 
     Raises:
         ValueError: the record fits no schema or has wrong types; the message says what was expected.
@@ -127,7 +156,7 @@ def to_preferences(record: dict[str, Any]) -> list[tuple[Messages, str, str]]:
         msgs = (
             [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _messages(prompt, "prompt")
         )
-        return [(head + msgs, responses[a], responses[b]) for a, b in combinations(ranking, 2)]
+        return head + msgs, [responses[i] for i in ranking]
     if "chosen" not in record or "rejected" not in record:
         raise ValueError(
             f"no preference schema matches keys {sorted(record)}; valid: prompt/chosen/rejected, "
@@ -138,16 +167,17 @@ def to_preferences(record: dict[str, Any]) -> list[tuple[Messages, str, str]]:
         key = "prompt" if "prompt" in record else "messages"
         prompt = record[key]
         msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _messages(prompt, key)
-        return [(head + msgs, _reply(chosen, "chosen"), _reply(rejected, "rejected"))]
+        return head + msgs, [_reply(chosen, "chosen"), _reply(rejected, "rejected")]
     if isinstance(chosen, str) and isinstance(rejected, str):
         prompt, c, r = _split_pair(parse_hh(chosen), parse_hh(rejected))
     else:
         prompt, c, r = _split_pair(_messages(chosen, "chosen"), _messages(rejected, "rejected"))
-    return [(head + prompt, c, r)]
+    return head + prompt, [c, r]
 
 
-def read_preferences(path: str | Path, problems: list[Problem] | None = None) -> list[Preference]:
-    """Every comparison in a JSONL file (schemas: module docstring); bad records reported and skipped.
+def read_rankings(path: str | Path, problems: list[Problem] | None = None) -> list[Ranking]:
+    """Every record of a JSONL file as a ``Ranking`` (schemas: module docstring); bad records reported
+    and skipped.
 
     Raises:
         InputError: the file is missing, unreadable or not JSONL.
@@ -156,25 +186,72 @@ def read_preferences(path: str | Path, problems: list[Problem] | None = None) ->
     name = str(path)
     if file_format(path)[0] != "jsonl":
         raise InputError(f"{path}: preferences are read from .jsonl files (optionally compressed)")
-    out: list[Preference] = []
+    out: list[Ranking] = []
     for number, record in _json_records(path, problems):
         try:
-            found = to_preferences(record)
-            for prompt, chosen, rejected in found:
-                if not prompt or prompt[-1]["role"] != "user":
-                    raise ValueError("the prompt must end with a user turn")
-                if chosen == rejected:
-                    raise ValueError("'chosen' and 'rejected' are the same reply")
+            prompt, ordered = to_ranking(record)
+            if not prompt or prompt[-1]["role"] != "user":
+                raise ValueError("the prompt must end with a user turn")
+            if len(set(ordered)) != len(ordered):
+                raise ValueError(
+                    "'chosen' and 'rejected' are the same reply"
+                    if len(ordered) == 2
+                    else "two ranked responses are the same reply"
+                )
         except (ValueError, KeyError) as exc:
             report(problems, Problem(name, number, "missing_field", f"{exc}; skipped"))
             continue
-        for prompt, chosen, rejected in found:
-            out.append(Preference(tuple(prompt), chosen, rejected, f"{name}:{number}"))
+        out.append(Ranking(tuple(prompt), tuple(ordered), f"{name}:{number}"))
     return out
 
 
+def read_preferences(path: str | Path, problems: list[Problem] | None = None) -> list[Preference]:
+    """Every comparison in a JSONL file (schemas: module docstring), a ranking's implied pairs in
+    order; bad records reported and skipped.
+
+    Raises:
+        InputError: the file is missing, unreadable or not JSONL.
+    """
+    return [pair for ranking in read_rankings(path, problems) for pair in ranking.pairs()]
+
+
+def read_prompts(path: str | Path, problems: list[Problem] | None = None) -> list[Messages]:
+    """The distinct prompts of a file, in file order: a ``.txt`` file holds one user prompt per line;
+    a JSONL record is ``{"prompt": str | messages}``, ``{"messages": [...]}`` or any preference schema.
+
+    Raises:
+        InputError: the file is missing or unreadable.
+    """
+    path = _check_file(Path(path))
+    found: list[Messages] = []
+    if file_format(path)[0] == "jsonl":
+        for number, record in _json_records(path, problems):
+            try:
+                if "chosen" in record or "responses" in record:
+                    prompt = to_ranking(record)[0]
+                else:
+                    key = "prompt" if "prompt" in record else "messages"
+                    value = record.get(key)
+                    prompt = (
+                        [{"role": "user", "content": value}]
+                        if isinstance(value, str)
+                        else _messages(value, key)
+                    )
+                if not prompt or prompt[-1]["role"] != "user":
+                    raise ValueError("the prompt must end with a user turn")
+            except (ValueError, KeyError) as exc:
+                report(problems, Problem(str(path), number, "missing_field", f"{exc}; skipped"))
+                continue
+            found.append(prompt)
+    else:
+        text = path.read_text(encoding="utf-8")
+        found = [[{"role": "user", "content": line.strip()}] for line in text.splitlines() if line.strip()]
+    distinct = {tuple(tuple(sorted(m.items())) for m in p): p for p in found}
+    return list(distinct.values())
+
+
 # --------------------------------------------------------------------------------------------------
-# rankings submitted by people (the store behind the planned ranking page)
+# rankings submitted by people (the store behind align collect's ranking page)
 
 CRITERIA = ("accuracy", "relevance", "coherence")
 
@@ -245,16 +322,20 @@ def append_record(path: str | Path, record: dict[str, Any]) -> None:
 
     The line is written by a single ``write`` on an ``O_APPEND`` descriptor under an exclusive
     ``flock`` and fsynced before returning, so concurrent annotators never interleave and a crash can
-    at worst leave a partial *last* line, which ``read_preferences`` reports and skips.
+    at worst leave a partial *last* line, which ``read_preferences`` reports and skips; the next
+    append starts a new line after such a fragment, so it never glues a good record onto it.
     """
     import fcntl
     import json
     import os
 
     line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":  # a torn last line (needs a readable fd)
+            line = b"\n" + line
         os.write(fd, line)
         os.fsync(fd)
     finally:

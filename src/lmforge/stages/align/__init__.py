@@ -14,8 +14,15 @@ from types import ModuleType
 
 # method → (module, one line)
 METHODS: dict[str, tuple[str, str]] = {
+    "collect": (
+        "lmforge.stages.align.collect",
+        "sample replies and serve a web page where people rank them (JSONL store)",
+    ),
     "dpo": ("lmforge.stages.align.dpo", "direct preference optimisation (or IPO) on chosen/rejected pairs"),
-    "reward": ("lmforge.stages.align.reward", "reward model (Bradley–Terry) on chosen/rejected pairs"),
+    "reward": (
+        "lmforge.stages.align.reward",
+        "reward model (Bradley–Terry on pairs or Plackett–Luce on rankings)",
+    ),
     "ppo": (
         "lmforge.stages.align.ppo",
         "PPO-RLHF: rollouts scored by a reward model, value head, GAE, KL penalty",
@@ -34,7 +41,8 @@ methods:
 
 `lmforge align <method> --help` lists the method's options. In a recipe a method is the stage kind
 `align.<method>`:   dpo: {{stage: align.dpo, model: "@sft", train: [pairs.jsonl]}}
-Not built yet (issue 7): collect (the ranking page).
+The loop with people in it: collect (rank replies in a browser) → reward → dpo or ppo → collect
+again with the new policy (docs/align.md, "Iterating").
 """
 
 

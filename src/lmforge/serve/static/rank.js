@@ -1,0 +1,191 @@
+// The ranking page of `lmforge align collect`: fetch the next item, let a person rank its replies
+// (drag, ▲/▼ or numbers; optional criteria scores and a note), POST the ranking, repeat.
+// Every submission is stored by the server before it answers, so closing the page loses nothing.
+"use strict";
+
+const CRITERIA = ["accuracy", "relevance", "coherence"];
+const $ = (id) => document.getElementById(id);
+let current = null;
+const skipped = [];
+
+function setMessage(text, kind) {
+  const m = $("message");
+  m.textContent = text;
+  m.className = kind || "";
+}
+
+function shuffle(list) {
+  for (let i = list.length - 1; i > 0; i--) {
+    const j = Math.floor(Math.random() * (i + 1));
+    [list[i], list[j]] = [list[j], list[i]];
+  }
+  return list;
+}
+
+function cards() {
+  return Array.from($("responses").querySelectorAll(".card"));
+}
+
+function renumber() { // ranks follow the cards' order after a drag or a move
+  cards().forEach((c, i) => { c.querySelector(".rank").value = String(i + 1); });
+}
+
+function move(card, delta) {
+  const list = cards();
+  const i = list.indexOf(card) + delta;
+  if (i < 0 || i >= list.length) return;
+  if (delta < 0) list[i].before(card); else list[i].after(card);
+  renumber();
+}
+
+function card(resp, k) {
+  const li = document.createElement("li");
+  li.className = "card";
+  li.draggable = true;
+  li.dataset.id = resp.id;
+  const handle = document.createElement("span");
+  handle.className = "handle";
+  handle.textContent = "☰";
+  handle.title = "drag to reorder";
+  const controls = document.createElement("div");
+  const rank = document.createElement("input");
+  rank.type = "number";
+  rank.min = "1";
+  rank.max = String(k);
+  rank.className = "rank";
+  rank.setAttribute("aria-label", "rank of reply " + resp.id);
+  const moves = document.createElement("div");
+  moves.className = "moves";
+  for (const [label, d] of [["▲", -1], ["▼", 1]]) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = label;
+    b.className = d < 0 ? "up" : "down";
+    b.addEventListener("click", () => move(li, d));
+    moves.append(b);
+  }
+  controls.append(rank, moves);
+  const text = document.createElement("pre");
+  text.className = "text";
+  text.textContent = resp.text || "(empty reply)";
+  const crit = document.createElement("div");
+  crit.className = "criteria";
+  for (const name of CRITERIA) {
+    const label = document.createElement("label");
+    const sel = document.createElement("select");
+    sel.name = name;
+    sel.className = "criterion";
+    for (const v of ["", "1", "2", "3", "4", "5"]) {
+      const o = document.createElement("option");
+      o.value = v;
+      o.textContent = v || "–";
+      sel.append(o);
+    }
+    label.append(name + " ", sel);
+    crit.append(label);
+  }
+  li.append(handle, controls, text, crit);
+  li.addEventListener("dragstart", (e) => {
+    li.classList.add("dragging");
+    e.dataTransfer.effectAllowed = "move";
+    e.dataTransfer.setData("text/plain", resp.id);
+  });
+  li.addEventListener("dragend", () => { li.classList.remove("dragging"); renumber(); });
+  li.addEventListener("dragover", (e) => { e.preventDefault(); li.classList.add("over"); });
+  li.addEventListener("dragleave", () => li.classList.remove("over"));
+  li.addEventListener("drop", (e) => {
+    e.preventDefault();
+    li.classList.remove("over");
+    const from = $("responses").querySelector(`.card[data-id="${e.dataTransfer.getData("text/plain")}"]`);
+    if (!from || from === li) return;
+    const list = cards();
+    if (list.indexOf(from) < list.indexOf(li)) li.after(from); else li.before(from);
+    renumber();
+  });
+  return li;
+}
+
+function show(item, count, total) {
+  current = item;
+  $("progress").textContent = `${count} ranking(s) stored · ${total} item(s)`;
+  const prompt = $("prompt");
+  const list = $("responses");
+  prompt.replaceChildren();
+  list.replaceChildren();
+  $("note").value = "";
+  $("submit").disabled = !item;
+  $("skip").disabled = !item;
+  if (!item) {
+    prompt.textContent = "Nothing left to rank for this annotator id. Thank you!";
+    return;
+  }
+  prompt.dataset.item = item.id;
+  for (const m of item.prompt) {
+    const p = document.createElement("p");
+    const role = document.createElement("span");
+    role.className = "role";
+    role.textContent = m.role + ": ";
+    p.append(role, document.createTextNode(m.content));
+    prompt.append(p);
+  }
+  const replies = shuffle(item.responses.slice()); // hide the sampling order
+  for (const r of replies) list.append(card(r, replies.length));
+}
+
+async function next() {
+  const who = $("annotator").value.trim();
+  const q = new URLSearchParams({ annotator: who, skip: skipped.join(",") });
+  const r = await fetch("/api/next?" + q);
+  const data = await r.json();
+  show(data.item, data.count, data.total);
+}
+
+function collect() {
+  const ranks = {};
+  const criteria = {};
+  for (const c of cards()) {
+    const v = c.querySelector(".rank").value.trim();
+    if (v !== "") ranks[c.dataset.id] = Number(v);
+    const scores = {};
+    for (const s of c.querySelectorAll(".criterion")) if (s.value) scores[s.name] = Number(s.value);
+    if (Object.keys(scores).length) criteria[c.dataset.id] = scores;
+  }
+  return {
+    item: current.id,
+    annotator: $("annotator").value.trim(),
+    ranks,
+    criteria,
+    note: $("note").value,
+  };
+}
+
+async function submit() {
+  if (!current) return;
+  const body = collect();
+  if (!body.annotator) { setMessage("Enter an annotator id first.", "error"); $("annotator").focus(); return; }
+  $("submit").disabled = true;
+  try {
+    const r = await fetch("/api/rankings", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    const data = await r.json();
+    if (!r.ok) { setMessage(data.error || `error ${r.status}`, "error"); return; }
+    setMessage(`Saved: ranking ${data.count} stored.` + (data.done ? " Collection finished." : ""), "ok");
+    if (!data.done) await next(); else show(null, data.count, 0);
+  } catch (e) {
+    setMessage("Could not reach the server: " + e, "error");
+  } finally {
+    $("submit").disabled = !current;
+  }
+}
+
+$("annotator").value = localStorage.getItem("lmforge.annotator") || "";
+$("annotator").addEventListener("change", () => {
+  localStorage.setItem("lmforge.annotator", $("annotator").value.trim());
+  next();
+});
+$("submit").addEventListener("click", submit);
+$("skip").addEventListener("click", () => { if (current) skipped.push(current.id); next(); });
+next();

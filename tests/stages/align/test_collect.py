@@ -1,0 +1,130 @@
+"""``align collect`` end to end: a tiny random checkpoint samples replies, a live uvicorn serves the
+ranking page on an ephemeral port, headless Chromium ranks the replies (numbers, ▲/▼ and a drag) and
+submits; the stage then finishes at ``max_rankings`` and the JSONL record matches what was on screen.
+A second run reuses the stored replies and rankings instead of sampling again."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from lmforge.data.preferences import read_preferences
+
+
+def start_collect(cfg, holder: dict) -> threading.Thread:
+    from lmforge.stages.align.collect import main
+
+    def run() -> None:
+        try:
+            holder["manifest"] = main(cfg)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            holder["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_for_url(partial: Path, thread: threading.Thread, holder: dict) -> str:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if "error" in holder:
+            raise holder["error"]
+        if (partial / "server.json").is_file():
+            return json.loads((partial / "server.json").read_text())["url"]
+        time.sleep(0.1)
+    pytest.fail("the collect stage never started serving")
+
+
+def test_collect_rank_in_a_browser_and_restart(align_dir, tmp_path, browser_page, caplog):
+    from lmforge.stages.align.collect import Config
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("say good\nsay the\n")
+    out = tmp_path / "collect"
+    cfg = Config(
+        model=str(align_dir / "decoder"),
+        prompts=str(prompts),
+        out=str(out),
+        n_responses=3,
+        max_new_tokens=6,
+        temperature=1.0,
+        port=0,
+        max_rankings=1,
+        device="cpu",
+    )
+    holder: dict = {}
+    thread = start_collect(cfg, holder)
+    url = wait_for_url(out.with_name("collect.partial"), thread, holder)
+
+    page = browser_page
+    page.goto(url)
+    page.wait_for_selector("#responses .card")
+    page.fill("#annotator", "alice")
+    page.press("#annotator", "Tab")  # change → the next item for alice
+    page.wait_for_selector("#responses .card")
+    cards = page.locator("#responses .card")
+    k = cards.count()
+    assert k >= 2
+    # incomplete ranking first: the server's message is shown and nothing is stored
+    cards.nth(0).locator(".rank").fill("1")
+    page.click("#submit")
+    page.wait_for_selector("#message.error")
+    assert "missing rank" in page.text_content("#message")
+    # rank by numbers in reverse screen order, then move the last card up and drag the first to the end
+    for i in range(k):
+        cards.nth(i).locator(".rank").fill(str(k - i))
+    cards.nth(k - 1).locator("button.up").click()  # reorders the cards; ranks follow the order
+    cards.nth(0).drag_to(cards.nth(k - 1))
+    ids = page.eval_on_selector_all("#responses .card", "cs => cs.map(c => c.dataset.id)")
+    ranks = page.eval_on_selector_all("#responses .card .rank", "rs => rs.map(r => r.value)")
+    assert ranks == [str(i + 1) for i in range(k)]
+    cards.nth(0).locator("select[name=accuracy]").select_option("5")
+    page.fill("#note", "first is best")
+    page.click("#submit")
+    page.wait_for_selector("#message.ok")
+    assert "ranking 1 stored" in page.text_content("#message")
+
+    thread.join(timeout=60)
+    assert not thread.is_alive() and "error" not in holder, holder.get("error")
+    manifest = holder["manifest"]
+    assert manifest["status"] == "complete" and manifest["stage"] == "align.collect"
+    assert manifest["metrics"]["rankings"] == 1 and manifest["metrics"]["annotators"] == 1
+    assert not (out / "server.json").exists() and "rankings.jsonl" in manifest["outputs"]
+    items = {r["item"]: r for r in map(json.loads, (out / "responses.jsonl").read_text().splitlines())}
+    (rec,) = [json.loads(line) for line in (out / "rankings.jsonl").read_text().splitlines()]
+    assert rec["annotator"] == "alice" and rec["note"] == "first is best"
+    assert rec["criteria"] == {ids[0]: {"accuracy": 5}}
+    texts = items[rec["item"]]["responses"]
+    assert [rec["responses"][i] for i in rec["ranking"]] == [texts[i] for i in ids]  # screen order = rank
+    assert rec["prompt"] == items[rec["item"]]["prompt"]
+    pairs = read_preferences(out / "rankings.jsonl")
+    assert len(pairs) == k * (k - 1) // 2 and pairs[0].chosen == texts[ids[0]]
+
+    # the same collection again (forced): replies and rankings are reused; max_rankings is already met
+    replies = (out / "responses.jsonl").read_bytes()
+    from lmforge.stages.align.collect import main
+
+    with caplog.at_level(logging.INFO, logger="lmforge"):
+        again = main(cfg, force=True)
+    assert again["metrics"]["rankings"] == 1 and again["metrics"]["rankings_this_session"] == 0
+    assert (out / "responses.jsonl").read_bytes() == replies
+    assert "not sampled again" in caplog.text and "continuing the collection" in caplog.text
+
+
+def test_collect_config_errors():
+    from lmforge.config import ConfigError
+    from lmforge.stages.align.collect import Config
+
+    for bad, key in (
+        ({"n_responses": 1}, "n_responses"),
+        ({"temperature": 0.0}, "temperature"),
+        ({}, "prompts"),
+    ):
+        with pytest.raises(ConfigError, match=key):
+            Config(out="x", **({"prompts": "p.txt"} if key != "prompts" else {}), **bad).validate()
