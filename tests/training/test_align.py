@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from lmforge.training import align
+from lmforge.training import align, ppo
 
 GOOD = "good great fine nice".split()
 BAD = "bad awful poor ugly".split()
@@ -240,14 +240,55 @@ def test_ppo_pieces_by_hand():
     mask = torch.tensor([[False, True, True, True, False]])
     logp = torch.tensor([[0.0, -1.0, -2.0, -1.0, 0.0]])
     ref = torch.tensor([[0.0, -1.5, -2.0, -0.5, 0.0]])
-    r = align.kl_shaped_rewards(torch.tensor([2.0]), logp, ref, mask, kl_coef=0.1)
+    r = ppo.kl_shaped_rewards(torch.tensor([2.0]), logp, ref, mask, kl_coef=0.1)
     assert r.tolist()[0] == pytest.approx([0.0, -0.05, 0.0, 0.05 + 2.0, 0.0])
     values = torch.tensor([[9.0, 0.5, 1.0, 1.5, 9.0]])
-    adv, ret = align.gae(r, values, mask, gamma=1.0, lam=1.0)  # λ = γ = 1: return-to-go minus value
+    adv, ret = ppo.gae(r, values, mask, gamma=1.0, lam=1.0)  # λ = γ = 1: return-to-go minus value
     togo = [r[0, 1:4].sum().item(), r[0, 2:4].sum().item(), r[0, 3].item()]
     assert adv.tolist()[0] == pytest.approx([0.0, togo[0] - 0.5, togo[1] - 1.0, togo[2] - 1.5, 0.0])
     assert ret.tolist()[0] == pytest.approx([0.0, *togo, 0.0])
-    adv0, _ = align.gae(r, values, mask, gamma=1.0, lam=0.0)  # λ = 0: one-step TD errors
+    adv0, _ = ppo.gae(r, values, mask, gamma=1.0, lam=0.0)  # λ = 0: one-step TD errors
     assert adv0[0, 1].item() == pytest.approx(r[0, 1].item() + 1.0 - 0.5)
-    vl = align.clipped_value_loss(torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([0.0]), clip_eps=0.2)
+    vl = ppo.clipped_value_loss(torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([0.0]), clip_eps=0.2)
     assert vl.item() == pytest.approx(0.5 * max(2.0**2, 1.2**2))
+
+
+def test_ppo_raises_a_toy_reward_within_a_few_steps(tiny):
+    """Score = fraction of reply tokens in the lower half of the vocabulary; PPO (value head, GAE, KL
+    penalty, two updates per rollout) must raise it, with the policy's KL to the reference growing."""
+    from lmforge.inference.engine import Engine, SamplingParams
+    from lmforge.tokenizer.chat import render_chat
+    from lmforge.tokenizer.train import special_id
+
+    tok, build = tiny
+    policy = build(seed=1)
+    ref = align.Reference(policy)
+    pv = ppo.PolicyWithValue(policy)
+    engine = Engine(policy, tok)
+    half = tok.get_vocab_size() // 2
+    prompts = [
+        render_chat(tok, [{"role": "user", "content": w}], add_generation_prompt=True)[0]
+        for w in ("say", "good")
+    ]
+
+    def score(rows, completions) -> torch.Tensor:
+        return torch.tensor([sum(t < half for t in c.ids) / max(len(c.ids), 1) for c in completions])
+
+    opt = torch.optim.AdamW(pv.parameters(), lr=1e-2, weight_decay=0.0)
+    means, kls = [], []
+    for step in range(12):
+        params = SamplingParams(max_new_tokens=6, temperature=1.0, seed=100 * step)
+        b = ppo.ppo_batch(
+            pv, engine, prompts, score, samples_per_prompt=8, params=params, pad_id=2,
+            end_id=special_id(tok, "end"), reference=ref, kl_coef=0.01,
+        )  # fmt: skip
+        means.append(b.scores.mean().item())
+        kls.append(b.kl.mean().item())
+        assert b.advantages[b.ro.m].mean().abs() < 1e-5  # whitened over the reply tokens
+        for _ in range(2):
+            loss = ppo.ppo_loss_sum(pv, b, clip_eps=0.2, vf_coef=0.5)
+            opt.zero_grad()
+            (loss / b.ro.m.sum()).backward()
+            opt.step()
+    assert kls[0] == pytest.approx(0.0, abs=1e-5)  # policy == reference before the first update
+    assert sum(means[-3:]) / 3 > sum(means[:3]) / 3 + 0.1, means

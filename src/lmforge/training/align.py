@@ -11,7 +11,8 @@ the DPO / reward-model / GRPO losses as small pure functions, the reward model, 
 - ``bradley_terry_loss`` / ``plackett_luce_loss``: reward-model likelihoods (Bradley & Terry 1952;
   Plackett 1975, Luce 1959; Ouyang et al. 2022 train on all implied pairs of a ranking).
 - ``RewardModel``: a trunk (decoder or encoder) + ``model.heads.ScalarHead`` on the last real token.
-- ``group_advantages`` / ``clipped_policy_loss`` / ``kl_k3``: GRPO (Shao et al. 2024, DeepSeekMath §4).
+- ``group_advantages`` / ``clipped_policy_loss`` / ``kl_k3``: GRPO (Shao et al. 2024, DeepSeekMath §4);
+  ``rollout`` samples through the inference engine (GRPO and PPO; PPO's own pieces: ``training.ppo``).
 - ``extract_answer`` / ``correctness_reward`` / ``format_reward`` / ``arithmetic_problems``: rewards as
   plain functions and a verifiable task generator (GSM8K-style ``#### N`` answers).
 
@@ -385,54 +386,6 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------
-# PPO-RLHF pieces (the stage is not built yet)
-
-
-def kl_shaped_rewards(
-    score: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, kl_coef: float
-) -> torch.Tensor:
-    """Per-token rewards ``[B, T]`` of RLHF-PPO (Ouyang et al. 2022; Ziegler et al. 2019): ``−kl_coef ·
-    (logp − ref_logp)`` on every completion token, plus the sequence's reward-model ``score`` ``[B]`` on
-    its last completion token; zero outside ``mask``."""
-    rewards = -kl_coef * (logp - ref_logp) * mask
-    positions = torch.arange(mask.shape[1], device=mask.device)
-    last = torch.where(mask, positions, -1).amax(dim=1)  # [B]; -1 for a row without completion tokens
-    rows = torch.nonzero(last >= 0).squeeze(-1)
-    rewards[rows, last[rows]] += score[rows]
-    return rewards
-
-
-def gae(
-    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation (Schulman et al. 2016, eq. 16) over the masked tokens of each row.
-
-    ``rewards``, ``values`` ``[B, T]``; ``mask`` ``[B, T]`` marks one contiguous span per row (the
-    completion); the value after its last token is 0 (the episode ends). Returns ``(advantages,
-    returns = advantages + values)``, both zero outside ``mask``.
-    """
-    m = mask.to(values.dtype)
-    adv = torch.zeros_like(values)
-    next_adv = torch.zeros_like(values[:, 0])
-    next_value = torch.zeros_like(values[:, 0])
-    next_m = torch.zeros_like(values[:, 0])
-    for t in range(values.shape[1] - 1, -1, -1):
-        delta = rewards[:, t] + gamma * next_value * next_m - values[:, t]
-        next_adv = (delta + gamma * lam * next_m * next_adv) * m[:, t]
-        adv[:, t] = next_adv
-        next_value, next_m = values[:, t], m[:, t]
-    return adv, (adv + values) * m
-
-
-def clipped_value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip_eps: float
-) -> torch.Tensor:
-    """PPO's clipped value loss per token ``[B, T]``: ``½ max((V − R)², (clip(V, V_old ± ε) − R)²)``."""
-    clipped = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
-    return 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
-
-
-# --------------------------------------------------------------------------------------------------
 # verifiable rewards and a task generator
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -511,8 +464,32 @@ def encode_pairs(tok: Any, prefs: Sequence[Any], block_size: int) -> tuple[list[
     return out, dropped
 
 
+def encode_rankings(tok: Any, rankings: Sequence[Any], block_size: int) -> tuple[list[list[Row]], int]:
+    """``([[row of each response, best first], ...], dropped)`` of ``data.preferences.Ranking``\\ s;
+    dropped (and counted) as ``encode_pairs`` drops a pair."""
+    out, dropped = [], 0
+    for r in rankings:
+        try:
+            rows = [encode_response(tok, r.prompt, reply, block_size) for reply in r.responses]
+        except ValueError:
+            dropped += 1
+            continue
+        if any(len(ids) < 2 or not any(mask[1:]) for ids, mask in rows):
+            dropped += 1
+            continue
+        out.append(rows)
+    return out, dropped
+
+
 def read_preference_split(paths: Sequence[Path], problems: list) -> list[Any]:
     """Every ``Preference`` of ``paths`` (``data.preferences.read_preferences``), in file order."""
     from lmforge.data.preferences import read_preferences
 
     return [p for path in paths for p in read_preferences(path, problems)]
+
+
+def read_ranking_split(paths: Sequence[Path], problems: list) -> list[Any]:
+    """Every ``Ranking`` of ``paths`` (``data.preferences.read_rankings``; a pair is a ranking of 2)."""
+    from lmforge.data.preferences import read_rankings
+
+    return [r for path in paths for r in read_rankings(path, problems)]

@@ -53,6 +53,12 @@ def test_dpo_cli(align_dir, tmp_path):
     assert metrics["skipped_records"] == 1  # the "not json" line
     assert 0 <= metrics["reward_accuracy"] <= 1
     load_model(resolve_checkpoint(out))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "reward_margin" in r and "val_loss" not in r]
+    assert [r["step"] for r in train] == list(range(1, 7)) and all("reward_accuracy" in r for r in train)
+    evals = [r for r in rows if "val_loss" in r and "final" not in r]
+    assert [r["step"] for r in evals] == [0, 3, 6] and all("kl" in r for r in evals)
+    assert evals[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # the policy is the reference at step 0
 
 
 def test_dpo_lora_cli_judged_by_a_reward_model(align_dir, tmp_path):
@@ -97,6 +103,45 @@ def test_reward_cli_learns_the_toy_preference(align_dir, tmp_path):
     assert rm.head.pooling == "last" and not rm.training
 
 
+def test_reward_cli_plackett_luce_on_full_rankings(align_dir, tmp_path):
+    """Three replies per prompt ranked by how many good words they hold; Plackett–Luce on whole rankings
+    must order held-out replies well above chance (1/2)."""
+    import random
+
+    GOOD, BAD = "good great fine nice".split(), "bad awful poor ugly".split()  # the fixture's words
+    rng = random.Random(1)
+    records = []
+    for _ in range(40):
+        replies = [f"{rng.choice(GOOD)} {rng.choice(GOOD)}", f"{rng.choice(GOOD)} {rng.choice(BAD)}",
+                   f"{rng.choice(BAD)} {rng.choice(BAD)}"]  # fmt: skip
+        order = rng.sample(range(3), 3)  # stored in a random order; ranking = indices best first
+        records.append(
+            {"prompt": f"say {rng.choice(GOOD + BAD)}", "responses": [replies[i] for i in order],
+             "ranking": sorted(range(3), key=lambda k: order[k])}
+        )  # fmt: skip
+    data = tmp_path / "rankings.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "reward-pl"
+    run_cli(
+        "reward",
+        "--model", str(align_dir / "decoder"),
+        "--train", str(data),
+        "--loss", "plackett_luce",
+        "--out", str(out),
+        "--max_steps", "20",
+        "--eval_every", "10",
+        "--batch_size", "4",
+        "--lr", "3e-3",
+        "--val_fraction", "0.25",
+    )  # fmt: skip
+    metrics = manifest(out)["metrics"]
+    assert metrics["train_rankings"] + metrics["val_pairs"] // 3 == 40  # held out as whole rankings
+    assert metrics["rm_pairwise_accuracy"] >= 0.8 > metrics["base_rm_pairwise_accuracy"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "accuracy" in r and "loss" not in r]
+    assert [r["step"] for r in steps] == list(range(1, 21)) and all("reward_margin" in r for r in steps)
+
+
 def test_grpo_cli_on_a_problem_file(align_dir, tmp_path):
     out = tmp_path / "grpo"
     run_cli(
@@ -119,6 +164,7 @@ def test_grpo_cli_on_a_problem_file(align_dir, tmp_path):
         assert key in metrics
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "reward" in r] == [1, 3]  # step 2 reuses step 1's rollout
+    assert all("kl" in r for r in rows if "reward" in r)
 
 
 def test_grpo_cli_on_generated_arithmetic_with_lora(align_dir, tmp_path):
@@ -172,6 +218,9 @@ def test_ppo_cli_with_a_reward_model(align_dir, tmp_path):
     for key in ("score_before", "score_after", "kl_after", "kl"):
         assert key in m["metrics"]
     assert abs(m["metrics"]["kl_after"]) < 5.0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rollouts = [r for r in rows if "reward" in r]
+    assert [r["step"] for r in rollouts] == [1] and "kl" in rollouts[0]  # step 2 reuses the rollout
 
 
 def test_generated_problems_hold_out_their_questions():

@@ -6,7 +6,10 @@ The reference is the starting model; its log-probabilities of every pair are com
 first step (the policy equals the reference then), so no second model is held in memory. The policy
 is the whole model, or LoRA adapters (``lora_r`` > 0). Data: ``data.preferences`` (HH-RLHF text,
 prompt/chosen/rejected, conversation pairs, rankings). Metrics on held-out pairs: ``val_loss``,
-``reward_accuracy`` (chosen implicit reward above rejected), ``reward_margin``.
+``reward_accuracy`` (chosen implicit reward above rejected), ``reward_margin``, and ``kl``: the policy's
+summed log-ratio to the reference over its own sampled replies to ``n_kl`` held-out prompts (for that
+a reference copy is kept, or LoRA disabled). ``metrics.jsonl`` also has every step's training-batch
+``{"step", "reward_accuracy", "reward_margin"}``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Config(FinetuneOptions):
         "", "align.reward model judging the win rate over the starting model ('' = no judging)", path=True
     )
     n_judge: int = opt(64, "held-out prompts answered by both models for the win rate")
+    n_kl: int = opt(16, "held-out prompts the policy answers at each evaluation for its KL (0 = none)")
     judge_tokens: int = opt(48, "tokens per judged reply at most")
 
     def validate(self) -> None:
@@ -54,12 +58,12 @@ class Config(FinetuneOptions):
         for key in ("n_judge", "judge_tokens"):
             if getattr(self, key) < 1:
                 raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
-        for key in ("lora_r", "max_train_examples"):
+        for key in ("lora_r", "max_train_examples", "n_kl"):
             if getattr(self, key) < 0:
                 raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
 
 
-INPUTS = ("model", "val", "reward_model")
+INPUTS = ("model", "train", "val", "reward_model")
 
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
@@ -78,7 +82,9 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     import torch
 
     from lmforge.data.supervised import holdout, log_problems, skipped
+    from lmforge.inference.engine import Engine, SamplingParams
     from lmforge.runtime import create_runtime
+    from lmforge.tokenizer.chat import render_chat
     from lmforge.tokenizer.train import load_tokenizer, special_id
     from lmforge.training import align
     from lmforge.training import finetune as ft
@@ -137,11 +143,20 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         return torch.cat(out)
 
     ref_train, ref_val = logps(train_pairs), logps(val_pairs)  # the reference = the model before any step
+    reference = align.Reference(model) if cfg.n_kl else None  # only for the KL of sampled replies
+    kl_prompts = [
+        render_chat(tok, list(p.prompt), add_generation_prompt=True)[0][
+            -(mcfg.block_size - cfg.judge_tokens) :
+        ]
+        for p in val[: cfg.n_kl]
+    ]
+    end_id = special_id(tok, "end")
     logger.info(
         "%d training pairs, %d held out, %d dropped", len(train_pairs), len(val_pairs), dropped + val_dropped
     )
     rng = np.random.default_rng(cfg.seed)
     seen = {"correct": 0.0, "pairs": 0}
+    step_seen = {"calls": 0, "correct": 0.0, "margin": 0.0, "pairs": 0}
 
     def next_batch() -> tuple[Any, int]:
         rows = rng.integers(0, len(train_pairs), size=cfg.batch_size)
@@ -154,7 +169,35 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         losses, rc, rr = align.dpo_loss(pc, pr, ref[:, 0], ref[:, 1], cfg.beta, cfg.loss_type)
         seen["correct"] += float((rc > rr).sum())
         seen["pairs"] += len(pairs)
+        step_seen["calls"] += 1
+        step_seen["correct"] += float((rc > rr).sum())
+        step_seen["margin"] += float((rc - rr).sum())
+        step_seen["pairs"] += len(pairs)
+        if step_seen["calls"] % cfg.grad_accum == 0:  # the step's training-batch implicit rewards
+            n = max(step_seen["pairs"], 1)
+            ctx.log_metrics(
+                {
+                    "step": step_seen["calls"] // cfg.grad_accum,
+                    "reward_accuracy": step_seen["correct"] / n,
+                    "reward_margin": step_seen["margin"] / n,
+                }
+            )
+            step_seen.update(correct=0.0, margin=0.0, pairs=0)
         return losses.sum()
+
+    @torch.no_grad()
+    def sampled_kl() -> float:  # summed log π/π_ref over the policy's own replies, averaged
+        params = SamplingParams(
+            max_new_tokens=cfg.judge_tokens, temperature=1.0, seed=cfg.seed + 7, stop_ids=frozenset({end_id})
+        )
+        was = model.training
+        model.eval()
+        ro = align.rollout(
+            Engine(model, tok), kl_prompts, lambda i, c: 0.0, group_size=1, params=params,
+            pad_id=pad_id, reference=reference,
+        )  # fmt: skip
+        model.train(was)
+        return float(((ro.old_logp - ro.ref_logp) * ro.m).sum(dim=1).mean())
 
     def evaluate() -> dict[str, float]:
         pol = logps(val_pairs)
@@ -167,6 +210,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
             "reward_margin": float((rc - rr).mean()),
             "chosen_reward": float(rc.mean()),
             "rejected_reward": float(rr.mean()),
+            **({"kl": sampled_kl()} if kl_prompts else {}),
         }
 
     result = ft.fit(

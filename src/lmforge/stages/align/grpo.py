@@ -13,6 +13,8 @@ or, by default, generated arithmetic (``digits``, ``ops``; the first ``n_eval`` 
 and their questions removed from the training problems). The prompt is the question as a user turn
 of the chat template. Held-out problems are solved greedily before, during and after training:
 ``accuracy`` (exact match), reported as ``grpo_accuracy_before`` / ``grpo_accuracy_after``.
+``metrics.jsonl`` has every rollout's ``{"step", "reward", "kl"}`` (mean reward; mean per-token k3 KL
+of the sampling policy to the reference, when there is one) beside the evaluations.
 """
 
 from __future__ import annotations
@@ -189,7 +191,10 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
             reference=reference,
         )
         state["reward"].append(float(ro.rewards.mean()))
-        ctx.log_metrics({"step": calls // cfg.grad_accum + 1, "reward": state["reward"][-1]})
+        row = {"step": calls // cfg.grad_accum + 1, "reward": state["reward"][-1]}
+        if ro.ref_logp is not None:  # the sampling policy's KL to the reference over the rollout
+            row["kl"] = float((align.kl_k3(ro.old_logp, ro.ref_logp) * ro.m).sum() / ro.m.sum().clamp(min=1))
+        ctx.log_metrics(row)
         buffer[slot:] = [ro]
         return ro, int(ro.m.sum())
 

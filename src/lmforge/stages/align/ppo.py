@@ -6,10 +6,11 @@ per-token reward is ``−kl_coef · (log π − log π_ref)`` plus that score on
 head (``ScalarHead(pooling="none")`` on the policy's final hidden states) gives GAE advantages
 (Schulman et al. 2016), whitened over the batch's reply tokens; the loss is PPO's clipped surrogate plus
 ``vf_coef`` × the clipped value loss (Schulman et al. 2017), for ``updates_per_rollout`` steps per
-rollout. The reference is the LoRA-disabled policy or a frozen copy. Prompts: the prompts of
+rollout (the pieces: ``training.ppo``). The reference is the LoRA-disabled policy or a frozen copy. Prompts: the prompts of
 preference files (``data.preferences``; chosen/rejected are ignored). Each evaluation samples replies
 to held-out prompts (fixed seed) and reports the reward model's mean ``score`` and the policy's
-``kl`` to the reference (summed over a reply's tokens, averaged over replies).
+``kl`` to the reference (summed over a reply's tokens, averaged over replies); ``metrics.jsonl`` has
+the same two for every rollout (``{"step", "reward", "kl"}``).
 """
 
 from __future__ import annotations
@@ -89,15 +90,13 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
 
     import numpy as np
     import torch
-    from torch import nn
 
     from lmforge.data.supervised import holdout, log_problems
     from lmforge.inference.engine import Engine, SamplingParams
-    from lmforge.model.heads import ScalarHead
     from lmforge.runtime import create_runtime
     from lmforge.tokenizer.chat import render_chat
     from lmforge.tokenizer.train import load_tokenizer, special_id
-    from lmforge.training import align
+    from lmforge.training import align, ppo
     from lmforge.training import finetune as ft
     from lmforge.training.batches import pad_batch
 
@@ -139,19 +138,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         apply_lora(model, lora)
     reference = align.Reference(model)
     torch.manual_seed(cfg.seed)
-
-    class PolicyWithValue(nn.Module):  # one trunk pass gives log-probs and values
-        def __init__(self) -> None:
-            super().__init__()
-            self.policy, self.value = model, ScalarHead(mcfg, "none").to(device)
-
-        def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            hidden = ft.hidden_states(self.policy, x)  # [B, T, D]
-            logits = self.policy.lm_head(hidden).float()  # [B, T, V]
-            logp = -torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")
-            return logp, self.value(hidden)  # [B, T], [B, T]
-
-    pv = PolicyWithValue()
+    pv = ppo.PolicyWithValue(model)  # one trunk pass gives log-probs and values
     engine = Engine(model, tok)
     budget = mcfg.block_size - cfg.max_new_tokens
 
@@ -159,63 +146,60 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         return render_chat(tok, list(p), add_generation_prompt=True)[0][-budget:]
 
     @torch.no_grad()
-    def scores(rows: list[list[int]]) -> torch.Tensor:  # reward model on whole conversations [B]
+    def scores(rows: list[list[int]], completions: list) -> torch.Tensor:  # reward model [B]
         idx, mask = pad_batch([r[-mcfg.block_size :] for r in rows], pad_id)
         return rm(idx.to(device), mask.to(device))
 
-    def sample(chosen: list, seed: int) -> tuple[align.Rollout, torch.Tensor]:
-        ids = [prompt_ids(p) for p in chosen]
+    def sample(chosen: list, seed: int) -> ppo.PPOBatch:
         params = SamplingParams(
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
             seed=seed,
             stop_ids=frozenset({end_id}),
         )
-        G = cfg.samples_per_prompt
-        ro = align.rollout(
-            engine, ids, lambda i, c: 0.0, group_size=G, params=params, pad_id=pad_id, reference=reference
+        return ppo.ppo_batch(
+            pv,
+            engine,
+            [prompt_ids(p) for p in chosen],
+            scores,
+            samples_per_prompt=cfg.samples_per_prompt,
+            params=params,
+            pad_id=pad_id,
+            end_id=end_id,
+            reference=reference,
+            kl_coef=cfg.kl_coef,
+            gamma=cfg.gamma,
+            lam=cfg.lam,
         )
-        full = [
-            ids[i // G] + c.ids + ([end_id] if c.finish_reason == "stop" else [])
-            for i, c in enumerate(ro.completions)
-        ]
-        return ro, scores(full)
 
     rng = np.random.default_rng(cfg.seed)
     buffer: list = []
-    state = {"calls": 0, "score": []}
+    state = {"calls": 0}
 
     def next_batch() -> tuple[Any, int]:
         calls = state["calls"]
         state["calls"] += 1
         slot = calls % cfg.grad_accum
         if calls % (cfg.grad_accum * cfg.updates_per_rollout) >= cfg.grad_accum:
-            return buffer[slot], int(buffer[slot][0].m.sum())
+            return buffer[slot], int(buffer[slot].ro.m.sum())
         chosen = [train[i] for i in rng.integers(0, len(train), size=cfg.batch_size)]
-        ro, score = sample(chosen, cfg.seed + 1000 * calls)
-        with torch.no_grad():
-            _, old_values = pv(ro.x, ro.y)
-        rewards = align.kl_shaped_rewards(score, ro.old_logp, ro.ref_logp, ro.m, cfg.kl_coef)
-        adv, returns = align.gae(rewards, old_values, ro.m, cfg.gamma, cfg.lam)
-        sel = adv[ro.m]
-        adv = ((adv - sel.mean()) / (sel.std() + 1e-8)) * ro.m if sel.numel() > 1 else adv  # whitened
-        state["score"].append(float(score.mean()))
-        ctx.log_metrics({"step": calls // cfg.grad_accum + 1, "score": state["score"][-1]})
-        batch = (ro, adv, returns, old_values)
+        batch = sample(chosen, cfg.seed + 1000 * calls)
+        ctx.log_metrics(
+            {
+                "step": calls // cfg.grad_accum + 1,
+                "reward": float(batch.scores.mean()),
+                "kl": float(batch.kl.mean()),
+            }
+        )
         buffer[slot:] = [batch]
-        return batch, int(ro.m.sum())
+        return batch, int(batch.ro.m.sum())
 
-    def loss_sum(batch: Any) -> torch.Tensor:
-        ro, adv, returns, old_values = batch
-        logp, values = pv(ro.x, ro.y)
-        pg = align.clipped_policy_loss(logp, ro.old_logp, adv, cfg.clip_eps)
-        vl = align.clipped_value_loss(values, old_values, returns, cfg.clip_eps)
-        return ((pg + cfg.vf_coef * vl) * ro.m).sum()
+    def loss_sum(batch: ppo.PPOBatch) -> torch.Tensor:
+        return ppo.ppo_loss_sum(pv, batch, clip_eps=cfg.clip_eps, vf_coef=cfg.vf_coef)
 
     def evaluate() -> dict[str, float]:
-        ro, score = sample(held, cfg.seed + 7)
-        kl = ((ro.old_logp - ro.ref_logp) * ro.m).sum(dim=1)  # [B] log π/π_ref of each reply
-        return {"score": float(score.mean()), "kl": float(kl.mean())}
+        b = sample(held, cfg.seed + 7)
+        return {"score": float(b.scores.mean()), "kl": float(b.kl.mean())}
 
     result = ft.fit(
         pv,

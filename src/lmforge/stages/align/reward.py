@@ -1,11 +1,15 @@
-"""A reward model from preference pairs (stage kind ``align.reward``).
+"""A reward model from preference pairs or full rankings (stage kind ``align.reward``).
 
 The trunk of any checkpoint (decoder or encoder) gets a ``ScalarHead`` that scores a whole
-conversation (prompt + reply) with one number; training maximises the Bradley–Terry likelihood that the
-chosen reply scores above the rejected one, ``−log σ(r_w − r_l)`` (Bradley & Terry 1952; Ouyang et al.
-2022). Full rankings are read as all their implied pairs (``data.preferences``). The metric is
-``rm_pairwise_accuracy``: how often the held-out chosen reply scores higher. The result is a normal
-checkpoint plus ``heads.safetensors`` / ``finetune.json``; ``training.align.load_reward_model`` reads it.
+conversation (prompt + reply) with one number. ``loss: bradley_terry`` maximises the likelihood that
+the chosen reply scores above the rejected one, ``−log σ(r_w − r_l)`` (Bradley & Terry 1952; Ouyang
+et al. 2022), with a full ranking read as all its implied pairs; ``loss: plackett_luce`` maximises the
+likelihood of each whole ranking (Plackett 1975, Luce 1959; a pair is a ranking of two, where both
+losses agree). Records are held out whole (``val_fraction``), so no ranking is split between training
+and evaluation. The metric is ``rm_pairwise_accuracy``: how often, over the held-out implied pairs,
+the preferred reply scores higher. The result is a normal checkpoint plus ``heads.safetensors`` /
+``finetune.json``; ``training.align.load_reward_model`` reads it. ``metrics.jsonl`` has every step's
+training-batch ``{"step", "accuracy", "reward_margin"}`` beside the evaluations.
 """
 
 from __future__ import annotations
@@ -33,9 +37,12 @@ class Config(FinetuneOptions):
     pooling: Literal["auto", "last", "mean", "cls"] = opt(
         "auto", "which position(s) the head reads (auto = last for a decoder, mean for an encoder)"
     )
+    loss: Literal["bradley_terry", "plackett_luce"] = opt(
+        "bradley_terry", "bradley_terry = every implied pair; plackett_luce = each whole ranking"
+    )
     lr: float = opt(1e-4, "peak learning rate")
-    batch_size: int = opt(8, "pairs per micro-batch")
-    max_train_examples: int = opt(0, "use at most this many training pairs (0 = all)")
+    batch_size: int = opt(8, "pairs (bradley_terry) or rankings (plackett_luce) per micro-batch")
+    max_train_examples: int = opt(0, "use at most this many training pairs or rankings (0 = all)")
 
     def validate(self) -> None:
         super().validate()
@@ -45,7 +52,7 @@ class Config(FinetuneOptions):
             raise ConfigError("max_train_examples", f"must be >= 0, got {self.max_train_examples}")
 
 
-INPUTS = ("model", "val")
+INPUTS = ("model", "train", "val")
 
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
@@ -79,44 +86,80 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     tok = load_tokenizer(tok_path)
     pad_id = special_id(tok, "pad")
     problems: list = []
-    train = align.read_preference_split(
+    train = align.read_ranking_split(
         [p for k, p in sorted(ctx.inputs.items()) if k.startswith("train")], problems
     )
     if "val" in ctx.inputs:
-        val = align.read_preference_split([ctx.inputs["val"]], problems)
+        val = align.read_ranking_split([ctx.inputs["val"]], problems)
     else:
         train, val = holdout(train, cfg.val_fraction or 0.1, cfg.seed)
     log_problems(problems, "preference data")
-    train = train[: cfg.max_train_examples or None]
     # whole conversations of at most block_size tokens (the head reads ids, not next-token targets)
-    train_pairs, dropped = align.encode_pairs(tok, train, mcfg.block_size - 1)
+    block = mcfg.block_size - 1
+    if cfg.loss == "plackett_luce":
+        examples, dropped = align.encode_rankings(tok, train[: cfg.max_train_examples or None], block)
+    else:
+        pairs = [p for r in train for p in r.pairs()][: cfg.max_train_examples or None]
+        examples, dropped = align.encode_pairs(tok, pairs, block)
+        examples = [list(pair) for pair in examples]  # a pair is a ranking of two
     val_pairs, val_dropped = align.encode_pairs(
-        tok, val[: cfg.max_eval_examples or None], mcfg.block_size - 1
+        tok, [p for r in val for p in r.pairs()][: cfg.max_eval_examples or None], block
     )
-    if not train_pairs or not val_pairs:
+    if not examples or not val_pairs:
         raise ConfigError(
-            "train", f"no usable pairs: {len(train_pairs)} for training, {len(val_pairs)} held out"
+            "train", f"no usable pairs: {len(examples)} for training, {len(val_pairs)} held-out pairs"
         )
     logger.info(
-        "%d training pairs, %d held out, %d dropped", len(train_pairs), len(val_pairs), dropped + val_dropped
+        "%d training %s, %d held-out pairs, %d dropped",
+        len(examples),
+        "rankings" if cfg.loss == "plackett_luce" else "pairs",
+        len(val_pairs),
+        dropped + val_dropped,
     )
     pooling = cfg.pooling if cfg.pooling != "auto" else ("last" if mcfg.arch == "decoder" else "mean")
     torch.manual_seed(cfg.seed)
     rm = align.RewardModel(trunk, pooling).to(rt.device)
     device = rt.device
 
+    def score_rows(rows: list) -> torch.Tensor:  # [len(rows)] rewards
+        idx, mask = pad_batch([r[0] for r in rows], pad_id)
+        return rm(idx.to(device), mask.to(device))
+
     def scores(pairs: list) -> tuple[torch.Tensor, torch.Tensor]:  # ([n] chosen, [n] rejected)
-        idx, mask = pad_batch([c[0] for c, _ in pairs] + [r[0] for _, r in pairs], pad_id)
-        return rm(idx.to(device), mask.to(device)).view(2, len(pairs)).unbind(0)
+        return score_rows([c for c, _ in pairs] + [r for _, r in pairs]).view(2, len(pairs)).unbind(0)
 
     rng = np.random.default_rng(cfg.seed)
+    seen = {"calls": 0, "correct": 0.0, "pairs": 0, "margin": 0.0}
 
     def next_batch() -> tuple[Any, int]:
-        rows = rng.integers(0, len(train_pairs), size=cfg.batch_size)
-        return [train_pairs[i] for i in rows], len(rows)
+        rows = rng.integers(0, len(examples), size=cfg.batch_size)
+        return [examples[i] for i in rows], len(rows)
 
-    def loss_sum(pairs: list) -> torch.Tensor:
-        return align.bradley_terry_loss(*scores(pairs)).sum()
+    def loss_sum(batch: list) -> torch.Tensor:  # batch: rankings, each a list of rows best first
+        flat = score_rows([row for ranking in batch for row in ranking])
+        parts = flat.split([len(r) for r in batch])
+        if cfg.loss == "plackett_luce":
+            loss = sum(align.plackett_luce_loss(s[None]).sum() for s in parts)
+        else:
+            loss = align.bradley_terry_loss(flat[0::2], flat[1::2]).sum()
+        with torch.no_grad():  # the step's training-batch pairwise accuracy and margin (all implied pairs)
+            for s in parts:
+                d = s[:, None] - s[None, :]  # d[i, j] = s_i − s_j; i ranked above j when i < j
+                upper = torch.triu(torch.ones_like(d, dtype=torch.bool), diagonal=1)
+                seen["correct"] += float((d[upper] > 0).sum())
+                seen["margin"] += float(d[upper].sum())
+                seen["pairs"] += int(upper.sum())
+        seen["calls"] += 1
+        if seen["calls"] % cfg.grad_accum == 0:
+            ctx.log_metrics(
+                {
+                    "step": seen["calls"] // cfg.grad_accum,
+                    "accuracy": seen["correct"] / max(seen["pairs"], 1),
+                    "reward_margin": seen["margin"] / max(seen["pairs"], 1),
+                }
+            )
+            seen.update(correct=0.0, pairs=0, margin=0.0)
+        return loss
 
     @torch.no_grad()
     def evaluate() -> dict[str, float]:
@@ -155,7 +198,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         "train_loss": result.train_loss,
         "steps": result.steps,
         "best_step": result.best_step,
-        "train_pairs": len(train_pairs),
+        "train_pairs" if cfg.loss == "bradley_terry" else "train_rankings": len(examples),
         "val_pairs": len(val_pairs),
         "dropped_pairs": dropped + val_dropped,
         "skipped_records": skipped(problems),
