@@ -15,7 +15,7 @@ from typing import Any
 from lmforge.errors import ConfigError
 
 FORMAT_VERSION = 1
-MLP_CHOICES = ("swiglu", "gelu", "relu2")
+MLP_CHOICES = ("swiglu", "gelu", "relu2", "gelu_tanh")
 NORM_CHOICES = ("rmsnorm", "layernorm")
 POS_CHOICES = ("rope", "learned", "sinusoidal", "alibi")
 ARCH_CHOICES = ("decoder", "encoder")
@@ -46,11 +46,15 @@ class ModelConfig:
         default=0, metadata={"help": "number of key/value heads; 0 = n_head, fewer = grouped-query attention"}
     )
     n_embd: int = field(default=256, metadata={"help": "residual stream width (model dimension)"})
-    mlp: str = field(default="swiglu", metadata={"help": "MLP kind: swiglu | gelu | relu2"})
+    mlp: str = field(
+        default="swiglu",
+        metadata={"help": "MLP kind: swiglu | gelu | relu2 | gelu_tanh (GPT-2's tanh approximation of gelu)"},
+    )
     mlp_hidden: int = field(
         default=0,
         metadata={
-            "help": "MLP hidden width; 0 = 4*n_embd (gelu, relu2) or 8/3*n_embd rounded up to 64 (swiglu)"
+            "help": "MLP hidden width; 0 = 4*n_embd (gelu, gelu_tanh, relu2) or 8/3*n_embd rounded up to "
+            "64 (swiglu)"
         },
     )
     norm: str = field(default="rmsnorm", metadata={"help": "normalisation: rmsnorm | layernorm"})

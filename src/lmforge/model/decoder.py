@@ -26,7 +26,8 @@ Defaults are in brackets; each is a ``ModelConfig`` field.
   Optional QK-norm [qk_norm=False]: RMSNorm over each head's queries and keys, before RoPE (Dehghani et
   al. 2023; placement as in OLMo 2 and Qwen3).
 - MLP [mlp="swiglu"]: SwiGLU ``down(silu(gate(x)) * up(x))`` (Shazeer 2020); GELU ``down(gelu(up(x)))``
-  (Hendrycks & Gimpel 2016, exact erf form); squared ReLU ``down(relu(up(x))^2)`` (So et al. 2021, Primer).
+  (Hendrycks & Gimpel 2016, exact erf form; [mlp="gelu_tanh"] its tanh approximation, as GPT-2);
+  squared ReLU ``down(relu(up(x))^2)`` (So et al. 2021, Primer).
   Hidden width ``ModelConfig.hidden_dim``.
 - Linear layers (and LayerNorm) carry biases only when ``bias=True`` [False]; ``lm_head`` never does.
   Dropout [0.0] on the embedding sum, attention probabilities and both residual branches.
@@ -376,6 +377,8 @@ class MLP(nn.Module):
             h = F.silu(self.gate_proj(x)) * self.up_proj(x)
         elif self.kind == "gelu":
             h = F.gelu(self.up_proj(x))
+        elif self.kind == "gelu_tanh":
+            h = F.gelu(self.up_proj(x), approximate="tanh")
         else:  # relu2
             h = F.relu(self.up_proj(x)).square()
         return _linear_add(self.down_proj, h, residual)

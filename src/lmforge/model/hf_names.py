@@ -1,4 +1,4 @@
-"""Hugging Face Llama names for the decoder's weights: key mapping, state dicts and ``LlamaConfig``.
+"""Hugging Face names for the decoder's weights: Llama (both ways) and GPT-2 (import), keys and configs.
 
 The default decoder (RoPE, RMSNorm, SwiGLU, separate projections) is the Llama architecture, so its
 weights map one-to-one onto ``transformers.LlamaForCausalLM``: the names change, no tensor is permuted
@@ -27,7 +27,13 @@ HF Llama's ``apply_rotary_pos_emb`` computes ``x * cos + rotate_half(x) * sin`` 
 A ``ModelConfig`` maps to Llama only with ``arch="decoder"``, ``pos="rope"``, ``norm="rmsnorm"``,
 ``mlp="swiglu"`` and ``qk_norm=False``; ``bias=True`` maps to Llama's ``attention_bias`` and
 ``mlp_bias`` together. ``dropout`` is a training setting, not a weight, and is not carried over (the
-exported config has ``attention_dropout=0``).
+exported config has ``attention_dropout=0``). ``llama_gaps`` lists every field that does not fit;
+``from_llama_config`` maps a ``LlamaConfig`` back, refusing what the decoder cannot reproduce.
+
+GPT-2 (``GPT2_KEY_TABLE``, import only) is our decoder with ``pos="learned"``, ``norm="layernorm"``,
+``bias=True`` and ``mlp="gelu_tanh"`` (GPT-2's ``gelu_new``): pre-norm blocks, a final norm, a tied
+head. Its ``Conv1D`` weights are stored ``[in, out]`` and transposed; the fused ``c_attn`` is split
+into q, k, v (``from_gpt2_state_dict``, ``from_gpt2_config``).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import torch
 
 from lmforge.errors import ConfigError
 from lmforge.model.config import ModelConfig
+from lmforge.model.decoder import Decoder
 
 if TYPE_CHECKING:
     import transformers
@@ -103,29 +110,42 @@ def from_hf_key(key: str) -> str:
     return _rename(key, _FROM_HF, "a Hugging Face Llama key lmforge maps", [h for _, h in KEY_TABLE])
 
 
+# (field, the value Llama needs, what Llama lacks otherwise): every switch a Llama cannot express.
+_LLAMA_NEEDS: tuple[tuple[str, Any, str], ...] = (
+    ("arch", "decoder", "Llama is a causal decoder; encoders have no LlamaForCausalLM form"),
+    ("pos", "rope", "Llama has only rotary positions (no learned, sinusoidal or ALiBi positions)"),
+    ("norm", "rmsnorm", "Llama has only RMSNorm (no LayerNorm)"),
+    ("mlp", "swiglu", "Llama has only the SwiGLU MLP (no GELU or squared-ReLU MLP)"),
+    ("qk_norm", False, "Llama has no QK-norm"),
+)
+
+
+def llama_gaps(cfg: ModelConfig) -> list[tuple[str, str]]:
+    """Every ``(field, message)`` for which ``cfg`` needs something Hugging Face Llama lacks; [] if none."""
+    gaps = [
+        (key, f"{key}={getattr(cfg, key)!r}: {lack} (needs {key}={value!r})")
+        for key, value, lack in _LLAMA_NEEDS
+        if getattr(cfg, key) != value
+    ]
+    if cfg.vocab_size <= 0:
+        gaps.append(("vocab_size", f"vocab_size must be > 0 to map weights, got {cfg.vocab_size}"))
+    return gaps
+
+
 def check_llama_config(cfg: ModelConfig) -> None:
     """Raise ``ConfigError(field, message)`` unless ``cfg`` describes a model Llama can represent.
 
     Llama is ``arch="decoder"``, ``pos="rope"``, ``norm="rmsnorm"``, ``mlp="swiglu"``, no QK-norm;
-    biases are allowed (Llama's ``attention_bias`` + ``mlp_bias``).
+    biases are allowed (Llama's ``attention_bias`` + ``mlp_bias``). The message names every field that
+    does not fit; the error's key is the first.
     """
     cfg.validate()
-    wanted = (
-        ("arch", "decoder"),
-        ("pos", "rope"),
-        ("norm", "rmsnorm"),
-        ("mlp", "swiglu"),
-        ("qk_norm", False),
-    )
-    for key, value in wanted:
-        if getattr(cfg, key) != value:
-            raise ConfigError(
-                key,
-                f"{getattr(cfg, key)!r} has no Hugging Face Llama equivalent; Llama needs {key}={value!r} "
-                "(arch=decoder, pos=rope, norm=rmsnorm, mlp=swiglu, qk_norm=false)",
-            )
-    if cfg.vocab_size <= 0:
-        raise ConfigError("vocab_size", f"must be > 0 to map weights, got {cfg.vocab_size}")
+    gaps = llama_gaps(cfg)
+    if gaps:
+        raise ConfigError(
+            gaps[0][0],
+            "no Hugging Face Llama equivalent: " + "; ".join(message for _, message in gaps),
+        )
 
 
 def decoder_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -269,3 +289,183 @@ def to_llama_config(cfg: ModelConfig, **overrides: Any) -> transformers.LlamaCon
     }
     fields.update(overrides)
     return transformers.LlamaConfig(**fields)
+
+
+def _hf_value(hf_config: Any, *names: str, default: Any = None) -> Any:
+    """The first attribute of ``hf_config`` among ``names`` that is set (not None), else ``default``."""
+    for name in names:
+        value = getattr(hf_config, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+def _refuse(model_type: str, problems: list[str]) -> None:
+    """Raise ConfigError naming every setting of a Hugging Face config lmforge cannot reproduce."""
+    if problems:
+        raise ConfigError("model", f"cannot import this {model_type} exactly: " + "; ".join(problems))
+
+
+def from_llama_config(hf_config: Any) -> ModelConfig:
+    """The ``ModelConfig`` of a ``transformers.LlamaConfig`` (inverse of ``to_llama_config``).
+
+    Raises:
+        ConfigError: a setting the decoder cannot reproduce exactly (RoPE scaling, a head_dim other than
+            hidden_size // num_attention_heads, an activation other than SiLU, attention and MLP biases
+            that differ, tensor-parallel ``pretraining_tp`` > 1); the message names each.
+    """
+    problems = []
+    rope = dict(_hf_value(hf_config, "rope_parameters", "rope_scaling", default={}) or {})
+    theta = rope.get("rope_theta", _hf_value(hf_config, "rope_theta", default=10000.0))
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        problems.append(f"rope scaling {rope} (lmforge has plain RoPE only)")
+    hidden, heads = hf_config.hidden_size, hf_config.num_attention_heads
+    head_dim = _hf_value(hf_config, "head_dim", default=hidden // heads)
+    if head_dim * heads != hidden:
+        problems.append(f"head_dim {head_dim} * {heads} heads != hidden_size {hidden}")
+    if hf_config.hidden_act != "silu":
+        problems.append(f"hidden_act {hf_config.hidden_act!r} (SwiGLU needs 'silu')")
+    attention_bias = bool(getattr(hf_config, "attention_bias", False))
+    mlp_bias = bool(getattr(hf_config, "mlp_bias", False))
+    if attention_bias != mlp_bias:
+        problems.append(
+            f"attention_bias={attention_bias} but mlp_bias={mlp_bias} (lmforge has one bias switch)"
+        )
+    if _hf_value(hf_config, "pretraining_tp", default=1) != 1:
+        problems.append(f"pretraining_tp={hf_config.pretraining_tp}")
+    _refuse("Llama model", problems)
+    return ModelConfig(
+        vocab_size=hf_config.vocab_size,
+        block_size=hf_config.max_position_embeddings,
+        n_layer=hf_config.num_hidden_layers,
+        n_head=heads,
+        n_kv_head=_hf_value(hf_config, "num_key_value_heads", default=heads),
+        n_embd=hidden,
+        mlp="swiglu",
+        mlp_hidden=hf_config.intermediate_size,
+        norm="rmsnorm",
+        pos="rope",
+        rope_theta=float(theta),
+        tie_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)),
+        bias=attention_bias,
+        norm_eps=float(hf_config.rms_norm_eps),
+    )
+
+
+# GPT-2 activation names → our MLP kinds ("gelu_new" and "gelu_pytorch_tanh" are the tanh approximation).
+_GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+
+
+def from_gpt2_config(hf_config: Any) -> ModelConfig:
+    """The ``ModelConfig`` of a ``transformers.GPT2Config``: learned positions, LayerNorm with biases,
+    biases in every linear layer, a GELU MLP, pre-norm blocks with a final norm (as our decoder).
+
+    Raises:
+        ConfigError: a setting the decoder cannot reproduce exactly (an activation other than GELU,
+            ``scale_attn_weights=False``, ``scale_attn_by_inverse_layer_idx``, cross-attention); the
+            message names each.
+    """
+    problems = []
+    act = hf_config.activation_function
+    if act not in _GPT2_ACTIVATIONS:
+        problems.append(f"activation_function {act!r} (supported: {', '.join(_GPT2_ACTIVATIONS)})")
+    if not getattr(hf_config, "scale_attn_weights", True):
+        problems.append("scale_attn_weights=False (lmforge scales attention by 1/sqrt(head_dim))")
+    if getattr(hf_config, "scale_attn_by_inverse_layer_idx", False):
+        problems.append("scale_attn_by_inverse_layer_idx=True")
+    if getattr(hf_config, "add_cross_attention", False):
+        problems.append("add_cross_attention=True")
+    _refuse("GPT-2 model", problems)
+    return ModelConfig(
+        vocab_size=hf_config.vocab_size,
+        block_size=hf_config.n_positions,
+        n_layer=hf_config.n_layer,
+        n_head=hf_config.n_head,
+        n_embd=hf_config.n_embd,
+        mlp=_GPT2_ACTIVATIONS[act],
+        mlp_hidden=hf_config.n_inner or 4 * hf_config.n_embd,
+        norm="layernorm",
+        pos="learned",
+        tie_embeddings=bool(getattr(hf_config, "tie_word_embeddings", True)),
+        bias=True,
+        norm_eps=float(hf_config.layer_norm_epsilon),
+    )
+
+
+# GPT-2 (``GPT2LMHeadModel``) → Decoder, {i} = layer, {p} = weight | bias. GPT-2's linear layers are
+# ``Conv1D`` (y = x @ W + b, W stored [in, out]), so every projection weight is transposed, and the
+# fused ``c_attn`` [D, 3D] is split into q, k, v (in that order) along its output dimension.
+GPT2_KEY_TABLE: tuple[tuple[str, str], ...] = (
+    ("transformer.wte.weight", "tok_emb.weight"),
+    ("transformer.wpe.weight", "pos_emb.weight"),
+    ("transformer.h.{i}.ln_1.{p}", "blocks.{i}.attn_norm.{p}"),
+    ("transformer.h.{i}.attn.c_attn.{p}", "blocks.{i}.attn.{q,k,v}_proj.{p}"),
+    ("transformer.h.{i}.attn.c_proj.{p}", "blocks.{i}.attn.o_proj.{p}"),
+    ("transformer.h.{i}.ln_2.{p}", "blocks.{i}.mlp_norm.{p}"),
+    ("transformer.h.{i}.mlp.c_fc.{p}", "blocks.{i}.mlp.up_proj.{p}"),
+    ("transformer.h.{i}.mlp.c_proj.{p}", "blocks.{i}.mlp.down_proj.{p}"),
+    ("transformer.ln_f.{p}", "norm.{p}"),
+    ("lm_head.weight", "lm_head.weight"),
+)
+_GPT2_RULES = tuple((_pattern(hf), ours) for hf, ours in GPT2_KEY_TABLE)
+# The causal-mask buffers older transformers versions saved with GPT-2 weights; never weights.
+_GPT2_IGNORED = re.compile(r"(transformer\.)?h\.\d+\.attn\.(masked_)?bias")
+
+
+def from_gpt2_state_dict(hf_sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """A Hugging Face ``GPT2LMHeadModel`` (or ``GPT2Model``) state dict under ``Decoder`` names.
+
+    Conv1D weights are transposed into ``nn.Linear``'s ``[out, in]``; ``c_attn`` is split into q, k, v.
+    With tied embeddings the result's ``lm_head.weight`` is ``tok_emb.weight``.
+
+    Raises:
+        ValueError: a key that is not a GPT-2 weight, keys or shapes that do not fit ``cfg``, or a tied
+            config with an ``lm_head.weight`` that differs from ``transformer.wte.weight``.
+    """
+    state: dict[str, torch.Tensor] = {}
+    D = cfg.n_embd
+    for key, value in hf_sd.items():
+        if _GPT2_IGNORED.fullmatch(key):
+            continue
+        full = key if key.startswith(("transformer.", "lm_head.")) else f"transformer.{key}"
+        found = next(((m, t) for p, t in _GPT2_RULES if (m := p.fullmatch(full))), None)
+        if found is None:
+            known = ", ".join(hf for hf, _ in GPT2_KEY_TABLE)
+            raise ValueError(f"{key!r} is not a GPT-2 weight lmforge maps; known keys: {known}")
+        match, template = found
+        groups = match.groupdict()
+        conv = ".c_attn." in full or ".c_proj." in full or ".c_fc." in full
+        tensor = value.t() if conv and groups.get("p") == "weight" else value
+        if "{q,k,v}" in template:
+            if tensor.shape[0] != 3 * D:
+                raise ValueError(
+                    f"{key} has shape {tuple(value.shape)}; GPT-2 c_attn needs 3 * n_embd = {3 * D}"
+                )
+            for name, part in zip("qkv", tensor.split(D, dim=0)):
+                state[template.replace("{q,k,v}", name).format(**groups)] = part.contiguous()
+        else:
+            state[template.format(**groups)] = tensor.contiguous() if conv else tensor
+    if cfg.tie_embeddings and "tok_emb.weight" in state:
+        _tied_head(
+            state["tok_emb.weight"], state.get("lm_head.weight"), "lm_head.weight", "transformer.wte.weight"
+        )
+        state["lm_head.weight"] = state["tok_emb.weight"]
+    expected = {name: tuple(p.shape) for name, p in _decoder_state_shapes(cfg).items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"GPT-2 state dict does not fit the config: missing {missing}, unexpected {unexpected}"
+        )
+    for name, shape in expected.items():
+        if tuple(state[name].shape) != shape:
+            raise ValueError(
+                f"GPT-2 state dict: {name} has shape {tuple(state[name].shape)}, the config needs {shape}"
+            )
+    return state
+
+
+def _decoder_state_shapes(cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Every state-dict tensor of ``Decoder(cfg)`` on the meta device (shapes only, no memory)."""
+    with torch.device("meta"):
+        return Decoder(cfg).state_dict()

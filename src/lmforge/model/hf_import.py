@@ -1,0 +1,214 @@
+"""Read a local Hugging Face Llama or GPT-2 directory into a ``Decoder`` and an lmforge tokenizer.
+
+``read_hf_model`` loads the weights with ``transformers`` (never from the hub: ``local_files_only``),
+maps the config and state dict through ``hf_names`` (the one mapping table) and returns a ``Decoder``
+whose logits equal the Hugging Face model's. ``read_hf_tokenizer`` takes ``tokenizer.json`` or, when a
+directory has only the slow files (GPT-2's ``vocab.json`` + ``merges.txt``), lets ``transformers``
+convert them to a fast tokenizer.
+
+lmforge code finds its special tokens by name (``<|bos|>``, ``<|eos|>``, ``<|pad|>`` and the chat tokens
+``<|system|>``, ``<|user|>``, ``<|assistant|>``, ``<|end|>``), which a Hugging Face tokenizer does not
+have. ``add_lmforge_tokens`` appends the missing ones as special tokens after the existing ids (no
+existing id moves, so the model's behaviour on the original vocabulary is unchanged) and
+``grow_vocab`` gives them embedding rows: ``<|bos|>``, ``<|eos|>`` and ``<|pad|>`` copy the rows of
+the model's own bos / eos / pad tokens (so ``<|bos|>`` means to the model what its bos meant), the
+chat tokens start at the mean embedding (Hewitt 2021, "Initializing new word embeddings for pretrained
+language models"), to be learned by fine-tuning. A directory that already has them (e.g. one written
+by ``lmforge export hf``) is imported with its ids unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import AddedToken, Tokenizer
+
+from lmforge.errors import InputError
+from lmforge.model.config import ModelConfig
+from lmforge.model.decoder import Decoder
+from lmforge.model.hf_names import (
+    from_gpt2_config,
+    from_gpt2_state_dict,
+    from_hf_state_dict,
+    from_llama_config,
+)
+from lmforge.tokenizer.train import CHAT_TOKENS, SPECIAL_TOKENS
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED = ("llama", "gpt2")
+LMFORGE_TOKENS = (*SPECIAL_TOKENS, *CHAT_TOKENS)
+# tokenizer files other than tokenizer.json that transformers converts to a fast tokenizer
+SLOW_TOKENIZER_FILES = ("vocab.json", "tokenizer.model", "vocab.txt")
+
+
+@dataclass
+class HFModel:
+    """A Hugging Face causal LM read from a directory, with its lmforge counterpart.
+
+    Attributes:
+        model_type: ``llama`` or ``gpt2``.
+        hf: the ``transformers`` model (fp32, eval mode), kept for parity checks.
+        config: the equivalent ``ModelConfig``; ``state``: its ``Decoder`` state dict (our names).
+        special: the model's own ``bos`` / ``eos`` / ``pad`` token ids (None where unset).
+    """
+
+    model_type: str
+    hf: Any
+    config: ModelConfig
+    state: dict[str, torch.Tensor]
+    special: dict[str, int | None]
+
+
+def require_transformers() -> Any:
+    """Import ``transformers`` or raise InputError saying which extra to install."""
+    try:
+        import transformers
+    except ImportError as exc:
+        raise InputError("Hugging Face interop needs transformers: pip install 'lmforge[hf]'") from exc
+    return transformers
+
+
+def read_hf_model(hf_dir: Path) -> HFModel:
+    """Load a local Hugging Face Llama or GPT-2 directory and map it onto a ``Decoder``.
+
+    Raises:
+        InputError: not a directory with a ``config.json``, a model type other than llama / gpt2, or
+            weights that transformers cannot load.
+        ConfigError: a setting the decoder cannot reproduce exactly (the message names each).
+        ValueError: weights that do not fit the mapped config.
+    """
+    transformers = require_transformers()
+    hf_dir = Path(hf_dir)
+    if not (hf_dir / "config.json").is_file():
+        raise InputError(f"{hf_dir}: not a Hugging Face model directory (no config.json)")
+    hf_config = transformers.AutoConfig.from_pretrained(hf_dir, local_files_only=True)
+    model_type = hf_config.model_type
+    if model_type not in SUPPORTED:
+        raise InputError(
+            f"{hf_dir}: model_type {model_type!r} cannot be imported; supported: {', '.join(SUPPORTED)}"
+        )
+    cfg = from_llama_config(hf_config) if model_type == "llama" else from_gpt2_config(hf_config)
+    try:
+        hf = transformers.AutoModelForCausalLM.from_pretrained(
+            hf_dir, local_files_only=True, dtype=torch.float32
+        )
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{hf_dir}: transformers cannot load the weights: {exc}") from exc
+    hf = hf.float().eval()
+    hf_state = hf.state_dict()
+    if model_type == "llama":
+        state = from_hf_state_dict(hf_state, cfg)
+    else:
+        state = from_gpt2_state_dict(hf_state, cfg)
+    special = {name: getattr(hf_config, f"{name}_token_id", None) for name in ("bos", "eos", "pad")}
+    for name, value in special.items():  # e.g. a list of eos ids: the first stands for the token
+        special[name] = value[0] if isinstance(value, (list, tuple)) and value else value
+    logger.info("read %s model %s: %s", model_type, hf_dir, cfg)
+    return HFModel(model_type, hf, cfg, state, special)
+
+
+def read_hf_tokenizer(hf_dir: Path) -> Tokenizer:
+    """The tokenizer of a Hugging Face directory as a ``tokenizers.Tokenizer``.
+
+    ``tokenizer.json`` when present; otherwise transformers converts the slow files (e.g. GPT-2's
+    ``vocab.json`` + ``merges.txt``) into a fast tokenizer.
+
+    Raises:
+        InputError: no tokenizer that transformers can load as a fast tokenizer.
+    """
+    hf_dir = Path(hf_dir)
+    if (hf_dir / "tokenizer.json").is_file():
+        return Tokenizer.from_file(str(hf_dir / "tokenizer.json"))
+    files = ", ".join(sorted(p.name for p in hf_dir.iterdir()))
+    if not any((hf_dir / name).is_file() for name in SLOW_TOKENIZER_FILES):
+        # transformers would build an empty tokenizer here rather than fail
+        raise InputError(
+            f"{hf_dir}: no tokenizer.json and no tokenizer files transformers can convert "
+            f"({', '.join(SLOW_TOKENIZER_FILES)}); found: {files}"
+        )
+    transformers = require_transformers()
+    try:
+        fast = transformers.AutoTokenizer.from_pretrained(hf_dir, local_files_only=True, use_fast=True)
+        backend = fast.backend_tokenizer
+    except Exception as exc:  # transformers raises many types here (OSError, ValueError, ImportError)
+        raise InputError(
+            f"{hf_dir}: no tokenizer.json and transformers cannot build a fast tokenizer from the files "
+            f"here ({files}): {exc}"
+        ) from exc
+    return Tokenizer.from_str(backend.to_str())
+
+
+def add_lmforge_tokens(tok: Tokenizer) -> list[str]:
+    """Append lmforge's special and chat tokens that ``tok`` lacks; return those added, in id order."""
+    missing = [t for t in LMFORGE_TOKENS if tok.token_to_id(t) is None]
+    if missing:
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
+    return missing
+
+
+def _new_row(table: torch.Tensor, source: int | None) -> torch.Tensor:
+    """A row for a new token: a copy of row ``source``, or the mean row when there is none."""
+    if source is not None and 0 <= source < table.shape[0]:
+        return table[source].clone()
+    return table.mean(dim=0)
+
+
+def grow_vocab(
+    state: dict[str, torch.Tensor],
+    cfg: ModelConfig,
+    tok: Tokenizer,
+    added: list[str],
+    special: dict[str, int | None],
+) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+    """Give the tokens ``added`` to ``tok`` embedding (and untied output) rows; return state and config.
+
+    The vocabulary grows to cover every id of ``tok``; rows of existing ids are left as they are.
+    ``<|bos|>``/``<|eos|>``/``<|pad|>`` copy the rows of ``special``'s bos / eos / pad (pad falls back
+    to eos), the others take the mean row (module docstring).
+    """
+    if not added:
+        return state, cfg
+    size = max(cfg.vocab_size, tok.get_vocab_size(with_added_tokens=True))
+    sources = {"<|bos|>": special["bos"], "<|eos|>": special["eos"], "<|pad|>": special["pad"]}
+    if sources["<|pad|>"] is None:
+        sources["<|pad|>"] = special["eos"]
+    keys = ["tok_emb.weight"] + ([] if cfg.tie_embeddings else ["lm_head.weight"])
+    state = dict(state)
+    for key in keys:
+        old = state[key]
+        table = torch.cat([old, old.new_zeros(size - old.shape[0], old.shape[1])])  # [size, D]
+        for token in added:
+            table[tok.token_to_id(token)] = _new_row(old, sources.get(token))
+        state[key] = table
+    if cfg.tie_embeddings:
+        state["lm_head.weight"] = state["tok_emb.weight"]
+    logger.info("added %d lmforge tokens %s; vocabulary %d -> %d", len(added), added, cfg.vocab_size, size)
+    return state, dataclasses.replace(cfg, vocab_size=size)
+
+
+def build_decoder(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> Decoder:
+    """A ``Decoder(cfg)`` in eval mode with ``state`` loaded strictly."""
+    model = Decoder(cfg)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+@torch.no_grad()
+def max_logit_difference(ours: Decoder, hf: Any, n_ids: int, length: int = 32, seed: int = 0) -> float:
+    """Largest ``|our logit - Hugging Face logit|`` over a random batch ``[2, length]`` of ids < ``n_ids``.
+
+    Only the first ``min(V_ours, V_hf)`` logit columns are compared (import may add token columns).
+    """
+    length = min(length, ours.config.block_size)
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, n_ids, (2, length), generator=gen)
+    theirs = hf(input_ids=idx).logits.float()  # [2, T, V_hf]
+    mine = ours(idx).float()  # [2, T, V]
+    cols = min(theirs.shape[-1], mine.shape[-1])
+    return float((mine[..., :cols] - theirs[..., :cols]).abs().max())
