@@ -66,8 +66,8 @@ def test_unknown_command_suggests(capsys):
 
 
 def test_planned_command_says_so(capsys):
-    assert main(["serve"]) == 2
-    assert "issue 9" in capsys.readouterr().err
+    assert main(["scaling"]) == 2
+    assert "issue 10" in capsys.readouterr().err
 
 
 def test_help_is_fast_and_imports_no_torch():

@@ -31,7 +31,7 @@ COMMANDS: dict[str, Command] = {
     "eval": Command("lmforge.stages.eval", "evaluate LM metrics and k-shot tasks, side by side"),
     "generate": Command("lmforge.stages.generate", "sample text from a checkpoint"),
     "chat": Command("lmforge.stages.chat", "chat with a model in the terminal"),
-    "serve": Command("", "serve a model over an OpenAI-compatible HTTP API", 9),
+    "serve": Command("lmforge.stages.serve", "serve a model over an OpenAI-compatible API, with a chat page"),
     "export": Command("", "export to Hugging Face transformers and GGUF", 9),
     "scaling": Command("", "sweep, fit and predict scaling laws", 10),
     "report": Command("lmforge.stages.report", "write the run report (Markdown and HTML)"),

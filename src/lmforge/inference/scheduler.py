@@ -19,8 +19,8 @@ al. 2022, "iteration-level scheduling", and vLLM's continuous batching, without 
    when a quarter of the batch is retired or at the next admission.
 4. One decode step feeds every row's new token through the shared cache.
 
-Each request's tokens go to its ``sink`` (called on the model thread; ``AsyncSink`` hands them to an
-asyncio queue with ``call_soon_threadsafe``). Other work on the model (embeddings) is queued with
+Each request's tokens go to its ``sink``, called on the model thread (the server's sink hands them to
+an asyncio queue with ``loop.call_soon_threadsafe``). Other work on the model (embeddings) is queued with
 ``run`` and executed between steps, so the model is only ever used from the scheduler's thread.
 
 Departures: no chunked prefill (a long prompt delays the running rows by one prefill), no preemption
@@ -29,7 +29,6 @@ Departures: no chunked prefill (a long prompt delays the running rows by one pre
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import threading
@@ -443,19 +442,4 @@ def _merge(old: KVCache | None, fresh: KVCache, extra: int) -> KVCache:
     return out
 
 
-class AsyncSink:
-    """A ``Sink`` that puts each ``Token`` on an ``asyncio.Queue`` of the calling event loop
-    (``loop.call_soon_threadsafe``), for async handlers: ``await sink.queue.get()``."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None):
-        self.loop = loop or asyncio.get_running_loop()
-        self.queue: asyncio.Queue[Token] = asyncio.Queue()
-
-    def __call__(self, event: Token) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            pass
-
-
-__all__ = ["AsyncSink", "Handle", "Scheduler", "Token"]
+__all__ = ["Handle", "Scheduler", "Token"]

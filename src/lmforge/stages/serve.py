@@ -1,0 +1,119 @@
+"""``lmforge serve``: serve a checkpoint over an OpenAI-compatible HTTP API, with a chat page at ``/``.
+
+Loads the checkpoint (or a training stage's best/last one), builds ``serve.app.create_app`` and runs it
+under uvicorn until Ctrl-C. Endpoints, limits, auth and the batching design: docs/serve.md. The API key
+is ``--api_key`` or, when that is empty, the ``LMFORGE_API_KEY`` environment variable; without either
+the API is open (bind to 127.0.0.1, the default, unless that is what you want).
+
+Not a run-store stage: a long-running server writes nothing and caches nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from lmforge.config import ConfigError, opt
+
+STAGE = "serve"
+INPUTS = ("model",)
+KEY_ENV = "LMFORGE_API_KEY"
+
+
+@dataclass
+class Config:
+    """Options of ``lmforge serve``."""
+
+    model: str = opt("", "a checkpoint directory, or a training stage directory", path=True)
+    checkpoint: Literal["best", "last"] = opt("best", "which checkpoint of a training stage to use")
+    name: str = opt("", "model id clients send ('' = the checkpoint's stage directory name)")
+    host: str = opt("127.0.0.1", "interface to listen on (0.0.0.0 = every interface)")
+    port: int = opt(8000, "TCP port (0 = any free port)")
+    api_key: str = opt("", f"require 'Authorization: Bearer KEY' on /v1/* ('' = ${KEY_ENV}, else none)")
+    max_prompt_tokens: int = opt(0, "longest prompt in tokens (0 = the model's context - 1)")
+    max_tokens: int = opt(512, "most tokens a request may generate per choice")
+    max_n: int = opt(8, "most choices per request (prompts x n)")
+    max_inputs: int = opt(64, "most inputs per embeddings request")
+    max_body_bytes: int = opt(1_000_000, "largest request body in bytes")
+    max_concurrent: int = opt(64, "requests in flight at once; more get 429")
+    max_batch: int = opt(32, "sequences generating at once in the batch; more wait their turn")
+    threads: int = opt(0, "torch threads for the model (0 = torch's default)")
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError("port", f"must be in 0..65535, got {self.port}")
+        for key in ("max_tokens", "max_n", "max_inputs", "max_body_bytes", "max_concurrent", "max_batch"):
+            if getattr(self, key) < 1:
+                raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
+        for key in ("max_prompt_tokens", "threads"):
+            if getattr(self, key) < 0:
+                raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
+
+
+def settings(cfg: Config) -> Any:
+    """The app's ``ServeSettings`` from the config (the key from the environment when not given)."""
+    from lmforge.serve.app import ServeSettings
+
+    return ServeSettings(
+        api_key=cfg.api_key or os.environ.get(KEY_ENV, ""),
+        name=cfg.name,
+        max_prompt_tokens=cfg.max_prompt_tokens,
+        max_tokens=cfg.max_tokens,
+        max_n=cfg.max_n,
+        max_inputs=cfg.max_inputs,
+        max_body_bytes=cfg.max_body_bytes,
+        max_concurrent=cfg.max_concurrent,
+        max_batch=cfg.max_batch,
+        threads=cfg.threads,
+    )
+
+
+def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
+    """Serve until interrupted; returns ``{"requests": n}`` (scheduler admissions)."""
+    if not cfg.model:
+        raise ConfigError("model", "a checkpoint is required (e.g. --model runs/tiny/pretrain)")
+    import logging
+
+    import uvicorn
+
+    from lmforge.runtime import create_runtime
+    from lmforge.serve.app import create_app, load_served_model
+
+    rt = create_runtime(cfg.device, "fp32", seed=0, threads=cfg.threads)
+    served = load_served_model(cfg.model, cfg.checkpoint, device=str(rt.device))
+    app = create_app(served, settings(cfg))
+    s = app.state.settings
+    logging.getLogger(__name__).info(
+        "serving %s (%s) on http://%s:%d — chat page at /, API at /v1 (%s)",
+        served.name,
+        served.arch,
+        cfg.host,
+        cfg.port,
+        "API key required" if s.api_key else "no API key",
+    )
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info", timeout_graceful_shutdown=5)
+    return {"requests": app.state.scheduler.stats["admitted"]}
+
+
+def cli(argv: list[str]) -> int:
+    """``lmforge serve [RECIPE.yaml] [options]``: parse options like every stage, then serve."""
+    from lmforge.errors import LmforgeError
+    from lmforge.log import setup_logging
+    from lmforge.stages.invoke import config_from_args, help_text, split_global_flags
+
+    argv, quiet, verbose, want_help = split_global_flags(argv)
+    if want_help:
+        print(help_text("serve", sys.modules[__name__]))
+        return 0
+    setup_logging(quiet=quiet, verbose=verbose)
+    try:
+        main(config_from_args("serve", sys.modules[__name__], argv))
+    except LmforgeError as exc:
+        print(f"lmforge serve: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print()
+    return 0
