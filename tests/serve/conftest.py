@@ -35,6 +35,10 @@ def _checkpoint(root: Path, tok_path: Path, **overrides) -> Path:
             for p in model.parameters():
                 if p.dim() > 1:
                     p.normal_(0, 0.3)
+            if not mcfg.tie_embeddings:  # stop tokens get logit 0, never the greedy pick: runs to max_tokens
+                from lmforge.inference.engine import default_stop_ids
+
+                model.lm_head.weight[sorted(default_stop_ids(load_tokenizer(tok_path)))] = 0
     return save_checkpoint(root / "ckpt" / "step_1", model, mcfg, tokenizer_path=tok_path)
 
 
@@ -46,6 +50,13 @@ def ckpt(tmp_path_factory, tok_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def encoder_ckpt(tmp_path_factory, tok_path: Path) -> Path:
     return _checkpoint(tmp_path_factory.mktemp("tiny-enc"), tok_path, arch="encoder")
+
+
+@pytest.fixture(scope="session")
+def long_ckpt(tmp_path_factory, tok_path: Path) -> Path:
+    """A decoder with a 2048-token context whose greedy generation never stops early, so one request
+    runs long enough to be cut short."""
+    return _checkpoint(tmp_path_factory.mktemp("long"), tok_path, block_size=2048, tie_embeddings=False)
 
 
 @pytest.fixture
