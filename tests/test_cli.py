@@ -22,6 +22,7 @@ STAGES = [
     "chat",
     "serve",
     "export",
+    "import",
     "scaling",
     "report",
     "run",
@@ -39,9 +40,15 @@ def test_top_help_lists_commands(capsys):
         assert f"  {name} " in out
 
 
-# commands whose stages are methods (finetune, align) test each method's --help beside the methods
+# commands whose stages are methods (finetune, align, export, import) test each method's --help
+# beside the methods
 @pytest.mark.parametrize(
-    "name", [n for n, c in COMMANDS.items() if c.module and n not in ("run", "finetune", "align")]
+    "name",
+    [
+        n
+        for n, c in COMMANDS.items()
+        if c.module and n not in ("run", "finetune", "align", "export", "import")
+    ],
 )
 def test_stage_help_lists_every_option(name, capsys):
     import importlib

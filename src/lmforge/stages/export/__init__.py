@@ -1,0 +1,72 @@
+"""Export a checkpoint for other tools: ``lmforge export <method> [RECIPE.yaml] [--key value ...]``.
+
+Each method is its own stage program (a module here with ``Config``, ``INPUTS`` and ``main``); its stage
+kind is ``export.<method>``. ``hf`` writes a Hugging Face ``LlamaForCausalLM`` directory, ``gguf`` a
+llama.cpp GGUF file; docs/interop.md says what exports, what is refused and why.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import sys
+from pathlib import Path
+from types import ModuleType
+
+# method → (module, one line)
+METHODS: dict[str, tuple[str, str]] = {
+    "hf": ("lmforge.stages.export.hf", "Hugging Face transformers LlamaForCausalLM directory"),
+    "gguf": ("lmforge.stages.export.gguf", "GGUF file (llama architecture) for llama.cpp-family tools"),
+}
+
+INPUTS: tuple[str, ...] = ()
+
+USAGE = """usage: lmforge export <method> [RECIPE.yaml] [--key value | key=value ...] [-q | -v]
+
+Export a decoder checkpoint (a checkpoint directory or a training stage directory such as runs/x/sft).
+
+methods:
+{table}
+
+`lmforge export <method> --help` lists the method's options. In a recipe a method is the stage kind
+`export.<method>`:   export-hf: {{stage: export.hf, model: "@sft"}}
+"""
+
+
+def refuse_early(model: str, out: str, which: str) -> None:
+    """Raise ConfigError if the checkpoint ``model`` (resolved as the run store will) cannot be exported,
+    before the run store creates anything; a missing or unfinished input is left for it to report."""
+    from lmforge.errors import InputError
+    from lmforge.model.hf_export import check_exportable, read_checkpoint_config
+    from lmforge.runstore import resolve_ref
+    from lmforge.training.checkpoint import resolve_checkpoint
+
+    try:
+        ckpt = resolve_checkpoint(resolve_ref(model, Path(out).expanduser().resolve()), which)
+    except InputError:
+        return
+    check_exportable(read_checkpoint_config(ckpt))
+
+
+def method_module(method: str) -> ModuleType:
+    """The stage module of ``method`` (a key of ``METHODS``)."""
+    return importlib.import_module(METHODS[method][0])
+
+
+def cli(argv: list[str]) -> int:
+    """``lmforge export <method> ...``: dispatch to the method's stage program."""
+    from lmforge.stages.invoke import invoke
+
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        table = "\n".join(f"  {name:<6} {summary}" for name, (_, summary) in METHODS.items())
+        print(USAGE.format(table=table))
+        return 0 if argv else 2
+    method, rest = argv[0], argv[1:]
+    if method not in METHODS:
+        near = difflib.get_close_matches(method, list(METHODS), n=1)
+        hint = f" Did you mean '{near[0]}'?" if near else ""
+        print(
+            f"lmforge export: unknown method '{method}'.{hint} Methods: {', '.join(METHODS)}", file=sys.stderr
+        )
+        return 2
+    return invoke(method_module(method), f"export {method}", rest, kind=f"export.{method}")

@@ -1,0 +1,58 @@
+"""Import a model from another tool: ``lmforge import <method> [RECIPE.yaml] [--key value ...]``.
+
+The package is ``import_`` because ``import`` is a Python keyword. Each method is its own stage program
+(a module here with ``Config``, ``INPUTS`` and ``main``); its stage kind is ``import.<method>``. ``hf``
+reads a local Hugging Face Llama or GPT-2 directory; docs/interop.md describes it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import sys
+from types import ModuleType
+
+# method → (module, one line)
+METHODS: dict[str, tuple[str, str]] = {
+    "hf": (
+        "lmforge.stages.import_.hf",
+        "a local Hugging Face Llama or GPT-2 directory → an lmforge checkpoint",
+    ),
+}
+
+INPUTS: tuple[str, ...] = ()
+
+USAGE = """usage: lmforge import <method> [RECIPE.yaml] [--key value | key=value ...] [-q | -v]
+
+Import a model as an lmforge checkpoint that fine-tuning, eval, generate and serve read.
+
+methods:
+{table}
+
+`lmforge import <method> --help` lists the method's options. Nothing is downloaded: --model is a local
+directory (e.g. one written by transformers' save_pretrained).
+"""
+
+
+def method_module(method: str) -> ModuleType:
+    """The stage module of ``method`` (a key of ``METHODS``)."""
+    return importlib.import_module(METHODS[method][0])
+
+
+def cli(argv: list[str]) -> int:
+    """``lmforge import <method> ...``: dispatch to the method's stage program."""
+    from lmforge.stages.invoke import invoke
+
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        table = "\n".join(f"  {name:<4} {summary}" for name, (_, summary) in METHODS.items())
+        print(USAGE.format(table=table))
+        return 0 if argv else 2
+    method, rest = argv[0], argv[1:]
+    if method not in METHODS:
+        near = difflib.get_close_matches(method, list(METHODS), n=1)
+        hint = f" Did you mean '{near[0]}'?" if near else ""
+        print(
+            f"lmforge import: unknown method '{method}'.{hint} Methods: {', '.join(METHODS)}", file=sys.stderr
+        )
+        return 2
+    return invoke(method_module(method), f"import {method}", rest, kind=f"import.{method}")

@@ -1,0 +1,226 @@
+"""The export (hf, gguf) and import (hf) stages: manifests through the run store, parity recorded by the
+stage itself, refusals before anything is written, the CLI, and an imported GPT-2 that generate and
+finetune sft run on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmforge.cli import main as cli_main
+from lmforge.config import from_dict
+from lmforge.errors import ConfigError
+
+pytestmark = pytest.mark.slow  # importing transformers alone takes several seconds
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("gguf")
+
+from lmforge.stages.export import gguf as export_gguf  # noqa: E402 (after the skips)
+from lmforge.stages.export import hf as export_hf  # noqa: E402
+from lmforge.stages.import_ import hf as import_hf  # noqa: E402
+
+WORDS = "the cat sat on a mat and dog ran to park sun moon yes no".split()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_torch_thread: None) -> None:
+    return None
+
+
+def checkpoint(root: Path, **overrides) -> Path:
+    from lmforge.model.config import ModelConfig
+    from lmforge.tokenizer.train import save_tokenizer, train_bpe
+    from lmforge.training.checkpoint import build_model, save_checkpoint
+
+    tok = train_bpe([" ".join(WORDS) * 4, " ".join(reversed(WORDS)) * 4] * 10, vocab_size=300)
+    tok_path = save_tokenizer(tok, root / "tok")
+    base = {"vocab_size": tok.get_vocab_size(), "block_size": 64, "n_layer": 2, "n_head": 2, "n_embd": 32}
+    cfg = ModelConfig(**{**base, **overrides})
+    torch.manual_seed(0)
+    return save_checkpoint(root / "ckpt", build_model(cfg), cfg, tokenizer_path=tok_path)
+
+
+def gpt2_dir(root: Path) -> Path:
+    """A tiny random GPT-2 saved with save_pretrained, tokenizer as vocab.json + merges.txt only."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([" ".join(WORDS) * 4] * 10, trainer)
+    eot = tok.token_to_id("<|endoftext|>")
+    config = transformers.GPT2Config(
+        vocab_size=tok.get_vocab_size(),
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=eot,
+        eos_token_id=eot,
+    )
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(root)
+    tok.model.save(str(root))
+    return root
+
+
+def test_export_hf_stage_writes_a_verified_llama_directory(tmp_path: Path) -> None:
+    ckpt = checkpoint(tmp_path)
+    out = tmp_path / "run" / "export-hf"
+    manifest = export_hf.main(from_dict(export_hf.Config, {"model": str(ckpt), "out": str(out)}))
+    assert manifest["status"] == "complete" and manifest["stage"] == "export.hf"
+    assert 0 <= manifest["metrics"]["max_logit_diff"] < 1e-4
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "manifest.json"):
+        assert (out / name).is_file()
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    again = export_hf.main(from_dict(export_hf.Config, {"model": str(ckpt), "out": str(out)}))
+    assert again["cached_last"]
+
+
+def test_export_refusal_fails_before_the_stage_writes(tmp_path: Path) -> None:
+    ckpt = checkpoint(tmp_path, pos="learned", norm="layernorm")
+    out = tmp_path / "run" / "export-hf"
+    with pytest.raises(ConfigError, match="pos='learned'.*norm='layernorm'"):
+        export_hf.main(from_dict(export_hf.Config, {"model": str(ckpt), "out": str(out)}))
+    assert not out.exists() and not out.with_name("export-hf.partial").exists()
+    from lmforge.model.config import ModelConfig
+    from lmforge.model.heads import EncoderForPretraining
+    from lmforge.training.checkpoint import save_checkpoint
+
+    enc = ModelConfig(arch="encoder", vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    save_checkpoint(tmp_path / "run" / "pretrain" / "ckpt" / "step_1", EncoderForPretraining(enc), enc)
+    (tmp_path / "run" / "pretrain" / "ckpt" / "final.json").write_text('{"best": "step_1", "last": "step_1"}')
+    with pytest.raises(ConfigError, match="post-norm"):  # an encoder, through a training stage directory
+        export_gguf.main(from_dict(export_gguf.Config, {"model": "@pretrain", "out": str(out)}))
+
+
+def test_export_gguf_stage(tmp_path: Path) -> None:
+    ckpt = checkpoint(tmp_path, tie_embeddings=False)
+    out = tmp_path / "run" / "export-gguf"
+    manifest = export_gguf.main(from_dict(export_gguf.Config, {"model": str(ckpt), "out": str(out)}))
+    metrics = manifest["metrics"]
+    assert metrics["tensors"] == 1 + 2 * 9 + 2 and metrics["max_tensor_diff"] == 0.0
+    assert (out / "model.gguf").stat().st_size == metrics["bytes"]
+    half = export_gguf.main(
+        from_dict(
+            export_gguf.Config, {"model": str(ckpt), "out": str(tmp_path / "run" / "f16"), "dtype": "f16"}
+        )
+    )
+    assert 0 < half["metrics"]["max_tensor_diff"] < 1e-3  # f16 rounding of values ~0.02
+    assert half["metrics"]["bytes"] < 0.6 * metrics["bytes"]
+
+
+def test_import_gpt2_then_generate_and_finetune(tmp_path: Path) -> None:
+    from lmforge.stages import generate
+    from lmforge.stages.finetune import sft
+    from lmforge.training.checkpoint import load_model, resolve_checkpoint
+
+    hf_dir = gpt2_dir(tmp_path / "gpt2")
+    out = tmp_path / "run" / "import"
+    manifest = import_hf.main(from_dict(import_hf.Config, {"model": str(hf_dir), "out": str(out)}))
+    metrics = manifest["metrics"]
+    assert manifest["stage"] == "import.hf" and metrics["added_tokens"] == 7
+    assert 0 <= metrics["max_logit_diff"] < 1e-4
+    model, cfg = load_model(resolve_checkpoint(out))
+    assert (cfg.mlp, cfg.pos, cfg.norm, cfg.vocab_size) == (
+        "gelu_tanh",
+        "learned",
+        "layernorm",
+        metrics["vocab_size"],
+    )
+
+    gen = generate.main(
+        from_dict(
+            generate.Config,
+            {
+                "model": "@import",
+                "out": str(tmp_path / "run" / "generate"),
+                "prompts": ["the cat"],
+                "max_new_tokens": 5,
+            },
+        )
+    )
+    assert gen["metrics"]["samples"] == 1
+    data = tmp_path / "chat.jsonl"
+    rows = [
+        {"messages": [{"role": "user", "content": w}, {"role": "assistant", "content": f"{w} sat"}]}
+        for w in WORDS
+    ]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    tuned = sft.main(
+        from_dict(
+            sft.Config,
+            {
+                "model": "@import",
+                "out": str(tmp_path / "run" / "sft"),
+                "train": [str(data)],
+                "max_steps": 2,
+                "batch_size": 2,
+                "warmup_steps": 1,
+                "eval_every": 2,
+            },
+        )
+    )
+    assert tuned["status"] == "complete"
+
+
+def test_import_llama_exported_by_lmforge_round_trips_exactly(tmp_path: Path) -> None:
+    from lmforge.training.checkpoint import load_model, resolve_checkpoint
+
+    ckpt = checkpoint(tmp_path, n_kv_head=1, tie_embeddings=False)
+    run = tmp_path / "run"
+    export_hf.main(from_dict(export_hf.Config, {"model": str(ckpt), "out": str(run / "hf")}))
+    manifest = import_hf.main(
+        from_dict(import_hf.Config, {"model": str(run / "hf"), "out": str(run / "back")})
+    )
+    assert manifest["metrics"]["added_tokens"] == 0
+    original, cfg = load_model(ckpt)
+    back, back_cfg = load_model(resolve_checkpoint(run / "back"))
+    assert back_cfg.vocab_size == cfg.vocab_size and back_cfg.hidden_dim == cfg.hidden_dim
+    for key, value in original.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value), key
+    assert (resolve_checkpoint(run / "back") / "tokenizer.json").read_text() == (
+        ckpt / "tokenizer.json"
+    ).read_text()
+
+
+def test_cli(tmp_path: Path, capsys) -> None:
+    ckpt = checkpoint(tmp_path)
+    assert cli_main(["export", "gguf", "--model", str(ckpt), "--out", str(tmp_path / "g"), "-q"]) == 0
+    assert (tmp_path / "g" / "model.gguf").is_file()
+    assert (
+        cli_main(
+            ["export", "hf", "--model", str(ckpt), "--out", str(tmp_path / "h"), "--verify", "false", "-q"]
+        )
+        == 0
+    )
+    assert cli_main(["export", "onnx"]) == 2
+    assert "Methods: hf, gguf" in capsys.readouterr().err
+    assert cli_main(["import", "hf", "--out", str(tmp_path / "i")]) == 2
+    assert "--model" in capsys.readouterr().err
+    assert cli_main(["import", "hf", "--model", str(tmp_path / "h"), "--out", str(tmp_path / "i"), "-q"]) == 0
+    bad = checkpoint(tmp_path / "b", mlp="gelu")
+    assert cli_main(["export", "hf", "--model", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert "mlp='gelu'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("command", "method"), [("export", "hf"), ("export", "gguf"), ("import", "hf")])
+def test_method_help_lists_every_option(command: str, method: str, capsys) -> None:
+    from lmforge.config import describe
+    from lmforge.stages import export, import_
+
+    module = (export if command == "export" else import_).method_module(method)
+    assert cli_main([command, method, "--help"]) == 0
+    out = capsys.readouterr().out
+    for key, tp, default, meaning in describe(module.Config):
+        assert f"--{key} " in out and meaning in out and f"type: {tp}; default: {default}" in out
+    assert cli_main([command, "--help"]) == 0 and f"  {method} " in capsys.readouterr().out
