@@ -14,7 +14,7 @@ stage's work function and gives every stage the same guarantees:
   hashes, flat metrics, code version and timings (format: docs/architecture.md).
 
 Inputs are written ``@name`` to mean "the stage instance ``name`` of the same run" (the parent of
-the stage's output directory); anything else is a plain path.
+the stage's output directory), ``@name/file`` for a file inside it; anything else is a plain path.
 """
 
 from __future__ import annotations
@@ -194,7 +194,8 @@ def config_inputs(cfg: Any, *fields: str) -> dict[str, Any]:
 
 
 def resolve_ref(ref: str | Path, out: Path) -> Path:
-    """``@name`` → ``<run dir>/name`` (the run dir is the parent of ``out``); a plain path as given."""
+    """``@name`` → ``<run dir>/name`` (the run dir is the parent of ``out``), ``@name/file`` → a file in
+    it; a plain path as given."""
     s = str(ref)
     if s.startswith("@"):
         return out.parent / s[1:]
@@ -241,9 +242,10 @@ def run_stage(
     resolved: dict[str, Path] = {}
     for name, ref in inputs.items():
         p = resolve_ref(ref, out).resolve()
-        if str(ref).startswith("@") and read_manifest(p) is None:
+        producer = resolve_ref(str(ref).split("/")[0], out).resolve()  # @name of @name/file
+        if str(ref).startswith("@") and read_manifest(producer) is None:
             raise InputError(
-                f"{stage} needs input '{name}' = {ref} at {p}, which has not finished; "
+                f"{stage} needs input '{name}' = {ref} at {producer}, which has not finished; "
                 f"run that stage first (or `lmforge run` the whole recipe)"
             )
         if not p.exists():

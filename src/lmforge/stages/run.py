@@ -3,8 +3,8 @@
 A recipe is YAML with ``name``, ``description`` and ``stages``: a mapping from stage instance name to
 that stage's options. The instance name is the stage kind unless the section says ``stage: KIND``
 (so a recipe can hold two fine-tunes); fine-tuning methods are kinds ``finetune.<method>``
-(``stage: finetune.classify``). Inputs written ``@name`` point at another instance of the run;
-they define the DAG. Every config is validated before the first stage starts. Each stage goes through
+(``stage: finetune.classify``). Inputs written ``@name`` point at another instance of the run
+(``@name/file`` at a file it wrote; list-valued inputs may hold several); they define the DAG. Every config is validated before the first stage starts. Each stage goes through
 the run store: unchanged stages are cached, a changed value re-runs that stage and everything
 downstream of it, and an interrupted run resumes where it stopped.
 
@@ -125,15 +125,17 @@ def plan(recipe: dict[str, Any], overrides: dict[str, Any], run_dir: Path) -> li
             ]
             continue
         for name in step.module.INPUTS:
-            ref = str(getattr(step.config, name))
-            if ref.startswith("@"):
-                target = ref[1:]
+            value = getattr(step.config, name)
+            for ref in map(str, value if isinstance(value, (list, tuple)) else [value]):
+                if not ref.startswith("@"):
+                    continue
+                target = ref[1:].split("/")[0]  # @name or @name/file
                 if target not in steps and not (run_dir / target / "manifest.json").is_file():
                     raise ConfigError(
                         f"{step.instance}.{name}",
                         f"input {ref} names no stage of this recipe (stages: {', '.join(steps)})",
                     )
-                if target in steps:
+                if target in steps and target not in step.needs:
                     step.needs.append(target)
     return _toposort(steps)
 

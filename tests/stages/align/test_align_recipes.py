@@ -38,3 +38,37 @@ def test_align_method_takes_its_recipe_section():
     assert (
         cfg.beta == 0.2 and cfg.model == "@pretrain" and cfg.train[0].endswith("harmless-base_test.jsonl.gz")
     )
+
+
+def test_align_cpu_recipe_plans_the_whole_loop(tmp_path):
+    steps = {s.instance: s for s in plan(load_yaml(RECIPES / "align-cpu.yaml"), {}, tmp_path)}
+    kinds = {name: s.kind for name, s in steps.items()}
+    assert kinds == {
+        "data": "data", "tokenizer": "tokenizer", "pretrain": "pretrain", "reward": "align.reward",
+        "dpo": "align.dpo", "arithmetic": "align.arithmetic", "sft": "finetune.sft", "grpo": "align.grpo",
+        "report": "report",
+    }  # fmt: skip
+    assert "reward" in steps["dpo"].needs and steps["sft"].needs == ["pretrain", "arithmetic"]
+    assert steps["grpo"].needs == ["sft"]
+    assert steps["reward"].config.train == steps["dpo"].config.train  # the same pairs, the same split
+    over = plan(load_yaml(RECIPES / "align-cpu.yaml"), {"reward": {"train": ["mine.jsonl"]}}, tmp_path)
+    assert next(s for s in over if s.instance == "reward").config.train == ["mine.jsonl"]
+
+
+def test_second_round_collect_plans_against_the_first_rounds_dpo(tmp_path):
+    order = plan(load_yaml(RECIPES / "align-loop.yaml"), {}, tmp_path)
+    steps = {s.instance: s for s in order}
+    names = [s.instance for s in order]
+    assert steps["collect_r2"].kind == "align.collect" and steps["collect_r2"].config.model == "@dpo_r1"
+    assert steps["collect_r2"].needs == ["dpo_r1"]
+    assert set(steps["reward_r2"].needs) >= {"collect_r1", "collect_r2"}
+    assert names.index("collect_r1") < names.index("reward_r1") < names.index("dpo_r1")
+    assert names.index("dpo_r1") < names.index("collect_r2") < names.index("dpo_r2")
+
+
+def test_an_input_inside_an_unknown_stage_is_named(tmp_path):
+    recipe = {
+        "stages": {"reward": {"stage": "align.reward", "model": "x", "train": ["@colect/rankings.jsonl"]}}
+    }
+    with pytest.raises(ConfigError, match="@colect/rankings.jsonl names no stage"):
+        plan(recipe, {}, tmp_path)

@@ -128,3 +128,83 @@ def test_collect_config_errors():
     ):
         with pytest.raises(ConfigError, match=key):
             Config(out="x", **({"prompts": "p.txt"} if key != "prompts" else {}), **bad).validate()
+
+
+def wait_for_server(path: Path, holder: dict) -> str:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if "error" in holder:
+            raise holder["error"]
+        if path.is_file():
+            return json.loads(path.read_text())["url"]
+        time.sleep(0.1)
+    pytest.fail(f"nothing served at {path}")
+
+
+def rank_everything(url: str, annotator: str, n: int) -> None:
+    """Rank ``n`` items over HTTP as one person (reply ids in the served order, best first)."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for _ in range(n):
+            item = client.get("/api/next", params={"annotator": annotator}).json()["item"]
+            ranks = {r["id"]: k + 1 for k, r in enumerate(item["responses"])}
+            r = client.post(
+                "/api/rankings", json={"item": item["id"], "annotator": annotator, "ranks": ranks}
+            )
+            assert r.status_code == 200, r.text
+
+
+def test_two_rounds_of_the_loop_through_the_run_store(align_dir, tmp_path):
+    """collect_r1 → reward_r1 + dpo_r1 (on "@collect_r1/rankings.jsonl") → collect_r2 sampling from
+    dpo_r1, as one `lmforge run`; people rank over HTTP at each collect."""
+    import yaml
+
+    from lmforge.stages.run import Config, main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("say good\nsay the\nsay bad\n")
+    common = {"prompts": str(prompts), "n_responses": 3, "max_new_tokens": 6, "temperature": 1.0,
+              "port": 0, "device": "cpu"}  # fmt: skip
+    train = {"device": "cpu", "threads": 1, "max_steps": 3, "eval_every": 3, "batch_size": 2}
+    recipe = {
+        "name": "loop",
+        "stages": {
+            "collect_r1": {"stage": "align.collect", "model": str(align_dir / "decoder"), "max_rankings": 3, **common},
+            "reward_r1": {"stage": "align.reward", "model": str(align_dir / "decoder"), "loss": "plackett_luce",
+                          "train": ["@collect_r1/rankings.jsonl"], "val_fraction": 0.3, **train},
+            "dpo_r1": {"stage": "align.dpo", "model": str(align_dir / "decoder"), "reward_model": "@reward_r1",
+                       "train": ["@collect_r1/rankings.jsonl"], "val_fraction": 0.3, "n_judge": 2,
+                       "judge_tokens": 4, "n_kl": 2, **train},
+            "collect_r2": {"stage": "align.collect", "model": "@dpo_r1", "max_rankings": 1, **common},
+        },
+    }  # fmt: skip
+    (tmp_path / "loop.yaml").write_text(yaml.safe_dump(recipe))
+    run_dir = tmp_path / "run"
+    holder: dict = {}
+
+    def run() -> None:
+        try:
+            holder["manifests"] = main(Config(recipe=str(tmp_path / "loop.yaml"), out=str(run_dir)))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            holder["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    url = wait_for_server(run_dir / "collect_r1.partial" / "server.json", holder)
+    rank_everything(url, "alice", 3)
+    url = wait_for_server(run_dir / "collect_r2.partial" / "server.json", holder)
+    rank_everything(url, "bob", 1)
+    thread.join(timeout=120)
+    assert not thread.is_alive() and "error" not in holder, holder.get("error")
+    by = {m["instance"]: m for m in holder["manifests"]}
+    assert list(by) == ["collect_r1", "reward_r1", "dpo_r1", "collect_r2"]
+    assert by["reward_r1"]["inputs"]["train0"]["path"] == str(run_dir / "collect_r1" / "rankings.jsonl")
+    assert by["reward_r1"]["metrics"]["train_rankings"] + by["reward_r1"]["metrics"]["val_pairs"] // 3 == 3
+    assert "dpo_win_rate" in by["dpo_r1"]["metrics"]
+    assert by["collect_r2"]["inputs"]["model"]["path"] == str(run_dir / "dpo_r1")
+    assert by["collect_r2"]["metrics"]["rankings"] == 1
+    (rec,) = [
+        json.loads(line) for line in (run_dir / "collect_r2" / "rankings.jsonl").read_text().splitlines()
+    ]
+    assert rec["annotator"] == "bob" and rec["model"] == str(run_dir / "dpo_r1")

@@ -28,6 +28,10 @@ METHODS: dict[str, tuple[str, str]] = {
         "PPO-RLHF: rollouts scored by a reward model, value head, GAE, KL penalty",
     ),
     "grpo": ("lmforge.stages.align.grpo", "GRPO with verifiable rewards (arithmetic, #### N answers)"),
+    "arithmetic": (
+        "lmforge.stages.align.arithmetic",
+        "write generated arithmetic problems (SFT and GRPO files)",
+    ),
 }
 
 INPUTS: tuple[str, ...] = ()
