@@ -208,3 +208,16 @@ def test_bad_directories_fail_clearly(tmp_path: Path) -> None:
         (gpt2 / name).unlink()
     with pytest.raises(InputError, match="no tokenizer.json and no tokenizer files"):
         hf_import.read_hf_tokenizer(gpt2)
+
+
+def test_bfloat16_weights_import_as_float32(tmp_path: Path) -> None:
+    save_llama(tmp_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).to(torch.bfloat16)
+    hf.save_pretrained(tmp_path / "bf16")
+    (tmp_path / "bf16" / "tokenizer.json").write_text((tmp_path / "tokenizer.json").read_text())
+    read = hf_import.read_hf_model(tmp_path / "bf16")
+    assert all(v.dtype == torch.float32 for v in read.state.values())
+    expected = hf.model.embed_tokens.weight.float()
+    assert torch.equal(read.state["tok_emb.weight"], expected)
+    model = hf_import.build_decoder(read.config, read.state)
+    assert hf_import.max_logit_difference(model, read.hf, read.config.vocab_size) < 1e-4

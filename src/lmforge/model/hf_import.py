@@ -95,9 +95,7 @@ def read_hf_model(hf_dir: Path) -> HFModel:
         )
     cfg = from_llama_config(hf_config) if model_type == "llama" else from_gpt2_config(hf_config)
     try:
-        hf = transformers.AutoModelForCausalLM.from_pretrained(
-            hf_dir, local_files_only=True, dtype=torch.float32
-        )
+        hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise InputError(f"{hf_dir}: transformers cannot load the weights: {exc}") from exc
     hf = hf.float().eval()

@@ -57,8 +57,8 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     from lmforge.training.checkpoint import FINAL_FILE, checkpoint_dir, save_checkpoint
 
     hf_dir = ctx.inputs["model"]
+    tok = hf_import.read_hf_tokenizer(hf_dir)  # first: it fails fast, the weights take a while
     read = hf_import.read_hf_model(hf_dir)
-    tok = hf_import.read_hf_tokenizer(hf_dir)
     n_original = tok.get_vocab_size(with_added_tokens=True)
     if n_original > read.config.vocab_size:
         raise InputError(
