@@ -229,3 +229,35 @@ def test_generated_problems_hold_out_their_questions():
     train, held = load_problems(Config(out="x", n_problems=200, n_eval=20), None)
     assert len(held) == 20 and len(train) < 200
     assert not {p["question"] for p in held} & {p["question"] for p in train}
+
+
+def test_arithmetic_cli_writes_sft_and_problem_files(tmp_path):
+    from lmforge.data.supervised import read_conversations
+    from lmforge.stages.align.grpo import Config, load_problems
+
+    out = tmp_path / "arithmetic"
+    assert (
+        main(
+            [
+                "align",
+                "arithmetic",
+                "-q",
+                "--out",
+                str(out),
+                "--n_problems",
+                "30",
+                "--digits",
+                "2",
+                "--ops",
+                "+*",
+            ]
+        )
+        == 0
+    )
+    assert manifest(out)["metrics"]["problems"] == 30
+    sft = read_conversations(out / "sft.jsonl")
+    assert len(sft) == 30
+    train, held = load_problems(
+        Config(out="x", problems=str(out / "problems.jsonl"), val_fraction=0.2), out / "problems.jsonl"
+    )
+    assert len(train) + len(held) == 30 and all(p["answer"].startswith("#### ") for p in train)
