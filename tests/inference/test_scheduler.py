@@ -93,19 +93,43 @@ def test_greedy_alone_equals_joined_batch(sched: Scheduler) -> None:
     assert sched.stats["max_rows"] >= 3  # the requests really shared the batch
 
 
-def test_seeded_sampling_and_n_choices_equal_engine(sched: Scheduler) -> None:
-    engine = Engine(sched.model)
-    mixed = [
-        SamplingParams(max_new_tokens=12, temperature=1.0, seed=7),
-        SamplingParams(max_new_tokens=9, temperature=0.7, top_p=0.9, seed=1),
-        SamplingParams(max_new_tokens=14, temperature=0),
-        SamplingParams(max_new_tokens=8, temperature=1.3, top_k=5, seed=3),
-        SamplingParams(max_new_tokens=11, temperature=1.0, min_p=0.1, seed=11),
-    ]
-    got = staggered(sched, mixed, n=2)
-    for prompt, params, c in zip(PROMPTS, mixed, got):
-        want = engine.generate([prompt, prompt], params)  # engine row i is seeded seed + i, like choice i
-        assert [c.ids(0), c.ids(1)] == [w.ids for w in want]
+MIXED = [
+    SamplingParams(max_new_tokens=12, temperature=1.0, seed=7),
+    SamplingParams(max_new_tokens=9, temperature=0.7, top_p=0.9, seed=1),
+    SamplingParams(max_new_tokens=14, temperature=0),
+    SamplingParams(max_new_tokens=8, temperature=1.3, top_k=5, seed=3),
+    SamplingParams(max_new_tokens=11, temperature=1.0, min_p=0.1, seed=11),
+]
+
+
+def test_seeded_sampling_and_n_choices_alone_equal_joined(sched: Scheduler) -> None:
+    alone = []
+    for prompt, params in zip(PROMPTS, MIXED):  # one at a time: each request has the batch to itself
+        c = Collect(2)
+        sched.submit(prompt, params, c, n=2)
+        alone.append([c.wait().ids(0), c.wait().ids(1)])
+    got = staggered(sched, MIXED, n=2)
+    assert [[c.ids(0), c.ids(1)] for c in got] == alone
+    assert alone[0][0] != alone[0][1]  # choice i samples with seed + i
+    assert sched.stats["max_rows"] >= 6
+
+
+def test_sampling_respects_filters() -> None:
+    model = build()
+    s = Scheduler(model).start()
+    try:
+        greedy, top1 = Collect(), Collect()
+        s.submit(PROMPTS[0], SamplingParams(max_new_tokens=10, temperature=0), greedy)
+        s.submit(PROMPTS[0], SamplingParams(max_new_tokens=10, temperature=1.5, top_k=1, seed=3), top1)
+        assert top1.wait().ids() == greedy.wait().ids()
+        top3 = Collect()
+        params = SamplingParams(max_new_tokens=40, temperature=2.0, top_k=3, seed=0, logprobs=True)
+        s.submit(PROMPTS[1], params, top3, top_logprobs=3)
+        events = [e for e in top3.wait().events if e.token is not None]
+        assert all(e.token in [t for t, _ in e.top_logprobs] for e in events)
+        assert len({e.token == e.top_logprobs[0][0] for e in events}) == 2  # not always the top one
+    finally:
+        s.stop()
 
 
 def test_logprobs_and_top_logprobs(sched: Scheduler) -> None:

@@ -4,15 +4,18 @@
 The ``Scheduler`` owns the model on a dedicated thread and runs one loop (in the spirit of Orca, Yu et
 al. 2022, "iteration-level scheduling", and vLLM's continuous batching, without paged attention):
 
-1. At each step boundary, waiting requests (up to ``max_batch`` rows in all) are *admitted*: their
+1. At a step boundary, waiting requests (up to ``max_batch`` rows in all) are *admitted* (at once
+   into an idle batch, else at most every ``ADMIT_EVERY`` steps: an admission rebuilds the cache): their
    prompts are prefilled together as one left-padded ragged batch (``RaggedForward``) into a fresh
    cache, and that cache's rows are merged into the running batch's cache (``_merge``): both are
    right-aligned at a common column, so every row keeps its true positions (``pad`` = left padding),
    and the leading columns no row uses any more are dropped, so the cache never grows past
    ``block_size`` + the longest remaining budget.
 2. One token is sampled for every row from its last logits with *that row's* sampling settings and its
-   own ``torch.Generator`` (seeded ``seed + i`` for choice ``i``, as the engine does), so a seeded
-   request gives the same tokens alone or among others (up to float round-off of batched matmuls).
+   own ``torch.Generator`` (seeded ``seed + i`` for choice ``i``): rows with equal settings are
+   filtered together and each draws one uniform from its generator for an inverse-CDF pick, so a
+   seeded request gives the same tokens alone or among others (up to float round-off of batched
+   matmuls). Greedy rows take the argmax, as ``Engine`` does.
 3. Rows that finish (stop token, stop string, ``max_new_tokens``, ``block_size``) or whose request was
    cancelled are *retired* at once: their ``pad`` is set to the current column, so their old keys are
    masked out and they no longer count towards ``block_size``; they leave the cache (``_select_rows``)
@@ -51,6 +54,7 @@ from lmforge.model.kv_cache import KVCache
 log = logging.getLogger(__name__)
 
 MAX_TOP_LOGPROBS = 20  # alternatives per token at most (OpenAI's limit)
+ADMIT_EVERY = 4  # while rows are generating, admit waiting requests at most every this many steps
 
 
 @dataclass
@@ -147,6 +151,7 @@ class Scheduler:
         self._cancelled: set[int] = set()
         self._next_id = 0
         self._stopping = False
+        self._since_admit = ADMIT_EVERY
         self._thread: threading.Thread | None = None
         self.rows: list[_Row] = []  # the batch, in cache-row order (model thread only)
         self.cache: KVCache | None = None
@@ -238,9 +243,12 @@ class Scheduler:
                 jobs = list(self._jobs)
                 self._jobs.clear()
                 cancelled, self._cancelled = self._cancelled, set()
-                room = self.max_batch - sum(not r.done for r in self.rows)
+                live = sum(not r.done for r in self.rows)
+                room = self.max_batch - live
+                # admitting rebuilds the cache: with rows running, gather newcomers for a few steps
+                due = not live or self._since_admit >= ADMIT_EVERY
                 admit = []
-                while self._waiting and room >= 1:
+                while due and self._waiting and room >= 1:
                     req = self._waiting[0]
                     if req.rid in cancelled:
                         self._waiting.popleft()
@@ -256,6 +264,7 @@ class Scheduler:
                         fut.set_result(fn())
                     except BaseException as exc:  # handed to the caller
                         fut.set_exception(exc)
+            self._since_admit = 0 if admit else self._since_admit + 1
             try:
                 self._step(admit, cancelled)
             except Exception as exc:  # fail the batch, keep serving
@@ -315,12 +324,10 @@ class Scheduler:
         rows = [self.rows[j] for j in keep] + new_rows
         extra = max(r.budget - r.n_new for r in rows) + 1
         if keep:
-            old = self.cache
-            _select_rows(old, torch.tensor(keep, device=device))
-            self.cache = _merge(old, fresh, extra)
+            self.cache = _merge(self.cache, torch.tensor(keep, device=device), fresh, extra)
             self.logits = torch.cat([self.logits[keep], logits])
         else:
-            self.cache = _merge(None, fresh, extra)
+            self.cache = _merge(None, None, fresh, extra)
             self.logits = logits
         self.rows = rows
 
@@ -328,19 +335,27 @@ class Scheduler:
         """Pick each live row's next token from ``self.logits``, emit its event, retire finished rows;
         returns the tokens ``[b]`` to feed (anything for retired rows)."""
         logits = self.logits
-        tokens = logits.argmax(dim=-1)  # [b]: greedy rows keep these
         groups: dict[tuple, list[int]] = {}
+        greedy = False
         for j, row in enumerate(self.rows):
             if not row.done and row.key is not None:
                 groups.setdefault(row.key, []).append(j)
+            greedy |= not row.done and row.key is None
+        if greedy:
+            tokens = logits.argmax(dim=-1)  # [b]: greedy rows keep these
+        else:
+            tokens = torch.zeros(len(self.rows), dtype=torch.long, device=logits.device)
         for (temperature, top_k, top_p, min_p), js in groups.items():
             sel = torch.tensor(js, device=logits.device)
             scaled = filter_logits(
                 logits[sel], temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p
             )
-            probs = F.softmax(scaled, dim=-1)  # [g, V]
-            for k, j in enumerate(js):
-                tokens[j] = torch.multinomial(probs[k], 1, generator=self.rows[j].gen)[0]
+            cdf = F.softmax(scaled, dim=-1).cumsum(dim=-1)  # [g, V]
+            # inverse-CDF draw with one uniform from each row's own generator (one vector op for the
+            # group instead of a multinomial call per row); zero-probability tokens are never picked
+            u = torch.cat([torch.rand(1, generator=self.rows[j].gen, device=logits.device) for j in js])
+            picked = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+            tokens[sel] = picked.clamp_(max=logits.shape[-1] - 1)
         want_lp = [j for j, r in enumerate(self.rows) if not r.done and r.req.params.logprobs]
         lps: dict[int, tuple[float, list[tuple[int, float]]]] = {}
         if want_lp:
@@ -412,32 +427,33 @@ class Scheduler:
         self._drop_all()
 
 
-def _merge(old: KVCache | None, fresh: KVCache, extra: int) -> KVCache:
-    """One cache holding ``old``'s rows then ``fresh``'s, right-aligned at a common column.
+def _merge(old: KVCache | None, keep: torch.Tensor | None, fresh: KVCache, extra: int) -> KVCache:
+    """One cache holding rows ``keep`` of ``old``, then ``fresh``'s rows, right-aligned at a common column.
 
-    Columns no row of ``old`` uses any more (before its smallest ``pad``) are dropped; the result has
-    room for ``extra`` more positions. Every row keeps its tokens' columns relative to the end, so its
-    true positions (column - pad) are unchanged.
+    Columns no kept row uses (before the smallest kept ``pad``) are dropped; the result has room for
+    ``extra`` more positions. Every row keeps its tokens' columns relative to the end, so its true
+    positions (column - pad) are unchanged. Only the kept rows' used columns are copied.
     """
     n_layer, _, K, _, Q = fresh.k.shape
-    if old is None or old.batch_size == 0:
-        pos = fresh.pos
-        parts = [(fresh, 0, fresh.pos)]
-    else:
-        trim = int(old.pad.min())
+    parts = [(fresh.k, fresh.v, fresh.pad, 0, fresh.pos)]
+    pos = fresh.pos
+    if old is not None and keep is not None and len(keep):
+        pad = old.pad.index_select(0, keep)
+        trim = int(pad.min())
         pos = max(old.pos - trim, fresh.pos)
-        parts = [(old, trim, old.pos), (fresh, 0, fresh.pos)]
-    B = sum(c.batch_size for c, _, _ in parts)
+        k = old.k[:, keep, :, trim : old.pos]  # [L, b, K, used, Q]: one gather of what stays
+        v = old.v[:, keep, :, trim : old.pos]
+        parts.insert(0, (k, v, pad, trim, old.pos))
+    B = sum(p[0].shape[1] for p in parts)
     out = KVCache(B, pos + extra, n_layer, K, Q, dtype=fresh.k.dtype, device=fresh.k.device)
     out.pos = pos
     pads, row = [], 0
-    for c, start, end in parts:
-        width = end - start
-        rows = slice(row, row + c.batch_size)
-        out.k[:, rows, :, pos - width : pos] = c.k[:, :, :, start:end]
-        out.v[:, rows, :, pos - width : pos] = c.v[:, :, :, start:end]
-        pads.append(c.pad - start + (pos - width))
-        row += c.batch_size
+    for k, v, pad, start, end in parts:
+        width, b = end - start, k.shape[1]
+        out.k[:, row : row + b, :, pos - width : pos] = k[:, :, :, :width]
+        out.v[:, row : row + b, :, pos - width : pos] = v[:, :, :, :width]
+        pads.append(pad - start + (pos - width))
+        row += b
     out.pad = torch.cat(pads).clamp_(max=pos)
     return out
 
