@@ -63,6 +63,7 @@ def test_collect_rank_in_a_browser_and_restart(align_dir, tmp_path, browser_page
     url = wait_for_url(out.with_name("collect.partial"), thread, holder)
 
     page = browser_page
+    page.set_default_timeout(60_000)  # a busy shared machine
     page.goto(url)
     page.wait_for_selector("#responses .card")
     page.fill("#annotator", "alice")
