@@ -1,0 +1,221 @@
+"""Load test of ``lmforge serve``: 1, then 16, then 32 concurrent streaming clients against a local server.
+
+The server runs in a child process (so the clients' HTTP and JSON work does not compete with the model
+thread for this process's GIL), bound to 127.0.0.1 on an ephemeral port, over a checkpoint given with
+``--model`` or, by default, a random-weight decoder of the tiny demo's shape (4 layers, n_embd 192,
+4 heads, context 256, BPE vocabulary 4096 trained on the built-in Python docs). Each client loops for
+``--seconds``: a streaming ``/v1/completions`` request (a random prompt of 8-24 words, ``--max_tokens``
+new tokens, temperature 0.8, its own seed) with ``stream_options.include_usage`` so the token count is
+the server's own; requests in flight when the time is up are finished and counted.
+
+Printed per level: requests, errors, completion tokens, aggregate tokens/s (tokens / wall time of the
+level), request latency p50/p99, time to first token p50/p99; then the ratios of aggregate tokens/s
+at 16 and at 32 clients to 1 client (goal: >= 4x at 16). Trust the ratios over the absolute numbers
+on a shared machine; the load average is printed.
+
+    python bench/serve_load.py [--seconds 60] [--levels 1,16,32] [--max_tokens 64] [--model CKPT] [--threads 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# isort: off
+import lmforge  # noqa: F401  (first: sets OpenMP's passive wait policy before torch loads it)
+
+# isort: on
+
+WORDS = "the of and to a in is that for it as with was on be by this are from or an which".split()
+
+
+def build_checkpoint(root: Path) -> Path:
+    """A random-weight decoder of the tiny demo's shape with a BPE tokenizer trained on Python docs."""
+    import itertools
+
+    import torch
+
+    from lmforge.data.builtin import iter_python_docs
+    from lmforge.model.config import ModelConfig
+    from lmforge.tokenizer.train import save_tokenizer, train_bpe
+    from lmforge.training.checkpoint import build_model, save_checkpoint
+
+    texts = [d.text for d in itertools.islice(iter_python_docs("builtin:python-docs"), 3000)]
+    tok = train_bpe(texts, vocab_size=4096)
+    tok_path = save_tokenizer(tok, root / "tok")
+    cfg = ModelConfig(
+        vocab_size=tok.get_vocab_size(), block_size=256, n_layer=4, n_head=4, n_embd=192, pos="rope"
+    )
+    torch.manual_seed(0)
+    return save_checkpoint(root / "model", build_model(cfg), cfg, tokenizer_path=tok_path)
+
+
+def serve_child(ckpt: str, threads: int, max_batch: int) -> None:
+    """Child mode: serve ``ckpt`` on an ephemeral loopback port, print the port, run until killed."""
+    import socket
+
+    import uvicorn
+
+    from lmforge.serve.app import ServeSettings, create_app
+
+    app = create_app(
+        ckpt, ServeSettings(name="bench", threads=threads, max_batch=max_batch, max_concurrent=256)
+    )
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    print(sock.getsockname()[1], flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+
+
+async def client(url: str, seed: int, deadline: float, max_tokens: int, out: dict) -> None:
+    import httpx
+
+    rng = random.Random(seed)
+    async with httpx.AsyncClient(timeout=120) as http:
+        while time.monotonic() < deadline:
+            prompt = " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 24)))
+            body = {
+                "model": "bench",
+                "prompt": prompt,
+                "max_tokens": max_tokens,
+                "temperature": 0.8,
+                "seed": rng.randrange(2**31),
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+            start = time.monotonic()
+            first = None
+            tokens = None
+            try:
+                async with http.stream("POST", url + "/v1/completions", json=body) as r:
+                    if r.status_code != 200:
+                        out["errors"].append(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
+                        continue
+                    done = False
+                    async for line in r.aiter_lines():
+                        if not line.startswith("data: "):
+                            continue
+                        data = line[6:]
+                        if data == "[DONE]":
+                            done = True
+                            continue
+                        chunk = json.loads(data)
+                        if "error" in chunk:
+                            out["errors"].append(chunk["error"]["message"])
+                        elif chunk.get("usage"):
+                            tokens = chunk["usage"]["completion_tokens"]
+                        elif first is None:
+                            first = time.monotonic() - start
+                    if not done or tokens is None:
+                        out["errors"].append("stream ended without usage and [DONE]")
+                        continue
+            except Exception as e:  # counted, not fatal: the point is to see them
+                out["errors"].append(f"{type(e).__name__}: {e}")
+                continue
+            out["latency"].append(time.monotonic() - start)
+            out["ttft"].append(first if first is not None else time.monotonic() - start)
+            out["tokens"] += tokens
+
+
+async def level(url: str, clients: int, seconds: float, max_tokens: int) -> dict:
+    out = {"errors": [], "latency": [], "ttft": [], "tokens": 0}
+    start = time.monotonic()
+    deadline = start + seconds
+    await asyncio.gather(
+        *(client(url, 1000 * clients + i, deadline, max_tokens, out) for i in range(clients))
+    )
+    out["wall"] = time.monotonic() - start
+    return out
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=60.0, help="time per concurrency level")
+    ap.add_argument("--levels", default="1,16,32", help="numbers of concurrent clients")
+    ap.add_argument("--max_tokens", type=int, default=64, help="new tokens per request")
+    ap.add_argument(
+        "--model", default="", help="checkpoint to serve (default: a random tiny-demo-shaped one)"
+    )
+    ap.add_argument("--threads", type=int, default=0, help="torch threads of the server (0 = default)")
+    ap.add_argument("--max_batch", type=int, default=32, help="the scheduler's rows at once")
+    ap.add_argument("--serve-child", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_child:
+        serve_child(args.serve_child, args.threads, args.max_batch)
+        return
+    import httpx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = args.model or str(build_checkpoint(Path(tmp)))
+        cmd = [
+            sys.executable,
+            __file__,
+            "--serve-child",
+            ckpt,
+            "--threads",
+            str(args.threads),
+            "--max_batch",
+            str(args.max_batch),
+        ]
+        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        try:
+            port = int(child.stdout.readline())
+            url = f"http://127.0.0.1:{port}"
+            for _ in range(300):
+                try:
+                    httpx.get(url + "/health").raise_for_status()
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            health = httpx.get(url + "/health").json()
+            print(
+                f"server: {ckpt} ({health['arch']}), pid {child.pid}, {url}; max_batch {args.max_batch}, "
+                f"{args.seconds:g} s per level, {args.max_tokens} new tokens per request, load {os.getloadavg()}"
+            )
+            results = {}
+            header = f"{'clients':>7} {'requests':>8} {'errors':>6} {'tokens':>7} {'tok/s':>8} {'lat p50':>8} {'lat p99':>8} {'ttft p50':>8} {'ttft p99':>8}"
+            print(header)
+            for n in (int(x) for x in args.levels.split(",")):
+                r = asyncio.run(level(url, n, args.seconds, args.max_tokens))
+                results[n] = r
+                tps = r["tokens"] / r["wall"]
+                print(
+                    f"{n:>7} {len(r['latency']):>8} {len(r['errors']):>6} {r['tokens']:>7} {tps:>8.1f} "
+                    f"{pct(r['latency'], 0.5):>7.2f}s {pct(r['latency'], 0.99):>7.2f}s "
+                    f"{pct(r['ttft'], 0.5):>7.2f}s {pct(r['ttft'], 0.99):>7.2f}s",
+                    flush=True,
+                )
+                for e in sorted(set(r["errors"]))[:5]:
+                    print(f"        error: {e}")
+            stats = httpx.get(url + "/health").json()["stats"]
+            print(f"scheduler: {stats}")
+            if 1 in results:
+                base = results[1]["tokens"] / results[1]["wall"]
+                for n, r in results.items():
+                    if n != 1:
+                        ratio = (r["tokens"] / r["wall"]) / base
+                        goal = " (goal >= 4x)" if n == 16 else ""
+                        print(f"aggregate tokens/s, {n} clients vs 1: {ratio:.2f}x{goal}")
+            print(f"load average after: {os.getloadavg()}")
+        finally:
+            child.terminate()
+            child.wait(10)
+
+
+if __name__ == "__main__":
+    main()
