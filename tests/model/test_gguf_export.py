@@ -225,3 +225,27 @@ def test_non_bpe_tokenizer_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="byte-level BPE"):
         export_gguf(ckpt, tmp_path / "m.gguf")
     assert not (tmp_path / "m.gguf").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", [{}, {"tie_embeddings": False, "bias": True, "rope_theta": 500.0}])
+def test_llama_cpp_runs_the_file_with_our_logits_and_tokens(tmp_path: Path, overrides: dict) -> None:
+    """Optional: only where llama-cpp-python is installed (it compiles llama.cpp; CI does not)."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (optional)")
+    from lmforge.tokenizer.train import load_tokenizer
+
+    ckpt = tiny_checkpoint(tmp_path, **overrides)
+    model = export_gguf(ckpt, tmp_path / "m.gguf")
+    llm = llama_cpp.Llama(
+        model_path=str(tmp_path / "m.gguf"), n_ctx=32, n_batch=32, logits_all=True, n_threads=1, verbose=False
+    )
+    tok = load_tokenizer(ckpt / "tokenizer.json")
+    text = "the cat sat on a mat, and the dog ran to the park!"
+    assert llm.tokenize(text.encode(), add_bos=False) == tok.encode(text, add_special_tokens=False).ids
+    assert llm.tokenize(text.encode(), add_bos=True)[0] == tok.token_to_id("<|bos|>")
+    ids = [0] + tok.encode(text, add_special_tokens=False).ids
+    llm.eval(ids)
+    theirs = torch.from_numpy(np.array(llm.scores[: len(ids)], dtype=np.float32))
+    with torch.no_grad():
+        ours = model(torch.tensor([ids]))[0]
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-4)

@@ -224,3 +224,23 @@ def test_method_help_lists_every_option(command: str, method: str, capsys) -> No
     for key, tp, default, meaning in describe(module.Config):
         assert f"--{key} " in out and meaning in out and f"type: {tp}; default: {default}" in out
     assert cli_main([command, "--help"]) == 0 and f"  {method} " in capsys.readouterr().out
+
+
+def test_recipe_runs_export_and_import_stages(tmp_path: Path) -> None:
+    import yaml
+
+    ckpt = checkpoint(tmp_path)
+    recipe = {
+        "stages": {
+            "export-hf": {"stage": "export.hf", "model": str(ckpt)},
+            "export-gguf": {"stage": "export.gguf", "model": str(ckpt), "dtype": "f16"},
+            "import": {"stage": "import.hf", "model": "@export-hf"},
+        }
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert cli_main(["run", str(path), "--out", str(tmp_path / "run"), "-q"]) == 0
+    for stage in ("export-hf", "export-gguf", "import"):
+        manifest = json.loads((tmp_path / "run" / stage / "manifest.json").read_text())
+        assert manifest["status"] == "complete", stage
+    assert (tmp_path / "run" / "import" / "ckpt" / "step_0" / "DONE").is_file()
