@@ -209,3 +209,20 @@ def test_two_rounds_of_the_loop_through_the_run_store(align_dir, tmp_path):
         json.loads(line) for line in (run_dir / "collect_r2" / "rankings.jsonl").read_text().splitlines()
     ]
     assert rec["annotator"] == "bob" and rec["model"] == str(run_dir / "dpo_r1")
+
+
+def test_rankings_are_never_discarded_by_a_changed_collection(align_dir, tmp_path):
+    from lmforge.config import ConfigError
+    from lmforge.stages.align.collect import Config, main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("say good\n")
+    out = tmp_path / "collect"
+    out.mkdir()
+    (out / "rankings.jsonl").write_text('{"item": "p0", "annotator": "a"}\n')
+    (out / "manifest.json").write_text(json.dumps({"status": "complete", "cache_key": "old", "outputs": {}}))
+    cfg = Config(model=str(align_dir / "decoder"), prompts=str(prompts), out=str(out), n_responses=2,
+                 max_new_tokens=4, port=0, max_rankings=1, device="cpu")  # fmt: skip
+    with pytest.raises(ConfigError, match="never discarded"):
+        main(cfg)
+    assert (out / "rankings.jsonl").read_text() == '{"item": "p0", "annotator": "a"}\n'

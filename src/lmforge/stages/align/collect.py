@@ -175,6 +175,13 @@ def load_or_sample(cfg: Config, ctx: StageContext) -> tuple[list[Any], int]:
             items = [RankItem(r["item"], r["prompt"], r["responses"]) for r in rows]
             logger.info("%d items from %s (not sampled again)", len(items), here)
             return items, int(info["dropped"])
+    kept = previous / RANKINGS
+    if kept.is_file() and kept.stat().st_size and not (ctx.dir / RANKINGS).is_file():
+        raise ConfigError(
+            "out",
+            f"{previous} holds rankings of replies sampled with another model, prompts or sampling "
+            "settings; people's rankings are never discarded: choose a new --out (or move that directory)",
+        )
     items, dropped = sample_items(cfg, ctx)
     text = "".join(
         json.dumps({"item": i.id, "prompt": i.prompt, "responses": i.responses}, ensure_ascii=False) + "\n"
