@@ -20,6 +20,9 @@ class ConfigError(LmforgeError, ValueError):
         self.message = message
         super().__init__(f"{key}: {message}" if key else message)
 
+    def __reduce__(self) -> tuple:  # picklable with both arguments (errors cross process boundaries)
+        return (ConfigError, (self.key, self.message))
+
     def under(self, prefix: str) -> ConfigError:
         """Return the same error with ``prefix.`` put before its key (used when nesting configs)."""
         if not prefix:

@@ -29,7 +29,9 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     return run / "tokenizer"
 
 
-def pretrain(tokenizer_dir: Path, out: Path, batch: int, nproc: int = 1, strategy: str = "ddp") -> list[dict]:
+def pretrain(
+    tokenizer_dir: Path, out: Path, batch: int, nproc: int = 1, strategy: str = "ddp", procs: int = 1
+) -> list[dict]:
     args = [
         "pretrain",
         f"--tokenizer={tokenizer_dir}",
@@ -46,6 +48,7 @@ def pretrain(tokenizer_dir: Path, out: Path, batch: int, nproc: int = 1, strateg
         "--eval_tokens=512",
         "--grad_accum=2",
         f"--strategy={strategy}",
+        f"--procs={procs}",
         "--device=cpu",
         "--threads=1",
         "-q",
@@ -77,3 +80,37 @@ def test_two_ranks_equal_one_rank_with_twice_the_batch(tokenizer_dir, tmp_path, 
 
     model, cfg = load_model(resolve_checkpoint(tmp_path / strategy, "last"))
     assert cfg.n_layer == 2
+
+
+@pytest.mark.slow
+def test_procs_starts_local_ranks_that_equal_one_rank_with_twice_the_batch(tokenizer_dir, tmp_path):
+    """``procs: 2`` (no torchrun) runs the same 2-rank job; its manifest and checkpoints are complete."""
+    single = pretrain(tokenizer_dir, tmp_path / "single", batch=8)
+    local = pretrain(tokenizer_dir, tmp_path / "procs", batch=4, procs=2)
+    assert [r["step"] for r in local] == list(range(1, 7))
+    for a, b in zip(single, local):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-5)
+    m = json.loads((tmp_path / "procs" / "manifest.json").read_text())
+    assert m["status"] == "complete" and m["metrics"]["world_size"] == 2
+
+
+def test_procs_reports_a_rank_error_in_the_parent(tokenizer_dir, tmp_path):
+    """An error raised inside a local rank reaches the command as a clear message, not a hang."""
+    from lmforge.config import from_dict
+    from lmforge.errors import ConfigError
+    from lmforge.stages import pretrain as stage
+
+    cfg = from_dict(
+        stage.Config,
+        {
+            "tokenizer": str(tokenizer_dir),
+            "out": str(tmp_path / "bad"),
+            "procs": 2,
+            "threads": 1,
+            "max_steps": 2,
+            "warmup_steps": 0,
+            "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "vocab_size": 8},
+        },
+    )
+    with pytest.raises(ConfigError, match="smaller than the tokenizer"):
+        stage.main(cfg)

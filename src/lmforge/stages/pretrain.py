@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -72,6 +73,11 @@ class Config:
     threads: int = opt(0, "CPU threads for torch (0 = one per core)")
     early_stop_patience: int = opt(0, "stop after this many evaluations without val improvement (0 = off)")
     early_stop_min_delta: float = opt(0.0, "val loss must improve by more than this to count")
+    procs: int = opt(
+        1,
+        "data-parallel CPU processes started by this command (gloo, no torchrun needed); small models "
+        "train faster as N single-threaded ranks than as one N-thread process; batch_size is per rank",
+    )
     strategy: Literal["ddp", "fsdp"] = opt(
         "ddp", "data parallelism under torchrun: ddp, or fsdp (FSDP2 per block)"
     )
@@ -80,7 +86,15 @@ class Config:
     )
 
     def validate(self) -> None:
-        for key in ("batch_size", "grad_accum", "max_steps", "eval_every", "ckpt_every", "log_every"):
+        for key in (
+            "batch_size",
+            "grad_accum",
+            "max_steps",
+            "eval_every",
+            "ckpt_every",
+            "log_every",
+            "procs",
+        ):
             if getattr(self, key) < 1:
                 raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
         if not 0 <= self.warmup_steps <= self.max_steps:
@@ -124,7 +138,19 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
 
 
 def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
-    """The pretraining loop (every rank of a torchrun job runs it); returns the final metrics."""
+    """The pretraining loop (every rank of a torchrun job runs it); returns the final metrics.
+
+    With ``procs`` > 1 outside torchrun, it starts that many local ranks that each run this loop.
+    """
+    from lmforge.training import distributed as ddp
+
+    if cfg.procs > 1 and ddp.world()[1] == 1:
+        threads = cfg.threads or max(1, (os.cpu_count() or 1) // cfg.procs)
+        per_rank = dataclasses.replace(cfg, threads=threads)
+        log.info("training on %d local ranks, %d thread(s) each", cfg.procs, threads)
+        return ddp.run_local_ranks(
+            cfg.procs, train, per_rank, dataclasses.replace(ctx, metrics=None), log_file=ctx.dir / "stage.log"
+        )
     import torch
 
     from lmforge.eval.lm import evaluate_lm
@@ -135,7 +161,6 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     from lmforge.tokenizer.shards import open_tokens
     from lmforge.tokenizer.train import load_tokenizer, token_byte_lengths
     from lmforge.training import checkpoint as ckpt
-    from lmforge.training import distributed as ddp
     from lmforge.training.flops import matmul_peak
     from lmforge.training.objectives import PretrainObjective
     from lmforge.training.optim import build_optimizers, lr_at

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -125,3 +127,103 @@ def shutdown() -> None:
     """Leave the process group if this process joined one."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def run_local_ranks(n: int, fn: Callable[..., Any], *args: Any, log_file: Path | None = None) -> Any:
+    """Run ``fn(*args)`` on ``n`` processes of this machine joined as one gloo job; return rank 0's value.
+
+    This is what ``procs: N`` in a training config does without ``torchrun``: on a CPU, small models
+    run faster as N single-threaded data-parallel ranks than as one process with N threads (measured
+    in docs/performance.md), because their matmuls are too small to split well across threads. Each
+    rank is a fresh ``spawn``-ed interpreter with torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK,
+    MASTER_ADDR/PORT on loopback), so the training code runs exactly as under ``torchrun``. A rank dies
+    with its parent (Linux ``PR_SET_PDEATHSIG``), so a killed command leaves no orphan ranks behind.
+
+    Raises:
+        the exception rank 0 (or the first failing rank) raised, re-raised here; ``RuntimeError`` when a
+        rank exits abnormally without one (e.g. killed).
+    """
+    import multiprocessing as mp
+    import socket
+
+    with socket.socket() as s:  # a free loopback port for the rendezvous (closed before the ranks bind it)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    level = logging.getLogger("lmforge").getEffectiveLevel()
+    ranks = [
+        ctx.Process(target=_rank_main, args=(r, n, port, level, log_file, queue, fn, args), daemon=False)
+        for r in range(n)
+    ]
+    for p in ranks:
+        p.start()
+    result: Any = None
+    error: BaseException | None = None
+    try:
+        while any(p.is_alive() for p in ranks):
+            for p in ranks:
+                p.join(timeout=0.2)
+            failed = [p for p in ranks if p.exitcode not in (None, 0)]
+            if failed:
+                break
+    finally:
+        while not queue.empty():
+            rank, ok, value = queue.get()
+            if ok and rank == 0:
+                result = value
+            elif not ok and error is None:
+                error = value
+        for p in ranks:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+    if error is not None:
+        raise error
+    bad = [(r, p.exitcode) for r, p in enumerate(ranks) if p.exitcode != 0]
+    if bad:
+        raise RuntimeError(f"local data-parallel rank {bad[0][0]} exited with code {bad[0][1]}")
+    return result
+
+
+def _rank_main(
+    rank: int,
+    world_size: int,
+    port: int,
+    level: int,
+    log_file: Path | None,
+    queue: Any,
+    fn: Callable[..., Any],
+    args: tuple,
+) -> None:
+    """Body of one rank started by :func:`run_local_ranks`."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):  # die with the parent, even on SIGKILL
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    from lmforge.log import add_file_handler, setup_logging
+
+    setup_logging(quiet=level > logging.INFO or rank != 0, verbose=level < logging.INFO)
+    if log_file is not None and rank == 0:
+        add_file_handler(log_file)
+    try:
+        value = fn(*args)
+        queue.put((rank, True, value if rank == 0 else None))
+    except BaseException as e:  # hand the error to the parent, which re-raises it
+        try:
+            queue.put((rank, False, e))
+        except Exception:  # an exception that does not pickle
+            queue.put((rank, False, RuntimeError(f"rank {rank}: {type(e).__name__}: {e}")))
+        raise SystemExit(1) from None
+    finally:
+        shutdown()
