@@ -52,6 +52,7 @@ class Config:
     port: int = opt(8765, "port of the ranking page (0 = any free port)")
     max_rankings: int = opt(0, "finish once the store holds this many rankings (0 = until Ctrl-C)")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
+    threads: int = opt(0, "CPU threads for torch (0 = one per core)", cache=False)
 
     def validate(self) -> None:
         if not self.prompts:
@@ -116,7 +117,7 @@ def sample_items(cfg: Config, ctx: StageContext) -> tuple[list[Any], int]:
     log_problems(problems, "prompts")
     if not prompts:
         raise ConfigError("prompts", f"no prompts in {ctx.inputs['prompts']}")
-    rt = create_runtime(cfg.device, "fp32", seed=cfg.seed)
+    rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
     ckpt_dir = resolve_checkpoint(ctx.inputs["model"], cfg.checkpoint)
     model, mcfg = load_model(ckpt_dir, device=rt.device)
     model.eval()
