@@ -68,7 +68,8 @@ def main() -> None:
     print(
         f"load average: {load_before[0]:.2f} before (5-min {load_before[1]:.2f}); during the run mean "
         f"{sum(samples) / max(len(samples), 1):.2f}, max {max(samples, default=0.0):.2f}; "
-        f"{os.cpu_count()} cores, training threads {config['threads'] or os.cpu_count()}"
+        f"{os.cpu_count()} cores; training on {config.get('procs', 1)} process(es) x "
+        f"{config['threads'] or max(1, (os.cpu_count() or 1) // config.get('procs', 1))} thread(s)"
     )
     print(
         f"pretrain: {metrics['steps']} steps ({config['max_steps']} planned) in {metrics['train_time_s']:.1f} s "

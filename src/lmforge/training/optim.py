@@ -143,6 +143,7 @@ def build_optimizers(
     lr: float,
     weight_decay: float,
     betas: tuple[float, float] = (0.9, 0.95),
+    ns_steps: int = 5,
 ) -> list[torch.optim.Optimizer]:
     """The optimisers of a training loop: ``[AdamW]``, or ``[Muon, AdamW]`` for ``kind="muon"``.
 
@@ -150,7 +151,9 @@ def build_optimizers(
     matrix with Newton–Schulz iterations. It takes the 2-D weights inside the transformer blocks; the
     embeddings, the output head, norms and biases stay on AdamW, as its authors recommend. Its learning
     rate is rescaled to match AdamW's update RMS (``adjust_lr_fn="match_rms_adamw"``, Liu et al. 2025,
-    Moonlight), so one ``lr`` and one schedule serve both.
+    Moonlight), so one ``lr`` and one schedule serve both. ``ns_steps`` Newton–Schulz iterations (5 as
+    torch; 3 costs 40% less). Under DDP the iterations are shared out over the ranks
+    (``training/muon.py``).
 
     Raises:
         ValueError: an unknown ``kind``, or the arguments ``build_optimizer`` refuses.
@@ -164,7 +167,11 @@ def build_optimizers(
     ]
     ids = {id(p) for p in hidden}
     rest = nn.ParameterList([p for p in model.parameters() if p.requires_grad and id(p) not in ids])
-    muon = torch.optim.Muon(hidden, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+    from lmforge.training.muon import ShardedMuon  # torch.optim.Muon, its work split over DDP ranks
+
+    muon = ShardedMuon(
+        hidden, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw", ns_steps=ns_steps
+    )
     logger.info(
         "Muon: %d matrices (%d params); the rest on AdamW", len(hidden), sum(p.numel() for p in hidden)
     )

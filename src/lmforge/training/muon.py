@@ -1,0 +1,73 @@
+"""Muon with its Newton–Schulz work shared out over data-parallel ranks.
+
+Muon (Jordan et al. 2024, https://kellerjordan.github.io/posts/muon/) orthogonalises each hidden
+matrix's momentum with a few Newton–Schulz iterations. On a small model that arithmetic costs about as
+much as the forward and backward pass (docs/performance.md), and under plain DDP every rank repeats it
+for every matrix. :class:`ShardedMuon` gives each matrix to one rank (matrix ``i`` to rank
+``i % world_size``): every rank updates every momentum buffer (cheap, so optimiser state stays identical
+on all ranks and checkpoints stay full), only the owner orthogonalises and applies the update, and each
+rank then broadcasts its updated matrices as one flat buffer. This is the distributed layout of
+Moonlight's Muon (Liu et al. 2025, https://arxiv.org/abs/2502.16982), for DDP.
+
+Alone (no process group) it is exactly ``torch.optim.Muon``: it calls torch's own Newton–Schulz and
+learning-rate adjustment, so single-process results match it bit for bit (tested), and with N ranks
+every parameter ends each step equal to what one process computes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch.optim import Muon
+from torch.optim._muon import _adjust_lr, _zeropower_via_newtonschulz
+
+
+class ShardedMuon(Muon):
+    """``torch.optim.Muon`` whose Newton–Schulz iterations are split over the ranks of a DDP job.
+
+    Takes ``torch.optim.Muon``'s arguments. Requires every rank to hold the same parameters in the same
+    order with the same (all-reduced) gradients, which DDP guarantees.
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D401 - torch's signature
+        """One optimisation step (``closure`` as torch optimisers take it)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+        for group in self.param_groups:
+            lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
+            params = [p for p in group["params"] if p.grad is not None]
+            for i, p in enumerate(params):
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - momentum)
+                if i % world != rank:
+                    continue
+                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
+                update = _zeropower_via_newtonschulz(
+                    update, group["ns_coefficients"], group["ns_steps"], group["eps"]
+                )
+                p.mul_(1 - lr * wd)
+                p.add_(update, alpha=-_adjust_lr(lr, group["adjust_lr_fn"], p.shape))
+            if distributed:
+                for owner in range(world):  # each rank's updated matrices, as one flat buffer
+                    mine = params[owner::world]
+                    if not mine:
+                        continue
+                    if owner == rank:
+                        flat = torch.cat([p.reshape(-1) for p in mine])
+                    else:
+                        flat = torch.empty(sum(p.numel() for p in mine), dtype=mine[0].dtype)
+                    dist.broadcast(flat, src=owner)
+                    if owner != rank:
+                        offset = 0
+                        for p in mine:
+                            p.copy_(flat[offset : offset + p.numel()].view_as(p))
+                            offset += p.numel()
+        return loss
