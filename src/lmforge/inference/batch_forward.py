@@ -9,15 +9,24 @@ keys. The math is the decoder's (decoder.py lists it: RoPE, learned, sinusoidal 
 GQA, QK-norm, every norm and MLP kind), read from the decoder's own modules, so a LoRA-wrapped projection
 still works; it is written again here only because the decoder's forward has no per-row positions.
 
-Speed (cached decoding at small batch is bound by per-op overhead and weight reads): for plain
-``nn.Linear`` projections q/k/v and gate/up run as one matmul each over concatenated weights, built by
-``refresh()`` and rebuilt only when a parameter changed since (tensor version counters, so an optimiser
-step between generations is seen); residual additions are fused into the o_proj/down_proj matmuls
-(``addmm``); only the last position's logits are computed when ``last_only``. RoPE is one complex
-multiply: the rows of q and k are permuted once so each half-split pair (i, i + Q/2) is adjacent
-(the decoder's training path does the same); keys are cached in that order, and since q and k are
-permuted alike their dot products are unchanged. Wrapped projections (e.g. LoRA) keep their modules
-and have their outputs permuted instead.
+Speed (cached decoding at small batch is bound by per-op overhead and weight reads; measurements in
+docs/performance.md, "Decoding"): for plain ``nn.Linear`` projections q/k/v and gate/up run as one
+matmul each over concatenated weights, built by ``refresh()`` and rebuilt only when a parameter changed
+since (tensor version counters, so an optimiser step between generations is seen); residual additions
+are fused into the o_proj/down_proj matmuls (``addmm``); only the last position's logits are computed
+when ``last_only``; a batch without padding (one prompt, or prompts of equal length) takes its
+positions as a slice and needs no mask. RoPE is one complex multiply: the rows of q and k are permuted
+once so each half-split pair (i, i + Q/2) is adjacent (the decoder's training path does the same); keys
+are cached in that order, and since q and k are permuted alike their dot products are unchanged. In
+fp32 the rotated keys are written straight into the cache (``torch.mul(..., out=)``), with no copy.
+Wrapped projections (e.g. LoRA) keep their modules and have their outputs permuted instead.
+
+``weights="int8"`` (opt-in, not exact): every plain projection and ``lm_head`` whose input width is a
+multiple of 16 is quantised once per ``refresh()`` to int8 with one fp32 scale per output row
+(symmetric, round to nearest), and multiplied by ``torch._weight_int8pack_mm`` with bf16 inputs; the
+residual stream, norms, RoPE, attention and the cache stay in the model's dtype. A decode step is a
+pass over every weight, so a quarter of the bytes is most of the speed-up; outputs are close to, not
+equal to, the exact model's (docs/performance.md gives the greedy agreement).
 
 Shape notation: B batch, T new tokens, S filled cache columns, D n_embd, H heads, K kv heads, Q head_dim.
 """
@@ -31,23 +40,34 @@ from torch import nn
 from lmforge.model.decoder import Decoder
 from lmforge.model.kv_cache import KVCache
 
+WEIGHT_FORMATS = ("exact", "int8")
+
 
 class RaggedForward:
     """Cached forward of a ``Decoder`` over a left-padded batch (module docstring).
 
     Args:
         model: the decoder; its parameters are read at every call (only fused copies are kept).
+        weights: ``"exact"`` (the model's own weights) or ``"int8"`` (weight-only int8, module docstring).
+
+    Raises:
+        TypeError: ``model`` is not a ``Decoder``.
+        ValueError: an unknown ``weights`` format.
 
     Use: ``new_cache(pad, max_len)``, ``refresh()``, then ``__call__(idx, cache)`` for the prefill and
     each decode step.
     """
 
-    def __init__(self, model: Decoder):
+    def __init__(self, model: Decoder, weights: str = "exact"):
         if not isinstance(model, Decoder):
             raise TypeError(f"RaggedForward needs an lmforge Decoder, got {type(model).__name__}")
+        if weights not in WEIGHT_FORMATS:
+            raise ValueError(f"weights: expected one of {WEIGHT_FORMATS}, got {weights!r}")
         self.model = model
         self.cfg = model.config
+        self.weights = weights
         self._layers: list[_Layer] = []
+        self._head: _Matmul | None = None
         self._key: tuple = ()
         Q = self.cfg.head_dim
         self._perm = torch.arange(Q).view(2, Q // 2).t().reshape(Q)  # channel order (0, Q/2, 1, Q/2+1, ...)
@@ -62,14 +82,16 @@ class RaggedForward:
         return cache
 
     def refresh(self) -> None:
-        """(Re)build the fused weights if any block parameter changed since the last build (a new
-        parameter, e.g. a LoRA adapter applied after the engine was made, counts as a change)."""
-        key = tuple(
-            (id(p), p.data_ptr(), p._version) for block in self.model.blocks for p in block.parameters()
-        )
+        """(Re)build the fused weights if any parameter changed since the last build (a new parameter,
+        e.g. a LoRA adapter applied after the engine was made, counts as a change)."""
+        key = tuple((id(p), p.data_ptr(), p._version) for p in self.model.parameters())
         if key != self._key:
-            rope = self.cfg.pos == "rope"
-            self._layers = [_Layer(b, self._perm if rope else None) for b in self.model.blocks]
+            int8 = self.weights == "int8"
+            perm = self._perm if self.cfg.pos == "rope" else None
+            self._layers = [_Layer(b, perm, int8) for b in self.model.blocks]
+            self._head = _Matmul(self.model.lm_head.weight.detach(), None, int8)
+            if self._freqs is not None:
+                self._freqs = self._freqs.to(self.model.tok_emb.weight.device)
             self._key = key
 
     @torch.no_grad()
@@ -87,46 +109,56 @@ class RaggedForward:
         start = cache.pos
         cache.check(B, T)
         pad = cache.pad  # [B]
-        cols = torch.arange(start, start + T, device=idx.device)  # [T]
-        pos = (cols[None, :] - pad[:, None]).clamp_(min=0)  # [B, T] true positions (pad columns: 0)
-        if start + T - int(pad.min()) > cfg.block_size:
-            raise ValueError(
-                f"a row reaches position {start + T - int(pad.min())} > block_size {cfg.block_size}"
-            )
-        x = model.tok_emb(idx)  # [B, T, D]
+        pad_min, pad_max = (int(v) for v in torch.aminmax(pad))
+        if start + T - pad_min > cfg.block_size:
+            raise ValueError(f"a row reaches position {start + T - pad_min} > block_size {cfg.block_size}")
+        ragged = pad_max > 0
+        pos = None
+        if ragged:
+            cols = torch.arange(start, start + T, device=idx.device)  # [T]
+            pos = (cols[None, :] - pad[:, None]).clamp_(min=0)  # [B, T] true positions (pad columns: 0)
+        x = F.embedding(idx, model.tok_emb.weight)  # [B, T, D]
         if model.pos_emb is not None:
-            x = x + model.pos_emb(pos)
+            x = x + (model.pos_emb(pos) if ragged else model.pos_emb.weight[start : start + T])
         elif cfg.pos == "sinusoidal":
-            x = x + model.pos_table[pos].to(x.dtype)
+            x = x + (model.pos_table[pos] if ragged else model.pos_table[start : start + T]).to(x.dtype)
         freqs = None
-        if self._freqs is not None:
-            freqs = self._freqs.to(x.device)[pos][:, :, None]  # [B, T, 1, Q/2] complex
-        mask = self._mask(cols, pad, x.dtype)
+        if self._freqs is not None:  # [B or 1, T, 1, Q/2] complex
+            freqs = self._freqs[pos][:, :, None] if ragged else self._freqs[start : start + T][None, :, None]
+        mask = self._mask(start, T, pad, ragged, x.dtype)
+        ks, vs = cache.k.unbind(0), cache.v.unbind(0)  # per-layer views [B, K, max_len, Q]
+        x = x.view(B * T, -1)  # the residual stream, [B*T, D]
         for layer, (block, fused) in enumerate(zip(model.blocks, self._layers)):
-            x = self._attention(block.attn, fused, _norm(block.attn_norm, x), x, freqs, mask, cache, layer)
+            h = _norm(block.attn_norm, x)
+            x = self._attention(block.attn, fused, h, x, B, freqs, mask, cache, layer, ks[layer], vs[layer])
             x = self._mlp(block.mlp, fused, _norm(block.mlp_norm, x), x)
         cache.advance(T)
+        x = x.view(B, T, -1)
         if last_only:
-            x = x[:, -1:]
-        return model.lm_head(_norm(model.norm, x))  # [B, T or 1, V]
+            x = x[:, -1]
+        x = _norm(model.norm, x)
+        assert self._head is not None
+        return self._head(x.reshape(-1, x.shape[-1])).view(B, -1, cfg.vocab_size)  # [B, T or 1, V]
 
-    def _mask(self, cols: torch.Tensor, pad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | str | None:
-        """Attention mask for queries at columns ``cols`` over keys ``0 .. cols[-1]``.
+    def _mask(
+        self, start: int, T: int, pad: torch.Tensor, ragged: bool, dtype: torch.dtype
+    ) -> torch.Tensor | str | None:
+        """Attention mask for queries at columns ``start .. start+T-1`` over keys ``0 .. start+T-1``.
 
         Bool ``[B, 1, T, S]`` (True = attend): causal, and no padding column — except that a padding
         query sees itself, so its (unused) output stays finite. ALiBi gets a float bias instead.
         ``None`` when nothing needs masking (one token step without padding or ALiBi), and the string
         ``"causal"`` for a prefill from column 0 without padding (SDPA's built-in causal mask is faster).
         """
-        S = int(cols[-1]) + 1
+        S = start + T
         alibi = self.cfg.pos == "alibi"
-        if not alibi and int(pad.max()) == 0:
-            if len(cols) == 1:
+        if not alibi and not ragged:
+            if T == 1:
                 return None
-            if int(cols[0]) == 0:
+            if start == 0:
                 return "causal"
-        keys = torch.arange(S, device=cols.device)  # [S]
-        distance = keys[None, :] - cols[:, None]  # [T, S]
+        keys = torch.arange(S, device=pad.device)  # [S]
+        distance = keys[None, :] - torch.arange(start, S, device=pad.device)[:, None]  # [T, S]
         allowed = (distance <= 0)[None] & (keys[None, None, :] >= pad[:, None, None])  # [B, T, S]
         allowed = allowed | (distance == 0)[None]
         if not alibi:
@@ -141,58 +173,98 @@ class RaggedForward:
         fused: _Layer,
         h: torch.Tensor,
         residual: torch.Tensor,
+        B: int,
         freqs: torch.Tensor | None,
         mask: torch.Tensor | str | None,
         cache: KVCache,
         layer: int,
+        k_layer: torch.Tensor,
+        v_layer: torch.Tensor,
     ) -> torch.Tensor:
-        """``residual + attention(h)``, ``[B, T, D]``."""
-        B, T, _ = h.shape
+        """``residual + attention(h)`` for ``h`` and ``residual`` ``[B*T, D]``; returns ``[B*T, D]``."""
+        T = h.shape[0] // B
         H, K, Q = attn.n_head, attn.n_kv_head, attn.head_dim
-        if (
-            fused.qkv is not None and attn.q_norm is None and freqs is not None
-        ):  # the common case: one rotation
-            qk, v = F.linear(h, fused.qkv, fused.qkv_bias).view(B, T, H + 2 * K, Q).split((H + K, K), dim=2)
-            q, k = _rotate(qk, freqs).split((H, K), dim=2)
-            freqs = None  # done
-        elif fused.qkv is not None:
-            q, k, v = F.linear(h, fused.qkv, fused.qkv_bias).view(B, T, H + 2 * K, Q).split((H, K, K), dim=2)
+        start, end = cache.pos, cache.pos + T
+        if fused.qkv is not None:
+            q, k, v = fused.qkv(h).view(B, T, H + 2 * K, Q).split((H, K, K), dim=2)
         else:
+            h3 = h.view(B, T, -1)
             q, k, v = (
-                attn.q_proj(h).view(B, T, H, Q),
-                attn.k_proj(h).view(B, T, K, Q),
-                attn.v_proj(h).view(B, T, K, Q),
+                attn.q_proj(h3).view(B, T, H, Q),
+                attn.k_proj(h3).view(B, T, K, Q),
+                attn.v_proj(h3).view(B, T, K, Q),
             )
             if freqs is not None:  # wrapped projections: permute their outputs instead of the weights
                 q, k = q[..., self._perm], k[..., self._perm]
         if attn.q_norm is not None:
             q = F.rms_norm(q, (Q,), fused.q_norm, attn.q_norm.eps)
             k = F.rms_norm(k, (Q,), fused.k_norm, attn.k_norm.eps)
-        if freqs is not None:
-            q, k = _rotate(q, freqs), _rotate(k, freqs)
-        k, v = cache.update(layer, k.transpose(1, 2), v.transpose(1, 2))  # [B, K, S, Q]
-        if K != H:
-            k = k.repeat_interleave(H // K, dim=1)  # [B, H, S, Q]
-            v = v.repeat_interleave(H // K, dim=1)
+        if freqs is not None and k.dtype == k_layer.dtype == torch.float32:  # rotate k into the cache
+            k_slot = k_layer[:, :, start:end].transpose(1, 2)  # [B, T, K, Q] view of the cache
+            torch.mul(_complex(k), freqs, out=_complex(k_slot))
+            v_layer[:, :, start:end].transpose(1, 2).copy_(v)
+            keys, values = k_layer[:, :, :end], v_layer[:, :, :end]  # [B, K, S, Q]
+            q = torch.view_as_real(_complex(q) * freqs).flatten(-2)
+        else:
+            if freqs is not None:
+                q, k = _rotate(q, freqs), _rotate(k, freqs)
+            keys, values = cache.update(layer, k.transpose(1, 2), v.transpose(1, 2))  # [B, K, S, Q]
         q = q.transpose(1, 2)  # [B, H, T, Q]
         if isinstance(mask, str):
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [B, H, T, Q]
+            y = F.scaled_dot_product_attention(q, keys, values, is_causal=True, enable_gqa=K != H)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return _linear_add(attn.o_proj, y.transpose(1, 2).reshape(B, T, H * Q), residual)
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=K != H)
+        y = y.transpose(1, 2).reshape(B * T, H * Q)  # [B*T, H*Q]
+        if fused.o is not None:
+            return fused.o.add(y, residual)
+        return residual + attn.o_proj(y)
 
     def _mlp(self, mlp: nn.Module, fused: _Layer, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """``residual + mlp(h)``, ``[B, T, D]``."""
+        """``residual + mlp(h)`` for ``[B*T, D]``."""
         if fused.gate_up is None:
             return residual + mlp(h)
-        g, u = F.linear(h, fused.gate_up, fused.gate_up_bias).chunk(2, dim=-1)  # [B, T, F] each
-        return _linear_add(mlp.down_proj, F.silu(g).mul_(u), residual)
+        g, u = fused.gate_up(h).chunk(2, dim=-1)  # [B*T, F] each
+        h = F.silu(g).mul_(u)
+        if fused.down is not None:
+            return fused.down.add(h, residual)
+        return residual + mlp.down_proj(h)
+
+
+class _Matmul:
+    """``x @ w.T (+ b)`` for 2-D ``x``, with the model's weight or its int8 weight-only copy.
+
+    int8: per output row ``scale = max|w| / 127`` and ``w8 = round(w / scale)``; inputs go in as bf16
+    (the int8 kernel's fast path) and outputs come back in the input's dtype. Input widths that are not
+    a multiple of 16 (the kernel's requirement) keep the exact weight.
+    """
+
+    def __init__(self, w: torch.Tensor, b: torch.Tensor | None, int8: bool):
+        self.w, self.b = w, b
+        self.wt = w.t()
+        self.w8 = self.scale = None
+        if int8 and w.shape[1] % 16 == 0:
+            scale = w.float().abs().amax(dim=1).clamp_(min=1e-12) / 127  # [N]
+            self.w8 = (w.float() / scale[:, None]).round_().clamp_(-127, 127).to(torch.int8)
+            self.scale = scale.to(torch.bfloat16)
+            self.w = self.wt = None  # the exact weight is not needed (and not kept alive) here
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.w8 is None:
+            return F.linear(x, self.w, self.b)
+        y = torch._weight_int8pack_mm(x.to(torch.bfloat16), self.w8, self.scale).to(x.dtype)
+        return y if self.b is None else y.add_(self.b)
+
+    def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``residual + self(x)``; one ``addmm`` for an exact bias-free weight."""
+        if self.w8 is None and self.b is None:
+            return torch.addmm(residual, x, self.wt)
+        return residual + self(x)
 
 
 class _Layer:
     """Fused (and, for RoPE, row-permuted) weights of one block; ``None`` where a layer is wrapped."""
 
-    def __init__(self, block: nn.Module, perm: torch.Tensor | None):
+    def __init__(self, block: nn.Module, perm: torch.Tensor | None, int8: bool):
         attn, mlp = block.attn, block.mlp
         Q = attn.head_dim
 
@@ -203,40 +275,44 @@ class _Layer:
                 b = None if b is None else b.view(-1, Q)[:, perm].reshape(b.shape)
             return w, b
 
-        self.qkv = self.qkv_bias = None
+        def plain(lin: nn.Module) -> _Matmul | None:
+            if type(lin) is not nn.Linear:
+                return None
+            return _Matmul(lin.weight.detach(), None if lin.bias is None else lin.bias.detach(), int8)
+
+        self.qkv = None
         if all(type(p) is nn.Linear for p in (attn.q_proj, attn.k_proj, attn.v_proj)):
             parts = [rows(attn.q_proj, True), rows(attn.k_proj, True), rows(attn.v_proj, False)]
-            self.qkv = torch.cat([w for w, _ in parts]).contiguous()  # [(H+2K)Q, D]
-            if parts[0][1] is not None:
-                self.qkv_bias = torch.cat([b for _, b in parts])
+            bias = None if parts[0][1] is None else torch.cat([b for _, b in parts])
+            self.qkv = _Matmul(torch.cat([w for w, _ in parts]).contiguous(), bias, int8)  # [(H+2K)Q, D]
         self.q_norm = self.k_norm = None
         if attn.q_norm is not None:
             self.q_norm, self.k_norm = attn.q_norm.weight.detach(), attn.k_norm.weight.detach()
             if perm is not None:
                 self.q_norm, self.k_norm = self.q_norm[perm], self.k_norm[perm]
-        self.gate_up = self.gate_up_bias = None
+        self.o, self.down = plain(attn.o_proj), plain(mlp.down_proj)
+        self.gate_up = None
         if mlp.gate_proj is not None and type(mlp.gate_proj) is type(mlp.up_proj) is nn.Linear:
-            self.gate_up = torch.cat(
-                [mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach()]
-            ).contiguous()
+            w = torch.cat([mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach()]).contiguous()
+            bias = None
             if mlp.up_proj.bias is not None:
-                self.gate_up_bias = torch.cat([mlp.gate_proj.bias.detach(), mlp.up_proj.bias.detach()])
+                bias = torch.cat([mlp.gate_proj.bias.detach(), mlp.up_proj.bias.detach()])
+            self.gate_up = _Matmul(w, bias, int8)  # [2F, D]
+
+
+def _complex(x: torch.Tensor) -> torch.Tensor:
+    """View fp32 ``x`` ``[..., Q]`` (RoPE pairs adjacent) as complex ``[..., Q/2]``, without a copy when
+    its strides allow."""
+    x = x.unflatten(-1, (-1, 2))
+    if x.stride(-1) != 1 or x.storage_offset() % 2 or any(s % 2 for s in x.stride()[:-1]):
+        x = x.contiguous()
+    return torch.view_as_complex(x)
 
 
 def _rotate(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     """RoPE on ``x`` ``[B, T, n, Q]`` whose pairs are adjacent channels, by complex ``freqs`` ``[B, T, 1, Q/2]``."""
     xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())
     return torch.view_as_real(xc * freqs).flatten(-2).to(x.dtype)
-
-
-def _linear_add(linear: nn.Module, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """``residual + linear(h)``, the addition fused into the matmul for a plain bias-free ``nn.Linear``."""
-    if type(linear) is nn.Linear and linear.bias is None:
-        flat = torch.addmm(
-            residual.reshape(-1, residual.shape[-1]), h.reshape(-1, h.shape[-1]), linear.weight.t()
-        )
-        return flat.view(residual.shape)
-    return residual + linear(h)
 
 
 def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -93,12 +93,14 @@ class Engine:
     Args:
         model: the decoder (put in eval mode for each call; its mode is restored afterwards).
         tokenizer: needed for text (``Completion.text``, event text, stop strings); ids work without.
+        weights: ``"exact"`` (default) or ``"int8"``: weight-only int8 matmuls, faster decoding with
+            outputs close to but not equal to the exact model's (``batch_forward.py``).
     """
 
-    def __init__(self, model: Decoder, tokenizer: Tokenizer | None = None):
+    def __init__(self, model: Decoder, tokenizer: Tokenizer | None = None, weights: str = "exact"):
         self.model = model
         self.tokenizer = tokenizer
-        self.forward = RaggedForward(model)
+        self.forward = RaggedForward(model, weights)
         self.block_size = model.config.block_size
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
@@ -242,33 +244,61 @@ def _select_rows(cache: KVCache, rows: torch.Tensor) -> None:
 
 class _TextState:
     """Incremental text of one row: releases text once it cannot be part of a stop string or an
-    incomplete UTF-8 character, and finds the first stop string."""
+    incomplete UTF-8 character, and finds the first stop string.
+
+    Detokenisation is incremental (as vLLM's ``detokenize_incrementally``): each token decodes a short
+    window ``ids[prefix:]`` that starts one stable chunk back (so decoders that join or strip at token
+    boundaries see their context), and the window's text past ``decode(ids[prefix:read])`` is appended
+    once it does not end in an incomplete character. The text equals ``decode(ids)`` (tested) at
+    O(1) cost per token instead of re-decoding the whole row, and stop strings are searched only where
+    a new one could end.
+    """
 
     def __init__(self, tok: Tokenizer, stop: Sequence[str]):
         self.tok, self.stop = tok, list(stop)
         self.hold = max((len(s) for s in self.stop), default=1) - 1
         self.ids: list[int] = []
-        self.text = ""
+        self.text = ""  # the stable text so far (what decode(ids[:read]) gives)
         self.released = 0
+        self.prefix = self.read = 0  # ids[prefix:read]: context of the window; ids[read:]: pending
+        self.prefix_text = ""  # decode(ids[prefix:read])
+
+    def _pending(self) -> tuple[str, bool]:
+        """Text of the pending ids and whether it is complete (no trailing replacement character)."""
+        window = self.tok.decode(self.ids[self.prefix :], skip_special_tokens=False)
+        if len(window) <= len(self.prefix_text) or not window.startswith(self.prefix_text):
+            window = self.tok.decode(self.ids, skip_special_tokens=False)  # no usable context: decode all
+            return window[len(self.text) :], not window.endswith("\ufffd")
+        return window[len(self.prefix_text) :], not window.endswith("\ufffd")
 
     def add(self, token: int) -> tuple[str, bool]:
         """Add a token; return ``(text released now, whether a stop string was found)``."""
         self.ids.append(token)
-        self.text = self.tok.decode(self.ids, skip_special_tokens=False)
-        cut = min((i for i in (self.text.find(s) for s in self.stop) if i >= 0), default=-1)
-        if cut >= 0:
-            self.text = self.text[:cut]
-            return self.flush(), True
+        new, complete = self._pending()
+        if not complete:
+            return "", False
+        before = len(self.text)
+        self.text += new
+        self.prefix_text = self.tok.decode(self.ids[self.read :], skip_special_tokens=False)
+        self.prefix, self.read = self.read, len(self.ids)
+        if self.stop:
+            since = max(0, before - self.hold)  # an earlier stop string would have been found already
+            cut = min((i for i in (self.text.find(s, since) for s in self.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                self.text = self.text[:cut]
+                return self.flush(), True
         safe = len(self.text) - self.hold
-        while safe > self.released and self.text[safe - 1] == "\ufffd":  # maybe half a character
-            safe -= 1
         if safe <= self.released:
             return "", False
         out, self.released = self.text[self.released : safe], safe
         return out, False
 
     def flush(self) -> str:
-        """Release everything not yet released."""
+        """Release everything not yet released (pending ids included, even if incomplete)."""
+        if self.read < len(self.ids):
+            self.text += self._pending()[0]
+            self.prefix = self.read = len(self.ids)
+            self.prefix_text = ""
         out, self.released = self.text[self.released :], len(self.text)
         return out
 
