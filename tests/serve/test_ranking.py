@@ -35,11 +35,13 @@ def call(store: RankingStore, method: str, url: str, **kw) -> httpx.Response:
 def test_page_items_and_a_valid_ranking(tmp_path):
     store = RankingStore(items(), tmp_path / "rankings.jsonl", meta={"model": "m"})
     page = call(store, "GET", "/")
-    assert page.status_code == 200 and "/static/rank.js" in page.text and "{{title}}" not in page.text
+    assert page.status_code == 200 and "/static/rank.js" in page.text
     for name, kind in (("rank.js", "javascript"), ("rank.css", "css")):
         r = call(store, "GET", f"/static/{name}")
         assert r.status_code == 200 and kind in r.headers["content-type"]
     assert call(store, "GET", "/static/../ranking.py").status_code == 404
+    missing = call(store, "GET", "/api/nothing")
+    assert missing.status_code == 404 and "not_found" in missing.json()["error"]["type"]
     listed = call(store, "GET", "/api/items").json()
     assert [i["id"] for i in listed["items"]] == ["p0", "p1"] and listed["count"] == 0
     body = {
@@ -96,7 +98,7 @@ def test_invalid_submissions_are_rejected_and_store_nothing(tmp_path, body, stat
     before = path.read_bytes()
     r = call(store, "POST", "/api/rankings", json=body)
     assert r.status_code == status, r.text
-    assert message in r.json()["error"]
+    assert message in r.json()["error"]["message"]
     assert path.read_bytes() == before and store.count == 1
 
 
@@ -106,11 +108,14 @@ def test_not_json_and_repeated_submissions(tmp_path):
     r = call(
         store, "POST", "/api/rankings", content=b"{not json", headers={"content-type": "application/json"}
     )
-    assert r.status_code == 400 and "not JSON" in r.json()["error"]
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
     good = {"item": "p1", "annotator": "a", "ranks": {"r0": 2, "r1": 1}}
     assert call(store, "POST", "/api/rankings", json=good).status_code == 200
     again = call(store, "POST", "/api/rankings", json=good)
-    assert again.status_code == 409 and "already ranked" in again.json()["error"]
+    assert again.status_code == 409 and "already ranked" in again.json()["error"]["message"]
+    huge = {"item": "p0", "annotator": "b", "ranks": {"r0": 1, "r1": 2, "r2": 3}, "note": "x" * 70_000}
+    too_big = call(store, "POST", "/api/rankings", json=huge)
+    assert too_big.status_code == 413 and "too large" in too_big.json()["error"]["message"]
     assert len(path.read_text().splitlines()) == 1
 
 

@@ -1,7 +1,8 @@
 """The ranking page of ``lmforge align collect``: people rank sampled replies in a browser.
 
 ``create_ranking_app(store)`` is a small FastAPI app over a ``RankingStore`` (the items to rank and
-the JSONL file their rankings go to):
+the JSONL file their rankings go to), built from the server's HTTP pieces (``serve.http``: errors,
+body limit, page and static files):
 
 - ``GET /`` the page (``static/rank.html``, ``rank.js``, ``rank.css``; no build step, nothing from a
   CDN): the prompt, its replies in a shuffled order, drag (or ▲/▼, or type a number) to rank them,
@@ -12,9 +13,10 @@ the JSONL file their rankings go to):
 - ``POST /api/rankings`` ``{"item", "annotator", "ranks": {reply id: 1..K}, "criteria"?, "note"?}``:
   validated by ``data.preferences.ranking_record`` and appended by ``append_record`` (one fsynced
   write under a lock) *before* the reply, so closing the page never loses a submitted ranking. Errors
-  are ``{"error": message}``: 400 (not a JSON object), 404 (unknown item), 409 (this annotator has
-  ranked the item already), 422 (missing, duplicate or out-of-range ranks, unknown reply ids, bad
-  criteria, no annotator). Nothing is written for a rejected submission.
+  are the server's ``{"error": {"message", "type", "param", "code"}}``: 400 (not JSON, not an object),
+  404 (unknown item or route), 409 (this annotator has ranked the item already), 413 (a body over
+  ``MAX_BODY`` bytes), 422 (missing, duplicate or out-of-range ranks, unknown reply ids, bad criteria,
+  no annotator). Nothing is written for a rejected submission.
 
 Several people can rank at once: requests are served on a thread pool and one lock covers check,
 append and bookkeeping. Each stored record is the full-ranking schema ``read_preferences`` reads plus
@@ -33,13 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
+
+from lmforge.serve.http import ApiError, BodyLimit, add_error_handlers, add_page
 
 logger = logging.getLogger(__name__)
 
-STATIC = Path(__file__).parent / "static"
 MAX_NOTE = 4000
+MAX_BODY = 1 << 16  # bytes of one submission
 
 
 @dataclass(frozen=True)
@@ -57,15 +60,6 @@ class RankItem:
             "prompt": self.prompt,
             "responses": [{"id": k, "text": v} for k, v in self.responses.items()],
         }
-
-
-class SubmissionError(Exception):
-    """A rejected submission: an HTTP status and a message for the person ranking."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class RankingStore:
@@ -130,31 +124,33 @@ class RankingStore:
         from lmforge.data.preferences import append_record, ranking_record
 
         if not isinstance(body, dict):
-            raise SubmissionError(400, "expected a JSON object {item, annotator, ranks, criteria?, note?}")
+            raise ApiError(400, "expected a JSON object {item, annotator, ranks, criteria?, note?}")
         item = self.items.get(str(body.get("item")))
         if item is None:
-            raise SubmissionError(404, f"unknown item {body.get('item')!r}")
+            raise ApiError(404, f"unknown item {body.get('item')!r}", param="item", type="not_found_error")
         ranks, criteria, note = body.get("ranks"), body.get("criteria") or {}, body.get("note") or ""
         annotator = body.get("annotator")
         if not isinstance(ranks, dict):
-            raise SubmissionError(422, "ranks: expected {reply id: rank}, 1 = best")
+            raise ApiError(422, "ranks: expected {reply id: rank}, 1 = best", param="ranks")
         if not isinstance(criteria, dict) or not all(isinstance(v, dict) for v in criteria.values()):
-            raise SubmissionError(422, "criteria: expected {reply id: {accuracy|relevance|coherence: 1..5}}")
+            raise ApiError(
+                422, "criteria: expected {reply id: {accuracy|relevance|coherence: 1..5}}", param="criteria"
+            )
         if not isinstance(note, str) or len(note) > MAX_NOTE:
-            raise SubmissionError(422, f"note: expected text of at most {MAX_NOTE} characters")
+            raise ApiError(422, f"note: expected text of at most {MAX_NOTE} characters", param="note")
         if not isinstance(annotator, str):
-            raise SubmissionError(422, "annotator: a non-empty annotator id is required")
+            raise ApiError(422, "annotator: a non-empty annotator id is required", param="annotator")
         criteria = {k: v for k, v in criteria.items() if v}  # replies left unscored
         try:
             record = ranking_record(
                 item.prompt, item.responses, ranks, annotator=annotator, criteria=criteria, note=note
             )
         except ValueError as exc:
-            raise SubmissionError(422, str(exc)) from None
+            raise ApiError(422, str(exc), param=str(exc).split(":")[0].split("[")[0] or None) from None
         record = {"item": item.id, **record, **self.meta, "time": _now()}
         with self.lock:
             if record["annotator"] in self.ranked[item.id]:
-                raise SubmissionError(409, f"{record['annotator']!r} has already ranked item {item.id}")
+                raise ApiError(409, f"{record['annotator']!r} has already ranked item {item.id}")
             append_record(self.path, record)
             self.ranked[item.id].add(record["annotator"])
             self.count += 1
@@ -175,23 +171,16 @@ def _now() -> str:
 def create_ranking_app(store: RankingStore, *, title: str = "lmforge: rank replies") -> FastAPI:
     """The FastAPI app of the ranking page over ``store`` (routes: module docstring)."""
     app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None)
-    files = {"rank.js": "text/javascript", "rank.css": "text/css"}
-
-    @app.get("/", response_class=HTMLResponse)
-    def page() -> str:
-        return (STATIC / "rank.html").read_text(encoding="utf-8").replace("{{title}}", title)
-
-    @app.get("/static/{name}")
-    def static(name: str) -> Any:
-        if name not in files:
-            return JSONResponse({"error": f"no static file {name!r}"}, status_code=404)
-        return FileResponse(STATIC / name, media_type=files[name])
+    add_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY)
+    add_page(app, "/", "rank.html")
 
     @app.get("/api/items")
     def items() -> dict[str, Any]:
         with store.lock:
             counts = {i: len(a) for i, a in store.ranked.items()}
         return {
+            "title": title,
             "items": [{**i.public(), "rankings": counts[i.id]} for i in store.items.values()],
             "count": store.count,
         }
@@ -199,18 +188,20 @@ def create_ranking_app(store: RankingStore, *, title: str = "lmforge: rank repli
     @app.get("/api/next")
     def next_item(annotator: str = "", skip: str = "") -> dict[str, Any]:
         found = store.next_item(annotator.strip(), set(filter(None, skip.split(","))))
-        return {"item": found.public() if found else None, "count": store.count, "total": len(store.items)}
+        return {
+            "title": title,
+            "item": found.public() if found else None,
+            "count": store.count,
+            "total": len(store.items),
+        }
 
     @app.post("/api/rankings")
-    async def submit(request: Request) -> Any:
+    async def submit(request: Request) -> dict[str, Any]:
         try:
             body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return JSONResponse({"error": "the body is not JSON"}, status_code=400)
-        try:
-            # the append fsyncs: run it off the event loop so other annotators are not blocked
-            return await run_in_threadpool(store.submit, body)
-        except SubmissionError as exc:
-            return JSONResponse({"error": exc.message}, status_code=exc.status)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            raise ApiError(400, "the body is not valid JSON") from None
+        # the append fsyncs: run it off the event loop so other annotators are not blocked
+        return await run_in_threadpool(store.submit, body)
 
     return app

@@ -137,6 +137,7 @@ async function next() {
   const q = new URLSearchParams({ annotator: who, skip: skipped.join(",") });
   const r = await fetch("/api/next?" + q);
   const data = await r.json();
+  if (data.title) { document.title = data.title; $("title").textContent = data.title; }
   show(data.item, data.count, data.total);
 }
 
@@ -171,7 +172,7 @@ async function submit() {
       body: JSON.stringify(body),
     });
     const data = await r.json();
-    if (!r.ok) { setMessage(data.error || `error ${r.status}`, "error"); return; }
+    if (!r.ok) { setMessage((data.error && data.error.message) || `error ${r.status}`, "error"); return; }
     setMessage(`Saved: ranking ${data.count} stored.` + (data.done ? " Collection finished." : ""), "ok");
     if (!data.done) await next(); else show(null, data.count, 0);
   } catch (e) {

@@ -235,6 +235,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         sock = socket.socket(socket.AF_INET6 if ":" in cfg.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((cfg.host, cfg.port))
+        sock.listen(128)  # connections made before uvicorn runs wait in the backlog
         host, port = sock.getsockname()[:2]
         url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
         holder["server"] = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
