@@ -8,12 +8,14 @@ thread for this process's GIL), bound to 127.0.0.1 on an ephemeral port, over a 
 new tokens, temperature 0.8, its own seed) with ``stream_options.include_usage`` so the token count is
 the server's own; requests in flight when the time is up are finished and counted.
 
-Printed per level: requests, errors, completion tokens, aggregate tokens/s (tokens / wall time of the
-level), request latency p50/p99, time to first token p50/p99; then the ratios of aggregate tokens/s
-at 16 and at 32 clients to 1 client (goal: >= 4x at 16). Trust the ratios over the absolute numbers
-on a shared machine; the load average is printed.
+The levels run in ``--rounds`` rounds (1, 16, 32, then again), each level ``--seconds / --rounds`` per
+round, so a change in the machine's load hits every level alike. Printed per level and round, then per
+level over all rounds: requests, errors, completion tokens, aggregate tokens/s (tokens / wall time),
+request latency p50/p99, time to first token p50/p99; then the ratios of aggregate tokens/s at 16 and
+32 clients to 1 client, over all rounds and as the median of the per-round ratios (goal: >= 4x at 16).
+Trust the ratios over the absolute numbers on a shared machine; the load average is printed.
 
-    python bench/serve_load.py [--seconds 60] [--levels 1,16,32] [--max_tokens 64] [--model CKPT] [--threads 0]
+    python bench/serve_load.py [--seconds 60] [--rounds 3] [--levels 1,16,32] [--max_tokens 64] [--model CKPT]
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import asyncio
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -136,6 +139,21 @@ async def level(url: str, clients: int, seconds: float, max_tokens: int) -> dict
     return out
 
 
+HEADER = (
+    f"{'clients':>7} {'requests':>8} {'errors':>6} {'tokens':>7} {'tok/s':>8} {'lat p50':>8} {'lat p99':>8} "
+    f"{'ttft p50':>8} {'ttft p99':>8}"
+)
+
+
+def row(label: str, r: dict) -> str:
+    tps = r["tokens"] / r["wall"]
+    return (
+        f"{label:>7} {len(r['latency']):>8} {len(r['errors']):>6} {r['tokens']:>7} {tps:>8.1f} "
+        f"{pct(r['latency'], 0.5):>7.2f}s {pct(r['latency'], 0.99):>7.2f}s "
+        f"{pct(r['ttft'], 0.5):>7.2f}s {pct(r['ttft'], 0.99):>7.2f}s"
+    )
+
+
 def pct(xs: list[float], q: float) -> float:
     if not xs:
         return float("nan")
@@ -147,6 +165,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=60.0, help="time per concurrency level")
     ap.add_argument("--levels", default="1,16,32", help="numbers of concurrent clients")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds over the levels (time split evenly)")
     ap.add_argument("--max_tokens", type=int, default=64, help="new tokens per request")
     ap.add_argument(
         "--model", default="", help="checkpoint to serve (default: a random tiny-demo-shaped one)"
@@ -187,30 +206,41 @@ def main() -> None:
                 f"server: {ckpt} ({health['arch']}), pid {child.pid}, {url}; max_batch {args.max_batch}, "
                 f"{args.seconds:g} s per level, {args.max_tokens} new tokens per request, load {os.getloadavg()}"
             )
-            results = {}
-            header = f"{'clients':>7} {'requests':>8} {'errors':>6} {'tokens':>7} {'tok/s':>8} {'lat p50':>8} {'lat p99':>8} {'ttft p50':>8} {'ttft p99':>8}"
-            print(header)
-            for n in (int(x) for x in args.levels.split(",")):
-                r = asyncio.run(level(url, n, args.seconds, args.max_tokens))
-                results[n] = r
-                tps = r["tokens"] / r["wall"]
-                print(
-                    f"{n:>7} {len(r['latency']):>8} {len(r['errors']):>6} {r['tokens']:>7} {tps:>8.1f} "
-                    f"{pct(r['latency'], 0.5):>7.2f}s {pct(r['latency'], 0.99):>7.2f}s "
-                    f"{pct(r['ttft'], 0.5):>7.2f}s {pct(r['ttft'], 0.99):>7.2f}s",
-                    flush=True,
-                )
-                for e in sorted(set(r["errors"]))[:5]:
+            levels = [int(x) for x in args.levels.split(",")]
+            per_round: dict[int, list[dict]] = {n: [] for n in levels}
+            print(HEADER)
+            for rnd in range(args.rounds):
+                for n in levels:
+                    r = asyncio.run(level(url, n, args.seconds / args.rounds, args.max_tokens))
+                    per_round[n].append(r)
+                    print(row(f"{n} r{rnd + 1}", r), flush=True)
+            print("all rounds:")
+            for n in levels:
+                rs = per_round[n]
+                total = {
+                    k: sum((r[k] for r in rs), [] if k in ("errors", "latency", "ttft") else 0)
+                    for k in ("errors", "latency", "ttft", "tokens", "wall")
+                }
+                print(row(str(n), total))
+                for e in sorted(set(total["errors"]))[:5]:
                     print(f"        error: {e}")
             stats = httpx.get(url + "/health").json()["stats"]
             print(f"scheduler: {stats}")
-            if 1 in results:
-                base = results[1]["tokens"] / results[1]["wall"]
-                for n, r in results.items():
-                    if n != 1:
-                        ratio = (r["tokens"] / r["wall"]) / base
-                        goal = " (goal >= 4x)" if n == 16 else ""
-                        print(f"aggregate tokens/s, {n} clients vs 1: {ratio:.2f}x{goal}")
+            if 1 in per_round:
+
+                def tps(rs: list[dict]) -> float:
+                    return sum(r["tokens"] for r in rs) / sum(r["wall"] for r in rs)
+
+                for n in levels:
+                    if n == 1:
+                        continue
+                    ratios = [tps([a]) / tps([b]) for a, b in zip(per_round[n], per_round[1])]
+                    goal = " (goal >= 4x)" if n == 16 else ""
+                    print(
+                        f"aggregate tokens/s, {n} clients vs 1: {tps(per_round[n]) / tps(per_round[1]):.2f}x over "
+                        f"all rounds, median of rounds {statistics.median(ratios):.2f}x "
+                        f"({', '.join(f'{x:.2f}' for x in ratios)}){goal}"
+                    )
             print(f"load average after: {os.getloadavg()}")
         finally:
             child.terminate()

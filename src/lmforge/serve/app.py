@@ -6,9 +6,9 @@ page at ``/`` (``static/chat.html``).
 
 Generation goes through one ``inference.scheduler.Scheduler`` per app: it owns the model on its own
 thread and batches every running request step by step; a handler submits its prompts and reads the
-tokens from an asyncio queue the scheduler fills with ``loop.call_soon_threadsafe``. A client that
-disconnects cancels its rows (streaming: when the response is torn down; non-streaming: the handler
-polls for the disconnect). Embeddings run on the same thread between steps. Chat prompts are rendered
+tokens from an asyncio queue filled from the scheduler thread (``bridge.py``: one
+``loop.call_soon_threadsafe`` per batch of tokens). A client that disconnects cancels its rows
+(streaming: when the response is torn down; non-streaming: the handler polls for the disconnect). Embeddings run on the same thread between steps. Chat prompts are rendered
 by ``tokenizer.chat.chat_prompt`` (the chat template; the oldest turns are dropped to fit, as in
 ``lmforge chat``). Limits (``ServeSettings``) are checked before anything is queued.
 """
@@ -28,12 +28,13 @@ from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from tokenizers import Tokenizer
 
 from lmforge.inference.engine import SamplingParams, default_stop_ids
 from lmforge.inference.scheduler import Scheduler, Token
 from lmforge.serve import schemas as S
+from lmforge.serve.bridge import Dispatch, EventStream, Generation, collect
 from lmforge.serve.http import ApiError, ApiKeyAuth, BodyLimit, add_error_handlers, add_page, read_json
 
 
@@ -130,6 +131,7 @@ class _Api:
         self.max_prompt = min(settings.max_prompt_tokens or self.block_size - 1, self.block_size - 1)
         self.stop_ids = default_stop_ids(self.tok)
         self.bos = self.tok.token_to_id("<|bos|>")
+        self.dispatch: Dispatch | None = None
 
     # -- plain endpoints ----------------------------------------------------------------------------
 
@@ -296,9 +298,9 @@ class _Api:
                     yield f"data: {usage_chunk(usage)}\n\n"
                 yield "data: [DONE]\n\n"
 
-            return _EventStream(events(), gen.close)
+            return EventStream(events(), gen.close)
         try:
-            by_choice = await _collect(request, gen)
+            by_choice = await collect(request, gen)
         finally:
             gen.close()
         errors = [evs[-1].error for evs in by_choice.values() if evs and evs[-1].finish_reason == "error"]
@@ -312,7 +314,7 @@ class _Api:
         )
         return JSONResponse(whole(by_choice, usage))
 
-    def _start(self, prompts: list[list[int]], params: SamplingParams, n: int, top: int) -> _Generation:
+    def _start(self, prompts: list[list[int]], params: SamplingParams, n: int, top: int) -> Generation:
         state = self.app.state
         if state.in_flight >= self.settings.max_concurrent:
             raise ApiError(
@@ -323,7 +325,12 @@ class _Api:
             )
         self.scheduler.start()
         state.in_flight += 1
-        gen = _Generation(self.scheduler, n, lambda: setattr(state, "in_flight", state.in_flight - 1))
+        loop = asyncio.get_running_loop()
+        if self.dispatch is None or self.dispatch.loop is not loop:
+            self.dispatch = Dispatch(loop)
+        gen = Generation(
+            self.scheduler, n, lambda: setattr(state, "in_flight", state.in_flight - 1), self.dispatch
+        )
         try:
             for i, p in enumerate(prompts):
                 gen.submit(i, p, params, top)
@@ -473,81 +480,6 @@ class _Api:
         n_tokens = sum(len(s) for s in seqs)
         usage = S.Usage(prompt_tokens=n_tokens, total_tokens=n_tokens)
         return S.EmbeddingList(data=data, model=self.served.name, usage=usage).model_dump()
-
-
-class _Generation:
-    """The scheduler requests of one HTTP request and the asyncio queue their tokens arrive on."""
-
-    def __init__(self, scheduler: Scheduler, n: int, release: Callable[[], None]):
-        self.scheduler, self.n, self.release = scheduler, n, release
-        self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue[tuple[int, Token]] = asyncio.Queue()
-        self.handles: list = []
-        self.open = 0
-        self.closed = False
-
-    def submit(self, p: int, prompt: list[int], params: SamplingParams, top: int) -> None:
-        def sink(ev: Token) -> None:
-            try:
-                self.loop.call_soon_threadsafe(self.queue.put_nowait, (p * self.n + ev.index, ev))
-            except RuntimeError:  # the event loop is gone
-                pass
-
-        self.handles.append(self.scheduler.submit(prompt, params, sink, n=self.n, top_logprobs=top))
-        self.open += self.n
-
-    async def events(self) -> AsyncIterator[tuple[int, Token]]:
-        while self.open:
-            i, ev = await self.queue.get()
-            if ev.finish_reason is not None:
-                self.open -= 1
-            yield i, ev
-
-    def close(self) -> None:
-        """Cancel whatever still runs and give the concurrency slot back (idempotent)."""
-        if self.closed:
-            return
-        self.closed = True
-        if self.open:
-            for h in self.handles:
-                h.cancel()
-        self.release()
-
-
-async def _collect(request: Request, gen: _Generation) -> dict[int, list[Token]]:
-    """Every event by choice; cancels the generation when the client disconnects meanwhile."""
-    by_choice: dict[int, list[Token]] = {}
-
-    async def consume() -> None:
-        async for i, ev in gen.events():
-            by_choice.setdefault(i, []).append(ev)
-
-    task = asyncio.ensure_future(consume())
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=0.25)
-            if done:
-                task.result()
-                return by_choice
-            if await request.is_disconnected():
-                gen.close()
-                raise ApiError(499, "the client disconnected", type="client_closed_request")
-    finally:
-        task.cancel()
-
-
-class _EventStream(StreamingResponse):
-    """Server-sent events; ``on_close`` runs however the response ends (done, client gone, error)."""
-
-    def __init__(self, events: AsyncIterator[str], on_close: Callable[[], None]):
-        super().__init__(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        self.on_close = on_close
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.on_close()
 
 
 def _reason(ev: Token) -> str | None:

@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const history = [];  // {role, content} of the user and assistant turns
+const turns = [];  // {role, content} of the user and assistant turns
 let modelId = null;
 let controller = null;
 
@@ -51,12 +51,12 @@ async function send() {
   if (!modelId) return;
   showError("");
   $("message").value = "";
-  history.push({ role: "user", content: text });
+  turns.push({ role: "user", content: text });
   bubble("user", text);
   const out = bubble("assistant", "");
   out.classList.add("streaming");
   const system = $("system").value.trim();
-  const messages = (system ? [{ role: "system", content: system }] : []).concat(history);
+  const messages = (system ? [{ role: "system", content: system }] : []).concat(turns);
   const body = {
     model: modelId,
     messages,
@@ -113,7 +113,7 @@ async function send() {
     meta.className = "meta";
     meta.textContent = finish === "length" ? "(cut at max tokens)" : finish === "stopped" ? "(stopped)" : "";
     out.appendChild(meta);
-    history.push({ role: "assistant", content: reply });
+    turns.push({ role: "assistant", content: reply });
     controller = null;
     busy(false);
   }
@@ -126,7 +126,7 @@ $("message").addEventListener("keydown", (e) => {
 $("stop").addEventListener("click", () => { if (controller) controller.abort(); });
 $("reset").addEventListener("click", () => {
   if (controller) controller.abort();
-  history.length = 0;
+  turns.length = 0;
   $("messages").textContent = "";
   showError("");
 });
