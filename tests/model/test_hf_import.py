@@ -221,3 +221,16 @@ def test_bfloat16_weights_import_as_float32(tmp_path: Path) -> None:
     assert torch.equal(read.state["tok_emb.weight"], expected)
     model = hf_import.build_decoder(read.config, read.state)
     assert hf_import.max_logit_difference(model, read.hf, read.config.vocab_size) < 1e-4
+
+
+def test_added_tokens_take_unused_rows_of_a_padded_vocabulary(tmp_path: Path) -> None:
+    n = gpt2_style_tokenizer().get_vocab_size()
+    read = hf_import.read_hf_model(save_gpt2(tmp_path, vocab_size=n + 10))
+    tok = hf_import.read_hf_tokenizer(tmp_path)
+    added = hf_import.add_lmforge_tokens(tok)
+    state, grown = hf_import.grow_vocab(read.state, read.config, tok, added, read.special)
+    assert grown.vocab_size == n + 10  # 7 added tokens fit in the 10 unused rows
+    assert torch.equal(state["tok_emb.weight"][n + 7 :], read.state["tok_emb.weight"][n + 7 :])
+    model = hf_import.build_decoder(grown, state)
+    assert hf_import.max_logit_difference(model, read.hf, n, columns=n) < 1e-4
+    assert hf_import.max_logit_difference(model, read.hf, n) > 1e-3  # the taken rows did change

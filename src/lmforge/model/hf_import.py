@@ -166,7 +166,8 @@ def grow_vocab(
 ) -> tuple[dict[str, torch.Tensor], ModelConfig]:
     """Give the tokens ``added`` to ``tok`` embedding (and untied output) rows; return state and config.
 
-    The vocabulary grows to cover every id of ``tok``; rows of existing ids are left as they are.
+    The vocabulary grows to cover every id of ``tok``; rows of existing tokens are left as they are
+    (an added token may take an unused row of a padded vocabulary).
     ``<|bos|>``/``<|eos|>``/``<|pad|>`` copy the rows of ``special``'s bos / eos / pad (pad falls back
     to eos), the others take the mean row (module docstring).
     """
@@ -198,15 +199,18 @@ def build_decoder(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> Decoder:
 
 
 @torch.no_grad()
-def max_logit_difference(ours: Decoder, hf: Any, n_ids: int, length: int = 32, seed: int = 0) -> float:
+def max_logit_difference(
+    ours: Decoder, hf: Any, n_ids: int, columns: int | None = None, length: int = 32, seed: int = 0
+) -> float:
     """Largest ``|our logit - Hugging Face logit|`` over a random batch ``[2, length]`` of ids < ``n_ids``.
 
-    Only the first ``min(V_ours, V_hf)`` logit columns are compared (import may add token columns).
+    The first ``columns`` logits are compared (default: all those both models have); import passes the
+    original vocabulary, since rows it gave to added tokens legitimately differ.
     """
     length = min(length, ours.config.block_size)
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, n_ids, (2, length), generator=gen)
     theirs = hf(input_ids=idx).logits.float()  # [2, T, V_hf]
     mine = ours(idx).float()  # [2, T, V]
-    cols = min(theirs.shape[-1], mine.shape[-1])
+    cols = min(theirs.shape[-1], mine.shape[-1], columns or mine.shape[-1])
     return float((mine[..., :cols] - theirs[..., :cols]).abs().max())

@@ -73,7 +73,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         "added_tokens": len(added),
     }
     if cfg.verify:
-        diff = hf_import.max_logit_difference(model, read.hf, min(n_original, read.config.vocab_size))
+        diff = hf_import.max_logit_difference(model, read.hf, n_original, columns=n_original)
         metrics["max_logit_diff"] = diff
         if diff > cfg.tolerance:
             raise RuntimeError(
