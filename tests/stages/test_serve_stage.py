@@ -1,0 +1,31 @@
+"""``lmforge serve``'s config: limits validated before anything loads, the API key from the option or
+``LMFORGE_API_KEY``, a missing model refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmforge.config import ConfigError, from_dict
+from lmforge.stages import serve
+
+
+def test_settings_take_the_key_from_the_option_then_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("LMFORGE_API_KEY", "from-env")
+    assert serve.settings(from_dict(serve.Config, {"model": "m"})).api_key == "from-env"
+    assert serve.settings(from_dict(serve.Config, {"model": "m", "api_key": "opt"})).api_key == "opt"
+    monkeypatch.delenv("LMFORGE_API_KEY")
+    s = serve.settings(from_dict(serve.Config, {"model": "m", "max_tokens": 7, "max_batch": 3}))
+    assert (s.api_key, s.max_tokens, s.max_batch) == ("", 7, 3)
+
+
+@pytest.mark.parametrize(
+    "override,key", [({"port": 70000}, "port"), ({"max_n": 0}, "max_n"), ({"threads": -1}, "threads")]
+)
+def test_impossible_limits_fail_naming_the_key(override, key) -> None:
+    with pytest.raises(ConfigError, match=key):
+        from_dict(serve.Config, {"model": "m", **override})
+
+
+def test_a_model_is_required() -> None:
+    with pytest.raises(ConfigError, match="model"):
+        serve.main(from_dict(serve.Config, {}))
