@@ -141,3 +141,31 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
+
+
+def dispatch(group: str, methods: dict[str, tuple[str, str]], usage: str, argv: list[str]) -> int:
+    """``lmforge <group> <method> ...`` for a command with methods (finetune, align, export, ...).
+
+    ``methods`` maps a method to ``(stage module, one-line summary)``; ``usage`` is the group's help
+    with a ``{table}`` slot. The method's stage kind is ``<group>.<method>``.
+    """
+    import difflib
+    import importlib
+
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        width = max(len(m) for m in methods) + 2
+        print(
+            usage.format(table="\n".join(f"  {m:<{width}}{summary}" for m, (_, summary) in methods.items()))
+        )
+        return 0 if argv else 2
+    method, rest = argv[0], argv[1:]
+    if method not in methods:
+        near = difflib.get_close_matches(method, list(methods), n=1)
+        hint = f" Did you mean '{near[0]}'?" if near else ""
+        print(
+            f"lmforge {group}: unknown method '{method}'.{hint} Methods: {', '.join(methods)}",
+            file=sys.stderr,
+        )
+        return 2
+    module = importlib.import_module(methods[method][0])
+    return invoke(module, f"{group} {method}", rest, kind=f"{group}.{method}")
