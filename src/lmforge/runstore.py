@@ -307,6 +307,7 @@ def run_stage(
     }
     handler = add_file_handler(partial / "stage.log")
     start = time.perf_counter()
+    cpu_start, energy_start = cpu_seconds(), rapl_energy_uj()
     log.info("%s: running stage %s → %s", out.name, stage, out)
     try:
         metrics = work(cfg, ctx)
@@ -324,10 +325,51 @@ def run_stage(
     manifest["outputs"] = hash_outputs(partial, volatile)
     manifest.update(status="complete", ended=_now(), cached_last=False)
     manifest["duration_s"] = round(time.perf_counter() - start, 3)
+    manifest.update(_resources(cpu_start, energy_start))
     write_json_atomic(partial / MANIFEST, manifest)
     _swap_into_place(partial, out)
     log.info("%s: done in %.1fs", out.name, manifest["duration_s"])
     return manifest
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """``(this process, its waited-for children)`` CPU seconds so far, user + system, every thread."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+RAPL_ROOT = Path("/sys/class/powercap")
+
+
+def rapl_energy_uj() -> int | None:
+    """Summed ``energy_uj`` of the top-level RAPL packages (``intel-rapl:N``), or None when unreadable."""
+    total, found = 0, False
+    for zone in sorted(RAPL_ROOT.glob("intel-rapl:*")):
+        if zone.name.count(":") != 1:  # sub-zones (core, dram) are inside their package's count
+            continue
+        try:
+            total += int((zone / "energy_uj").read_text())
+            found = True
+        except (OSError, ValueError):
+            return None
+    return total if found else None
+
+
+def _resources(cpu_start: tuple[float, float], energy_start: int | None) -> dict[str, Any]:
+    """What the stage consumed: ``cpu_s`` (this process, all threads), ``cpu_children_s`` (child
+    processes it waited for: tokenizer and data workers), and ``energy_j`` from RAPL when readable (the
+    whole machine's packages, so other processes' use is included; a counter wrap reads as missing)."""
+    own, kids = cpu_seconds()
+    found: dict[str, Any] = {
+        "cpu_s": round(own - cpu_start[0], 3),
+        "cpu_children_s": round(kids - cpu_start[1], 3),
+    }
+    energy = rapl_energy_uj()
+    if energy is not None and energy_start is not None and energy >= energy_start:
+        found["energy_j"] = round((energy - energy_start) / 1e6, 3)
+    return found
 
 
 def _check_metrics(stage: str, metrics: dict[str, Any]) -> dict[str, float]:
