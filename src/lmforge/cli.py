@@ -34,7 +34,7 @@ COMMANDS: dict[str, Command] = {
     "serve": Command("lmforge.stages.serve", "serve a model over an OpenAI-compatible API, with a chat page"),
     "export": Command("lmforge.stages.export", "export: hf (transformers Llama), gguf (llama.cpp)"),
     "import": Command("lmforge.stages.import_", "import: hf (a local transformers Llama or GPT-2 directory)"),
-    "scaling": Command("", "sweep, fit and predict scaling laws", 10),
+    "scaling": Command("lmforge.stages.scaling", "scaling laws: sweep, fit, predict"),
     "report": Command("lmforge.stages.report", "write the run report (Markdown and HTML)"),
     "run": Command("lmforge.stages.run", "run every stage of a recipe as a cached DAG"),
 }
