@@ -13,7 +13,16 @@ from lmforge.errors import InputError
 from lmforge.report import load_manifests, render_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SECTIONS = ("Pipeline", "Data", "Tokenizer", "Training", "Evaluation", "Samples", "Stage timings")
+SECTIONS = (
+    "Pipeline",
+    "Data",
+    "Tokenizer",
+    "Training",
+    "Evaluation",
+    "Samples",
+    "Model card",
+    "Stage timings",
+)
 
 
 def _stage(run: Path, instance: str, kind: str, started: str, duration: float, **extra) -> Path:
@@ -216,7 +225,7 @@ def test_stages_without_optional_files_render(tmp_path: Path):
     _stage(run, "generate", "generate", "2026-01-01T00:01:00Z", 1.0)  # no samples.jsonl
     _stage(run, "data", "data", "2026-01-01T00:02:00Z", 1.0)  # no numbers, no stats.json
     md = render_report(run)[0].read_text()
-    assert _headings(md) == {"Pipeline", "Stage timings"}
+    assert _headings(md) == {"Pipeline", "Model card", "Stage timings"}  # a pretrain stage: a model
 
 
 def test_finetune_curves_are_plotted(tmp_path: Path):

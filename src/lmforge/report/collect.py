@@ -19,6 +19,11 @@ from lmforge.runstore import read_manifest, stage_dirs
 logger = logging.getLogger(__name__)
 
 CURVE_KINDS = ("pretrain", "finetune")  # stage kinds (prefixes) whose metrics.jsonl holds a loss curve
+ALIGN_KIND = "align."  # align.dpo, align.reward, align.ppo, align.grpo: reward / KL / accuracy curves
+# metrics.jsonl keys of training stages drawn beside the loss (absent keys are simply not drawn)
+TRAIN_SERIES = ("lr", "grad_norm", "tokens_per_s")
+# metrics.jsonl keys of align stages whose name contains one of these words become alignment curves
+ALIGN_WORDS = ("reward", "kl", "accuracy", "margin")
 
 
 @dataclass
@@ -49,6 +54,7 @@ class Curve:
     instance: str
     loss: list[tuple[float, float]]
     val_loss: list[tuple[float, float]]
+    series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # lr, grad_norm, tokens_per_s
 
 
 @dataclass
@@ -93,6 +99,9 @@ class RunData:
     samples: list[SampleSet] = field(default_factory=list)
     finetune: list[FinetuneResult] = field(default_factory=list)
     eval_tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # eval instance → tables
+    align: list[Curve] = field(default_factory=list)  # series = every reward/KL/accuracy key found
+    scaling: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # fit instance → fit.json
+    predictions: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # → prediction.json
 
 
 def load_stages(run_dir: Path) -> list[Stage]:
@@ -138,6 +147,22 @@ def collect(run_dir: Path) -> RunData:
                 run.curves.append(curve)
             if stage.kind.startswith("finetune"):
                 run.finetune.append(_finetune(stage))
+        elif stage.kind.startswith(ALIGN_KIND):
+            curve = _curve(stage, ALIGN_WORDS)
+            if curve.series:
+                run.align.append(curve)
+        elif stage.kind == "scaling.fit":
+            fit = _read_json(stage.dir / "fit.json") if (stage.dir / "fit.json").exists() else None
+            if isinstance(fit, dict) and "chinchilla" in fit and fit.get("points"):
+                run.scaling.append((stage.instance, fit))
+        elif stage.kind == "scaling.predict":
+            pred = (
+                _read_json(stage.dir / "prediction.json")
+                if (stage.dir / "prediction.json").exists()
+                else None
+            )
+            if isinstance(pred, dict) and _is_number(pred.get("predicted_loss")):
+                run.predictions.append((stage.instance, pred))
         elif stage.kind == "eval" and stage.metrics:
             run.evals.append((stage.instance, stage.metrics))
             run.eval_tables[stage.instance] = _report_tables(stage)
@@ -191,18 +216,24 @@ def _report_tables(stage: Stage) -> list[dict[str, Any]]:
     return tables
 
 
-def _curve(stage: Stage) -> Curve:
-    """``loss`` and ``val_loss`` against ``step`` from the stage's ``metrics.jsonl``."""
+def _curve(stage: Stage, words: tuple[str, ...] = ()) -> Curve:
+    """``loss``, ``val_loss`` and other series against ``step`` from the stage's ``metrics.jsonl``:
+    ``TRAIN_SERIES`` for training stages, or (with ``words``) every key containing one of the words."""
     loss, val_loss = [], []
+    series: dict[str, list[tuple[float, float]]] = {}
     for row in read_jsonl(stage.dir / "metrics.jsonl"):
         step = row.get("step")
-        if not _is_number(step):
+        if not _is_number(step) or row.get("final"):
             continue
         if _is_number(row.get("loss")):
             loss.append((float(step), float(row["loss"])))
         if _is_number(row.get("val_loss")):
             val_loss.append((float(step), float(row["val_loss"])))
-    return Curve(stage.instance, loss, val_loss)
+        for key, value in row.items():
+            wanted = any(w in key for w in words) if words else key in TRAIN_SERIES
+            if wanted and _is_number(value) and key != "step":
+                series.setdefault(key, []).append((float(step), float(value)))
+    return Curve(stage.instance, loss, val_loss, series)
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

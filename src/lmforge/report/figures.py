@@ -1,4 +1,6 @@
-"""Figures of the run report: one training-loss PNG per training stage, drawn headless with Agg.
+"""Figures of the run report, drawn headless with Agg: training curves (loss, and lr, grad norm and
+tokens/s when logged) per training stage, alignment curves (reward, KL, accuracy, margins) per align
+stage, and the scaling-law figures (``lmforge.scaling.plots``) per scaling fit.
 
 Figures use matplotlib's object API with an explicit Agg canvas (``Figure`` + ``FigureCanvasAgg``) rather
 than ``pyplot``: no GUI backend is touched, no global figure registry grows, and the caller's matplotlib
@@ -11,6 +13,7 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lmforge.report.collect import Curve, RunData
 
@@ -24,35 +27,77 @@ class Image:
     instance: str
     relpath: str
     png: bytes
+    caption: str = ""
 
 
-def draw_figures(run: RunData, run_dir: Path) -> list[Image]:
-    """Draw the loss curve of every training stage into ``run_dir/report_files/loss_<instance>.png``.
-
-    Stale ``loss_*.png`` files from an earlier report are removed first, so the folder matches the report.
-    """
+def draw_all(run: RunData, run_dir: Path) -> list[tuple[Image, str]]:
+    """Every figure of the report as ``(image, section)``; section is ``training``, ``alignment`` or
+    ``scaling``. Stale PNGs of an earlier report are removed first, so the folder matches the report."""
     out_dir = Path(run_dir) / FIGURE_DIR
-    for stale in out_dir.glob("loss_*.png"):
+    for stale in out_dir.glob("*.png"):
         stale.unlink()
-    images = []
-    for curve in run.curves:
-        relpath = f"{FIGURE_DIR}/loss_{_safe_name(curve.instance)}.png"
-        png = loss_png(curve)
+    drawn: list[tuple[Image, str]] = []
+
+    def save(name: str, png: bytes, instance: str, section: str, caption: str = "") -> None:
+        relpath = f"{FIGURE_DIR}/{name}.png"
         target = Path(run_dir) / relpath
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(png)
-        images.append(Image(curve.instance, relpath, png))
-    return images
+        drawn.append((Image(instance, relpath, png, caption), section))
+
+    for curve in run.curves:
+        save(f"loss_{_safe_name(curve.instance)}", loss_png(curve), curve.instance, "training")
+    for curve in run.align:
+        save(f"align_{_safe_name(curve.instance)}", series_png(curve), curve.instance, "alignment")
+    predictions = dict(run.predictions)
+    for instance, fit in run.scaling:
+        from lmforge.scaling.analysis import law_of
+        from lmforge.scaling.plots import compute_png, isoflop_png
+
+        law = law_of(fit)
+        check = next(iter(predictions.values()), None)
+        name = _safe_name(instance)
+        save(
+            f"scaling_compute_{name}",
+            compute_png(fit["points"], law, check),
+            instance,
+            "scaling",
+            "Final validation loss against compute: sweep points, frontier, fitted L(N, C/6N) per size,"
+            " the compute-optimal envelope and the held-out check (red).",
+        )
+        budgets = [row["flops"] for row in fit.get("compute_optimal", []) if "flops" in row]
+        if budgets:
+            save(
+                f"scaling_isoflop_{name}",
+                isoflop_png(law, budgets, fit["points"]),
+                instance,
+                "scaling",
+                "IsoFLOP curves of the fitted law; dots mark each budget's optimal model size.",
+            )
+    return drawn
 
 
-def loss_png(curve: Curve) -> bytes:
-    """PNG bytes of ``loss`` and ``val_loss`` against ``step`` for one stage."""
+def _axes(n: int) -> tuple[Any, list[Any]]:
+    """A figure with ``n`` panels in two columns (one row per two panels)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 4), dpi=100)
+    cols = 1 if n == 1 else 2
+    rows = (n + cols - 1) // cols
+    fig = Figure(figsize=(7 if cols == 1 else 10, 4 if rows == 1 else 3.2 * rows), dpi=100)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    return fig, [fig.add_subplot(rows, cols, i + 1) for i in range(n)]
+
+
+SERIES_LABELS = {"lr": "learning rate", "grad_norm": "gradient norm", "tokens_per_s": "tokens / s"}
+
+
+def loss_png(curve: Curve) -> bytes:
+    """PNG bytes of ``loss`` and ``val_loss`` against ``step`` for one stage, with one more panel for
+    each of learning rate, gradient norm and throughput that the stage logged."""
+    extra = [key for key in SERIES_LABELS if curve.series.get(key)]
+    fig, axes = _axes(1 + len(extra))
+    ax = axes[0]
     if curve.loss:
         steps, values = zip(*curve.loss)
         ax.plot(steps, values, linewidth=1.0, label="train loss")
@@ -64,6 +109,29 @@ def loss_png(curve: Curve) -> bytes:
     ax.set_title(f"{curve.instance}: loss")
     ax.grid(alpha=0.3)
     ax.legend()
+    for ax, key in zip(axes[1:], extra):
+        steps, values = zip(*curve.series[key])
+        ax.plot(steps, values, linewidth=1.0)
+        ax.set_xlabel("step")
+        ax.set_title(SERIES_LABELS[key])
+        ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def series_png(curve: Curve) -> bytes:
+    """One panel per logged series of an alignment stage (reward, KL, accuracy, margins) against step."""
+    keys = sorted(curve.series)[:8]
+    fig, axes = _axes(len(keys))
+    for ax, key in zip(axes, keys):
+        steps, values = zip(*curve.series[key])
+        ax.plot(steps, values, linewidth=1.0, marker="o" if len(steps) < 30 else None, markersize=3)
+        ax.set_xlabel("step")
+        ax.set_title(f"{curve.instance}: {key}")
+        ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _png(fig: Any) -> bytes:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

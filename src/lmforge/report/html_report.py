@@ -13,6 +13,7 @@ import jinja2
 
 from lmforge.report.collect import RunData
 from lmforge.report.figures import Image
+from lmforge.report.sections import Section
 from lmforge.report.tables import (
     PIPELINE_HEADER,
     curve_summary,
@@ -70,7 +71,7 @@ TEMPLATE = """\
 <h2>Training</h2>
 {% for fig in figures %}
 <h3>{{ fig.instance }}</h3>
-<img alt="loss curve of {{ fig.instance }}" src="data:image/png;base64,{{ fig.data }}">
+<img alt="training curves of {{ fig.instance }}" src="data:image/png;base64,{{ fig.data }}">
 {% if fig.summary %}<p>{{ fig.summary }}</p>{% endif %}
 {% endfor %}
 {% endif %}
@@ -96,6 +97,22 @@ TEMPLATE = """\
 {{ metrics_table(ft.metrics) }}
 {% endfor %}
 {% endif %}
+{% macro block_section(section) %}
+<h2>{{ section.title }}</h2>
+{% for kind, value in section.blocks %}
+{% if kind == "h3" %}<h3>{{ value }}</h3>
+{% elif kind == "p" %}<p>{{ value }}</p>
+{% elif kind == "ul" %}<ul>{% for item in value %}<li>{{ item }}</li>{% endfor %}</ul>
+{% elif kind == "table" %}{% if value.title %}<p><strong>{{ value.title }}</strong></p>{% endif %}
+<table><tr>{% for h in value.header %}<th>{{ h }}</th>{% endfor %}</tr>
+{% for row in value.rows %}<tr>{% for cell in row %}<td>{{ cell }}</td>{% endfor %}</tr>
+{% endfor %}</table>
+{% elif kind == "img" %}<figure><img alt="{{ value.caption or value.instance }}" src="data:image/png;base64,{{ b64(value.png) }}">
+{% if value.caption %}<figcaption>{{ value.caption }}</figcaption>{% endif %}</figure>
+{% endif %}
+{% endfor %}
+{% endmacro %}
+{% for section in middle %}{{ block_section(section) }}{% endfor %}
 {% if samples %}
 <h2>Samples</h2>
 {% for instance, pairs in samples %}
@@ -104,6 +121,7 @@ TEMPLATE = """\
 {% endfor %}
 {% endfor %}
 {% endif %}
+{% if card %}{{ block_section(card) }}{% endif %}
 {% if timings %}
 <h2>Stage timings</h2>
 <table><tr><th>instance</th><th>duration (s)</th><th class="barcell"></th></tr>
@@ -120,8 +138,11 @@ _ENV = jinja2.Environment(
 )
 
 
-def to_html(run: RunData, images: Sequence[Image]) -> str:
-    """The whole report as one HTML document; sections without data are left out."""
+def to_html(
+    run: RunData, images: Sequence[Image], middle: Sequence[Section] = (), card: Section | None = None
+) -> str:
+    """The whole report as one HTML document; sections without data are left out (``middle`` and
+    ``card``: as for ``to_markdown``)."""
     curves = {curve.instance: curve for curve in run.curves}
     figures = [
         {
@@ -164,4 +185,7 @@ def to_html(run: RunData, images: Sequence[Image]) -> str:
             for r in run.finetune
         ],
         timings=timing_rows(run),
+        middle=list(middle),
+        card=card,
+        b64=lambda png: base64.b64encode(png).decode("ascii"),
     )

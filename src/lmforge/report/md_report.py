@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from lmforge.report.collect import DataStats, RunData
 from lmforge.report.figures import Image
+from lmforge.report.sections import Section, Table
 from lmforge.report.tables import (
     PIPELINE_HEADER,
     curve_summary,
@@ -23,8 +24,11 @@ from lmforge.report.tables import (
 BAR_WIDTH = 40  # characters of the longest stage's timing bar
 
 
-def to_markdown(run: RunData, images: Sequence[Image]) -> str:
-    """The whole report as Markdown; sections without data are left out."""
+def to_markdown(
+    run: RunData, images: Sequence[Image], middle: Sequence[Section] = (), card: Section | None = None
+) -> str:
+    """The whole report as Markdown; sections without data are left out. ``middle`` (alignment,
+    scaling) follow the fine-tuning section; ``card`` (the model card) follows the samples."""
     sections = [f"# Run report: {_text(run.name)}"]
     if run.stages:
         sections.append("## Pipeline\n\n" + _table(PIPELINE_HEADER, pipeline_rows(run)))
@@ -38,8 +42,11 @@ def to_markdown(run: RunData, images: Sequence[Image]) -> str:
         sections.append(_eval_section(run))
     if run.finetune:
         sections.append(_finetune_section(run))
+    sections += [_section(section) for section in middle]
     if run.samples:
         sections.append(_samples_section(run))
+    if card is not None:
+        sections.append(_section(card))
     timings = timing_rows(run)
     if timings:
         rows = [(name, seconds, "█" * max(1, round(frac * BAR_WIDTH))) for name, seconds, frac in timings]
@@ -107,6 +114,26 @@ def _samples_section(run: RunData) -> str:
         parts.append(f"### {_text(sample_set.instance)}")
         for prompt, completion in sample_set.samples:
             parts.append("> " + "  \n> ".join(_sample(prompt, completion).split("\n")))
+    return "\n\n".join(parts)
+
+
+def _section(section: Section) -> str:
+    """A block section (``report.sections``) as Markdown."""
+    parts = [f"## {_text(section.title)}"]
+    for kind, value in section.blocks:
+        if kind == "h3":
+            parts.append(f"### {_text(value)}")
+        elif kind == "p":
+            parts.append(_text(value))
+        elif kind == "ul":
+            parts.append("\n".join(f"- {_text(item)}" for item in value))
+        elif kind == "table" and isinstance(value, Table):
+            title = f"**{_text(value.title)}**\n\n" if value.title else ""
+            parts.append(title + _table(value.header, value.rows))
+        elif kind == "img" and isinstance(value, Image):
+            parts.append(f"![{_text(value.caption or value.instance)}]({value.relpath})")
+            if value.caption:
+                parts.append(f"*{_text(value.caption)}*")
     return "\n\n".join(parts)
 
 

@@ -1,7 +1,8 @@
 """Write a run's report: ``run_dir/report.md`` and a self-contained ``run_dir/report.html``.
 
-Pipeline: ``collect`` (read the run) → ``draw_figures`` (PNG files under ``report_files/``) →
-``to_markdown`` and ``to_html``. Each section appears only when its data exists in the run.
+Pipeline: ``collect`` (read the run) → ``draw_all`` (PNG files under ``report_files/``) → block
+sections (alignment, scaling, model card) → ``to_markdown`` and ``to_html``. Each section appears only
+when its data exists in the run.
 """
 
 from __future__ import annotations
@@ -11,15 +12,19 @@ import os
 from pathlib import Path
 
 from lmforge.report.collect import collect
-from lmforge.report.figures import draw_figures
+from lmforge.report.figures import draw_all
 from lmforge.report.html_report import to_html
 from lmforge.report.md_report import to_markdown
+from lmforge.report.sections import CardOptions, alignment_section, model_card_section, scaling_section
 
 logger = logging.getLogger(__name__)
 
 
-def render_report(run_dir: Path, out_dir: Path | None = None) -> tuple[Path, Path]:
-    """Render the report of ``run_dir`` into ``out_dir`` (default ``run_dir``).
+def render_report(
+    run_dir: Path, out_dir: Path | None = None, card: CardOptions | None = None
+) -> tuple[Path, Path]:
+    """Render the report of ``run_dir`` into ``out_dir`` (default ``run_dir``); ``card``: the model
+    card's stated use, limitations and energy assumptions (defaults: ``CardOptions()``).
 
     Returns:
         ``(report.md path, report.html path)``; figures go to ``out_dir/report_files/``.
@@ -30,9 +35,19 @@ def render_report(run_dir: Path, out_dir: Path | None = None) -> tuple[Path, Pat
     run_dir = Path(run_dir)
     out_dir = run_dir if out_dir is None else Path(out_dir)
     run = collect(run_dir)
-    images = draw_figures(run, out_dir)
-    md_path = _write_text(out_dir / "report.md", to_markdown(run, images))
-    html_path = _write_text(out_dir / "report.html", to_html(run, images))
+    drawn = draw_all(run, out_dir)
+    images = [image for image, section in drawn if section == "training"]
+    middle = [
+        section
+        for section in (
+            alignment_section(run, [image for image, where in drawn if where == "alignment"]),
+            scaling_section(run, [image for image, where in drawn if where == "scaling"]),
+        )
+        if section is not None
+    ]
+    model_card = model_card_section(run, card or CardOptions())
+    md_path = _write_text(out_dir / "report.md", to_markdown(run, images, middle, model_card))
+    html_path = _write_text(out_dir / "report.html", to_html(run, images, middle, model_card))
     logger.info("report of %d stages written to %s and %s", len(run.stages), md_path, html_path)
     return md_path, html_path
 
