@@ -9,6 +9,12 @@ Built-in formats (files as distributed, e.g. under ``../shared/data``):
 - SST-2 style ``label sentence`` lines.
 - GSM8K jsonl ``{question, answer}`` with the final answer after ``####``.
 - Translation: two line-aligned files (optionally ``.gz``).
+- HumanEval gz jsonl ``{task_id, prompt, canonical_solution, test, entry_point}``: the program is
+  ``prompt + completion + test + check(entry_point)`` (Chen et al. 2021).
+- MBPP jsonl ``{task_id, text, code, test_list, test_setup_code}``: the prompt of the MBPP paper
+  (Austin et al. 2021) as lm-evaluation-harness words it (task text, the tests, ``[BEGIN]``; the code
+  ends at ``[DONE]``); the program is ``completion + test_setup_code + test_list``. Split by task id as
+  the paper does: 11-510 test, 1-10 few-shot prompts, 511-600 validation, 601-974 train.
 
 Prompt wording follows lm-evaluation-harness's task configs where one exists (HellaSwag's bracket
 cleaning, ARC's ``Question: ...\\nAnswer:``, BoolQ's ``passage\\nQuestion: ...?\\nAnswer:``).
@@ -28,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.errors import InputError
+from lmforge.eval.fewshot import PromptFormat
 
 
 @dataclass
@@ -36,12 +43,16 @@ class Doc:
 
     Multiple choice and classification: ``choices`` (continuations, without the target delimiter) and
     ``gold`` (index of the right one). Generation: ``references`` (one or more acceptable outputs).
+    Code: ``references`` holds the canonical solution; a completion is run as the program
+    ``code_prefix + completion + "\n\n" + test`` (``eval/codegen.py``).
     """
 
     query: str
     choices: list[str] = field(default_factory=list)
     gold: int = -1
     references: list[str] = field(default_factory=list)
+    test: str = ""
+    code_prefix: str = ""
 
     @property
     def target(self) -> str:
@@ -169,6 +180,36 @@ def translation(src: Path, tgt: Path, src_name: str, tgt_name: str) -> list[Doc]
     ]
 
 
+def humaneval(path: Path) -> list[Doc]:
+    """HumanEval: the prompt is the query and the start of the program; the test ends with ``check``."""
+    return [
+        Doc(
+            r["prompt"],
+            references=[r["canonical_solution"]],
+            test=f"{r['test']}\n\ncheck({r['entry_point']})\n",
+            code_prefix=r["prompt"],
+        )
+        for r in read_records(path)
+    ]
+
+
+def mbpp(path: Path, first: int = 11, last: int = 510) -> list[Doc]:
+    """MBPP problems with ``first <= task_id <= last`` (module docstring)."""
+    docs = []
+    for r in read_records(path):
+        if not first <= int(r["task_id"]) <= last:
+            continue
+        tests = "\n".join(r["test_list"])
+        query = (
+            f"You are an expert Python programmer, and here is your task: {r['text']} "
+            f"Your code should pass these tests:\n\n{tests}\n[BEGIN]\n"
+        )
+        code = r["code"].replace("\r\n", "\n")
+        setup = r.get("test_setup_code") or ""
+        docs.append(Doc(query, references=[f"{code}\n[DONE]"], test=f"{setup}\n{tests}\n"))
+    return docs
+
+
 # built-in tasks: name → kind, documents, few-shot pool, task settings (data under a data_dir)
 
 
@@ -182,6 +223,11 @@ def _translation(d: Path, src: str, tgt: str, names: tuple[str, str], folder: st
     return translation(
         d / folder / f"europarl-v7.fr-en.{src}", d / folder / f"europarl-v7.fr-en.{tgt}", *names
     )
+
+
+# code: no delimiter between a prompt and its code; HumanEval's stop strings are the Codex paper's
+_CODE_FORMAT = PromptFormat(target_delimiter="")
+_HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 
 
 @dataclass(frozen=True)
@@ -228,6 +274,30 @@ BUILTIN: dict[str, Builtin] = {
         lambda d: _translation(d, "en", "de", ("English", "German"), "multi30k", "val"),
         lambda d: _translation(d, "en", "de", ("English", "German"), "multi30k", "train"),
         {"metrics": ("bleu", "chrf"), "until": ("\n",), "max_new_tokens": 48},
+    ),
+    "humaneval": Builtin(
+        "code",
+        lambda d: humaneval(d / "humaneval" / "HumanEval.jsonl.gz"),
+        settings={"until": _HUMANEVAL_STOPS, "max_new_tokens": 256, "fmt": _CODE_FORMAT},
+    ),
+    "humaneval_pass10": Builtin(
+        "code",
+        lambda d: humaneval(d / "humaneval" / "HumanEval.jsonl.gz"),
+        settings={
+            "until": _HUMANEVAL_STOPS,
+            "max_new_tokens": 256,
+            "fmt": _CODE_FORMAT,
+            "samples": 10,
+            "temperature": 0.8,
+            "top_p": 0.95,
+            "ks": (1, 10),
+        },
+    ),
+    "mbpp": Builtin(
+        "code",
+        lambda d: mbpp(d / "mbpp" / "mbpp.jsonl"),
+        lambda d: mbpp(d / "mbpp" / "mbpp.jsonl", 1, 10),
+        {"until": ("[DONE]",), "max_new_tokens": 256, "fmt": _CODE_FORMAT},
     ),
     "europarl_en_fr": Builtin(
         "generation",

@@ -8,8 +8,11 @@
   Popović 2015) with its defaults (13a tokenisation, exponential smoothing), on a 0-100 scale.
 - ``rouge``: ROUGE-1/2/L F-measure (Lin 2004) from Google's ``rouge-score`` with stemming, averaged
   over examples (best over references), on a 0-1 scale.
+- ``pass_at_k``: the unbiased pass@k estimator of Chen et al. 2021 (HumanEval), ``1 - C(n-c, k) / C(n, k)``
+  for ``n`` samples of which ``c`` pass, computed as a product (no large binomials), and its mean over
+  problems (``mean_pass_at_k``), on a 0-1 scale.
 
-Every function takes ``predictions: list[str]`` and ``references: list[list[str]]`` (one or more per
+The text metrics take ``predictions: list[str]`` and ``references: list[list[str]]`` (one or more per
 example) and returns plain floats.
 """
 
@@ -104,6 +107,34 @@ def rouge(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> di
         for kind in kinds:
             totals[kind] += max(s[kind].fmeasure for s in scores)
     return {kind: total / len(predictions) for kind, total in totals.items()}
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Probability that at least one of ``k`` samples drawn without replacement from ``n`` (``c`` correct)
+    is correct: ``1 - C(n-c, k)/C(n, k) = 1 - prod_{i=n-c+1}^{n} (1 - k/i)`` (Chen et al. 2021, fig. 3).
+
+    Raises:
+        ValueError: unless ``0 <= c <= n`` and ``1 <= k <= n``.
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    prob_all_fail = 1.0
+    for i in range(n - c + 1, n + 1):
+        prob_all_fail *= 1.0 - k / i
+    return 1.0 - prob_all_fail
+
+
+def mean_pass_at_k(counts: Sequence[tuple[int, int]], ks: Sequence[int]) -> dict[str, float]:
+    """``{"pass@k": mean over problems}`` from ``(n, c)`` per problem, for each ``k`` no larger than every
+    problem's ``n`` (a larger ``k`` is skipped: it cannot be estimated)."""
+    if not counts:
+        raise ValueError("counts: empty, nothing to score")
+    smallest = min(n for n, _ in counts)
+    return {
+        f"pass@{k}": sum(pass_at_k(n, c, k) for n, c in counts) / len(counts) for k in ks if k <= smallest
+    }
 
 
 GENERATION_METRICS = ("exact_match", "f1", "bleu", "chrf", "rouge")

@@ -93,6 +93,9 @@ class Limits:
                 raise ValueError(f"{name}: expected a positive number, got {value!r}")
 
 
+DEFAULT_LIMITS = Limits()
+
+
 @dataclass
 class SandboxResult:
     """Outcome of one run (``status`` in ``STATUSES``)."""
@@ -117,7 +120,7 @@ def default_isolation() -> str:
 
 
 def run_python(
-    code: str, limits: Limits = Limits(), *, isolation: str = "auto", python_guard: bool = True
+    code: str, limits: Limits = DEFAULT_LIMITS, *, isolation: str = "auto", python_guard: bool = True
 ) -> SandboxResult:
     """Run ``code`` as ``program.py`` in a fresh directory under ``limits`` (module docstring).
 

@@ -9,6 +9,9 @@ Kinds:
   precision/recall (``eval/classification.py``).
 - ``generation``: greedy decoding with the engine until a stop string; the output (optionally the first
   match of ``answer_regex``) is scored by exact match, SQuAD F1, BLEU, chrF or ROUGE (``metrics.py``).
+- ``code``: ``samples`` completions per problem (greedy when ``temperature`` is 0, else sampled with
+  ``top_p``; row seeds follow ``seed``), each run with the problem's tests in the sandbox and scored
+  by the unbiased pass@k for ``ks`` (``eval/codegen.py``).
 
 Tokenisation of a (context, continuation) pair is lm-evaluation-harness's: the continuation's tokens
 are ``encode(context + continuation)`` past ``len(encode(context))``; the context is preceded by
@@ -36,10 +39,11 @@ from lmforge.errors import InputError
 from lmforge.eval import loaders
 from lmforge.eval.fewshot import PromptFormat, build_prompt, select_shots
 from lmforge.eval.loaders import BUILTIN, Doc
+from lmforge.eval.sandbox import Limits
 
 log = logging.getLogger(__name__)
 
-KINDS = ("multiple_choice", "classification", "generation")
+KINDS = ("multiple_choice", "classification", "generation", "code")
 
 
 @dataclass
@@ -56,6 +60,12 @@ class Task:
     until: tuple[str, ...] = ("\n",)  # generation stop strings
     max_new_tokens: int = 32
     answer_regex: str = ""  # generation: score the first match (group 1 if any) instead of the output
+    samples: int = 1  # code: completions per problem (the n of pass@k)
+    temperature: float = 0.0  # code: 0 = greedy
+    top_p: float | None = None  # code: nucleus mass when sampling
+    ks: tuple[int, ...] = (1,)  # code: the k of pass@k
+    limits: Limits = Limits()  # code: sandbox limits per program
+    workers: int = 2  # code: programs run at once
 
 
 # --------------------------------------------------------------------------------------------------
@@ -136,19 +146,32 @@ class LM:
             out.append(sum(ll for ll, _ in self.loglikelihood_tokens(pieces)))
         return out
 
-    def generate(self, contexts: Sequence[str], until: Sequence[str], max_new_tokens: int) -> list[str]:
-        """Greedy continuations of ``contexts``, each cut before the first string of ``until``."""
+    def generate(
+        self,
+        contexts: Sequence[str],
+        until: Sequence[str],
+        max_new_tokens: int,
+        *,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> list[str]:
+        """Continuations of ``contexts`` (greedy by default), each cut before the first string of
+        ``until``. When sampling, context ``i`` draws from a generator seeded ``seed + i``, whatever the
+        batching (repeat a context to draw several samples of it)."""
         from lmforge.inference.engine import Engine, SamplingParams, default_stop_ids
 
         engine = Engine(self.model, self.tok)
-        params = SamplingParams(
-            max_new_tokens=max_new_tokens,
-            temperature=0,
-            stop=list(until),
-            stop_ids=default_stop_ids(self.tok),
-        )
         out = []
         for start in range(0, len(contexts), self.batch_size):
+            params = SamplingParams(
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                seed=None if seed is None else seed + start,
+                stop=list(until),
+                stop_ids=default_stop_ids(self.tok),
+            )
             prompts = [[self.bos_id] + self.encode(c) for c in contexts[start : start + self.batch_size]]
             out += [c.text for c in engine.generate(prompts, params)]
         return out
@@ -176,6 +199,8 @@ def evaluate_task(lm: LM, task: Task, *, k: int = 0, seed: int = 1234) -> dict[s
     tables: list[dict[str, Any]] = []
     if task.kind in ("multiple_choice", "classification"):
         metrics = _score_choices(lm, task, contexts, tables)
+    elif task.kind == "code":
+        metrics = _score_code(lm, task, contexts, seed, tables)
     else:
         metrics = _score_generation(lm, task, contexts)
     log.info("%s (%d-shot, %d docs): %s", task.name, k, len(task.docs), _brief(metrics))
@@ -215,6 +240,28 @@ def _score_generation(lm: LM, task: Task, contexts: list[str]) -> dict[str, floa
     outputs = lm.generate(contexts, task.until, task.max_new_tokens)
     predictions = [extract_answer(o, task.answer_regex) for o in outputs]
     return score_generations(predictions, [d.references for d in task.docs], task.metrics)
+
+
+def _score_code(
+    lm: LM, task: Task, contexts: list[str], seed: int, tables: list[dict[str, Any]]
+) -> dict[str, float]:
+    from lmforge.eval.codegen import score_completions, status_table
+
+    n = task.samples
+    outputs = lm.generate(
+        [c for c in contexts for _ in range(n)],
+        task.until,
+        task.max_new_tokens,
+        temperature=task.temperature,
+        top_p=task.top_p,
+        seed=seed,
+    )
+    completions = [outputs[i * n : (i + 1) * n] for i in range(len(contexts))]
+    scored = score_completions(
+        task.docs, completions, ks=task.ks, until=task.until, limits=task.limits, workers=task.workers
+    )
+    tables.append(status_table(scored["results"]))
+    return scored["metrics"]
 
 
 def extract_answer(output: str, regex: str) -> str:

@@ -1,0 +1,101 @@
+"""Code-generation scoring: completions become programs, run in the sandbox, counted into pass@k.
+
+For each problem (a ``Doc`` with ``code_prefix`` and ``test``, ``loaders.humaneval`` / ``loaders.mbpp``)
+and each of its ``n`` completions:
+
+1. the completion is cut before the first stop string of ``until`` (the engine already stops there;
+   a hand-written completion may not), and, for a task without a code prefix (MBPP), stripped of
+   leading whitespace;
+2. the program ``code_prefix + completion + "\\n\\n" + test`` runs in ``sandbox.run_python`` under
+   ``limits``, ``workers`` at a time (each in its own process);
+3. a problem with ``c`` passing programs out of ``n`` contributes ``pass_at_k(n, c, k)``
+   (``metrics.py``) for every ``k <= n``.
+
+Metrics: ``pass@k`` for each requested ``k``, and the fraction of all programs per sandbox status
+(``frac_passed``, ``frac_failed``, ``frac_timeout``, ``frac_error``), so a run shows whether its
+failures are wrong answers or programs stopped by the sandbox. ``score_completions`` is the part that
+needs no model: the tests feed it canonical solutions and wrong ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from lmforge.eval.loaders import Doc
+from lmforge.eval.metrics import mean_pass_at_k
+from lmforge.eval.sandbox import DEFAULT_LIMITS, STATUSES, Limits, SandboxResult, run_python
+
+log = logging.getLogger(__name__)
+
+
+def trim_completion(text: str, until: Sequence[str]) -> str:
+    """``text`` cut before the earliest occurrence of any string of ``until``."""
+    cut = min((i for i in (text.find(s) for s in until if s) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+def build_program(doc: Doc, completion: str, until: Sequence[str] = ()) -> str:
+    """The program a completion of ``doc`` is judged by (module docstring, steps 1-2)."""
+    body = trim_completion(completion, until)
+    if not doc.code_prefix:
+        body = body.lstrip()
+    return f"{doc.code_prefix}{body}\n\n{doc.test}"
+
+
+def score_completions(
+    docs: Sequence[Doc],
+    completions: Sequence[Sequence[str]],
+    *,
+    ks: Sequence[int] = (1,),
+    until: Sequence[str] = (),
+    limits: Limits = DEFAULT_LIMITS,
+    workers: int = 2,
+) -> dict[str, Any]:
+    """Run every completion of every problem; returns ``{"metrics": {...}, "results": [[SandboxResult]]}``.
+
+    Args:
+        docs: the problems.
+        completions: per problem, its ``n`` completions (every problem the same ``n`` or not).
+        ks: the k of pass@k (each at most the smallest ``n``).
+        until: stop strings the completions are cut at.
+        limits: sandbox limits per program.
+        workers: programs run at once.
+
+    Raises:
+        ValueError: ``docs`` and ``completions`` differ in length, or a problem has no completion.
+    """
+    if len(docs) != len(completions):
+        raise ValueError(f"docs and completions differ in length: {len(docs)} vs {len(completions)}")
+    if any(not c for c in completions):
+        raise ValueError("every problem needs at least one completion")
+    jobs = [build_program(d, c, until) for d, cs in zip(docs, completions) for c in cs]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        flat: list[SandboxResult] = list(pool.map(lambda code: run_python(code, limits), jobs))
+    results, at = [], 0
+    for cs in completions:
+        results.append(flat[at : at + len(cs)])
+        at += len(cs)
+    counts = [(len(rs), sum(r.passed for r in rs)) for rs in results]
+    metrics = mean_pass_at_k(counts, ks)
+    statuses = Counter(r.status for r in flat)
+    metrics.update({f"frac_{s}": statuses[s] / len(flat) for s in STATUSES})
+    return {"metrics": metrics, "results": results}
+
+
+def status_table(results: Sequence[Sequence[SandboxResult]], limit: int = 10) -> dict[str, Any]:
+    """A report table of the first ``limit`` programs that did not pass: problem, sample, status, reason."""
+    rows = [
+        [i, j, r.status, r.reason[:120]]
+        for i, rs in enumerate(results)
+        for j, r in enumerate(rs)
+        if not r.passed
+    ][:limit]
+    return {
+        "title": "programs that did not pass (first ones)",
+        "header": ["problem", "sample", "status", "reason"],
+        "rows": rows,
+    }
