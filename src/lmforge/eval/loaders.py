@@ -9,6 +9,8 @@ Built-in formats (files as distributed, e.g. under ``../shared/data``):
 - SST-2 style ``label sentence`` lines.
 - GSM8K jsonl ``{question, answer}`` with the final answer after ``####``.
 - Translation: two line-aligned files (optionally ``.gz``).
+- CoNLL-style token files (WNUT-17): one ``token\tTAG`` per line, a blank line between sentences
+  (``read_conll``; for token classification, not a ``Doc`` task).
 - HumanEval gz jsonl ``{task_id, prompt, canonical_solution, test, entry_point}``: the program is
   ``prompt + completion + test + check(entry_point)`` (Chen et al. 2021).
 - MBPP jsonl ``{task_id, text, code, test_list, test_setup_code}``: the prompt of the MBPP paper
@@ -178,6 +180,42 @@ def translation(src: Path, tgt: Path, src_name: str, tgt_name: str) -> list[Doc]
     return [
         Doc(f"{src_name}: {s}\n{tgt_name}:", references=[t]) for s, t in zip(a, b) if s.strip() and t.strip()
     ]
+
+
+def read_conll(path: Path) -> list[tuple[list[str], list[str]]]:
+    """Sentences of a ``token<TAB>tag`` file (blank lines between sentences) as ``(tokens, tags)``.
+
+    Byte-order marks (U+FEFF, which WNUT-17's dev file holds alone on a line) are dropped.
+
+    Raises:
+        InputError: a line without a tab-separated tag.
+    """
+    sentences: list[tuple[list[str], list[str]]] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    for n, line in enumerate([*open_text(path).splitlines(), ""], 1):
+        line = line.replace("\ufeff", "")
+        if not line.strip():
+            if tokens:
+                sentences.append((tokens, tags))
+                tokens, tags = [], []
+            continue
+        token, sep, tag = line.rstrip("\n").rpartition("\t")
+        if not sep or not tag.strip():
+            raise InputError(f"{path}:{n}: expected 'token<TAB>tag', got {line[:40]!r}")
+        tokens.append(token)
+        tags.append(tag.strip())
+    return sentences
+
+
+WNUT17_SPLITS = {"train": "wnut17train.conll", "dev": "emerging.dev.conll", "test": "emerging.test.annotated"}
+
+
+def wnut17(data_dir: Path, split: str) -> list[tuple[list[str], list[str]]]:
+    """WNUT-17 emerging entities (Derczynski et al. 2017) ``split`` (train, dev, test) under ``data_dir``."""
+    if split not in WNUT17_SPLITS:
+        raise InputError(f"wnut17 split {split!r}: expected one of {', '.join(WNUT17_SPLITS)}")
+    return read_conll(Path(data_dir) / "wnut17" / WNUT17_SPLITS[split])
 
 
 def humaneval(path: Path) -> list[Doc]:

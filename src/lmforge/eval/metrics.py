@@ -12,6 +12,13 @@
   for ``n`` samples of which ``c`` pass, computed as a product (no large binomials), and its mean over
   problems (``mean_pass_at_k``), on a 0-1 scale.
 
+- ``bio_spans`` / ``entity_scores``: entity-level precision, recall and F1 for named-entity recognition
+  (CoNLL-2000 ``conlleval``; seqeval): an entity counts only when its type and both boundaries match
+  exactly (micro-averaged over entities, with per-type scores and a macro-F1 over types), on a 0-1
+  scale. ``scheme="conlleval"`` reads BIO spans as conlleval and seqeval's default do (an ``I-X`` after
+  ``O`` or another type starts an entity); ``scheme="iob2"`` as seqeval's ``mode="strict"`` does (an
+  entity starts only at ``B-X``; a stray ``I-X`` is no entity).
+
 The text metrics take ``predictions: list[str]`` and ``references: list[list[str]]`` (one or more per
 example) and returns plain floats.
 """
@@ -22,6 +29,7 @@ import re
 import string
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCT = set(string.punctuation)
@@ -107,6 +115,80 @@ def rouge(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> di
         for kind in kinds:
             totals[kind] += max(s[kind].fmeasure for s in scores)
     return {kind: total / len(predictions) for kind, total in totals.items()}
+
+
+Span = tuple[str, int, int]  # (entity type, first token, one past the last token)
+
+
+def bio_spans(tags: Sequence[str], scheme: str = "conlleval") -> list[Span]:
+    """The entities of one BIO-tagged sentence as ``(type, start, end)`` spans (module docstring).
+
+    Raises:
+        ValueError: a tag that is not ``O``, ``B-X`` or ``I-X``, or an unknown scheme.
+    """
+    if scheme not in ("conlleval", "iob2"):
+        raise ValueError(f"scheme: expected conlleval or iob2, got {scheme!r}")
+    spans: list[Span] = []
+    kind, start = "", -1
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, _, label = tag.partition("-")
+        if tag != "O" and (prefix not in ("B", "I") or not label):
+            raise ValueError(f"tag {tag!r} at token {i}: expected O, B-<type> or I-<type>")
+        continues = prefix == "I" and label == kind and start >= 0
+        if start >= 0 and not continues:
+            spans.append((kind, start, i))
+            kind, start = "", -1
+        if prefix == "B" or (prefix == "I" and not continues and scheme == "conlleval"):
+            kind, start = label, i
+    return spans
+
+
+def entity_scores(
+    gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]], scheme: str = "conlleval"
+) -> dict[str, Any]:
+    """Entity-level scores of predicted tag sequences against gold ones (one list of tags per sentence).
+
+    Returns:
+        ``{"precision", "recall", "f1", "macro_f1", "per_type": {type: {precision, recall, f1,
+        support}}, "n_gold", "n_predicted", "n_correct"}``; precision (recall) is 0 when nothing is
+        predicted (in the gold), as seqeval's ``zero_division=0``.
+
+    Raises:
+        ValueError: different numbers of sentences, or a sentence whose two sequences differ in length.
+    """
+    if len(gold) != len(predicted):
+        raise ValueError(f"gold and predicted differ in sentences: {len(gold)} vs {len(predicted)}")
+    true_spans: set[tuple[int, Span]] = set()
+    pred_spans: set[tuple[int, Span]] = set()
+    for i, (g, p) in enumerate(zip(gold, predicted)):
+        if len(g) != len(p):
+            raise ValueError(f"sentence {i}: {len(g)} gold tags but {len(p)} predicted")
+        true_spans |= {(i, s) for s in bio_spans(g, scheme)}
+        pred_spans |= {(i, s) for s in bio_spans(p, scheme)}
+
+    def prf(t: set, p: set) -> dict[str, float]:
+        correct = len(t & p)
+        precision = correct / len(p) if p else 0.0
+        recall = correct / len(t) if t else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return {"precision": precision, "recall": recall, "f1": f1, "support": len(t)}
+
+    types = sorted({s[0] for _, s in true_spans | pred_spans})
+    per_type = {
+        k: prf({x for x in true_spans if x[1][0] == k}, {x for x in pred_spans if x[1][0] == k})
+        for k in types
+    }
+    total = prf(true_spans, pred_spans)
+    return {
+        "precision": total["precision"],
+        "recall": total["recall"],
+        "f1": total["f1"],
+        "macro_f1": sum(v["f1"] for v in per_type.values()) / len(types) if types else 0.0,
+        "per_type": per_type,
+        "n_gold": len(true_spans),
+        "n_predicted": len(pred_spans),
+        "n_correct": len(true_spans & pred_spans),
+    }
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
