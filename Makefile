@@ -18,7 +18,7 @@ $(VENV)/.installed-base: pyproject.toml Makefile
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed-base
-	$(PY) -m pip install -q -e ".[dev,dist,hf,serve,eval]"
+	$(PY) -m pip install -q -e ".[dev,dist,hf,serve,eval,classic]"
 	touch $@
 
 ## demo: run the default recipe (data → tokenizer → pretrain → eval → generate → report) into $(RUN)

@@ -8,7 +8,9 @@ never predicted has precision 0; one that never occurs has recall 0 (scikit-lear
 ``bow_baseline`` trains a bag-of-words logistic regression (scikit-learn ``CountVectorizer`` of word
 unigrams and bigrams → ``LogisticRegression``) on the same training split and scores it on the same
 evaluation split: the number that ignores word order and context, which a fine-tuned transformer
-should beat.
+should beat. ``preprocess`` applies the classic pipeline first (stop-word removal and/or lemmatisation,
+``eval/classic_text.py``); the default ``"none"`` keeps the raw text. ``static_embeddings.py`` has the
+other classic baseline: logistic regression on averaged word2vec vectors.
 
 ``flat_metrics`` turns a result into the flat ``name → number`` mapping a stage manifest holds.
 """
@@ -77,12 +79,15 @@ def bow_baseline(
     *,
     labels: Sequence[str] | None = None,
     seed: int = 0,
+    preprocess: str = "none",
 ) -> dict[str, Any]:
     """Train the bag-of-words logistic regression on the train split; score it on the eval split.
 
     Features: counts of lower-cased word unigrams and bigrams (``CountVectorizer(ngram_range=(1, 2))``,
     tokens of two or more word characters, plus single characters so "a" or "!"-free texts still
-    vectorise). Classifier: ``LogisticRegression(C=1.0, max_iter=1000)``, L2-regularised.
+    vectorise). Classifier: ``LogisticRegression(C=1.0, max_iter=1000)``, L2-regularised. ``preprocess``:
+    ``none``, ``stopwords``, ``lemmas`` or ``stopwords+lemmas`` (``classic_text.PREPROCESS``), applied to
+    both splits.
 
     Returns:
         ``classification_metrics`` of its predictions on the eval split.
@@ -97,6 +102,9 @@ def bow_baseline(
         raise ValueError(
             f"the baseline needs at least two classes in training, got {sorted(set(train_labels))}"
         )
+    from lmforge.eval.classic_text import preprocess_all
+
+    train_texts, eval_texts = preprocess_all(train_texts, preprocess), preprocess_all(eval_texts, preprocess)
     vectorizer = CountVectorizer(ngram_range=(1, 2), lowercase=True, token_pattern=r"(?u)\b\w+\b")
     x_train = vectorizer.fit_transform(list(train_texts))
     classifier = LogisticRegression(C=1.0, max_iter=1000, random_state=seed)
