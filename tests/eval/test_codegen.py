@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmforge.eval.codegen import build_program, score_completions, trim_completion
+from lmforge.eval.codegen import build_program, code_reward, score_completions, trim_completion
 from lmforge.eval.loaders import Doc
 from lmforge.eval.metrics import mean_pass_at_k, pass_at_k
 from lmforge.eval.sandbox import Limits
@@ -125,3 +125,10 @@ def test_code_task_through_a_tiny_model() -> None:
     r = evaluate_task(LM(model, tok, bos_id=0), task)
     assert r["metrics"]["pass@1"] == pytest.approx(0.5) and r["metrics"]["pass@3"] == pytest.approx(0.5)
     assert len(r["tables"][0]["rows"]) == 3  # the second problem's three samples failed
+
+
+def test_code_reward() -> None:
+    doc = Doc("sq", test="assert sq(3) == 9\n", code_prefix="def sq(x):\n")
+    assert code_reward(doc, "    return x * x\n", limits=QUICK) == 1.0
+    assert code_reward(doc, "    return x + x\n", limits=QUICK) == 0.0
+    assert code_reward(doc, "    import socket\n    socket.socket()\n    return 9\n", limits=QUICK) == 0.0

@@ -14,7 +14,9 @@ and each of its ``n`` completions:
 Metrics: ``pass@k`` for each requested ``k``, and the fraction of all programs per sandbox status
 (``frac_passed``, ``frac_failed``, ``frac_timeout``, ``frac_error``), so a run shows whether its
 failures are wrong answers or programs stopped by the sandbox. ``score_completions`` is the part that
-needs no model: the tests feed it canonical solutions and wrong ones.
+needs no model: the tests feed it canonical solutions and wrong ones. ``code_reward`` is the same
+judgement as a plain reward function (1.0 when the program passes, else 0.0) for reinforcement learning
+on code (GRPO); the GRPO stage does not call it yet.
 """
 
 from __future__ import annotations
@@ -84,6 +86,13 @@ def score_completions(
     statuses = Counter(r.status for r in flat)
     metrics.update({f"frac_{s}": statuses[s] / len(flat) for s in STATUSES})
     return {"metrics": metrics, "results": results}
+
+
+def code_reward(
+    doc: Doc, completion: str, *, until: Sequence[str] = (), limits: Limits = DEFAULT_LIMITS
+) -> float:
+    """1.0 when ``completion`` makes ``doc``'s tests pass in the sandbox, else 0.0 (failed, timed out, refused)."""
+    return float(run_python(build_program(doc, completion, until), limits).passed)
 
 
 def status_table(results: Sequence[Sequence[SandboxResult]], limit: int = 10) -> dict[str, Any]:
