@@ -33,7 +33,7 @@ def test_chinchilla_fit_recovers_exponents_and_intervals_cover_them():
     fit = fit_chinchilla(n, d, loss)
     assert fit.law.alpha == pytest.approx(TRUE.alpha, abs=0.03)
     assert fit.law.beta == pytest.approx(TRUE.beta, abs=0.03)
-    laws = bootstrap_chinchilla(n, d, loss, fit, samples=100, seed=1)
+    laws = bootstrap_chinchilla(n, d, loss, fit, samples=40, seed=1)
     for key in ("alpha", "beta"):
         low, high = interval([getattr(b, key) for b in laws])
         assert low <= getattr(TRUE, key) <= high, (key, low, high)
@@ -43,7 +43,7 @@ def test_chinchilla_fit_recovers_exponents_and_intervals_cover_them():
 
 def test_chinchilla_fit_without_noise_is_exact():
     n, d, loss = _synthetic(noise=0.0)
-    law = fit_chinchilla(n, d, loss, starts=32).law
+    law = fit_chinchilla(n, d, loss, starts=8).law
     for key in ("E", "alpha", "beta"):
         assert getattr(law, key) == pytest.approx(getattr(TRUE, key), rel=0.02), key
 
@@ -84,7 +84,7 @@ def test_analysis_predicts_a_held_out_point_with_an_interval():
         {"n_params": float(a), "tokens": float(b), "flops": 6 * a * b, "val_loss": float(c)}
         for a, b, c in zip(n, d, loss)
     ]
-    result = analyse(points, delta=1e-3, starts=16, bootstrap=50, seed=0, level=0.95)
+    result = analyse(points, delta=1e-3, starts=8, bootstrap=20, seed=0, level=0.95)
     assert {"kaplan_L_N", "kaplan_L_D", "chinchilla", "intervals", "compute_optimal"} <= set(result)
     assert result["kaplan_L_N"]["alpha"] > 0 and result["kaplan_L_D"]["alpha"] > 0
     held_n, held_d = 3e8, 1e10  # 3x the largest N
