@@ -126,20 +126,6 @@ def chat_loop(engine: Any, cfg: Config, lines: Iterable[str], write: Callable[[s
 
 def cli(argv: list[str]) -> int:
     """``lmforge chat [RECIPE.yaml] [options]``: parse options like every stage, then chat."""
-    from lmforge.errors import LmforgeError
-    from lmforge.log import setup_logging
-    from lmforge.stages.invoke import config_from_args, help_text, split_global_flags
+    from lmforge.stages.invoke import invoke_interactive
 
-    argv, quiet, verbose, want_help = split_global_flags(argv)
-    if want_help:
-        print(help_text("chat", sys.modules[__name__]))
-        return 0
-    setup_logging(quiet=True, verbose=verbose)
-    try:
-        main(config_from_args("chat", sys.modules[__name__], argv))
-    except LmforgeError as exc:
-        print(f"lmforge chat: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print()
-    return 0
+    return invoke_interactive("chat", sys.modules[__name__], argv, quiet=True)

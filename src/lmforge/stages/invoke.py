@@ -169,3 +169,24 @@ def dispatch(group: str, methods: dict[str, tuple[str, str]], usage: str, argv: 
         return 2
     module = importlib.import_module(methods[method][0])
     return invoke(module, f"{group} {method}", rest, kind=f"{group}.{method}")
+
+
+def invoke_interactive(name: str, module: ModuleType, argv: list[str], *, quiet: bool | None = None) -> int:
+    """``lmforge <name> ...`` for a long-running command without a run-store directory (chat, serve):
+    options parsed like every stage's, then ``module.main(config)`` until it returns or Ctrl-C.
+
+    ``quiet`` forces the log level (chat keeps the terminal for the conversation); None takes ``-q``.
+    """
+    argv, quiet_flag, verbose, want_help = split_global_flags(argv)
+    if want_help:
+        print(help_text(name, module))
+        return 0
+    setup_logging(quiet=quiet_flag if quiet is None else quiet, verbose=verbose)
+    try:
+        module.main(config_from_args(name, module, argv))
+    except LmforgeError as exc:
+        print(f"lmforge {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print()
+    return 0

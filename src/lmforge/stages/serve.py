@@ -100,20 +100,6 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
 
 def cli(argv: list[str]) -> int:
     """``lmforge serve [RECIPE.yaml] [options]``: parse options like every stage, then serve."""
-    from lmforge.errors import LmforgeError
-    from lmforge.log import setup_logging
-    from lmforge.stages.invoke import config_from_args, help_text, split_global_flags
+    from lmforge.stages.invoke import invoke_interactive
 
-    argv, quiet, verbose, want_help = split_global_flags(argv)
-    if want_help:
-        print(help_text("serve", sys.modules[__name__]))
-        return 0
-    setup_logging(quiet=quiet, verbose=verbose)
-    try:
-        main(config_from_args("serve", sys.modules[__name__], argv))
-    except LmforgeError as exc:
-        print(f"lmforge serve: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print()
-    return 0
+    return invoke_interactive("serve", sys.modules[__name__], argv)
