@@ -73,3 +73,16 @@ def test_chat_loop_keeps_history_system_prompt_and_budget(ckpt: Path) -> None:
     assert text[1].count("<|user|>") == 2 and text[1].endswith("<|user|>the cat sat<|end|><|assistant|>")
     assert text[2].count("<|user|>") == 1  # after /reset
     assert all(len(ids) <= 96 - 8 for ids in seen)
+
+
+def test_generate_with_int8_weights(ckpt: Path, tmp_path: Path) -> None:
+    """``weights: int8`` is a cached option of its own and decodes (int8 accuracy: tests/inference)."""
+    base = {"model": str(ckpt), "prompts": ["the cat"], "max_new_tokens": 8, "temperature": 0.0}
+    exact = generate_stage.main(from_dict(generate_stage.Config, {**base, "out": str(tmp_path / "e")}))
+    int8 = generate_stage.main(
+        from_dict(generate_stage.Config, {**base, "out": str(tmp_path / "q"), "weights": "int8"})
+    )
+    assert exact["cache_key"] != int8["cache_key"] and int8["metrics"]["samples"] == 1
+    assert int8["config"]["weights"] == "int8"
+    row = json.loads((tmp_path / "q" / "samples.jsonl").read_text())
+    assert row["tokens"] >= 1

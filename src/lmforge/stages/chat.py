@@ -38,6 +38,9 @@ class Config:
     repetition_penalty: float = opt(1.1, "penalise tokens already in the conversation (1 = off)")
     seed: int = opt(0, "sampling seed (-1 = a fresh random seed)")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
+    weights: Literal["exact", "int8"] = opt(
+        "exact", "exact, or int8: weight-only int8 matmuls, ~2x faster decoding on a CPU, not bit-exact"
+    )
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
@@ -64,7 +67,9 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     model, _ = load_model(ckpt, device=rt.device)
     tok = load_tokenizer(ckpt / "tokenizer.json")
     print(f"lmforge chat: {ckpt} — /reset, /system TEXT, /quit", flush=True)
-    turns = chat_loop(Engine(model, tok), cfg, _lines(), lambda s: print(s, end="", flush=True))
+    turns = chat_loop(
+        Engine(model, tok, weights=cfg.weights), cfg, _lines(), lambda s: print(s, end="", flush=True)
+    )
     return {"turns": turns}
 
 

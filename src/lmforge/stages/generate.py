@@ -35,6 +35,9 @@ class Config:
     stop: list[str] = opt([], "stop strings: a completion ends before the first one")
     seed: int = opt(0, "sampling seed (each prompt uses seed + its index)")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
+    weights: Literal["exact", "int8"] = opt(
+        "exact", "exact, or int8: weight-only int8 matmuls, ~2x faster decoding on a CPU, not bit-exact"
+    )
 
     def validate(self) -> None:
         if not self.prompts:
@@ -92,7 +95,7 @@ def sample(cfg: Config, ctx: StageContext) -> dict[str, float]:
     )
     start = time.perf_counter()
     prompts = [[bos] + tok.encode(p, add_special_tokens=False).ids for p in cfg.prompts]
-    completions = Engine(model, tok).generate(prompts, params)
+    completions = Engine(model, tok, weights=cfg.weights).generate(prompts, params)
     dt = time.perf_counter() - start
     with (ctx.dir / "samples.jsonl").open("w", encoding="utf-8") as fh:
         for i, (prompt, c) in enumerate(zip(cfg.prompts, completions)):
