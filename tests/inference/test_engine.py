@@ -214,3 +214,15 @@ def test_rows_finishing_early_leave_the_batch_without_changing_the_others() -> N
         alone = engine.generate([prompt], SamplingParams(seed=5 + i, stop_ids=stop, **base))[0]
         assert alone.ids == batched[i].ids and alone.finish_reason == batched[i].finish_reason
         assert alone.logprobs == pytest.approx(batched[i].logprobs, abs=1e-4)
+
+
+def test_a_row_finishing_at_the_context_limit_leaves_before_it_overflows() -> None:
+    """A long prompt ends at block_size while most rows go on: it must leave, not be fed past the
+    context (this raised ``a row reaches position 33 > block_size 32`` before)."""
+    model = build()
+    prompts = [[0] + [5] * 29] + [[0, 1]] * 4
+    params = SamplingParams(max_new_tokens=20, temperature=0)
+    out = Engine(model).generate(prompts, params)
+    assert [(len(c.ids), c.finish_reason) for c in out] == [(2, "length")] + [(20, "length")] * 4
+    for p, c in zip(prompts, out):
+        assert c.ids == Engine(model).generate([p], params)[0].ids

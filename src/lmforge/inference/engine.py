@@ -201,7 +201,9 @@ class Engine:
             if seen is not None:
                 seen[torch.arange(len(alive), device=device), tokens] = True
             keep = [j for j, i in enumerate(alive) if not done[i]]
-            if len(keep) <= COMPACT_AT * len(alive):  # drop finished rows from the batch and the cache
+            # a finished row that stayed in the batch must not be fed past the context: drop it then too
+            at_limit = any(done[i] and lengths[i] + n_new[i] + 1 > self.block_size for i in alive)
+            if len(keep) <= COMPACT_AT * len(alive) or at_limit:  # drop finished rows from batch and cache
                 rows_kept = torch.tensor(keep, device=device)
                 _select_rows(cache, rows_kept)
                 tokens = tokens[rows_kept]
