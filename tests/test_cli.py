@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -77,20 +76,18 @@ def test_method_command_without_method_lists_methods(capsys):
     assert "sweep" in capsys.readouterr().out
 
 
-def test_help_is_fast_and_imports_no_torch():
+def test_help_imports_no_torch():
+    """``--help`` stays instant because it loads no heavy library (timings belong in bench/, not tests)."""
     code = (
         "import sys, time; t=time.perf_counter(); from lmforge.cli import main; import io, contextlib;\n"
         "buf=io.StringIO()\n"
         "with contextlib.redirect_stdout(buf): main(['pretrain', '--help'])\n"
         "print(time.perf_counter()-t, 'torch' in sys.modules)"
     )
-    t0 = time.perf_counter()
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
-    wall = time.perf_counter() - t0
     assert out[1] == "False", "pretrain --help must not import torch"
-    assert float(out[0]) < 1.0 and wall < 5.0
 
 
 def test_bad_option_fails_before_work(tmp_path, capsys):

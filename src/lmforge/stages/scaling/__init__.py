@@ -9,9 +9,7 @@ in ``lmforge.scaling``; docs/scaling.md describes the method and the measured CP
 
 from __future__ import annotations
 
-import difflib
 import importlib
-import sys
 from types import ModuleType
 
 # method → (module, one line)
@@ -48,19 +46,6 @@ def method_module(method: str) -> ModuleType:
 
 def cli(argv: list[str]) -> int:
     """``lmforge scaling <method> ...``: dispatch to the method's stage program."""
-    from lmforge.stages.invoke import invoke
+    from lmforge.stages.invoke import dispatch
 
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        table = "\n".join(f"  {name:<8} {summary}" for name, (_, summary) in METHODS.items())
-        print(USAGE.format(table=table))
-        return 0 if argv else 2
-    method, rest = argv[0], argv[1:]
-    if method not in METHODS:
-        near = difflib.get_close_matches(method, list(METHODS), n=1)
-        hint = f" Did you mean '{near[0]}'?" if near else ""
-        print(
-            f"lmforge scaling: unknown method '{method}'.{hint} Methods: {', '.join(METHODS)}",
-            file=sys.stderr,
-        )
-        return 2
-    return invoke(method_module(method), f"scaling {method}", rest, kind=f"scaling.{method}")
+    return dispatch("scaling", METHODS, USAGE, argv)
