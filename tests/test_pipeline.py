@@ -148,9 +148,10 @@ def test_resume_after_sigkill_is_exact(micro_run, tmp_path):
         _pretrain_cmd(killed, tok, 40), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     partial = tmp_path / "killed.partial" / "ckpt"
-    deadline = time.time() + 120
-    while time.time() < deadline and not any(partial.glob("step_1[05]/DONE")):
+    deadline = time.time() + 900  # generous: on a loaded machine 15 steps can take minutes
+    while time.time() < deadline and proc.poll() is None and not any(partial.glob("step_1[05]/DONE")):
         time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before a checkpoint was seen: nothing to kill"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not killed.exists(), "a killed stage must not look finished"
