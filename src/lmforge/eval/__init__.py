@@ -1,5 +1,7 @@
 """Evaluation: language-model metrics (lm.py), tasks with k-shot prompts (tasks.py, fewshot.py,
-loaders.py), generation metrics (metrics.py), classification metrics, probes, the harness adapter.
+loaders.py), generation, pass@k and NER metrics (metrics.py), code generation run in a sandbox
+(codegen.py, sandbox.py), classification metrics and classic baselines (classification.py,
+classic_text.py, static_embeddings.py), probes, the harness adapter.
 
 ``evaluate_lm`` and ``unigram_entropy`` are re-exported lazily, so importing a torch-free module of
 this package (``loaders``, ``metrics``) does not load torch.
