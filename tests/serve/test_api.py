@@ -35,6 +35,7 @@ def sse(response) -> list:
 def test_health_and_models(client: TestClient) -> None:
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["model"] == "tiny" and health["arch"] == "decoder"
+    assert health["context_length"] == client.app.state.scheduler.model.config.block_size
     models = client.get("/v1/models").json()
     assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["tiny"]
 

@@ -141,6 +141,7 @@ class _Api:
             "status": "ok",
             "model": self.served.name,
             "arch": self.served.arch,
+            "context_length": self.block_size,
             "in_flight": self.app.state.in_flight,
             "running_rows": sum(not r.done for r in list(s.rows)),
             "stats": dict(s.stats),

@@ -24,6 +24,14 @@ async function loadModel() {
     modelId = body.data[0].id;
     $("model").textContent = "model: " + modelId;
     showError("");
+    // a reply may use at most half the context by default, so the conversation still fits
+    const h = await fetch("/health");
+    if (h.ok) {
+      const ctx = (await h.json()).context_length;
+      const box = $("max-tokens");
+      if (ctx && parseInt(box.value, 10) > ctx / 2) box.value = Math.max(1, Math.floor(ctx / 2));
+      $("model").textContent += " (context " + ctx + " tokens)";
+    }
   } catch (e) {
     $("model").textContent = "model: unknown";
     showError("cannot list models: " + e.message);
