@@ -52,7 +52,7 @@ class Config(FinetuneOptions):
             raise ConfigError("max_train_examples", f"must be >= 0, got {self.max_train_examples}")
 
 
-INPUTS = ("model", "val")
+INPUTS = ("model", "train", "val")
 
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
