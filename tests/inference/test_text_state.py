@@ -1,4 +1,4 @@
-"""Incremental detokenisation (``engine._TextState``): the text it releases, token by token, equals a full
+"""Incremental detokenisation (``engine.TextState``): the text it releases, token by token, equals a full
 decode of the ids, including UTF-8 characters split across byte-level tokens and invalid byte runs."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from lmforge.inference.engine import _TextState
+from lmforge.inference.engine import TextState
 from lmforge.tokenizer.train import train_bpe
 
 TEXT = "naïve café — 10 € « déjà vu » 🙂 日本語 the cat sat on the mat " * 3
@@ -19,7 +19,7 @@ def tok():
 
 
 def stream(tok, ids: list[int], stop: tuple[str, ...] = ()) -> tuple[list[str], bool]:
-    state = _TextState(tok, stop)
+    state = TextState(tok, stop)
     pieces = []
     for t in ids:
         text, stopped = state.add(t)

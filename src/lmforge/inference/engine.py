@@ -166,9 +166,7 @@ class Engine:
             seen = torch.zeros(B, self.model.config.vocab_size, dtype=torch.bool, device=device)
             for i, r in enumerate(rows):
                 seen[i, r] = True
-        texts = [
-            _TextState(self.tokenizer, params.stop) if self.tokenizer is not None else None for _ in rows
-        ]
+        texts = [TextState(self.tokenizer, params.stop) if self.tokenizer is not None else None for _ in rows]
         done = [False] * B
         n_new = [0] * B
         alive = list(range(B))  # the prompt index of each cache row
@@ -205,7 +203,7 @@ class Engine:
             at_limit = any(done[i] and lengths[i] + n_new[i] + 1 > self.block_size for i in alive)
             if len(keep) <= COMPACT_AT * len(alive) or at_limit:  # drop finished rows from batch and cache
                 rows_kept = torch.tensor(keep, device=device)
-                _select_rows(cache, rows_kept)
+                select_rows(cache, rows_kept)
                 tokens = tokens[rows_kept]
                 seen = None if seen is None else seen[rows_kept]
                 gens = None if gens is None else [gens[j] for j in keep]
@@ -236,7 +234,7 @@ class Engine:
 COMPACT_AT = 0.75  # compact the batch once at most this fraction of its rows is still generating
 
 
-def _select_rows(cache: KVCache, rows: torch.Tensor) -> None:
+def select_rows(cache: KVCache, rows: torch.Tensor) -> None:
     """Keep only ``rows`` (indices ``[b]``) of every tensor of ``cache``, in place."""
     cache.k = cache.k.index_select(1, rows)
     cache.v = cache.v.index_select(1, rows)
@@ -244,7 +242,7 @@ def _select_rows(cache: KVCache, rows: torch.Tensor) -> None:
     cache.batch_size = len(rows)
 
 
-class _TextState:
+class TextState:
     """Incremental text of one row: releases text once it cannot be part of a stop string or an
     incomplete UTF-8 character, and finds the first stop string.
 
@@ -311,4 +309,4 @@ def default_stop_ids(tok: Tokenizer) -> frozenset[int]:
     return frozenset(i for i in ids if i is not None)
 
 
-__all__ = ["Completion", "Engine", "Event", "SamplingParams", "default_stop_ids"]
+__all__ = ["Completion", "Engine", "Event", "SamplingParams", "TextState", "default_stop_ids", "select_rows"]

@@ -18,7 +18,7 @@ al. 2022, "iteration-level scheduling", and vLLM's continuous batching, without 
    matmuls). Greedy rows take the argmax, as ``Engine`` does.
 3. Rows that finish (stop token, stop string, ``max_new_tokens``, ``block_size``) or whose request was
    cancelled are *retired* at once: their ``pad`` is set to the current column, so their old keys are
-   masked out and they no longer count towards ``block_size``; they leave the cache (``_select_rows``)
+   masked out and they no longer count towards ``block_size``; they leave the cache (``select_rows``)
    when a quarter of the batch is retired or at the next admission.
 4. One decode step feeds every row's new token through the shared cache.
 
@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from lmforge.inference.batch_forward import RaggedForward
-from lmforge.inference.engine import SamplingParams, _select_rows, _TextState
+from lmforge.inference.engine import SamplingParams, TextState, select_rows
 from lmforge.inference.sampling import filter_logits
 from lmforge.model.decoder import Decoder
 from lmforge.model.kv_cache import KVCache
@@ -103,7 +103,7 @@ class _Row:
         p = req.params
         seed = p.seed + index if p.seed is not None else random.getrandbits(63)
         self.gen = torch.Generator(device=device).manual_seed(seed)
-        self.text = _TextState(tok, p.stop) if tok is not None else None
+        self.text = TextState(tok, p.stop) if tok is not None else None
         self.n_new = 0
         self.done = False
         key = (p.temperature, p.top_k, p.top_p, p.min_p)
@@ -401,7 +401,7 @@ class Scheduler:
         if not keep:
             self._drop_all()
             return
-        _select_rows(self.cache, torch.tensor(keep, device=self.cache.k.device))
+        select_rows(self.cache, torch.tensor(keep, device=self.cache.k.device))
         self.logits = self.logits[keep]
         self.rows = [self.rows[j] for j in keep]
 
