@@ -178,9 +178,15 @@ def decoder_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _check_keys(state: dict[str, torch.Tensor], cfg: ModelConfig, naming: str) -> None:
-    """Raise ValueError unless ``state`` (our names) has exactly the keys and shapes of ``Decoder(cfg)``."""
-    shapes = decoder_shapes(cfg)
+def _check_keys(
+    state: dict[str, torch.Tensor],
+    cfg: ModelConfig,
+    naming: str,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+) -> None:
+    """Raise ValueError unless ``state`` (our names) has exactly the keys and shapes of ``Decoder(cfg)``
+    (``shapes``: those keys and shapes when given, else the Llama-compatible ``decoder_shapes(cfg)``)."""
+    shapes = decoder_shapes(cfg) if shapes is None else shapes
     missing = sorted(set(shapes) - set(state))
     unexpected = sorted(set(state) - set(shapes))
     if missing or unexpected:
@@ -451,17 +457,7 @@ def from_gpt2_state_dict(hf_sd: dict[str, torch.Tensor], cfg: ModelConfig) -> di
         )
         state["lm_head.weight"] = state["tok_emb.weight"]
     expected = {name: tuple(p.shape) for name, p in _decoder_state_shapes(cfg).items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(
-            f"GPT-2 state dict does not fit the config: missing {missing}, unexpected {unexpected}"
-        )
-    for name, shape in expected.items():
-        if tuple(state[name].shape) != shape:
-            raise ValueError(
-                f"GPT-2 state dict: {name} has shape {tuple(state[name].shape)}, the config needs {shape}"
-            )
+    _check_keys(state, cfg, "GPT-2", expected)
     return state
 
 
