@@ -448,37 +448,29 @@ def encode_pairs(tok: Any, prefs: Sequence[Any], block_size: int) -> tuple[list[
     A pair is dropped (and counted) when a rendering fails or either reply has no token left within
     ``block_size + 1`` tokens.
     """
-    out, dropped = [], 0
-    for p in prefs:
-        try:
-            rows = tuple(
-                encode_response(tok, p.prompt, reply, block_size) for reply in (p.chosen, p.rejected)
-            )
-        except ValueError:
-            dropped += 1
-            continue
-        if any(len(ids) < 2 or not any(mask[1:]) for ids, mask in rows):
-            dropped += 1
-            continue
-        out.append(rows)
-    return out, dropped
+    groups = [_encode_replies(tok, p.prompt, (p.chosen, p.rejected), block_size) for p in prefs]
+    out = [tuple(rows) for rows in groups if rows is not None]
+    return out, len(groups) - len(out)
 
 
 def encode_rankings(tok: Any, rankings: Sequence[Any], block_size: int) -> tuple[list[list[Row]], int]:
     """``([[row of each response, best first], ...], dropped)`` of ``data.preferences.Ranking``\\ s;
     dropped (and counted) as ``encode_pairs`` drops a pair."""
-    out, dropped = [], 0
-    for r in rankings:
-        try:
-            rows = [encode_response(tok, r.prompt, reply, block_size) for reply in r.responses]
-        except ValueError:
-            dropped += 1
-            continue
-        if any(len(ids) < 2 or not any(mask[1:]) for ids, mask in rows):
-            dropped += 1
-            continue
-        out.append(rows)
-    return out, dropped
+    groups = [_encode_replies(tok, r.prompt, r.responses, block_size) for r in rankings]
+    out = [rows for rows in groups if rows is not None]
+    return out, len(groups) - len(out)
+
+
+def _encode_replies(tok: Any, prompt: Any, replies: Sequence[Any], block_size: int) -> list[Row] | None:
+    """The row of each reply to ``prompt``, or None when a rendering fails or a reply has no token left
+    within ``block_size + 1`` tokens (the group is then dropped)."""
+    try:
+        rows = [encode_response(tok, prompt, reply, block_size) for reply in replies]
+    except ValueError:
+        return None
+    if any(len(ids) < 2 or not any(mask[1:]) for ids, mask in rows):
+        return None
+    return rows
 
 
 def read_preference_split(paths: Sequence[Path], problems: list) -> list[Any]:
