@@ -81,13 +81,9 @@ def compute_png(
                 zorder=4,
                 label="measured (held out)",
             )
-    ax.set_xscale("log")
-    ax.set_xlabel("training compute C = 6ND (FLOPs)")
-    ax.set_ylabel("final val loss (nats / token)")
-    ax.set_title("Loss against compute")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    return _png(fig)
+    return _finish(
+        fig, ax, "training compute C = 6ND (FLOPs)", "final val loss (nats / token)", "Loss against compute"
+    )
 
 
 def isoflop_png(law: ChinchillaLaw, budgets: Sequence[float], points: Sequence[dict[str, Any]] = ()) -> bytes:
@@ -108,10 +104,17 @@ def isoflop_png(law: ChinchillaLaw, budgets: Sequence[float], points: Sequence[d
         ax.scatter(
             sizes, [p["val_loss"] for p in points], color="grey", s=12, alpha=0.6, label="sweep points"
         )
+    return _finish(
+        fig, ax, "non-embedding parameters N", "loss (fit) at D = C / 6N", "IsoFLOP curves of the fitted law"
+    )
+
+
+def _finish(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str) -> bytes:
+    """Log x axis, labels, title, grid and legend as every scaling plot has them; the figure as PNG."""
     ax.set_xscale("log")
-    ax.set_xlabel("non-embedding parameters N")
-    ax.set_ylabel("loss (fit) at D = C / 6N")
-    ax.set_title("IsoFLOP curves of the fitted law")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     return _png(fig)
