@@ -63,7 +63,9 @@ class ShardedMuon(Muon):
                     if owner == rank:
                         flat = torch.cat([p.reshape(-1) for p in mine])
                     else:
-                        flat = torch.empty(sum(p.numel() for p in mine), dtype=mine[0].dtype)
+                        flat = torch.empty(
+                            sum(p.numel() for p in mine), dtype=mine[0].dtype, device=mine[0].device
+                        )
                     dist.broadcast(flat, src=owner)
                     if owner != rank:
                         offset = 0
