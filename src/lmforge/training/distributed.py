@@ -158,32 +158,33 @@ def run_local_ranks(n: int, fn: Callable[..., Any], *args: Any, log_file: Path |
     ]
     for p in ranks:
         p.start()
-    result: Any = None
-    error: BaseException | None = None
+    results: dict[int, tuple[bool, Any]] = {}
+
+    def drain() -> None:  # read while waiting: a rank blocked writing a large value never exits
+        while not queue.empty():
+            rank, ok, value = queue.get()
+            results.setdefault(rank, (ok, value))
+
     try:
         while any(p.is_alive() for p in ranks):
             for p in ranks:
                 p.join(timeout=0.2)
-            failed = [p for p in ranks if p.exitcode not in (None, 0)]
-            if failed:
+            drain()
+            if any(p.exitcode not in (None, 0) for p in ranks):
                 break
     finally:
-        while not queue.empty():
-            rank, ok, value = queue.get()
-            if ok and rank == 0:
-                result = value
-            elif not ok and error is None:
-                error = value
+        drain()
         for p in ranks:
             if p.is_alive():
                 p.terminate()
             p.join()
+    error = next((value for ok, value in results.values() if not ok), None)  # the first to arrive
     if error is not None:
         raise error
     bad = [(r, p.exitcode) for r, p in enumerate(ranks) if p.exitcode != 0]
     if bad:
         raise RuntimeError(f"local data-parallel rank {bad[0][0]} exited with code {bad[0][1]}")
-    return result
+    return results.get(0, (True, None))[1]
 
 
 def _rank_main(
