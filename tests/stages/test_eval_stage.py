@@ -131,3 +131,53 @@ def test_eval_tables_land_in_the_run_report(ckpts: Path, tmp_path: Path) -> None
     md, html = md_path.read_text(), html_path.read_text()
     assert "**Tasks**" in md and "| yn | 1shot | acc |" in md and "**Probes**" in md
     assert "<strong>Tasks</strong>" in html and "Largest bias-probe gap" in html
+
+
+def test_baselines_are_columns_beside_the_model_and_land_in_the_manifest(ckpts: Path, tmp_path: Path) -> None:
+    rows = [{"q": f"Is {w} green?", "choices": ["yes", "no"], "answer": 1} for w in WORDS[:5]]
+    (ckpts / "yn_train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))  # "no" is the majority
+    (ckpts / "yn2.yaml").write_text(
+        "path: yn.jsonl\nfewshot_path: yn_train.jsonl\ntemplate: '{q}\\nAnswer:'\n"
+    )
+    cfg = from_dict(
+        eval_stage.Config,
+        {
+            "model": str(ckpts / "m0"),
+            "tokenizer": "",
+            "out": str(tmp_path / "eval"),
+            "tasks": [str(ckpts / "yn2.yaml")],
+            "shots": [0, 1],
+            "baselines": ["majority"],
+        },
+    )
+    metrics = eval_stage.main(cfg)["metrics"]
+    golds = [i % 2 for i in range(len(WORDS))]  # yn.jsonl: answer i % 2, and 1 is "no"
+    assert metrics["baseline_majority_yn2_acc"] == pytest.approx(sum(golds) / len(golds))
+    assert "yn2_0shot_acc" in metrics
+    tables = {t["title"]: t for t in json.loads((tmp_path / "eval" / "report.json").read_text())["tables"]}
+    header = tables["Tasks"]["header"]
+    assert header == ["task", "shots", "metric", "m0", "baseline:majority"]
+    acc_rows = [r for r in tables["Tasks"]["rows"] if r[2] == "acc"]
+    assert [r[1] for r in acc_rows] == ["0shot", "1shot"]
+    assert all(r[4] == f"{sum(golds) / len(golds):.4g}" for r in acc_rows)
+    norm = next(r for r in tables["Tasks"]["rows"] if r[2] == "acc_norm")
+    assert norm[4] == "–"  # the baseline has no length-normalised score
+
+
+def test_a_baseline_that_answers_none_of_the_tasks_is_refused(ckpts: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown baseline"):
+        from_dict(eval_stage.Config, {"tasks": [str(ckpts / "yn.yaml")], "baselines": ["nope"]})
+    with pytest.raises(ConfigError, match="name the tasks"):
+        from_dict(eval_stage.Config, {"baselines": ["majority"]})
+    cfg = from_dict(
+        eval_stage.Config,
+        {
+            "model": str(ckpts / "m0"),
+            "tokenizer": "",
+            "out": str(tmp_path / "eval"),
+            "tasks": [str(ckpts / "yn.yaml")],  # no training split: majority has nothing to fit on
+            "baselines": ["majority"],
+        },
+    )
+    with pytest.raises(ConfigError, match="none of .*'yn'.* qualifies"):
+        eval_stage.main(cfg)

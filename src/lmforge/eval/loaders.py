@@ -34,6 +34,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lmforge.errors import InputError
 from lmforge.eval.fewshot import PromptFormat
@@ -46,7 +47,9 @@ class Doc:
     Multiple choice and classification: ``choices`` (continuations, without the target delimiter) and
     ``gold`` (index of the right one). Generation: ``references`` (one or more acceptable outputs).
     Code: ``references`` holds the canonical solution; a completion is run as the program
-    ``code_prefix + completion + "\n\n" + test`` (``eval/codegen.py``).
+    ``code_prefix + completion + "\n\n" + test`` (``eval/codegen.py``). ``fields``: the record's
+    structured parts (e.g. SQuAD's ``context`` and ``question``), which classic baselines
+    (``eval/baselines.py``) read instead of parsing the rendered ``query``.
     """
 
     query: str
@@ -55,6 +58,7 @@ class Doc:
     references: list[str] = field(default_factory=list)
     test: str = ""
     code_prefix: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)  # the raw record's fields, for classic baselines
 
     @property
     def target(self) -> str:
@@ -268,6 +272,14 @@ _CODE_FORMAT = PromptFormat(target_delimiter="")
 _HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 
 
+def _summarize(reader: str) -> Callable[[Path], list[Doc]]:
+    """A reader of ``eval/loaders_summarize.py`` (imported on use: that module imports this one)."""
+    import importlib
+
+    return lambda d: getattr(importlib.import_module("lmforge.eval.loaders_summarize"), reader)(d)
+
+
+
 @dataclass(frozen=True)
 class Builtin:
     kind: str
@@ -341,5 +353,18 @@ BUILTIN: dict[str, Builtin] = {
         "generation",
         lambda d: _translation(d, "en", "fr", ("English", "French"), "europarl-en-fr-20k", ""),
         settings={"metrics": ("bleu", "chrf"), "until": ("\n",), "max_new_tokens": 48},
+    ),
+    # summarization (eval/loaders_summarize.py): MBPP code -> its description; WikiText body -> lead
+    "mbpp_summarize": Builtin(
+        "generation",
+        _summarize("mbpp_test"),
+        _summarize("mbpp_train"),
+        {"metrics": ("rouge",), "until": ("\n",), "max_new_tokens": 48},
+    ),
+    "wikitext_lead": Builtin(
+        "generation",
+        _summarize("wikitext_test"),
+        _summarize("wikitext_train"),
+        {"metrics": ("rouge",), "until": ("\n",), "max_new_tokens": 160},
     ),
 }

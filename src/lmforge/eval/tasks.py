@@ -26,9 +26,9 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,9 @@ from lmforge.eval import loaders
 from lmforge.eval.fewshot import PromptFormat, build_prompt, select_shots
 from lmforge.eval.loaders import BUILTIN, Doc
 from lmforge.eval.sandbox import Limits
+
+if TYPE_CHECKING:
+    from lmforge.eval.baselines import Baseline
 
 log = logging.getLogger(__name__)
 
@@ -219,13 +222,20 @@ def _score_choices(lm: LM, task: Task, contexts: list[str], tables: list[dict[st
         picks.append(max(range(len(lls)), key=lls.__getitem__))
         norm = [ll / max(1, len(c)) for ll, c in zip(lls, doc.choices)]
         picks_norm.append(max(range(len(norm)), key=norm.__getitem__))
+    return _choice_metrics(task, picks, picks_norm, tables)
+
+
+def _choice_metrics(
+    task: Task, picks: list[int], picks_norm: list[int] | None, tables: list[dict[str, Any]]
+) -> dict[str, float]:
+    """Accuracy (and ``acc_norm`` when length-normalised picks exist) or classification metrics."""
     golds = [doc.gold for doc in task.docs]
     if task.kind == "multiple_choice":
         n = len(golds)
-        return {
-            "acc": sum(p == g for p, g in zip(picks, golds)) / n,
-            "acc_norm": sum(p == g for p, g in zip(picks_norm, golds)) / n,
-        }
+        out = {"acc": sum(p == g for p, g in zip(picks, golds)) / n}
+        if picks_norm is not None:
+            out["acc_norm"] = sum(p == g for p, g in zip(picks_norm, golds)) / n
+        return out
     from lmforge.eval.classification import classification_metrics, confusion_table, flat_metrics
 
     names = task.labels or tuple(task.docs[0].choices)
@@ -235,18 +245,19 @@ def _score_choices(lm: LM, task: Task, contexts: list[str], tables: list[dict[st
 
 
 def _score_generation(lm: LM, task: Task, contexts: list[str]) -> dict[str, float]:
+    outputs = lm.generate(contexts, task.until, task.max_new_tokens)
+    return _generation_metrics(task, [extract_answer(o, task.answer_regex) for o in outputs])
+
+
+def _generation_metrics(task: Task, predictions: list[str]) -> dict[str, float]:
     from lmforge.eval.metrics import score_generations
 
-    outputs = lm.generate(contexts, task.until, task.max_new_tokens)
-    predictions = [extract_answer(o, task.answer_regex) for o in outputs]
     return score_generations(predictions, [d.references for d in task.docs], task.metrics)
 
 
 def _score_code(
     lm: LM, task: Task, contexts: list[str], seed: int, tables: list[dict[str, Any]]
 ) -> dict[str, float]:
-    from lmforge.eval.codegen import score_completions, status_table
-
     n = task.samples
     outputs = lm.generate(
         [c for c in contexts for _ in range(n)],
@@ -256,12 +267,42 @@ def _score_code(
         top_p=task.top_p,
         seed=seed,
     )
-    completions = [outputs[i * n : (i + 1) * n] for i in range(len(contexts))]
+    return _code_metrics(task, [outputs[i * n : (i + 1) * n] for i in range(len(contexts))], tables)
+
+
+def _code_metrics(task: Task, completions: list[list[str]], tables: list[dict[str, Any]]) -> dict[str, float]:
+    from lmforge.eval.codegen import score_completions, status_table
+
     scored = score_completions(
         task.docs, completions, ks=task.ks, until=task.until, limits=task.limits, workers=task.workers
     )
     tables.append(status_table(scored["results"]))
     return scored["metrics"]
+
+
+def evaluate_baseline(baseline: Baseline, task: Task) -> dict[str, Any]:
+    """Run a classic ``baseline`` on ``task`` and score its outputs as ``evaluate_task`` scores the
+    model's; same result shape (``k`` is 0: a baseline sees no prompt).
+
+    Raises:
+        ValueError: the baseline does not apply to ``task`` or returned malformed outputs.
+    """
+    from lmforge.eval.baselines import check_outputs
+
+    if not baseline.applies(task):
+        raise ValueError(f"baseline {baseline.name} does not apply to task {task.name}")
+    outputs = baseline.run(task)
+    check_outputs(baseline, task, outputs)
+    tables: list[dict[str, Any]] = []
+    if task.kind in ("multiple_choice", "classification"):
+        metrics = _choice_metrics(task, outputs, None, tables)
+    elif task.kind == "code":
+        ks = tuple(k for k in task.ks if all(len(c) >= k for c in outputs))
+        metrics = _code_metrics(replace(task, ks=ks or (1,)), outputs, tables)
+    else:
+        metrics = _generation_metrics(task, [o.strip() for o in outputs])
+    log.info("%s by baseline %s (%d docs): %s", task.name, baseline.name, len(task.docs), _brief(metrics))
+    return {"metrics": metrics, "n": len(task.docs), "k": 0, "example": "", "tables": tables}
 
 
 def extract_answer(output: str, regex: str) -> str:
@@ -322,13 +363,13 @@ def _spec_docs(spec: TaskSpec, path: Path) -> list[Doc]:
         try:
             query = spec.template.format(**row)
             answer = row[spec.answer]
+            fields = {k: v for k, v in row.items() if k != spec.answer}  # what baselines may read
             if spec.kind == "generation":
-                docs.append(
-                    Doc(query, references=[answer] if isinstance(answer, str) else [str(a) for a in answer])
-                )
+                refs = [answer] if isinstance(answer, str) else [str(a) for a in answer]
+                docs.append(Doc(query, references=refs, fields=fields))
                 continue
             choices = list(spec.labels) if spec.kind == "classification" else list(row[spec.choices])
-            docs.append(Doc(query, choices, _answer_index(answer, choices)))
+            docs.append(Doc(query, choices, _answer_index(answer, choices), fields=fields))
         except (KeyError, ValueError, TypeError) as e:
             raise InputError(f"{path}: row {n}: {type(e).__name__}: {e}") from None
     return docs

@@ -9,6 +9,9 @@ For the checkpoint ``model`` (and each of ``compare``, side by side):
   would reach.
 - ``tasks`` (built-in names, with data under ``data_dir``, or YAML task files) at every k in ``shots``.
 - ``probes``: ``bias`` and ``memorisation`` (``eval/probes.py``).
+- ``baselines``: classic systems (``eval/baselines.py``) answering the same task documents, scored by
+  the same code; each is a ``baseline:NAME`` column beside the checkpoints (in ``eval.json`` under
+  ``checkpoints`` too) and adds ``baseline_NAME_{task}_{metric}`` to the manifest.
 
 Writes ``eval.json`` (every number, per checkpoint) and ``report.json`` (the tables the run report
 shows: tasks × checkpoints, probes). The manifest's metrics are the first checkpoint's, flat:
@@ -54,6 +57,9 @@ class Config:
     seed: int = opt(1234, "seed of the few-shot example selection")
     data_dir: str = opt("", "directory holding built-in task data (e.g. ../shared/data)", path=True)
     probes: list[Literal["bias", "memorisation"]] = opt([], "probes to run: bias, memorisation")
+    baselines: list[str] = opt(
+        [], "classic systems scored beside the model on the tasks they answer (eval/baselines.py)"
+    )
     batch_size: int = opt(16, "sequences per forward pass")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
 
@@ -77,6 +83,12 @@ class Config:
                 )
             if t in BUILTIN and not self.data_dir:
                 raise ConfigError("data_dir", f"built-in task {t!r} needs data_dir (e.g. ../shared/data)")
+        from lmforge.eval.baselines import get_baseline
+
+        for b in self.baselines:
+            get_baseline(b)  # unknown names fail here, before any work
+        if self.baselines and not self.tasks:
+            raise ConfigError("baselines", "baselines answer tasks: name the tasks too")
 
 
 INPUTS = ("model", "tokenizer")
@@ -109,11 +121,48 @@ def evaluate(cfg: Config, ctx: StageContext) -> dict[str, float]:
         ckpt = resolve_checkpoint(src, cfg.checkpoint)
         name = _unique(f"{src.name}/{ckpt.name}" if ckpt != src else src.name, results)
         results[name] = _evaluate_checkpoint(cfg, ctx, ckpt, tasks, rt.device)
+    model_metrics = next(iter(results.values()))["metrics"]
+    baseline_metrics = _evaluate_baselines(cfg, tasks, results)
     (ctx.dir / "eval.json").write_text(json.dumps({"checkpoints": results}, indent=2, ensure_ascii=False))
     (ctx.dir / "report.json").write_text(
         json.dumps({"tables": _tables(results)}, indent=2, ensure_ascii=False)
     )
-    return next(iter(results.values()))["metrics"]
+    return {**model_metrics, **baseline_metrics}
+
+
+def _evaluate_baselines(cfg: Config, tasks: list, results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Run each of ``cfg.baselines`` on the tasks it applies to; add a ``baseline:NAME`` column to
+    ``results`` (the same metric under every k: a baseline sees no prompt) and return the flat
+    manifest metrics ``baseline_NAME_{task}_{metric}``.
+
+    Raises:
+        ConfigError: a baseline applies to none of the tasks.
+    """
+    from lmforge.eval.baselines import get_baseline
+    from lmforge.eval.tasks import evaluate_baseline
+
+    flat: dict[str, float] = {}
+    for name in cfg.baselines:
+        b = get_baseline(name)
+        mine = [t for t in tasks if b.applies(t)]
+        if not mine:
+            kinds = ", ".join(b.kinds)
+            raise ConfigError(
+                "baselines",
+                f"{name} ({b.help}) answers {kinds} tasks with fields {list(b.needs)}"
+                + (" and a training split" if b.train else "")
+                + f"; none of {[t.name for t in tasks]} qualifies",
+            )
+        out: dict[str, Any] = {"baseline": name, "tasks": {}, "metrics": {}, "tables": []}
+        for task in mine:
+            r = evaluate_baseline(b, task)
+            out["tasks"][task.name] = {f"{k}shot": r["metrics"] for k in cfg.shots}
+            for t in r["tables"]:
+                out["tables"].append({**t, "title": f"{task.name} by baseline {name}: {t['title']}"})
+            flat.update({f"baseline_{name}_{task.name}_{m}": v for m, v in r["metrics"].items()})
+        out["metrics"] = {k: v for k, v in flat.items() if k.startswith(f"baseline_{name}_")}
+        results[f"baseline:{name}"] = out
+    return flat
 
 
 def _evaluate_checkpoint(
@@ -242,6 +291,7 @@ def _unique(name: str, taken: dict) -> str:
 def _tables(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Report tables: tasks (rows task/k/metric, a column per checkpoint), probes, the bias example."""
     names = list(results)
+    models = [n for n in names if not n.startswith("baseline:")]  # LM metrics and probes are the models'
     tables = []
     rows = []
     first = results[names[0]]["tasks"]
@@ -259,14 +309,16 @@ def _tables(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         k for k in results[names[0]]["metrics"] if k.startswith(("bias_", "memo_")) and "mean_ll" not in k
     ]
     if probe_keys:
-        rows = [[k] + [_fmt(results[n]["metrics"].get(k)) for n in names] for k in probe_keys]
-        tables.append({"title": "Probes", "header": ["probe", *names], "rows": rows})
-    if len(names) > 1:
+        rows = [[k] + [_fmt(results[n]["metrics"].get(k)) for n in models] for k in probe_keys]
+        tables.append({"title": "Probes", "header": ["probe", *models], "rows": rows})
+    if len(models) > 1:
         keys = [k for k in results[names[0]]["metrics"] if k.endswith(("_loss", "_bpb", "_ppl"))]
-        rows = [[k] + [_fmt(results[n]["metrics"].get(k)) for n in names] for k in keys]
+        rows = [[k] + [_fmt(results[n]["metrics"].get(k)) for n in models] for k in keys]
         if rows:
-            tables.append({"title": "Language modelling", "header": ["metric", *names], "rows": rows})
+            tables.append({"title": "Language modelling", "header": ["metric", *models], "rows": rows})
     tables += results[names[0]].get("tables", [])  # per-task tables (confusion matrices) of the first
+    for n in names[len(models) :]:
+        tables += results[n]["tables"]  # and of each baseline
     worst = results[names[0]].get("bias_worst")
     if worst and worst.get("gap", -1) >= 0:
         rows = [

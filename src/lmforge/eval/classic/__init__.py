@@ -1,0 +1,7 @@
+"""Classic (pre-transformer) systems for the application tasks, one module per job.
+
+Each module defines ``Baseline`` objects (``lmforge.eval.baselines``) that the eval stage runs beside
+the model on the same documents, scored by the same code: ``qa`` (SQuAD, BoolQ), ``summarize``,
+``translate``, ``code``; ``ner`` holds the CRF that ``finetune.ner`` reports beside its model.
+Heavy libraries (scikit-learn, nltk, sklearn-crfsuite) are imported inside the functions.
+"""
