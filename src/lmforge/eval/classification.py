@@ -8,7 +8,7 @@ never predicted has precision 0; one that never occurs has recall 0 (scikit-lear
 ``bow_baseline`` trains a bag-of-words logistic regression (scikit-learn ``CountVectorizer`` of word
 unigrams and bigrams → ``LogisticRegression``) on the same training split and scores it on the same
 evaluation split: the number that ignores word order and context, which a fine-tuned transformer
-should beat. ``preprocess`` applies the classic pipeline first (stop-word removal and/or lemmatisation,
+should beat (``bow_predict`` returns its predicted labels, for the eval stage's baselines). ``preprocess`` applies the classic pipeline first (stop-word removal and/or lemmatisation,
 ``eval/classic_text.py``); the default ``"none"`` keeps the raw text. ``static_embeddings.py`` has the
 other classic baseline: logistic regression on averaged word2vec vectors.
 
@@ -95,6 +95,23 @@ def bow_baseline(
     Raises:
         ValueError: fewer than two classes in the training labels, or empty splits.
     """
+    predicted = bow_predict(train_texts, train_labels, eval_texts, seed=seed, preprocess=preprocess)
+    return classification_metrics(list(eval_labels), predicted, labels)
+
+
+def bow_predict(
+    train_texts: Sequence[str],
+    train_labels: Sequence[str],
+    eval_texts: Sequence[str],
+    *,
+    seed: int = 0,
+    preprocess: str = "none",
+) -> list[str]:
+    """The labels ``bow_baseline``'s classifier (same features, same fit) predicts for ``eval_texts``.
+
+    Raises:
+        ValueError: fewer than two classes in the training labels, or empty splits.
+    """
     from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.linear_model import LogisticRegression
 
@@ -109,8 +126,7 @@ def bow_baseline(
     x_train = vectorizer.fit_transform(list(train_texts))
     classifier = LogisticRegression(C=1.0, max_iter=1000, random_state=seed)
     classifier.fit(x_train, list(train_labels))
-    predicted = [str(p) for p in classifier.predict(vectorizer.transform(list(eval_texts)))]
-    return classification_metrics(list(eval_labels), predicted, labels)
+    return [str(p) for p in classifier.predict(vectorizer.transform(list(eval_texts)))]
 
 
 def flat_metrics(result: dict[str, Any], prefix: str = "") -> dict[str, float]:
