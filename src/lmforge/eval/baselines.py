@@ -78,6 +78,10 @@ MAJORITY = Baseline(
 # name -> "module:attribute" of a Baseline (imported on use)
 BASELINES: dict[str, str] = {
     "majority": "lmforge.eval.baselines:MAJORITY",
+    "name-template": "lmforge.eval.classic.summarize:NAME_TEMPLATE",
+    "tfidf-nn": "lmforge.eval.classic.summarize:TFIDF_NN",
+    "lead-k": "lmforge.eval.classic.summarize:LEAD_K",
+    "textrank": "lmforge.eval.classic.summarize:TEXTRANK",
 }
 
 
