@@ -75,6 +75,17 @@ class Task:
 # the model side
 
 
+def pair_ids(tok: Tokenizer, bos_id: int, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """``(context ids with <|bos|>, continuation ids)``: the continuation's tokens are those of
+    ``context + continuation`` past the context's, unless the boundary merged (then encoded apart).
+    Scoring (``LM``) and task fine-tuning (``finetune.task``) tokenise alike through this."""
+    ctx = tok.encode(context, add_special_tokens=False).ids
+    whole = tok.encode(context + continuation, add_special_tokens=False).ids
+    if whole[: len(ctx)] != ctx:
+        return [bos_id] + ctx, tok.encode(continuation, add_special_tokens=False).ids
+    return [bos_id] + ctx, whole[len(ctx) :]
+
+
 class LM:
     """A causal LM and its tokenizer, as tasks (and the lm-evaluation-harness adapter) call it.
 
@@ -94,11 +105,7 @@ class LM:
 
     def pair_ids(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """``(context ids with <|bos|>, continuation ids)`` (module docstring)."""
-        ctx = self.encode(context)
-        whole = self.encode(context + continuation)
-        if whole[: len(ctx)] != ctx:  # the boundary merged: encode the parts separately
-            return [self.bos_id] + ctx, self.encode(continuation)
-        return [self.bos_id] + ctx, whole[len(ctx) :]
+        return pair_ids(self.tok, self.bos_id, context, continuation)
 
     def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
         """For each ``(context, continuation)``: summed log-prob of the continuation, and whether greedy

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +41,55 @@ def read_split(paths: list[Path], problems: list) -> list:
     return out
 
 
-def run_sft(cfg: Any, ctx: StageContext, *, lora: Any = None) -> dict[str, float]:
+def conversation_examples(cfg: Any, ctx: StageContext, tok: Any, block_size: int) -> tuple[list, list, dict]:
+    """``(train examples, held-out examples, counts)`` from the conversation files of ``ctx.inputs``
+    (``train0..``, optionally ``val``; else ``val_fraction`` of train is held out)."""
+    from lmforge.data.supervised import holdout, log_problems, skipped
+
+    problems: list = []
+    train_convs = read_split([p for k, p in sorted(ctx.inputs.items()) if k.startswith("train")], problems)
+    if "val" in ctx.inputs:
+        val_convs = read_split([ctx.inputs["val"]], problems)
+    else:
+        train_convs, val_convs = holdout(train_convs, cfg.val_fraction or 0.1, cfg.seed)
+    log_problems(problems, "SFT data")
+    if cfg.max_train_examples:
+        train_convs = train_convs[: cfg.max_train_examples]
+    train_ex, dropped = encode_conversations(tok, train_convs, block_size)
+    val_ex, val_dropped = encode_conversations(tok, val_convs[: cfg.max_eval_examples or None], block_size)
+    if dropped or val_dropped:
+        logger.warning(
+            "%d conversations dropped (invalid, or nothing supervised within block_size)",
+            dropped + val_dropped,
+        )
+    if not train_ex or not val_ex:
+        raise ConfigError(
+            "train", f"no usable conversations: {len(train_ex)} for training, {len(val_ex)} held out"
+        )
+    counts = {
+        "train_conversations": len(train_ex),
+        "skipped_records": skipped(problems),
+        "val_conversations": len(val_ex),
+    }
+    return train_ex, val_ex, counts
+
+
+def run_sft(
+    cfg: Any,
+    ctx: StageContext,
+    *,
+    lora: Any = None,
+    examples: Callable[[Any, StageContext, Any, int], tuple[list, list, dict]] = conversation_examples,
+    method: str = "",
+) -> dict[str, float]:
     """Fine-tune ``cfg.model`` on ``cfg.train`` (LoRA when ``lora`` is a ``LoraConfig``); returns metrics.
 
     ``cfg`` is the stage config: ``FinetuneOptions`` plus ``packing`` and ``max_train_examples``, and
     ``merge`` for LoRA. Inputs in ``ctx.inputs``: ``model``, ``train0..``, optionally ``val``.
+    ``examples(cfg, ctx, tokenizer, block_size)`` supplies the ``(ids, loss mask)`` examples (default:
+    rendered conversations; ``finetune.task`` passes task documents); ``method`` names the checkpoint's
+    fine-tuning method (default ``sft`` or ``lora``).
     """
-    from lmforge.data.supervised import holdout, log_problems, skipped
     from lmforge.runtime import create_runtime
     from lmforge.tokenizer.train import load_tokenizer, special_id
 
@@ -60,32 +103,11 @@ def run_sft(cfg: Any, ctx: StageContext, *, lora: Any = None) -> dict[str, float
     tok_path = ckpt_dir / "tokenizer.json"
     tok = load_tokenizer(tok_path)
     pad_id = special_id(tok, "pad")
-    problems: list = []
-    train_convs = read_split([p for k, p in sorted(ctx.inputs.items()) if k.startswith("train")], problems)
-    if "val" in ctx.inputs:
-        val_convs = read_split([ctx.inputs["val"]], problems)
-    else:
-        train_convs, val_convs = holdout(train_convs, cfg.val_fraction or 0.1, cfg.seed)
-    log_problems(problems, "SFT data")
-    if cfg.max_train_examples:
-        train_convs = train_convs[: cfg.max_train_examples]
-    train_ex, dropped = encode_conversations(tok, train_convs, mcfg.block_size)
-    val_ex, val_dropped = encode_conversations(
-        tok, val_convs[: cfg.max_eval_examples or None], mcfg.block_size
-    )
-    if dropped or val_dropped:
-        logger.warning(
-            "%d conversations dropped (invalid, or nothing supervised within block_size)",
-            dropped + val_dropped,
-        )
-    if not train_ex or not val_ex:
-        raise ConfigError(
-            "train", f"no usable conversations: {len(train_ex)} for training, {len(val_ex)} held out"
-        )
+    train_ex, val_ex, counts = examples(cfg, ctx, tok, mcfg.block_size)
     rows = chat_rows(train_ex, mcfg.block_size, cfg.packing)
     val_rows = chat_rows(val_ex, mcfg.block_size, "pad")
     logger.info(
-        "%d training conversations in %d rows (%s), %d held out",
+        "%d training examples in %d rows (%s), %d held out",
         len(train_ex),
         len(rows),
         cfg.packing,
@@ -132,7 +154,7 @@ def run_sft(cfg: Any, ctx: StageContext, *, lora: Any = None) -> dict[str, float
     )
 
     def save(d: Path) -> None:
-        meta = {"method": "sft" if lora is None else "lora", "base": str(ckpt_dir)}
+        meta = {"method": method or ("sft" if lora is None else "lora"), "base": str(ckpt_dir)}
         if lora is not None:
             meta["merged"] = True
         ft.save_policy(
@@ -155,9 +177,7 @@ def run_sft(cfg: Any, ctx: StageContext, *, lora: Any = None) -> dict[str, float
         "train_loss": result.train_loss,
         "steps": result.steps,
         "best_step": result.best_step,
-        "train_conversations": len(train_ex),
-        "skipped_records": skipped(problems),
-        "val_conversations": len(val_ex),
+        **counts,
         "trainable_params": trainable,
         **({"adapted_layers": len(adapted)} if lora is not None else {}),
         "train_time_s": result.train_time_s,

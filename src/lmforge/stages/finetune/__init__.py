@@ -23,6 +23,11 @@ METHODS: dict[str, tuple[str, str]] = {
     "multitask": ("lmforge.stages.finetune.multitask", "one shared trunk, one classification head per task"),
     "dapt": ("lmforge.stages.finetune.dapt", "domain-adaptive continued pretraining with replay"),
     "contrastive": ("lmforge.stages.finetune.contrastive", "sentence embeddings with InfoNCE on pairs"),
+    "ner": ("lmforge.stages.finetune.ner", "token classification (NER) + lookup and CRF baselines"),
+    "task": (
+        "lmforge.stages.finetune.task",
+        "learn eval tasks' training splits in their zero-shot prompt format",
+    ),
 }
 
 INPUTS: tuple[str, ...] = ()
