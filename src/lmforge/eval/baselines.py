@@ -78,6 +78,8 @@ MAJORITY = Baseline(
 # name -> "module:attribute" of a Baseline (imported on use)
 BASELINES: dict[str, str] = {
     "majority": "lmforge.eval.baselines:MAJORITY",
+    "ibm1": "lmforge.eval.classic.translate:IBM1_WORDS",
+    "copy": "lmforge.eval.classic.translate:COPY",
     "name-template": "lmforge.eval.classic.summarize:NAME_TEMPLATE",
     "tfidf-nn": "lmforge.eval.classic.summarize:TFIDF_NN",
     "lead-k": "lmforge.eval.classic.summarize:LEAD_K",

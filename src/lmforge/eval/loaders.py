@@ -8,7 +8,10 @@ Built-in formats (files as distributed, e.g. under ``../shared/data``):
 - SQuAD v1.1 json (optionally inside a ``.zip``): ``data[].paragraphs[].qas[]``.
 - SST-2 style ``label sentence`` lines.
 - GSM8K jsonl ``{question, answer}`` with the final answer after ``####``.
-- Translation: two line-aligned files (optionally ``.gz``).
+- Translation: two line-aligned files (optionally ``.gz``). Multi30k en→fr (Elliott et al. 2016) is
+  scored on ``test_2016_flickr`` (1,000 pairs) with ``train`` (29,000) as the training split; the
+  20,000 Europarl v7 pairs (Koehn 2005; Moses-tokenized, XML escapes undone) are split in file order,
+  the last 1,000 the test split and the other 19,000 the training split.
 - CoNLL-style token files (WNUT-17): one ``token\tTAG`` per line, a blank line between sentences
   (``read_conll``; for token classification, not a ``Doc`` task).
 - HumanEval gz jsonl ``{task_id, prompt, canonical_solution, test, entry_point}``: the program is
@@ -27,6 +30,7 @@ from __future__ import annotations
 import bz2
 import csv
 import gzip
+import html
 import io
 import json
 import re
@@ -176,13 +180,21 @@ def gsm8k(path: Path) -> list[Doc]:
     return docs
 
 
-def translation(src: Path, tgt: Path, src_name: str, tgt_name: str) -> list[Doc]:
-    """Two line-aligned files as generation docs ``{src_name}: line\\n{tgt_name}:``."""
+def translation(src: Path, tgt: Path, src_name: str, tgt_name: str, *, unescape: bool = False) -> list[Doc]:
+    """Two line-aligned files as generation docs ``{src_name}: line\\n{tgt_name}:`` (pairs with an
+    empty side dropped); ``fields``: ``source`` (the source line) and the ``source_language`` and
+    ``target_language`` names. ``unescape``: undo the XML escapes of Moses' tokenizer (``&apos;``,
+    ``&quot;``, ``&amp;``, ``&#91;`` ...), which Europarl's tokenized release carries."""
     a, b = open_text(src).splitlines(), open_text(tgt).splitlines()
     if len(a) != len(b):
         raise InputError(f"{src} and {tgt} are not line-aligned: {len(a)} vs {len(b)} lines")
+    if unescape:
+        a, b = [html.unescape(s) for s in a], [html.unescape(t) for t in b]
+    names = {"source_language": src_name, "target_language": tgt_name}
     return [
-        Doc(f"{src_name}: {s}\n{tgt_name}:", references=[t]) for s, t in zip(a, b) if s.strip() and t.strip()
+        Doc(f"{src_name}: {s}\n{tgt_name}:", references=[t], fields={"source": s, **names})
+        for s, t in zip(a, b)
+        if s.strip() and t.strip()
     ]
 
 
@@ -263,8 +275,19 @@ def _translation(d: Path, src: str, tgt: str, names: tuple[str, str], folder: st
     if folder == "multi30k":
         return translation(d / folder / f"{split}.{src}.gz", d / folder / f"{split}.{tgt}.gz", *names)
     return translation(
-        d / folder / f"europarl-v7.fr-en.{src}", d / folder / f"europarl-v7.fr-en.{tgt}", *names
+        d / folder / f"europarl-v7.fr-en.{src}",
+        d / folder / f"europarl-v7.fr-en.{tgt}",
+        *names,
+        unescape=True,
     )
+
+
+EUROPARL_TEST = 1000  # europarl_en_fr: the last 1,000 pairs are the test split, the rest train
+
+
+def _europarl_en_fr(d: Path, split: str) -> list[Doc]:
+    docs = _translation(d, "en", "fr", ("English", "French"), "europarl-en-fr-20k", "")
+    return docs[-EUROPARL_TEST:] if split == "test" else docs[:-EUROPARL_TEST]
 
 
 # code: no delimiter between a prompt and its code; HumanEval's stop strings are the Codex paper's
@@ -349,10 +372,17 @@ BUILTIN: dict[str, Builtin] = {
         lambda d: mbpp(d / "mbpp" / "mbpp.jsonl", 1, 10),
         {"until": ("[DONE]",), "max_new_tokens": 256, "fmt": _CODE_FORMAT},
     ),
+    "multi30k_en_fr": Builtin(
+        "generation",
+        lambda d: _translation(d, "en", "fr", ("English", "French"), "multi30k", "test_2016_flickr"),
+        lambda d: _translation(d, "en", "fr", ("English", "French"), "multi30k", "train"),
+        {"metrics": ("bleu", "chrf"), "until": ("\n",), "max_new_tokens": 64},
+    ),
     "europarl_en_fr": Builtin(
         "generation",
-        lambda d: _translation(d, "en", "fr", ("English", "French"), "europarl-en-fr-20k", ""),
-        settings={"metrics": ("bleu", "chrf"), "until": ("\n",), "max_new_tokens": 48},
+        lambda d: _europarl_en_fr(d, "test"),
+        lambda d: _europarl_en_fr(d, "train"),
+        {"metrics": ("bleu", "chrf"), "until": ("\n",), "max_new_tokens": 96},
     ),
     # summarization (eval/loaders_summarize.py): MBPP code -> its description; WikiText body -> lead
     "mbpp_summarize": Builtin(
