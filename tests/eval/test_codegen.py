@@ -88,7 +88,7 @@ def test_humaneval_and_mbpp_canonical_solutions_pass_and_wrong_ones_fail() -> No
     assert score_completions(he.docs, right, until=he.until, limits=QUICK)["metrics"]["pass@1"] == 1.0
     assert score_completions(he.docs, wrong, until=he.until, limits=QUICK)["metrics"]["pass@1"] == 0.0
     mbpp = load_task("mbpp", data_dir=SHARED, limit=3)
-    assert mbpp.docs[0].query.endswith("[BEGIN]\n") and len(mbpp.fewshot_pool) == 10
+    assert mbpp.docs[0].query.endswith("[BEGIN]\n") and len(mbpp.fewshot_pool) == 374
     right = [[d.references[0]] for d in mbpp.docs]
     assert score_completions(mbpp.docs, right, until=mbpp.until, limits=QUICK)["metrics"]["pass@1"] == 1.0
     wrong = [["def nothing():\n    pass\n"] for _ in mbpp.docs]

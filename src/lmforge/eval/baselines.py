@@ -78,6 +78,7 @@ MAJORITY = Baseline(
 # name -> "module:attribute" of a Baseline (imported on use)
 BASELINES: dict[str, str] = {
     "majority": "lmforge.eval.baselines:MAJORITY",
+    "code-retrieval": "lmforge.eval.classic.code:RETRIEVAL",
     "ibm1": "lmforge.eval.classic.translate:IBM1_WORDS",
     "copy": "lmforge.eval.classic.translate:COPY",
     "name-template": "lmforge.eval.classic.summarize:NAME_TEMPLATE",

@@ -1,7 +1,7 @@
 """Code-generation scoring: completions become programs, run in the sandbox, counted into pass@k.
 
-For each problem (a ``Doc`` with ``code_prefix`` and ``test``, ``loaders.humaneval`` / ``loaders.mbpp``)
-and each of its ``n`` completions:
+For each problem (a ``Doc`` with ``code_prefix`` and ``test``, ``eval/loaders_code.py``) and each of its
+``n`` completions:
 
 1. the completion is cut before the first stop string of ``until`` (the engine already stops there;
    a hand-written completion may not), and, for a task without a code prefix (MBPP), stripped of

@@ -14,12 +14,8 @@ Built-in formats (files as distributed, e.g. under ``../shared/data``):
   the last 1,000 the test split and the other 19,000 the training split.
 - CoNLL-style token files (WNUT-17): one ``token\tTAG`` per line, a blank line between sentences
   (``read_conll``; for token classification, not a ``Doc`` task).
-- HumanEval gz jsonl ``{task_id, prompt, canonical_solution, test, entry_point}``: the program is
-  ``prompt + completion + test + check(entry_point)`` (Chen et al. 2021).
-- MBPP jsonl ``{task_id, text, code, test_list, test_setup_code}``: the prompt of the MBPP paper
-  (Austin et al. 2021) as lm-evaluation-harness words it (task text, the tests, ``[BEGIN]``; the code
-  ends at ``[DONE]``); the program is ``completion + test_setup_code + test_list``. Split by task id as
-  the paper does: 11-510 test, 1-10 few-shot prompts, 511-600 validation, 601-974 train.
+- HumanEval and MBPP (code generation, with MBPP's official split by task id and MBPP's train split
+  as HumanEval's training split): ``eval/loaders_code.py``.
 
 Prompt wording follows lm-evaluation-harness's task configs where one exists (HellaSwag's bracket
 cleaning, ARC's ``Question: ...\\nAnswer:``, BoolQ's ``passage\\nQuestion: ...?\\nAnswer:``).
@@ -234,36 +230,6 @@ def wnut17(data_dir: Path, split: str) -> list[tuple[list[str], list[str]]]:
     return read_conll(Path(data_dir) / "wnut17" / WNUT17_SPLITS[split])
 
 
-def humaneval(path: Path) -> list[Doc]:
-    """HumanEval: the prompt is the query and the start of the program; the test ends with ``check``."""
-    return [
-        Doc(
-            r["prompt"],
-            references=[r["canonical_solution"]],
-            test=f"{r['test']}\n\ncheck({r['entry_point']})\n",
-            code_prefix=r["prompt"],
-        )
-        for r in read_records(path)
-    ]
-
-
-def mbpp(path: Path, first: int = 11, last: int = 510) -> list[Doc]:
-    """MBPP problems with ``first <= task_id <= last`` (module docstring)."""
-    docs = []
-    for r in read_records(path):
-        if not first <= int(r["task_id"]) <= last:
-            continue
-        tests = "\n".join(r["test_list"])
-        query = (
-            f"You are an expert Python programmer, and here is your task: {r['text']} "
-            f"Your code should pass these tests:\n\n{tests}\n[BEGIN]\n"
-        )
-        code = r["code"].replace("\r\n", "\n")
-        setup = r.get("test_setup_code") or ""
-        docs.append(Doc(query, references=[f"{code}\n[DONE]"], test=f"{setup}\n{tests}\n"))
-    return docs
-
-
 # built-in tasks: name → kind, documents, few-shot pool, task settings (data under a data_dir)
 
 
@@ -293,6 +259,17 @@ def _europarl_en_fr(d: Path, split: str) -> list[Doc]:
 # code: no delimiter between a prompt and its code; HumanEval's stop strings are the Codex paper's
 _CODE_FORMAT = PromptFormat(target_delimiter="")
 _HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+
+
+def _code(reader: str, file: str, split: str) -> Callable[[Path], list[Doc]]:
+    """``eval/loaders_code.py``'s ``reader`` of ``data_dir/file``, ``split`` (imported on use: it imports this)."""
+    import importlib
+
+    return lambda d: getattr(importlib.import_module("lmforge.eval.loaders_code"), reader)(d / file, split)
+
+
+_HUMANEVAL = "humaneval/HumanEval.jsonl.gz"
+_MBPP = "mbpp/mbpp.jsonl"
 
 
 def _summarize(reader: str) -> Callable[[Path], list[Doc]]:
@@ -350,13 +327,15 @@ BUILTIN: dict[str, Builtin] = {
     ),
     "humaneval": Builtin(
         "code",
-        lambda d: humaneval(d / "humaneval" / "HumanEval.jsonl.gz"),
-        settings={"until": _HUMANEVAL_STOPS, "max_new_tokens": 256, "fmt": _CODE_FORMAT},
+        _code("humaneval", _HUMANEVAL, "test"),
+        _code("mbpp_as_humaneval", _MBPP, "train"),  # HumanEval has no training split: MBPP's
+        {"until": _HUMANEVAL_STOPS, "max_new_tokens": 256, "fmt": _CODE_FORMAT},
     ),
     "humaneval_pass10": Builtin(
         "code",
-        lambda d: humaneval(d / "humaneval" / "HumanEval.jsonl.gz"),
-        settings={
+        _code("humaneval", _HUMANEVAL, "test"),
+        _code("mbpp_as_humaneval", _MBPP, "train"),
+        {
             "until": _HUMANEVAL_STOPS,
             "max_new_tokens": 256,
             "fmt": _CODE_FORMAT,
@@ -368,8 +347,8 @@ BUILTIN: dict[str, Builtin] = {
     ),
     "mbpp": Builtin(
         "code",
-        lambda d: mbpp(d / "mbpp" / "mbpp.jsonl"),
-        lambda d: mbpp(d / "mbpp" / "mbpp.jsonl", 1, 10),
+        _code("mbpp", _MBPP, "test"),
+        _code("mbpp", _MBPP, "train"),  # ids 601-974; few-shot examples come from it too
         {"until": ("[DONE]",), "max_new_tokens": 256, "fmt": _CODE_FORMAT},
     ),
     "multi30k_en_fr": Builtin(
