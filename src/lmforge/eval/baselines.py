@@ -79,6 +79,8 @@ MAJORITY = Baseline(
 BASELINES: dict[str, str] = {
     "majority": "lmforge.eval.baselines:MAJORITY",
     "code-retrieval": "lmforge.eval.classic.code:RETRIEVAL",
+    "sliding-window": "lmforge.eval.classic.qa:SLIDING_WINDOW",
+    "bow-qa": "lmforge.eval.classic.qa:BOW_QA",
     "ibm1": "lmforge.eval.classic.translate:IBM1_WORDS",
     "copy": "lmforge.eval.classic.translate:COPY",
     "name-template": "lmforge.eval.classic.summarize:NAME_TEMPLATE",

@@ -4,8 +4,9 @@ Built-in formats (files as distributed, e.g. under ``../shared/data``):
 
 - HellaSwag, 6 lines per item (``activity: ctx``, label, 4 endings), optionally ``.bz2``.
 - ARC jsonl ``{id, question: {stem, choices: [{text, label}]}, answerKey}``.
-- BoolQ jsonl ``{question, passage, answer: bool}``.
-- SQuAD v1.1 json (optionally inside a ``.zip``): ``data[].paragraphs[].qas[]``.
+- BoolQ jsonl ``{question, title, passage, answer: bool}`` and SQuAD v1.1 json (optionally inside a
+  ``.zip``, ``data[].paragraphs[].qas[]``): ``eval/loaders_qa.py``, which splits the dev sets (the
+  only splits here) into train and test without leakage (SQuAD by article, BoolQ by passage title).
 - SST-2 style ``label sentence`` lines.
 - GSM8K jsonl ``{question, answer}`` with the final answer after ``####``.
 - Translation: two line-aligned files (optionally ``.gz``). Multi30k en→fr (Elliott et al. 2016) is
@@ -131,27 +132,6 @@ def arc(path: Path) -> list[Doc]:
     return docs
 
 
-def boolq(path: Path) -> list[Doc]:
-    """BoolQ jsonl as a yes/no choice."""
-    return [
-        Doc(f"{r['passage']}\nQuestion: {r['question']}?\nAnswer:", ["no", "yes"], int(bool(r["answer"])))
-        for r in read_records(path)
-    ]
-
-
-def squad(path: Path) -> list[Doc]:
-    """SQuAD v1.1 json: one generation doc per question, every given answer a reference."""
-    data = json.loads(open_text(path))["data"]
-    docs = []
-    for article in data:
-        for para in article["paragraphs"]:
-            for qa in para["qas"]:
-                refs = list(dict.fromkeys(a["text"] for a in qa["answers"]))
-                query = f"Title: {article['title']}\n\nBackground: {para['context']}\n\nQuestion: {qa['question']}\n\nAnswer:"
-                docs.append(Doc(query, references=refs))
-    return docs
-
-
 def labelled_lines(path: Path, labels: list[str], template: str = "{text}\nSentiment:") -> list[Doc]:
     """``label sentence`` lines (SST-2, MR, Subj, CR): a classification over ``labels`` (index = label)."""
     docs = []
@@ -272,12 +252,18 @@ _HUMANEVAL = "humaneval/HumanEval.jsonl.gz"
 _MBPP = "mbpp/mbpp.jsonl"
 
 
+def _qa(reader: str, file: str, split: str) -> Callable[[Path], list[Doc]]:
+    """``eval/loaders_qa.py``'s ``reader`` of ``data_dir/file``, ``split`` (imported on use: it imports this)."""
+    import importlib
+
+    return lambda d: getattr(importlib.import_module("lmforge.eval.loaders_qa"), reader)(d / file, split)
+
+
 def _summarize(reader: str) -> Callable[[Path], list[Doc]]:
     """A reader of ``eval/loaders_summarize.py`` (imported on use: that module imports this one)."""
     import importlib
 
     return lambda d: getattr(importlib.import_module("lmforge.eval.loaders_summarize"), reader)(d)
-
 
 
 @dataclass(frozen=True)
@@ -302,12 +288,17 @@ BUILTIN: dict[str, Builtin] = {
         lambda d: arc(d / "arc" / "ARC-Challenge-Dev.jsonl"),
         lambda d: arc(d / "arc" / "ARC-Challenge-Train.jsonl"),
     ),
-    "boolq": Builtin("multiple_choice", lambda d: boolq(d / "boolq" / "dev.jsonl")),
+    "boolq": Builtin(
+        "multiple_choice",
+        _qa("boolq", "boolq/dev.jsonl", "test"),
+        _qa("boolq", "boolq/dev.jsonl", "train"),
+    ),
     "sst2": Builtin("classification", lambda d: _sst2(d, "dev"), lambda d: _sst2(d, "train")),
     "squad": Builtin(
         "generation",
-        lambda d: squad(d / "squad-v1.1" / "dev-v1.1.json.zip"),
-        settings={"metrics": ("exact_match", "f1"), "until": ("\n",), "max_new_tokens": 24},
+        _qa("squad", "squad-v1.1/dev-v1.1.json.zip", "test"),
+        _qa("squad", "squad-v1.1/dev-v1.1.json.zip", "train"),
+        {"metrics": ("exact_match", "f1"), "until": ("\n",), "max_new_tokens": 24},
     ),
     "gsm8k": Builtin(
         "generation",
