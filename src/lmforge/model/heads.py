@@ -7,6 +7,8 @@
   (D→D) → tanh → dropout → ``out_proj`` (D→n_classes). With "cls" this is BERT's pooler + classifier;
   the same shape is RoBERTa's classification head (Liu et al. 2019) for every pooling.
 - ``NSPHead``: BERT's next-sentence-prediction head, a two-class ``ClassificationHead`` on [CLS].
+- ``TokenClassificationHead``: one label per token (NER, tagging): dropout → ``out_proj`` (D→C) at every
+  position, BERT's token-classification head (Devlin et al. 2019, §4.3).
 - ``ScalarHead``: one number per sequence ("last" | "mean" | "cls" pooling; reward models, Ouyang et al.
   2022) or per token ("none"; value heads for PPO): a single linear layer ``proj`` (D→1).
 - ``EncoderForPretraining``: ``Encoder`` + ``MLMHead`` (+ ``NSPHead``), the BERT pre-training model.
@@ -146,6 +148,37 @@ class NSPHead(ClassificationHead):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg, n_classes=2, pooling="cls")
+
+
+class TokenClassificationHead(nn.Module):
+    """Per-token classifier: hidden ``[B, T, D]`` → logits ``[B, T, C]`` (no pooling; padded positions
+    get logits too, which the loss and the reader of predictions skip).
+
+    Args:
+        cfg: the model configuration (width, dropout).
+        n_classes: number of labels C (>= 1).
+
+    Raises:
+        ValueError: ``n_classes`` < 1.
+    """
+
+    def __init__(self, cfg: ModelConfig, n_classes: int):
+        super().__init__()
+        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
+            raise ValueError(f"n_classes must be an integer >= 1, got {n_classes!r}")
+        self.drop = nn.Dropout(cfg.dropout)
+        self.out_proj = nn.Linear(cfg.n_embd, n_classes, bias=True)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """``out_proj`` weight normal std 0.02, bias zeros."""
+        nn.init.normal_(self.out_proj.weight, mean=0.0, std=INIT_STD)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Label logits ``[B, T, C]`` from hidden states ``[B, T, D]``."""
+        return self.out_proj(self.drop(hidden))  # [B, T, C]
 
 
 class ScalarHead(nn.Module):
