@@ -86,15 +86,16 @@ def toy_sentences(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
     return out
 
 
-def tiny_checkpoint(root: Path, arch: str) -> Path:
-    """An untrained 1-layer model of ``arch`` with a BPE tokenizer trained on the toy vocabulary."""
+def tiny_checkpoint(root: Path, arch: str, kind: str = "bpe") -> Path:
+    """An untrained 1-layer model of ``arch`` with a tokenizer of ``kind`` trained on the toy vocabulary."""
     from lmforge.model.config import ModelConfig
-    from lmforge.tokenizer.train import save_tokenizer, train_bpe
+    from lmforge.tokenizer.train import TokenizerSpec, save_tokenizer, train_tokenizer
     from lmforge.training.checkpoint import build_model, save_checkpoint
 
     rng = random.Random(1)
     words = FILLER + PERSONS + [w for p in PLACES for w in p]
-    tok = train_bpe([" ".join(rng.choice(words) for _ in range(12)) for _ in range(200)], vocab_size=300)
+    corpus = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(200)]
+    tok = train_tokenizer(corpus, TokenizerSpec(kind, vocab_size=300))
     tok_path = save_tokenizer(tok, root)
     mcfg = ModelConfig(
         arch=arch, vocab_size=tok.get_vocab_size(), block_size=32, n_layer=1, n_head=2, n_embd=32
@@ -207,6 +208,34 @@ def test_ner_stage_end_to_end(tmp_path: Path, arch: str) -> None:
     assert [row[0] for row in tables[0]["rows"]][:2] == ["fine-tuned transformer", "most-frequent tag"]
     assert main(args + ["--crf_baseline", str(crf).lower()]) == 0  # cached: same manifest
     assert json.loads((out / "manifest.json").read_text())["metrics"] == m
+
+
+def test_init_embeddings_from_word2vec(tmp_path: Path) -> None:
+    """``init_embeddings: word2vec`` sets the row of every word of a word-level vocabulary, then trains."""
+    pytest.importorskip("gensim", reason="gensim is not installed")
+    from lmforge.cli import main
+
+    model = tiny_checkpoint(tmp_path, "encoder", kind="word")
+    train = write_conll(tmp_path / "train.conll", toy_sentences(100, 1))
+    out = tmp_path / "ner"
+    args = ["finetune", "ner", "--model", str(model), "--out", str(out), "-q", "--device", "cpu"]
+    args += [
+        "--threads",
+        "1",
+        "--max_steps",
+        "10",
+        "--eval_every",
+        "10",
+        f"--train={train}",
+        "--dev=",
+        "--test=",
+    ]
+    args += ["--crf_baseline", "false", "--init_embeddings", "word2vec"]
+    assert main(args) == 0
+    m = json.loads((out / "manifest.json").read_text())["metrics"]
+    words = set(FILLER + PERSONS + [w for p in PLACES for w in p])
+    assert m["init_embedding_rows"] == len(words)  # every toy word is in the vocabulary and the vectors
+    assert m["dev_sentences"] > 0 and m["test_sentences"] == 0  # dev held out of train; scored on dev
 
 
 def test_ner_config_errors(tmp_path: Path) -> None:

@@ -20,6 +20,10 @@ alone). Scores: entity-level precision/recall/F1, overall and per type (``eval.m
 equal to seqeval). The same test split scores the classic taggers of ``eval.classic.ner`` trained on
 the same sentences: the most-frequent-tag lookup (``baseline_lookup_*``) and a CRF
 (``baseline_crf_*``).
+
+``init_embeddings`` (for word-level tokenizers) first overwrites the trunk's token embeddings with
+word2vec vectors (``eval.static_embeddings.init_token_embeddings``): trained here on the training
+sentences, or read from a word2vec-format file; ``init_embedding_rows`` counts the rows set.
 """
 
 from __future__ import annotations
@@ -64,6 +68,11 @@ class Config(FinetuneOptions):
     lookup_baseline: bool = opt(True, "also score the most-frequent-tag lookup")
     crf_baseline: bool = opt(True, "also train and score a CRF on hand features (needs sklearn-crfsuite)")
     crf_iterations: int = opt(100, "L-BFGS iterations of the CRF")
+    init_embeddings: str = opt(
+        "",
+        "before fine-tuning, set the token embeddings from word vectors: word2vec (skip-gram trained on the"
+        " training sentences, size n_embd) or a word2vec-format file (.txt/.vec, .bin); word-level tokenizers",
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -82,9 +91,10 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Train the tagger (or return the cached result); returns the stage manifest."""
     if not cfg.out:
         raise ConfigError("out", "an output directory is required (e.g. --out runs/x/ner)")
-    return run_stage(
-        STAGE, cfg, out=cfg.out, inputs=config_inputs(cfg, *INPUTS), work=train, version=VERSION, force=force
-    )
+    inputs = config_inputs(cfg, *INPUTS)
+    if cfg.init_embeddings not in ("", "word2vec"):
+        inputs["init_embeddings"] = cfg.init_embeddings
+    return run_stage(STAGE, cfg, out=cfg.out, inputs=inputs, work=train, version=VERSION, force=force)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,6 +251,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         dev_sentences=len(dev_set),
         test_sentences=len(test_set),
         truncated_words=run["truncated"],
+        init_embedding_rows=run["init_rows"],
         train_loss=fit.train_loss,
         train_time_s=fit.train_time_s,
         early_stopped=int(fit.stop_reason == "early_stop"),
@@ -301,6 +312,9 @@ def _fine_tune(
     tok_path = ckpt_dir / "tokenizer.json"
     tok = load_tokenizer(tok_path)
     pad_id = special_id(tok, "pad")
+    init_rows = (
+        _init_embeddings(cfg, ctx, trunk, tok, [w for w, _ in train_set]) if cfg.init_embeddings else 0
+    )
     model = build_tagger(trunk, len(labels)).to(device)
     if cfg.freeze_trunk:
         model.trunk.requires_grad_(False)
@@ -359,8 +373,27 @@ def _fine_tune(
     return {
         "predicted": as_tags(predicted, labels),
         "truncated": sum(f < 0 for e in scored for f in e.first),
+        "init_rows": init_rows,
         "fit": result,
     }
+
+
+def _init_embeddings(cfg: Config, ctx: StageContext, trunk: Any, tok: Any, sentences: list) -> int:
+    """Copy word vectors into the trunk's token embeddings (``eval.static_embeddings``); returns the rows set."""
+    from lmforge.eval.static_embeddings import init_token_embeddings, train_word2vec
+    from lmforge.tokenizer.train import tokenizer_kind
+
+    emb = trunk.encoder.tok_emb if hasattr(trunk, "encoder") else trunk.tok_emb
+    if cfg.init_embeddings == "word2vec":
+        kv = train_word2vec(sentences, vector_size=emb.weight.shape[1], min_count=1, seed=cfg.seed)
+    else:
+        from gensim.models import KeyedVectors
+
+        path = str(ctx.inputs["init_embeddings"])
+        kv = KeyedVectors.load_word2vec_format(path, binary=path.endswith(".bin"))
+    if tokenizer_kind(tok) != "word":
+        log.warning("init_embeddings: a %s tokenizer's subwords rarely match words", tokenizer_kind(tok))
+    return init_token_embeddings(emb.weight, tok.get_vocab(), kv)
 
 
 def predict_tags(
