@@ -365,6 +365,6 @@ BUILTIN: dict[str, Builtin] = {
         "generation",
         _summarize("wikitext_test"),
         _summarize("wikitext_train"),
-        {"metrics": ("rouge",), "until": ("\n",), "max_new_tokens": 160},
+        {"metrics": ("rouge",), "until": ("\n",), "max_new_tokens": 512},  # a lead is ~300 words
     ),
 }
