@@ -16,7 +16,12 @@ Metrics: ``pass@k`` for each requested ``k``, and the fraction of all programs p
 failures are wrong answers or programs stopped by the sandbox. ``score_completions`` is the part that
 needs no model: the tests feed it canonical solutions and wrong ones. ``code_reward`` is the same
 judgement as a plain reward function (1.0 when the program passes, else 0.0) for reinforcement learning
-on code (GRPO); the GRPO stage does not call it yet.
+on code (``lmforge align grpo task=...``).
+
+Sampling settings of a code task (``samples``, ``temperature``, ``top_p``, ``ks``) come from the task
+(built-in defaults, YAML task files) and may be overridden by the eval stage (``with_sampling``);
+``check_sampling`` is the one rule both obey: every ``k <= samples``, greedy (temperature 0) means one
+sample (greedy samples are all alike), ``0 < top_p <= 1``.
 """
 
 from __future__ import annotations
@@ -25,13 +30,74 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
+from lmforge.errors import ConfigError
 from lmforge.eval.loaders import Doc
 from lmforge.eval.metrics import mean_pass_at_k
 from lmforge.eval.sandbox import DEFAULT_LIMITS, STATUSES, Limits, SandboxResult, run_python
 
+if TYPE_CHECKING:
+    from lmforge.eval.tasks import Task
+
 log = logging.getLogger(__name__)
+
+
+def check_sampling(
+    samples: int, temperature: float, top_p: float | None, ks: Sequence[int], *, where: str = ""
+) -> None:
+    """Raise ``ConfigError`` (keys prefixed ``where``) unless the settings make sense (module docstring)."""
+    at = f"{where}." if where else ""
+    if samples < 1:
+        raise ConfigError(f"{at}samples", f"must be >= 1, got {samples}")
+    if temperature < 0:
+        raise ConfigError(f"{at}temperature", f"must be >= 0, got {temperature}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ConfigError(f"{at}top_p", f"must be in (0, 1], got {top_p}")
+    if not ks or any(k < 1 for k in ks):
+        raise ConfigError(f"{at}ks", f"need one or more k >= 1, got {list(ks)}")
+    if max(ks) > samples:
+        raise ConfigError(
+            f"{at}ks", f"pass@{max(ks)} needs at least {max(ks)} samples, got samples={samples}"
+        )
+    if temperature == 0 and samples > 1:
+        raise ConfigError(
+            f"{at}temperature",
+            f"temperature 0 (greedy) gives {samples} identical samples: set samples 1 or temperature > 0",
+        )
+
+
+def with_sampling(
+    task: Task,
+    *,
+    samples: int = 0,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    ks: Sequence[int] = (),
+) -> Task:
+    """``task`` with the given sampling settings replacing its own (0 / None / empty: keep the task's),
+    checked together (``check_sampling``, keys named as the eval stage's options).
+
+    Raises:
+        ConfigError: ``task`` is not a code task, or the resulting settings do not make sense.
+    """
+    if task.kind != "code":
+        raise ConfigError("samples", f"task {task.name} is a {task.kind} task; sampling options are for code")
+    new = replace(
+        task,
+        samples=samples or task.samples,
+        temperature=task.temperature if temperature is None else temperature,
+        top_p=task.top_p if top_p is None else top_p,
+        ks=tuple(ks) or task.ks,
+    )
+    if samples and not ks:  # pass@k for the task's ks that the new sample count still allows
+        new = replace(new, ks=tuple(k for k in task.ks if k <= new.samples) or (1,))
+    try:
+        check_sampling(new.samples, new.temperature, new.top_p, new.ks)
+    except ConfigError as e:
+        raise ConfigError(e.key, f"task {task.name}: {e.message}") from None
+    return new
 
 
 def trim_completion(text: str, until: Sequence[str]) -> str:

@@ -335,7 +335,7 @@ class TaskSpec:
     """A task described in YAML over a jsonl or csv file (``docs/eval.md`` has examples)."""
 
     name: str = opt("", "task name (default: the YAML file's stem)")
-    kind: Literal["multiple_choice", "classification", "generation"] = opt(
+    kind: Literal["multiple_choice", "classification", "generation", "code"] = opt(
         "multiple_choice", "how it is scored"
     )
     path: str = opt("", "jsonl or csv file of documents, relative to the YAML file", path=True)
@@ -351,12 +351,28 @@ class TaskSpec:
     until: list[str] = opt(["\n"], "generation stop strings")
     max_new_tokens: int = opt(32, "generation length limit")
     answer_regex: str = opt("", "generation: score the first match of this regex (group 1 if any)")
+    test: str = opt("test", "code: field of the tests (a string, or a list of assert lines)")
+    prefix: str = opt("", "code: field of the program's start the completion continues ('' = none)")
+    entry_point: str = opt("", "code: field naming the function the tests call ('' = read from the asserts)")
+    check: bool = opt(
+        False, "code: end the program with check(<entry point>) (HumanEval's tests define check)"
+    )
+    samples: int = opt(1, "code: completions per problem (the n of pass@k)")
+    temperature: float = opt(0.0, "code: sampling temperature (0 = greedy, then samples must be 1)")
+    top_p: float = opt(1.0, "code: nucleus mass when sampling (1 = off)")
+    ks: list[int] = opt([1], "code: the k of pass@k (each <= samples)")
 
     def validate(self) -> None:
         if not self.path:
             raise ConfigError("path", "a task file needs the path of its data (jsonl or csv)")
         if self.kind == "classification" and not self.labels:
             raise ConfigError("labels", "a classification task needs its label words")
+        if self.kind == "code":
+            from lmforge.eval.codegen import check_sampling
+
+            check_sampling(self.samples, self.temperature, self.top_p, self.ks)
+            if self.check and not self.entry_point:
+                raise ConfigError("check", "check(<entry point>) needs entry_point: the field naming it")
         from lmforge.eval.metrics import GENERATION_METRICS
 
         bad = [m for m in self.metrics if m not in GENERATION_METRICS]
@@ -369,6 +385,9 @@ def _spec_docs(spec: TaskSpec, path: Path) -> list[Doc]:
     for n, row in enumerate(loaders.read_records(path), 1):
         try:
             query = spec.template.format(**row)
+            if spec.kind == "code":
+                docs.append(_spec_code_doc(spec, row, query))
+                continue
             answer = row[spec.answer]
             fields = {k: v for k, v in row.items() if k != spec.answer}  # what baselines may read
             if spec.kind == "generation":
@@ -380,6 +399,29 @@ def _spec_docs(spec: TaskSpec, path: Path) -> list[Doc]:
         except (KeyError, ValueError, TypeError) as e:
             raise InputError(f"{path}: row {n}: {type(e).__name__}: {e}") from None
     return docs
+
+
+def _spec_code_doc(spec: TaskSpec, row: dict[str, Any], query: str) -> Doc:
+    """A code problem of a YAML task: tests, optional prefix and reference, ``fields`` with ``entry_point``."""
+    from lmforge.eval.loaders_code import called_function
+
+    tests = row[spec.test]
+    asserts = [str(t) for t in tests] if isinstance(tests, list) else str(tests).splitlines()
+    test = "\n".join(asserts) + "\n"
+    fields = {k: v for k, v in row.items() if k != spec.answer}
+    if spec.entry_point:
+        fields["entry_point"] = str(row[spec.entry_point])
+    elif any(a.startswith("assert") for a in asserts):  # top-level asserts (MBPP's form)
+        try:
+            fields["entry_point"] = called_function([a for a in asserts if a.startswith("assert")])
+        except (InputError, SyntaxError):
+            pass  # no function called (or not one statement per line): no entry point
+    if spec.check:
+        test += f"\ncheck({fields['entry_point']})\n"
+    answer = row.get(spec.answer)
+    refs = [] if answer is None else [str(answer)]
+    prefix = str(row[spec.prefix]) if spec.prefix else ""
+    return Doc(query, references=refs, test=test, code_prefix=prefix, fields=fields)
 
 
 def _answer_index(answer: Any, choices: list[str]) -> int:
@@ -423,6 +465,9 @@ def load_task(name_or_path: str, *, data_dir: str | Path = "", limit: int = 0) -
             spec.max_new_tokens,
             spec.answer_regex,
         )
+        if spec.kind == "code":
+            task.samples, task.temperature, task.ks = spec.samples, spec.temperature, tuple(spec.ks)
+            task.top_p = None if spec.top_p == 1 else spec.top_p
     elif name_or_path in BUILTIN:
         if not data_dir:
             raise ConfigError(

@@ -7,7 +7,9 @@ For the checkpoint ``model`` (and each of ``compare``, side by side):
   ``index.json``): loss, perplexity, bits per byte; plus, for the split, the unigram baseline (the
   cross-entropy under the training set's token frequencies), the number a model that ignores context
   would reach.
-- ``tasks`` (built-in names, with data under ``data_dir``, or YAML task files) at every k in ``shots``.
+- ``tasks`` (built-in names, with data under ``data_dir``, or YAML task files) at every k in ``shots``;
+  ``samples``, ``temperature``, ``top_p`` and ``ks`` override the code tasks' sampling settings
+  (``eval/codegen.py`` ``with_sampling``: every k <= samples, greedy means one sample).
 - ``probes``: ``bias`` and ``memorisation`` (``eval/probes.py``).
 - ``baselines``: classic systems (``eval/baselines.py``) answering the same task documents, scored by
   the same code; each is a ``baseline:NAME`` column beside the checkpoints (in ``eval.json`` under
@@ -60,6 +62,10 @@ class Config:
     baselines: list[str] = opt(
         [], "classic systems scored beside the model on the tasks they answer (eval/baselines.py)"
     )
+    samples: int = opt(0, "code tasks: completions per problem, the n of pass@k (0 = the task's own)")
+    temperature: float = opt(-1.0, "code tasks: sampling temperature, 0 = greedy (-1 = the task's own)")
+    top_p: float = opt(0.0, "code tasks: nucleus mass when sampling, 1 = off (0 = the task's own)")
+    ks: list[int] = opt([], "code tasks: the k of pass@k, each <= samples ([] = the task's own)")
     batch_size: int = opt(16, "sequences per forward pass")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
 
@@ -83,12 +89,40 @@ class Config:
                 )
             if t in BUILTIN and not self.data_dir:
                 raise ConfigError("data_dir", f"built-in task {t!r} needs data_dir (e.g. ../shared/data)")
+        self._validate_code_sampling()
         from lmforge.eval.baselines import get_baseline
 
         for b in self.baselines:
             get_baseline(b)  # unknown names fail here, before any work
         if self.baselines and not self.tasks:
             raise ConfigError("baselines", "baselines answer tasks: name the tasks too")
+
+    def _validate_code_sampling(self) -> None:
+        if self.samples < 0:
+            raise ConfigError("samples", f"must be >= 0 (0 = the task's own), got {self.samples}")
+        if self.temperature < 0 and self.temperature != -1:
+            raise ConfigError("temperature", f"must be >= 0 (or -1 = the task's own), got {self.temperature}")
+        if not 0 <= self.top_p <= 1:
+            raise ConfigError("top_p", f"must be in (0, 1] (or 0 = the task's own), got {self.top_p}")
+        if any(k < 1 for k in self.ks):
+            raise ConfigError("ks", f"each k must be >= 1, got {self.ks}")
+        if self.samples and self.ks and max(self.ks) > self.samples:
+            raise ConfigError("ks", f"pass@{max(self.ks)} needs at least {max(self.ks)} samples, got samples={self.samples}")  # fmt: skip
+        if self.temperature == 0 and self.samples > 1:
+            raise ConfigError("temperature", f"temperature 0 (greedy) gives {self.samples} identical samples: set samples 1 or temperature > 0")  # fmt: skip
+
+    def code_sampling(self) -> dict[str, Any]:
+        """The code-sampling overrides set (``codegen.with_sampling`` keyword arguments)."""
+        out: dict[str, Any] = {}
+        if self.samples:
+            out["samples"] = self.samples
+        if self.temperature != -1:
+            out["temperature"] = self.temperature
+        if self.top_p:
+            out["top_p"] = None if self.top_p == 1 else self.top_p
+        if self.ks:
+            out["ks"] = tuple(self.ks)
+        return out
 
 
 INPUTS = ("model", "tokenizer")
@@ -115,6 +149,7 @@ def evaluate(cfg: Config, ctx: StageContext) -> dict[str, float]:
 
     rt = create_runtime(cfg.device, "fp32", seed=0)
     tasks = [load_task(t, data_dir=cfg.data_dir, limit=cfg.limit) for t in cfg.tasks]
+    tasks = _with_code_sampling(cfg, tasks)
     sources = [ctx.inputs["model"]] + [ctx.inputs[f"compare_{i}"] for i in range(len(cfg.compare))]
     results: dict[str, dict[str, Any]] = {}
     for src in sources:
@@ -128,6 +163,20 @@ def evaluate(cfg: Config, ctx: StageContext) -> dict[str, float]:
         json.dumps({"tables": _tables(results)}, indent=2, ensure_ascii=False)
     )
     return {**model_metrics, **baseline_metrics}
+
+
+def _with_code_sampling(cfg: Config, tasks: list) -> list:
+    """``tasks`` with the stage's code-sampling options applied to the code tasks (the model and the
+    baselines see the same settings)."""
+    from lmforge.eval.codegen import with_sampling
+
+    overrides = cfg.code_sampling()
+    if not overrides:
+        return tasks
+    if not any(t.kind == "code" for t in tasks):
+        key = next(iter(overrides))
+        raise ConfigError(key, f"applies to code tasks (humaneval, mbpp, ...); none of {cfg.tasks} is one")
+    return [with_sampling(t, **overrides) if t.kind == "code" else t for t in tasks]
 
 
 def _evaluate_baselines(cfg: Config, tasks: list, results: dict[str, dict[str, Any]]) -> dict[str, float]:

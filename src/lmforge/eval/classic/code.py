@@ -18,7 +18,8 @@ this one's, with its function renamed to the one the tests call.
    then ``return name(params)`` forwarding the prompt's arguments (``fields["params"]``) — so the
    program is scored by the very scorer and stop strings the model's completions go through.
 
-It reads ``fields["code"]`` of the training problems only; of the evaluated ones, their description,
+It reads ``fields["code"]`` of the training problems only (for a YAML task, whose fields hold no
+answer: a training problem's code prefix and reference); of the evaluated ones, their description,
 entry point and arguments (what the prompt shows), never their reference solution.
 """
 
@@ -27,9 +28,11 @@ from __future__ import annotations
 import ast
 import re
 import textwrap
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from lmforge.eval.baselines import Baseline
+from lmforge.eval.codegen import trim_completion
 from lmforge.eval.loaders import Doc
 from lmforge.eval.loaders_code import parse
 
@@ -65,10 +68,18 @@ def rename_function(code: str, old: str, new: str) -> str:
     return ast.unparse(tree) + "\n"
 
 
-def submission(source: Doc, target: Doc) -> str:
+def program_of(doc: Doc, until: Sequence[str] = ()) -> str:
+    """A training problem's reference program: ``fields["code"]``, else (YAML tasks, whose fields hold
+    no answer) its code prefix and first reference cut at the stop strings."""
+    if "code" in doc.fields:
+        return doc.fields["code"]
+    return doc.code_prefix + trim_completion(doc.references[0], until)
+
+
+def submission(source: Doc, target: Doc, until: Sequence[str] = ()) -> str:
     """The completion submitted for ``target``: ``source``'s program, renamed (module docstring, step 3)."""
     name = target.fields["entry_point"]
-    program = rename_function(source.fields["code"], source.fields["entry_point"], name)
+    program = rename_function(program_of(source, until), source.fields["entry_point"], name)
     if not target.code_prefix:
         return program
     args = ", ".join(target.fields.get("params", []))
@@ -92,13 +103,13 @@ def nearest(pool: list[Doc], docs: list[Doc], n: int) -> list[list[int]]:
 
 def run_retrieval(task: Task) -> list[list[str]]:
     """One list of ``task.samples`` completions per document of ``task`` (module docstring)."""
-    pool = [d for d in task.fewshot_pool or [] if "code" in d.fields]
+    pool = [d for d in task.fewshot_pool or [] if "code" in d.fields or d.references]
     if not pool:
         raise ValueError(f"task {task.name}: no training problem with a reference program to retrieve")
     picks = nearest(pool, task.docs, min(task.samples, len(pool)))
     out = []
     for doc, ids in zip(task.docs, picks):
-        subs = [submission(pool[j], doc) for j in ids]
+        subs = [submission(pool[j], doc, task.until) for j in ids]
         out.append(subs + subs[-1:] * (task.samples - len(subs)))  # a pool smaller than samples
     return out
 
