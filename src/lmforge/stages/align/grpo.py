@@ -15,6 +15,14 @@ of the chat template. Held-out problems are solved greedily before, during and a
 ``accuracy`` (exact match), reported as ``grpo_accuracy_before`` / ``grpo_accuracy_after``.
 ``metrics.jsonl`` has every rollout's ``{"step", "reward", "kl"}`` (mean reward; mean per-token k3 KL
 of the sampling policy to the reference, when there is one) beside the evaluations.
+
+Code rewards: with ``task`` (a code task, ``eval/tasks.py``: ``mbpp``, ``humaneval`` or a YAML file of
+kind ``code``; data under ``data_dir``) the problems are the task's TRAINING split
+(``Task.fewshot_pool``; ``val_fraction`` of it held out, at most ``n_eval``), never its test problems;
+the prompt is the one the eval stage gives the problem zero-shot (``<|bos|>`` then the prompt, no
+chat template); completions stop at the task's stop strings; the reward is ``eval.codegen.code_reward``
+(1.0 when the problem's program with this completion passes its tests in the sandbox, else 0.0:
+failed, timed out or refused), and ``accuracy`` is the held-out problems' greedy pass@1.
 """
 
 from __future__ import annotations
@@ -38,6 +46,13 @@ class Config(FinetuneOptions):
     """Options of ``lmforge align grpo``."""
 
     problems: str = opt("", "JSONL {question, answer} problems ('' = generated arithmetic)", path=True)
+    task: str = opt(
+        "",
+        "code task (mbpp, humaneval or a YAML file) to train on: reward 1 when its tests pass in the sandbox",
+    )
+    data_dir: str = opt(
+        "", "with task: directory holding built-in task data (e.g. ../shared/data)", path=True
+    )
     n_problems: int = opt(500, "generated problems for training (with problems: '' only)")
     n_eval: int = opt(100, "held-out problems solved greedily at each evaluation")
     digits: int = opt(1, "generated arithmetic: digits per operand")
@@ -73,6 +88,28 @@ class Config(FinetuneOptions):
                 raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
         if self.temperature == 0:
             raise ConfigError("temperature", "must be > 0: a group of greedy samples is all alike")
+        if self.task:
+            self._validate_task()
+
+    def _validate_task(self) -> None:
+        from lmforge.eval.loaders import BUILTIN
+
+        if self.problems:
+            raise ConfigError("task", "train on a code task or on problems, not both")
+        if self.format_weight:
+            raise ConfigError(
+                "format_weight", "the '#### N' format reward is for arithmetic; a code task has none"
+            )
+        if not self.task.endswith((".yaml", ".yml")):
+            if self.task not in BUILTIN or BUILTIN[self.task].kind != "code":
+                code = ", ".join(n for n, b in BUILTIN.items() if b.kind == "code")
+                raise ConfigError(
+                    "task", f"{self.task!r} is not a code task; built-in: {code}, or a .yaml file"
+                )
+            if not self.data_dir:
+                raise ConfigError(
+                    "data_dir", f"built-in task {self.task!r} needs data_dir (e.g. ../shared/data)"
+                )
 
 
 INPUTS = ("model", "problems")
@@ -83,6 +120,8 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     if not cfg.out:
         raise ConfigError("out", "an output directory is required (e.g. --out runs/x/grpo)")
     found = {"model": cfg.model, **config_inputs(cfg, "problems")}
+    if cfg.task.endswith((".yaml", ".yml")):
+        found["task"] = cfg.task
     return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)
 
 
@@ -115,6 +154,35 @@ def load_problems(cfg: Config, path: Any) -> tuple[list[dict[str, str]], list[di
     return train, held[: cfg.n_eval]
 
 
+def load_code_problems(cfg: Config) -> tuple[Any, list[Any], list[Any]]:
+    """``(task, training problems, held-out problems)`` of the code task ``cfg.task``: both from its
+    training split, ``val_fraction`` (default 0.1) of it held out, at most ``n_eval``.
+
+    Raises:
+        ConfigError: not a code task, or it has no training split.
+    """
+    from lmforge.data.supervised import holdout
+    from lmforge.eval.tasks import load_task
+
+    task = load_task(cfg.task, data_dir=cfg.data_dir)
+    if task.kind != "code":
+        raise ConfigError("task", f"task {task.name} is a {task.kind} task, not code")
+    if not task.fewshot_pool:
+        raise ConfigError(
+            "task",
+            f"task {task.name} has no training split (fewshot_pool) to train on; its test problems are not used",
+        )
+    train, held = holdout(task.fewshot_pool, cfg.val_fraction or 0.1, cfg.seed)
+    return task, train, held[: cfg.n_eval]
+
+
+def code_scorer(task: Any) -> Any:
+    """The reward of a completion of a problem of the code ``task``: ``(doc, text) -> 1.0 | 0.0``."""
+    from lmforge.eval.codegen import code_reward
+
+    return lambda doc, text: code_reward(doc, text, until=task.until, limits=task.limits)
+
+
 def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     """Rollouts and updates through ``finetune.fit``; greedy accuracy on held-out problems."""
     from pathlib import Path
@@ -139,7 +207,10 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     tok_path = ckpt_dir / "tokenizer.json"
     tok = load_tokenizer(tok_path)
     pad_id, end_id = special_id(tok, "pad"), special_id(tok, "end")
-    train, held = load_problems(cfg, ctx.inputs.get("problems"))
+    if cfg.task:
+        task, train, held = load_code_problems(cfg)
+    else:
+        train, held = load_problems(cfg, ctx.inputs.get("problems"))
     if not train or not held:
         raise ConfigError(
             "problems", f"need problems to train on and to hold out, got {len(train)} and {len(held)}"
@@ -154,15 +225,32 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     reference = align.Reference(model) if cfg.beta > 0 else None
     engine = Engine(model, tok)
 
-    def prompt(problem: dict[str, str]) -> list[int]:
-        return render_chat(
-            tok, [{"role": "user", "content": problem["question"]}], add_generation_prompt=True
-        )[0]
+    stops: dict[str, Any] = {"stop_ids": frozenset({end_id})}
+    if cfg.task:  # the eval stage's zero-shot prompt, stop strings and judgement
+        from lmforge.eval.fewshot import build_prompt
+        from lmforge.inference.engine import default_stop_ids
 
-    def score(problem: dict[str, str], text: str) -> float:
-        return align.correctness_reward(text, problem["answer"]) + cfg.format_weight * align.format_reward(
-            text
-        )
+        bos_id = special_id(tok, "<|bos|>")
+        stops = {"stop": list(task.until), "stop_ids": default_stop_ids(tok)}
+        judge = code_scorer(task)
+
+        def prompt(problem: Any) -> list[int]:
+            text = build_prompt(problem.query, [], task.fmt)
+            return [bos_id] + tok.encode(text, add_special_tokens=False).ids
+
+        score = judge
+    else:
+
+        def prompt(problem: Any) -> list[int]:
+            return render_chat(
+                tok, [{"role": "user", "content": problem["question"]}], add_generation_prompt=True
+            )[0]
+
+        def judge(problem: Any, text: str) -> float:
+            return align.correctness_reward(text, problem["answer"])
+
+        def score(problem: Any, text: str) -> float:
+            return judge(problem, text) + cfg.format_weight * align.format_reward(text)
 
     rng = np.random.default_rng(cfg.seed)
     buffer: list = []
@@ -179,7 +267,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
             seed=cfg.seed + 1000 * calls,
-            stop_ids=frozenset({end_id}),
+            **stops,
         )
         ro = align.rollout(
             engine,
@@ -205,15 +293,12 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
 
     @torch.no_grad()
     def evaluate() -> dict[str, float]:
-        greedy = SamplingParams(
-            max_new_tokens=cfg.max_new_tokens, temperature=0.0, stop_ids=frozenset({end_id})
-        )
+        greedy = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=0.0, **stops)
         done = engine.generate([prompt(p) for p in held], greedy)
-        correct = [align.correctness_reward(c.text, p["answer"]) for p, c in zip(held, done)]
-        return {
-            "accuracy": sum(correct) / len(held),
-            "format": sum(align.format_reward(c.text) for c in done) / len(held),
-        }
+        out = {"accuracy": sum(judge(p, c.text) for p, c in zip(held, done)) / len(held)}
+        if not cfg.task:
+            out["format"] = sum(align.format_reward(c.text) for c in done) / len(held)
+        return out
 
     result = ft.fit(
         model,
