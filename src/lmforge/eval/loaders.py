@@ -346,13 +346,13 @@ BUILTIN: dict[str, Builtin] = {
         "generation",
         lambda d: _translation(d, "en", "fr", ("English", "French"), "multi30k", "test_2016_flickr"),
         lambda d: _translation(d, "en", "fr", ("English", "French"), "multi30k", "train"),
-        {"metrics": ("bleu", "chrf"), "until": ("\n",), "max_new_tokens": 64},
+        {"metrics": ("bleu", "chrf"), "until": ("\n",), "max_new_tokens": 80},
     ),
     "europarl_en_fr": Builtin(
         "generation",
         lambda d: _europarl_en_fr(d, "test"),
         lambda d: _europarl_en_fr(d, "train"),
-        {"metrics": ("bleu", "chrf"), "until": ("\n",), "max_new_tokens": 96},
+        {"metrics": ("bleu", "chrf"), "until": ("\n",), "max_new_tokens": 128},
     ),
     # summarization (eval/loaders_summarize.py): MBPP code -> its description; WikiText body -> lead
     "mbpp_summarize": Builtin(
