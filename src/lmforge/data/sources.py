@@ -7,6 +7,8 @@ cheaply (file sizes and modification times, never contents) for the run store's 
 
 Spec forms:
   ``builtin:python-docs`` / ``builtin:python-code``  corpora every CPython carries (see ``builtin``)
+  ``task:squad@../shared/data``, ``task:my.yaml``     an eval task's training-split text
+                                                      (``eval/corpus.py``; never its test split)
   ``notes.md``, ``dump.jsonl.zst``                   one file
   ``corpus/``                                         every supported file below it, recursively
   ``data/**/*.parquet``                               a glob (``**`` crosses directories)
@@ -29,6 +31,7 @@ from lmforge.errors import InputError
 __all__ = ["BUILTIN_PREFIX", "Problem", "SourceSpec", "fingerprint", "iter_documents", "resolve_sources"]
 
 BUILTIN_PREFIX = "builtin:"
+TASK_PREFIX = "task:"
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -41,12 +44,16 @@ class SourceSpec:
         builtin: builtin corpus name (``python-docs``), or None for files.
         files: the files to read, in reading order (empty for builtins).
         text_field: JSON key / column holding the text in JSONL, CSV and Parquet files.
+        task: an eval task name or YAML file whose training split is the text (``task:`` specs).
+        task_dir: the built-in task's data directory (``task:NAME@DIR``).
     """
 
     spec: str
     builtin: str | None = None
     files: tuple[Path, ...] = ()
     text_field: str = "text"
+    task: str | None = None
+    task_dir: str = ""
 
 
 def _valid_extensions() -> str:
@@ -123,6 +130,9 @@ def resolve_sources(specs: Iterable[str], text_field: str = "text") -> list[Sour
                 )
             resolved.append(SourceSpec(spec=spec, builtin=name, text_field=text_field))
             continue
+        if spec.startswith(TASK_PREFIX):
+            resolved.append(_task_spec(spec, text_field, errors))
+            continue
         files = _expand(spec, errors)
         for path in files:
             try:
@@ -133,6 +143,33 @@ def resolve_sources(specs: Iterable[str], text_field: str = "text") -> list[Sour
     if errors:
         raise InputError("invalid sources:\n  " + "\n  ".join(errors))
     return resolved
+
+
+def _task_spec(spec: str, text_field: str, errors: list[str]) -> SourceSpec:
+    """``task:NAME@DIR`` (a built-in eval task, data under DIR) or ``task:FILE.yaml``."""
+    from lmforge.eval.loaders import BUILTIN as TASKS
+
+    name, _, where = spec[len(TASK_PREFIX) :].partition("@")
+    if name.endswith((".yaml", ".yml")):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            errors.append(f"{spec}: no such task file")
+        return SourceSpec(spec=spec, text_field=text_field, task=str(path))
+    if name not in TASKS:
+        errors.append(f"{spec}: unknown task {name!r}; built-in: {', '.join(TASKS)}, or a .yaml file")
+    elif not where:
+        errors.append(f"{spec}: a built-in task needs its data directory: task:{name}@DIR")
+    elif not Path(where).expanduser().is_dir():
+        errors.append(f"{spec}: no such directory {where}")
+    return SourceSpec(spec=spec, text_field=text_field, task=name, task_dir=where)
+
+
+def iter_task(spec: SourceSpec) -> Iterator[Document]:
+    """The documents of a ``task:`` source: one per training-split text (``eval/corpus.py``)."""
+    from lmforge.eval.corpus import task_texts
+
+    for i, text in enumerate(task_texts(spec.task or "", spec.task_dir)):
+        yield Document(id=f"{spec.spec}#{i}", text=text, metadata={"source": spec.spec, "row": i})
 
 
 def iter_documents(spec: SourceSpec, problems: list[Problem] | None = None) -> Iterator[Document]:
@@ -149,6 +186,9 @@ def iter_documents(spec: SourceSpec, problems: list[Problem] | None = None) -> I
     if spec.builtin is not None:
         yield from iter_builtin(spec.builtin, spec.spec, problems)
         return
+    if spec.task is not None:
+        yield from iter_task(spec)
+        return
     for path in spec.files:
         yield from read_file(path, spec.spec, spec.text_field, problems)
 
@@ -157,11 +197,23 @@ def fingerprint(spec: SourceSpec) -> dict:
     """A cheap, JSON-able description that changes when the source's content may have changed.
 
     Files: ``[absolute path, size, mtime_ns]`` each. Builtins: the Python version and stdlib path.
+    Tasks: every file under the data directory (or beside the YAML file), and the lmforge version
+    (the task loaders' code decides the split).
     """
     if spec.builtin is not None:
         return {"spec": spec.spec, "python": platform.python_version(), "stdlib": str(stdlib_dir())}
+    paths = list(spec.files)
+    if spec.task is not None:
+        from lmforge import __version__
+
+        yaml_task = spec.task.endswith((".yaml", ".yml"))
+        root = Path(spec.task).parent if yaml_task else Path(spec.task_dir).expanduser()
+        paths = sorted(p for p in root.rglob("*") if p.is_file())
+        extra = {"task": spec.task, "lmforge": __version__}
+    else:
+        extra = {"text_field": spec.text_field}
     files = []
-    for path in spec.files:
+    for path in paths:
         try:
             stat = path.stat()
         except OSError as exc:
@@ -169,4 +221,4 @@ def fingerprint(spec: SourceSpec) -> dict:
                 f"{path}: cannot stat ({exc.strerror}); was it removed after resolve_sources?"
             ) from exc
         files.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
-    return {"spec": spec.spec, "text_field": spec.text_field, "files": files}
+    return {"spec": spec.spec, **extra, "files": files}

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from lmforge.data.builtin import iter_builtin
 from lmforge.data.document import Document
 from lmforge.data.readers import Problem, open_binary, read_file, split_name
-from lmforge.data.sources import SourceSpec
+from lmforge.data.sources import SourceSpec, iter_task
 from lmforge.errors import InputError
 
 DONE = "DONE"
@@ -135,17 +135,19 @@ def plan_units(
     """Yield the work units of ``specs`` in input order, cutting chunks as it goes.
 
     Files up to ``unit_bytes`` are grouped into units of at most that size and read by the workers.
-    Builtin corpora, larger files, and everything when ``max_docs`` is set are read here, in the
+    Builtin corpora, ``task:`` sources, larger files, and everything when ``max_docs`` is set are read here, in the
     driver, and cut into parquet chunks of about ``unit_bytes`` (``max_docs`` then stops the read
     after that many documents). A chunk whose unit is already done is not written again.
     """
     budget = [max_docs] if max_docs else None
     for s, spec in enumerate(specs):
         names = (f"{s:04d}-{i:06d}" for i in itertools.count())
-        if spec.builtin is not None or budget is not None:
+        if spec.builtin is not None or spec.task is not None or budget is not None:
             problems: list[Problem] = []
             if spec.builtin is not None:
                 docs = iter_builtin(spec.builtin, spec.spec, problems)
+            elif spec.task is not None:
+                docs = iter_task(spec)
             else:
                 docs = read_files(spec.files, spec.spec, spec.text_field, problems)
             yield from _cut(docs, problems, names, spec, settings, unit_bytes, budget)
