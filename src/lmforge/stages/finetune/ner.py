@@ -151,7 +151,7 @@ def encode_words(
         first = [-1] * len(offsets)
         w = 0
         for k, (s, e) in enumerate(enc.offsets[: block_size - 2]):
-            while w < len(offsets) and offsets[w][1] <= s and not (s == e == offsets[w][1]):
+            while w < len(offsets) and offsets[w][1] <= s:
                 w += 1  # subwords come in text order: advance to the word this one can overlap
             if w < len(offsets) and s < offsets[w][1] and e > offsets[w][0] and first[w] < 0:
                 first[w] = k + 1  # +1: the start token
