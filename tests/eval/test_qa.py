@@ -13,7 +13,7 @@ from lmforge.errors import InputError
 from lmforge.eval.baselines import get_baseline
 from lmforge.eval.classic.qa import _distance, _sliding_window, fit_max_len, predict_span, score_candidates
 from lmforge.eval.loaders import Doc
-from lmforge.eval.loaders_qa import boolq, is_boolq_test, squad, train_passages, write_train_passages
+from lmforge.eval.loaders_qa import boolq, is_boolq_test, squad
 from lmforge.eval.metrics import exact_match, normalize_answer, squad_f1
 from lmforge.eval.tasks import Task, evaluate_baseline, load_task
 
@@ -109,7 +109,7 @@ def test_boolq_split_needs_titles(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is absent (only on the development machine)")
-def test_builtin_squad_and_boolq_splits_do_not_leak(tmp_path: Path) -> None:
+def test_builtin_squad_and_boolq_splits_do_not_leak() -> None:
     sq = load_task("squad", data_dir=SHARED)
     assert (len(sq.docs), len(sq.fewshot_pool)) == (2447, 8123)
     assert not {d.fields["title"] for d in sq.docs} & {d.fields["title"] for d in sq.fewshot_pool}
@@ -118,12 +118,12 @@ def test_builtin_squad_and_boolq_splits_do_not_leak(tmp_path: Path) -> None:
     assert (len(bq.docs), len(bq.fewshot_pool)) == (837, 2433)
     assert not {d.fields["title"] for d in bq.docs} & {d.fields["title"] for d in bq.fewshot_pool}
     assert not {d.fields["passage"] for d in bq.docs} & {d.fields["passage"] for d in bq.fewshot_pool}
-    # the pretraining text holds no test passage
-    passages = set(train_passages(SHARED))
+    # the recipe's pretraining text (data sources task:squad@DIR, task:boolq@DIR) holds no test passage
+    from lmforge.eval.corpus import task_texts
+
+    passages = {*task_texts("squad", SHARED), *task_texts("boolq", SHARED)}
+    assert len(passages) > 3000
     assert not passages & ({d.fields["context"] for d in sq.docs} | {d.fields["passage"] for d in bq.docs})
-    out = tmp_path / "p.jsonl"
-    assert write_train_passages(SHARED, out) == len(passages)
-    assert json.loads(out.read_text().splitlines()[0])["text"] in passages
 
 
 def test_squad_metrics_normalise_as_the_official_script() -> None:

@@ -19,30 +19,22 @@ train split:
   depend on the file's order. Choices ``["no", "yes"]``, lm-evaluation-harness's prompt
   ``passage\\nQuestion: ...?\\nAnswer:``. Fields: ``title``, ``passage``, ``question``.
 
-``train_passages`` is the pretraining text of ``recipes/qa.yaml``: the distinct SQuAD contexts and
-BoolQ passages of the two train splits, so the model never reads a test passage.
-``python -m lmforge.eval.loaders_qa DATA_DIR OUT.jsonl`` writes them as ``{"text"}`` lines.
+The training splits' passages are pretraining text through the data source ``task:squad@DIR``
+(``eval/corpus.py``).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 from lmforge.errors import InputError
 from lmforge.eval.loaders import Doc, open_text, read_records
 
-log = logging.getLogger(__name__)
-
 SPLITS = ("train", "test", "all")
 SQUAD_TEST_FRACTION = 0.25  # of the articles, the last ones in file order
 BOOLQ_TEST_BUCKETS = 4  # md5(title) % 4 == 0 is the test split
-SQUAD_FILE = Path("squad-v1.1") / "dev-v1.1.json.zip"
-BOOLQ_FILE = Path("boolq") / "dev.jsonl"
 
 
 def _check_split(split: str) -> None:
@@ -120,33 +112,3 @@ def boolq(path: Path, split: str = "all") -> list[Doc]:
         query = f"{r['passage']}\nQuestion: {r['question']}?\nAnswer:"
         docs.append(Doc(query, ["no", "yes"], int(bool(r["answer"])), fields=fields))
     return docs
-
-
-def train_passages(data_dir: Path) -> Iterator[str]:
-    """The distinct SQuAD contexts, then BoolQ passages, of the two train splits under ``data_dir``."""
-    seen: set[str] = set()
-    texts = (p["context"] for a in squad_articles(data_dir / SQUAD_FILE, "train") for p in a["paragraphs"])
-    for text in [*texts, *(r["passage"] for r in boolq_rows(data_dir / BOOLQ_FILE, "train"))]:
-        if text not in seen:
-            seen.add(text)
-            yield text
-
-
-def write_train_passages(data_dir: Path, out: Path) -> int:
-    """Write ``train_passages`` as ``{"text": ...}`` jsonl lines to ``out``; returns how many."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with open(out, "w", encoding="utf-8") as f:
-        for text in train_passages(Path(data_dir)):
-            f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
-            n += 1
-    log.info("wrote %d training passages to %s", n, out)
-    return n
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="write the SQuAD + BoolQ train-split passages as jsonl")
-    parser.add_argument("data_dir", type=Path, help="directory holding squad-v1.1/ and boolq/")
-    parser.add_argument("out", type=Path, help="jsonl file to write")
-    args = parser.parse_args()
-    print(f"{write_train_passages(args.data_dir, args.out)} passages -> {args.out}")
