@@ -26,6 +26,8 @@ def test_squad_f1_hand_computed() -> None:
     assert squad_f1(["the cat sat"], [["a cat sat down"]]) == pytest.approx(0.8)
     assert squad_f1(["the cat sat"], [["dog", "cat sat"]]) == pytest.approx(1.0)
     assert squad_f1(["x"], [["y"]]) == 0.0
+    # both normalise to nothing (a reference that is only "." or "the"): 0, as the v1.1 script gives
+    assert squad_f1(["the"], [["."]]) == 0.0
 
 
 def test_bleu_and_chrf_equal_sacrebleu_corpus_scores() -> None:

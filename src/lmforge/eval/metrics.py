@@ -56,9 +56,7 @@ def _check(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> N
 def _f1(prediction: str, reference: str) -> float:
     pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
     common = sum((Counter(pred) & Counter(ref)).values())
-    if not pred or not ref:
-        return float(pred == ref)
-    if common == 0:
+    if common == 0:  # the v1.1 script: also 0 when both normalise to nothing (v2.0 would give 1)
         return 0.0
     precision, recall = common / len(pred), common / len(ref)
     return 2 * precision * recall / (precision + recall)
