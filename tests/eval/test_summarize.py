@@ -22,9 +22,9 @@ from lmforge.eval.classic.summarize import (
 from lmforge.eval.loaders import Doc
 from lmforge.eval.loaders_summarize import (
     description,
+    entry_point,
     mbpp_summaries,
     split_sentences,
-    entry_point,
     wikitext_articles,
     wikitext_leads,
 )
