@@ -2,6 +2,7 @@
 
 Each module defines ``Baseline`` objects (``lmforge.eval.baselines``) that the eval stage runs beside
 the model on the same documents, scored by the same code: ``qa`` (SQuAD, BoolQ), ``summarize``,
-``translate``, ``code``; ``ner`` holds the CRF that ``finetune.ner`` reports beside its model.
-Heavy libraries (scikit-learn, nltk, sklearn-crfsuite) are imported inside the functions.
+``translate``, ``code``; ``ner`` holds the lookup and CRF taggers that ``finetune.ner`` reports beside
+its model.
+Heavy libraries (scikit-learn, networkx, sklearn-crfsuite) are imported inside the functions.
 """
