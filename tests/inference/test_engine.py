@@ -226,3 +226,18 @@ def test_a_row_finishing_at_the_context_limit_leaves_before_it_overflows() -> No
     assert [(len(c.ids), c.finish_reason) for c in out] == [(2, "length")] + [(20, "length")] * 4
     for p, c in zip(prompts, out):
         assert c.ids == Engine(model).generate([p], params)[0].ids
+
+
+def test_a_row_stopped_by_a_stop_token_near_the_context_end_does_not_overrun_it() -> None:
+    # Found by the code-generation recipe: a long prompt stopped by a stop token stays in the batch
+    # (fewer than a quarter of the rows finished) and was fed past block_size, which raised.
+    tok = train_bpe(["abc def ghi jkl mno pqr stu vwx yz"] * 20, vocab_size=300)
+    torch.manual_seed(8)
+    model = Decoder(
+        ModelConfig(vocab_size=tok.get_vocab_size(), block_size=32, n_layer=1, n_head=2, n_embd=16)
+    )
+    params = SamplingParams(max_new_tokens=28, temperature=1.0, seed=8, stop_ids=frozenset(range(280, 320)))
+    prompts = [list(range(5, 29))] + [list(range(5, 9))] * 7
+    out = Engine(model.eval(), tok).generate(prompts, params)
+    assert out[0].finish_reason in ("stop", "length")
+    assert all(len(p) + len(c.ids) <= 32 for p, c in zip(prompts, out))

@@ -170,6 +170,7 @@ class Engine:
         done = [False] * B
         n_new = [0] * B
         alive = list(range(B))  # the prompt index of each cache row
+        steps = 0  # decode steps so far: every row still in the batch has been fed this many tokens
         self.forward.refresh()
         logits = self.forward(idx, cache, last_only=True)[:, -1]  # [b, V], b = len(alive)
         while True:
@@ -196,11 +197,13 @@ class Engine:
                     yield Event(i, token, text, None, lps[j])
             if all(done):
                 return
+            steps += 1
             if seen is not None:
                 seen[torch.arange(len(alive), device=device), tokens] = True
             keep = [j for j, i in enumerate(alive) if not done[i]]
             # a finished row that stayed in the batch must not be fed past the context: drop it then too
-            at_limit = any(done[i] and lengths[i] + n_new[i] + 1 > self.block_size for i in alive)
+            # (by decode steps, not its own tokens: a row stopped by a stop token is fed on regardless)
+            at_limit = any(done[i] and lengths[i] + steps + 1 > self.block_size for i in alive)
             if len(keep) <= COMPACT_AT * len(alive) or at_limit:  # drop finished rows from batch and cache
                 rows_kept = torch.tensor(keep, device=device)
                 select_rows(cache, rows_kept)
