@@ -97,3 +97,21 @@ def test_a_task_without_a_training_split_is_refused(ft_dir: Path, tmp_path: Path
         from_dict(task_stage.Config, {})
     with pytest.raises(ConfigError, match="data_dir"):
         from_dict(task_stage.Config, {"tasks": ["squad"]})
+
+
+def test_a_target_that_already_ends_with_the_stop_string_does_not_get_it_twice(
+    ft_dir: Path, tmp_path: Path
+) -> None:
+    from lmforge.eval.tasks import load_task
+    from lmforge.tokenizer.train import load_tokenizer
+
+    rows = [{"q": "say good", "answer": "good [DONE]"}, {"q": "say bad", "answer": "bad"}] * 4
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "d.yaml").write_text(
+        "kind: generation\npath: d.jsonl\nfewshot_path: d.jsonl\ntemplate: '{q}'\nuntil: ['[DONE]']\n"
+    )
+    cfg = from_dict(task_stage.Config, {"tasks": [str(tmp_path / "d.yaml")], "val_fraction": 0.25})
+    tok = load_tokenizer(ft_dir / "tokenizer.json")
+    train, val, _ = task_stage.task_examples(cfg, [load_task(str(tmp_path / "d.yaml"))], tok, 64)
+    targets = {tok.decode([i for i, m in zip(ids, mask) if m]) for ids, mask in train + val}
+    assert targets == {" good [DONE]", " bad[DONE]"}

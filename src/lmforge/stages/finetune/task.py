@@ -3,7 +3,8 @@
 Each document of a task's training split (``Task.fewshot_pool``: SQuAD's training articles,
 Multi30k's train file, MBPP's training problems, ...) becomes one example, rendered exactly as the
 eval stage renders it zero-shot: the prompt ``build_prompt(doc.query, [], task.fmt)`` after
-``<|bos|>``, then the target ``task.fmt.target_delimiter + doc.target + task.until[0]``, tokenised as
+``<|bos|>``, then the target ``task.fmt.target_delimiter + doc.target + task.until[0]`` (the stop string
+not repeated when the target already ends with it), tokenised as
 the eval stage scores a continuation (``tasks.pair_ids``). The loss covers the target tokens only,
 stop string included, so the model learns where to stop. Prompts too long for the context lose tokens
 from the left; a target that does not fit is dropped and counted. Several tasks mix into one
@@ -109,7 +110,8 @@ def task_examples(cfg: Any, tasks: list, tok: Any, block_size: int) -> tuple[lis
         encoded, dropped, cut = [], 0, 0
         for doc in docs:
             prompt = build_prompt(doc.query, [], task.fmt)
-            ctx_ids, cont = pair_ids(tok, bos, prompt, task.fmt.target_delimiter + doc.target + stop)
+            target = doc.target if doc.target.endswith(stop) else doc.target + stop  # MBPP's ends [DONE]
+            ctx_ids, cont = pair_ids(tok, bos, prompt, task.fmt.target_delimiter + target)
             if not cont or len(cont) >= block_size:
                 dropped += 1
                 continue
