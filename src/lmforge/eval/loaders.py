@@ -368,3 +368,15 @@ BUILTIN: dict[str, Builtin] = {
         {"metrics": ("rouge",), "until": ("\n",), "max_new_tokens": 512},  # a lead is ~300 words
     ),
 }
+
+
+def check_task_names(tasks: list[str], data_dir: str) -> None:
+    """Raise ``ConfigError`` for a task that is neither built in nor a YAML file, or a built-in task
+    without ``data_dir`` (what every stage naming tasks checks before any work)."""
+    from lmforge.config import ConfigError
+
+    for t in tasks:
+        if not t.endswith((".yaml", ".yml")) and t not in BUILTIN:
+            raise ConfigError("tasks", f"unknown task {t!r}; built-in: {', '.join(BUILTIN)}, or a .yaml file")
+        if t in BUILTIN and not data_dir:
+            raise ConfigError("data_dir", f"built-in task {t!r} needs data_dir (e.g. ../shared/data)")

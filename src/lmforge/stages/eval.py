@@ -80,15 +80,9 @@ class Config:
             raise ConfigError("shots", f"need one or more k >= 0, got {self.shots}")
         if "memorisation" in self.probes and not self.tokenizer:
             raise ConfigError("probes", "the memorisation probe reads the token shards: set tokenizer")
-        from lmforge.eval.loaders import BUILTIN
+        from lmforge.eval.loaders import check_task_names
 
-        for t in self.tasks:
-            if not t.endswith((".yaml", ".yml")) and t not in BUILTIN:
-                raise ConfigError(
-                    "tasks", f"unknown task {t!r}; built-in: {', '.join(BUILTIN)}, or a .yaml file"
-                )
-            if t in BUILTIN and not self.data_dir:
-                raise ConfigError("data_dir", f"built-in task {t!r} needs data_dir (e.g. ../shared/data)")
+        check_task_names(self.tasks, self.data_dir)
         self._validate_code_sampling()
         from lmforge.eval.baselines import get_baseline
 

@@ -42,17 +42,11 @@ class Config(FinetuneOptions):
 
     def validate(self) -> None:
         super().validate()
-        from lmforge.eval.loaders import BUILTIN
+        from lmforge.eval.loaders import check_task_names
 
         if not self.tasks:
             raise ConfigError("tasks", "name at least one task (e.g. tasks=[squad])")
-        for t in self.tasks:
-            if not t.endswith((".yaml", ".yml")) and t not in BUILTIN:
-                raise ConfigError(
-                    "tasks", f"unknown task {t!r}; built-in: {', '.join(BUILTIN)}, or a .yaml file"
-                )
-            if t in BUILTIN and not self.data_dir:
-                raise ConfigError("data_dir", f"built-in task {t!r} needs data_dir (e.g. ../shared/data)")
+        check_task_names(self.tasks, self.data_dir)
         if self.max_train_examples < 0:
             raise ConfigError("max_train_examples", f"must be >= 0, got {self.max_train_examples}")
 
