@@ -25,7 +25,10 @@ METHODS: dict[str, tuple[str, str]] = {
         "lmforge.stages.align.ppo",
         "PPO-RLHF: rollouts scored by a reward model, value head, GAE, KL penalty",
     ),
-    "grpo": ("lmforge.stages.align.grpo", "GRPO with verifiable rewards (arithmetic, #### N answers)"),
+    "grpo": (
+        "lmforge.stages.align.grpo",
+        "GRPO with verifiable rewards (arithmetic #### N answers, or a code task's tests in the sandbox)",
+    ),
     "arithmetic": (
         "lmforge.stages.align.arithmetic",
         "write generated arithmetic problems (SFT and GRPO files)",
