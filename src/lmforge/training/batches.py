@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,22 +95,30 @@ def lm_batch(rows: Sequence[Example], pad_id: int) -> tuple[torch.Tensor, torch.
     return x, y, m
 
 
+def frame_markers(tok: Tokenizer, arch: str) -> tuple[int, int]:
+    """The ids a text is framed by for ``arch``: ``[CLS] ... [SEP]`` (encoder) or ``<|bos|> ... <|eos|>``."""
+    if arch == "encoder":
+        return special_id(tok, "cls"), special_id(tok, "sep")
+    return special_id(tok, "bos"), special_id(tok, "eos")
+
+
+def encode_as_text(tok: Tokenizer, texts: Sequence[str]) -> list[Any]:
+    """``tok.encode_batch`` without special tokens, special-token strings in the texts kept as text."""
+    was = tok.encode_special_tokens
+    tok.encode_special_tokens = True  # text is data: special-token strings in it stay text
+    try:
+        return tok.encode_batch(list(texts), add_special_tokens=False)
+    finally:
+        tok.encode_special_tokens = was
+
+
 def encode_texts(tok: Tokenizer, texts: Sequence[str], arch: str, block_size: int) -> list[list[int]]:
     """Token ids per text framed for ``arch`` (module docstring), cut to ``block_size`` tokens.
 
     The end marker is kept when a text is cut, so the pooled position always means "end of text".
     """
-    if arch == "encoder":
-        start, end = special_id(tok, "cls"), special_id(tok, "sep")
-    else:
-        start, end = special_id(tok, "bos"), special_id(tok, "eos")
-    was = tok.encode_special_tokens
-    tok.encode_special_tokens = True  # text is data: special-token strings in it stay text
-    try:
-        encoded = tok.encode_batch(list(texts), add_special_tokens=False)
-    finally:
-        tok.encode_special_tokens = was
-    return [[start, *e.ids[: block_size - 2], end] for e in encoded]
+    start, end = frame_markers(tok, arch)
+    return [[start, *e.ids[: block_size - 2], end] for e in encode_as_text(tok, texts)]
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -121,12 +121,9 @@ def encode_words(
     Raises:
         ValueError: a sentence and its tags differ in length.
     """
-    from lmforge.tokenizer.train import special_id
+    from lmforge.training.batches import encode_as_text, frame_markers
 
-    if arch == "encoder":
-        start, end = special_id(tok, "cls"), special_id(tok, "sep")
-    else:
-        start, end = special_id(tok, "bos"), special_id(tok, "eos")
+    start, end = frame_markers(tok, arch)
     texts, spans = [], []
     for words in sentences:
         offsets, pos = [], 0
@@ -135,12 +132,7 @@ def encode_words(
             pos += len(w) + 1
         texts.append(" ".join(words))
         spans.append(offsets)
-    was = tok.encode_special_tokens
-    tok.encode_special_tokens = True  # text is data: special-token strings in it stay text
-    try:
-        encodings = tok.encode_batch(texts, add_special_tokens=False)
-    finally:
-        tok.encode_special_tokens = was
+    encodings = encode_as_text(tok, texts)
     out = []
     for n, (enc, offsets) in enumerate(zip(encodings, spans)):
         word_tags = tags[n] if tags is not None else [IGNORE] * len(offsets)
