@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lmforge.errors import InputError
+from lmforge.errors import ConfigError, InputError
 from lmforge.model.config import ModelConfig
 from lmforge.model.heads import ClassificationHead
 from lmforge.runstore import write_json_atomic
@@ -73,6 +73,21 @@ def load_base(
         model.load_state_dict(state)
     logger.info("base model %s (%s, %d layers, d=%d)", ckpt_dir, mcfg.arch, mcfg.n_layer, mcfg.n_embd)
     return model.to(device), mcfg, ckpt_dir
+
+
+def load_decoder(
+    path: Path, which: str = "best", *, method: str, device: str = "cpu", dropout: float = -1.0
+) -> tuple[nn.Module, ModelConfig, Path]:
+    """``load_base`` for the methods that generate or score text left to right (SFT, DPO, PPO, GRPO).
+
+    Raises:
+        ConfigError: the checkpoint is not a decoder (the message names ``method``).
+        InputError: nothing under ``path`` is a complete checkpoint.
+    """
+    model, mcfg, ckpt_dir = load_base(path, which, device=device, dropout=dropout)
+    if mcfg.arch != "decoder":
+        raise ConfigError("model", f"{method} needs a decoder checkpoint, {ckpt_dir} is an {mcfg.arch}")
+    return model, mcfg, ckpt_dir
 
 
 def hidden_states(

@@ -199,11 +199,9 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
 
     rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
     ft.restart(ctx)
-    model, mcfg, ckpt_dir = ft.load_base(
-        ctx.inputs["model"], cfg.checkpoint, device=rt.device, dropout=cfg.dropout
+    model, mcfg, ckpt_dir = ft.load_decoder(
+        ctx.inputs["model"], cfg.checkpoint, method="GRPO", device=rt.device, dropout=cfg.dropout
     )
-    if mcfg.arch != "decoder":
-        raise ConfigError("model", f"GRPO needs a decoder checkpoint, {ckpt_dir} is an {mcfg.arch}")
     tok_path = ckpt_dir / "tokenizer.json"
     tok = load_tokenizer(tok_path)
     pad_id, end_id = special_id(tok, "pad"), special_id(tok, "end")

@@ -103,11 +103,9 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
     device = rt.device
     ft.restart(ctx)
-    model, mcfg, ckpt_dir = ft.load_base(
-        ctx.inputs["model"], cfg.checkpoint, device=device, dropout=cfg.dropout
+    model, mcfg, ckpt_dir = ft.load_decoder(
+        ctx.inputs["model"], cfg.checkpoint, method="PPO", device=device, dropout=cfg.dropout
     )
-    if mcfg.arch != "decoder":
-        raise ConfigError("model", f"PPO needs a decoder checkpoint, {ckpt_dir} is an {mcfg.arch}")
     rm = align.load_reward_model(ctx.inputs["reward_model"]).to(device)
     if rm.config.vocab_size != mcfg.vocab_size:
         raise ConfigError(
