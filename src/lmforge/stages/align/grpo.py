@@ -92,7 +92,7 @@ class Config(FinetuneOptions):
             self._validate_task()
 
     def _validate_task(self) -> None:
-        from lmforge.eval.loaders import BUILTIN
+        from lmforge.eval.loaders import BUILTIN, check_task_names
 
         if self.problems:
             raise ConfigError("task", "train on a code task or on problems, not both")
@@ -106,10 +106,7 @@ class Config(FinetuneOptions):
                 raise ConfigError(
                     "task", f"{self.task!r} is not a code task; built-in: {code}, or a .yaml file"
                 )
-            if not self.data_dir:
-                raise ConfigError(
-                    "data_dir", f"built-in task {self.task!r} needs data_dir (e.g. ../shared/data)"
-                )
+            check_task_names([self.task], self.data_dir)  # data_dir
 
 
 INPUTS = ("model", "problems")
