@@ -95,13 +95,36 @@ class Engine:
         tokenizer: needed for text (``Completion.text``, event text, stop strings); ids work without.
         weights: ``"exact"`` (default) or ``"int8"``: weight-only int8 matmuls, faster decoding with
             outputs close to but not equal to the exact model's (``batch_forward.py``).
+        draft: speculative decoding (``speculative.py``): ``None`` (default, one token per forward),
+            ``"ngram"`` (prompt lookup: drafts copied from earlier text of the row) or a smaller
+            ``Decoder`` with the same vocabulary. The output is the target's either way (greedy: token
+            for token; sampling: in distribution); repetition penalty falls back to plain decoding.
+        draft_tokens: tokens drafted per verification pass (k >= 1).
+        ngram_max: longest suffix the ``"ngram"`` drafter matches (it tries ``ngram_max`` down to 1).
+
+    Raises:
+        ValueError: an unknown ``draft``, a draft model with another vocabulary or a shorter context,
+            ``draft_tokens`` or ``ngram_max`` < 1.
     """
 
-    def __init__(self, model: Decoder, tokenizer: Tokenizer | None = None, weights: str = "exact"):
+    def __init__(
+        self,
+        model: Decoder,
+        tokenizer: Tokenizer | None = None,
+        weights: str = "exact",
+        draft: str | Decoder | None = None,
+        draft_tokens: int = 4,
+        ngram_max: int = 3,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.forward = RaggedForward(model, weights)
         self.block_size = model.config.block_size
+        from lmforge.inference.speculative import check_draft  # speculative.py imports this module
+
+        check_draft(model, draft, draft_tokens, ngram_max)
+        self.draft, self.draft_tokens, self.ngram_max = draft, draft_tokens, ngram_max
+        self.stats = DecodeStats()  # of the latest call (reset when a call starts)
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
         """Generate for every prompt (token ids); returns one ``Completion`` per prompt, in order."""
@@ -139,11 +162,23 @@ class Engine:
     def _run(self, rows: list[list[int]], params: SamplingParams) -> Iterator[Event]:
         model = self.model
         was_training = model.training
+        draft = self.draft if isinstance(self.draft, Decoder) else None
+        draft_training = draft is not None and draft.training
         model.eval()
+        if draft is not None:
+            draft.eval()
+        self.stats = DecodeStats()
         try:
-            yield from self._loop(rows, params)
+            if self.draft is not None and params.repetition_penalty == 1.0:
+                from lmforge.inference.speculative import speculative_loop
+
+                yield from speculative_loop(self, rows, params)
+            else:
+                yield from self._loop(rows, params)
         finally:
             model.train(was_training)
+            if draft is not None:
+                draft.train(draft_training)
 
     def _loop(self, rows: list[list[int]], params: SamplingParams) -> Iterator[Event]:
         B = len(rows)
@@ -166,9 +201,8 @@ class Engine:
             seen = torch.zeros(B, self.model.config.vocab_size, dtype=torch.bool, device=device)
             for i, r in enumerate(rows):
                 seen[i, r] = True
-        texts = [TextState(self.tokenizer, params.stop) if self.tokenizer is not None else None for _ in rows]
-        done = [False] * B
-        n_new = [0] * B
+        out = RowOutput(self.tokenizer, params, budget)
+        done = out.done
         alive = list(range(B))  # the prompt index of each cache row
         steps = 0  # decode steps so far: every row still in the batch has been fed this many tokens
         self.forward.refresh()
@@ -180,24 +214,13 @@ class Engine:
                 lps = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None])[:, 0].tolist()
             for j, token in enumerate(tokens.tolist()):
                 i = alive[j]
-                if done[i]:
-                    continue
-                if token in params.stop_ids:
-                    done[i] = True
-                    yield Event(i, None, texts[i].flush() if texts[i] else "", "stop")
-                    continue
-                n_new[i] += 1
-                text, stopped = texts[i].add(token) if texts[i] else ("", False)
-                if stopped or n_new[i] >= budget[i]:
-                    done[i] = True
-                    if texts[i] and not stopped:
-                        text += texts[i].flush()
-                    yield Event(i, token, text, "stop" if stopped else "length", lps[j])
-                else:
-                    yield Event(i, token, text, None, lps[j])
+                if not done[i]:
+                    yield out.emit(i, token, lps[j])
+            self.stats.tokens = out.emitted
             if all(done):
                 return
             steps += 1
+            self.stats.passes += 1
             if seen is not None:
                 seen[torch.arange(len(alive), device=device), tokens] = True
             keep = [j for j, i in enumerate(alive) if not done[i]]
@@ -235,6 +258,55 @@ class Engine:
 
 
 COMPACT_AT = 0.75  # compact the batch once at most this fraction of its rows is still generating
+
+
+@dataclass
+class DecodeStats:
+    """What one ``Engine`` call cost: target forward passes after the prefill, tokens emitted, and (with
+    a draft) tokens drafted and accepted. Plain decoding has one pass per token step of the batch."""
+
+    passes: int = 0
+    tokens: int = 0
+    drafted: int = 0
+    accepted: int = 0
+
+    @property
+    def tokens_per_pass(self) -> float:
+        """Emitted tokens per target pass (the first token, from the prefill, counts as one pass)."""
+        return self.tokens / max(self.passes + 1, 1)
+
+    @property
+    def acceptance(self) -> float:
+        """Fraction of drafted tokens the target accepted (0 without drafts)."""
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+
+class RowOutput:
+    """The output side of every row: its token count, its ``TextState``, ``done``; turns each new token
+    into the row's ``Event`` (stop token, stop string, ``budget``), the one place finishing is decided."""
+
+    def __init__(self, tokenizer: Tokenizer | None, params: SamplingParams, budget: list[int]):
+        self.params, self.budget = params, budget
+        self.texts = [TextState(tokenizer, params.stop) if tokenizer is not None else None for _ in budget]
+        self.done = [False] * len(budget)
+        self.n_new = [0] * len(budget)
+        self.emitted = 0  # tokens emitted over all rows (stop tokens excluded)
+
+    def emit(self, i: int, token: int, logprob: float | None = None) -> Event:
+        """Row ``i``'s event for ``token`` (the row must not be done); sets ``done[i]`` when it ends."""
+        text_state = self.texts[i]
+        if token in self.params.stop_ids:
+            self.done[i] = True
+            return Event(i, None, text_state.flush() if text_state else "", "stop")
+        self.n_new[i] += 1
+        self.emitted += 1
+        text, stopped = text_state.add(token) if text_state else ("", False)
+        if stopped or self.n_new[i] >= self.budget[i]:
+            self.done[i] = True
+            if text_state and not stopped:
+                text += text_state.flush()
+            return Event(i, token, text, "stop" if stopped else "length", logprob)
+        return Event(i, token, text, None, logprob)
 
 
 def select_rows(cache: KVCache, rows: torch.Tensor) -> None:
@@ -312,4 +384,14 @@ def default_stop_ids(tok: Tokenizer) -> frozenset[int]:
     return frozenset(i for i in ids if i is not None)
 
 
-__all__ = ["Completion", "Engine", "Event", "SamplingParams", "TextState", "default_stop_ids", "select_rows"]
+__all__ = [
+    "Completion",
+    "DecodeStats",
+    "Engine",
+    "Event",
+    "RowOutput",
+    "SamplingParams",
+    "TextState",
+    "default_stop_ids",
+    "select_rows",
+]

@@ -76,6 +76,30 @@ class KVCache:
         """Mark ``n`` more positions as filled (called once per forward, after every layer)."""
         self.pos += n
 
+    def shift_rows(self, shifts: list[int]) -> None:
+        """Move each row ``b``'s filled columns ``pad[b] .. pos - shifts[b] - 1`` right by ``shifts[b]``
+        so they end at ``pos - 1``, and grow its padding by as much (speculative decoding: a row that
+        accepted fewer drafts than its batch-mates is re-aligned to the shared ``pos``). Positions are
+        column minus padding, so every kept key keeps its position and its rotation; the freed columns
+        become padding. Needs ``pad`` (a ragged cache)."""
+        assert self.pad is not None
+        pads = self.pad.tolist()
+        for b, (d, p) in enumerate(zip(shifts, pads)):
+            if d > 0:
+                for t in (self.k, self.v):
+                    t[:, b, :, p + d : self.pos] = t[:, b, :, p : self.pos - d].clone()
+        self.pad = self.pad + torch.tensor(shifts, dtype=self.pad.dtype, device=self.pad.device)
+
+    def drop_left(self, n: int) -> None:
+        """Drop the first ``n`` columns, which must be padding in every row: every row moves left by
+        ``n``, ``pad`` and ``pos`` shrink by ``n`` (frees columns once shifts have padded all rows)."""
+        assert self.pad is not None and n <= int(self.pad.min())
+        if n > 0:
+            for t in (self.k, self.v):
+                t[:, :, :, : self.pos - n] = t[:, :, :, n : self.pos].clone()
+            self.pad = self.pad - n
+            self.pos -= n
+
     def reset(self) -> None:
         """Forget every cached position so the cache can serve a new batch of prompts."""
         self.pos = 0

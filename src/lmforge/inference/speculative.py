@@ -1,0 +1,354 @@
+"""Exact speculative decoding for ``Engine``: draft up to k tokens per row, verify them all in one
+cached forward of the target, keep the longest prefix the target agrees with plus the target's own
+next token. A pass reads the target's weights once and emits 1 .. k+1 tokens per row.
+
+Drafters (``Engine(..., draft=...)``):
+
+- ``"ngram"`` — prompt lookup (Saxena 2023, "Prompt Lookup Decoding"; Hugging Face's
+  ``prompt_lookup_num_tokens``): the row's last n tokens (n = ``ngram_max`` down to 1) are looked up
+  in the earlier text of that row (prompt and generated), and the up to k tokens that followed the
+  most recent earlier occurrence are the draft. No model; a row without a match drafts nothing, and a
+  pass where no row drafts is a plain one-token decode step.
+- a ``Decoder`` — a smaller model with the same vocabulary and its own KV cache. It drafts greedily
+  at temperature 0, else by sampling from its own distribution after the same temperature / top-k /
+  top-p / min-p filtering as the target.
+
+Verification: each row feeds ``[last token, drafts..]`` (rows with fewer drafts are filled up to the
+batch's width; those columns are ignored) through ``RaggedForward`` at ``cache.pos`` and reads the
+target's logits at every column.
+
+- Greedy: a draft is kept while it equals the target's argmax; the target's argmax at the first
+  mismatch (or after the last draft) is emitted too. The tokens are those of plain greedy decoding.
+- Sampling: speculative sampling (Leviathan et al. 2023, "Fast Inference from Transformers via
+  Speculative Decoding"; Chen et al. 2023, "Accelerating LLM Decoding with Speculative Sampling"):
+  with ``p`` the target's filtered distribution and ``q`` the draft's, draft ``x`` is kept with
+  probability ``min(1, p(x) / q(x))``; the first rejected one is replaced by a draw from
+  ``max(0, p - q)`` renormalised; if all are kept a bonus token is drawn from ``p``. Each emitted token
+  is distributed as under plain sampling from the target. A point-mass draft (n-gram) has ``q(x) = 1``:
+  ``x`` is kept with probability ``p(x)``, else the token is drawn from ``p`` without ``x``.
+
+Ragged acceptance: the rows of a batch share one cache column counter (left padding,
+``batch_forward.py``). After a pass row ``b`` has ``v_b`` = 1 + accepted drafts new valid columns;
+the shared position moves by ``max(v)`` and each row's cache is moved right by ``max(v) - v_b``
+(``KVCache.shift_rows``), which keeps every key's position (column minus padding) and its rotation.
+When the cache would run out of columns, the padding common to every row is dropped
+(``KVCache.drop_left``). A draft model's cache has the same layout and moves with the target's. Rows
+leave the batch as soon as they finish.
+
+Departures and limits:
+
+- ``repetition_penalty != 1`` is not speculated: the engine decodes such calls plainly (the penalty at
+  a drafted position would depend on the drafts before it). Every other ``SamplingParams`` field works
+  as without a draft: stop tokens and strings, ``max_new_tokens``, ``block_size``, ``logprobs`` (the
+  target's log-probability of each emitted token), seeds.
+- Greedy equality is exact in the arithmetic sense only: the target's matmuls over k+1 columns may
+  round differently from one column at a time, so at a near-tie of the two best logits (a difference
+  of ~1e-6) the argmax can differ from plain decoding's — as plain decoding can differ from Hugging
+  Face's on the same weights.
+- A seeded call is reproducible, and rows draw from their own generators (``seed + i``), but the
+  random numbers are used differently than without a draft: the same seed gives another sample (from
+  the same distribution) than plain decoding does.
+- Streaming: each row's events (tokens, text, finish reason) are those of plain decoding, in the same
+  order; within a pass all of one row's new tokens are yielded before the next row's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from lmforge.inference.batch_forward import RaggedForward
+from lmforge.inference.engine import Engine, Event, RowOutput, SamplingParams, select_rows
+from lmforge.inference.sampling import filter_logits
+from lmforge.model.decoder import Decoder
+from lmforge.model.kv_cache import KVCache
+
+
+def check_draft(model: Decoder, draft: object, draft_tokens: int, ngram_max: int) -> None:
+    """Raise ``ValueError`` naming the argument if the draft settings cannot serve ``model``."""
+    for name, value in (("draft_tokens", draft_tokens), ("ngram_max", ngram_max)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+    if draft is None or draft == "ngram":
+        return
+    if not isinstance(draft, Decoder):
+        raise ValueError(f"draft: expected None, 'ngram' or an lmforge Decoder, got {draft!r}")
+    if draft.config.vocab_size != model.config.vocab_size:
+        raise ValueError(
+            f"draft: the draft model's vocabulary ({draft.config.vocab_size} tokens) differs from the "
+            f"target's ({model.config.vocab_size}); it must use the same tokenizer"
+        )
+    if draft.config.block_size < model.config.block_size:
+        raise ValueError(
+            f"draft: the draft model's block_size {draft.config.block_size} is shorter than the "
+            f"target's {model.config.block_size}"
+        )
+    if draft.tok_emb.weight.device != model.tok_emb.weight.device:
+        raise ValueError(
+            f"draft: the draft model is on {draft.tok_emb.weight.device}, the target on "
+            f"{model.tok_emb.weight.device}"
+        )
+
+
+def ngram_draft(seq: list[int], ngram_max: int, k: int) -> list[int]:
+    """Up to ``k`` tokens that followed the most recent earlier occurrence of ``seq``'s last ``n``
+    tokens, for the largest ``n <= ngram_max`` that occurs earlier; ``[]`` when none does."""
+    L = len(seq)
+    for n in range(min(ngram_max, L - 1), 0, -1):
+        tail = seq[L - n :]
+        first = tail[0]
+        for i in range(L - n - 1, -1, -1):  # start of an earlier occurrence, most recent first
+            if seq[i] == first and seq[i : i + n] == tail:
+                return seq[i + n : i + n + k]
+    return []
+
+
+class NgramDrafter:
+    """Prompt-lookup drafts (``ngram_draft``); no state, no cache."""
+
+    def __init__(self, ngram_max: int):
+        self.ngram_max = ngram_max
+
+    def prefill(self, idx: torch.Tensor, pad: torch.Tensor, max_len: int) -> None:
+        return None
+
+    def propose(
+        self, seqs: list[list[int]], counts: list[int], params: SamplingParams, gens: list | None, pos: int
+    ) -> tuple[list[list[int]], torch.Tensor | None]:
+        """Drafts per row (at most ``counts[b]`` tokens) and ``None``: each draft is a point mass."""
+        return [ngram_draft(s, self.ngram_max, c) if c > 0 else [] for s, c in zip(seqs, counts)], None
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        return None
+
+    def commit(self, pos: int, kept: list[int], shifts: list[int], new_pos: int) -> None:
+        return None
+
+    def drop_left(self, n: int) -> None:
+        return None
+
+
+class ModelDrafter:
+    """Drafts from a smaller ``Decoder`` with its own cache, laid out as the target's (same padding,
+    same columns, moved by the same shifts)."""
+
+    def __init__(self, model: Decoder):
+        self.forward = RaggedForward(model)
+        self.cache: KVCache | None = None
+        self.steps = 0  # draft steps of the latest proposal
+
+    def prefill(self, idx: torch.Tensor, pad: torch.Tensor, max_len: int) -> None:
+        """Fill the draft's cache with the (left-padded) prompts ``idx`` ``[B, W]``."""
+        self.forward.refresh()
+        self.cache = self.forward.new_cache(pad, max_len)
+        self.forward(idx, self.cache, last_only=True)
+
+    def propose(
+        self, seqs: list[list[int]], counts: list[int], params: SamplingParams, gens: list | None, pos: int
+    ) -> tuple[list[list[int]], torch.Tensor | None]:
+        """Drafts per row (``counts[b]`` tokens) and, when sampling, the draft's distribution of each
+        ``[B, max(counts), V]`` (``None`` at temperature 0). ``pos`` is the target cache's position: the
+        column of every row's last (not yet cached) token."""
+        cache = self.cache
+        assert cache is not None
+        m = max(counts)
+        self.steps = m
+        drafts: list[list[int]] = [[] for _ in seqs]
+        if m == 0:
+            return drafts, None
+        pads = cache.pad.tolist()
+        start = cache.pos  # columns start .. pos of each row are not in the draft's cache yet
+        feed = [[s[c - p] for c in range(start, pos + 1)] for s, p in zip(seqs, pads)]
+        logits = self.forward(torch.tensor(feed, device=cache.k.device), cache, last_only=True)[:, -1]
+        sampling = params.temperature > 0
+        qs = []
+        for j in range(m):
+            if sampling:
+                q = F.softmax(filter_logits(logits, **_filters(params)), dim=-1)  # [B, V]
+                qs.append(q)
+                tokens = []
+                for b, c in enumerate(counts):
+                    g = None if gens is None else gens[b]
+                    tokens.append(int(torch.multinomial(q[b], 1, generator=g)) if c > j else 0)
+            else:
+                tokens = logits.argmax(dim=-1).tolist()
+            for b, c in enumerate(counts):
+                if c > j:
+                    drafts[b].append(tokens[b])
+            if j + 1 < m:
+                logits = self.forward(torch.tensor(tokens, device=cache.k.device)[:, None], cache)[:, -1]
+        return drafts, torch.stack(qs, dim=1) if sampling else None
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        assert self.cache is not None
+        select_rows(self.cache, rows)
+
+    def commit(self, pos: int, kept: list[int], shifts: list[int], new_pos: int) -> None:
+        """The target kept ``kept[b]`` columns from ``pos`` on and moved row ``b`` by ``shifts[b]``;
+        move the draft's rows alike and set its position to the first column not valid in every row."""
+        cache = self.cache
+        assert cache is not None
+        # the draft fed columns .. pos + steps - 1 this pass; of those, pos .. pos + kept - 1 hold tokens
+        # the target kept (the last drafted token was never fed)
+        valid = [pos + min(v, self.steps) if self.steps else cache.pos for v in kept]
+        cache.pos = new_pos
+        cache.shift_rows(shifts)
+        cache.pos = min(v + s for v, s in zip(valid, shifts))
+
+    def drop_left(self, n: int) -> None:
+        assert self.cache is not None
+        self.cache.drop_left(n)
+
+
+def _filters(params: SamplingParams) -> dict:
+    return {
+        "temperature": params.temperature,
+        "top_k": params.top_k,
+        "top_p": params.top_p,
+        "min_p": params.min_p,
+    }
+
+
+def verify(
+    logits: torch.Tensor,
+    drafts: list[list[int]],
+    q: torch.Tensor | None,
+    params: SamplingParams,
+    gens: list[torch.Generator] | None,
+) -> tuple[list[list[int]], list[int]]:
+    """Each row's emitted tokens (kept drafts, then the target's own token) and its count of kept drafts.
+
+    Args:
+        logits: the target's logits ``[B, T, V]`` at the columns ``[last token, drafts..]``.
+        drafts: per row, at most ``T - 1`` drafted tokens.
+        q: the draft's distributions ``[B, >= len(drafts[b]), V]``, or ``None`` for point-mass drafts
+            (and at temperature 0, where it is not used).
+        params: temperature 0 is greedy acceptance, else speculative sampling (module docstring).
+        gens: row ``b``'s random generator, or ``None`` for the global one.
+    """
+    out: list[list[int]] = []
+    kept: list[int] = []
+    if params.temperature == 0:
+        best = logits.argmax(dim=-1).tolist()  # [B][T]
+        for b, d in enumerate(drafts):
+            a = 0
+            while a < len(d) and d[a] == best[b][a]:
+                a += 1
+            out.append(d[:a] + [best[b][a]])
+            kept.append(a)
+        return out, kept
+    B, T, V = logits.shape
+    p = F.softmax(filter_logits(logits.reshape(B * T, V), **_filters(params)), dim=-1).view(B, T, V)
+    for b, d in enumerate(drafts):
+        g = None if gens is None else gens[b]
+        tokens: list[int] = []
+        for a, x in enumerate(d):
+            qx = 1.0 if q is None else float(q[b, a, x])
+            if float(torch.rand((), generator=g, device=p.device)) < float(p[b, a, x]) / qx:
+                tokens.append(x)
+                continue
+            if q is None:
+                residual = p[b, a].clone()
+                residual[x] = 0
+            else:
+                residual = (p[b, a] - q[b, a]).clamp_(min=0)
+            if float(residual.sum()) <= 0:  # only by rounding (a rejection needs p(x) < q(x))
+                residual = p[b, a]
+            tokens.append(int(torch.multinomial(residual, 1, generator=g)))
+            break
+        else:
+            tokens.append(int(torch.multinomial(p[b, len(d)], 1, generator=g)))
+        out.append(tokens)
+        kept.append(len(tokens) - 1)
+    return out, kept
+
+
+def speculative_loop(engine: Engine, rows: list[list[int]], params: SamplingParams) -> Iterator[Event]:
+    """``Engine._loop`` with drafting and verification (module docstring); ``rows`` are already cropped
+    to ``block_size - 1`` tokens and the model is in eval mode."""
+    fwd, block, k = engine.forward, engine.block_size, engine.draft_tokens
+    stats = engine.stats
+    device = engine.model.tok_emb.weight.device
+    B = len(rows)
+    lengths = [len(r) for r in rows]
+    width = max(lengths)
+    budget = [min(params.max_new_tokens, block - n) for n in lengths]
+    if max(budget) == 0:
+        for i in range(B):
+            yield Event(i, None, "", "length")
+        return
+    draft = engine.draft
+    drafter = NgramDrafter(engine.ngram_max) if draft == "ngram" else ModelDrafter(draft)
+    pad = torch.tensor([width - n for n in lengths], device=device)
+    idx = torch.tensor([[0] * (width - n) + r for r, n in zip(rows, lengths)], device=device)
+    max_len = width + max(budget) + k + 1
+    cache = fwd.new_cache(pad, max_len)
+    gens = None
+    if params.seed is not None:
+        gens = [torch.Generator(device=device).manual_seed(params.seed + i) for i in range(B)]
+    out = RowOutput(engine.tokenizer, params, budget)
+    seqs = [list(r) for r in rows]  # per cache row: prompt + emitted tokens; the last is not cached yet
+    alive = list(range(B))  # the prompt index of each cache row
+    fwd.refresh()
+    logits = fwd(idx, cache, last_only=True)[:, -1]  # [B, V]
+    drafter.prefill(idx, pad, max_len)
+    first = Engine._pick(logits, params, None, gens).tolist()
+    lps = [None] * B
+    if params.logprobs:
+        lps = (
+            torch.log_softmax(logits.float(), dim=-1).gather(-1, torch.tensor(first)[:, None])[:, 0].tolist()
+        )
+    for i, token in enumerate(first):
+        yield out.emit(i, token, lps[i])
+        seqs[i].append(token)
+    stats.tokens = out.emitted
+    kept_counts = [0] * B
+    pos = cache.pos
+    while True:
+        keep = [j for j, i in enumerate(alive) if not out.done[i]]
+        if not keep:
+            return
+        if len(keep) < len(alive):  # finished rows leave the batch and both caches at once
+            rows_kept = torch.tensor(keep, device=device)
+            select_rows(cache, rows_kept)
+            drafter.select_rows(rows_kept)
+            seqs = [seqs[j] for j in keep]
+            gens = None if gens is None else [gens[j] for j in keep]
+            kept_counts = [kept_counts[j] for j in keep]
+            alive = [alive[j] for j in keep]
+        if pos != cache.pos:  # after a pass: realign the rows on the longest kept run of columns
+            most = max(kept_counts) + 1
+            shifts = [most - (a + 1) for a in kept_counts]
+            cache.pos = pos + most
+            cache.shift_rows(shifts)
+            drafter.commit(pos, [a + 1 for a in kept_counts], shifts, cache.pos)
+            if cache.pos + k + 1 > max_len:
+                common = int(cache.pad.min())
+                cache.drop_left(common)
+                drafter.drop_left(common)
+        pos = cache.pos
+        pads = cache.pad.tolist()
+        room = min(min(block - (pos - p) for p in pads), max_len - pos)  # columns every row can take
+        counts = [max(0, min(k, budget[i] - out.n_new[i] - 1, room - 1)) for i in alive]
+        drafts, q = drafter.propose(seqs, counts, params, gens, pos)
+        T = 1 + max(len(d) for d in drafts)
+        feed = [[s[-1], *d] + [s[-1]] * (T - 1 - len(d)) for s, d in zip(seqs, drafts)]
+        logits = fwd(torch.tensor(feed, device=device), cache)  # [b, T, V]
+        stats.passes += 1
+        new, kept_counts = verify(logits, drafts, q, params, gens)
+        stats.drafted += sum(len(d) for d in drafts)
+        stats.accepted += sum(kept_counts)
+        logp = torch.log_softmax(logits.float(), dim=-1) if params.logprobs else None  # [b, T, V]
+        for j, tokens in enumerate(new):
+            i = alive[j]
+            for t, token in enumerate(tokens):
+                yield out.emit(i, token, None if logp is None else float(logp[j, t, token]))
+                if out.done[i]:
+                    break
+                seqs[j].append(token)
+        stats.tokens = out.emitted
+
+
+__all__ = ["ModelDrafter", "NgramDrafter", "check_draft", "ngram_draft", "speculative_loop", "verify"]
