@@ -118,6 +118,67 @@ def test_bigram_matches_direct_cross_entropy():
     )
 
 
+class NeedsContext(nn.Module):
+    """On the stream 0, 1, 2, ... (mod V): uniform at the first two positions of a window, then a logit
+    of 10 on the true next token (input + 1 mod V) — a model that is only good with context."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        B, T = idx.shape
+        logits = torch.zeros(B, T, self.vocab)
+        nxt = (idx + 1) % self.vocab  # [B, T]
+        logits.scatter_(2, nxt[..., None], 10.0)
+        logits[:, :2] = 0.0
+        return logits
+
+
+def test_sliding_windows_score_each_target_once_with_context():
+    vocab, n = 5, 21
+    tokens = np.arange(n + 1) % vocab
+    token_bytes = np.ones(vocab, dtype=np.int64)
+    uniform = math.log(vocab)
+    confident = -math.log(math.exp(10) / (math.exp(10) + vocab - 1))
+    disjoint = evaluate_lm(NeedsContext(vocab), tokens, block_size=4, batch_size=2, token_bytes=token_bytes)
+    # disjoint windows of 4: targets 0-19 in five windows, 2 uniform each; target 20 alone, uniform
+    assert disjoint["tokens"] == n
+    assert disjoint["loss"] == pytest.approx((11 * uniform + 10 * confident) / n, rel=1e-6)
+    # stride s leaves 4 - s tokens of context: with 2 or more, only the first window's first two
+    # targets lack it; with stride 3, a later window's first scored target has one token (uniform)
+    for stride, n_uniform in ((1, 2), (2, 2), (3, 2 + 5)):
+        out = evaluate_lm(
+            NeedsContext(vocab), tokens, block_size=4, batch_size=2, token_bytes=token_bytes, stride=stride
+        )
+        assert out["tokens"] == n and out["bytes"] == n  # every target counted once
+        assert out["loss"] == pytest.approx((n_uniform * uniform + (n - n_uniform) * confident) / n, rel=1e-6)
+    same = evaluate_lm(
+        NeedsContext(vocab), tokens, block_size=4, batch_size=2, token_bytes=token_bytes, stride=4
+    )
+    assert same == disjoint
+
+
+def test_sliding_windows_do_not_change_a_context_free_model():
+    vocab = 11
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(0, vocab, size=60)
+    token_bytes = rng.integers(1, 4, size=vocab)
+    ref = evaluate_lm(Bigram(vocab), tokens, block_size=8, batch_size=3, token_bytes=token_bytes)
+    for stride in (1, 3, 5, 8):
+        out = evaluate_lm(
+            Bigram(vocab), tokens, block_size=8, batch_size=3, token_bytes=token_bytes, stride=stride
+        )
+        assert out == pytest.approx(ref, rel=1e-9)
+
+
+def test_stride_is_checked():
+    with pytest.raises(ValueError, match="stride"):
+        evaluate_lm(Bigram(3), STREAM, block_size=4, batch_size=1, token_bytes=TOKEN_BYTES, stride=5)
+    with pytest.raises(ValueError, match="stride"):
+        evaluate_lm(Bigram(3), STREAM, block_size=4, batch_size=1, token_bytes=TOKEN_BYTES, stride=0)
+
+
 def test_max_tokens_limits_scored_targets():
     model = FixedLogits(PROBS_LOGITS)
     out = evaluate_lm(model, STREAM, block_size=2, batch_size=1, token_bytes=TOKEN_BYTES, max_tokens=3)

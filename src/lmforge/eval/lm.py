@@ -7,6 +7,14 @@ boundary token, so every token after the first is a target exactly once, and the
 included. Each prediction sees at most ``T`` tokens of context and at least one (at a window start), so the
 numbers depend on ``block_size`` the same way the training loss does. The result is deterministic.
 
+Sliding windows (``stride < block_size``; "strided" perplexity as in Hugging Face's *Perplexity of
+fixed-length models*). The first window scores its first ``T`` targets as above; each later window
+ends ``stride`` targets further on and scores only those ``stride`` (the last one: whatever is left),
+reading the ``T - stride`` tokens before them as context. Every target is still scored exactly once,
+but each after the first ``T`` sees at least ``T - stride`` tokens of context instead of as few as one:
+the loss measures the model's predictions with the context it was trained for, at ``T / stride`` times
+the forward passes. ``stride = block_size`` (the default) is the disjoint windowing above.
+
 Bits per byte. ``bpb = sum(nats over targets with bytes > 0) / (ln 2 * sum(token_bytes[targets]))``.
 Targets whose token has zero bytes (special tokens such as ``<|bos|>``) are excluded from *both* sums of
 bpb, as in nanochat's ``evaluate_bpb``: they stand for no text, so predicting them is not compressing
@@ -35,6 +43,7 @@ def evaluate_lm(
     token_bytes: np.ndarray,
     max_tokens: int | None = None,
     device: str | torch.device = "cpu",
+    stride: int | None = None,
 ) -> dict[str, float | int]:
     """Evaluate ``model`` on the token stream ``tokens`` (windowing and bpb rules in the module docstring).
 
@@ -48,6 +57,8 @@ def evaluate_lm(
         token_bytes: 1-D array, ``token_bytes[id]`` = UTF-8 bytes of token ``id`` (0 for special tokens).
         max_tokens: score at most this many targets (the first ones of the stream); ``None`` = all.
         device: device the windows are moved to.
+        stride: targets each window after the first adds (sliding windows, module docstring); ``None``
+            or ``block_size`` = disjoint windows.
 
     Returns:
         ``{"loss": mean nats per scored target, "perplexity": exp(loss), "bpb": bits per byte (nan when
@@ -63,6 +74,10 @@ def evaluate_lm(
     _check_positive(block_size=block_size, batch_size=batch_size)
     if max_tokens is not None:
         _check_positive(max_tokens=max_tokens)
+    stride = block_size if stride is None else stride
+    _check_positive(stride=stride)
+    if stride > block_size:
+        raise ValueError(f"stride: expected at most block_size={block_size}, got {stride}")
     token_bytes = np.asarray(token_bytes)
     if token_bytes.ndim != 1 or not np.issubdtype(token_bytes.dtype, np.integer):
         raise ValueError(
@@ -87,8 +102,16 @@ def evaluate_lm(
     model.eval()
     try:
         with torch.no_grad():
-            for starts, length in _batches(n_targets, block_size, batch_size):
+            windows = (
+                ((starts, length, 0) for starts, length in _batches(n_targets, block_size, batch_size))
+                if stride == block_size
+                else _sliding_batches(n_targets, block_size, stride, batch_size)
+            )
+            for starts, length, skip in windows:
                 nats, targets = _score(model, used, starts, length, device)  # [B*L], [B*L]
+                if skip:  # context-only positions of sliding windows are not scored
+                    nats = nats.view(len(starts), length)[:, skip:].reshape(-1)
+                    targets = targets.view(len(starts), length)[:, skip:].reshape(-1)
                 nbytes = bytes_of[targets]
                 total_nats += nats.sum().item()
                 text_nats += nats[nbytes > 0].sum().item()
@@ -159,6 +182,32 @@ def _batches(n_targets: int, block_size: int, batch_size: int):
     remainder = n_targets - n_full * block_size
     if remainder:
         yield [n_full * block_size], remainder
+
+
+def _sliding_batches(n_targets: int, block_size: int, stride: int, batch_size: int):
+    """Yield ``(window starts, window length, unscored leading positions)`` of sliding windows: the
+    first window scores targets ``[0, T)``, each later one the next ``stride`` (the last, what is left)
+    after ``T - stride`` positions of context; windows of one shape are grouped ``batch_size`` at a time."""
+    first = min(block_size, n_targets)
+    yield [0], first, 0
+    group: list[int] = []
+    end = first
+    while end < n_targets:
+        new_end = min(end + stride, n_targets)
+        start, skip = new_end - block_size, block_size - (new_end - end)
+        if skip != block_size - stride:  # the last, shorter chunk: its own batch
+            if group:
+                yield group, block_size, block_size - stride
+                group = []
+            yield [start], block_size, skip
+        else:
+            group.append(start)
+            if len(group) == batch_size:
+                yield group, block_size, block_size - stride
+                group = []
+        end = new_end
+    if group:
+        yield group, block_size, block_size - stride
 
 
 def _score(

@@ -50,6 +50,11 @@ class Config:
     compare: list[str] = opt([], "more checkpoints or training stages to evaluate side by side", path=True)
     split: Literal["val", "train"] = opt("val", "token split to evaluate")
     max_tokens: int = opt(0, "evaluate at most this many tokens (0 = the whole split)")
+    stride: int = opt(
+        0,
+        "language modelling: sliding windows that each score this many new tokens after block_size - stride"
+        " tokens of context (0 = disjoint windows of block_size; docs/eval.md)",
+    )
     text: list[str] = opt(
         [], "text files, token directories or .bin shards to compute LM metrics on", path=True
     )
@@ -74,6 +79,8 @@ class Config:
             raise ConfigError("batch_size", f"must be >= 1, got {self.batch_size}")
         if self.max_tokens < 0:
             raise ConfigError("max_tokens", f"must be >= 0, got {self.max_tokens}")
+        if self.stride < 0:
+            raise ConfigError("stride", f"must be >= 0 (0 = disjoint windows), got {self.stride}")
         if self.limit < 0:
             raise ConfigError("limit", f"must be >= 0, got {self.limit}")
         if not self.shots or any(k < 0 for k in self.shots):
@@ -229,7 +236,7 @@ def _evaluate_checkpoint(
     for i, _ in enumerate(cfg.text):
         path = ctx.inputs[f"text_{i}"]
         stream = _token_stream(lm, path, open_tokens)
-        r = _lm_metrics(lm, stream, max_tokens=cfg.max_tokens)
+        r = _lm_metrics(lm, stream, max_tokens=cfg.max_tokens, stride=cfg.stride)
         metrics.update({f"{_stem(path)}_{k}": v for k, v in r.items()})
     for task in tasks:
         for k in cfg.shots:
@@ -257,7 +264,7 @@ def _split_metrics(cfg: Config, lm: Any, tokens_dir: Path, open_tokens: Any) -> 
     from lmforge.eval.lm import unigram_entropy
 
     tokens = open_tokens(tokens_dir / cfg.split)
-    r = _lm_metrics(lm, tokens, max_tokens=cfg.max_tokens, raw=True)
+    r = _lm_metrics(lm, tokens, max_tokens=cfg.max_tokens, stride=cfg.stride, raw=True)
     scored = tokens[: r["tokens"] + 1] if cfg.max_tokens else tokens
     unigram = unigram_entropy(open_tokens(tokens_dir / "train"), scored, lm.model.config.vocab_size)
     p = cfg.split
@@ -276,9 +283,14 @@ def _split_metrics(cfg: Config, lm: Any, tokens_dir: Path, open_tokens: Any) -> 
     }
 
 
-def _lm_metrics(lm: Any, tokens: Any, *, max_tokens: int, raw: bool = False) -> dict[str, float]:
+def _lm_metrics(
+    lm: Any, tokens: Any, *, max_tokens: int, stride: int = 0, raw: bool = False
+) -> dict[str, float]:
     from lmforge.eval.lm import evaluate_lm
     from lmforge.tokenizer.train import token_byte_lengths
+
+    if stride > lm.block_size:
+        raise ConfigError("stride", f"must be at most the model's block_size {lm.block_size}, got {stride}")
 
     r = evaluate_lm(
         lm.model,
@@ -288,6 +300,7 @@ def _lm_metrics(lm: Any, tokens: Any, *, max_tokens: int, raw: bool = False) -> 
         token_bytes=token_byte_lengths(lm.tok),
         max_tokens=max_tokens or None,
         device=lm.device,
+        stride=stride or None,
     )
     if raw:
         return r
