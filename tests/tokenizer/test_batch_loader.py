@@ -116,3 +116,52 @@ def test_bos_aligned_uses_only_starts_a_whole_window_fits_after(tok_path, tmp_pa
     assert BatchLoader(tmp_path / "one", 4, 1, seed=0, packing="bos_aligned").starts.tolist() == [0, n - 2]
     with pytest.raises(ValueError, match="packing must be one of"):
         BatchLoader(tmp_path / "one", 1, 2, seed=0, packing="docs")
+
+
+def test_shuffled_takes_each_disjoint_window_once_per_epoch(tokens_dir):
+    flat = open_tokens(tokens_dir).tolist()
+    T = 16
+    loader = BatchLoader(tokens_dir, batch_size=5, block_size=T, seed=2, packing="shuffled")
+    per_epoch = (len(flat) - T - 1) // T + 1  # starts o, o+T, ... with a whole window of T+1 after
+    rows: list[tuple[int, list[int]]] = []  # (epoch, row)
+    while loader.epoch < 3 or loader.taken < len(loader._order):
+        x, y = loader.next_batch()
+        assert torch.equal(x[:, 1:], y[:, :-1])
+        rows.extend((loader.epoch, r + y[i, -1:].tolist()) for i, r in enumerate(x.tolist()))
+        if loader.epoch == 3 and loader.taken == len(loader._order):
+            break
+    # the batch that crosses an epoch's end is labelled with the new epoch: recount by position instead
+    where = {}  # window (T+1 tokens) -> its first start in the stream
+    for s in range(len(flat) - T):
+        where.setdefault(tuple(flat[s : s + T + 1]), s)
+    starts = [where[tuple(r)] for _, r in rows]
+    epochs, i = [], 0
+    for _ in range(3):
+        n = len(range(starts[i] % T, len(flat) - T, T))
+        epochs.append(starts[i : i + n])
+        i += n
+    for ep in epochs:
+        offset = ep[0] % T
+        assert sorted(ep) == list(range(offset, len(flat) - T, T)), "each window of the epoch exactly once"
+        assert abs(len(ep) - per_epoch) <= 1
+    assert len({tuple(e[:5]) for e in epochs}) == 3, "a new order every epoch"
+
+
+def test_shuffled_resumes_exactly_mid_epoch_and_across_epochs(tokens_dir):
+    args = dict(batch_size=7, block_size=16, seed=4, packing="shuffled")
+    straight = BatchLoader(tokens_dir, **args)
+    n_epoch = len(range(0, len(straight.stream) - 16, 16))
+    total = 3 * n_epoch // 7 + 2  # into the fourth epoch
+    expected = [straight.next_batch() for _ in range(total)]
+    for stop in (0, 1, n_epoch // 7, n_epoch // 7 + 1, total - 1):
+        first = BatchLoader(tokens_dir, **args)
+        for _ in range(stop):
+            first.next_batch()
+        state = json.loads(json.dumps(first.state_dict()))  # plain JSON types only
+        resumed = BatchLoader(tokens_dir, **args)
+        resumed.load_state_dict(state)
+        for x_exp, y_exp in expected[stop:]:
+            x, y = resumed.next_batch()
+            assert torch.equal(x, x_exp) and torch.equal(y, y_exp), f"resumed after {stop} batches"
+    with pytest.raises(ValueError, match="packing"):
+        BatchLoader(tokens_dir, 7, 16, seed=4).load_state_dict(state)

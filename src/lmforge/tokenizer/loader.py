@@ -13,9 +13,18 @@ window starts is the ``packing`` choice:
   document longer than ``block_size`` is only ever seen up to ``block_size`` tokens (its tail is
   never a target), and short documents are drawn as often as long ones. Prefer it when most
   documents fit in a window (chat, instructions, short texts); prefer ``random`` for long documents.
+- ``shuffled`` — windows without replacement, epoch by epoch: each epoch draws an offset ``o`` in
+  ``[0, block_size)`` and a random order of the disjoint windows starting at ``o, o + T, o + 2T, ...``
+  (``T = block_size``; consecutive windows share one boundary token), and batches take them in that
+  order, running on into the next epoch. Every token is a target once per epoch (but for the
+  ``< 2T`` at the ends), where ``random`` leaves e^-k of the tokens unseen after k epochs' worth of
+  windows and others seen twice as often. Prefer it when a run makes several passes over a small
+  corpus: on tiny-shakespeare (3 epochs in 130 s) it is ~0.02 bits/byte better than ``random``
+  (docs/performance.md).
 
 Positions come from a numpy PCG64 generator seeded by ``(seed, rank)``, so ranks of a multi-process
-run draw different windows. The loader's whole state is that generator's state and a batch counter;
+run draw different windows. The loader's whole state is that generator's state and a batch counter (``shuffled``: the
+generator's state when the current epoch was drawn, the epoch and the windows taken from it);
 ``state_dict`` saves it as plain ints and strings, and a loader restored with ``load_state_dict``
 produces exactly the batches an uninterrupted one would.
 """
@@ -34,7 +43,7 @@ from lmforge.tokenizer.shards import TokenStream, document_starts
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
-PACKINGS = ("random", "bos_aligned")
+PACKINGS = ("random", "bos_aligned", "shuffled")
 
 
 class BatchLoader:
@@ -47,7 +56,7 @@ class BatchLoader:
         seed: base seed; the generator is seeded by ``(seed, rank)``.
         rank: this process's rank, in ``[0, world_size)``.
         world_size: number of ranks (each draws its own windows).
-        packing: ``random`` or ``bos_aligned`` window starts (the trade-off: module docstring).
+        packing: ``random``, ``bos_aligned`` or ``shuffled`` window starts (module docstring).
 
     Raises:
         InputError: the directory is not a valid token directory, or holds fewer than
@@ -86,11 +95,38 @@ class BatchLoader:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, rank])))
         self.batches = 0
+        self.epoch, self.taken = 0, 0  # shuffled: epochs drawn, windows of the current one taken
+        self._order: np.ndarray | None = None  # shuffled: the current epoch's window starts, in order
+        self._epoch_rng: dict | None = None  # shuffled: generator state the current epoch was drawn from
+
+    def _draw_epoch(self) -> None:
+        """Draw the next epoch's offset and window order (advances the generator)."""
+        self._epoch_rng = self.rng.bit_generator.state
+        T = self.block_size
+        offset = int(self.rng.integers(0, T)) if len(self.stream) > 2 * T else 0
+        starts = np.arange(offset, len(self.stream) - T, T, dtype=np.int64)  # windows of T+1 tokens fit
+        self._order = self.rng.permutation(starts)
+        self.epoch += 1
+        self.taken = 0
+
+    def _take_shuffled(self) -> np.ndarray:
+        """The next ``batch_size`` window starts of the shuffled epochs."""
+        out: list[int] = []
+        while len(out) < self.batch_size:
+            if self._order is None or self.taken == len(self._order):
+                self._draw_epoch()
+            assert self._order is not None
+            n = min(self.batch_size - len(out), len(self._order) - self.taken)
+            out.extend(self._order[self.taken : self.taken + n].tolist())
+            self.taken += n
+        return np.array(out, dtype=np.int64)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(x, y)``, int64 tensors of shape [B, T] with ``y[:, t] == x[:, t + 1]`` in the stream."""
         span = self.block_size + 1
-        if self.starts is None:
+        if self.packing == "shuffled":
+            starts = self._take_shuffled()
+        elif self.starts is None:
             starts = self.rng.integers(0, len(self.stream) - self.block_size, size=self.batch_size)
         else:
             starts = self.starts[self.rng.integers(0, len(self.starts), size=self.batch_size)]
@@ -105,7 +141,13 @@ class BatchLoader:
     def state_dict(self) -> dict:
         """The loader's position: plain ints and strings only (safe for JSON and ``weights_only`` loads)."""
         state = self.rng.bit_generator.state
-        extra = {"packing": self.packing} if self.packing != "random" else {}  # random: format 1 as before
+        extra: dict = (
+            {"packing": self.packing} if self.packing != "random" else {}
+        )  # random: format 1 as before
+        if self.packing == "shuffled" and self._epoch_rng is not None:
+            # the generator as it was before the current epoch was drawn: a restore redraws that epoch
+            state = self._epoch_rng
+            extra.update(epoch=self.epoch, taken=self.taken)
         return {
             **extra,
             "format": STATE_FORMAT,
@@ -148,3 +190,7 @@ class BatchLoader:
             "uinteger": int(state["uinteger"]),
         }
         self.batches = int(state["batches"])
+        self._order, self._epoch_rng, self.epoch, self.taken = None, None, 0, 0
+        if self.packing == "shuffled" and "epoch" in state:
+            self._draw_epoch()  # the epoch in progress, redrawn from the generator state saved before it
+            self.epoch, self.taken = int(state["epoch"]), int(state["taken"])
