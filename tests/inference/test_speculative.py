@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.inference.engine import Engine, SamplingParams
-from lmforge.inference.speculative import ngram_draft, verify
+from lmforge.inference.speculative import adapt, ngram_draft, verify
 from lmforge.model.config import ModelConfig
 from lmforge.model.decoder import Decoder
 from lmforge.tokenizer.train import train_bpe
@@ -150,6 +150,14 @@ def test_ngram_draft_takes_the_most_recent_longest_match() -> None:
     assert ngram_draft([1, 2, 3, 1, 2], 3, 5) == [3, 1, 2]
     assert ngram_draft([5, 6, 7], 3, 4) == []
     assert ngram_draft([5], 3, 4) == []
+
+
+def test_draft_length_grows_on_acceptance_and_backs_off_on_failure() -> None:
+    assert adapt(4.0, 4, 4, 8) == 6.0 and adapt(8.0, 8, 8, 8) == 8.0  # all kept: +2 up to k
+    assert adapt(6.0, 6, 2, 8) == 3.0  # some kept: one more than the kept run
+    assert adapt(1.0, 1, 0, 8) == 0.5  # none kept: half, below 1 = no drafts
+    assert adapt(0.5, 0, 0, 8) == 0.75 and adapt(0.75, 0, 0, 8) == 1.0  # then probe again
+    assert adapt(3.0, 0, 0, 8) == 3.0  # no n-gram match: unchanged
 
 
 @pytest.mark.parametrize("which", ["ngram", "draft"])

@@ -19,6 +19,11 @@ the start of a stop string or an incomplete UTF-8 character); ``Engine.generate`
 into ``Completion``\\ s. Greedy decoding through the engine equals greedy decoding by full forward passes
 without a cache, token for token (tested, ragged batches included).
 
+``Engine(..., draft="ngram" | Decoder, draft_tokens=k)`` decodes speculatively instead
+(``speculative.py``): k drafted tokens per row are verified in one cached forward of the model, with
+the same output (greedy: token for token; sampling: in distribution) and the same per-row events.
+``Engine.stats`` (``DecodeStats``) counts the model's passes, drafted and accepted tokens of the last call.
+
 Departure from unbounded generation: prompts longer than ``block_size - 1`` tokens keep their last
 ``block_size - 1`` tokens, and generation stops at ``block_size`` (no sliding window: the cache is exact).
 """

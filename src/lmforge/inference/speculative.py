@@ -27,6 +27,10 @@ target's logits at every column.
   is distributed as under plain sampling from the target. A point-mass draft (n-gram) has ``q(x) = 1``:
   ``x`` is kept with probability ``p(x)``, else the token is drawn from ``p`` without ``x``.
 
+Draft length: each row drafts up to ``want`` tokens, adapted after every pass (``adapt``): longer
+after a fully accepted draft, shorter after a rejection, none for a while after drafts that all fail
+(speculation on unpredictable text then costs little more than plain decoding).
+
 Ragged acceptance: the rows of a batch share one cache column counter (left padding,
 ``batch_forward.py``). After a pass row ``b`` has ``v_b`` = 1 + accepted drafts new valid columns;
 the shared position moves by ``max(v)`` and each row's cache is moved right by ``max(v) - v_b``
@@ -265,6 +269,18 @@ def verify(
     return out, kept
 
 
+def adapt(want: float, drafted: int, kept: int, k: int) -> float:
+    """The next draft length of a row that drafted ``drafted`` tokens and kept ``kept`` (speed only; the
+    output never depends on it). All kept: two more (as Hugging Face's assisted generation schedule),
+    up to ``k``; some kept: one more than the kept run; none kept: half, so a row whose drafts keep
+    failing stops drafting (below 1), then probes again after a few passes (+0.25 per pass without)."""
+    if drafted == 0:
+        return min(float(k), want + 0.25) if want < 1 else want
+    if kept == drafted:
+        return min(float(k), want + 2)
+    return float(kept + 1) if kept else want / 2
+
+
 def speculative_loop(engine: Engine, rows: list[list[int]], params: SamplingParams) -> Iterator[Event]:
     """``Engine._loop`` with drafting and verification (module docstring); ``rows`` are already cropped
     to ``block_size - 1`` tokens and the model is in eval mode."""
@@ -305,6 +321,7 @@ def speculative_loop(engine: Engine, rows: list[list[int]], params: SamplingPara
         seqs[i].append(token)
     stats.tokens = out.emitted
     kept_counts = [0] * B
+    want = [float(k)] * B  # per row: how many tokens to draft next (adapted to its acceptance)
     pos = cache.pos
     while True:
         keep = [j for j, i in enumerate(alive) if not out.done[i]]
@@ -317,6 +334,7 @@ def speculative_loop(engine: Engine, rows: list[list[int]], params: SamplingPara
             seqs = [seqs[j] for j in keep]
             gens = None if gens is None else [gens[j] for j in keep]
             kept_counts = [kept_counts[j] for j in keep]
+            want = [want[j] for j in keep]
             alive = [alive[j] for j in keep]
         if pos != cache.pos:  # after a pass: realign the rows on the longest kept run of columns
             most = max(kept_counts) + 1
@@ -331,13 +349,14 @@ def speculative_loop(engine: Engine, rows: list[list[int]], params: SamplingPara
         pos = cache.pos
         pads = cache.pad.tolist()
         room = min(min(block - (pos - p) for p in pads), max_len - pos)  # columns every row can take
-        counts = [max(0, min(k, budget[i] - out.n_new[i] - 1, room - 1)) for i in alive]
+        counts = [max(0, min(int(w), budget[i] - out.n_new[i] - 1, room - 1)) for i, w in zip(alive, want)]
         drafts, q = drafter.propose(seqs, counts, params, gens, pos)
         T = 1 + max(len(d) for d in drafts)
         feed = [[s[-1], *d] + [s[-1]] * (T - 1 - len(d)) for s, d in zip(seqs, drafts)]
         logits = fwd(torch.tensor(feed, device=device), cache)  # [b, T, V]
         stats.passes += 1
         new, kept_counts = verify(logits, drafts, q, params, gens)
+        want = [adapt(w, len(d), a, k) for w, d, a in zip(want, drafts, kept_counts)]
         stats.drafted += sum(len(d) for d in drafts)
         stats.accepted += sum(kept_counts)
         logp = torch.log_softmax(logits.float(), dim=-1) if params.logprobs else None  # [b, T, V]
@@ -351,4 +370,12 @@ def speculative_loop(engine: Engine, rows: list[list[int]], params: SamplingPara
         stats.tokens = out.emitted
 
 
-__all__ = ["ModelDrafter", "NgramDrafter", "check_draft", "ngram_draft", "speculative_loop", "verify"]
+__all__ = [
+    "ModelDrafter",
+    "NgramDrafter",
+    "adapt",
+    "check_draft",
+    "ngram_draft",
+    "speculative_loop",
+    "verify",
+]
