@@ -15,15 +15,29 @@ take turns on the cores), whether greedy outputs agree token for token, and the 
 ``--int8`` adds the engine with ``weights="int8"`` (weight-only int8 matmuls; not exact) as a third peer. The machine is shared: trust the ratio,
 not the absolute figures. Goal (issue 8): ≥ 2× HF decode tokens/s.
 
+``--trained DIR`` measures speculative decoding (``Engine(draft=...)``), whose speed-up depends on how
+predictable the text is, so random weights would say nothing: it trains once (cached in DIR through
+the run store) the 12M shape (6 layers, d 384, BPE 4096, context 256) and a draft model (2 layers,
+d 128) on tinyshakespeare's first 90% with the ``data`` / ``tokenizer`` / ``pretrain`` stages, then
+decodes greedily from prompts cut from the last 10% (the validation text) at batch 1 and 8, against
+HF ``generate`` on the same weights: plain engine, ``draft="ngram"`` and the draft model, each
+printing tok/s, the ratio to HF, tokens per target pass, acceptance, and whether the tokens equal
+HF's and the plain engine's. Skips when ../shared/data is absent.
+
     python bench/generate_bench.py [--rounds 5] [--new 128] [--sizes 12M,50M] [--threads 1,2]
+    nice -n 10 python bench/generate_bench.py --trained runs/spec-bench [--draft-tokens 4] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 # isort: off
 import lmforge  # noqa: F401  (first: sets OpenMP's passive wait policy before torch loads it)
@@ -38,22 +52,29 @@ SIZES = {
 
 
 def build(size: str):
-    from transformers import LlamaForCausalLM
-
     from lmforge.model.config import ModelConfig
     from lmforge.model.decoder import Decoder
-    from lmforge.model.hf_names import to_hf_state_dict, to_llama_config
 
     cfg = ModelConfig(vocab_size=4096, block_size=512, **SIZES[size])
     torch.manual_seed(0)
     ours = Decoder(cfg).eval()
     with torch.no_grad():
         ours.tok_emb.weight.mul_(10)  # less flat logits, so greedy has clear winners in both
+    return ours, to_hf(ours)
+
+
+def to_hf(ours):
+    """``LlamaForCausalLM`` (SDPA attention) holding ``ours``'s weights."""
+    from transformers import LlamaForCausalLM
+
+    from lmforge.model.hf_names import to_hf_state_dict, to_llama_config
+
+    cfg = ours.config
     hf = LlamaForCausalLM(to_llama_config(cfg)).eval()
     hf.config._attn_implementation = "sdpa"
     hf.load_state_dict(to_hf_state_dict(ours.state_dict(), cfg), strict=False)
     hf.tie_weights()
-    return ours, hf
+    return hf
 
 
 def timed(fn, *args):
@@ -77,15 +98,15 @@ def run_int8(model, prompts: torch.Tensor, new: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def run_hf(model, prompts: torch.Tensor, new: int) -> list[list[int]]:
+def run_hf(model, prompts: torch.Tensor, new: int, **extra) -> list[list[int]]:
     out = model.generate(
         prompts,
         attention_mask=torch.ones_like(prompts),
         max_new_tokens=new,
         min_new_tokens=new,
-        do_sample=False,
         pad_token_id=2,
         eos_token_id=None,
+        **({"do_sample": False} | extra),
     )
     return out[:, prompts.shape[1] :].tolist()
 
@@ -114,7 +135,16 @@ def main() -> None:
     ap.add_argument(
         "--cases", default="", help="only cases whose name contains one of these (comma-separated)"
     )
+    ap.add_argument(
+        "--trained", type=Path, default=None, help="speculative decoding on trained models in DIR"
+    )
+    ap.add_argument("--draft-tokens", default="4", help="--trained: draft tokens per pass (comma-separated)")
+    ap.add_argument("--retrain", action="store_true", help="--trained: run the training recipe again")
+    ap.add_argument("--temperature", type=float, default=0.0, help="--trained: 0 = greedy, else sample")
+    ap.add_argument("--train-s", default="300,120", help="--trained: training seconds of target,draft")
     args = ap.parse_args()
+    if args.trained is not None:
+        return trained_main(args)
     all_threads = torch.get_num_threads()
     thread_counts = sorted({int(t) for t in args.threads.split(",")} if args.threads else {1, all_threads})
     print(f"torch {torch.__version__}, {all_threads} threads available, load {os.getloadavg()[0]:.2f}")
@@ -168,6 +198,183 @@ def main() -> None:
                 )
         torch.set_num_threads(all_threads)
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+TRAINED = {  # pretrain options shared by the target and the draft (after recipes/shakespeare-cpu.yaml)
+    "procs": 1,
+    "threads": 1,
+    "dtype": "bf16",
+    "optimizer": "muon",
+    "muon_ns_steps": 3,
+    "lr": 3.0e-3,
+    "beta2": 0.99,
+    "warmup_steps": 20,
+    "schedule": "linear",
+    "schedule_clock": "time",
+    "min_lr_ratio": 0.0,
+    "weight_decay": 0.5,
+    "max_steps": 20000,
+    "eval_every": 100000,
+    "eval_tokens": 0,
+    "ckpt_every": 100000,
+    "log_every": 100,
+}
+
+
+def train_models(out: Path, target_s: float, draft_s: float, retrain: bool = False) -> tuple[Path, Path]:
+    """Train (or find in ``out``) the 12M target and the draft; return their stage directories."""
+    import yaml
+
+    recipe = {
+        "name": "spec-bench",
+        "stages": {
+            "data": {
+                "input": [str(SHAKESPEARE)],
+                "split": "tail",
+                "val_fraction": 0.1,
+                "unit_mb": 4,
+                "normalize": {"normalize_whitespace": False, "fix_mojibake": False},
+                "quality": {"enabled": False},
+                "lang": {"enabled": False},
+                "pii": {"enabled": False},
+                "audit": {"enabled": False},
+                "dedup": {"exact": False, "near": False},
+                "write_rejects": False,
+            },
+            "tokenizer": {"vocab_size": 4096},
+            "pretrain": {
+                "model": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256},
+                "batch_size": 4,  # one thread trains ~1.2k tokens/s here: small batches buy more steps
+                "max_time_s": target_s,
+                **TRAINED,
+            },
+            "draft": {
+                "stage": "pretrain",
+                "model": {"n_layer": 2, "n_head": 2, "n_embd": 128, "block_size": 256},
+                "batch_size": 8,
+                "max_time_s": draft_s,
+                **TRAINED,
+            },
+        },
+    }
+    stages = out / "run" / "pretrain", out / "run" / "draft"
+    if not retrain and all((d / "manifest.json").exists() for d in stages):
+        return stages  # trained once (the run store retrains when a stage version or config field changes)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    subprocess.run(
+        [sys.executable, "-m", "lmforge", "run", str(path), "--out", str(out / "run"), "-q"],
+        cwd=ROOT,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    return stages
+
+
+def val_prompts(tok, n: int, length: int) -> list[list[int]]:
+    """``n`` prompts of ``length`` tokens (``<|bos|>`` + text) cut at even offsets from the last 10% of
+    tinyshakespeare (the validation split the models were not trained on)."""
+    text = SHAKESPEARE.read_text(encoding="utf-8")
+    val = tok.encode(text[int(len(text) * 0.9) :], add_special_tokens=False).ids
+    step = (len(val) - length) // n
+    bos = tok.token_to_id("<|bos|>")
+    return [[bos, *val[i * step : i * step + length - 1]] for i in range(n)]
+
+
+def trained_main(args) -> None:
+    from lmforge.inference.engine import Engine, SamplingParams
+    from lmforge.tokenizer.train import load_tokenizer
+    from lmforge.training.checkpoint import load_model, resolve_checkpoint
+
+    if not SHAKESPEARE.exists():
+        print(f"skipped: {SHAKESPEARE} is absent (the --trained mode trains on tinyshakespeare)")
+        return
+    torch.set_num_threads(1)
+    target_s, draft_s = (float(x) for x in args.train_s.split(","))
+    t0 = time.perf_counter()
+    target_dir, draft_dir = train_models(args.trained, target_s, draft_s, args.retrain)
+    print(f"models ready in {time.perf_counter() - t0:.0f} s (cached after the first run): {args.trained}")
+    target, _ = load_model(resolve_checkpoint(target_dir, "best"))
+    small, _ = load_model(resolve_checkpoint(draft_dir, "best"))
+    target.eval()
+    small.eval()
+    tok = load_tokenizer(resolve_checkpoint(target_dir, "best") / "tokenizer.json")
+    hf = to_hf(target)
+    for name, m in (("target", target), ("draft", small)):
+        manifest = (target_dir if name == "target" else draft_dir) / "manifest.json"
+        metrics = json.loads(manifest.read_text())["metrics"]
+        n = sum(p.numel() for p in m.parameters())
+        print(
+            f"{name}: {n / 1e6:.1f}M parameters, val loss {metrics.get('val_loss', float('nan')):.3f} nats/token"
+        )
+    print(
+        f"torch {torch.__version__}, 1 thread, load {os.getloadavg()[0]:.2f}, {args.new} new tokens per row"
+    )
+    temp = args.temperature
+    params = SamplingParams(max_new_tokens=args.new, temperature=temp, seed=0)
+    print("greedy" if temp == 0 else f"sampling at temperature {temp} (no top-k/top-p), seed 0")
+    prompts_all = val_prompts(tok, 8, 64)
+    ks = [int(k) for k in args.draft_tokens.split(",")]
+
+    def engine_peer(draft, k):
+        def run(model, prompts, new):
+            engine = Engine(model, draft=draft, draft_tokens=k)
+            out = [c.ids for c in engine.generate(prompts.tolist(), params)]
+            run.stats = engine.stats
+            return out
+
+        return run
+
+    def hf_peer(lookup: int = 0):
+        def run(model, prompts, new):
+            torch.manual_seed(0)
+            extra = {"prompt_lookup_num_tokens": lookup} if lookup else {}
+            if temp > 0:
+                extra.update(do_sample=True, temperature=temp, top_k=0, top_p=1.0)
+            return run_hf(model, prompts, new, **extra)
+
+        return run
+
+    for batch in (1, 8):
+        prompts = torch.tensor(prompts_all[:batch])
+        runs = [("hf", hf_peer(), hf), ("plain", engine_peer(None, 1), target)]
+        for k in ks:
+            runs += [
+                (f"ngram k={k}", engine_peer("ngram", k), target),
+                (f"draft k={k}", engine_peer(small, k), target),
+            ]
+            if batch == 1 and temp == 0:  # HF's prompt lookup: batch 1 only
+                runs.append((f"HF lookup k={k}", hf_peer(k), hf))
+        times: dict[str, list[float]] = {who: [] for who, _, _ in runs}
+        outs, stats = {}, {}
+        for who, fn, model in runs:  # warm-up, not timed
+            outs[who] = fn(model, prompts, args.new)
+        for r in range(args.rounds):
+            for who, fn, model in runs if r % 2 == 0 else runs[::-1]:
+                t, _, outs[who] = timed(fn, model, prompts, args.new)
+                times[who].append(t)
+                stats[who] = getattr(fn, "stats", None)
+        tokens = batch * args.new
+        hf_tps = tokens / statistics.median(times["hf"])
+        print(f"\n-- batch {batch}: HF generate {hf_tps:.0f} tok/s --")
+        for who, _, _ in runs[1:]:
+            ratios = [h / o for o, h in zip(times[who], times["hf"])]
+            agree = sum(a == b for ra, rb in zip(outs[who], outs["hf"]) for a, b in zip(ra, rb))
+            exact = outs[who] == outs["plain"]
+            s, spec = stats[who], ""
+            if s is not None:  # tokens per row per target pass (the prefill counts as one)
+                spec = f"{s.tokens / (s.passes + 1) / batch:4.2f} tok/row/pass, accepted {s.accepted}/{s.drafted}"
+            same = f"tokens = HF {agree}/{tokens}, = plain: {exact}" if temp == 0 else "(sampled)"
+            print(
+                f"{who:<15} {tokens / statistics.median(times[who]):7.0f} tok/s | ratio "
+                f"{statistics.median(ratios):5.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f}) | {spec:<38} | "
+                f"{same} | load {os.getloadavg()[0]:.2f}",
+                flush=True,
+            )
+        print("sample (row 0, plain):", repr(tok.decode(outs["plain"][0])[:200]))
 
 
 if __name__ == "__main__":
