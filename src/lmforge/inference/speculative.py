@@ -314,7 +314,9 @@ def speculative_loop(engine: Engine, rows: list[list[int]], params: SamplingPara
     lps = [None] * B
     if params.logprobs:
         lps = (
-            torch.log_softmax(logits.float(), dim=-1).gather(-1, torch.tensor(first)[:, None])[:, 0].tolist()
+            torch.log_softmax(logits.float(), dim=-1)
+            .gather(-1, torch.tensor(first, device=device)[:, None])[:, 0]
+            .tolist()
         )
     for i, token in enumerate(first):
         yield out.emit(i, token, lps[i])
