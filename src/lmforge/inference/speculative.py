@@ -164,7 +164,8 @@ class ModelDrafter:
             return drafts, None
         pads = cache.pad.tolist()
         start = cache.pos  # columns start .. pos of each row are not in the draft's cache yet
-        feed = [[s[c - p] for c in range(start, pos + 1)] for s, p in zip(seqs, pads)]
+        # a row's columns before its padding ends are masked: any token will do there (0)
+        feed = [[s[c - p] if c >= p else 0 for c in range(start, pos + 1)] for s, p in zip(seqs, pads)]
         logits = self.forward(torch.tensor(feed, device=cache.k.device), cache, last_only=True)[:, -1]
         sampling = params.temperature > 0
         qs = []
