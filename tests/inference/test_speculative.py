@@ -211,6 +211,25 @@ def test_seeded_sampling_reproduces_and_the_penalty_falls_back(models) -> None:
     assert engine.stats.drafted == 0
 
 
+@pytest.mark.parametrize("which", ["ngram", "draft"])
+def test_sampled_logprobs_are_the_target_log_probabilities_and_stops_hold(models, which: str) -> None:
+    target, small = models
+    prompts = [*PROMPTS, *repeating(target)]
+    engine = Engine(target, draft="ngram" if which == "ngram" else small, draft_tokens=3)
+    params = SamplingParams(
+        max_new_tokens=24, temperature=0.7, seed=4, logprobs=True, stop_ids=frozenset({9})
+    )
+    out = engine.generate(prompts, params)
+    assert engine.stats.accepted > 0
+    for prompt, c in zip(prompts, out):
+        assert 9 not in c.ids and (c.finish_reason == "stop" or len(c.ids) == 24)
+        with torch.no_grad():
+            logp = torch.log_softmax(target(torch.tensor([prompt + c.ids]))[0], dim=-1)  # [T, V]
+        expected = [logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(c.ids)]
+        assert c.logprobs == pytest.approx(expected, abs=1e-4)
+    assert any(c.finish_reason == "stop" for c in out)
+
+
 def chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
     """Pearson chi-square p-value of ``counts`` against ``probs``; categories expected < 5 times are pooled."""
     from scipy.stats import chi2
