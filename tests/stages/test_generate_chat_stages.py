@@ -86,3 +86,24 @@ def test_generate_with_int8_weights(ckpt: Path, tmp_path: Path) -> None:
     assert int8["config"]["weights"] == "int8"
     row = json.loads((tmp_path / "q" / "samples.jsonl").read_text())
     assert row["tokens"] >= 1
+
+
+def test_generate_with_ngram_drafts_gives_the_same_greedy_text(ckpt: Path, tmp_path: Path) -> None:
+    """``draft: ngram`` decodes speculatively: same greedy samples, acceptance in the manifest."""
+    base = {
+        "model": str(ckpt),
+        "prompts": ["the cat sat the cat", "a"],
+        "max_new_tokens": 24,
+        "temperature": 0.0,
+    }
+    plain = generate_stage.main(from_dict(generate_stage.Config, {**base, "out": str(tmp_path / "p")}))
+    spec = generate_stage.main(
+        from_dict(
+            generate_stage.Config, {**base, "out": str(tmp_path / "s"), "draft": "ngram", "draft_tokens": 3}
+        )
+    )
+    assert (tmp_path / "p" / "samples.jsonl").read_text() == (tmp_path / "s" / "samples.jsonl").read_text()
+    assert spec["metrics"]["tokens"] == plain["metrics"]["tokens"]
+    assert 0 <= spec["metrics"]["draft_acceptance"] <= 1 and spec["metrics"]["tokens_per_pass"] >= 1
+    with pytest.raises(Exception, match="draft_tokens"):
+        from_dict(generate_stage.Config, {**base, "out": str(tmp_path / "x"), "draft_tokens": 0}).validate()
