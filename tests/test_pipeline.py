@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -213,6 +214,8 @@ def test_muon_and_l1_train_and_their_state_reloads(micro_run, tmp_path):
                 "pretrain",
                 f"--tokenizer={out / 'tokenizer'}",
                 "--optimizer=muon",
+                "--muon_lr=6e-3",
+                "--eval_stride=16",
                 "--l1=1e-5",
                 "--model.n_layer=2",
                 "--model.n_head=2",
@@ -235,6 +238,10 @@ def test_muon_and_l1_train_and_their_state_reloads(micro_run, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5, losses
+    metrics = json.loads((tmp_path / "a" / "manifest.json").read_text())["metrics"]
+    # sliding windows (each target with >= 48 tokens of context) score the same targets no worse
+    assert math.isfinite(metrics["val_bpb_sliding"]) and math.isfinite(metrics["val_loss_sliding"])
+    assert metrics["val_loss_sliding"] < metrics["val_loss"] + 0.05
 
     from lmforge.training import checkpoint as ckpt
     from lmforge.training import distributed as ddp

@@ -120,3 +120,24 @@ def test_build_optimizer_validates() -> None:
         p.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         build_optimizer(model, lr=1e-3, weight_decay=0.0)
+
+
+def test_muon_lr_and_momentum_apply_to_the_muon_matrices_only() -> None:
+    from lmforge.model.config import ModelConfig
+    from lmforge.model.decoder import Decoder
+    from lmforge.training.optim import build_optimizers, scaled_lr
+
+    model = Decoder(ModelConfig(vocab_size=32, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    muon, adamw = build_optimizers(model, "muon", 1e-3, 0.1, muon_lr=4e-3)
+    assert all(g["lr"] == 4e-3 for g in muon.param_groups)
+    assert scaled_lr(muon, 5e-4) == pytest.approx(2e-3) and scaled_lr(adamw, 5e-4) == 5e-4
+    same, _ = build_optimizers(model, "muon", 1e-3, 0.1)  # muon_lr 0: the one lr
+    assert scaled_lr(same, 5e-4) == 5e-4
+    # the scale is not optimiser state: a checkpoint of one loads into optimisers built without it
+    same.load_state_dict(muon.state_dict())
+    with pytest.raises(ValueError, match="muon_lr"):
+        build_optimizers(model, "muon", 1e-3, 0.1, muon_lr=-1.0)
+    slow, _ = build_optimizers(model, "muon", 1e-3, 0.1, muon_momentum=0.9)
+    assert {g["momentum"] for g in slow.param_groups} == {0.9} and same.param_groups[0]["momentum"] == 0.95
+    with pytest.raises(ValueError, match="muon_momentum"):
+        build_optimizers(model, "muon", 1e-3, 0.1, muon_momentum=1.0)

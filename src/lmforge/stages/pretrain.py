@@ -40,6 +40,11 @@ class Config:
     )
     depth: int = opt(0, "size preset: n_layer = depth, n_embd = 64·depth, n_head = depth (0 = use model.*)")
     batch_size: int = opt(16, "sequences per micro-batch")
+    packing: Literal["random", "bos_aligned", "shuffled"] = opt(
+        "random",
+        "where training windows start: random positions, document starts (bos_aligned), or without "
+        "replacement epoch by epoch (shuffled: better when a run makes several passes over a small corpus)",
+    )
     grad_accum: int = opt(1, "micro-batches per optimiser step (loss weighted by token count)")
     max_steps: int = opt(1000, "optimiser steps")
     max_time_s: float = opt(0.0, "stop training after this many seconds and evaluate (0 = no budget)")
@@ -57,6 +62,10 @@ class Config:
     optimizer: Literal["adamw", "muon"] = opt(
         "adamw", "adamw, or muon for the blocks' matrices (AdamW for the rest)"
     )
+    muon_lr: float = opt(
+        0.0, "peak learning rate of Muon's matrices (0 = lr; the schedule scales both alike)"
+    )
+    muon_momentum: float = opt(0.95, "Muon's Nesterov momentum (torch's default 0.95)")
     muon_ns_steps: int = opt(5, "Newton-Schulz iterations per Muon step (3 is 40% cheaper)")
     weight_decay: float = opt(0.1, "decoupled weight decay on matrices (AdamW)")
     l1: float = opt(0.0, "L1 penalty: adds l1 · Σ|w| over weight matrices to the loss (0 = off)")
@@ -65,6 +74,11 @@ class Config:
     grad_clip: float = opt(1.0, "clip the global gradient norm to this (0 = off)")
     eval_every: int = opt(250, "validate every N steps (and at the end)")
     eval_tokens: int = opt(65536, "validation tokens per evaluation (0 = the whole split)")
+    eval_stride: int = opt(
+        0,
+        "also score validation with sliding windows advancing this many tokens (val_*_sliding metrics;"
+        " 0 = off; early stopping and the best checkpoint follow the disjoint-window val_loss)",
+    )
     ckpt_every: int = opt(250, "checkpoint every N steps (and at the end)")
     keep_last: int = opt(2, "checkpoints to keep besides the best")
     log_every: int = opt(1, "log one line every N steps", cache=False)
@@ -108,10 +122,12 @@ class Config:
             raise ConfigError("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
         for key in (
             "weight_decay",
+            "muon_lr",
             "l1",
             "grad_clip",
             "max_time_s",
             "eval_tokens",
+            "eval_stride",
             "keep_last",
             "threads",
             "early_stop_patience",
@@ -119,9 +135,18 @@ class Config:
         ):
             if getattr(self, key) < 0:
                 raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
+        if self.eval_stride > self.model.block_size:
+            raise ConfigError(
+                "eval_stride",
+                f"must be at most model.block_size={self.model.block_size}, got {self.eval_stride}",
+            )
+        if self.eval_stride and self.objective != "clm":
+            raise ConfigError(
+                "eval_stride", "sliding-window scoring is for next-token prediction (objective clm)"
+            )
         if self.schedule_clock == "time" and self.max_time_s <= 0:
             raise ConfigError("schedule_clock", "'time' follows the time budget: set max_time_s > 0")
-        for key in ("beta1", "beta2"):
+        for key in ("beta1", "beta2", "muon_momentum"):
             if not 0 <= getattr(self, key) < 1:
                 raise ConfigError(key, f"must be in [0, 1), got {getattr(self, key)}")
 
@@ -164,7 +189,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     from lmforge.training import checkpoint as ckpt
     from lmforge.training.flops import matmul_peak
     from lmforge.training.objectives import PretrainObjective
-    from lmforge.training.optim import build_optimizers, lr_at
+    from lmforge.training.optim import build_optimizers, lr_at, scaled_lr
 
     ddp.init_distributed("cuda" if cfg.device.startswith("cuda") else "cpu")
     rt = create_runtime(cfg.device, cfg.dtype, cfg.seed, cfg.threads)
@@ -197,14 +222,25 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     raw_model = ckpt.build_model(mcfg, nsp=cfg.objective == "mlm+nsp").to(rt.device)
     model = ddp.wrap_model(raw_model, cfg.strategy)
     optimizers = build_optimizers(
-        model, cfg.optimizer, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.muon_ns_steps
+        model,
+        cfg.optimizer,
+        cfg.lr,
+        cfg.weight_decay,
+        (cfg.beta1, cfg.beta2),
+        cfg.muon_ns_steps,
+        muon_lr=cfg.muon_lr,
+        muon_momentum=cfg.muon_momentum,
     )
     l1_params = [p for p in raw_model.parameters() if p.ndim >= 2] if cfg.l1 > 0 else []
     forward = torch.compile(model) if cfg.compile else model
     # every rank draws the same global batch and trains on its own slice of rows, so N ranks with
     # batch B follow exactly the trajectory of one process with batch N·B
     loader = BatchLoader(
-        tok_dir / "tokens" / "train", cfg.batch_size * rt.world_size, mcfg.block_size, seed=cfg.seed
+        tok_dir / "tokens" / "train",
+        cfg.batch_size * rt.world_size,
+        mcfg.block_size,
+        seed=cfg.seed,
+        packing=cfg.packing,
     )
     rows = slice(rt.rank * cfg.batch_size, (rt.rank + 1) * cfg.batch_size)
     val_tokens = open_tokens(tok_dir / "tokens" / "val")
@@ -247,16 +283,28 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     def evaluate() -> dict[str, float]:
         if cfg.objective != "clm":
             return _evaluate_masked(model, val_tokens, mcfg, cfg, objective, rt.device)
-        r = evaluate_lm(
-            model,
-            val_tokens,
-            block_size=mcfg.block_size,
-            batch_size=cfg.batch_size,
-            token_bytes=token_bytes,
-            max_tokens=cfg.eval_tokens or None,
-            device=rt.device,
-        )
-        return {"val_loss": r["loss"], "val_ppl": r["perplexity"], "val_bpb": r["bpb"]}
+        out: dict[str, float] = {}
+        for suffix, stride in (("", None), ("_sliding", cfg.eval_stride or None)):
+            if suffix and stride is None:
+                continue
+            r = evaluate_lm(
+                model,
+                val_tokens,
+                block_size=mcfg.block_size,
+                batch_size=cfg.batch_size,
+                token_bytes=token_bytes,
+                max_tokens=cfg.eval_tokens or None,
+                device=rt.device,
+                stride=stride,
+            )
+            out.update(
+                {
+                    f"val_loss{suffix}": r["loss"],
+                    f"val_ppl{suffix}": r["perplexity"],
+                    f"val_bpb{suffix}": r["bpb"],
+                }
+            )
+        return out
 
     def save() -> None:
         model_sd, optim_sd = ddp.full_state_dicts(model, optimizers)  # collective: every rank
@@ -298,8 +346,9 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
             schedule=cfg.schedule,
             min_lr_ratio=cfg.min_lr_ratio,
         )
-        for group in (g for o in optimizers for g in o.param_groups):
-            group["lr"] = lr
+        for o in optimizers:
+            for group in o.param_groups:
+                group["lr"] = scaled_lr(o, lr)
         micro = [objective.prepare(*(t[rows] for t in loader.next_batch())) for _ in range(cfg.grad_accum)]
         global_tokens = ddp.all_reduce_sum(sum(n for _, _, n in micro))
         scale = ddp.loss_scale(global_tokens)

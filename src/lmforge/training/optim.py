@@ -137,6 +137,13 @@ def lr_at(
     return base_lr + (min_lr - base_lr) * progress  # linear and the decay phase of wsd
 
 
+def scaled_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
+    """The learning rate ``optimizer``'s groups take when the schedule says ``lr``: ``lr`` times the
+    optimiser's ``lr_scale`` attribute (1 unless ``build_optimizers`` set one, e.g. for ``muon_lr``; an
+    attribute, not a param-group key, so checkpoints load whatever ``muon_lr`` the resuming run has)."""
+    return lr * getattr(optimizer, "lr_scale", 1.0)
+
+
 def build_optimizers(
     model: nn.Module,
     kind: str,
@@ -144,6 +151,8 @@ def build_optimizers(
     weight_decay: float,
     betas: tuple[float, float] = (0.9, 0.95),
     ns_steps: int = 5,
+    muon_lr: float = 0.0,
+    muon_momentum: float = 0.95,
 ) -> list[torch.optim.Optimizer]:
     """The optimisers of a training loop: ``[AdamW]``, or ``[Muon, AdamW]`` for ``kind="muon"``.
 
@@ -153,7 +162,9 @@ def build_optimizers(
     rate is rescaled to match AdamW's update RMS (``adjust_lr_fn="match_rms_adamw"``, Liu et al. 2025,
     Moonlight), so one ``lr`` and one schedule serve both. ``ns_steps`` Newton–Schulz iterations (5 as
     torch; 3 costs 40% less). Under DDP the iterations are shared out over the ranks
-    (``training/muon.py``).
+    (``training/muon.py``). ``muon_lr`` > 0 gives Muon's matrices their own peak learning rate: its
+    optimiser carries ``lr_scale = muon_lr / lr``, which a loop applies with ``scaled_lr(optimizer, lr)``.
+    ``muon_momentum`` is Muon's (Nesterov) momentum, 0.95 as torch.
 
     Raises:
         ValueError: an unknown ``kind``, or the arguments ``build_optimizer`` refuses.
@@ -169,9 +180,22 @@ def build_optimizers(
     rest = nn.ParameterList([p for p in model.parameters() if p.requires_grad and id(p) not in ids])
     from lmforge.training.muon import ShardedMuon  # torch.optim.Muon, its work split over DDP ranks
 
+    if muon_lr < 0:
+        raise ValueError(f"muon_lr must be >= 0, got {muon_lr}")
+    if not 0 <= muon_momentum < 1:
+        raise ValueError(f"muon_momentum must be in [0, 1), got {muon_momentum}")
     muon = ShardedMuon(
-        hidden, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw", ns_steps=ns_steps
+        hidden,
+        lr=lr,
+        weight_decay=weight_decay,
+        momentum=muon_momentum,
+        adjust_lr_fn="match_rms_adamw",
+        ns_steps=ns_steps,
     )
+    if muon_lr > 0 and lr > 0:
+        muon.lr_scale = muon_lr / lr
+        for group in muon.param_groups:
+            group["lr"] = muon_lr
     logger.info(
         "Muon: %d matrices (%d params); the rest on AdamW", len(hidden), sum(p.numel() for p in hidden)
     )
