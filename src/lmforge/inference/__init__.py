@@ -1,12 +1,13 @@
-"""Inference: next-token sampling, the batched generation engine (prefill + cached decode, streaming),
-and single-prompt generation for any next-token model."""
+"""Inference: next-token sampling, the batched generation engine (prefill + cached decode, streaming,
+optional exact speculative decoding), and single-prompt generation for any next-token model."""
 
-from lmforge.inference.engine import Completion, Engine, Event, SamplingParams
+from lmforge.inference.engine import Completion, DecodeStats, Engine, Event, SamplingParams
 from lmforge.inference.generate import generate, stream
 from lmforge.inference.sampling import check_sampling_args, sample_next
 
 __all__ = [
     "Completion",
+    "DecodeStats",
     "Engine",
     "Event",
     "SamplingParams",
