@@ -68,6 +68,28 @@ class SamplingParams:
         if isinstance(self.stop, str) or any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError(f"stop: expected a list of non-empty strings, got {self.stop!r}")
 
+    def filters(self) -> dict:
+        """The keyword arguments of ``sampling.filter_logits`` these parameters set."""
+        return {
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "min_p": self.min_p,
+        }
+
+
+@dataclass
+class Batch:
+    """Prompts left-padded to one width (``batch_forward.py``), with each row's budget of new tokens
+    (``max_new_tokens``, capped by ``block_size``) and, for a seeded call, row ``i``'s generator seeded
+    ``seed + i``."""
+
+    lengths: list[int]  # prompt tokens per row
+    budget: list[int]  # new tokens per row at most
+    pad: torch.Tensor  # [B] padding columns per row
+    idx: torch.Tensor  # [B, W] the left-padded prompts
+    gens: list[torch.Generator] | None
+
 
 @dataclass
 class Event:
@@ -174,33 +196,42 @@ class Engine:
             draft.eval()
         self.stats = DecodeStats()
         try:
-            if self.draft is not None and params.repetition_penalty == 1.0:
+            batch = self._batch(rows, params)
+            if max(batch.budget) == 0:
+                for i in range(len(rows)):
+                    yield Event(i, None, "", "length")
+            elif self.draft is not None and params.repetition_penalty == 1.0:
                 from lmforge.inference.speculative import speculative_loop
 
-                yield from speculative_loop(self, rows, params)
+                yield from speculative_loop(self, rows, params, batch)
             else:
-                yield from self._loop(rows, params)
+                yield from self._loop(rows, params, batch)
         finally:
             model.train(was_training)
             if draft is not None:
                 draft.train(draft_training)
 
-    def _loop(self, rows: list[list[int]], params: SamplingParams) -> Iterator[Event]:
-        B = len(rows)
+    def _batch(self, rows: list[list[int]], params: SamplingParams) -> Batch:
+        """``rows`` (already cut to ``block_size - 1``) as a left-padded ``Batch``."""
         device = self.model.tok_emb.weight.device
         lengths = [len(r) for r in rows]
         width = max(lengths)
-        budget = [min(params.max_new_tokens, self.block_size - n) for n in lengths]
-        if max(budget) == 0:
-            for i in range(B):
-                yield Event(i, None, "", "length")
-            return
-        pad = torch.tensor([width - n for n in lengths], device=device)
-        idx = torch.tensor([[0] * (width - n) + r for r, n in zip(rows, lengths)], device=device)
-        cache = self.forward.new_cache(pad, width + max(budget))
         gens = None
         if params.seed is not None:
-            gens = [torch.Generator(device=device).manual_seed(params.seed + i) for i in range(B)]
+            gens = [torch.Generator(device=device).manual_seed(params.seed + i) for i in range(len(rows))]
+        return Batch(
+            lengths=lengths,
+            budget=[min(params.max_new_tokens, self.block_size - n) for n in lengths],
+            pad=torch.tensor([width - n for n in lengths], device=device),
+            idx=torch.tensor([[0] * (width - n) + r for r, n in zip(rows, lengths)], device=device),
+            gens=gens,
+        )
+
+    def _loop(self, rows: list[list[int]], params: SamplingParams, batch: Batch) -> Iterator[Event]:
+        B = len(rows)
+        device = self.model.tok_emb.weight.device
+        lengths, budget, idx, gens = batch.lengths, batch.budget, batch.idx, batch.gens
+        cache = self.forward.new_cache(batch.pad, idx.shape[1] + max(budget))
         seen = None
         if params.repetition_penalty != 1.0:
             seen = torch.zeros(B, self.model.config.vocab_size, dtype=torch.bool, device=device)
@@ -253,9 +284,7 @@ class Engine:
             logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
         if params.temperature == 0:
             return logits.argmax(dim=-1)
-        scaled = filter_logits(
-            logits, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, min_p=params.min_p
-        )
+        scaled = filter_logits(logits, **params.filters())
         probs = F.softmax(scaled, dim=-1)  # [B, V]
         if gens is None:
             return torch.multinomial(probs, 1).squeeze(-1)
@@ -390,6 +419,7 @@ def default_stop_ids(tok: Tokenizer) -> frozenset[int]:
 
 
 __all__ = [
+    "Batch",
     "Completion",
     "DecodeStats",
     "Engine",

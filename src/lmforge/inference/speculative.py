@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.inference.batch_forward import RaggedForward
-from lmforge.inference.engine import Engine, Event, RowOutput, SamplingParams, select_rows
+from lmforge.inference.engine import Batch, Engine, Event, RowOutput, SamplingParams, select_rows
 from lmforge.inference.sampling import filter_logits
 from lmforge.model.decoder import Decoder
 from lmforge.model.kv_cache import KVCache
@@ -171,7 +171,7 @@ class ModelDrafter:
         qs = []
         for j in range(m):
             if sampling:
-                q = F.softmax(filter_logits(logits, **_filters(params)), dim=-1)  # [B, V]
+                q = F.softmax(filter_logits(logits, **params.filters()), dim=-1)  # [B, V]
                 qs.append(q)
                 tokens = []
                 for b, c in enumerate(counts):
@@ -207,15 +207,6 @@ class ModelDrafter:
         self.cache.drop_left(n)
 
 
-def _filters(params: SamplingParams) -> dict:
-    return {
-        "temperature": params.temperature,
-        "top_k": params.top_k,
-        "top_p": params.top_p,
-        "min_p": params.min_p,
-    }
-
-
 def verify(
     logits: torch.Tensor,
     drafts: list[list[int]],
@@ -245,7 +236,7 @@ def verify(
             kept.append(a)
         return out, kept
     B, T, V = logits.shape
-    p = F.softmax(filter_logits(logits.reshape(B * T, V), **_filters(params)), dim=-1).view(B, T, V)
+    p = F.softmax(filter_logits(logits.reshape(B * T, V), **params.filters()), dim=-1).view(B, T, V)
     for b, d in enumerate(drafts):
         g = None if gens is None else gens[b]
         tokens: list[int] = []
@@ -282,29 +273,21 @@ def adapt(want: float, drafted: int, kept: int, k: int) -> float:
     return float(kept + 1) if kept else want / 2
 
 
-def speculative_loop(engine: Engine, rows: list[list[int]], params: SamplingParams) -> Iterator[Event]:
+def speculative_loop(
+    engine: Engine, rows: list[list[int]], params: SamplingParams, batch: Batch
+) -> Iterator[Event]:
     """``Engine._loop`` with drafting and verification (module docstring); ``rows`` are already cropped
-    to ``block_size - 1`` tokens and the model is in eval mode."""
+    to ``block_size - 1`` tokens, ``batch`` is them left-padded with a budget > 0 for some row, and the
+    model is in eval mode."""
     fwd, block, k = engine.forward, engine.block_size, engine.draft_tokens
     stats = engine.stats
     device = engine.model.tok_emb.weight.device
     B = len(rows)
-    lengths = [len(r) for r in rows]
-    width = max(lengths)
-    budget = [min(params.max_new_tokens, block - n) for n in lengths]
-    if max(budget) == 0:
-        for i in range(B):
-            yield Event(i, None, "", "length")
-        return
+    budget, pad, idx, gens = batch.budget, batch.pad, batch.idx, batch.gens
     draft = engine.draft
     drafter = NgramDrafter(engine.ngram_max) if draft == "ngram" else ModelDrafter(draft)
-    pad = torch.tensor([width - n for n in lengths], device=device)
-    idx = torch.tensor([[0] * (width - n) + r for r, n in zip(rows, lengths)], device=device)
-    max_len = width + max(budget) + k + 1
+    max_len = idx.shape[1] + max(budget) + k + 1
     cache = fwd.new_cache(pad, max_len)
-    gens = None
-    if params.seed is not None:
-        gens = [torch.Generator(device=device).manual_seed(params.seed + i) for i in range(B)]
     out = RowOutput(engine.tokenizer, params, budget)
     seqs = [list(r) for r in rows]  # per cache row: prompt + emitted tokens; the last is not cached yet
     alive = list(range(B))  # the prompt index of each cache row
