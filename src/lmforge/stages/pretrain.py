@@ -284,9 +284,8 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         if cfg.objective != "clm":
             return _evaluate_masked(model, val_tokens, mcfg, cfg, objective, rt.device)
         out: dict[str, float] = {}
-        for suffix, stride in (("", None), ("_sliding", cfg.eval_stride or None)):
-            if suffix and stride is None:
-                continue
+        windows = {"": None, **({"_sliding": cfg.eval_stride} if cfg.eval_stride else {})}
+        for suffix, stride in windows.items():  # disjoint windows, then sliding ones if asked
             r = evaluate_lm(
                 model,
                 val_tokens,

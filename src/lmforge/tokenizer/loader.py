@@ -23,8 +23,9 @@ window starts is the ``packing`` choice:
   (docs/performance.md).
 
 Positions come from a numpy PCG64 generator seeded by ``(seed, rank)``, so ranks of a multi-process
-run draw different windows. The loader's whole state is that generator's state and a batch counter (``shuffled``: the
-generator's state when the current epoch was drawn, the epoch and the windows taken from it);
+run draw different windows. The loader's whole state is that generator's state and a batch counter
+(``shuffled``: the generator's state when the current epoch was drawn, the epoch and the windows
+taken from it);
 ``state_dict`` saves it as plain ints and strings, and a loader restored with ``load_state_dict``
 produces exactly the batches an uninterrupted one would.
 """
@@ -141,9 +142,8 @@ class BatchLoader:
     def state_dict(self) -> dict:
         """The loader's position: plain ints and strings only (safe for JSON and ``weights_only`` loads)."""
         state = self.rng.bit_generator.state
-        extra: dict = (
-            {"packing": self.packing} if self.packing != "random" else {}
-        )  # random: format 1 as before
+        # random keeps format 1 as before; the others name their packing
+        extra: dict = {"packing": self.packing} if self.packing != "random" else {}
         if self.packing == "shuffled" and self._epoch_rng is not None:
             # the generator as it was before the current epoch was drawn: a restore redraws that epoch
             state = self._epoch_rng
