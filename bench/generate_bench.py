@@ -203,6 +203,7 @@ def main() -> None:
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+RECIPE = ROOT / "recipes" / "shakespeare-cpu.yaml"
 TRAINED = {  # pretrain options shared by the target and the draft (after recipes/shakespeare-cpu.yaml)
     "procs": 1,
     "threads": 1,
@@ -231,19 +232,8 @@ def train_models(out: Path, target_s: float, draft_s: float, retrain: bool = Fal
     recipe = {
         "name": "spec-bench",
         "stages": {
-            "data": {
-                "input": [str(SHAKESPEARE)],
-                "split": "tail",
-                "val_fraction": 0.1,
-                "unit_mb": 4,
-                "normalize": {"normalize_whitespace": False, "fix_mojibake": False},
-                "quality": {"enabled": False},
-                "lang": {"enabled": False},
-                "pii": {"enabled": False},
-                "audit": {"enabled": False},
-                "dedup": {"exact": False, "near": False},
-                "write_rejects": False,
-            },
+            # the data stage of the shakespeare recipe: the same split of the same bytes
+            "data": {**yaml.safe_load(RECIPE.read_text())["stages"]["data"], "input": [str(SHAKESPEARE)]},
             "tokenizer": {"vocab_size": 4096},
             "pretrain": {
                 "model": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256},
