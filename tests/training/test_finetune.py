@@ -94,6 +94,74 @@ def test_early_stopping_patience_and_best_selection():
     assert result.stop_reason == "early_stop" and result.steps == 4 and result.best_step == 1
 
 
+def test_time_budget_stops_evaluates_and_saves_a_usable_checkpoint(tmp_path):
+    import json
+    import time
+
+    from lmforge.training.checkpoint import load_model, resolve_checkpoint
+
+    model = tiny()
+    g = torch.Generator().manual_seed(1)
+    data = torch.randint(3, V, (8, 9), generator=g)
+    calls = []
+
+    def evaluate():
+        calls.append(1)
+        with torch.no_grad():
+            return {"val_loss": token_loss(model(data[:, :-1]), data[:, 1:])[0].item() / data[:, 1:].numel()}
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = ft.fit(  # any real step takes longer than a microsecond: the budget ends step 1
+        model,
+        opts(max_steps=1000, max_time_s=1e-6, eval_every=500),
+        next_batch=lambda: ((data[:, :-1], data[:, 1:]), data[:, 1:].numel()),
+        loss_sum=lambda b: token_loss(model(b[0]), b[1])[0],
+        evaluate=evaluate,
+        monitor="val_loss",
+    )
+    assert result.stop_reason == "time_budget" and result.steps == 1 < 1000
+    assert len(calls) == 2 and result.last_metrics != result.initial_metrics  # before, and at the stop
+    assert all(not torch.equal(before[n], p) for n, p in model.named_parameters())
+    ft.save_best_and_last(
+        tmp_path / "ckpt",
+        model,
+        result,
+        lambda d: ft.save_finetuned(d, model, model.config, tokenizer_path=None),
+    )
+    final = json.loads((tmp_path / "ckpt" / "final.json").read_text())
+    assert final["stop_reason"] == "time_budget" and final["last"] == final["best"] == "step_1"
+    loaded, _ = load_model(resolve_checkpoint(tmp_path))
+    torch.testing.assert_close(loaded(data[:, :-1]), model(data[:, :-1]))
+
+    # a slow step (40 ms of waiting for data): the loop stops at the first step that ends past the budget
+    model = tiny()
+    steps = []
+
+    def slow_batch():
+        time.sleep(0.04)
+        steps.append(1)
+        return (data[:, :-1], data[:, 1:]), data[:, 1:].numel()
+
+    result = ft.fit(
+        model,
+        opts(max_steps=1000, max_time_s=0.1, eval_every=1),
+        next_batch=slow_batch,
+        loss_sum=lambda b: token_loss(model(b[0]), b[1])[0],
+        evaluate=lambda: {"val_loss": 1.0},
+        monitor="val_loss",
+    )
+    assert result.stop_reason == "time_budget" and 1 <= result.steps == len(steps) <= 3  # 3 x 40 ms > 0.1 s
+    assert result.train_time_s >= 0.1
+
+
+def test_options_reject_a_negative_time_budget():
+    from lmforge.config import ConfigError
+
+    opts(max_time_s=0.0).validate()
+    with pytest.raises(ConfigError, match="max_time_s.*>= 0"):
+        opts(max_time_s=-1.0).validate()
+
+
 def test_hidden_states_are_what_the_lm_head_reads():
     model = tiny()
     idx = torch.randint(0, V, (2, 7))

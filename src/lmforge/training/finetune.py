@@ -9,7 +9,10 @@
 - ``fit``: the optimisation loop all methods run: schedule (``optim.lr_at``) → accumulated
   token/example-weighted backward (``step.weighted_backward``) → clip → L1 → AdamW over the trainable
   parameters only → periodic evaluation → early stopping with patience on a monitored metric, keeping
-  the best trainable weights in memory (fine-tuned models here are small).
+  the best trainable weights in memory (fine-tuned models here are small). ``max_time_s`` stops at a
+  wall-clock budget as pretraining does: once a step ends past it, the loop evaluates and stops with
+  ``stop_reason`` ``time_budget`` (the other reasons: ``max_steps``, ``early_stop``), and the caller
+  saves best and last as at any end. The schedule still spans ``max_steps``.
 - ``save_finetuned`` / ``load_heads`` / ``write_final``: a fine-tuned model is a normal checkpoint
   directory (``checkpoint.save_checkpoint``: the trunk, loadable by eval/generate when it is a language
   model) plus, for methods with heads, ``heads.safetensors`` and ``finetune.json`` (task labels and
@@ -231,7 +234,9 @@ def fit(
             evaluation interval, patience).
         next_batch: returns ``(batch, n)``, ``n`` the number of loss terms (tokens or examples) in it.
         loss_sum: the summed loss of a batch (a scalar tensor); ``fit`` divides by the step's total ``n``.
-        evaluate: validation metrics (called before training, every ``eval_every`` steps and at the end).
+        evaluate: validation metrics (called before training, every ``eval_every`` steps and at the end,
+            also when the time budget ends training; the budget counts from the first step, so the
+            initial evaluation is not charged to it but the periodic ones are).
         monitor: the metric of ``evaluate`` that early stopping and best-checkpoint selection follow.
         mode: ``min`` (a loss) or ``max`` (an accuracy).
         log_metrics: receives one record per step and per evaluation (``metrics.jsonl``).
@@ -297,7 +302,8 @@ def fit(
             logger.info(
                 step_line(step, opts.max_steps, {"loss": loss_ema, "lr": lr, "gnorm": grad_norm}, elapsed)
             )
-        if step % opts.eval_every == 0 or step == opts.max_steps:
+        out_of_time = opts.max_time_s > 0 and elapsed >= opts.max_time_s
+        if step % opts.eval_every == 0 or step == opts.max_steps or out_of_time:
             last = evaluate()
             log_metrics({"step": step, **last})
             logger.info("step %d: %s", step, _fmt(last))
@@ -306,7 +312,11 @@ def fit(
             if stopper.stop:
                 stop_reason = "early_stop"
                 logger.info("early stop: no %s improvement in %d evaluations", monitor, stopper.bad)
-                break
+        if out_of_time:  # as pretraining: the budget is the reason even when patience ran out too
+            stop_reason = "time_budget"
+            logger.info("time budget of %gs reached at step %d (%.1fs)", opts.max_time_s, step, elapsed)
+        if stop_reason != "max_steps":
+            break
     if best_step == 0 and step > 0:  # never keep the untrained model as "best" of a fine-tune
         best_state, best_step, best_metrics = trainable_state(model), step, last
     return FitResult(

@@ -2,7 +2,9 @@
 
 Each ``lmforge finetune <method>`` config subclasses ``FinetuneOptions`` and adds its own data and
 method fields, so the base checkpoint, the optimiser, regularisation (dropout, weight decay = L2, L1),
-the learning-rate schedule and early stopping are spelled, validated and documented once.
+the learning-rate schedule, early stopping and the wall-clock budget are spelled, validated and
+documented once. Every method, alignment's too, trains through ``training.finetune.fit``, which honours
+them all.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class FinetuneOptions:
     checkpoint: Literal["best", "last"] = opt("best", "which checkpoint of a training stage to start from")
     out: str = opt("", "output stage directory (checkpoints under ckpt/)", path=True)
     max_steps: int = opt(200, "optimiser steps")
+    max_time_s: float = opt(0.0, "stop training after this many seconds, evaluate and save (0 = no budget)")
     batch_size: int = opt(16, "examples (or sequences) per micro-batch")
     grad_accum: int = opt(1, "micro-batches per optimiser step (loss weighted by token/example count)")
     lr: float = opt(1e-3, "peak learning rate")
@@ -63,6 +66,7 @@ class FinetuneOptions:
             "min_delta",
             "threads",
             "max_eval_examples",
+            "max_time_s",
         ):
             if getattr(self, key) < 0:
                 raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")

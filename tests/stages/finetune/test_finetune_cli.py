@@ -69,6 +69,34 @@ def test_sft_cli_writes_a_loadable_lm_checkpoint(ft_dir, tmp_path):
     assert mcfg.arch == "decoder"
 
 
+def test_time_budget_ends_a_stage_with_its_checkpoints(ft_dir, tmp_path, capsys):
+    from lmforge.training.checkpoint import load_model, resolve_checkpoint
+
+    out = tmp_path / "budget"
+    run_cli(
+        "classify",
+        "--model", str(ft_dir / "decoder"),
+        "--train", str(ft_dir / "sent_train.txt"),
+        "--dev", str(ft_dir / "sent_dev.txt"),
+        "--out", str(out),
+        "--max_steps", "5000",
+        "--max_time_s", "0.000001",  # every step takes longer: the budget ends step 1
+        "--bow_baseline", "false",
+    )  # fmt: skip
+    m = manifest(out)
+    assert 1 <= m["metrics"]["steps"] < 5000 and m["config"]["max_time_s"] == 1e-6
+    assert m["metrics"]["early_stopped"] == 0 and 0 <= m["metrics"]["accuracy"] <= 1
+    final = json.loads((out / "ckpt" / "final.json").read_text())
+    assert final["stop_reason"] == "time_budget" and final["step"] == m["metrics"]["steps"]
+    model, mcfg = load_model(resolve_checkpoint(out))
+    assert mcfg.arch == "decoder" and (resolve_checkpoint(out) / "heads.safetensors").is_file()
+    assert (
+        main(["finetune", "sft", "--train", "x.jsonl", "--out", str(tmp_path / "x"), "--max_time_s", "-1"])
+        == 2
+    )
+    assert "max_time_s" in capsys.readouterr().err
+
+
 def test_lora_cli_saves_peft_adapter_and_merged_checkpoint(ft_dir, tmp_path):
     pytest.importorskip("lmforge.model.lora", reason="the LoRA library (lmforge.model.lora) is not there yet")
     from lmforge.training.checkpoint import load_model, resolve_checkpoint
