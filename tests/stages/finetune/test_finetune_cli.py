@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from lmforge.cli import main
+from lmforge.config import ConfigError
 
 
 def run_cli(*args: str) -> None:
@@ -48,6 +49,59 @@ def test_classify_cli(ft_dir, tmp_path):
     assert (best / "DONE").is_file() and (best / "heads.safetensors").is_file()
     report = json.loads((out / "report.json").read_text())
     assert any(t["title"].startswith("confusion") for t in report["tables"])
+
+
+def test_classify_preprocess_reaches_the_bag_of_words_baseline(ft_dir, tmp_path, capsys):
+    """The label is carried by a stop word alone ("very" vs "never", both in scikit-learn's list): the
+    raw bag of words learns it; with stop words removed, each dev pair becomes one identical text, so
+    the baseline predicts the same label for both and scores exactly 0.5."""
+    import random
+    from typing import get_args, get_type_hints
+
+    from lmforge.eval.classic_text import PREPROCESS
+    from lmforge.stages.finetune.classify import Config
+
+    rng = random.Random(0)
+    content = "cat dog film plot song road tree lamp rain door".split()
+
+    def pairs(n: int) -> str:
+        lines = []
+        for _ in range(n):
+            words = " ".join(rng.sample(content, 3))
+            lines += [f"pos very {words}\n", f"neg never {words}\n"]
+        return "".join(lines)
+
+    (tmp_path / "train.txt").write_text(pairs(30))
+    (tmp_path / "dev.txt").write_text(pairs(10))
+    got = {}
+    for mode in ("none", "stopwords"):
+        out = tmp_path / mode
+        run_cli(
+            "classify",
+            "--model", str(ft_dir / "decoder"),
+            "--train", str(tmp_path / "train.txt"),
+            "--dev", str(tmp_path / "dev.txt"),
+            "--out", str(out),
+            "--max_steps", "1",
+            "--preprocess", mode,
+        )  # fmt: skip
+        m = manifest(out)
+        assert m["config"]["preprocess"] == mode
+        report = json.loads((out / "classification.json").read_text())
+        assert report["bow"]["preprocess"] == mode
+        rows = json.loads((out / "report.json").read_text())["tables"][0]["rows"]
+        assert rows[1][0].startswith("bag-of-words") and ("stop words removed" in rows[1][0]) == (
+            mode != "none"
+        )
+        got[mode] = m["metrics"]["bow_accuracy"]
+    assert got == {"none": 1.0, "stopwords": 0.5}
+
+    assert main(["finetune", "classify", "--train", "t.txt", "--out", "x", "--preprocess", "stems"]) == 2
+    err = capsys.readouterr().err
+    assert "preprocess" in err and all(mode in err for mode in PREPROCESS)
+    assert get_args(get_type_hints(Config)["preprocess"]) == PREPROCESS  # no drift from the library
+    with pytest.raises(ConfigError, match="bow_baseline is false"):
+        Config(train="t.txt", preprocess="lemmas", bow_baseline=False).validate()
 
 
 def test_sft_cli_writes_a_loadable_lm_checkpoint(ft_dir, tmp_path):
