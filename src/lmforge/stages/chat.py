@@ -7,6 +7,11 @@ generation engine until ``<|end|>``. When the conversation no longer fits the mo
 prompt is kept. Commands: ``/reset`` forgets the history, ``/system TEXT`` sets the system prompt (and
 resets), ``/quit`` or end of input leaves.
 
+``--draft ngram | model`` decodes the replies speculatively (``inference/speculative.py``; the reply is
+the one plain decoding gives) — only with ``--repetition_penalty 1``: the engine decodes plainly under a
+penalty, and chat's default penalty is 1.1, so a draft asked for under a penalty is not loaded and
+one warning at start says so.
+
 Not a run-store stage: nothing is written and nothing is cached.
 """
 
@@ -15,12 +20,19 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from lmforge.config import ConfigError, opt
 
+if TYPE_CHECKING:
+    import torch
+    from tokenizers import Tokenizer
+
+    from lmforge.model.decoder import Decoder
+
 STAGE = "chat"
-INPUTS = ("model",)
+INPUTS = ("model", "draft_model")
 
 
 @dataclass
@@ -35,14 +47,43 @@ class Config:
     top_k: int = opt(50, "sample among the k most likely tokens (0 = all)")
     top_p: float = opt(0.95, "nucleus sampling mass (1 = off)")
     min_p: float = opt(0.0, "drop tokens less likely than min_p times the top token (0 = off)")
-    repetition_penalty: float = opt(1.1, "penalise tokens already in the conversation (1 = off)")
+    repetition_penalty: float = opt(
+        1.1, "penalise tokens already in the conversation (1 = off); != 1 decodes plainly, without --draft"
+    )
     seed: int = opt(0, "sampling seed (-1 = a fresh random seed)")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
     weights: Literal["exact", "int8"] = opt(
         "exact", "exact, or int8: weight-only int8 matmuls, ~2x faster decoding on a CPU, not bit-exact"
     )
+    draft: Literal["none", "ngram", "model"] = opt(
+        "none",
+        "speculative decoding, same replies (docs/eval.md): ngram drafts from earlier text (prompt"
+        " lookup), model drafts with --draft_model; needs --repetition_penalty 1 (the default 1.1"
+        " decodes plainly)",
+    )
+    draft_model: str = opt(
+        "",
+        "with --draft model: a checkpoint or training stage directory (its --checkpoint entry) of a"
+        " smaller model with the target's tokenizer",
+        path=True,
+    )
+    draft_tokens: int = opt(4, "speculative decoding: tokens drafted per pass at most")
 
     def validate(self) -> None:
+        if self.draft == "model" and not self.draft_model:
+            raise ConfigError(
+                "draft_model",
+                "--draft model needs the draft: --draft_model PATH (a checkpoint or training stage "
+                "directory of a smaller model with the target's tokenizer)",
+            )
+        if self.draft_model and self.draft != "model":
+            raise ConfigError(
+                "draft",
+                f"--draft_model {self.draft_model} is set but draft is {self.draft!r}; use --draft model "
+                "to decode with it (or drop --draft_model)",
+            )
+        if self.draft_tokens < 1:
+            raise ConfigError("draft_tokens", f"must be >= 1, got {self.draft_tokens}")
         if self.max_new_tokens < 1:
             raise ConfigError("max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:
@@ -55,8 +96,16 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Load the model and chat on stdin/stdout; returns ``{"turns": n}``."""
     if not cfg.model:
         raise ConfigError("model", "a checkpoint is required (e.g. --model runs/tiny/pretrain)")
-    from pathlib import Path
-
+    draft: Any = None if cfg.draft == "none" else cfg.draft
+    if draft is not None and cfg.repetition_penalty != 1:
+        print(
+            f"lmforge chat: warning: --draft {cfg.draft} is not used: repetition_penalty "
+            f"{cfg.repetition_penalty:g} != 1 decodes plainly (chat's default is 1.1); pass "
+            "--repetition_penalty 1 to decode speculatively",
+            file=sys.stderr,
+            flush=True,
+        )
+        draft = None
     from lmforge.inference.engine import Engine
     from lmforge.runtime import create_runtime
     from lmforge.tokenizer.train import load_tokenizer
@@ -66,11 +115,46 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     ckpt = resolve_checkpoint(Path(cfg.model).expanduser(), cfg.checkpoint)
     model, _ = load_model(ckpt, device=rt.device)
     tok = load_tokenizer(ckpt / "tokenizer.json")
-    print(f"lmforge chat: {ckpt} — /reset, /system TEXT, /quit", flush=True)
-    turns = chat_loop(
-        Engine(model, tok, weights=cfg.weights), cfg, _lines(), lambda s: print(s, end="", flush=True)
-    )
+    if draft == "model":
+        draft = load_draft(Path(cfg.draft_model).expanduser(), cfg.checkpoint, tok, rt.device)
+    try:
+        engine = Engine(model, tok, weights=cfg.weights, draft=draft, draft_tokens=cfg.draft_tokens)
+    except ValueError as exc:  # the draft model cannot serve this target (vocabulary, context, device)
+        reason = str(exc).removeprefix("draft: ")
+        raise ConfigError("draft_model", f"{cfg.draft_model}: {reason}") from exc
+    using = f", draft {cfg.draft}" if draft is not None else ""
+    print(f"lmforge chat: {ckpt}{using} — /reset, /system TEXT, /quit", flush=True)
+    turns = chat_loop(engine, cfg, _lines(), lambda s: print(s, end="", flush=True))
     return {"turns": turns}
+
+
+def load_draft(path: Path, which: str, tok: Tokenizer, device: torch.device) -> Decoder:
+    """The draft model at ``path`` (a checkpoint, or the ``which`` checkpoint of a training stage).
+
+    The same check as ``lmforge generate``'s (a stage does not import another stage).
+
+    Raises:
+        ConfigError: not a decoder, or the draft's tokenizer is not ``tok`` (both sizes named); the
+            engine checks the model's vocabulary size and context when it is built.
+        InputError: nothing under ``path`` is a complete checkpoint.
+    """
+    from lmforge.tokenizer.train import load_tokenizer
+    from lmforge.training.checkpoint import load_model, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(path, which)
+    draft, mcfg = load_model(ckpt, device=device)
+    if mcfg.arch != "decoder":
+        raise ConfigError("draft_model", f"{ckpt} is an {mcfg.arch}; a draft must be a decoder checkpoint")
+    if (ckpt / "tokenizer.json").is_file():
+        own = load_tokenizer(ckpt / "tokenizer.json")
+        if own.get_vocab() != tok.get_vocab():
+            same = " (same size, other tokens)" if own.get_vocab_size() == tok.get_vocab_size() else ""
+            raise ConfigError(
+                "draft_model",
+                f"{ckpt}: the draft's tokenizer ({own.get_vocab_size()} tokens) differs from the "
+                f"target's ({tok.get_vocab_size()} tokens){same}; the draft must use the target's tokenizer",
+            )
+    return draft
 
 
 def _lines() -> Iterable[str]:

@@ -1,5 +1,10 @@
 """Sample text from a checkpoint for a list of prompts, as one batch through the generation engine;
-writes ``samples.jsonl`` for the report."""
+writes ``samples.jsonl`` for the report.
+
+``--draft ngram | model`` decodes speculatively (``inference/speculative.py``): drafts from the rows'
+earlier text, or from a smaller model (``--draft_model``, a run-store input of this stage) that must
+use the target's tokenizer. The samples are those of plain decoding (greedy: token for token);
+``draft_acceptance`` and ``tokens_per_pass`` go into the manifest's metrics."""
 
 from __future__ import annotations
 
@@ -7,10 +12,17 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, run_stage
+from lmforge.runstore import StageContext, config_inputs, run_stage
+
+if TYPE_CHECKING:
+    import torch
+    from tokenizers import Tokenizer
+
+    from lmforge.model.decoder import Decoder
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +50,33 @@ class Config:
     weights: Literal["exact", "int8"] = opt(
         "exact", "exact, or int8: weight-only int8 matmuls, ~2x faster decoding on a CPU, not bit-exact"
     )
-    draft: Literal["none", "ngram"] = opt(
+    draft: Literal["none", "ngram", "model"] = opt(
         "none",
-        "speculative decoding: ngram drafts from earlier text of each row (prompt lookup), verified in one"
-        " pass; the output is unchanged, faster on repetitive text (docs/eval.md)",
+        "speculative decoding, verified in one pass, output unchanged (docs/eval.md): ngram drafts from"
+        " earlier text of each row (prompt lookup; fast on repetitive text), model drafts with"
+        " --draft_model; not used when repetition_penalty != 1 (plain decoding then)",
+    )
+    draft_model: str = opt(
+        "",
+        "with --draft model: the draft, a checkpoint directory or a training stage directory (its"
+        " --checkpoint entry), a smaller model with the target's tokenizer",
+        path=True,
     )
     draft_tokens: int = opt(4, "speculative decoding: tokens drafted per row and pass at most")
 
     def validate(self) -> None:
+        if self.draft == "model" and not self.draft_model:
+            raise ConfigError(
+                "draft_model",
+                "--draft model needs the draft: --draft_model PATH (a checkpoint or training stage "
+                "directory of a smaller model with the target's tokenizer)",
+            )
+        if self.draft_model and self.draft != "model":
+            raise ConfigError(
+                "draft",
+                f"--draft_model {self.draft_model} is set but draft is {self.draft!r}; use --draft model "
+                "to decode with it (or drop --draft_model)",
+            )
         if self.draft_tokens < 1:
             raise ConfigError("draft_tokens", f"must be >= 1, got {self.draft_tokens}")
         if not self.prompts:
@@ -66,7 +97,7 @@ class Config:
             raise ConfigError("stop", "stop strings must not be empty")
 
 
-INPUTS = ("model",)
+INPUTS = ("model", "draft_model")
 
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
@@ -74,7 +105,7 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     if not cfg.out:
         raise ConfigError("out", "an output directory is required (e.g. --out runs/x/generate)")
     return run_stage(
-        STAGE, cfg, out=cfg.out, inputs={"model": cfg.model}, work=sample, version=VERSION, force=force
+        STAGE, cfg, out=cfg.out, inputs=config_inputs(cfg, *INPUTS), work=sample, version=VERSION, force=force
     )
 
 
@@ -101,15 +132,22 @@ def sample(cfg: Config, ctx: StageContext) -> dict[str, float]:
         stop=cfg.stop,
         stop_ids=default_stop_ids(tok),
     )
+    draft: Any = None if cfg.draft == "none" else cfg.draft
+    if cfg.draft == "model":
+        draft = load_draft(ctx.inputs["draft_model"], cfg.checkpoint, tok, rt.device)
+    if draft is not None and cfg.repetition_penalty != 1:
+        log.warning(
+            "draft %s is not used: repetition_penalty %g != 1 is decoded plainly",
+            cfg.draft,
+            cfg.repetition_penalty,
+        )
     start = time.perf_counter()
     prompts = [[bos] + tok.encode(p, add_special_tokens=False).ids for p in cfg.prompts]
-    engine = Engine(
-        model,
-        tok,
-        weights=cfg.weights,
-        draft=None if cfg.draft == "none" else cfg.draft,
-        draft_tokens=cfg.draft_tokens,
-    )
+    try:
+        engine = Engine(model, tok, weights=cfg.weights, draft=draft, draft_tokens=cfg.draft_tokens)
+    except ValueError as exc:  # the draft model cannot serve this target (vocabulary, context, device)
+        reason = str(exc).removeprefix("draft: ")
+        raise ConfigError("draft_model", f"{ctx.inputs['draft_model']}: {reason}") from exc
     completions = engine.generate(prompts, params)
     dt = time.perf_counter() - start
     with (ctx.dir / "samples.jsonl").open("w", encoding="utf-8") as fh:
@@ -127,3 +165,30 @@ def sample(cfg: Config, ctx: StageContext) -> dict[str, float]:
     if cfg.draft != "none":
         metrics.update(draft_acceptance=engine.stats.acceptance, tokens_per_pass=engine.stats.tokens_per_pass)
     return metrics
+
+
+def load_draft(path: Path, which: str, tok: Tokenizer, device: torch.device) -> Decoder:
+    """The draft model at ``path`` (a checkpoint, or the ``which`` checkpoint of a training stage).
+
+    Raises:
+        ConfigError: not a decoder, or the draft's tokenizer is not ``tok`` (both sizes named); the
+            engine checks the model's vocabulary size and context when it is built.
+        InputError: nothing under ``path`` is a complete checkpoint.
+    """
+    from lmforge.tokenizer.train import load_tokenizer
+    from lmforge.training.checkpoint import load_model, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(path, which)
+    draft, mcfg = load_model(ckpt, device=device)
+    if mcfg.arch != "decoder":
+        raise ConfigError("draft_model", f"{ckpt} is an {mcfg.arch}; a draft must be a decoder checkpoint")
+    if (ckpt / "tokenizer.json").is_file():
+        own = load_tokenizer(ckpt / "tokenizer.json")
+        if own.get_vocab() != tok.get_vocab():
+            same = " (same size, other tokens)" if own.get_vocab_size() == tok.get_vocab_size() else ""
+            raise ConfigError(
+                "draft_model",
+                f"{ckpt}: the draft's tokenizer ({own.get_vocab_size()} tokens) differs from the "
+                f"target's ({tok.get_vocab_size()} tokens){same}; the draft must use the target's tokenizer",
+            )
+    return draft
