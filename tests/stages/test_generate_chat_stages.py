@@ -250,6 +250,26 @@ def test_a_draft_with_another_vocabulary_is_refused_naming_both_sizes(
         )
 
 
+def test_an_encoder_draft_is_refused(ckpt: Path, tmp_path: Path) -> None:
+    from lmforge.config import ConfigError
+    from lmforge.model.config import ModelConfig
+    from lmforge.tokenizer.train import load_tokenizer
+    from lmforge.training.checkpoint import build_model, save_checkpoint
+
+    vocab = load_tokenizer(ckpt / "tokenizer.json").get_vocab_size()
+    mcfg = ModelConfig(arch="encoder", vocab_size=vocab, block_size=96, n_layer=1, n_head=2, n_embd=32)
+    enc = save_checkpoint(tmp_path / "enc", build_model(mcfg), mcfg, tokenizer_path=ckpt / "tokenizer.json")
+    cfg = {
+        "model": str(ckpt),
+        **GREEDY,
+        "draft": "model",
+        "draft_model": str(enc),
+        "out": str(tmp_path / "g"),
+    }
+    with pytest.raises(ConfigError, match="is an encoder; a draft must be a decoder checkpoint"):
+        generate_stage.main(from_dict(generate_stage.Config, cfg))
+
+
 def _chat(monkeypatch, capsys, cfg: dict) -> tuple[list[str], str]:
     """``lmforge chat``'s ``main`` on two user turns from stdin; returns (stdout lines, stderr)."""
     monkeypatch.setattr("sys.stdin", io.StringIO("the cat sat\nsun moon\n/quit\n"))
