@@ -1,6 +1,7 @@
 """The ranking app of ``align collect`` in-process (httpx over ASGI): valid rankings are stored and read
 back as preference pairs; every kind of invalid submission is rejected with a clear message and leaves
-the store untouched; concurrent annotators never corrupt it."""
+the store untouched; concurrent annotators never corrupt it; with a key, the API needs it and the page
+does not."""
 
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ def items() -> list[RankItem]:
     ]
 
 
-def call(store: RankingStore, method: str, url: str, **kw) -> httpx.Response:
+def call(store: RankingStore, method: str, url: str, api_key: str = "", **kw) -> httpx.Response:
     async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=create_ranking_app(store))
+        transport = httpx.ASGITransport(app=create_ranking_app(store, api_key=api_key))
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             return await client.request(method, url, **kw)
 
@@ -146,3 +147,29 @@ def test_store_survives_restarts_torn_lines_and_concurrent_annotators(tmp_path):
     rankings = read_rankings(path, problems)
     assert len(rankings) == 9 and [p.line for p in problems] == [2]  # only the torn fragment is lost
     assert restarted.count == 9 and restarted.annotators() == 9 and done == [True]
+
+
+def test_api_key_guards_the_api_and_not_the_page(tmp_path):
+    store = RankingStore(items(), tmp_path / "rankings.jsonl")
+    key = "k3y-for-annotators"
+    body = {"item": "p1", "annotator": "ann", "ranks": {"r0": 1, "r1": 2}}
+    assert call(store, "GET", "/", api_key=key).status_code == 200  # the page loads and asks for it
+    assert call(store, "GET", "/static/rank.js", api_key=key).status_code == 200
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": key}):  # none, wrong, no Bearer
+        for method, url, kw in (
+            ("GET", "/api/next?annotator=ann", {}),
+            ("GET", "/api/items", {}),
+            ("POST", "/api/rankings", {"json": body}),
+        ):
+            r = call(store, method, url, api_key=key, headers=headers, **kw)
+            assert r.status_code == 401, (method, url, headers)
+            err = r.json()["error"]
+            assert err["type"] == "authentication_error" and err["code"] == "invalid_api_key"
+            assert "Bearer" in err["message"]
+    assert (tmp_path / "rankings.jsonl").read_text() == "" and store.count == 0  # nothing stored
+    good = {"Authorization": f"Bearer {key}"}
+    r = call(store, "GET", "/api/next?annotator=ann", api_key=key, headers=good)
+    assert r.status_code == 200 and r.json()["item"]["id"] in ("p0", "p1")
+    r = call(store, "POST", "/api/rankings", api_key=key, headers=good, json=body)
+    assert r.status_code == 200 and r.json()["count"] == 1
+    assert call(store, "GET", "/api/items").status_code == 200  # no key set: open, as before

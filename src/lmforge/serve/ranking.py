@@ -1,8 +1,8 @@
 """The ranking page of ``lmforge align collect``: people rank sampled replies in a browser.
 
-``create_ranking_app(store)`` is a small FastAPI app over a ``RankingStore`` (the items to rank and
-the JSONL file their rankings go to), built from the server's HTTP pieces (``serve.http``: errors,
-body limit, page and static files):
+``create_ranking_app(store, api_key=KEY)`` is a small FastAPI app over a ``RankingStore`` (the items to
+rank and the JSONL file their rankings go to), built from the server's HTTP pieces (``serve.http``:
+errors, API-key auth, body limit, page and static files):
 
 - ``GET /`` the page (``static/rank.html``, ``rank.js``, ``rank.css``; no build step, nothing from a
   CDN): the prompt, its replies in a shuffled order, drag (or ▲/▼, or type a number) to rank them,
@@ -17,6 +17,12 @@ body limit, page and static files):
   404 (unknown item or route), 409 (this annotator has ranked the item already), 413 (a body over
   ``MAX_BODY`` bytes), 422 (missing, duplicate or out-of-range ranks, unknown reply ids, bad criteria,
   no annotator). Nothing is written for a rejected submission.
+
+Access: with ``api_key`` set, every ``/api/*`` call needs ``Authorization: Bearer KEY`` (``ApiKeyAuth``,
+as ``lmforge serve`` guards ``/v1/*``), else 401 with the same error JSON; the page and its static
+files stay open so a browser can load it. The page takes the key from ``?key=`` in its link (then
+drops it from the address bar) or asks for it after a 401, keeps it in ``sessionStorage`` (this tab
+only) and sends it on every call.
 
 Several people can rank at once: requests are served on a thread pool and one lock covers check,
 append and bookkeeping. Each stored record is the full-ranking schema ``read_preferences`` reads plus
@@ -37,7 +43,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
-from lmforge.serve.http import ApiError, BodyLimit, add_error_handlers, add_page
+from lmforge.serve.http import ApiError, ApiKeyAuth, BodyLimit, add_error_handlers, add_page
 
 logger = logging.getLogger(__name__)
 
@@ -168,11 +174,15 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def create_ranking_app(store: RankingStore, *, title: str = "lmforge: rank replies") -> FastAPI:
-    """The FastAPI app of the ranking page over ``store`` (routes: module docstring)."""
+def create_ranking_app(
+    store: RankingStore, *, title: str = "lmforge: rank replies", api_key: str = ""
+) -> FastAPI:
+    """The FastAPI app of the ranking page over ``store`` (routes: module docstring); a non-empty
+    ``api_key`` is required on ``/api/*``."""
     app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None)
     add_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY)
+    app.add_middleware(ApiKeyAuth, key=api_key, protect=("/api/",))  # outermost: 401 before the body is read
     add_page(app, "/", "rank.html")
 
     @app.get("/api/items")

@@ -1,7 +1,8 @@
 """``align collect`` end to end: a tiny random checkpoint samples replies, a live uvicorn serves the
 ranking page on an ephemeral port, headless Chromium ranks the replies (numbers, ▲/▼ and a drag) and
 submits; the stage then finishes at ``max_rankings`` and the JSONL record matches what was on screen.
-A second run reuses the stored replies and rankings instead of sampling again."""
+A second run reuses the stored replies and rankings instead of sampling again. With an API key, the
+printed link opens a tab that ranks, a tab without it is asked for it, and no file keeps it."""
 
 from __future__ import annotations
 
@@ -116,6 +117,104 @@ def test_collect_rank_in_a_browser_and_restart(align_dir, tmp_path, browser_page
     assert again["metrics"]["rankings"] == 1 and again["metrics"]["rankings_this_session"] == 0
     assert (out / "responses.jsonl").read_bytes() == replies
     assert "not sampled again" in caplog.text and "continuing the collection" in caplog.text
+
+
+def test_collect_with_an_api_key_link_in_a_browser(align_dir, tmp_path, browser_page, capsys):
+    """``--api_key``: the printed link carries the key; a tab opened from it ranks and submits; a tab
+    without it is asked for the key; the live API answers 401 without it; no file keeps the key."""
+    import re
+
+    import httpx
+
+    from lmforge.stages.align.collect import Config
+
+    key = "s3cret key/+"  # a space, a slash and a plus: the link must quote it
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("say good\nsay the\n")
+    out = tmp_path / "collect"
+    cfg = Config(
+        model=str(align_dir / "decoder"),
+        prompts=str(prompts),
+        out=str(out),
+        n_responses=3,
+        max_new_tokens=6,
+        temperature=1.0,
+        port=0,
+        max_rankings=1,
+        api_key=key,
+        device="cpu",
+    )
+    holder: dict = {}
+    thread = start_collect(cfg, holder)
+    partial = out.with_name("collect.partial")
+    url = wait_for_url(partial, thread, holder)
+    printed, deadline = "", time.monotonic() + 30
+    while "ranking page for annotators" not in printed and time.monotonic() < deadline:
+        printed += capsys.readouterr().err
+        time.sleep(0.05)
+    link = re.search(r"ranking page for annotators: (\S+)", printed).group(1)
+    assert link.startswith(url + "?key=") and key not in link  # quoted
+    server = json.loads((partial / "server.json").read_text())
+    assert server["auth"] is True and key not in json.dumps(server)
+    with httpx.Client(base_url=url, timeout=30) as client:
+        assert client.get("/").status_code == 200
+        assert client.get("/api/items").status_code == 401
+        assert client.get("/api/items", headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert client.get("/api/items", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+    page = browser_page
+    page.set_default_timeout(60_000)  # a busy shared machine
+    asked = page.context.browser.new_page()  # another tab (its own context): no key stored
+    asked.set_default_timeout(60_000)
+    asked.goto(url)
+    asked.wait_for_selector("#keybox:not([hidden])")
+    assert "access key" in asked.text_content("#message") and asked.locator("#responses .card").count() == 0
+    asked.fill("#key", key)
+    asked.press("#key", "Tab")  # change → the key is kept for this tab and the item loads
+    asked.wait_for_selector("#responses .card")
+    assert asked.is_hidden("#keybox")
+    asked.close()
+
+    page.goto(link)
+    page.wait_for_selector("#responses .card")
+    assert "key=" not in page.url and page.is_hidden("#keybox")  # out of the address bar
+    assert page.evaluate("sessionStorage.getItem('lmforge.rank.key')") == key
+    page.fill("#annotator", "bob")
+    page.press("#annotator", "Tab")
+    page.wait_for_selector("#responses .card")
+    cards = page.locator("#responses .card")
+    for i in range(cards.count()):
+        cards.nth(i).locator(".rank").fill(str(i + 1))
+    page.click("#submit")
+    page.wait_for_selector("#message.ok")
+    assert "ranking 1 stored" in page.text_content("#message")
+
+    thread.join(timeout=60)
+    assert not thread.is_alive() and "error" not in holder, holder.get("error")
+    manifest = holder["manifest"]
+    assert manifest["metrics"]["rankings"] == 1 and manifest["config"]["api_key"] == "(set)"
+    (rec,) = [json.loads(line) for line in (out / "rankings.jsonl").read_text().splitlines()]
+    assert rec["annotator"] == "bob"
+    for f in out.iterdir():  # the manifest, stage.log, responses, rankings: none holds the key
+        assert key not in f.read_text(errors="replace") and "s3cret" not in f.read_text(errors="replace"), f
+
+
+def test_collect_warns_when_exposed_without_a_key(caplog, monkeypatch):
+    from lmforge.stages.align.collect import Config, resolve_key, warn_if_exposed
+
+    monkeypatch.delenv("LMFORGE_API_KEY", raising=False)
+    assert resolve_key(Config(prompts="p.txt")) == ""
+    monkeypatch.setenv("LMFORGE_API_KEY", "from-env")  # the variable lmforge serve reads
+    assert resolve_key(Config(prompts="p.txt")) == "from-env"
+    assert resolve_key(Config(prompts="p.txt", api_key="given")) == "given"
+
+    with caplog.at_level(logging.WARNING, logger="lmforge"):
+        assert not warn_if_exposed("127.0.0.1", "") and not warn_if_exposed("::1", "")
+        assert not warn_if_exposed("localhost", "") and not warn_if_exposed("0.0.0.0", "key")
+        assert not caplog.records
+        assert warn_if_exposed("0.0.0.0", "") and warn_if_exposed("::", "")
+        assert warn_if_exposed("192.0.2.7", "") and warn_if_exposed("ranker.example", "")
+    assert len(caplog.records) == 4 and "without an API key" in caplog.records[0].getMessage()
 
 
 def test_collect_config_errors():

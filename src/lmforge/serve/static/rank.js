@@ -1,12 +1,42 @@
 // The ranking page of `lmforge align collect`: fetch the next item, let a person rank its replies
 // (drag, ▲/▼ or numbers; optional criteria scores and a note), POST the ranking, repeat.
 // Every submission is stored by the server before it answers, so closing the page loses nothing.
+// When the server requires an access key, the link carries it as ?key=...; it is kept in this tab's
+// sessionStorage (and dropped from the address bar), sent as "Authorization: Bearer KEY" on every
+// call, and asked for in the header after a 401.
 "use strict";
 
 const CRITERIA = ["accuracy", "relevance", "coherence"];
+const KEY_STORE = "lmforge.rank.key";
 const $ = (id) => document.getElementById(id);
 let current = null;
 const skipped = [];
+
+function keyFromLink() { // ?key=... → sessionStorage, and out of the address bar and history
+  const params = new URLSearchParams(location.search);
+  if (!params.has("key")) return;
+  sessionStorage.setItem(KEY_STORE, params.get("key"));
+  params.delete("key");
+  const rest = params.toString();
+  history.replaceState(null, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
+}
+
+function askForKey() {
+  $("keybox").hidden = false;
+  setMessage("This page needs its access key: open the link you were given, or enter its key here.", "error");
+  $("key").focus();
+}
+
+async function api(path, options) { // fetch with the key; a 401 shows the key box
+  const opts = Object.assign({}, options);
+  opts.headers = Object.assign({}, opts.headers);
+  const key = sessionStorage.getItem(KEY_STORE);
+  if (key) opts.headers.Authorization = "Bearer " + key;
+  const r = await fetch(path, opts);
+  const data = await r.json();
+  if (r.status === 401) askForKey();
+  return { r, data };
+}
 
 function setMessage(text, kind) {
   const m = $("message");
@@ -107,7 +137,7 @@ function card(resp, k) {
 
 function show(item, count, total) {
   current = item;
-  $("progress").textContent = `${count} ranking(s) stored · ${total} item(s)`;
+  $("progress").textContent = total === null ? "" : `${count} ranking(s) stored · ${total} item(s)`;
   const prompt = $("prompt");
   const list = $("responses");
   prompt.replaceChildren();
@@ -116,7 +146,7 @@ function show(item, count, total) {
   $("submit").disabled = !item;
   $("skip").disabled = !item;
   if (!item) {
-    prompt.textContent = "Nothing left to rank for this annotator id. Thank you!";
+    prompt.textContent = total === null ? "" : "Nothing left to rank for this annotator id. Thank you!";
     return;
   }
   prompt.dataset.item = item.id;
@@ -135,8 +165,12 @@ function show(item, count, total) {
 async function next() {
   const who = $("annotator").value.trim();
   const q = new URLSearchParams({ annotator: who, skip: skipped.join(",") });
-  const r = await fetch("/api/next?" + q);
-  const data = await r.json();
+  const { r, data } = await api("/api/next?" + q);
+  if (!r.ok) {
+    if (r.status !== 401) setMessage((data.error && data.error.message) || `error ${r.status}`, "error");
+    show(null, 0, null); // nothing to show until the call succeeds
+    return;
+  }
   if (data.title) { document.title = data.title; $("title").textContent = data.title; }
   show(data.item, data.count, data.total);
 }
@@ -166,12 +200,12 @@ async function submit() {
   if (!body.annotator) { setMessage("Enter an annotator id first.", "error"); $("annotator").focus(); return; }
   $("submit").disabled = true;
   try {
-    const r = await fetch("/api/rankings", {
+    const { r, data } = await api("/api/rankings", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(body),
     });
-    const data = await r.json();
+    if (r.status === 401) return;
     if (!r.ok) { setMessage((data.error && data.error.message) || `error ${r.status}`, "error"); return; }
     setMessage(`Saved: ranking ${data.count} stored.` + (data.done ? " Collection finished." : ""), "ok");
     if (!data.done) await next(); else show(null, data.count, 0);
@@ -187,6 +221,13 @@ $("annotator").addEventListener("change", () => {
   localStorage.setItem("lmforge.annotator", $("annotator").value.trim());
   next();
 });
+$("key").addEventListener("change", () => {
+  sessionStorage.setItem(KEY_STORE, $("key").value.trim());
+  $("keybox").hidden = true;
+  if (current) setMessage("Key saved: submit again.", "ok"); // keep the ranking on screen
+  else { setMessage("", ""); next(); }
+});
 $("submit").addEventListener("click", submit);
 $("skip").addEventListener("click", () => { if (current) skipped.push(current.id); next(); });
+keyFromLink();
 next();

@@ -12,11 +12,22 @@ which ``align reward`` / ``align dpo`` read (``train: ["@collect/rankings.jsonl"
 
 The stage finishes when the store holds ``max_rankings`` rankings, or on Ctrl-C (SIGINT) or SIGTERM:
 either way the manifest is written with the rankings collected so far.
+
+Access: ``api_key`` (or, when empty, the ``LMFORGE_API_KEY`` variable, as ``lmforge serve``) makes the
+page's ``/api/*`` require that key (``serve.ranking``); the link to hand to annotators, with the key as
+``?key=``, is printed on stderr and never logged, and the key is kept out of the manifest (``(set)``
+stands in for it), ``stage.log``, ``server.json`` and the cache key. Binding a non-loopback address
+without a key logs a warning: anyone who reaches it can read the replies and submit rankings.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import ipaddress
 import logging
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +42,8 @@ VERSION = 1
 RESPONSES = "responses.jsonl"
 RANKINGS = "rankings.jsonl"
 SERVER = "server.json"
+KEY_ENV = "LMFORGE_API_KEY"  # the variable lmforge serve reads (stages/serve.py)
+KEY_SET = "(set)"  # what the manifest records instead of the key
 
 
 @dataclass
@@ -51,6 +64,11 @@ class Config:
     host: str = opt("127.0.0.1", "address the ranking page listens on (0.0.0.0 = every interface)")
     port: int = opt(8765, "port of the ranking page (0 = any free port)")
     max_rankings: int = opt(0, "finish once the store holds this many rankings (0 = until Ctrl-C)")
+    api_key: str = opt(
+        "",
+        f"require this key on the page's /api/* ('' = ${KEY_ENV}, else none); the printed link carries it",
+        cache=False,
+    )
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
     threads: int = opt(0, "CPU threads for torch (0 = one per core)", cache=False)
 
@@ -84,7 +102,32 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     if not cfg.out:
         raise ConfigError("out", "an output directory is required (e.g. --out runs/x/collect)")
     found = {"model": cfg.model, "prompts": cfg.prompts}
-    return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)
+    key = resolve_key(cfg)
+    recorded = dataclasses.replace(cfg, api_key=KEY_SET if key else "")  # the manifest never holds it
+    serve = functools.partial(work, api_key=key)
+    return run_stage(STAGE, recorded, out=cfg.out, inputs=found, work=serve, version=VERSION, force=force)
+
+
+def resolve_key(cfg: Config) -> str:
+    """The key the page requires: ``cfg.api_key``, else ``$LMFORGE_API_KEY``, else none ('')."""
+    return cfg.api_key or os.environ.get(KEY_ENV, "")
+
+
+def warn_if_exposed(host: str, api_key: str) -> bool:
+    """Log a warning (and return True) when ``host`` is not a loopback address and no key is set."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:  # a host name other than localhost
+        loopback = False
+    if loopback or api_key:
+        return False
+    logger.warning(
+        "the ranking page listens on %s without an API key: anyone who can reach it can read the "
+        "replies and submit rankings; set --api_key (or $%s), or bind 127.0.0.1",
+        host,
+        KEY_ENV,
+    )
+    return True
 
 
 def generation_key(cfg: Config, ctx: StageContext) -> str:
@@ -195,13 +238,15 @@ def load_or_sample(cfg: Config, ctx: StageContext) -> tuple[list[Any], int]:
     return items, dropped
 
 
-def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
-    """Sample (or reuse) the replies, serve the ranking page until done, report what was collected."""
-    import os
+def work(cfg: Config, ctx: StageContext, *, api_key: str = "") -> dict[str, float]:
+    """Sample (or reuse) the replies, serve the ranking page until done, report what was collected.
+
+    ``api_key`` (resolved by ``main``; ``cfg.api_key`` holds only a stand-in) guards ``/api/*``."""
     import signal
     import socket
     import threading
     import time
+    from urllib.parse import urlencode
 
     import uvicorn
 
@@ -231,7 +276,8 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     if cfg.max_rankings and already >= cfg.max_rankings:
         logger.info("the store already holds %d rankings (max_rankings %d)", already, cfg.max_rankings)
     else:
-        app = create_ranking_app(store, title=f"lmforge: rank replies of {Path(ctx.inputs['model']).name}")
+        title = f"lmforge: rank replies of {Path(ctx.inputs['model']).name}"
+        app = create_ranking_app(store, title=title, api_key=api_key)
         sock = socket.socket(socket.AF_INET6 if ":" in cfg.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((cfg.host, cfg.port))
@@ -239,17 +285,25 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         host, port = sock.getsockname()[:2]
         url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
         holder["server"] = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-        write_json_atomic(ctx.dir / SERVER, {"url": url, "pid": os.getpid()})
+        write_json_atomic(ctx.dir / SERVER, {"url": url, "pid": os.getpid(), "auth": bool(api_key)})
+        warn_if_exposed(str(host), api_key)
         logger.info(
-            "ranking page: %s — %d items × up to %d replies, %d rankings stored; %s",
+            "ranking page: %s — %d items × up to %d replies, %d rankings stored; %s; %s",
             url,
             len(items),
             cfg.n_responses,
             already,
+            "API key required (link with the key on stderr)" if api_key else "no API key",
             f"finishes at {cfg.max_rankings} rankings or on Ctrl-C"
             if cfg.max_rankings
             else "Ctrl-C finishes",
         )
+        if api_key:  # printed, not logged: stage.log stays free of the key
+            print(
+                f"ranking page for annotators: {url}?{urlencode({'key': api_key})}",
+                file=sys.stderr,
+                flush=True,
+            )
         main_thread = threading.current_thread() is threading.main_thread()
         old_term = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
         try:
