@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lmforge.inference.batch_forward import RaggedForward
 from lmforge.inference.engine import Engine, SamplingParams
@@ -75,3 +76,33 @@ def test_int8_keeps_widths_the_kernel_cannot_take_and_rejects_unknown_formats() 
     assert len(out[0].ids) == 4 and out[0].ids[:1] == exact[0].ids[:1]
     with pytest.raises(ValueError, match="weights"):
         RaggedForward(model, weights="int4")
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+@pytest.mark.parametrize("rows", [1, 2, 3, 8, 40])
+def test_cpu_fp32_matmul_paths_equal_f_linear(rows: int, bias: bool) -> None:
+    """The exact fp32 CPU matmul takes ``_few_rows`` (<= FEW_ROWS rows) or oneDNN's prepacked linear
+    (more rows); both give ``F.linear``'s product and ``residual + product`` to fp32 rounding."""
+    from lmforge.inference.batch_forward import _Matmul, _onednn_linear
+
+    torch.manual_seed(rows)
+    w, b = torch.randn(72, 48), torch.randn(72) if bias else None
+    x, residual = torch.randn(rows, 48), torch.randn(rows, 72)
+    mm = _Matmul(w, b, int8=False)
+    assert (mm.packed is not None) == _onednn_linear()
+    want = F.linear(x, w, b)
+    torch.testing.assert_close(mm(x), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mm.add(x, residual), residual + want, rtol=1e-5, atol=1e-5)
+    # a non-contiguous input (a column slice, as after a split) is taken as well
+    wide = torch.randn(rows, 96)
+    torch.testing.assert_close(mm(wide[:, ::2]), F.linear(wide[:, ::2], w, b), rtol=1e-5, atol=1e-5)
+    assert mm(x).shape == (rows, 72) and mm(x).is_contiguous()
+
+
+def test_onednn_is_found_on_this_torch() -> None:
+    """The CPU build the project pins ships oneDNN, so the fast path is not silently off here."""
+    from lmforge.inference.batch_forward import _onednn_linear
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN (the engine falls back to F.linear)")
+    assert _onednn_linear()

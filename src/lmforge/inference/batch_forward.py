@@ -13,13 +13,20 @@ Speed (cached decoding at small batch is bound by per-op overhead and weight rea
 docs/performance.md, "Decoding"): for plain ``nn.Linear`` projections q/k/v and gate/up run as one
 matmul each over concatenated weights, built by ``refresh()`` and rebuilt only when a parameter changed
 since (tensor version counters, so an optimiser step between generations is seen); residual additions
-are fused into the o_proj/down_proj matmuls (``addmm``); only the last position's logits are computed
+are fused into the o_proj/down_proj matmuls; only the last position's logits are computed
 when ``last_only``; a batch without padding (one prompt, or prompts of equal length) takes its
 positions as a slice and needs no mask. RoPE is one complex multiply: the rows of q and k are permuted
 once so each half-split pair (i, i + Q/2) is adjacent (the decoder's training path does the same); keys
 are cached in that order, and since q and k are permuted alike their dot products are unchanged. In
 fp32 the rotated keys are written straight into the cache (``torch.mul(..., out=)``), with no copy.
 Wrapped projections (e.g. LoRA) keep their modules and have their outputs permuted instead.
+
+fp32 matmuls on a CPU (still exact: fp32 products, only the rounding order differs) skip ``F.linear``,
+whose MKL kernels are slow for the few rows a decode step has (a matrix-vector product reads the
+weights at ~60% of the rate of a two-column product here): at most ``FEW_ROWS`` rows run as
+``(w @ x.T).T`` with one row doubled, more rows through oneDNN's prepacked linear (the kernel Inductor
+uses on CPUs; ``refresh()`` packs each weight once, one extra copy of the weights in memory), where the
+residual add is fused too. Without oneDNN in the torch build, ``F.linear``/``addmm`` as before.
 
 ``weights="int8"`` (opt-in, not exact): every plain projection and ``lm_head`` whose input width is a
 multiple of 16 is quantised once per ``refresh()`` to int8 with one fp32 scale per output row
@@ -33,6 +40,8 @@ Shape notation: B batch, T new tokens, S filled cache columns, D n_embd, H heads
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,6 +50,8 @@ from lmforge.model.decoder import Decoder
 from lmforge.model.kv_cache import KVCache
 
 WEIGHT_FORMATS = ("exact", "int8")
+FEW_ROWS = 2  # exact fp32 CPU matmuls of at most this many rows take ``_few_rows`` (module docstring)
+PACK_ROWS = 8  # the row count oneDNN packs weights for
 
 
 class RaggedForward:
@@ -241,24 +252,55 @@ class _Matmul:
     def __init__(self, w: torch.Tensor, b: torch.Tensor | None, int8: bool):
         self.w, self.b = w, b
         self.wt = w.t()
-        self.w8 = self.scale = None
+        self.w8 = self.scale = self.packed = None
         if int8 and w.shape[1] % 16 == 0:
             scale = w.float().abs().amax(dim=1).clamp_(min=1e-12) / 127  # [N]
             self.w8 = (w.float() / scale[:, None]).round_().clamp_(-127, 127).to(torch.int8)
             self.scale = scale.to(torch.bfloat16)
             self.w = self.wt = None  # the exact weight is not needed (and not kept alive) here
+        elif w.is_cpu and w.dtype == torch.float32 and _onednn_linear():
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(w, PACK_ROWS)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None and x.dtype == torch.float32:
+            if x.shape[0] <= FEW_ROWS:
+                y = _few_rows(self.w, x)
+                return y if self.b is None else y.add_(self.b)
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.b, "none", [], "")
         if self.w8 is None:
             return F.linear(x, self.w, self.b)
         y = torch._weight_int8pack_mm(x.to(torch.bfloat16), self.w8, self.scale).to(x.dtype)
         return y if self.b is None else y.add_(self.b)
 
     def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """``residual + self(x)``; one ``addmm`` for an exact bias-free weight."""
-        if self.w8 is None and self.b is None:
+        """``residual + self(x)``, the add fused into the matmul where the kernel allows."""
+        if self.packed is not None and x.dtype == torch.float32 and x.shape[0] > FEW_ROWS:
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed, self.b, "add")
+        if self.w8 is None and self.b is None and self.packed is None:
             return torch.addmm(residual, x, self.wt)
         return residual + self(x)
+
+
+def _few_rows(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x @ w.T`` for ``x`` ``[n, D]`` with ``n <= FEW_ROWS``, as ``(w @ x.T).T`` over a row-contiguous
+    ``x``; one row is doubled (MKL's two-column product is faster here than its matrix-vector one)."""
+    x = x.contiguous()
+    if x.shape[0] == 1:
+        return torch.mm(w, torch.cat((x, x)).t())[:, :1].t().contiguous()
+    return torch.mm(w, x.t()).t().contiguous()
+
+
+@functools.cache
+def _onednn_linear() -> bool:
+    """Whether this torch has oneDNN's prepacked fp32 linear (the kernel Inductor uses on CPUs), checked
+    on a small product against ``F.linear``."""
+    try:
+        w, x = torch.randn(24, 16), torch.randn(3, 16)
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, PACK_ROWS)
+        y = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+        return bool(torch.allclose(y, F.linear(x, w), atol=1e-5))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
 
 
 class _Layer:
