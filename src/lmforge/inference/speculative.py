@@ -59,10 +59,12 @@ Departures and limits:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from lmforge.config import ConfigError
 from lmforge.inference.batch_forward import RaggedForward
 from lmforge.inference.engine import Batch, Engine, Event, RowOutput, SamplingParams, select_rows
 from lmforge.inference.sampling import filter_logits
@@ -94,6 +96,38 @@ def check_draft(model: Decoder, draft: object, draft_tokens: int, ngram_max: int
             f"draft: the draft model is on {draft.tok_emb.weight.device}, the target on "
             f"{model.tok_emb.weight.device}"
         )
+
+
+def load_draft(path: Path, which: str, target: Decoder, tokenizer: object) -> Decoder:
+    """The draft model at ``path`` (a checkpoint, or the ``which`` checkpoint of a training stage) on
+    ``target``'s device, checked to serve ``target`` (the CLI's ``--draft_model``).
+
+    Raises:
+        ConfigError (``draft_model``): not a decoder; its tokenizer is not ``tokenizer`` (both sizes
+            named); another vocabulary size, a shorter context (``check_draft``).
+        InputError: nothing under ``path`` is a complete checkpoint.
+    """
+    from lmforge.tokenizer.train import load_tokenizer
+    from lmforge.training.checkpoint import load_model, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(path, which)
+    draft, mcfg = load_model(ckpt, device=target.tok_emb.weight.device)
+    if mcfg.arch != "decoder":
+        raise ConfigError("draft_model", f"{ckpt} is an {mcfg.arch}; a draft must be a decoder checkpoint")
+    if (ckpt / "tokenizer.json").is_file():
+        own, vocab = load_tokenizer(ckpt / "tokenizer.json"), tokenizer.get_vocab()  # type: ignore[attr-defined]
+        if own.get_vocab() != vocab:
+            same = " (same size, other tokens)" if own.get_vocab_size() == len(vocab) else ""
+            raise ConfigError(
+                "draft_model",
+                f"{ckpt}: the draft's tokenizer ({own.get_vocab_size()} tokens) differs from the "
+                f"target's ({len(vocab)} tokens){same}; the draft must use the target's tokenizer",
+            )
+    try:
+        check_draft(target, draft, 1, 1)
+    except ValueError as exc:  # vocabulary size, context
+        raise ConfigError("draft_model", f"{ckpt}: {str(exc).removeprefix('draft: ')}") from exc
+    return draft
 
 
 def ngram_draft(seq: list[int], ngram_max: int, k: int) -> list[int]:
@@ -361,6 +395,7 @@ __all__ = [
     "NgramDrafter",
     "adapt",
     "check_draft",
+    "load_draft",
     "ngram_draft",
     "speculative_loop",
     "verify",

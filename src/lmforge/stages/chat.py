@@ -21,15 +21,9 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
-
-if TYPE_CHECKING:
-    import torch
-    from tokenizers import Tokenizer
-
-    from lmforge.model.decoder import Decoder
 
 STAGE = "chat"
 INPUTS = ("model", "draft_model")
@@ -116,45 +110,14 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     model, _ = load_model(ckpt, device=rt.device)
     tok = load_tokenizer(ckpt / "tokenizer.json")
     if draft == "model":
-        draft = load_draft(Path(cfg.draft_model).expanduser(), cfg.checkpoint, tok, rt.device)
-    try:
-        engine = Engine(model, tok, weights=cfg.weights, draft=draft, draft_tokens=cfg.draft_tokens)
-    except ValueError as exc:  # the draft model cannot serve this target (vocabulary, context, device)
-        reason = str(exc).removeprefix("draft: ")
-        raise ConfigError("draft_model", f"{cfg.draft_model}: {reason}") from exc
+        from lmforge.inference.speculative import load_draft
+
+        draft = load_draft(Path(cfg.draft_model).expanduser(), cfg.checkpoint, model, tok)
+    engine = Engine(model, tok, weights=cfg.weights, draft=draft, draft_tokens=cfg.draft_tokens)
     using = f", draft {cfg.draft}" if draft is not None else ""
     print(f"lmforge chat: {ckpt}{using} — /reset, /system TEXT, /quit", flush=True)
     turns = chat_loop(engine, cfg, _lines(), lambda s: print(s, end="", flush=True))
     return {"turns": turns}
-
-
-def load_draft(path: Path, which: str, tok: Tokenizer, device: torch.device) -> Decoder:
-    """The draft model at ``path`` (a checkpoint, or the ``which`` checkpoint of a training stage).
-
-    The same check as ``lmforge generate``'s (a stage does not import another stage).
-
-    Raises:
-        ConfigError: not a decoder, or the draft's tokenizer is not ``tok`` (both sizes named); the
-            engine checks the model's vocabulary size and context when it is built.
-        InputError: nothing under ``path`` is a complete checkpoint.
-    """
-    from lmforge.tokenizer.train import load_tokenizer
-    from lmforge.training.checkpoint import load_model, resolve_checkpoint
-
-    ckpt = resolve_checkpoint(path, which)
-    draft, mcfg = load_model(ckpt, device=device)
-    if mcfg.arch != "decoder":
-        raise ConfigError("draft_model", f"{ckpt} is an {mcfg.arch}; a draft must be a decoder checkpoint")
-    if (ckpt / "tokenizer.json").is_file():
-        own = load_tokenizer(ckpt / "tokenizer.json")
-        if own.get_vocab() != tok.get_vocab():
-            same = " (same size, other tokens)" if own.get_vocab_size() == tok.get_vocab_size() else ""
-            raise ConfigError(
-                "draft_model",
-                f"{ckpt}: the draft's tokenizer ({own.get_vocab_size()} tokens) differs from the "
-                f"target's ({tok.get_vocab_size()} tokens){same}; the draft must use the target's tokenizer",
-            )
-    return draft
 
 
 def _lines() -> Iterable[str]:

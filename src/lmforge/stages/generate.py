@@ -12,17 +12,10 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
 from lmforge.runstore import StageContext, config_inputs, run_stage
-
-if TYPE_CHECKING:
-    import torch
-    from tokenizers import Tokenizer
-
-    from lmforge.model.decoder import Decoder
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +127,9 @@ def sample(cfg: Config, ctx: StageContext) -> dict[str, float]:
     )
     draft: Any = None if cfg.draft == "none" else cfg.draft
     if cfg.draft == "model":
-        draft = load_draft(ctx.inputs["draft_model"], cfg.checkpoint, tok, rt.device)
+        from lmforge.inference.speculative import load_draft
+
+        draft = load_draft(ctx.inputs["draft_model"], cfg.checkpoint, model, tok)
     if draft is not None and cfg.repetition_penalty != 1:
         log.warning(
             "draft %s is not used: repetition_penalty %g != 1 is decoded plainly",
@@ -143,11 +138,7 @@ def sample(cfg: Config, ctx: StageContext) -> dict[str, float]:
         )
     start = time.perf_counter()
     prompts = [[bos] + tok.encode(p, add_special_tokens=False).ids for p in cfg.prompts]
-    try:
-        engine = Engine(model, tok, weights=cfg.weights, draft=draft, draft_tokens=cfg.draft_tokens)
-    except ValueError as exc:  # the draft model cannot serve this target (vocabulary, context, device)
-        reason = str(exc).removeprefix("draft: ")
-        raise ConfigError("draft_model", f"{ctx.inputs['draft_model']}: {reason}") from exc
+    engine = Engine(model, tok, weights=cfg.weights, draft=draft, draft_tokens=cfg.draft_tokens)
     completions = engine.generate(prompts, params)
     dt = time.perf_counter() - start
     with (ctx.dir / "samples.jsonl").open("w", encoding="utf-8") as fh:
@@ -165,30 +156,3 @@ def sample(cfg: Config, ctx: StageContext) -> dict[str, float]:
     if cfg.draft != "none":
         metrics.update(draft_acceptance=engine.stats.acceptance, tokens_per_pass=engine.stats.tokens_per_pass)
     return metrics
-
-
-def load_draft(path: Path, which: str, tok: Tokenizer, device: torch.device) -> Decoder:
-    """The draft model at ``path`` (a checkpoint, or the ``which`` checkpoint of a training stage).
-
-    Raises:
-        ConfigError: not a decoder, or the draft's tokenizer is not ``tok`` (both sizes named); the
-            engine checks the model's vocabulary size and context when it is built.
-        InputError: nothing under ``path`` is a complete checkpoint.
-    """
-    from lmforge.tokenizer.train import load_tokenizer
-    from lmforge.training.checkpoint import load_model, resolve_checkpoint
-
-    ckpt = resolve_checkpoint(path, which)
-    draft, mcfg = load_model(ckpt, device=device)
-    if mcfg.arch != "decoder":
-        raise ConfigError("draft_model", f"{ckpt} is an {mcfg.arch}; a draft must be a decoder checkpoint")
-    if (ckpt / "tokenizer.json").is_file():
-        own = load_tokenizer(ckpt / "tokenizer.json")
-        if own.get_vocab() != tok.get_vocab():
-            same = " (same size, other tokens)" if own.get_vocab_size() == tok.get_vocab_size() else ""
-            raise ConfigError(
-                "draft_model",
-                f"{ckpt}: the draft's tokenizer ({own.get_vocab_size()} tokens) differs from the "
-                f"target's ({tok.get_vocab_size()} tokens){same}; the draft must use the target's tokenizer",
-            )
-    return draft
