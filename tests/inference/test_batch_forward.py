@@ -81,18 +81,20 @@ def test_int8_keeps_widths_the_kernel_cannot_take_and_rejects_unknown_formats() 
 @pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
 @pytest.mark.parametrize("rows", [1, 2, 3, 8, 40])
 def test_cpu_fp32_matmul_paths_equal_f_linear(rows: int, bias: bool) -> None:
-    """The exact fp32 CPU matmul takes ``_few_rows`` (<= FEW_ROWS rows) or oneDNN's prepacked linear
-    (more rows); both give ``F.linear``'s product and ``residual + product`` to fp32 rounding."""
-    from lmforge.inference.batch_forward import _Matmul, _onednn_linear
+    """The exact fp32 CPU matmul takes ``_few_rows`` (<= FEW_ROWS rows), else F.linear on the first
+    call and oneDNN's prepacked linear from the second on; every path gives ``F.linear``'s product and
+    ``residual + product`` to fp32 rounding."""
+    from lmforge.inference.batch_forward import FEW_ROWS, _Matmul, _onednn_linear
 
     torch.manual_seed(rows)
     w, b = torch.randn(72, 48), torch.randn(72) if bias else None
     x, residual = torch.randn(rows, 48), torch.randn(rows, 72)
     mm = _Matmul(w, b, int8=False)
-    assert (mm.packed is not None) == _onednn_linear()
     want = F.linear(x, w, b)
-    torch.testing.assert_close(mm(x), want, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(mm.add(x, residual), residual + want, rtol=1e-5, atol=1e-5)
+    for _ in range(3):  # the first wide call is plain, the second packs, the third uses the packing
+        torch.testing.assert_close(mm(x), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(mm.add(x, residual), residual + want, rtol=1e-5, atol=1e-5)
+    assert (mm.packed is not None) == (rows > FEW_ROWS and _onednn_linear())
     # a non-contiguous input (a column slice, as after a split) is taken as well
     wide = torch.randn(rows, 96)
     torch.testing.assert_close(mm(wide[:, ::2]), F.linear(wide[:, ::2], w, b), rtol=1e-5, atol=1e-5)

@@ -25,8 +25,9 @@ fp32 matmuls on a CPU (still exact: fp32 products, only the rounding order diffe
 whose MKL kernels are slow for the few rows a decode step has (a matrix-vector product reads the
 weights at ~60% of the rate of a two-column product here): at most ``FEW_ROWS`` rows run as
 ``(w @ x.T).T`` with one row doubled, more rows through oneDNN's prepacked linear (the kernel Inductor
-uses on CPUs; ``refresh()`` packs each weight once, one extra copy of the weights in memory), where the
-residual add is fused too. Without oneDNN in the torch build, ``F.linear``/``addmm`` as before.
+uses on CPUs; each weight packed once per ``refresh()``, one extra copy of it in memory), where the
+residual add is fused too. A weight is packed on its second call with more rows (so a batch-1
+decode, whose only such call is its prefill, never pays for it). Without oneDNN, ``F.linear``/``addmm``.
 
 ``weights="int8"`` (opt-in, not exact): every plain projection and ``lm_head`` whose input width is a
 multiple of 16 is quantised once per ``refresh()`` to int8 with one fp32 scale per output row
@@ -258,27 +259,47 @@ class _Matmul:
             self.w8 = (w.float() / scale[:, None]).round_().clamp_(-127, 127).to(torch.int8)
             self.scale = scale.to(torch.bfloat16)
             self.w = self.wt = None  # the exact weight is not needed (and not kept alive) here
-        elif w.is_cpu and w.dtype == torch.float32 and _onednn_linear():
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(w, PACK_ROWS)
+        # exact fp32 on a CPU: the fast paths below; oneDNN's packed copy is made on the second call
+        # with more than FEW_ROWS rows (a batch-1 decode, whose only such call is its prefill, never
+        # pays for packing)
+        self.fast = w.is_cpu and w.dtype == torch.float32 and self.w8 is None and _onednn_linear()
+        self.wide_calls = 0
+
+    def _route(self, x: torch.Tensor) -> str:
+        """``"few"``, ``"packed"`` or ``"plain"`` (F.linear / addmm) for input ``x``."""
+        if not self.fast or x.dtype != torch.float32:
+            return "plain"
+        if x.shape[0] <= FEW_ROWS:
+            return "few"
+        if self.packed is None:
+            self.wide_calls += 1
+            if self.wide_calls < 2:
+                return "plain"
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.w, PACK_ROWS)
+        return "packed"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None and x.dtype == torch.float32:
-            if x.shape[0] <= FEW_ROWS:
-                y = _few_rows(self.w, x)
-                return y if self.b is None else y.add_(self.b)
+        if self.w8 is not None:
+            y = torch._weight_int8pack_mm(x.to(torch.bfloat16), self.w8, self.scale).to(x.dtype)
+            return y if self.b is None else y.add_(self.b)
+        route = self._route(x)
+        if route == "few":
+            y = _few_rows(self.w, x)
+            return y if self.b is None else y.add_(self.b)
+        if route == "packed":
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.b, "none", [], "")
-        if self.w8 is None:
-            return F.linear(x, self.w, self.b)
-        y = torch._weight_int8pack_mm(x.to(torch.bfloat16), self.w8, self.scale).to(x.dtype)
-        return y if self.b is None else y.add_(self.b)
+        return F.linear(x, self.w, self.b)
 
     def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """``residual + self(x)``, the add fused into the matmul where the kernel allows."""
-        if self.packed is not None and x.dtype == torch.float32 and x.shape[0] > FEW_ROWS:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed, self.b, "add")
-        if self.w8 is None and self.b is None and self.packed is None:
-            return torch.addmm(residual, x, self.wt)
-        return residual + self(x)
+        if self.w8 is not None or self.b is not None:
+            return residual + self(x)
+        route = self._route(x)
+        if route == "packed":
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed, None, "add")
+        if route == "few":
+            return residual + _few_rows(self.w, x)
+        return torch.addmm(residual, x, self.wt)
 
 
 def _few_rows(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
