@@ -85,7 +85,7 @@ def test_greedy_equals_plain_greedy_batch1_and_ragged(models, which: str, k: int
     target, small = models
     draft = {"ngram": "ngram", "draft": small, "self": target}[which]
     params = SamplingParams(max_new_tokens=30, temperature=0)
-    engine = Engine(target, draft=draft, draft_tokens=k)
+    engine = Engine(target, draft=draft, draft_tokens=k, draft_gate=False)  # passes counted below
     for prompts in (PROMPTS[:1], PROMPTS, repeating(target)):
         want = [c.ids for c in plain(target, prompts, params)]
         assert [c.ids for c in engine.generate(prompts, params)] == want
@@ -113,7 +113,7 @@ def test_rows_accept_different_counts_in_one_pass(models) -> None:
 def test_a_draft_equal_to_the_target_accepts_everything(models) -> None:
     target, _ = models
     k, n = 4, 31
-    engine = Engine(target, draft=target, draft_tokens=k)
+    engine = Engine(target, draft=target, draft_tokens=k, draft_gate=False)  # passes counted below
     params = SamplingParams(max_new_tokens=n, temperature=0)
     out = engine.generate(PROMPTS[:1], params)[0]
     assert out.ids == plain(target, PROMPTS[:1], params)[0].ids
@@ -308,3 +308,56 @@ def test_bad_draft_arguments_raise(models) -> None:
         Engine(target, draft="ngram", draft_tokens=0)
     with pytest.raises(ValueError, match="ngram_max"):
         Engine(target, draft="ngram", ngram_max=0)
+
+
+def test_speed_gate_turns_drafting_off_while_it_is_slower_and_probes_again() -> None:
+    """Fed measured passes: two plain passes first (the first untimed); a window of 8 drafting passes at half the plain
+    rate holds drafting back for 16 passes, a 2-pass probe still slower for 32, a faster probe reopens
+    it for a full window; a window's rate is its sum (single slow passes do not decide); a plain pass
+    follows every 4th won window; a disabled gate always drafts."""
+    from lmforge.inference.speculative import SpeedGate
+
+    def drafting(gate: SpeedGate, tokens: list[int]) -> None:
+        for t in tokens:
+            assert gate.allow()
+            gate.record(True, tokens=t, seconds=0.02)
+
+    def plain(gate: SpeedGate, n: int) -> None:
+        assert [gate.allow() for _ in range(n)] == [False] * n
+        for _ in range(n):
+            gate.record(False, tokens=1, seconds=0.01)  # 100 tok/s
+
+    gate = SpeedGate()
+    assert [gate.allow(), gate.allow()] == [False, False]  # two plain passes first
+    gate.record(False, tokens=1, seconds=5.0)  # the first one paid a one-time setup: not a rate
+    gate.record(False, tokens=1, seconds=0.01)
+    drafting(gate, [1] * 8)  # 50 tok/s over the window: off for 16
+    plain(gate, 16)
+    drafting(gate, [1, 1])  # the probe: still slower, off for 32
+    plain(gate, 32)
+    drafting(gate, [5, 1])  # 150 tok/s: drafting again, a full window to the next decision
+    assert gate.backoff == 16 and gate.need == 8
+    drafting(gate, [1, 5, 1, 5, 1, 5, 1, 5])  # half the passes emit 1, the window is still faster
+    assert gate.allow() and gate.off == 0
+    drafting(gate, [3] * 8)  # wins 1 (the probe), 2 and 3 so far: drafting goes on
+    drafting(gate, [3] * 8)  # the 4th won in a row is followed by one plain pass
+    plain(gate, 1)
+    assert gate.allow()
+    never_off = SpeedGate(enabled=False)
+    for _ in range(20):
+        never_off.record(True, tokens=1, seconds=1.0)
+        never_off.record(False, tokens=1, seconds=0.001)
+    assert all(never_off.allow() for _ in range(20))
+
+
+def test_a_slow_draft_is_gated_off_and_the_output_is_unchanged(models) -> None:
+    """The target drafting for itself costs k target steps per pass; on a machine where that loses to
+    plain decoding the gate holds drafting back, and either way the tokens are plain greedy's."""
+    target, _ = models
+    params = SamplingParams(max_new_tokens=40, temperature=0)
+    want = [c.ids for c in plain(target, PROMPTS, params)]
+    gated = Engine(target, draft=target, draft_tokens=4)
+    always = Engine(target, draft=target, draft_tokens=4, draft_gate=False)
+    assert [c.ids for c in gated.generate(PROMPTS, params)] == want
+    assert [c.ids for c in always.generate(PROMPTS, params)] == want
+    assert gated.stats.drafted <= always.stats.drafted

@@ -128,6 +128,10 @@ class Engine:
             for token; sampling: in distribution); repetition penalty falls back to plain decoding.
         draft_tokens: tokens drafted per verification pass (k >= 1).
         ngram_max: longest suffix the ``"ngram"`` drafter matches (it tries ``ngram_max`` down to 1).
+        draft_gate: when decoding greedily, measure whether passes with drafts emit more tokens per
+            second than plain ones, and decode plainly while they do not (``speculative.SpeedGate``;
+            speed only, the output is the same). ``False`` drafts on every pass, whatever it costs.
+            Sampling always drafts (a timing-driven choice would change a seeded sample).
 
     Raises:
         ValueError: an unknown ``draft``, a draft model with another vocabulary or a shorter context,
@@ -142,6 +146,7 @@ class Engine:
         draft: str | Decoder | None = None,
         draft_tokens: int = 4,
         ngram_max: int = 3,
+        draft_gate: bool = True,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -151,6 +156,7 @@ class Engine:
 
         check_draft(model, draft, draft_tokens, ngram_max)
         self.draft, self.draft_tokens, self.ngram_max = draft, draft_tokens, ngram_max
+        self.draft_gate = draft_gate
         self.stats = DecodeStats()  # of the latest call (reset when a call starts)
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:

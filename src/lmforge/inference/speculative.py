@@ -31,6 +31,12 @@ Draft length: each row drafts up to ``want`` tokens, adapted after every pass (`
 after a fully accepted draft, shorter after a rejection, none for a while after drafts that all fail
 (speculation on unpredictable text then costs little more than plain decoding).
 
+Whether drafting pays (``SpeedGate``, greedy only): a pass over k+1 columns costs more than a one-token
+step, a lot more at batch 8 on a CPU, where the matmuls are no longer bound by reading the weights, and
+a draft model adds its own steps. The loop times its passes and compares tokens per second over
+windows of 8 drafting passes with that of plain passes (a call starts with two, and one follows
+every 4th window drafting wins); while drafting is slower, passes draft nothing for 16, 32, .. 128 passes, each followed by a probe of 2 drafting passes. ``Engine(..., draft_gate=False)`` drafts on every pass.
+
 Ragged acceptance: the rows of a batch share one cache column counter (left padding,
 ``batch_forward.py``). After a pass row ``b`` has ``v_b`` = 1 + accepted drafts new valid columns;
 the shared position moves by ``max(v)`` and each row's cache is moved right by ``max(v) - v_b``
@@ -58,6 +64,7 @@ Departures and limits:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -307,6 +314,72 @@ def adapt(want: float, drafted: int, kept: int, k: int) -> float:
     return float(kept + 1) if kept else want / 2
 
 
+class SpeedGate:
+    """Whether drafting pays on this machine for this batch, by measurement: tokens per second of passes
+    that verified drafts, summed over a window (one pass emits 1 .. k+1 tokens per row, so one pass
+    says little), against passes that did not (an exponential average; their rate is steady; a call
+    starts with two, the first untimed as it may pay one-time setup, and every 4th won window is
+    followed by one). A window of ``window`` drafting passes decides; while drafting is measured
+    slower, passes draft nothing for ``backoff`` passes, doubling up to ``max_backoff``, and then a
+    cheap probe of ``probe`` drafting passes decides again (a wrong "slower" costs little, a wrong
+    "faster" one window). Greedy decoding only, where the output never depends on it (every pass is
+    exact); when sampling it stays open, so a seed reproduces whatever the timing."""
+
+    def __init__(
+        self,
+        enabled: bool = True,
+        window: int = 8,
+        probe: int = 2,
+        backoff: int = 16,
+        max_backoff: int = 128,
+        weight: float = 0.3,
+    ):
+        self.enabled = enabled  # False: every pass may draft
+        self.window, self.probe, self.weight = window, probe, weight
+        self.first_backoff, self.max_backoff = backoff, max_backoff
+        self.backoff = backoff
+        self.plain: float | None = None  # tokens per second of passes without drafts
+        self.tokens = self.seconds = 0.0  # of the drafting passes since the last decision
+        self.passes = 0
+        self.need = window  # drafting passes to the next decision
+        self.off = 2  # passes left without drafts: two plain passes first (the first is not timed)
+        self.warm = False  # whether a plain pass has run (the first may pay one-time setup)
+        self.wins = 0  # windows in a row where drafting was faster
+
+    def allow(self) -> bool:
+        """Whether the next pass may draft."""
+        if not self.enabled:
+            return True
+        if self.off > 0:
+            self.off -= 1
+            return False
+        return True
+
+    def record(self, drafted: bool, tokens: int, seconds: float) -> None:
+        """One pass: whether it verified drafts, the tokens it emitted, its wall time."""
+        if not self.enabled:
+            return
+        if not drafted:
+            if not self.warm:
+                self.warm = True  # e.g. weights packed on this pass: not a rate
+                return
+            rate = tokens / max(seconds, 1e-9)
+            self.plain = rate if self.plain is None else (1 - self.weight) * self.plain + self.weight * rate
+            return
+        self.tokens, self.seconds, self.passes = self.tokens + tokens, self.seconds + seconds, self.passes + 1
+        if self.plain is None or self.passes < self.need:
+            return
+        if self.tokens / max(self.seconds, 1e-9) < self.plain:
+            self.off, self.need, self.wins = self.backoff, self.probe, 0
+            self.backoff = min(2 * self.backoff, self.max_backoff)
+        else:
+            self.backoff, self.need, self.wins = self.first_backoff, self.window, self.wins + 1
+            if self.wins % 4 == 0:
+                self.off = 1  # one plain pass now and then keeps the plain rate current
+        self.tokens = self.seconds = 0.0
+        self.passes = 0
+
+
 def speculative_loop(
     engine: Engine, rows: list[list[int]], params: SamplingParams, batch: Batch
 ) -> Iterator[Event]:
@@ -342,6 +415,8 @@ def speculative_loop(
     stats.tokens = out.emitted
     kept_counts = [0] * B
     want = [float(k)] * B  # per row: how many tokens to draft next (adapted to its acceptance)
+    # a timing-driven choice would change which random numbers a seeded sample uses: greedy only
+    gate = SpeedGate(engine.draft_gate and params.temperature == 0)
     pos = cache.pos
     while True:
         keep = [j for j, i in enumerate(alive) if not out.done[i]]
@@ -369,14 +444,21 @@ def speculative_loop(
         pos = cache.pos
         pads = cache.pad.tolist()
         room = min(min(block - (pos - p) for p in pads), max_len - pos)  # columns every row can take
-        counts = [max(0, min(int(w), budget[i] - out.n_new[i] - 1, room - 1)) for i, w in zip(alive, want)]
+        started = time.perf_counter()  # the pass's own time: draft, verify (not the caller's, between yields)
+        allow = gate.allow()
+        counts = [
+            max(0, min(int(w), budget[i] - out.n_new[i] - 1, room - 1)) if allow else 0
+            for i, w in zip(alive, want)
+        ]
         drafts, q = drafter.propose(seqs, counts, params, gens, pos)
         T = 1 + max(len(d) for d in drafts)
         feed = [[s[-1], *d] + [s[-1]] * (T - 1 - len(d)) for s, d in zip(seqs, drafts)]
         logits = fwd(torch.tensor(feed, device=device), cache)  # [b, T, V]
         stats.passes += 1
         new, kept_counts = verify(logits, drafts, q, params, gens)
-        want = [adapt(w, len(d), a, k) for w, d, a in zip(want, drafts, kept_counts)]
+        gate.record(T > 1, sum(len(t) for t in new), time.perf_counter() - started)
+        if allow:  # a pass the gate held back says nothing about a row's acceptance
+            want = [adapt(w, len(d), a, k) for w, d, a in zip(want, drafts, kept_counts)]
         stats.drafted += sum(len(d) for d in drafts)
         stats.accepted += sum(kept_counts)
         logp = torch.log_softmax(logits.float(), dim=-1) if params.logprobs else None  # [b, T, V]
@@ -393,6 +475,7 @@ def speculative_loop(
 __all__ = [
     "ModelDrafter",
     "NgramDrafter",
+    "SpeedGate",
     "adapt",
     "check_draft",
     "load_draft",
