@@ -105,6 +105,30 @@ def check_draft(model: Decoder, draft: object, draft_tokens: int, ngram_max: int
         )
 
 
+def check_draft_options(draft: str, draft_model: str, draft_tokens: int) -> None:
+    """The CLI's draft options (``--draft none|ngram|model``, ``--draft_model``, ``--draft_tokens``) of
+    ``lmforge generate`` and ``lmforge chat``, checked before any work.
+
+    Raises:
+        ConfigError: ``--draft model`` without ``--draft_model``, ``--draft_model`` without ``--draft
+            model``, ``draft_tokens`` < 1.
+    """
+    if draft == "model" and not draft_model:
+        raise ConfigError(
+            "draft_model",
+            "--draft model needs the draft: --draft_model PATH (a checkpoint or training stage "
+            "directory of a smaller model with the target's tokenizer)",
+        )
+    if draft_model and draft != "model":
+        raise ConfigError(
+            "draft",
+            f"--draft_model {draft_model} is set but draft is {draft!r}; use --draft model "
+            "to decode with it (or drop --draft_model)",
+        )
+    if draft_tokens < 1:
+        raise ConfigError("draft_tokens", f"must be >= 1, got {draft_tokens}")
+
+
 def load_draft(path: Path, which: str, target: Decoder, tokenizer: object) -> Decoder:
     """The draft model at ``path`` (a checkpoint, or the ``which`` checkpoint of a training stage) on
     ``target``'s device, checked to serve ``target`` (the CLI's ``--draft_model``).
@@ -478,6 +502,7 @@ __all__ = [
     "SpeedGate",
     "adapt",
     "check_draft",
+    "check_draft_options",
     "load_draft",
     "ngram_draft",
     "speculative_loop",

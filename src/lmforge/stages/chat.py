@@ -64,20 +64,9 @@ class Config:
     draft_tokens: int = opt(4, "speculative decoding: tokens drafted per pass at most")
 
     def validate(self) -> None:
-        if self.draft == "model" and not self.draft_model:
-            raise ConfigError(
-                "draft_model",
-                "--draft model needs the draft: --draft_model PATH (a checkpoint or training stage "
-                "directory of a smaller model with the target's tokenizer)",
-            )
-        if self.draft_model and self.draft != "model":
-            raise ConfigError(
-                "draft",
-                f"--draft_model {self.draft_model} is set but draft is {self.draft!r}; use --draft model "
-                "to decode with it (or drop --draft_model)",
-            )
-        if self.draft_tokens < 1:
-            raise ConfigError("draft_tokens", f"must be >= 1, got {self.draft_tokens}")
+        from lmforge.inference.speculative import check_draft_options
+
+        check_draft_options(self.draft, self.draft_model, self.draft_tokens)
         if self.max_new_tokens < 1:
             raise ConfigError("max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:
