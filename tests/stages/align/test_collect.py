@@ -42,23 +42,22 @@ def wait_for_url(partial: Path, thread: threading.Thread, holder: dict) -> str:
     pytest.fail("the collect stage never started serving")
 
 
-def test_collect_rank_in_a_browser_and_restart(align_dir, tmp_path, browser_page, caplog):
+def collect_config(align_dir, tmp_path, out, **overrides):
+    """A collect stage over two prompts, 3 replies each, one ranking to collect, any free port."""
     from lmforge.stages.align.collect import Config
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("say good\nsay the\n")
-    out = tmp_path / "collect"
-    cfg = Config(
-        model=str(align_dir / "decoder"),
-        prompts=str(prompts),
-        out=str(out),
-        n_responses=3,
-        max_new_tokens=6,
-        temperature=1.0,
-        port=0,
-        max_rankings=1,
-        device="cpu",
+    fields = dict(n_responses=3, max_new_tokens=6, temperature=1.0, port=0, max_rankings=1, device="cpu")
+    return Config(
+        model=str(align_dir / "decoder"), prompts=str(prompts), out=str(out), **{**fields, **overrides}
     )
+
+
+def test_collect_rank_in_a_browser_and_restart(align_dir, tmp_path, browser_page, caplog):
+
+    out = tmp_path / "collect"
+    cfg = collect_config(align_dir, tmp_path, out)
     holder: dict = {}
     thread = start_collect(cfg, holder)
     url = wait_for_url(out.with_name("collect.partial"), thread, holder)
@@ -126,24 +125,9 @@ def test_collect_with_an_api_key_link_in_a_browser(align_dir, tmp_path, browser_
 
     import httpx
 
-    from lmforge.stages.align.collect import Config
-
     key = "s3cret key/+"  # a space, a slash and a plus: the link must quote it
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("say good\nsay the\n")
     out = tmp_path / "collect"
-    cfg = Config(
-        model=str(align_dir / "decoder"),
-        prompts=str(prompts),
-        out=str(out),
-        n_responses=3,
-        max_new_tokens=6,
-        temperature=1.0,
-        port=0,
-        max_rankings=1,
-        api_key=key,
-        device="cpu",
-    )
+    cfg = collect_config(align_dir, tmp_path, out, api_key=key)
     holder: dict = {}
     thread = start_collect(cfg, holder)
     partial = out.with_name("collect.partial")
