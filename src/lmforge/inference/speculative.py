@@ -35,7 +35,9 @@ Whether drafting pays (``SpeedGate``, greedy only): a pass over k+1 columns cost
 step, a lot more at batch 8 on a CPU, where the matmuls are no longer bound by reading the weights, and
 a draft model adds its own steps. The loop times its passes and compares tokens per second over
 windows of 8 drafting passes with that of plain passes (a call starts with two, and one follows
-every 4th window drafting wins); while drafting is slower, passes draft nothing for 16, 32, .. 128 passes, each followed by a probe of 2 drafting passes. ``Engine(..., draft_gate=False)`` drafts on every pass.
+every 4th window drafting wins); while drafting is slower, passes draft nothing for 16, 32, .. 128
+passes, each followed by a probe of 2 drafting passes. ``Engine(..., draft_gate=False)`` drafts on
+every pass.
 
 Ragged acceptance: the rows of a batch share one cache column counter (left padding,
 ``batch_forward.py``). After a pass row ``b`` has ``v_b`` = 1 + accepted drafts new valid columns;
