@@ -10,16 +10,15 @@ Not a run-store stage: a long-running server writes nothing and caches nothing.
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
+from lmforge.serve.keys import KEY_ENV, resolve_api_key
 
 STAGE = "serve"
 INPUTS = ("model",)
-KEY_ENV = "LMFORGE_API_KEY"
 
 
 @dataclass
@@ -58,7 +57,7 @@ def settings(cfg: Config) -> Any:
     from lmforge.serve.app import ServeSettings
 
     return ServeSettings(
-        api_key=cfg.api_key or os.environ.get(KEY_ENV, ""),
+        api_key=resolve_api_key(cfg.api_key),
         name=cfg.name,
         max_prompt_tokens=cfg.max_prompt_tokens,
         max_tokens=cfg.max_tokens,

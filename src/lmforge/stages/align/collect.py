@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
 from lmforge.runstore import StageContext, run_stage, sha256_json
+from lmforge.serve.keys import KEY_ENV, resolve_api_key
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,6 @@ VERSION = 1
 RESPONSES = "responses.jsonl"
 RANKINGS = "rankings.jsonl"
 SERVER = "server.json"
-KEY_ENV = "LMFORGE_API_KEY"  # the variable lmforge serve reads (stages/serve.py)
 KEY_SET = "(set)"  # what the manifest records instead of the key
 
 
@@ -110,7 +110,7 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
 
 def resolve_key(cfg: Config) -> str:
     """The key the page requires: ``cfg.api_key``, else ``$LMFORGE_API_KEY``, else none ('')."""
-    return cfg.api_key or os.environ.get(KEY_ENV, "")
+    return resolve_api_key(cfg.api_key)
 
 
 def warn_if_exposed(host: str, api_key: str) -> bool:
