@@ -42,6 +42,17 @@ def wait_for_url(partial: Path, thread: threading.Thread, holder: dict) -> str:
     pytest.fail("the collect stage never started serving")
 
 
+def submit_the_last_ranking(page, thread: threading.Thread, holder: dict) -> dict:
+    """Submit the ranking on ``page``, the one the stage waits for (``max_rankings=1``); the stage's
+    manifest once it has finished."""
+    page.click("#submit")
+    page.wait_for_selector("#message.ok")
+    assert "ranking 1 stored" in page.text_content("#message")
+    thread.join(timeout=60)
+    assert not thread.is_alive() and "error" not in holder, holder.get("error")
+    return holder["manifest"]
+
+
 def collect_config(align_dir, tmp_path, out, **overrides):
     """A collect stage over two prompts, 3 replies each, one ranking to collect, any free port."""
     from lmforge.stages.align.collect import Config
@@ -87,13 +98,7 @@ def test_collect_rank_in_a_browser_and_restart(align_dir, tmp_path, browser_page
     assert ranks == [str(i + 1) for i in range(k)]
     cards.nth(0).locator("select[name=accuracy]").select_option("5")
     page.fill("#note", "first is best")
-    page.click("#submit")
-    page.wait_for_selector("#message.ok")
-    assert "ranking 1 stored" in page.text_content("#message")
-
-    thread.join(timeout=60)
-    assert not thread.is_alive() and "error" not in holder, holder.get("error")
-    manifest = holder["manifest"]
+    manifest = submit_the_last_ranking(page, thread, holder)
     assert manifest["status"] == "complete" and manifest["stage"] == "align.collect"
     assert manifest["metrics"]["rankings"] == 1 and manifest["metrics"]["annotators"] == 1
     assert not (out / "server.json").exists() and "rankings.jsonl" in manifest["outputs"]
@@ -169,13 +174,7 @@ def test_collect_with_an_api_key_link_in_a_browser(align_dir, tmp_path, browser_
     cards = page.locator("#responses .card")
     for i in range(cards.count()):
         cards.nth(i).locator(".rank").fill(str(i + 1))
-    page.click("#submit")
-    page.wait_for_selector("#message.ok")
-    assert "ranking 1 stored" in page.text_content("#message")
-
-    thread.join(timeout=60)
-    assert not thread.is_alive() and "error" not in holder, holder.get("error")
-    manifest = holder["manifest"]
+    manifest = submit_the_last_ranking(page, thread, holder)
     assert manifest["metrics"]["rankings"] == 1 and manifest["config"]["api_key"] == "(set)"
     (rec,) = [json.loads(line) for line in (out / "rankings.jsonl").read_text().splitlines()]
     assert rec["annotator"] == "bob"
