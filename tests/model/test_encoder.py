@@ -216,3 +216,31 @@ def test_bad_input_is_refused() -> None:
         model(idx, torch.ones(2, 8, dtype=torch.long))
     with pytest.raises(ValueError, match="token_type_ids"):
         model(idx, None, torch.zeros(2, 7, dtype=torch.long))
+
+
+def test_post_norm_blocks_and_embedding_norm_follow_bert() -> None:
+    """``post_norm`` + ``emb_norm``: the embedding sum is normalised, each block is
+    ``x = attn_norm(x + attn(x)); x = mlp_norm(x + mlp(x))``, and there is no final norm."""
+    cfg = ModelConfig(
+        arch="encoder", vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, norm="layernorm",
+        bias=True, mlp="gelu", pos="learned", post_norm=True, emb_norm=True, norm_eps=1e-12,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    enc = Encoder(cfg).eval()
+    assert isinstance(enc.norm, torch.nn.Identity)
+    idx = torch.randint(0, 50, (2, 7))
+    with torch.no_grad():
+        x = enc.emb_norm(enc.tok_emb(idx) + enc.seg_emb.weight[0] + enc.pos_emb.weight[:7])
+        for block in enc.blocks:
+            a = block.attn
+            q, k, v = (p(x).view(2, 7, 2, 16).transpose(1, 2) for p in (a.q_proj, a.k_proj, a.v_proj))
+            att = torch.softmax(q @ k.transpose(-1, -2) / 4.0, dim=-1) @ v  # [B, H, T, Q]
+            x = block.attn_norm(x + a.o_proj(att.transpose(1, 2).reshape(2, 7, 32)))
+            x = block.mlp_norm(x + block.mlp.down_proj(torch.nn.functional.gelu(block.mlp.up_proj(x))))
+        torch.testing.assert_close(enc(idx), x, rtol=1e-5, atol=1e-5)
+
+
+def test_bert_options_are_encoder_only() -> None:
+    for key in ("post_norm", "emb_norm"):
+        with pytest.raises(ConfigError, match=key):
+            ModelConfig(arch="decoder", vocab_size=10, **{key: True}).validate()

@@ -23,7 +23,7 @@ from lmforge.model.config import ModelConfig, preset
             "head_dim (n_embd // n_head = 15) must be even",
         ),
         ({"n_embd": 63, "n_head": 1, "pos": "sinusoidal"}, "n_embd", "must be even"),
-        ({"mlp": "geglu"}, "mlp", "swiglu, gelu, relu2"),
+        ({"mlp": "reglu"}, "mlp", "swiglu, gelu, relu2"),
         ({"norm": "batchnorm"}, "norm", "rmsnorm, layernorm"),
         ({"pos": "nope"}, "pos", "rope, learned, sinusoidal, alibi"),
         ({"n_layer": 0}, "n_layer", "must be > 0"),

@@ -130,6 +130,8 @@ class RaggedForward:
             cols = torch.arange(start, start + T, device=idx.device)  # [T]
             pos = (cols[None, :] - pad[:, None]).clamp_(min=0)  # [B, T] true positions (pad columns: 0)
         x = F.embedding(idx, model.tok_emb.weight)  # [B, T, D]
+        if cfg.scale_emb:
+            x = x * torch.tensor(cfg.n_embd**0.5, dtype=x.dtype)  # as Decoder.hidden_states
         if model.pos_emb is not None:
             x = x + (model.pos_emb(pos) if ragged else model.pos_emb.weight[start : start + T])
         elif cfg.pos == "sinusoidal":
@@ -236,7 +238,7 @@ class RaggedForward:
         if fused.gate_up is None:
             return residual + mlp(h)
         g, u = fused.gate_up(h).chunk(2, dim=-1)  # [B*T, F] each
-        h = F.silu(g).mul_(u)
+        h = (F.gelu(g, approximate="tanh") if mlp.kind == "geglu" else F.silu(g)).mul_(u)
         if fused.down is not None:
             return fused.down.add(h, residual)
         return residual + mlp.down_proj(h)

@@ -15,7 +15,7 @@ from typing import Any
 from lmforge.errors import ConfigError
 
 FORMAT_VERSION = 1
-MLP_CHOICES = ("swiglu", "gelu", "relu2", "gelu_tanh")
+MLP_CHOICES = ("swiglu", "gelu", "relu2", "gelu_tanh", "geglu")
 NORM_CHOICES = ("rmsnorm", "layernorm")
 POS_CHOICES = ("rope", "learned", "sinusoidal", "alibi")
 ARCH_CHOICES = ("decoder", "encoder")
@@ -48,13 +48,16 @@ class ModelConfig:
     n_embd: int = field(default=256, metadata={"help": "residual stream width (model dimension)"})
     mlp: str = field(
         default="swiglu",
-        metadata={"help": "MLP kind: swiglu | gelu | relu2 | gelu_tanh (GPT-2's tanh approximation of gelu)"},
+        metadata={
+            "help": "MLP kind: swiglu | gelu | relu2 | gelu_tanh (GPT-2's tanh approximation of gelu) | "
+            "geglu (gated, tanh gelu: Gemma)"
+        },
     )
     mlp_hidden: int = field(
         default=0,
         metadata={
             "help": "MLP hidden width; 0 = 4*n_embd (gelu, gelu_tanh, relu2) or 8/3*n_embd rounded up to "
-            "64 (swiglu)"
+            "64 (swiglu, geglu)"
         },
     )
     norm: str = field(default="rmsnorm", metadata={"help": "normalisation: rmsnorm | layernorm"})
@@ -71,6 +74,19 @@ class ModelConfig:
     )
     bias: bool = field(default=False, metadata={"help": "biases in linear layers and layernorm"})
     norm_eps: float = field(default=1e-5, metadata={"help": "epsilon of every normalisation layer"})
+    qkv_bias: bool = field(
+        default=False, metadata={"help": "biases on the query/key/value projections only (Qwen2); bias=True has them too"}
+    )
+    scale_emb: bool = field(
+        default=False, metadata={"help": "multiply token embeddings by sqrt(n_embd) (Gemma)"}
+    )
+    post_norm: bool = field(
+        default=False,
+        metadata={"help": "encoder only: post-norm residual blocks x = norm(x + f(x)), no final norm (BERT)"},
+    )
+    emb_norm: bool = field(
+        default=False, metadata={"help": "encoder only: normalise the embedding sum before the first block (BERT)"}
+    )
 
     @property
     def head_dim(self) -> int:
@@ -91,7 +107,7 @@ class ModelConfig:
         """
         if self.mlp_hidden:
             return self.mlp_hidden
-        if self.mlp == "swiglu":
+        if self.mlp in ("swiglu", "geglu"):
             return -(-(8 * self.n_embd // 3) // 64) * 64  # ceil to a multiple of 64
         return 4 * self.n_embd
 
@@ -135,6 +151,9 @@ class ModelConfig:
                 "n_embd",
                 f"head_dim (n_embd // n_head = {self.head_dim}) must be even for pos='rope'",
             )
+        for key in ("post_norm", "emb_norm"):
+            if getattr(self, key) and self.arch != "encoder":
+                raise ConfigError(key, f"is an encoder option (BERT); arch is {self.arch!r}")
         if self.pos == "sinusoidal" and self.n_embd % 2 != 0:
             raise ConfigError("n_embd", f"n_embd ({self.n_embd}) must be even for pos='sinusoidal'")
 

@@ -25,11 +25,12 @@ Defaults are in brackets; each is a ``ModelConfig`` field.
   when ``n_kv_head < n_head`` (Ainslie et al. 2023), by repeating each key/value head for its group.
   Optional QK-norm [qk_norm=False]: RMSNorm over each head's queries and keys, before RoPE (Dehghani et
   al. 2023; placement as in OLMo 2 and Qwen3).
-- MLP [mlp="swiglu"]: SwiGLU ``down(silu(gate(x)) * up(x))`` (Shazeer 2020); GELU ``down(gelu(up(x)))``
-  (Hendrycks & Gimpel 2016, exact erf form; [mlp="gelu_tanh"] its tanh approximation, as GPT-2);
-  squared ReLU ``down(relu(up(x))^2)`` (So et al. 2021, Primer).
-  Hidden width ``ModelConfig.hidden_dim``.
-- Linear layers (and LayerNorm) carry biases only when ``bias=True`` [False]; ``lm_head`` never does.
+- MLP [mlp="swiglu"]: SwiGLU ``down(silu(gate(x)) * up(x))`` (Shazeer 2020; [mlp="geglu"] GeGLU with the
+  tanh GELU, as Gemma); GELU ``down(gelu(up(x)))`` (Hendrycks & Gimpel 2016, exact erf form;
+  [mlp="gelu_tanh"] its tanh approximation, as GPT-2); squared ReLU ``down(relu(up(x))^2)`` (So et al.
+  2021, Primer). Hidden width ``ModelConfig.hidden_dim``.
+- Biases on linear layers (and LayerNorm) only when ``bias=True`` [False], never on ``lm_head``; on q/k/v
+  alone with ``qkv_bias`` (Qwen2). ``scale_emb``: embeddings times sqrt(n_embd) (Gemma).
   Dropout [0.0] on the embedding sum, attention probabilities and both residual branches.
 - Initialisation: ``Decoder.init_weights`` documents every tensor's init in one place.
 - Incremental decoding: ``forward(idx, cache)`` with a ``KVCache`` (see kv_cache.py); positions (all four
@@ -242,11 +243,9 @@ def alibi_slopes(n_head: int) -> torch.Tensor:
     the closest smaller power of two m, then every other slope of 2m, as the paper's reference code does.
     """
 
-    def powers_of_two(n: int) -> list[float]:
-        return [2.0 ** (-8.0 * i / n) for i in range(1, n + 1)]
-
     m = 2 ** math.floor(math.log2(n_head))
-    slopes = powers_of_two(m) + powers_of_two(2 * m)[0::2][: n_head - m]
+    slopes = [2.0 ** (-8.0 * i / m) for i in range(1, m + 1)]
+    slopes += [2.0 ** (-8.0 * i / (2 * m)) for i in range(1, 2 * m + 1)][0::2][: n_head - m]
     return torch.tensor(slopes, dtype=torch.float32)
 
 
@@ -271,9 +270,10 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.n_embd, cfg.n_head * cfg.head_dim, bias=cfg.bias)
-        self.k_proj = nn.Linear(cfg.n_embd, cfg.kv_heads * cfg.head_dim, bias=cfg.bias)
-        self.v_proj = nn.Linear(cfg.n_embd, cfg.kv_heads * cfg.head_dim, bias=cfg.bias)
+        qkv_bias = cfg.bias or cfg.qkv_bias
+        self.q_proj = nn.Linear(cfg.n_embd, cfg.n_head * cfg.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(cfg.n_embd, cfg.kv_heads * cfg.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(cfg.n_embd, cfg.kv_heads * cfg.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.bias)
         self.q_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
@@ -352,19 +352,22 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: SwiGLU (gate_proj, up_proj, down_proj) or GELU / ReLU² (up, down)."""
+    """Position-wise feed-forward: SwiGLU / GeGLU (gate_proj, up_proj, down_proj) or GELU / ReLU² (up, down)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.kind = cfg.mlp
         hidden = cfg.hidden_dim
-        self.gate_proj = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias) if cfg.mlp == "swiglu" else None
+        gated = cfg.mlp in ("swiglu", "geglu")
+        self.gate_proj = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias) if gated else None
         self.up_proj = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
         self.down_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """Map ``[B, T, D]`` to ``[B, T, D]`` (plus ``residual`` when given)."""
-        if self.gate_proj is not None and type(self.gate_proj) is type(self.up_proj) is nn.Linear:
+        if self.kind == "geglu":
+            h = F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x)
+        elif self.gate_proj is not None and type(self.gate_proj) is type(self.up_proj) is nn.Linear:
             w = torch.cat((self.gate_proj.weight, self.up_proj.weight))  # [2F, D]
             b = None if self.up_proj.bias is None else torch.cat((self.gate_proj.bias, self.up_proj.bias))
             gu = F.linear(x, w, b)  # [B, T, 2F]
@@ -385,10 +388,12 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One pre-norm transformer block: attention then MLP, each on a residual branch."""
+    """One transformer block: attention then MLP, each on a residual branch; pre-norm, or post-norm
+    (``x = norm(x + f(x))``, BERT) with ``cfg.post_norm``."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.post_norm = cfg.post_norm
         self.attn_norm = make_norm(cfg, cfg.n_embd)
         self.attn = Attention(cfg)
         self.mlp_norm = make_norm(cfg, cfg.n_embd)
@@ -405,6 +410,9 @@ class Block(nn.Module):
         layer: int,
     ) -> torch.Tensor:
         """Map ``[B, T, D]`` to ``[B, T, D]``."""
+        if self.post_norm:
+            x = self.attn_norm(x + self.resid_drop(self.attn(x, rope, attn_mask, is_causal, cache, layer)))
+            return self.mlp_norm(x + self.resid_drop(self.mlp(x)))
         if self.training and self.resid_drop.p > 0:
             x = x + self.resid_drop(self.attn(self.attn_norm(x), rope, attn_mask, is_causal, cache, layer))
             return x + self.resid_drop(self.mlp(self.mlp_norm(x)))
@@ -439,7 +447,6 @@ class Decoder(nn.Module):
 
     Args:
         cfg: the model configuration; validated here, and ``vocab_size`` must be > 0.
-
     Raises:
         ConfigError: an invalid field, or ``vocab_size`` still 0 (it was meant to come from a tokenizer).
     """
@@ -557,6 +564,8 @@ class Decoder(nn.Module):
         if cache is not None:
             cache.check(B, T)
         x = self.tok_emb(idx)  # [B, T, D]
+        if self.config.scale_emb:
+            x = x * torch.tensor(self.config.n_embd**0.5, dtype=x.dtype)  # rounded to x's dtype, as Gemma
         if self.pos_emb is not None:
             x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))  # [T, D] broadcast
         elif self.config.pos == "sinusoidal":

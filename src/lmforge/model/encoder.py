@@ -14,10 +14,13 @@ Follows BERT (Devlin et al. 2019) except where marked *departure*. Defaults are 
     decoder.
   Positions count from 0 at the first column, so batches must be right-padded (BERT's convention).
 - Blocks: the decoder's ``Block`` (attention, MLP, norms, dropout, GQA, QK-norm: see decoder.py) called
-  with ``is_causal=False``. *Departure*: pre-norm residual blocks (Xiong et al. 2020) with a final
-  ``norm``, where BERT is post-norm (``x = LN(x + f(x))``); pre-norm trains stably without a long
-  warm-up and lets encoder and decoder share every block. *Departure*: no LayerNorm on the embedding
-  sum; under pre-norm the first block's ``attn_norm`` already normalises its input.
+  with ``is_causal=False``. *Departure* [post_norm=False]: pre-norm residual blocks (Xiong et al. 2020)
+  with a final ``norm``, where BERT is post-norm (``x = LN(x + f(x))``); pre-norm trains stably without a
+  long warm-up and lets encoder and decoder share every block. *Departure* [emb_norm=False]: no norm on
+  the embedding sum; under pre-norm the first block's ``attn_norm`` already normalises its input.
+  ``post_norm=True`` and ``emb_norm=True`` give BERT's exact form (``attn_norm``/``mlp_norm`` after each
+  residual add, ``emb_norm`` on the embedding sum, no final norm: ``norm`` is the identity), used for
+  imported BERT-family weights (model/hf_bert.py).
 - Padding: ``attention_mask`` ``[B, T]`` (True = real token) masks padded *keys* in every layer, so
   padded positions never influence real ones. Padded positions still get (meaningless) outputs; a row
   that is all padding attends uniformly instead of producing NaN.
@@ -76,8 +79,9 @@ class Encoder(nn.Module):
         self.seg_emb = nn.Embedding(n_segments, cfg.n_embd) if n_segments else None
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
+        self.emb_norm = make_norm(cfg, cfg.n_embd) if cfg.emb_norm else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.norm = make_norm(cfg, cfg.n_embd)
+        self.norm = nn.Identity() if cfg.post_norm else make_norm(cfg, cfg.n_embd)
         # Fixed tables are recomputed from the config, never saved (persistent=False).
         if cfg.pos == "rope":
             cos, sin = rope_tables(cfg.block_size, cfg.head_dim, cfg.rope_theta)
@@ -99,7 +103,7 @@ class Encoder(nn.Module):
         - ``o_proj`` and ``down_proj`` weights (they write into the residual stream): normal, std
           0.02 / sqrt(2 * n_layer) (GPT-2, Radford et al. 2019), as in the decoder.
         - Every linear bias (``bias=True``) and LayerNorm bias: zeros.
-        - Every norm gain (attn_norm, mlp_norm, norm, q_norm, k_norm): ones.
+        - Every norm gain (emb_norm, attn_norm, mlp_norm, norm, q_norm, k_norm): ones.
         """
         for emb in (self.tok_emb, self.seg_emb, self.pos_emb):
             if emb is not None:
@@ -135,7 +139,7 @@ class Encoder(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Hidden states ``[B, T, D]`` (after the final norm) for token ids ``idx`` ``[B, T]``.
+        """Hidden states ``[B, T, D]`` (after the final norm; post-norm: the last block's) for ``idx`` ``[B, T]``.
 
         Args:
             idx: ``[B, T]`` integer token ids, right-padded.
@@ -176,6 +180,8 @@ class Encoder(nn.Module):
             x = x + self.pos_emb(torch.arange(T, device=idx.device))  # [T, D] broadcast
         elif self.config.pos == "sinusoidal":
             x = x + self.pos_table[:T].to(x.dtype)  # [T, D] broadcast
+        if self.emb_norm is not None:
+            x = self.emb_norm(x)
         x = self.drop(x)
         rope = None
         if self.config.pos == "rope":

@@ -117,6 +117,8 @@ _LLAMA_NEEDS: tuple[tuple[str, Any, str], ...] = (
     ("norm", "rmsnorm", "Llama has only RMSNorm (no LayerNorm)"),
     ("mlp", "swiglu", "Llama has only the SwiGLU MLP (no GELU or squared-ReLU MLP)"),
     ("qk_norm", False, "Llama has no QK-norm"),
+    ("qkv_bias", False, "Llama has no q/k/v-only biases (Qwen2 has)"),
+    ("scale_emb", False, "Llama does not scale its embeddings (Gemma does)"),
 )
 
 
