@@ -75,7 +75,8 @@ class ModelConfig:
     bias: bool = field(default=False, metadata={"help": "biases in linear layers and layernorm"})
     norm_eps: float = field(default=1e-5, metadata={"help": "epsilon of every normalisation layer"})
     qkv_bias: bool = field(
-        default=False, metadata={"help": "biases on the query/key/value projections only (Qwen2); bias=True has them too"}
+        default=False,
+        metadata={"help": "biases on the query/key/value projections only (Qwen2); bias=True has them too"},
     )
     scale_emb: bool = field(
         default=False, metadata={"help": "multiply token embeddings by sqrt(n_embd) (Gemma)"}
@@ -85,7 +86,8 @@ class ModelConfig:
         metadata={"help": "encoder only: post-norm residual blocks x = norm(x + f(x)), no final norm (BERT)"},
     )
     emb_norm: bool = field(
-        default=False, metadata={"help": "encoder only: normalise the embedding sum before the first block (BERT)"}
+        default=False,
+        metadata={"help": "encoder only: normalise the embedding sum before the first block (BERT)"},
     )
 
     @property
