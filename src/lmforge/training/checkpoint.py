@@ -94,11 +94,14 @@ def save_checkpoint(
     tokenizer_path: Path | None = None,
     train_state: dict | None = None,
     state_dict: dict[str, torch.Tensor] | None = None,
+    extra_files: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete checkpoint to ``dir`` atomically (via ``<dir>.tmp``) and return ``dir``.
 
     An existing ``dir`` is replaced. ``model_config`` must be the model's own config. ``state_dict``,
     when given, is saved instead of ``model.state_dict()`` (e.g. the full state gathered from FSDP shards).
+    ``extra_files`` maps file names to plain data written as JSON inside the checkpoint (e.g. an imported
+    model's declared sentence pooling), before the completion marker like every other file.
 
     Raises:
         ValueError: ``model_config`` differs from ``model.config``, or the config says tied but the
@@ -134,6 +137,8 @@ def save_checkpoint(
         shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
     if train_state is not None:
         torch.save(train_state, tmp / TRAIN_STATE_FILE)
+    for name, data in (extra_files or {}).items():
+        (tmp / name).write_text(json.dumps(data, indent=2) + "\n")
     for path in tmp.iterdir():
         _fsync(path)
     (tmp / DONE_FILE).write_text("complete\n")

