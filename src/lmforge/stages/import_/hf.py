@@ -1,4 +1,8 @@
-"""Import a local Hugging Face Llama or GPT-2 directory as an lmforge checkpoint (stage kind ``import.hf``).
+"""Import a local Hugging Face decoder directory as an lmforge checkpoint (stage kind ``import.hf``).
+
+The model types are those of ``model.hf_import.SUPPORTED`` (Llama, GPT-2, Qwen2, Qwen3, Mistral, Gemma).
+``config.json`` is checked before the run store creates anything: an unsupported model type, or a
+setting the decoder cannot reproduce, fails with nothing written (no ``<out>.partial``).
 
 The stage directory becomes a training stage directory: ``ckpt/step_0/`` (``model.safetensors``,
 ``model_config.json``, ``tokenizer.json``, ``DONE``) and ``ckpt/final.json``, so ``lmforge finetune sft
@@ -12,11 +16,12 @@ ever downloaded: ``model`` must be a local directory.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from lmforge.config import ConfigError, opt
 from lmforge.errors import InputError
-from lmforge.runstore import StageContext, run_stage, write_json_atomic
+from lmforge.runstore import StageContext, resolve_ref, run_stage, write_json_atomic
 
 STAGE = "import.hf"
 VERSION = 1
@@ -45,9 +50,21 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
         raise ConfigError("model", "a Hugging Face model directory is required (--model path/to/hf)")
     if not cfg.out:
         raise ConfigError("out", "an output directory is required (e.g. --out runs/x/import)")
+    refuse_early(cfg.model, cfg.out)
     return run_stage(
         STAGE, cfg, out=cfg.out, inputs={"model": cfg.model}, work=work, version=VERSION, force=force
     )
+
+
+def refuse_early(model: str, out: str) -> None:
+    """Raise InputError / ConfigError if the directory ``model`` (resolved as the run store will) has a
+    model type or a config that cannot be imported, before the run store creates anything; a missing
+    input is left for it to report."""
+    from lmforge.model.hf_import import read_hf_config  # torch and transformers: not for --help
+
+    hf_dir = resolve_ref(model, Path(out).expanduser().resolve())
+    if hf_dir.exists():
+        read_hf_config(hf_dir)
 
 
 def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
