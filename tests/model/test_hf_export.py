@@ -111,8 +111,8 @@ def test_padded_vocabulary_and_bfloat16(tmp_path: Path) -> None:
         ({"pos": "learned"}, ["pos='learned'"]),
         ({"norm": "layernorm", "mlp": "gelu"}, ["norm='layernorm'", "mlp='gelu'"]),
         (
-            {"pos": "alibi", "norm": "layernorm", "mlp": "relu2", "qk_norm": True},
-            ["pos='alibi'", "norm='layernorm'", "mlp='relu2'", "qk_norm=True", "no QK-norm"],
+            {"pos": "alibi", "norm": "layernorm", "mlp": "relu2"},
+            ["pos='alibi'", "norm='layernorm'", "mlp='relu2'", "Llama has only RMSNorm"],
         ),
         ({"pos": "sinusoidal", "mlp": "gelu_tanh"}, ["pos='sinusoidal'", "mlp='gelu_tanh'"]),
     ],
@@ -123,7 +123,16 @@ def test_configs_llama_lacks_are_refused_before_writing(tmp_path: Path, override
         export_hf(ckpt, tmp_path / "hf")
     for part in named:
         assert part in str(err.value)
-    assert "Llama" in str(err.value)
+    assert "no Hugging Face Llama equivalent" in str(err.value)
+    assert not (tmp_path / "hf").exists()
+
+
+def test_configs_no_family_expresses_are_refused_before_writing(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path, qk_norm=True, pos="alibi", norm="layernorm")
+    with pytest.raises(ConfigError) as err:
+        export_hf(ckpt, tmp_path / "hf")
+    assert "as Qwen3 (chosen for qk_norm=True): pos='alibi'" in str(err.value)
+    assert "norm='layernorm'" in str(err.value)
     assert not (tmp_path / "hf").exists()
 
 

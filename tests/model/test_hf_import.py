@@ -200,8 +200,8 @@ def test_gpt2_settings_the_decoder_lacks_are_refused() -> None:
 def test_bad_directories_fail_clearly(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no config.json"):
         hf_import.read_hf_model(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(InputError, match="model_type 'bert' cannot be imported; supported: llama, gpt2"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    with pytest.raises(InputError, match="model_type 't5' cannot be imported; supported: llama, gpt2, "):
         hf_import.read_hf_model(tmp_path)
     gpt2 = save_gpt2(tmp_path / "g")
     for name in ("vocab.json", "merges.txt"):

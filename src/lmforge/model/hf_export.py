@@ -1,14 +1,15 @@
-"""Write an lmforge decoder checkpoint as a Hugging Face ``LlamaForCausalLM`` directory.
+"""Write an lmforge decoder checkpoint as a Hugging Face directory of the family its config needs.
 
-The directory holds ``config.json`` (``hf_names.to_llama_config``), ``model.safetensors`` (weights under
-Llama names, ``hf_names.to_hf_state_dict``; a tied output head is stored once, as ``save_pretrained``
-does), ``generation_config.json`` (bos / eos / pad, with ``<|end|>`` as a second eos so chat replies
+The family is Llama, or Qwen2 (``qkv_bias``), Qwen3 (``qk_norm``) or Gemma (``scale_emb`` + GeGLU), as
+``hf_families.export_family`` picks it. The directory holds ``config.json``
+(``hf_families.to_family_config``), ``model.safetensors`` (weights under the family's names,
+``hf_families.to_family_state_dict``; a tied output head is stored once, as ``save_pretrained`` does), ``generation_config.json`` (bos / eos / pad, with ``<|end|>`` as a second eos so chat replies
 stop), and the tokenizer as ``tokenizer.json`` + ``tokenizer_config.json`` (with the chat template) +
 ``special_tokens_map.json``, so ``AutoModelForCausalLM.from_pretrained(dir)`` and
 ``AutoTokenizer.from_pretrained(dir)`` work offline.
 
-Every configuration check runs before anything is written: a configuration Llama cannot express
-fails with one message naming each field (``hf_names.check_llama_config``). Encoders are refused:
+Every configuration check runs before anything is written: a configuration no family can express
+fails with one message naming each field (``hf_families.check_family``). Encoders are refused:
 lmforge's encoder is pre-norm with a final norm and no LayerNorm on the embeddings (model/encoder.py),
 while BERT is post-norm (LayerNorm after each residual addition) with an embedding LayerNorm; no
 mapping of weights makes ``BertModel`` compute the same function, so nothing partial is exported.
@@ -27,8 +28,8 @@ from torch import nn
 
 from lmforge.errors import ConfigError, InputError
 from lmforge.model.config import ModelConfig
+from lmforge.model.hf_families import check_family, to_family_config, to_family_state_dict
 from lmforge.model.hf_import import max_logit_difference, require_transformers
-from lmforge.model.hf_names import check_llama_config, to_hf_state_dict, to_llama_config
 from lmforge.tokenizer.chat import hf_tokenizer_config
 from lmforge.tokenizer.train import load_tokenizer
 
@@ -51,14 +52,12 @@ ENCODER_REFUSAL = (
 )
 
 
-def check_exportable(cfg: ModelConfig) -> None:
-    """Raise ConfigError unless ``cfg`` can be written as ``LlamaForCausalLM`` with equal logits.
-
-    The message names every field Llama lacks (or why an encoder has no BERT form).
-    """
+def check_exportable(cfg: ModelConfig) -> str:
+    """The ``model_type`` ``cfg`` is written as with equal logits (llama, qwen2, qwen3 or gemma), or
+    ConfigError naming every field that family lacks (or why an encoder has no BERT form)."""
     if cfg.arch == "encoder":
         raise ConfigError("arch", ENCODER_REFUSAL)
-    check_llama_config(cfg)
+    return check_family(cfg)
 
 
 def read_checkpoint_config(ckpt_dir: Path) -> ModelConfig:
@@ -74,17 +73,20 @@ def read_checkpoint_config(ckpt_dir: Path) -> ModelConfig:
 
 @dataclass
 class Exported:
-    """What an export read: the checkpoint's model (eval mode) and its tokenizer's size."""
+    """What an export read and wrote: the checkpoint's model (eval mode), its tokenizer's size and the
+    ``model_type`` of the directory (llama, qwen2, qwen3 or gemma)."""
 
     model: nn.Module
     tokenizer_size: int
+    family: str
 
 
 def export_hf(ckpt_dir: Path, out_dir: Path, dtype: str = "float32") -> Exported:
-    """Write the checkpoint ``ckpt_dir`` to ``out_dir`` as a Llama directory (the files ``HF_FILES``).
+    """Write the checkpoint ``ckpt_dir`` to ``out_dir`` as a Hugging Face directory (the files ``HF_FILES``)
+    of the family its config needs (``check_exportable``).
 
     Raises:
-        ConfigError: a configuration Llama cannot express (nothing is written).
+        ConfigError: a configuration no family can express (nothing is written).
         InputError: no ``tokenizer.json`` in the checkpoint, or a tokenizer larger than the model's
             vocabulary; transformers not installed.
         ValueError: an unknown ``dtype``.
@@ -95,7 +97,7 @@ def export_hf(ckpt_dir: Path, out_dir: Path, dtype: str = "float32") -> Exported
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
     cfg = read_checkpoint_config(ckpt_dir)
-    check_exportable(cfg)
+    family = check_exportable(cfg)
     require_transformers()
     import transformers
 
@@ -105,17 +107,17 @@ def export_hf(ckpt_dir: Path, out_dir: Path, dtype: str = "float32") -> Exported
         raise InputError(f"{ckpt_dir}: tokenizer has {n_tok} tokens but the model only {cfg.vocab_size}")
     ids = {name: tok.token_to_id(f"<|{name}|>") for name in ("bos", "eos", "pad", "end")}
     model, _ = load_model(ckpt_dir)
-    hf_state = to_hf_state_dict(model.state_dict(), cfg)
+    hf_state = to_family_state_dict(model.state_dict(), cfg)
     if cfg.tie_embeddings:
         hf_state.pop("lm_head.weight")  # stored once, as save_pretrained does; re-tied on load
     hf_state = {k: v.detach().to(DTYPES[dtype]).contiguous() for k, v in hf_state.items()}
 
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(hf_state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    llama = to_llama_config(
+    hf_config = to_family_config(
         cfg, bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"], dtype=dtype
     )
-    llama.save_pretrained(out_dir)
+    hf_config.save_pretrained(out_dir)
     eos = [ids["eos"]] + ([ids["end"]] if ids["end"] is not None else [])
     transformers.GenerationConfig(
         bos_token_id=ids["bos"], eos_token_id=eos, pad_token_id=ids["pad"]
@@ -125,8 +127,10 @@ def export_hf(ckpt_dir: Path, out_dir: Path, dtype: str = "float32") -> Exported
     (out_dir / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=1) + "\n")
     special_map = {k: v for k, v in tok_config.items() if k.endswith("_token")}
     (out_dir / "special_tokens_map.json").write_text(json.dumps(special_map, indent=1) + "\n")
-    logger.info("exported %s as Hugging Face Llama to %s", ckpt_dir, out_dir)
-    return Exported(model.eval(), n_tok)
+    logger.info(
+        "exported %s as Hugging Face %s (%s) to %s", ckpt_dir, family, hf_config.architectures, out_dir
+    )
+    return Exported(model.eval(), n_tok, family)
 
 
 def verify_hf_export(out_dir: Path, model: nn.Module, n_ids: int) -> float:

@@ -1,8 +1,11 @@
-"""Read a local Hugging Face Llama or GPT-2 directory into a ``Decoder`` and an lmforge tokenizer.
+"""Read a local Hugging Face decoder directory into a ``Decoder`` and an lmforge tokenizer.
 
-``read_hf_model`` loads the weights with ``transformers`` (never from the hub: ``local_files_only``),
-maps the config and state dict through ``hf_names`` (the one mapping table) and returns a ``Decoder``
-whose logits equal the Hugging Face model's. ``read_hf_tokenizer`` takes ``tokenizer.json`` or, when a
+``read_hf_config`` reads ``config.json`` and maps it onto a ``ModelConfig`` (or refuses the model type
+or every setting the decoder cannot reproduce) without touching the weights, so a caller can refuse
+before it writes anything. ``read_hf_model`` then loads the weights with ``transformers`` (never from
+the hub: ``local_files_only``), maps the state dict (Llama and GPT-2 through ``hf_names``, Qwen2, Qwen3,
+Mistral and Gemma through ``hf_families``) and returns a ``Decoder`` whose logits equal the Hugging
+Face model's. ``read_hf_tokenizer`` takes ``tokenizer.json`` or, when a
 directory has only the slow files (GPT-2's ``vocab.json`` + ``merges.txt``), lets ``transformers``
 convert them to a fast tokenizer.
 
@@ -20,7 +23,10 @@ by ``lmforge export hf``) is imported with its ids unchanged.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +34,15 @@ from typing import Any
 import torch
 from tokenizers import AddedToken, Tokenizer
 
-from lmforge.errors import InputError
+from lmforge.errors import ConfigError, InputError
 from lmforge.model.config import ModelConfig
 from lmforge.model.decoder import Decoder
+from lmforge.model.hf_families import (
+    FAMILIES,
+    from_family_config,
+    from_family_state_dict,
+    relative_problems,
+)
 from lmforge.model.hf_names import (
     from_gpt2_config,
     from_gpt2_state_dict,
@@ -41,7 +53,16 @@ from lmforge.tokenizer.train import CHAT_TOKENS, SPECIAL_TOKENS
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED = ("llama", "gpt2")
+# model_type → (config mapping, state-dict mapping), both from the one table of names of each family
+_READERS: dict[str, tuple[Callable[[Any], ModelConfig], Callable[..., dict[str, torch.Tensor]]]] = {
+    "llama": (from_llama_config, from_hf_state_dict),
+    "gpt2": (from_gpt2_config, from_gpt2_state_dict),
+    **{t: (from_family_config, functools.partial(from_family_state_dict, model_type=t)) for t in FAMILIES},
+}
+DECODER_TYPES = tuple(_READERS)
+# BERT is read as an encoder (model/hf_bert.py), not by read_hf_model; it is listed as importable.
+ENCODER_TYPES = ("bert",)
+SUPPORTED = (*DECODER_TYPES, *ENCODER_TYPES)
 LMFORGE_TOKENS = (*SPECIAL_TOKENS, *CHAT_TOKENS)
 # tokenizer files other than tokenizer.json that transformers converts to a fast tokenizer
 SLOW_TOKENIZER_FILES = ("vocab.json", "tokenizer.model", "vocab.txt")
@@ -52,7 +73,7 @@ class HFModel:
     """A Hugging Face causal LM read from a directory, with its lmforge counterpart.
 
     Attributes:
-        model_type: ``llama`` or ``gpt2``.
+        model_type: one of ``DECODER_TYPES``.
         hf: the ``transformers`` model (fp32, eval mode), kept for parity checks.
         config: the equivalent ``ModelConfig``; ``state``: its ``Decoder`` state dict (our names).
         special: the model's own ``bos`` / ``eos`` / ``pad`` token ids (None where unset).
@@ -74,36 +95,58 @@ def require_transformers() -> Any:
     return transformers
 
 
-def read_hf_model(hf_dir: Path) -> HFModel:
-    """Load a local Hugging Face Llama or GPT-2 directory and map it onto a ``Decoder``.
+def read_hf_config(hf_dir: Path) -> tuple[str, Any, ModelConfig]:
+    """The ``model_type``, transformers config and ``ModelConfig`` of a local decoder directory; reads
+    ``config.json`` only (no weights).
 
     Raises:
-        InputError: not a directory with a ``config.json``, a model type other than llama / gpt2, or
-            weights that transformers cannot load.
+        InputError: not a directory with a ``config.json``, or a model type that is not a decoder of
+            ``DECODER_TYPES`` (the message lists ``SUPPORTED``).
+        ConfigError: a setting the decoder cannot reproduce exactly, or a relative of a supported family
+            that computes something else (Gemma 2 / 3); the message names each field.
+    """
+    hf_dir = Path(hf_dir)
+    path = hf_dir / "config.json"
+    if not path.is_file():
+        raise InputError(f"{hf_dir}: not a Hugging Face model directory (no config.json)")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from exc
+    model_type = raw.get("model_type") if isinstance(raw, dict) else None
+    supported = ", ".join(SUPPORTED)
+    if problems := relative_problems(model_type, raw):
+        raise ConfigError(
+            "model",
+            f"cannot import model_type {model_type!r} exactly: {'; '.join(problems)} (supported: {supported})",
+        )
+    if model_type in ENCODER_TYPES:
+        raise InputError(f"{hf_dir}: model_type {model_type!r} is an encoder; read_hf_model reads decoders")
+    if model_type not in DECODER_TYPES:
+        raise InputError(f"{hf_dir}: model_type {model_type!r} cannot be imported; supported: {supported}")
+    transformers = require_transformers()
+    hf_config = transformers.AutoConfig.from_pretrained(hf_dir, local_files_only=True)
+    return model_type, hf_config, _READERS[model_type][0](hf_config)
+
+
+def read_hf_model(hf_dir: Path) -> HFModel:
+    """Load a local Hugging Face decoder directory (``DECODER_TYPES``) and map it onto a ``Decoder``.
+
+    Raises:
+        InputError: as ``read_hf_config``, or weights that transformers cannot load.
         ConfigError: a setting the decoder cannot reproduce exactly (the message names each).
         ValueError: weights that do not fit the mapped config.
     """
-    transformers = require_transformers()
     hf_dir = Path(hf_dir)
-    if not (hf_dir / "config.json").is_file():
-        raise InputError(f"{hf_dir}: not a Hugging Face model directory (no config.json)")
-    hf_config = transformers.AutoConfig.from_pretrained(hf_dir, local_files_only=True)
-    model_type = hf_config.model_type
-    if model_type not in SUPPORTED:
-        raise InputError(
-            f"{hf_dir}: model_type {model_type!r} cannot be imported; supported: {', '.join(SUPPORTED)}"
-        )
-    cfg = from_llama_config(hf_config) if model_type == "llama" else from_gpt2_config(hf_config)
+    model_type, hf_config, cfg = read_hf_config(hf_dir)
+    transformers = require_transformers()
     try:
         hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise InputError(f"{hf_dir}: transformers cannot load the weights: {exc}") from exc
     hf = hf.float().eval()
     hf_state = hf.state_dict()
-    if model_type == "llama":
-        state = from_hf_state_dict(hf_state, cfg)
-    else:
-        state = from_gpt2_state_dict(hf_state, cfg)
+    state = _READERS[model_type][1](hf_state, cfg)
     special = {name: getattr(hf_config, f"{name}_token_id", None) for name in ("bos", "eos", "pad")}
     for name, value in special.items():  # e.g. a list of eos ids: the first stands for the token
         special[name] = value[0] if isinstance(value, (list, tuple)) and value else value

@@ -28,7 +28,9 @@ A ``ModelConfig`` maps to Llama only with ``arch="decoder"``, ``pos="rope"``, ``
 ``mlp="swiglu"`` and ``qk_norm=False``; ``bias=True`` maps to Llama's ``attention_bias`` and
 ``mlp_bias`` together. ``dropout`` is a training setting, not a weight, and is not carried over (the
 exported config has ``attention_dropout=0``). ``llama_gaps`` lists every field that does not fit;
-``from_llama_config`` maps a ``LlamaConfig`` back, refusing what the decoder cannot reproduce.
+``from_llama_config`` maps a ``LlamaConfig`` back, refusing what the decoder cannot reproduce. The
+config fields every Llama-shaped family shares are one table, ``LLAMA_SHAPED_FIELDS``; Qwen2, Qwen3,
+Mistral and Gemma reuse it and ``KEY_TABLE`` (model/hf_families.py).
 
 GPT-2 (``GPT2_KEY_TABLE``, import only) is our decoder with ``pos="learned"``, ``norm="layernorm"``,
 ``bias=True`` and ``mlp="gelu_tanh"`` (GPT-2's ``gelu_new``): pre-norm blocks, a final norm, a tied
@@ -262,6 +264,62 @@ def from_hf_state_dict(hf_sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict
     return state
 
 
+# (Hugging Face config field, ModelConfig field, what export writes): the fields every Llama-shaped family
+# (Llama, Qwen2, Qwen3, Mistral, Gemma) names and means alike. Export writes the derived value where the
+# input field may be 0 for "default" (kv_heads, hidden_dim).
+LLAMA_SHAPED_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("vocab_size", "vocab_size", "vocab_size"),
+    ("hidden_size", "n_embd", "n_embd"),
+    ("intermediate_size", "mlp_hidden", "hidden_dim"),
+    ("num_hidden_layers", "n_layer", "n_layer"),
+    ("num_attention_heads", "n_head", "n_head"),
+    ("num_key_value_heads", "n_kv_head", "kv_heads"),
+    ("max_position_embeddings", "block_size", "block_size"),
+    ("rms_norm_eps", "norm_eps", "norm_eps"),
+    ("tie_word_embeddings", "tie_embeddings", "tie_embeddings"),
+)
+
+
+def llama_shaped_hf_fields(cfg: ModelConfig) -> dict[str, Any]:
+    """The Hugging Face config fields a Llama-shaped family shares, for ``cfg`` (``LLAMA_SHAPED_FIELDS``,
+    ``head_dim``, plain RoPE at ``rope_theta``, no attention dropout, lmforge's token ids 0 / 1 / 2)."""
+    fields: dict[str, Any] = {hf: getattr(cfg, attr) for hf, _, attr in LLAMA_SHAPED_FIELDS}
+    fields.update(
+        head_dim=cfg.head_dim,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        attention_dropout=0.0,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+    )
+    return fields
+
+
+def from_llama_shaped_config(hf_config: Any) -> tuple[dict[str, Any], list[str]]:
+    """The ``ModelConfig`` fields of a Llama-shaped Hugging Face config (``LLAMA_SHAPED_FIELDS``, RoPE
+    base, ``pos="rope"``, ``norm="rmsnorm"``), and what of it the decoder cannot reproduce: RoPE scaling,
+    a ``head_dim`` other than hidden_size // num_attention_heads."""
+    problems = []
+    rope = dict(_hf_value(hf_config, "rope_parameters", "rope_scaling", default={}) or {})
+    theta = rope.get("rope_theta", _hf_value(hf_config, "rope_theta", default=10000.0))
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        problems.append(f"rope scaling {rope} (lmforge has plain RoPE only)")
+    hidden, heads = hf_config.hidden_size, hf_config.num_attention_heads
+    head_dim = _hf_value(hf_config, "head_dim", default=hidden // heads)
+    if head_dim * heads != hidden:
+        problems.append(f"head_dim {head_dim} * {heads} heads != hidden_size {hidden}")
+    fields = {ours: getattr(hf_config, hf, None) for hf, ours, _ in LLAMA_SHAPED_FIELDS}
+    fields.update(
+        n_kv_head=fields["n_kv_head"] or heads,
+        norm_eps=float(fields["norm_eps"]),
+        tie_embeddings=bool(fields["tie_embeddings"]),
+        pos="rope",
+        norm="rmsnorm",
+        rope_theta=float(theta),
+    )
+    return fields, problems
+
+
 def to_llama_config(cfg: ModelConfig, **overrides: Any) -> transformers.LlamaConfig:
     """The ``transformers.LlamaConfig`` of the same model; ``overrides`` are passed on (e.g. token ids).
 
@@ -272,29 +330,12 @@ def to_llama_config(cfg: ModelConfig, **overrides: Any) -> transformers.LlamaCon
         ImportError: ``transformers`` is not installed (``pip install lmforge[hf]``).
     """
     check_llama_config(cfg)
-    import transformers
+    import transformers  # heavy optional extra (lmforge[hf])
 
-    fields: dict[str, Any] = {
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.n_embd,
-        "intermediate_size": cfg.hidden_dim,
-        "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head,
-        "num_key_value_heads": cfg.kv_heads,
-        "head_dim": cfg.head_dim,
-        "hidden_act": "silu",
-        "max_position_embeddings": cfg.block_size,
-        "rms_norm_eps": cfg.norm_eps,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "tie_word_embeddings": cfg.tie_embeddings,
-        "attention_bias": cfg.bias,
-        "mlp_bias": cfg.bias,
-        "attention_dropout": 0.0,
-        "bos_token_id": 0,
-        "eos_token_id": 1,
-        "pad_token_id": 2,
-        "architectures": ["LlamaForCausalLM"],
-    }
+    fields = llama_shaped_hf_fields(cfg)
+    fields.update(
+        hidden_act="silu", attention_bias=cfg.bias, mlp_bias=cfg.bias, architectures=["LlamaForCausalLM"]
+    )
     fields.update(overrides)
     return transformers.LlamaConfig(**fields)
 
@@ -322,15 +363,7 @@ def from_llama_config(hf_config: Any) -> ModelConfig:
             hidden_size // num_attention_heads, an activation other than SiLU, attention and MLP biases
             that differ, tensor-parallel ``pretraining_tp`` > 1); the message names each.
     """
-    problems = []
-    rope = dict(_hf_value(hf_config, "rope_parameters", "rope_scaling", default={}) or {})
-    theta = rope.get("rope_theta", _hf_value(hf_config, "rope_theta", default=10000.0))
-    if rope.get("rope_type", rope.get("type", "default")) != "default":
-        problems.append(f"rope scaling {rope} (lmforge has plain RoPE only)")
-    hidden, heads = hf_config.hidden_size, hf_config.num_attention_heads
-    head_dim = _hf_value(hf_config, "head_dim", default=hidden // heads)
-    if head_dim * heads != hidden:
-        problems.append(f"head_dim {head_dim} * {heads} heads != hidden_size {hidden}")
+    fields, problems = from_llama_shaped_config(hf_config)
     if hf_config.hidden_act != "silu":
         problems.append(f"hidden_act {hf_config.hidden_act!r} (SwiGLU needs 'silu')")
     attention_bias = bool(getattr(hf_config, "attention_bias", False))
@@ -342,22 +375,7 @@ def from_llama_config(hf_config: Any) -> ModelConfig:
     if _hf_value(hf_config, "pretraining_tp", default=1) != 1:
         problems.append(f"pretraining_tp={hf_config.pretraining_tp}")
     _refuse("Llama model", problems)
-    return ModelConfig(
-        vocab_size=hf_config.vocab_size,
-        block_size=hf_config.max_position_embeddings,
-        n_layer=hf_config.num_hidden_layers,
-        n_head=heads,
-        n_kv_head=_hf_value(hf_config, "num_key_value_heads", default=heads),
-        n_embd=hidden,
-        mlp="swiglu",
-        mlp_hidden=hf_config.intermediate_size,
-        norm="rmsnorm",
-        pos="rope",
-        rope_theta=float(theta),
-        tie_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)),
-        bias=attention_bias,
-        norm_eps=float(hf_config.rms_norm_eps),
-    )
+    return ModelConfig(**fields, mlp="swiglu", bias=attention_bias)
 
 
 # GPT-2 activation names → our MLP kinds ("gelu_new" and "gelu_pytorch_tanh" are the tanh approximation).

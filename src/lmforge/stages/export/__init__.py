@@ -1,8 +1,8 @@
 """Export a checkpoint for other tools: ``lmforge export <method> [RECIPE.yaml] [--key value ...]``.
 
 Each method is its own stage program (a module here with ``Config``, ``INPUTS`` and ``main``); its stage
-kind is ``export.<method>``. ``hf`` writes a Hugging Face ``LlamaForCausalLM`` directory, ``gguf`` a
-llama.cpp GGUF file; docs/interop.md says what exports, what is refused and why.
+kind is ``export.<method>``. ``hf`` writes a Hugging Face directory (Llama, Qwen2, Qwen3 or Gemma),
+``gguf`` a llama.cpp GGUF file; docs/interop.md says what exports, what is refused and why.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from types import ModuleType
 
 # method → (module, one line)
 METHODS: dict[str, tuple[str, str]] = {
-    "hf": ("lmforge.stages.export.hf", "Hugging Face transformers LlamaForCausalLM directory"),
+    "hf": ("lmforge.stages.export.hf", "Hugging Face transformers directory (Llama, Qwen2, Qwen3 or Gemma)"),
     "gguf": ("lmforge.stages.export.gguf", "GGUF file (llama architecture) for llama.cpp-family tools"),
 }
 

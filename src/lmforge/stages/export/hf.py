@@ -1,10 +1,12 @@
-"""Export a decoder checkpoint as a Hugging Face ``LlamaForCausalLM`` directory (stage kind ``export.hf``).
+"""Export a decoder checkpoint as a Hugging Face directory (stage kind ``export.hf``).
 
-The stage directory itself is the Hugging Face directory: ``config.json``, ``model.safetensors``,
+The family is the one the checkpoint's config needs: Llama, Qwen2 (``qkv_bias``), Qwen3 (``qk_norm``) or
+Gemma (``scale_emb`` + GeGLU); ``config.json``'s ``model_type`` and ``architectures`` record it. The stage
+directory itself is the Hugging Face directory: ``config.json``, ``model.safetensors``,
 ``generation_config.json`` and the tokenizer files (``model.hf_export``), beside the manifest. With
 ``verify`` the directory is loaded back with ``transformers`` and the largest logit difference from
 the lmforge model on a random batch is recorded (``max_logit_diff``); the stage fails above
-``tolerance``. A configuration Llama cannot express fails before anything is written.
+``tolerance``. A configuration no family can express fails before anything is written.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
 
 
 def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
-    """Write the Llama directory into the stage directory, then (optionally) check it loads and agrees."""
+    """Write the Hugging Face directory into the stage directory, then (optionally) check it loads and agrees."""
     from lmforge.model.hf_export import export_hf, verify_hf_export
     from lmforge.training.checkpoint import resolve_checkpoint
 

@@ -2,7 +2,8 @@
 
 The package is ``import_`` because ``import`` is a Python keyword. Each method is its own stage program
 (a module here with ``Config``, ``INPUTS`` and ``main``); its stage kind is ``import.<method>``. ``hf``
-reads a local Hugging Face Llama or GPT-2 directory; docs/interop.md describes it.
+reads a local Hugging Face decoder directory (Llama, GPT-2, Qwen2, Qwen3, Mistral, Gemma);
+docs/interop.md describes it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from types import ModuleType
 METHODS: dict[str, tuple[str, str]] = {
     "hf": (
         "lmforge.stages.import_.hf",
-        "a local Hugging Face Llama or GPT-2 directory → an lmforge checkpoint",
+        "a local Hugging Face decoder directory (Llama, GPT-2, Qwen2/3, Mistral, Gemma) → a checkpoint",
     ),
 }
 

@@ -29,6 +29,7 @@ import torch
 from lmforge.config import ConfigError, opt
 from lmforge.errors import InputError
 from lmforge.model import hf_bert, hf_import
+from lmforge.model.hf_bert import WEIGHT_FILES
 from lmforge.model.pretrained import PREFIX, resolve_model_dir
 from lmforge.runstore import StageContext, resolve_ref, run_stage, write_json_atomic
 from lmforge.tokenizer.train import save_tokenizer
@@ -36,7 +37,6 @@ from lmforge.training.checkpoint import FINAL_FILE, checkpoint_dir, save_checkpo
 
 STAGE = "import.hf"
 VERSION = 2
-ENCODER_TYPES = ("bert",)
 # sentences the encoder verification embeds (plain English, the register sentence models are used on)
 VERIFY_TEXTS = [
     "A man is playing a guitar on the stage.",
@@ -75,25 +75,18 @@ INPUTS = ("model",)
 
 
 def model_type(hf_dir: Path) -> str:
-    """The ``model_type`` of a directory (the transformer folder of a sentence-transformers layout).
+    """The declared ``model_type`` of a directory (of the transformer folder in a sentence-transformers
+    layout); "" when config.json does not say. Whether lmforge imports it is decided by the readers.
 
     Raises:
-        InputError: no config.json, no weights file, unreadable JSON, or a type lmforge does not import (the supported
-            ones are listed).
+        InputError: no config.json or unreadable JSON.
     """
     transformer = hf_bert.locate(hf_dir).transformer
-    if not any((transformer / f).is_file() for f in (*hf_bert.WEIGHT_FILES, "pytorch_model.bin.index.json")):
-        raise InputError(f"{transformer}: no weights ({', '.join(hf_bert.WEIGHT_FILES)})")
     try:
-        kind = json.loads((transformer / "config.json").read_text()).get("model_type", "")
+        raw = json.loads((transformer / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(f"{transformer}/config.json: not valid JSON: {exc}") from exc
-    supported = (*hf_import.SUPPORTED, *ENCODER_TYPES)
-    if kind not in supported:
-        raise InputError(
-            f"{hf_dir}: model_type {kind!r} cannot be imported; supported: {', '.join(supported)}"
-        )
-    return kind
+    return str(raw.get("model_type", "")) if isinstance(raw, dict) else ""
 
 
 def check_encoder_dir(hf_dir: Path) -> None:
@@ -123,8 +116,13 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     spec = str(resolve_model_dir(cfg.model)) if cfg.model.startswith(PREFIX) else cfg.model
     hf_dir = resolve_ref(spec, Path(cfg.out).expanduser().resolve())
     if hf_dir.is_dir():  # refuse before the stage directory exists
-        if model_type(hf_dir) in ENCODER_TYPES:
+        if model_type(hf_dir) in hf_import.ENCODER_TYPES:
             check_encoder_dir(hf_dir)
+        else:
+            hf_import.read_hf_config(hf_dir)  # an unsupported type, or a setting the decoder cannot reproduce
+        weights = hf_bert.locate(hf_dir).transformer
+        if not any((weights / f).is_file() for f in (*WEIGHT_FILES, "pytorch_model.bin.index.json")):
+            raise InputError(f"{weights}: no weights ({', '.join(WEIGHT_FILES)})")
     elif not spec.startswith("@"):  # an unfinished @stage is reported by run_stage
         raise InputError(f"model directory not found: {hf_dir}")
     return run_stage(STAGE, cfg, out=cfg.out, inputs={"model": spec}, work=work, version=VERSION, force=force)
@@ -133,7 +131,7 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
 def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     """Read the model and tokenizer, add lmforge's tokens, check parity, save a checkpoint."""
     hf_dir = ctx.inputs["model"]
-    if model_type(hf_dir) in ENCODER_TYPES:
+    if model_type(hf_dir) in hf_import.ENCODER_TYPES:
         return import_encoder(cfg, ctx, hf_dir)
     tok = hf_import.read_hf_tokenizer(hf_dir)  # first: it fails fast, the weights take a while
     read = hf_import.read_hf_model(hf_dir)
