@@ -28,11 +28,14 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmforge.config import ConfigError, opt
 from lmforge.runstore import StageContext, run_stage, write_json_atomic
 from lmforge.training.options import FinetuneOptions
+
+if TYPE_CHECKING:  # torch stays unimported until the stage runs (fast --help)
+    from lmforge.training.qa_spans import QAExample, Span, Window
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +126,7 @@ class Question:
 
     id: str
     title: str
-    example: Any  # training.qa_spans.QAExample
+    example: QAExample
     references: list[str]
 
 
@@ -264,7 +267,9 @@ def span_logits(model: Any, idx: Any, mask: Any, token_type_ids: Any) -> tuple[A
     return model.heads[TASK](hidden_states(model.trunk, idx, mask, token_type_ids))
 
 
-def answer(model: Any, questions: list[Question], windows: list, *, pad_id: int, cfg: Config, device: str):
+def answer(
+    model: Any, questions: list[Question], windows: list[Window], *, pad_id: int, cfg: Config, device: str
+) -> tuple[list[Span], float]:
     """``(one Span per question, mean window loss)`` in eval mode."""
     from lmforge.training.qa_spans import decode, window_logits
 
@@ -304,7 +309,7 @@ def _fine_tune(
     pad_id = special_id(tok, "pad")
     model = build_reader(trunk).to(device)
 
-    def windows(questions: list[Question]) -> list:
+    def windows(questions: list[Question]) -> list[Window]:
         return featurize(tok, [q.example for q in questions], max_len=cfg.max_len, doc_stride=cfg.doc_stride)
 
     x_train, x_dev = windows(train_q), windows(dev_q)
