@@ -25,7 +25,8 @@ COMMANDS: dict[str, Command] = {
     "tokenizer": Command("lmforge.stages.tokenizer", "train a tokenizer and write token shards"),
     "pretrain": Command("lmforge.stages.pretrain", "pretrain a decoder-only transformer"),
     "finetune": Command(
-        "lmforge.stages.finetune", "fine-tune: sft, lora, classify, multitask, dapt, contrastive"
+        "lmforge.stages.finetune",
+        "fine-tune: sft, lora, classify, multitask, dapt, contrastive, ner, task, qa",
     ),
     "align": Command("lmforge.stages.align", "align: collect (ranking page), reward, dpo, ppo, grpo"),
     "eval": Command("lmforge.stages.eval", "evaluate LM metrics and k-shot tasks, side by side"),

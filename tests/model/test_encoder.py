@@ -17,6 +17,7 @@ from lmforge.model.heads import (
     MLMHead,
     NSPHead,
     ScalarHead,
+    SpanHead,
     pool,
 )
 
@@ -199,6 +200,20 @@ def test_heads_shapes_and_bad_arguments() -> None:
         ScalarHead(cfg, pooling="max")
     with pytest.raises(ValueError, match="tok_emb"):
         MLMHead(cfg, torch.nn.Embedding(VOCAB + 1, 32))
+
+
+def test_span_head_gives_a_start_and_an_end_logit_per_token() -> None:
+    cfg = tiny()
+    torch.manual_seed(0)
+    head = SpanHead(cfg)
+    assert head.proj.weight.shape == (2, 32) and torch.equal(head.proj.bias, torch.zeros(2))
+    assert abs(float(head.proj.weight.detach().std()) - 0.02) < 0.01
+    hidden = torch.randn(3, 7, 32)
+    start, end = head(hidden)
+    assert start.shape == end.shape == (3, 7)
+    # the start logit of token i reads h_i only (S . h_i + b): no mixing across positions
+    torch.testing.assert_close(start, hidden @ head.proj.weight[0] + head.proj.bias[0])
+    torch.testing.assert_close(end, hidden @ head.proj.weight[1] + head.proj.bias[1])
 
 
 def test_bad_input_is_refused() -> None:

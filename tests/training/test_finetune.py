@@ -171,6 +171,21 @@ def test_hidden_states_are_what_the_lm_head_reads():
     assert isinstance(model.lm_head, torch.nn.Linear) and model.lm_head.weight is model.tok_emb.weight
 
 
+def test_hidden_states_pass_token_types_to_an_encoder_only():
+    from lmforge.model.heads import EncoderForPretraining
+
+    torch.manual_seed(0)
+    enc = EncoderForPretraining(ModelConfig(vocab_size=V, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    idx = torch.randint(0, V, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    types = torch.tensor([[0, 0, 0, 1, 1, 1, 1]] * 2)
+    torch.testing.assert_close(ft.hidden_states(enc, idx, mask, types), enc.encoder(idx, mask, types))
+    torch.testing.assert_close(ft.hidden_states(enc, idx, mask), enc.encoder(idx, mask))
+    assert not torch.allclose(ft.hidden_states(enc, idx, mask, types), ft.hidden_states(enc, idx, mask))
+    with pytest.raises(ValueError, match="decoder"):
+        ft.hidden_states(tiny(), idx, None, types)
+
+
 def separable(n: int, seed: int) -> tuple[list[list[int]], list[int]]:
     """Label 1 iff token 5 occurs (else token 6 does), amid random tokens 10..23."""
     rng = random.Random(seed)

@@ -9,6 +9,9 @@
 - ``NSPHead``: BERT's next-sentence-prediction head, a two-class ``ClassificationHead`` on [CLS].
 - ``TokenClassificationHead``: one label per token (NER, tagging): dropout → ``out_proj`` (D→C) at every
   position, BERT's token-classification head (Devlin et al. 2019, §4.3).
+- ``SpanHead``: extractive question answering, BERT's SQuAD head (Devlin et al. 2019, §4.2): one linear
+  layer ``proj`` (D→2) giving a start and an end logit per token (``training/qa_spans.py`` builds the
+  windows, the loss and the span search).
 - ``ScalarHead``: one number per sequence ("last" | "mean" | "cls" pooling; reward models, Ouyang et al.
   2022) or per token ("none"; value heads for PPO): a single linear layer ``proj`` (D→1).
 - ``EncoderForPretraining``: ``Encoder`` + ``MLMHead`` (+ ``NSPHead``), the BERT pre-training model.
@@ -179,6 +182,35 @@ class TokenClassificationHead(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Label logits ``[B, T, C]`` from hidden states ``[B, T, D]``."""
         return self.out_proj(self.drop(hidden))  # [B, T, C]
+
+
+class SpanHead(nn.Module):
+    """Answer-span scorer: hidden ``[B, T, D]`` → ``(start_logits [B, T], end_logits [B, T])``.
+
+    BERT's SQuAD head: a start vector S and an end vector E (the two rows of ``proj``), the logit of
+    token i starting (ending) the answer is ``S·h_i`` (``E·h_i``), plus a bias; no dropout, no pooling.
+    Every position gets logits (question, [CLS] and padding too); which positions may start or end an
+    answer is the caller's to decide (``training.qa_spans``).
+
+    Args:
+        cfg: the model configuration (width).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.proj = nn.Linear(cfg.n_embd, 2, bias=True)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """``proj`` weight normal std 0.02, bias zeros."""
+        nn.init.normal_(self.proj.weight, mean=0.0, std=INIT_STD)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Start and end logits, each ``[B, T]``, from hidden states ``[B, T, D]``."""
+        start, end = self.proj(hidden).unbind(dim=-1)  # [B, T, 2] → 2 × [B, T]
+        return start, end
 
 
 class ScalarHead(nn.Module):

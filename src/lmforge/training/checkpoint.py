@@ -171,6 +171,19 @@ def _require_complete(dir: Path) -> Path:
     return dir
 
 
+def load_config(dir: Path) -> ModelConfig:
+    """The ``ModelConfig`` of a complete checkpoint, without reading its weights.
+
+    Raises:
+        InputError: missing directory, no ``DONE``, or an unreadable or invalid config.
+    """
+    config_path = _require_complete(dir) / CONFIG_FILE
+    try:
+        return ModelConfig.from_dict(json.loads(config_path.read_text()))
+    except (OSError, json.JSONDecodeError, ConfigError) as e:
+        raise InputError(f"cannot read model config {config_path}: {e}") from e
+
+
 def load_model(dir: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, ModelConfig]:
     """Rebuild the ``Decoder`` of a complete checkpoint, weights loaded and tied as saved.
 
@@ -180,12 +193,9 @@ def load_model(dir: Path, device: torch.device | str = "cpu") -> tuple[nn.Module
         InputError: missing directory, no ``DONE``, unreadable or invalid config, or weights that do
             not match the config.
     """
-    dir = _require_complete(dir)
+    dir = Path(dir)
+    cfg = load_config(dir)
     config_path = dir / CONFIG_FILE
-    try:
-        cfg = ModelConfig.from_dict(json.loads(config_path.read_text()))
-    except (OSError, json.JSONDecodeError, ConfigError) as e:
-        raise InputError(f"cannot read model config {config_path}: {e}") from e
     state = load_weights(dir, cfg)
     model = build_model(cfg, state_keys=set(state))
     for key in tied_keys(model):

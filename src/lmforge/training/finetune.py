@@ -94,17 +94,26 @@ def load_decoder(
 
 
 def hidden_states(
-    model: nn.Module, idx: torch.Tensor, attention_mask: torch.Tensor | None = None
+    model: nn.Module,
+    idx: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    token_type_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Final hidden states ``[B, T, D]`` (after the final norm) of a decoder or encoder checkpoint model.
 
     A decoder is causal, so with right padding the real tokens never see the pads and the mask is not
-    needed; an encoder gets ``attention_mask`` so padding is ignored.
+    needed; an encoder gets ``attention_mask`` so padding is ignored, and ``token_type_ids`` ``[B, T]``
+    (segments of a text pair, e.g. question 0 / passage 1) when given.
+
+    Raises:
+        ValueError: ``token_type_ids`` given for a decoder, which has no segments.
     """
     if hasattr(model, "encoder"):  # EncoderForPretraining
-        return model.encoder(idx, attention_mask)
+        return model.encoder(idx, attention_mask, token_type_ids)
     if getattr(model.config, "arch", "decoder") == "encoder":
-        return model(idx, attention_mask)
+        return model(idx, attention_mask, token_type_ids)
+    if token_type_ids is not None:
+        raise ValueError("token_type_ids given for a decoder, which has no segment embeddings")
     return model.hidden_states(idx)
 
 

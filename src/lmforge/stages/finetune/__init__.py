@@ -24,6 +24,7 @@ METHODS: dict[str, tuple[str, str]] = {
     "dapt": ("lmforge.stages.finetune.dapt", "domain-adaptive continued pretraining with replay"),
     "contrastive": ("lmforge.stages.finetune.contrastive", "sentence embeddings with InfoNCE on pairs"),
     "ner": ("lmforge.stages.finetune.ner", "token classification (NER) + lookup and CRF baselines"),
+    "qa": ("lmforge.stages.finetune.qa", "extractive QA: a span head on an encoder, SQuAD EM/F1"),
     "task": (
         "lmforge.stages.finetune.task",
         "learn eval tasks' training splits in their zero-shot prompt format",
