@@ -206,3 +206,26 @@ def test_real_minilm_matches_transformers_and_sentence_transformers(tmp_path: Pa
         return
     st = SentenceTransformer(str(src), device="cpu").encode(texts, convert_to_tensor=True)
     assert torch.nn.functional.cosine_similarity(ours, st).min() >= 0.9999
+
+
+def test_imported_bert_exports_back_to_transformers(tmp_path: Path) -> None:
+    """import → export: transformers loads the export as BertForMaskedLM with the original's logits, and
+    AutoTokenizer encodes text as the original tokenizer does."""
+    from lmforge.stages.export import hf as export_stage
+
+    src = save_bert(tmp_path / "hf", masked_lm=True)
+    run_import(src, tmp_path / "run" / "import")
+    manifest = export_stage.main(
+        export_stage.Config(model=str(tmp_path / "run" / "import"), out=str(tmp_path / "run" / "export"))
+    )
+    assert manifest["metrics"]["max_logit_diff"] < 1e-4
+    original = transformers.BertForMaskedLM.from_pretrained(src).eval()
+    exported = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "run" / "export").eval()
+    n = original.config.vocab_size
+    idx = torch.randint(0, n, (2, 11), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(exported(input_ids=idx).logits[..., :n], original(input_ids=idx).logits)
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "run" / "export")
+    text = "The birds sang in the OLD park."
+    expected = Tokenizer.from_file(str(src / "tokenizer.json")).encode(text, add_special_tokens=False).ids
+    assert tok(text, add_special_tokens=False)["input_ids"] == expected

@@ -148,5 +148,5 @@ def test_encoder_is_refused_with_the_reason(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="post-norm") as err:
         export_hf(ckpt, tmp_path / "hf")
-    assert err.value.key == "arch" and "BertModel" in str(err.value)
+    assert err.value.key == "arch" and "BertForMaskedLM" in str(err.value)
     assert not (tmp_path / "hf").exists()

@@ -391,3 +391,74 @@ def verify(
     a, b = pool(ours, mask, pooling.mode), pool(theirs, mask, pooling.mode)  # [N, D]
     cosine = float(torch.nn.functional.cosine_similarity(a, b, dim=-1).min())
     return hidden_diff, cosine
+
+
+# (field, value BERT needs, what BERT lacks otherwise): an encoder exports as BERT only in BERT's form.
+_BERT_NEEDS: tuple[tuple[str, Any, str], ...] = (
+    ("post_norm", True, "BERT's blocks are post-norm (lmforge's default encoder is pre-norm)"),
+    ("emb_norm", True, "BERT normalises the embedding sum"),
+    ("norm", "layernorm", "BERT has LayerNorm only"),
+    ("bias", True, "BERT's linear layers and norms have biases"),
+    ("pos", "learned", "BERT has learned absolute positions only"),
+    ("qk_norm", False, "BERT has no QK-norm"),
+    ("n_kv_head", 0, "BERT has no grouped-query attention"),
+    ("tie_embeddings", True, "BERT ties its MLM decoder to the word embeddings"),
+)
+
+
+def bert_gaps(cfg: ModelConfig) -> list[str]:
+    """Every field of an encoder config that BERT cannot express ([] = exportable as ``BertForMaskedLM``)."""
+    gaps = [f"{k}={getattr(cfg, k)!r} ({why})" for k, want, why in _BERT_NEEDS if getattr(cfg, k) != want]
+    if cfg.mlp not in ("gelu", "gelu_tanh"):
+        gaps.append(f"mlp={cfg.mlp!r} (BERT's MLP is GELU)")
+    return gaps
+
+
+def to_bert_config(cfg: ModelConfig, tok: Tokenizer) -> Any:
+    """The ``transformers.BertConfig`` (``BertForMaskedLM``) of an encoder config BERT can express."""
+    from lmforge.model.hf_import import require_transformers  # transformers: the optional 'hf' extra
+
+    transformers = require_transformers()
+    return transformers.BertConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.n_embd,
+        num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_head,
+        intermediate_size=cfg.hidden_dim,
+        hidden_act="gelu" if cfg.mlp == "gelu" else "gelu_pytorch_tanh",
+        max_position_embeddings=cfg.block_size,
+        type_vocab_size=2,
+        layer_norm_eps=cfg.norm_eps,
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout,
+        pad_token_id=tok.token_to_id("[PAD]") or 0,
+        tie_word_embeddings=True,
+        architectures=["BertForMaskedLM"],
+    )
+
+
+def to_bert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``BertForMaskedLM`` weights of an ``EncoderForPretraining`` state dict; the tied decoder weight is
+    stored once (as ``save_pretrained`` does) and an NSP head, which ``BertForMaskedLM`` lacks, is left out."""
+    out = {}
+    for key, value in state.items():
+        if key == "mlm_head.decoder.weight" or key.startswith("nsp_head."):
+            continue
+        out[to_bert_key(key)] = value
+    return out
+
+
+def bert_tokenizer_config(tok: Tokenizer, cfg: ModelConfig) -> dict[str, Any]:
+    """``tokenizer_config.json`` for ``AutoTokenizer`` over a BERT ``tokenizer.json``."""
+    normalizer = json.loads(tok.to_str()).get("normalizer") or {}
+    lower = bool(normalizer.get("lowercase", False))
+    return {
+        "tokenizer_class": "BertTokenizer",
+        "do_lower_case": lower,
+        "cls_token": "[CLS]",
+        "sep_token": "[SEP]",
+        "pad_token": "[PAD]",
+        "mask_token": "[MASK]",
+        "unk_token": "[UNK]",
+        "model_max_length": cfg.block_size,
+    }

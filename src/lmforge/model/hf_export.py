@@ -9,10 +9,11 @@ stop), and the tokenizer as ``tokenizer.json`` + ``tokenizer_config.json`` (with
 ``AutoTokenizer.from_pretrained(dir)`` work offline.
 
 Every configuration check runs before anything is written: a configuration no family can express
-fails with one message naming each field (``hf_families.check_family``). Encoders are refused:
-lmforge's encoder is pre-norm with a final norm and no LayerNorm on the embeddings (model/encoder.py),
-while BERT is post-norm (LayerNorm after each residual addition) with an embedding LayerNorm; no
-mapping of weights makes ``BertModel`` compute the same function, so nothing partial is exported.
+fails with one message naming each field (``hf_families.check_family``). An encoder in BERT's form
+(post-norm, embedding LayerNorm: every imported BERT and what is fine-tuned from it) is written as
+``BertForMaskedLM`` (``hf_bert.to_bert_config``/``to_bert_state_dict``; its tokenizer as BERT's). lmforge's
+own pre-norm encoder is refused: no mapping of its weights makes ``BertModel`` compute the same
+function, so nothing partial is exported.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -28,6 +30,7 @@ from torch import nn
 
 from lmforge.errors import ConfigError, InputError
 from lmforge.model.config import ModelConfig
+from lmforge.model.hf_bert import bert_gaps, bert_tokenizer_config, to_bert_config, to_bert_state_dict
 from lmforge.model.hf_families import check_family, to_family_config, to_family_state_dict
 from lmforge.model.hf_import import max_logit_difference, require_transformers
 from lmforge.tokenizer.chat import hf_tokenizer_config
@@ -45,18 +48,20 @@ HF_FILES = (
     "special_tokens_map.json",
 )
 ENCODER_REFUSAL = (
-    "arch='encoder' cannot be exported as a Hugging Face BertModel: lmforge's encoder is pre-norm "
-    "(x + f(norm(x))) with a final norm and no LayerNorm on the embeddings, while BERT is post-norm "
-    "(norm(x + f(x))) with an embedding LayerNorm, so no mapping of the weights computes the same "
-    "function; keep the lmforge checkpoint (lmforge eval / serve read it)"
+    "this encoder cannot be exported as a Hugging Face BertForMaskedLM, which computes another function: "
+    "{gaps}; lmforge's default encoder is pre-norm (x + f(norm(x))) with a final norm, BERT post-norm "
+    "(norm(x + f(x))) with an embedding LayerNorm; keep the lmforge checkpoint (lmforge eval / serve read it)"
 )
 
 
 def check_exportable(cfg: ModelConfig) -> str:
-    """The ``model_type`` ``cfg`` is written as with equal logits (llama, qwen2, qwen3 or gemma), or
-    ConfigError naming every field that family lacks (or why an encoder has no BERT form)."""
+    """The ``model_type`` ``cfg`` is written as with equal logits (llama, qwen2, qwen3, gemma or bert), or
+    ConfigError naming every field that family lacks."""
     if cfg.arch == "encoder":
-        raise ConfigError("arch", ENCODER_REFUSAL)
+        gaps = bert_gaps(cfg)
+        if gaps:
+            raise ConfigError("arch", ENCODER_REFUSAL.format(gaps="; ".join(gaps)))
+        return "bert"
     return check_family(cfg)
 
 
@@ -105,6 +110,8 @@ def export_hf(ckpt_dir: Path, out_dir: Path, dtype: str = "float32") -> Exported
     n_tok = tok.get_vocab_size(with_added_tokens=True)
     if n_tok > cfg.vocab_size:
         raise InputError(f"{ckpt_dir}: tokenizer has {n_tok} tokens but the model only {cfg.vocab_size}")
+    if family == "bert":
+        return export_bert(ckpt_dir, out_dir, cfg, tok, dtype)
     ids = {name: tok.token_to_id(f"<|{name}|>") for name in ("bos", "eos", "pad", "end")}
     model, _ = load_model(ckpt_dir)
     hf_state = to_family_state_dict(model.state_dict(), cfg)
@@ -133,10 +140,42 @@ def export_hf(ckpt_dir: Path, out_dir: Path, dtype: str = "float32") -> Exported
     return Exported(model.eval(), n_tok, family)
 
 
+def export_bert(ckpt_dir: Path, out_dir: Path, cfg: ModelConfig, tok: Any, dtype: str) -> Exported:
+    """Write a BERT-form encoder checkpoint as ``BertForMaskedLM`` (config, weights, tokenizer files)."""
+    from lmforge.training.checkpoint import load_model
+
+    model, _ = load_model(ckpt_dir)
+    state = {
+        k: v.detach().to(DTYPES[dtype]).contiguous()
+        for k, v in to_bert_state_dict(model.state_dict()).items()
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    hf_config = to_bert_config(cfg, tok)
+    hf_config.dtype = dtype
+    hf_config.save_pretrained(out_dir)
+    (out_dir / "tokenizer.json").write_text(tok.to_str(), encoding="utf-8")
+    tok_config = bert_tokenizer_config(tok, cfg)
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=1) + "\n")
+    special_map = {k: v for k, v in tok_config.items() if k.endswith("_token")}
+    (out_dir / "special_tokens_map.json").write_text(json.dumps(special_map, indent=1) + "\n")
+    logger.info("exported %s as Hugging Face BertForMaskedLM to %s", ckpt_dir, out_dir)
+    return Exported(model.eval(), tok.get_vocab_size(with_added_tokens=True), "bert")
+
+
+@torch.no_grad()
 def verify_hf_export(out_dir: Path, model: nn.Module, n_ids: int) -> float:
-    """Load ``out_dir`` with ``AutoModelForCausalLM`` (offline) and return the largest logit difference
-    from ``model`` on a random batch; also checks ``AutoTokenizer`` loads it."""
+    """Load ``out_dir`` with ``AutoModelForCausalLM`` (or ``AutoModelForMaskedLM`` for an encoder, offline)
+    and return the largest logit difference from ``model`` on a random batch; also checks
+    ``AutoTokenizer`` loads it."""
     transformers = require_transformers()
-    hf = transformers.AutoModelForCausalLM.from_pretrained(out_dir, local_files_only=True)
     transformers.AutoTokenizer.from_pretrained(out_dir, local_files_only=True)
+    if getattr(model.config, "arch", "decoder") == "encoder":
+        hf = transformers.AutoModelForMaskedLM.from_pretrained(out_dir, local_files_only=True).float().eval()
+        idx = torch.randint(
+            0, n_ids, (2, min(32, model.config.block_size)), generator=torch.Generator().manual_seed(0)
+        )
+        ours, _ = model.eval()(idx)
+        return float((ours - hf(input_ids=idx).logits).abs().max())
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out_dir, local_files_only=True)
     return max_logit_difference(model.eval(), hf.float().eval(), n_ids)
