@@ -13,7 +13,9 @@ the eval task ``squad`` is (``eval.loaders_qa.squad_articles``: by article, the 
 articles the test split): fine-tuning reads the train split only, ``val_fraction`` of its articles
 held out (whole articles, so no passage is on both sides) to choose the best step by F1 and for early
 stopping; the test split is read once, at the end, and scored with the SQuAD v1.1 EM and F1 of
-``eval.metrics`` (best over a question's answers). A training question learns its first answer; one
+``eval.metrics`` (best over a question's answers), as are SQuAD's sliding-window baseline's answers to
+the same questions (``baseline_sliding_window_test_*``; ``eval.classic.qa``, its one setting fitted on
+the training questions). A training question learns its first answer; one
 whose ``answer_start`` does not point at its text is not trained on (``mismatched_answers``).
 
 An encoder is required: a decoder base is refused before the stage starts (a causal model's token
@@ -57,6 +59,9 @@ class Config(FinetuneOptions):
     max_answer_tokens: int = opt(30, "longest answer predicted, in tokens")
     max_train_examples: int = opt(0, "train on at most this many questions (0 = all)")
     max_test_examples: int = opt(0, "score at most this many test questions (0 = all)")
+    sliding_window_baseline: bool = opt(
+        True, "also score SQuAD's sliding-window baseline (eval/classic/qa.py) on the same test questions"
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -196,6 +201,18 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         refs = [q.references for q in test_q]
         metrics.update(test_exact_match=exact_match(predicted, refs), test_f1=squad_f1(predicted, refs))
         rows.append(["fine-tuned span head", len(test_q), metrics["test_exact_match"], metrics["test_f1"]])
+        if cfg.sliding_window_baseline:
+            baseline = sliding_window_answers(train_q, test_q)
+            metrics["baseline_sliding_window_test_exact_match"] = exact_match(baseline, refs)
+            metrics["baseline_sliding_window_test_f1"] = squad_f1(baseline, refs)
+            rows.append(
+                [
+                    "sliding window (Rajpurkar et al. 2016)",
+                    len(test_q),
+                    metrics["baseline_sliding_window_test_exact_match"],
+                    metrics["baseline_sliding_window_test_f1"],
+                ]
+            )
         with (ctx.dir / "predictions.jsonl").open("w", encoding="utf-8") as fh:
             for q, s in zip(test_q, run["spans"]):
                 record = {
@@ -244,6 +261,23 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         early_stopped=int(fit.stop_reason == "early_stop"),
     )
     return metrics
+
+
+def sliding_window_answers(train_q: list[Question], test_q: list[Question]) -> list[str]:
+    """The sliding-window baseline's answers to ``test_q``, its one setting fitted on ``train_q``."""
+    from lmforge.eval.classic.qa import fit_max_len, predict_span
+    from lmforge.eval.loaders import Doc
+
+    pool = [
+        Doc(
+            q.example.question,
+            references=q.references,
+            fields={"context": q.example.context, "question": q.example.question},
+        )
+        for q in train_q
+    ]
+    max_len = fit_max_len(pool)
+    return [predict_span(q.example.context, q.example.question, max_len) for q in test_q]
 
 
 def build_reader(trunk: Any) -> Any:
