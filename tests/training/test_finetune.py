@@ -345,3 +345,47 @@ def test_restart_discards_an_interrupted_attempt(tmp_path):
     assert (tmp_path / "metrics.jsonl").exists()
     ft.restart(SimpleNamespace(resumed=True, dir=tmp_path, instance="x"))
     assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "ckpt").exists()
+
+
+def test_fit_applies_layer_lr_decay_to_each_depth():
+    """Adam's first step moves every weight by about its group's lr (m / sqrt(v) = ±1), so after one
+    constant-lr step the largest change per tensor is lr·decay^depth."""
+    model = Decoder(
+        ModelConfig(vocab_size=V, block_size=16, n_layer=2, n_head=2, n_embd=16, tie_embeddings=False)
+    )
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    lm_fit(model, steps=1, layer_lr_decay=0.5, schedule="constant", grad_clip=0.0)
+    moved = {n: float((p.detach() - before[n]).abs().max()) for n, p in model.named_parameters()}
+    assert moved["lm_head.weight"] == pytest.approx(1e-2, rel=1e-3)
+    assert moved["blocks.1.attn.q_proj.weight"] == pytest.approx(1e-2 * 0.5, rel=1e-3)
+    assert moved["blocks.0.mlp.up_proj.weight"] == pytest.approx(1e-2 * 0.25, rel=1e-3)
+    assert moved["tok_emb.weight"] == pytest.approx(1e-2 * 0.125, rel=1e-3)
+
+
+def test_warmup_ratio_sets_the_warmup_from_max_steps():
+    from lmforge.config import ConfigError
+
+    assert opts(max_steps=200, warmup_ratio=0.1, warmup_steps=50).warmup == 20  # the ratio wins
+    assert opts(max_steps=200, warmup_steps=50).warmup == 50
+    assert opts(max_steps=20, warmup_steps=50).warmup == 20
+    assert opts(max_steps=3, warmup_ratio=0.01).warmup == 1  # a ratio > 0 always warms up
+    records = []
+    model = tiny()
+    g = torch.Generator().manual_seed(1)
+    data = torch.randint(3, V, (4, 9), generator=g)
+    ft.fit(
+        model,
+        opts(max_steps=10, warmup_ratio=0.5, schedule="constant"),
+        next_batch=lambda: ((data[:, :-1], data[:, 1:]), data[:, 1:].numel()),
+        loss_sum=lambda b: token_loss(model(b[0]), b[1])[0],
+        evaluate=lambda: {"val_loss": 1.0},
+        monitor="val_loss",
+        log_metrics=records.append,
+    )
+    lrs = [r["lr"] for r in records if "lr" in r]
+    assert lrs[:6] == pytest.approx([2e-3, 4e-3, 6e-3, 8e-3, 1e-2, 1e-2])  # 5 warmup steps to lr 1e-2
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match="warmup_ratio"):
+            opts(warmup_ratio=bad).validate()
+    with pytest.raises(ConfigError, match="layer_lr_decay"):
+        opts(layer_lr_decay=1.2).validate()

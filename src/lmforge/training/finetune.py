@@ -6,7 +6,8 @@
 - ``TaskClassifier``: one shared trunk and one ``ClassificationHead`` per task; ``forward_routed``
   sends each row of a mixed batch through its own task's head (multi-task learning with hard
   parameter sharing, Caruana 1997).
-- ``fit``: the optimisation loop all methods run: schedule (``optim.lr_at``) → accumulated
+- ``fit``: the optimisation loop all methods run: schedule (``optim.lr_at``; ``warmup_ratio`` or
+  ``warmup_steps``; ``layer_lr_decay`` scales each depth's groups, ``optim.set_lr``) → accumulated
   token/example-weighted backward (``step.weighted_backward``) → clip → L1 → AdamW over the trainable
   parameters only → periodic evaluation → early stopping with patience on a monitored metric, keeping
   the best trainable weights in memory (fine-tuned models here are small). ``max_time_s`` stops at a
@@ -43,7 +44,7 @@ from lmforge.model.config import ModelConfig
 from lmforge.model.heads import ClassificationHead
 from lmforge.runstore import write_json_atomic
 from lmforge.training import checkpoint as ckpt
-from lmforge.training.optim import build_optimizer, lr_at
+from lmforge.training.optim import build_optimizer, lr_at, set_lr
 from lmforge.training.options import FinetuneOptions
 from lmforge.training.step import weighted_backward
 
@@ -249,7 +250,7 @@ def fit(
 
     log_metrics = log_metrics or (lambda record: None)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(model, opts.lr, opts.weight_decay)
+    optimizer = build_optimizer(model, opts.lr, opts.weight_decay, layer_lr_decay=opts.layer_lr_decay)
     l1_params = [p for p in params if p.ndim >= 2] if opts.l1 > 0 else []
     stopper = EarlyStopping(mode, opts.patience, opts.min_delta)
     initial = evaluate()
@@ -263,12 +264,11 @@ def fit(
             step,
             max_steps=opts.max_steps,
             base_lr=opts.lr,
-            warmup_steps=min(opts.warmup_steps, opts.max_steps),
+            warmup_steps=opts.warmup,
             schedule=opts.schedule,
             min_lr_ratio=opts.min_lr_ratio,
         )
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(optimizer, lr)  # each group: lr × its layer-wise lr_scale
         model.train()
         micro = [next_batch() for _ in range(opts.grad_accum)]
         total = sum(n for _, n in micro)
