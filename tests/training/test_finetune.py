@@ -323,8 +323,94 @@ def test_info_nce_and_recall_at_k():
     assert float(info_nce(a, shuffled, temperature=0.01)) > 10
     manual = F.cross_entropy(a @ shuffled.T / 0.5, torch.arange(4), reduction="sum")
     torch.testing.assert_close(info_nce(a, shuffled, 0.5, symmetric=False), manual)
+    # queries 0 and 1 find one wrong candidate above their own, which ties with two others at 0
     r = recall_at_k(a, shuffled, (1, 2, 4))
-    assert r == {"recall_at_1": 0.5, "recall_at_2": 1.0, "recall_at_4": 1.0}
+    assert r == pytest.approx(
+        {"recall_at_1": 0.5, "recall_at_2": (1 / 3 + 1 / 3 + 1 + 1) / 4, "recall_at_4": 1.0}
+    )
+    # fewer candidates than queries: query i's own candidate is targets[i]; queries 1 and 3 see two
+    # candidates at 0 and find theirs first half the time
+    r = recall_at_k(a, a[[2, 0]], (1,), targets=torch.tensor([1, 1, 0, 0]))
+    assert r == {"recall_at_1": (1 + 0.5 + 1 + 0.5) / 4}
+
+
+def test_info_nce_groups_take_shared_positives_out_of_the_negatives():
+    from lmforge.training.contrastive import info_nce
+
+    torch.manual_seed(0)
+    a, b = F.normalize(torch.randn(4, 8), dim=-1), F.normalize(torch.randn(4, 8), dim=-1)
+    b[1] = b[0]  # rows 0 and 1 ask about the same passage
+    groups = torch.tensor([7, 7, 1, 2])
+    logits = a @ b.T / 0.5
+    masked = logits.clone()
+    masked[0, 1] = masked[1, 0] = float("-inf")
+    target = torch.arange(4)
+    want = F.cross_entropy(masked, target, reduction="sum") + F.cross_entropy(
+        masked.T, target, reduction="sum"
+    )
+    torch.testing.assert_close(info_nce(a, b, 0.5, groups=groups), want / 2)
+    assert float(info_nce(a, b, 0.5, groups=torch.arange(4))) == pytest.approx(float(info_nce(a, b, 0.5)))
+    with pytest.raises(ValueError, match="groups"):
+        info_nce(a, b, groups=torch.arange(3))
+
+
+def test_declared_pooling_and_auto(tmp_path, caplog):
+    import json
+
+    from lmforge.errors import InputError
+
+    assert ft.declared_pooling(tmp_path) is None
+    assert ft.resolve_pooling("auto", tmp_path, "mean") == "mean"
+    (tmp_path / "pooling.json").write_text(json.dumps({"mode": "cls", "normalize": True, "source": "st"}))
+    assert ft.declared_pooling(tmp_path) == "cls"
+    assert ft.resolve_pooling("auto", tmp_path, "mean") == "cls"
+    assert ft.resolve_pooling("last", tmp_path, "mean") == "last"  # an explicit choice wins
+    (tmp_path / "pooling.json").write_text(json.dumps({"mode": "max", "normalize": False}))
+    assert ft.resolve_pooling("auto", tmp_path, "mean") == "mean" and "max" in caplog.text
+    (tmp_path / "pooling.json").write_text("{}")
+    with pytest.raises(InputError, match="pooling.json"):
+        ft.declared_pooling(tmp_path)
+
+
+def test_sequence_length_and_max_len_validation():
+    from lmforge.config import ConfigError
+    from lmforge.training.options import SequenceOptions
+
+    mcfg = ModelConfig(vocab_size=V, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    assert ft.sequence_length(0, mcfg) == 16 and ft.sequence_length(8, mcfg) == 8
+    with pytest.raises(ConfigError, match="max_len.*17.*block_size 16"):
+        ft.sequence_length(17, mcfg)
+    for bad in (-1, 2):
+        with pytest.raises(ConfigError, match="max_len"):
+            SequenceOptions(max_len=bad).validate()
+
+
+def test_holdout_groups_keep_each_key_on_one_side():
+    from lmforge.data.supervised import holdout, holdout_groups
+
+    items = list(range(40))
+    keys = [f"passage{i // 4}" for i in items]  # four items per key
+    train, held = holdout_groups(items, keys, 0.3, seed=1)
+    assert held and train and sorted(train + held) == items
+    assert not {keys[i] for i in train} & {keys[i] for i in held}
+    assert holdout_groups(items, [str(i) for i in items], 0.3, 1) == holdout(items, 0.3, 1)
+
+
+def test_embed_keeps_order_and_cuts_to_max_len(chat_tok):
+    from lmforge.model.heads import EncoderForPretraining
+    from lmforge.training.contrastive import embed
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        arch="encoder", vocab_size=chat_tok.get_vocab_size(), block_size=32, n_layer=1, n_head=2, n_embd=16
+    )
+    model = EncoderForPretraining(cfg, nsp=False)
+    texts = ["hello there " * 12, "hi", "how are you", "hello there " * 12 + "more words here"]
+    one_by_one = torch.cat([embed(model, chat_tok, [t], max_len=8) for t in texts])
+    together = embed(model, chat_tok, texts, max_len=8, batch_size=2)
+    torch.testing.assert_close(together, one_by_one, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(together[0], together[3])  # identical first 6 tokens once cut to 8
+    assert not torch.allclose(embed(model, chat_tok, texts[:1])[0], together[0])  # 0 = block_size
 
 
 def test_text_framing_keeps_the_end_marker_when_cut(chat_tok):
@@ -360,3 +446,47 @@ def test_restart_discards_an_interrupted_attempt(tmp_path):
     assert (tmp_path / "metrics.jsonl").exists()
     ft.restart(SimpleNamespace(resumed=True, dir=tmp_path, instance="x"))
     assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "ckpt").exists()
+
+
+def test_fit_applies_layer_lr_decay_to_each_depth():
+    """Adam's first step moves every weight by about its group's lr (m / sqrt(v) = ±1), so after one
+    constant-lr step the largest change per tensor is lr·decay^depth."""
+    model = Decoder(
+        ModelConfig(vocab_size=V, block_size=16, n_layer=2, n_head=2, n_embd=16, tie_embeddings=False)
+    )
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    lm_fit(model, steps=1, layer_lr_decay=0.5, schedule="constant", grad_clip=0.0)
+    moved = {n: float((p.detach() - before[n]).abs().max()) for n, p in model.named_parameters()}
+    assert moved["lm_head.weight"] == pytest.approx(1e-2, rel=1e-3)
+    assert moved["blocks.1.attn.q_proj.weight"] == pytest.approx(1e-2 * 0.5, rel=1e-3)
+    assert moved["blocks.0.mlp.up_proj.weight"] == pytest.approx(1e-2 * 0.25, rel=1e-3)
+    assert moved["tok_emb.weight"] == pytest.approx(1e-2 * 0.125, rel=1e-3)
+
+
+def test_warmup_ratio_sets_the_warmup_from_max_steps():
+    from lmforge.config import ConfigError
+
+    assert opts(max_steps=200, warmup_ratio=0.1, warmup_steps=50).warmup == 20  # the ratio wins
+    assert opts(max_steps=200, warmup_steps=50).warmup == 50
+    assert opts(max_steps=20, warmup_steps=50).warmup == 20
+    assert opts(max_steps=3, warmup_ratio=0.01).warmup == 1  # a ratio > 0 always warms up
+    records = []
+    model = tiny()
+    g = torch.Generator().manual_seed(1)
+    data = torch.randint(3, V, (4, 9), generator=g)
+    ft.fit(
+        model,
+        opts(max_steps=10, warmup_ratio=0.5, schedule="constant"),
+        next_batch=lambda: ((data[:, :-1], data[:, 1:]), data[:, 1:].numel()),
+        loss_sum=lambda b: token_loss(model(b[0]), b[1])[0],
+        evaluate=lambda: {"val_loss": 1.0},
+        monitor="val_loss",
+        log_metrics=records.append,
+    )
+    lrs = [r["lr"] for r in records if "lr" in r]
+    assert lrs[:6] == pytest.approx([2e-3, 4e-3, 6e-3, 8e-3, 1e-2, 1e-2])  # 5 warmup steps to lr 1e-2
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match="warmup_ratio"):
+            opts(warmup_ratio=bad).validate()
+    with pytest.raises(ConfigError, match="layer_lr_decay"):
+        opts(layer_lr_decay=1.2).validate()

@@ -141,3 +141,64 @@ def test_muon_lr_and_momentum_apply_to_the_muon_matrices_only() -> None:
     assert {g["momentum"] for g in slow.param_groups} == {0.9} and same.param_groups[0]["momentum"] == 0.95
     with pytest.raises(ValueError, match="muon_momentum"):
         build_optimizers(model, "muon", 1e-3, 0.1, muon_momentum=1.0)
+
+
+def _group_lr(opt: torch.optim.Optimizer, model: torch.nn.Module) -> dict[str, float]:
+    """name → the learning rate of the group holding that parameter."""
+    where = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    return {n: where[id(p)] for n, p in model.named_parameters() if id(p) in where}
+
+
+def test_layer_lr_decay_gives_each_depth_its_hand_computed_lr() -> None:
+    """BERT-shaped trunk (post-norm, embedding norm, segments) under a classification head, 2 blocks,
+    decay 0.5, at step 4 of a linear warmup of 10 to 0.1: every group's lr equals lr·decay^depth."""
+    from lmforge.model.heads import EncoderForPretraining
+    from lmforge.training.finetune import TaskClassifier
+    from lmforge.training.optim import set_lr
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        arch="encoder", vocab_size=32, block_size=8, n_layer=2, n_head=2, n_embd=16, pos="learned",
+        norm="layernorm", bias=True, post_norm=True, emb_norm=True,
+    )  # fmt: skip
+    model = TaskClassifier(EncoderForPretraining(cfg, nsp=False), {"t": 3}, "mean")
+    opt = build_optimizer(model, lr=0.1, weight_decay=0.01, layer_lr_decay=0.5)
+    step_lr = lr_at(4, max_steps=100, base_lr=0.1, warmup_steps=10)
+    assert step_lr == pytest.approx(0.05)
+    set_lr(opt, step_lr)
+    lrs = _group_lr(opt, model)
+    assert len(lrs) == len(list(model.parameters()))  # every parameter in exactly one group
+    for name, value in lrs.items():
+        if ".blocks.1." in name:
+            want = 0.05 * 0.5  # the top block: decay^(L - i) = 0.5^1
+        elif ".blocks.0." in name:
+            want = 0.05 * 0.25
+        elif any(e in name for e in ("tok_emb", "pos_emb", "seg_emb", "emb_norm")):
+            want = 0.05 * 0.125  # decay^(L + 1)
+        else:  # the task head and the unused MLM head
+            assert name.startswith(("heads.", "trunk.mlm_head.")), name
+            want = 0.05
+        assert value == pytest.approx(want), name
+    for g in opt.param_groups:  # weight decay still skips norms and biases
+        assert g["weight_decay"] == (0.01 if all(p.ndim >= 2 for p in g["params"]) else 0.0)
+
+
+def test_layer_lr_decay_on_a_decoder_and_one_leaves_the_groups_as_they_were() -> None:
+    from lmforge.training.optim import layer_lr_scales, set_lr
+
+    model = _model(n_layer=3, tie_embeddings=False)
+    scales = layer_lr_scales(model, 0.8)
+    assert scales["tok_emb.weight"] == pytest.approx(0.8**4)
+    assert scales["blocks.0.attn.q_proj.weight"] == pytest.approx(0.8**3)
+    assert scales["blocks.2.mlp.up_proj.weight"] == pytest.approx(0.8)
+    assert scales["lm_head.weight"] == scales["norm.weight"] == 1.0
+    plain, same = param_groups(model, 0.1), param_groups(model, 0.1, layer_lr_decay=1.0)
+    assert [list(map(id, g["params"])) for g in plain] == [list(map(id, g["params"])) for g in same]
+    assert [set(g) for g in same] == [{"params", "weight_decay"}] * 2  # no lr_scale key
+    opt = build_optimizer(model, lr=0.3, weight_decay=0.1, layer_lr_decay=1.0)
+    set_lr(opt, 0.2)
+    assert [g["lr"] for g in opt.param_groups] == [0.2, 0.2]
+    with pytest.raises(ValueError, match="layer_lr_decay"):
+        build_optimizer(model, lr=0.1, weight_decay=0.0, layer_lr_decay=0.0)
+    with pytest.raises(ValueError, match=r"blocks\.\{i\}"):
+        build_optimizer(torch.nn.Linear(2, 2), lr=0.1, weight_decay=0.0, layer_lr_decay=0.9)

@@ -357,6 +357,24 @@ def holdout(items: Sequence[Any], fraction: float, seed: int = 0) -> tuple[list[
     return train, held
 
 
+def holdout_groups(
+    items: Sequence[Any], keys: Sequence[str], fraction: float, seed: int = 0
+) -> tuple[list[Any], list[Any]]:
+    """``holdout`` over the distinct ``keys`` (in first-seen order), each item following its key, so no
+    key is on both sides (e.g. pairs keyed by passage: no passage is both trained on and held out).
+    With every key distinct this is ``holdout(items, fraction, seed)``.
+
+    Raises:
+        ValueError: ``keys`` and ``items`` differ in length, or ``fraction`` outside [0, 1).
+    """
+    if len(keys) != len(items):
+        raise ValueError(f"{len(keys)} keys for {len(items)} items")
+    _, held_keys = holdout(list(dict.fromkeys(keys)), fraction, seed)
+    held_set = set(held_keys)
+    train = [x for x, k in zip(items, keys) if k not in held_set]
+    return train, [x for x, k in zip(items, keys) if k in held_set]
+
+
 def log_problems(problems: list[Problem], what: str, limit: int = 5) -> None:
     """Log how many records of ``what`` were skipped, with the first ``limit`` as examples."""
     if problems:

@@ -11,14 +11,27 @@ split (``Task.fewshot_pool``), one text:
   and the target (for a translation task, ``English: ...\\nFrench: ...``).
 
 Identical texts are yielded once. The test split (``Task.docs``) is never read for its text.
+
+``task_pairs`` turns a passage task into retrieval pairs for ``finetune contrastive`` (``train:
+task:squad@DIR``): each question → the passage it was asked about. The training split's pairs are for
+training and the test split's are held out; the tasks' own splits (SQuAD by article, BoolQ by page
+title, ``eval/loaders_qa.py``) keep every passage on one side, and a held-out passage that also occurs
+in training (none does in the shipped files) is dropped from the held-out pairs.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+from lmforge.data.supervised import Pair
+from lmforge.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
 PASSAGE_FIELD = {"squad": "context", "boolq": "passage"}
+QUESTION_FIELD = "question"
 
 
 def task_texts(name: str, data_dir: str | Path = "") -> Iterator[str]:
@@ -46,3 +59,36 @@ def task_texts(name: str, data_dir: str | Path = "") -> Iterator[str]:
         if text.strip() and text not in seen:
             seen.add(text)
             yield text
+
+
+def task_pairs(name: str, data_dir: str | Path) -> tuple[list[Pair], list[Pair]]:
+    """``(training pairs, held-out pairs)`` of (question, passage) from the built-in task ``name``
+    (a key of ``PASSAGE_FIELD``), data under ``data_dir`` (module docstring).
+
+    Raises:
+        ConfigError: a task whose documents carry no passage.
+        InputError: the task's data is missing or malformed.
+    """
+    from lmforge.eval.tasks import load_task  # eval.tasks imports torch; data-source checks stay light
+
+    if name not in PASSAGE_FIELD:
+        raise ConfigError(
+            "train", f"task {name!r} has no passages to retrieve; pair tasks: {', '.join(PASSAGE_FIELD)}"
+        )
+    task = load_task(name, data_dir=data_dir)
+    field = PASSAGE_FIELD[name]
+
+    def pairs(docs: list, split: str) -> list[Pair]:
+        return [
+            Pair(str(d.fields[QUESTION_FIELD]), str(d.fields[field]), f"task:{name}:{split}:{i}")
+            for i, d in enumerate(docs)
+        ]
+
+    train, held = pairs(task.fewshot_pool or [], "train"), pairs(task.docs, "test")
+    seen = {p.b for p in train}
+    kept = [p for p in held if p.b not in seen]
+    if len(kept) < len(held):
+        logger.warning(
+            "task %s: %d held-out pairs dropped, their passage is in training", name, len(held) - len(kept)
+        )
+    return train, kept

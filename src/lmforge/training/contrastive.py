@@ -2,16 +2,20 @@
 
 - ``embed(model, tok, texts)``: one L2-normalised vector per text from a checkpoint model's final hidden
   states (``pool``: ``mean`` over real tokens by default, ``last`` for the decoder's end-of-text token,
-  ``cls`` for encoders). ``load_embedder(path)`` opens a checkpoint (a ``finetune.contrastive`` stage
-  records its pooling in ``finetune.json``) so ``embed`` works on any saved model.
+  ``cls`` for encoders), texts cut to ``max_len`` tokens and batched by length (less padding).
+  ``load_embedder(path)`` opens a checkpoint (a ``finetune.contrastive`` stage records its pooling in
+  ``finetune.json``) so ``embed`` works on any saved model.
 - ``info_nce(a, b, temperature)``: InfoNCE (van den Oord et al. 2018) over a batch of pairs: row i of
   ``a`` must pick ``b[i]`` among every ``b[j]`` of the batch (the other rows are the negatives, as in
   Karpukhin et al. 2020 and SimCSE, Gao et al. 2021); ``symmetric`` adds the b → a direction (CLIP).
-  Returns the *summed* cross-entropy so the loop's example weighting applies.
-- ``recall_at_k(queries, candidates, ks)``: the fraction of queries whose own candidate (same row) is
-  among the k most cosine-similar candidates.
+  ``groups`` removes false negatives: rows of one group (e.g. two questions about the same passage)
+  are not each other's negatives. Returns the *summed* cross-entropy so the loop's example weighting
+  applies.
+- ``recall_from_scores(scores, targets, ks)``: the fraction of queries whose own candidate is among
+  their k best-scored, ties broken at random and counted by expectation (so a scorer that ties
+  everything scores k / M, not 1; BM25 ties often); ``recall_at_k`` does it for cosine similarities.
 
-Shape notation: N texts, B pairs, D n_embd.
+Shape notation: N texts (queries), M candidates, B pairs, D n_embd.
 """
 
 from __future__ import annotations
@@ -44,18 +48,25 @@ def embed(
     pooling: str = "mean",
     batch_size: int = 64,
     device: str | torch.device = "cpu",
+    max_len: int = 0,
 ) -> torch.Tensor:
-    """Sentence vectors ``[N, D]`` (unit length, fp32, on CPU) for ``texts``, in order."""
+    """Sentence vectors ``[N, D]`` (unit length, fp32, on CPU) for ``texts``, in order.
+
+    Texts are cut to ``max_len`` tokens (0 = the model's ``block_size``) as ``encode_texts`` cuts, and
+    embedded in batches of similar length.
+    """
     was = model.training
     model.eval()
     cfg = model.config
-    seqs = encode_texts(tok, texts, cfg.arch, cfg.block_size)
-    out = []
-    for start in range(0, len(seqs), batch_size):
-        idx, mask = pad_batch(seqs[start : start + batch_size], tok.token_to_id("<|pad|>"))
-        out.append(embed_batch(model, idx.to(device), mask.to(device), pooling).cpu())
+    seqs = encode_texts(tok, texts, cfg.arch, max_len or cfg.block_size)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out = torch.empty(len(seqs), cfg.n_embd)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        idx, mask = pad_batch([seqs[i] for i in rows], tok.token_to_id("<|pad|>"))
+        out[rows] = embed_batch(model, idx.to(device), mask.to(device), pooling).cpu()
     model.train(was)
-    return torch.cat(out) if out else torch.empty(0, cfg.n_embd)
+    return out
 
 
 def load_embedder(path: Path, which: str = "best") -> tuple[nn.Module, Tokenizer, str]:
@@ -71,36 +82,80 @@ def load_embedder(path: Path, which: str = "best") -> tuple[nn.Module, Tokenizer
 
 
 def info_nce(
-    a: torch.Tensor, b: torch.Tensor, temperature: float = 0.05, symmetric: bool = True
+    a: torch.Tensor,
+    b: torch.Tensor,
+    temperature: float = 0.05,
+    symmetric: bool = True,
+    groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Summed InfoNCE loss of paired embeddings ``a``, ``b`` ``[B, D]`` (unit length) with in-batch negatives.
 
+    ``groups`` ``[B]`` (optional): rows with equal ids share a positive (the same passage), so they are
+    left out of each other's negatives (their logits masked) in both directions.
+
     Raises:
-        ValueError: shapes that differ, or a temperature <= 0.
+        ValueError: shapes that differ, ``groups`` not ``[B]``, or a temperature <= 0.
     """
     if a.shape != b.shape or a.dim() != 2:
         raise ValueError(
             f"expected two [B, D] tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}"
         )
+    if groups is not None and groups.shape != (a.shape[0],):
+        raise ValueError(f"groups must be [B] = [{a.shape[0]}], got {tuple(groups.shape)}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     logits = a @ b.T / temperature  # [B, B]: cosine similarities / temperature
     target = torch.arange(a.shape[0], device=a.device)
+    if groups is not None:  # another row of my group is no negative (symmetric mask: both directions)
+        same = (groups[:, None] == groups[None, :]) & (target[:, None] != target[None, :])
+        logits = logits.masked_fill(same, float("-inf"))
     loss = F.cross_entropy(logits, target, reduction="sum")
     if symmetric:
         loss = (loss + F.cross_entropy(logits.T, target, reduction="sum")) / 2
     return loss
 
 
-def recall_at_k(
-    queries: torch.Tensor, candidates: torch.Tensor, ks: Sequence[int] = (1, 5)
+def recall_from_scores(
+    scores: torch.Tensor, targets: torch.Tensor | None = None, ks: Sequence[int] = (1, 5)
 ) -> dict[str, float]:
-    """``{"recall_at_k": fraction}`` for each k: is ``candidates[i]`` among query i's top k?"""
-    if queries.shape != candidates.shape:
+    """``{"recall_at_k": fraction}`` for each k: is query i's own candidate among its k best?
+
+    ``scores`` ``[N, M]`` scores every candidate for every query (higher = better); ``targets`` ``[N]``
+    names each query's own candidate (None: candidate i, so M = N). With ``h`` candidates scoring
+    strictly higher than the own one and ``t`` others tying with it, a random tie-break puts it in the
+    top k with probability ``clamp((k - h) / (t + 1), 0, 1)``; that expectation is averaged.
+
+    Raises:
+        ValueError: ``scores`` not 2-D, or targets that do not name one candidate per query.
+    """
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be [N, M], got {tuple(scores.shape)}")
+    n, m = scores.shape
+    if targets is None:
+        if n != m:
+            raise ValueError(f"without targets, scores must be square, got {tuple(scores.shape)}")
+        targets = torch.arange(n)
+    targets = targets.to(scores.device).long()
+    if targets.shape != (n,) or (n and not 0 <= int(targets.min()) <= int(targets.max()) < m):
+        raise ValueError(f"targets must be [N] = [{n}] indices below M = {m}")
+    own = scores.gather(1, targets[:, None])  # [N, 1]
+    higher = (scores > own).sum(dim=1).double()  # [N]
+    ties = (scores == own).sum(dim=1).double() - 1  # [N], the own candidate left out
+    return {
+        f"recall_at_{k}": float(((k - higher) / (ties + 1)).clamp(0.0, 1.0).mean()) if n else 0.0 for k in ks
+    }
+
+
+def recall_at_k(
+    queries: torch.Tensor,
+    candidates: torch.Tensor,
+    ks: Sequence[int] = (1, 5),
+    targets: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """``recall_from_scores`` of cosine similarities: ``queries`` ``[N, D]`` against ``candidates``
+    ``[M, D]`` (unit length), query i's own candidate ``targets[i]`` (None: candidate i)."""
+    if queries.dim() != 2 or candidates.dim() != 2 or queries.shape[1] != candidates.shape[1]:
         raise ValueError(
-            f"queries {tuple(queries.shape)} and candidates {tuple(candidates.shape)} must match"
+            f"queries {tuple(queries.shape)} and candidates {tuple(candidates.shape)} must be [N, D] and [M, D]"
         )
-    scores = queries @ candidates.T  # [N, N]
-    own = scores.diagonal()[:, None]  # [N, 1]
-    rank = (scores > own).sum(dim=1)  # candidates scoring strictly higher than the right one
-    return {f"recall_at_{k}": float((rank < k).float().mean()) for k in ks}
+    return recall_from_scores(queries @ candidates.T, targets, ks)

@@ -3,10 +3,14 @@
 - ``load_base``: the model of any lmforge checkpoint (a checkpoint directory or a training stage
   directory, via ``checkpoint.resolve_checkpoint``), optionally rebuilt with a different dropout.
 - ``hidden_states``: final hidden states ``[B, T, D]`` of a decoder or an encoder, for heads.
+- ``sequence_length``: the ``max_len`` a method encodes at (checked against the model's block size).
+- ``declared_pooling`` / ``resolve_pooling``: the pooling a checkpoint's ``pooling.json`` declares
+  (a sentence-transformers import), which ``pooling: auto`` follows where a method embeds sentences.
 - ``TaskClassifier``: one shared trunk and one ``ClassificationHead`` per task; ``forward_routed``
   sends each row of a mixed batch through its own task's head (multi-task learning with hard
   parameter sharing, Caruana 1997).
-- ``fit``: the optimisation loop all methods run: schedule (``optim.lr_at``) → accumulated
+- ``fit``: the optimisation loop all methods run: schedule (``optim.lr_at``; ``warmup_ratio`` or
+  ``warmup_steps``; ``layer_lr_decay`` scales each depth's groups, ``optim.set_lr``) → accumulated
   token/example-weighted backward (``step.weighted_backward``) → clip → L1 → AdamW over the trainable
   parameters only → periodic evaluation → early stopping with patience on a monitored metric, keeping
   the best trainable weights in memory (fine-tuned models here are small). ``max_time_s`` stops at a
@@ -40,10 +44,10 @@ from torch import nn
 
 from lmforge.errors import ConfigError, InputError
 from lmforge.model.config import ModelConfig
-from lmforge.model.heads import ClassificationHead
+from lmforge.model.heads import POOLING_CHOICES, ClassificationHead
 from lmforge.runstore import write_json_atomic
 from lmforge.training import checkpoint as ckpt
-from lmforge.training.optim import build_optimizer, lr_at
+from lmforge.training.optim import build_optimizer, lr_at, set_lr
 from lmforge.training.options import FinetuneOptions
 from lmforge.training.step import weighted_backward
 
@@ -51,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 HEADS_FILE = "heads.safetensors"
 META_FILE = "finetune.json"
+POOLING_FILE = "pooling.json"  # a sentence-transformers import's declared pooling
 
 
 # --------------------------------------------------------------------------------------------------
@@ -117,11 +122,63 @@ def hidden_states(
     return model.hidden_states(idx)
 
 
+def sequence_length(max_len: int, mcfg: ModelConfig) -> int:
+    """Tokens per example of a method with ``SequenceOptions.max_len``: ``max_len``, or the model's
+    ``block_size`` when 0.
+
+    Raises:
+        ConfigError: ``max_len`` is longer than the model's ``block_size`` (its position table).
+    """
+    if max_len > mcfg.block_size:
+        raise ConfigError("max_len", f"{max_len} is longer than the model's block_size {mcfg.block_size}")
+    return max_len or mcfg.block_size
+
+
 def default_pooling(arch: str, pooling: str) -> str:
     """``auto`` → ``last`` for decoders (the only position that has read the whole text), ``cls`` for encoders."""
     if pooling != "auto":
         return pooling
     return "cls" if arch == "encoder" else "last"
+
+
+def declared_pooling(ckpt_dir: Path) -> str | None:
+    """The pooling ``mode`` a checkpoint's ``pooling.json`` declares, or None when it has none.
+
+    The sentence-transformers import writes ``{"mode": "mean" | "cls" | "max", "normalize": bool,
+    "source": ...}``: how the model's sentence vectors were pooled when it was trained.
+
+    Raises:
+        InputError: ``pooling.json`` is unreadable or has no string ``mode``.
+    """
+    path = Path(ckpt_dir) / POOLING_FILE
+    if not path.is_file():
+        return None
+    try:
+        mode = json.loads(path.read_text())["mode"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise InputError(f"cannot read the pooling mode of {path}: {e!r}") from e
+    if not isinstance(mode, str):
+        raise InputError(f"{path}: mode must be a string, got {mode!r}")
+    return mode
+
+
+def resolve_pooling(pooling: str, ckpt_dir: Path, fallback: str) -> str:
+    """``pooling``, or for ``auto`` the checkpoint's declared pooling (``declared_pooling``) when lmforge
+    pools that way (``model.heads.POOLING_CHOICES``), else ``fallback``."""
+    if pooling != "auto":
+        return pooling
+    declared = declared_pooling(ckpt_dir)
+    if declared in POOLING_CHOICES:
+        logger.info("pooling auto: %s, as %s declares", declared, Path(ckpt_dir) / POOLING_FILE)
+        return declared
+    if declared is not None:
+        logger.warning(
+            "pooling auto: %s declares %r, which lmforge does not pool; using %s",
+            Path(ckpt_dir) / POOLING_FILE,
+            declared,
+            fallback,
+        )
+    return fallback
 
 
 class TaskClassifier(nn.Module):
@@ -258,7 +315,7 @@ def fit(
 
     log_metrics = log_metrics or (lambda record: None)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(model, opts.lr, opts.weight_decay)
+    optimizer = build_optimizer(model, opts.lr, opts.weight_decay, layer_lr_decay=opts.layer_lr_decay)
     l1_params = [p for p in params if p.ndim >= 2] if opts.l1 > 0 else []
     stopper = EarlyStopping(mode, opts.patience, opts.min_delta)
     initial = evaluate()
@@ -272,12 +329,11 @@ def fit(
             step,
             max_steps=opts.max_steps,
             base_lr=opts.lr,
-            warmup_steps=min(opts.warmup_steps, opts.max_steps),
+            warmup_steps=opts.warmup,
             schedule=opts.schedule,
             min_lr_ratio=opts.min_lr_ratio,
         )
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(optimizer, lr)  # each group: lr × its layer-wise lr_scale
         model.train()
         micro = [next_batch() for _ in range(opts.grad_accum)]
         total = sum(n for _, n in micro)

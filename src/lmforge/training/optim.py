@@ -1,13 +1,16 @@
 """The optimiser and learning-rate schedules shared by every training loop.
 
-``build_optimizer`` makes AdamW with two parameter groups; ``lr_at`` is a pure function giving the
-learning rate of a step, so a loop sets ``group["lr"]`` itself and resuming needs no scheduler state.
+``build_optimizer`` makes AdamW with two parameter groups (decayed, not decayed), or, with layer-wise
+learning-rate decay, two per depth; ``lr_at`` is a pure function giving the learning rate of a step,
+and ``set_lr`` gives it to every group (times the group's ``lr_scale``), so resuming needs no
+scheduler state.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 
 import torch
 from torch import nn
@@ -15,23 +18,78 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
+EMBEDDING_MODULES = frozenset({"tok_emb", "pos_emb", "seg_emb", "emb_norm"})
+_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Split trainable parameters into a decayed and a non-decayed group.
+def layer_lr_scales(model: nn.Module, decay: float) -> dict[str, float]:
+    """Learning-rate multiplier of each named parameter under layer-wise learning-rate decay.
+
+    Layer-wise decay (Clark et al. 2020, ELECTRA, appendix; Sun et al. 2019 for BERT fine-tuning) gives
+    the layers near the input smaller steps than those near the task. With ``L`` blocks (named
+    ``blocks.{i}``, ``i`` = 0 at the input: ``Decoder``'s ``blocks.{i}``, ``EncoderForPretraining``'s
+    ``encoder.blocks.{i}``, a fine-tuning wrapper's ``trunk.…``):
+
+    - block ``i``: ``decay ** (L - i)``, so the top block ``L - 1`` takes ``decay``;
+    - the embeddings (``EMBEDDING_MODULES``: token, position, segment tables, the embedding norm):
+      ``decay ** (L + 1)``;
+    - everything else (task heads, the final norm, an untied LM head): 1. A tied LM head is the token
+      table and takes the embeddings' multiplier.
+
+    *Departure*: ELECTRA's released code puts the top block at ``decay ** 2`` and the embeddings at
+    ``decay ** (L + 2)``; here each sits one step lower, the top block one step below the heads.
+    ``decay`` 1 gives every parameter 1.
+
+    Raises:
+        ValueError: ``decay`` outside (0, 1], or a decay below 1 for a model with no ``blocks.{i}``.
+    """
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"layer_lr_decay must be in (0, 1], got {decay}")
+    names = [n for n, _ in model.named_parameters()]
+    layers = [int(m.group(1)) for n in names if (m := _BLOCK.search(n))]
+    if decay < 1.0 and not layers:
+        raise ValueError("layer_lr_decay < 1 needs a model whose blocks are named blocks.{i}")
+    n_layer = max(layers, default=-1) + 1
+    scales = {}
+    for name in names:
+        if m := _BLOCK.search(name):
+            scales[name] = decay ** (n_layer - int(m.group(1)))
+        elif EMBEDDING_MODULES.intersection(name.split(".")):
+            scales[name] = decay ** (n_layer + 1)
+        else:
+            scales[name] = 1.0
+    return scales
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_lr_decay: float = 1.0) -> list[dict]:
+    """Split trainable parameters into a decayed and a non-decayed group (per depth with layer decay).
 
     Decayed: every parameter with ``ndim >= 2``, i.e. the linear weight matrices and the embedding tables
     (token, learned positions; a tied output head is the token table, counted once), as nanoGPT does.
     Not decayed: ``ndim < 2``, i.e. norm gains and biases; shrinking them towards zero has no
     regularising purpose (a norm gain of zero silences a channel).
+
+    ``layer_lr_decay`` < 1 splits both groups by ``layer_lr_scales``: one group per (multiplier, decayed
+    or not), embeddings first, each with its ``lr_scale`` (``set_lr`` applies it). At 1 the two groups
+    are exactly the plain ones.
     """
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():  # named_parameters() yields a tied tensor once
+    scales = layer_lr_scales(model, layer_lr_decay)
+    if layer_lr_decay == 1.0:
+        decay, no_decay = [], []
+        for _, p in model.named_parameters():  # named_parameters() yields a tied tensor once
+            if p.requires_grad:
+                (decay if p.ndim >= 2 else no_decay).append(p)
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+            groups.setdefault((scales[name], p.ndim >= 2), []).append(p)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": params, "weight_decay": weight_decay if decayed else 0.0, "lr_scale": scale}
+        for (scale, decayed), params in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))
     ]
 
 
@@ -41,15 +99,19 @@ def build_optimizer(
     weight_decay: float,
     betas: tuple[float, float] = (0.9, 0.95),
     eps: float = 1e-8,
+    layer_lr_decay: float = 1.0,
 ) -> torch.optim.AdamW:
-    """AdamW (Loshchilov & Hutter 2019) over ``param_groups(model, weight_decay)``.
+    """AdamW (Loshchilov & Hutter 2019) over ``param_groups(model, weight_decay, layer_lr_decay)``.
 
     Weight decay is decoupled: each step multiplies decayed weights by ``1 - lr * weight_decay``
-    outside the adaptive update (not an L2 term in the loss). Uses the fused kernel when the parameters'
-    device supports it (CPU does in torch >= 2.4), else the multi-tensor ``foreach`` path.
+    outside the adaptive update (not an L2 term in the loss; ``lr`` is the group's, so layer-wise decay
+    shrinks the lower layers' weight decay too, as in ELECTRA). Uses the fused kernel when the
+    parameters' device supports it (CPU does in torch >= 2.4), else the multi-tensor ``foreach`` path.
+    Each group starts at ``lr`` times its ``lr_scale``; a loop then calls ``set_lr`` every step.
 
     Raises:
-        ValueError: a negative lr, weight decay or eps, betas outside [0, 1), or no trainable parameter.
+        ValueError: a negative lr, weight decay or eps, betas outside [0, 1), no trainable parameter, or
+            a ``layer_lr_decay`` that ``layer_lr_scales`` refuses.
     """
     if not lr >= 0:
         raise ValueError(f"lr must be >= 0, got {lr}")
@@ -59,17 +121,23 @@ def build_optimizer(
         raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps}")
-    groups = param_groups(model, weight_decay)
-    n_decay, n_no_decay = (sum(p.numel() for p in g["params"]) for g in groups)
-    if n_decay + n_no_decay == 0:
+    groups = param_groups(model, weight_decay, layer_lr_decay)
+    counts = {True: [0, 0], False: [0, 0]}  # decayed (ndim >= 2)? → [tensors, params]
+    for p in (p for g in groups for p in g["params"]):
+        counts[p.ndim >= 2][0] += 1
+        counts[p.ndim >= 2][1] += p.numel()
+    if counts[True][1] + counts[False][1] == 0:
         raise ValueError("model has no trainable parameters")
     logger.info(
-        "AdamW: %d decayed tensors (%d params), %d non-decayed tensors (%d params)",
-        len(groups[0]["params"]),
-        n_decay,
-        len(groups[1]["params"]),
-        n_no_decay,
+        "AdamW: %d decayed tensors (%d params), %d non-decayed tensors (%d params)%s",
+        *counts[True],
+        *counts[False],
+        f"; layer-wise lr decay {layer_lr_decay}: lr x {sorted({g['lr_scale'] for g in groups})}"
+        if layer_lr_decay < 1
+        else "",
     )
+    for g in groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
     try:
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
     except RuntimeError:  # a device or dtype the fused kernel does not cover
@@ -142,6 +210,14 @@ def scaled_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
     optimiser's ``lr_scale`` attribute (1 unless ``build_optimizers`` set one, e.g. for ``muon_lr``; an
     attribute, not a param-group key, so checkpoints load whatever ``muon_lr`` the resuming run has)."""
     return lr * getattr(optimizer, "lr_scale", 1.0)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's learning rate for a step whose schedule says ``lr``: ``scaled_lr(optimizer,
+    lr)`` times the group's own ``lr_scale`` (layer-wise decay, ``param_groups``; 1 when absent)."""
+    base = scaled_lr(optimizer, lr)
+    for group in optimizer.param_groups:
+        group["lr"] = base * group.get("lr_scale", 1.0)
 
 
 def build_optimizers(

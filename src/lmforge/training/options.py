@@ -4,7 +4,7 @@ Each ``lmforge finetune <method>`` config subclasses ``FinetuneOptions`` and add
 method fields, so the base checkpoint, the optimiser, regularisation (dropout, weight decay = L2, L1),
 the learning-rate schedule, early stopping and the wall-clock budget are spelled, validated and
 documented once. Every method, alignment's too, trains through ``training.finetune.fit``, which honours
-them all.
+them all. ``SequenceOptions`` adds ``max_len`` for the methods that read one sequence per example.
 """
 
 from __future__ import annotations
@@ -31,10 +31,14 @@ class FinetuneOptions:
     lr: float = opt(1e-3, "peak learning rate")
     min_lr_ratio: float = opt(0.1, "final learning rate as a fraction of lr")
     warmup_steps: int = opt(10, "linear warmup steps (at most max_steps)")
+    warmup_ratio: float = opt(0.0, "warmup as a fraction of max_steps, e.g. 0.1 (0 = use warmup_steps)")
     schedule: Literal["cosine", "linear", "constant", "wsd"] = opt(
         "cosine", "learning-rate schedule after warmup"
     )
     weight_decay: float = opt(0.01, "decoupled weight decay (L2) on trainable matrices")
+    layer_lr_decay: float = opt(
+        1.0, "layer-wise lr decay: block i of L takes lr·decay^(L−i), embeddings lr·decay^(L+1) (1 = off)"
+    )
     l1: float = opt(0.0, "L1 penalty: adds l1 · Σ|w| over trainable matrices to the loss (0 = off)")
     dropout: float = opt(-1.0, "dropout while fine-tuning (-1 = keep the base model's)")
     grad_clip: float = opt(1.0, "clip the global gradient norm to this (0 = off)")
@@ -56,6 +60,10 @@ class FinetuneOptions:
             raise ConfigError("warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         if self.lr <= 0:
             raise ConfigError("lr", f"must be > 0, got {self.lr}")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise ConfigError("warmup_ratio", f"must be in [0, 1], got {self.warmup_ratio}")
+        if not 0 < self.layer_lr_decay <= 1:
+            raise ConfigError("layer_lr_decay", f"must be in (0, 1] (1 = off), got {self.layer_lr_decay}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
         for key in (
@@ -76,3 +84,28 @@ class FinetuneOptions:
             )
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError("val_fraction", f"must be in [0, 1), got {self.val_fraction}")
+
+    @property
+    def warmup(self) -> int:
+        """Warmup steps of the schedule: ``warmup_ratio`` of ``max_steps`` (rounded, at least 1) when
+        set, else ``warmup_steps``; never more than ``max_steps``."""
+        if self.warmup_ratio > 0:
+            return min(self.max_steps, max(1, round(self.warmup_ratio * self.max_steps)))
+        return min(self.warmup_steps, self.max_steps)
+
+
+@dataclass
+class SequenceOptions(FinetuneOptions):
+    """``FinetuneOptions`` plus ``max_len``, for the methods that read each example as one sequence
+    (classify, multitask, ner, contrastive, align reward): a BERT-size model (block_size 512)
+    fine-tunes much faster at 128 tokens, and batches are padded to their longest row, not to this."""
+
+    max_len: int = opt(
+        0,
+        "longest example in tokens, frame tokens included (0 = the model's block_size); longer ones are cut",
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.max_len != 0 and self.max_len < 3:
+            raise ConfigError("max_len", f"must be 0 (the model's block_size) or >= 3, got {self.max_len}")

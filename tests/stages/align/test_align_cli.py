@@ -103,6 +103,28 @@ def test_reward_cli_learns_the_toy_preference(align_dir, tmp_path):
     assert rm.head.pooling == "last" and not rm.training
 
 
+def test_reward_max_len_cuts_conversations(align_dir, tmp_path, monkeypatch, capsys):
+    from lmforge.training import batches
+
+    shapes = []
+    real = batches.pad_batch
+    monkeypatch.setattr(
+        batches, "pad_batch", lambda seqs, pad: shapes.append(max(map(len, seqs))) or real(seqs, pad)
+    )
+    args = [
+        "--model",
+        str(align_dir / "decoder"),
+        "--train",
+        str(align_dir / "prefs.jsonl"),
+        "--max_steps",
+        "2",
+    ]
+    run_cli("reward", *args, "--out", str(tmp_path / "r"), "--max_len", "10")
+    assert shapes and max(shapes) <= 10 and manifest(tmp_path / "r")["config"]["max_len"] == 10
+    assert main(["align", "reward", *args, "--out", str(tmp_path / "r2"), "--max_len", "49", "-q"]) == 2
+    assert "max_len" in capsys.readouterr().err and not (tmp_path / "r2").exists()
+
+
 def test_reward_cli_plackett_luce_on_full_rankings(align_dir, tmp_path):
     """Three replies per prompt ranked by how many good words they hold; Plackett–Luce on whole rankings
     must order held-out replies well above chance (1/2)."""

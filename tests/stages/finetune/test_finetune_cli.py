@@ -273,7 +273,12 @@ def test_contrastive_cli_and_embed(ft_dir, tmp_path):
         "--val_fraction", "0.3",
     )  # fmt: skip
     m = manifest(out)["metrics"]
-    assert 0 <= m["recall_at_1"] <= m["recall_at_5"] <= 1 and "recall_at_1_before" in m
+    for who in ("", "bm25_"):  # the fine-tuned model, the untouched base (…_before) and BM25
+        assert 0 <= m[f"{who}recall_at_1"] <= m[f"{who}recall_at_5"] <= m[f"{who}recall_at_10"] <= 1
+    assert 0 <= m["recall_at_1_before"] <= m["recall_at_10_before"] <= 1
+    table = json.loads((out / "report.json").read_text())["tables"][0]
+    assert table["header"] == ["metric", "base model", "fine-tuned", "BM25"]
+    assert [row[0] for row in table["rows"]] == ["recall_at_1", "recall_at_5", "recall_at_10"]
     model, tok, pooling = load_embedder(out)
     vectors = embed(model, tok, ["a good story", "bread"], pooling=pooling)
     assert vectors.shape == (2, 32)
@@ -296,3 +301,85 @@ def test_recipe_section_is_found_by_stage_kind(tmp_path, capsys):
     recipe.write_text("stages:\n  a: {stage: finetune.sft}\n  b: {stage: finetune.sft}\n")
     assert main(["finetune", "sft", str(recipe)]) == 2
     assert "several sections" in capsys.readouterr().err
+
+
+def test_contrastive_pools_as_the_bases_pooling_json_declares(ft_dir, tmp_path):
+    import shutil
+
+    base = tmp_path / "st-base"
+    shutil.copytree(ft_dir / "encoder", base)
+    (base / "pooling.json").write_text(json.dumps({"mode": "cls", "normalize": True, "source": "test"}))
+    out = tmp_path / "contrastive-st"
+    run_cli(
+        "contrastive",
+        "--model", str(base),
+        "--train", str(ft_dir / "pairs.jsonl"),
+        "--out", str(out),
+        "--max_steps", "2",
+        "--batch_size", "8",
+        "--max_len", "12",
+    )  # fmt: skip
+    best = out / "ckpt" / json.loads((out / "ckpt" / "final.json").read_text())["best"]
+    assert json.loads((best / "finetune.json").read_text())["pooling"] == "cls"
+
+
+def test_contrastive_on_squad_pairs_holds_out_whole_articles(ft_dir, tmp_path):
+    from tests.eval.test_bm25 import squad_zip
+
+    out = tmp_path / "contrastive-squad"
+    run_cli(
+        "contrastive",
+        "--model", str(ft_dir / "encoder"),
+        "--train", f"task:squad@{squad_zip(tmp_path / 'data')}",
+        "--out", str(out),
+        "--max_steps", "2",
+        "--batch_size", "6",
+    )  # fmt: skip
+    m = manifest(out)
+    assert (m["metrics"]["train_pairs"], m["metrics"]["val_queries"], m["metrics"]["val_candidates"]) == (
+        36,
+        12,
+        4,
+    )
+    assert m["metrics"]["bm25_recall_at_1"] == 1.0  # each question names its paragraph's unique topic word
+    assert main(["finetune", "contrastive", "--model", str(ft_dir / "encoder"), "--out", str(out),
+                 "--train", "task:hellaswag@x"]) == 2  # fmt: skip
+
+
+def test_max_len_longer_than_the_model_is_refused(ft_dir, tmp_path, capsys):
+    args = ["--model", str(ft_dir / "encoder"), "--max_len", "65", "--max_steps", "1", "-q"]
+    assert main(["finetune", "classify", "--train", str(ft_dir / "sent_train.txt"), "--out",
+                 str(tmp_path / "c"), *args]) == 2  # fmt: skip
+    assert "max_len" in capsys.readouterr().err
+    assert main(["finetune", "contrastive", "--train", str(ft_dir / "pairs.jsonl"), "--out",
+                 str(tmp_path / "p"), *args]) == 2  # fmt: skip
+    assert "block_size 64" in capsys.readouterr().err
+    assert main(["finetune", "classify", "--train", "x", "--out", str(tmp_path / "c"), "--max_len", "2"]) == 2
+    assert "max_len" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["classify", "multitask", "ner", "contrastive"])
+def test_max_len_cuts_batches_that_stay_padded_to_their_longest_row(method, ft_dir, tmp_path, monkeypatch):
+    from lmforge.training import batches
+
+    shapes = []
+
+    def spy(seqs, pad_id):  # the real pad_batch, its batches recorded
+        idx, mask = real(seqs, pad_id)
+        shapes.append((idx.shape[1], int(mask.sum(dim=1).max())))
+        return idx, mask
+
+    real = batches.pad_batch
+    monkeypatch.setattr(batches, "pad_batch", spy)
+    conll = tmp_path / "ner.conll"
+    conll.write_text("".join(" ".join(["good"] * 12).replace(" ", "\tO\n") + "\tB-x\n\n" for _ in range(12)))
+    data = {
+        "classify": ["--train", str(ft_dir / "sent_train.txt"), "--bow_baseline", "false"],
+        "multitask": ["--tasks.sent.train", str(ft_dir / "sent_train.txt"), "--bow_baseline", "false"],
+        "ner": ["--train", str(conll), "--dev", "", "--test", "", "--crf_baseline", "false"],
+        "contrastive": ["--train", str(ft_dir / "pairs.jsonl"), "--batch_size", "8"],
+    }[method]
+    run_cli(method, "--model", str(ft_dir / "encoder"), "--out", str(tmp_path / method), "--max_steps", "2",
+            "--max_len", "6", *data)  # fmt: skip
+    assert shapes and all(t == longest <= 6 for t, longest in shapes)
+    assert manifest(tmp_path / method)["config"]["max_len"] == 6

@@ -1,7 +1,9 @@
 """A reward model from preference pairs or full rankings (stage kind ``align.reward``).
 
 The trunk of any checkpoint (decoder or encoder) gets a ``ScalarHead`` that scores a whole
-conversation (prompt + reply) with one number. ``loss: bradley_terry`` maximises the likelihood that
+conversation (prompt + reply), cut to ``max_len`` tokens, with one number; ``pooling: auto`` reads the
+positions the base's ``pooling.json`` declares (a sentence-transformers import), else the last token
+of a decoder or the mean of an encoder. ``loss: bradley_terry`` maximises the likelihood that
 the chosen reply scores above the rejected one, ``−log σ(r_w − r_l)`` (Bradley & Terry 1952; Ouyang
 et al. 2022), with a full ranking read as all its implied pairs; ``loss: plackett_luce`` maximises the
 likelihood of each whole ranking (Plackett 1975, Luce 1959; a pair is a ranking of two, where both
@@ -20,7 +22,7 @@ from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
 from lmforge.runstore import StageContext, config_inputs, run_stage
-from lmforge.training.options import FinetuneOptions
+from lmforge.training.options import SequenceOptions
 
 logger = logging.getLogger(__name__)
 
@@ -29,13 +31,15 @@ VERSION = 1
 
 
 @dataclass
-class Config(FinetuneOptions):
+class Config(SequenceOptions):
     """Options of ``lmforge align reward``."""
 
     train: list[str] = opt([], "preference files (.jsonl, optionally compressed)", path=True)
     val: str = opt("", "held-out preference file ('' = hold out val_fraction of train)", path=True)
     pooling: Literal["auto", "last", "mean", "cls"] = opt(
-        "auto", "which position(s) the head reads (auto = last for a decoder, mean for an encoder)"
+        "auto",
+        "which position(s) the head reads (auto = the base's pooling.json, else last for a decoder, mean for"
+        " an encoder)",
     )
     loss: Literal["bradley_terry", "plackett_luce"] = opt(
         "bradley_terry", "bradley_terry = every implied pair; plackett_luce = each whole ranking"
@@ -82,6 +86,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     trunk, mcfg, ckpt_dir = ft.load_base(
         ctx.inputs["model"], cfg.checkpoint, device=rt.device, dropout=cfg.dropout
     )
+    seq_len = ft.sequence_length(cfg.max_len, mcfg)
     tok_path = ckpt_dir / "tokenizer.json"
     tok = load_tokenizer(tok_path)
     pad_id = special_id(tok, "pad")
@@ -94,8 +99,8 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     else:
         train, val = holdout(train, cfg.val_fraction or 0.1, cfg.seed)
     log_problems(problems, "preference data")
-    # whole conversations of at most block_size tokens (the head reads ids, not next-token targets)
-    block = mcfg.block_size - 1
+    # whole conversations of at most max_len tokens (the head reads ids, not next-token targets)
+    block = seq_len - 1
     if cfg.loss == "plackett_luce":
         examples, dropped = align.encode_rankings(tok, train[: cfg.max_train_examples or None], block)
     else:
@@ -116,7 +121,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         len(val_pairs),
         dropped + val_dropped,
     )
-    pooling = cfg.pooling if cfg.pooling != "auto" else ("last" if mcfg.arch == "decoder" else "mean")
+    pooling = ft.resolve_pooling(cfg.pooling, ckpt_dir, "last" if mcfg.arch == "decoder" else "mean")
     torch.manual_seed(cfg.seed)
     rm = align.RewardModel(trunk, pooling).to(rt.device)
     device = rt.device

@@ -2,7 +2,8 @@
 
 A ``ClassificationHead`` goes on the checkpoint's trunk: decoders pool their last token (``<|eos|>``
 after the text, the only position that has read all of it), encoders their ``[CLS]`` token (or the
-mean). Cross-entropy, averaged over examples, trains head and trunk (``freeze_trunk`` trains the
+mean); texts are cut to ``max_len`` tokens (0 = the model's block size), end marker kept.
+Cross-entropy, averaged over examples, trains head and trunk (``freeze_trunk`` trains the
 head alone: a linear probe). The best checkpoint by dev accuracy is kept. Metrics on the dev split:
 accuracy, macro-F1, per-class precision/recall and the confusion matrix; the same split scores a
 bag-of-words logistic regression trained on the same training examples (``bow_accuracy``), after the
@@ -23,7 +24,7 @@ from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
 from lmforge.runstore import StageContext, config_inputs, run_stage, write_json_atomic
-from lmforge.training.options import FinetuneOptions
+from lmforge.training.options import SequenceOptions
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ PREPROCESS_NAMES = {
 
 
 @dataclass
-class Config(FinetuneOptions):
+class Config(SequenceOptions):
     """Options of ``lmforge finetune classify``."""
 
     train: str = opt(
@@ -223,6 +224,7 @@ def _fine_tune(
 
     torch.manual_seed(cfg.seed)
     trunk, mcfg, ckpt_dir = ft.load_base(start, cfg.checkpoint, device=device, dropout=cfg.dropout)
+    seq_len = ft.sequence_length(cfg.max_len, mcfg)
     tok_path = ckpt_dir / "tokenizer.json"
     tok = load_tokenizer(tok_path)
     pad_id = special_id(tok, "pad")
@@ -231,9 +233,9 @@ def _fine_tune(
     if cfg.freeze_trunk:
         model.trunk.requires_grad_(False)
     index = {label: i for i, label in enumerate(labels)}
-    x_train = encode_texts(tok, [e.text for e in train_set], mcfg.arch, mcfg.block_size)
+    x_train = encode_texts(tok, [e.text for e in train_set], mcfg.arch, seq_len)
     y_train = [index[e.label] for e in train_set]
-    x_dev = encode_texts(tok, [e.text for e in dev_set], mcfg.arch, mcfg.block_size)
+    x_dev = encode_texts(tok, [e.text for e in dev_set], mcfg.arch, seq_len)
     y_dev = [index[e.label] for e in dev_set]
     rng = np.random.default_rng(cfg.seed)
 

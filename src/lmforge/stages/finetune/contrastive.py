@@ -1,11 +1,24 @@
 """Contrastive fine-tuning of sentence embeddings on text pairs (stage kind ``finetune.contrastive``).
 
+Pairs come from a file (``.jsonl`` / ``.csv`` / ``.tsv`` / ``A<tab>B`` lines, ``data.supervised.read_pairs``)
+or from a passage task, ``train: task:squad@DIR`` or ``task:boolq@DIR``: each question → its passage,
+the task's training split trained on and its test split held out (split by article / page title, so
+no passage is on both sides; ``eval.corpus.task_pairs``). Without ``val`` a file's pairs are held out
+by passage (``holdout_groups`` on the ``b`` text): every pair of a passage lands on the same side.
+
 Each batch holds ``batch_size`` pairs; both sides are embedded by the trunk (pooled, L2-normalised)
-and trained with InfoNCE, every other pair of the batch serving as a negative
-(``training.contrastive``). Held-out pairs measure retrieval before and after: recall@1 and recall@5
-of each query's own partner among all held-out partners; the best checkpoint maximises recall@1.
-The checkpoint is a normal one plus ``finetune.json`` naming the pooling, so
-``training.contrastive.load_embedder`` + ``embed`` turn any text into the trained vectors.
+and trained with InfoNCE, every other pair of the batch serving as a negative except pairs that share
+the passage (``training.contrastive``). ``pooling: auto`` takes the base checkpoint's declared pooling
+(``pooling.json`` of a sentence-transformers import, ``training.finetune.declared_pooling``), else
+``mean``. Texts are cut to ``max_len`` tokens (0 = the model's block size).
+
+Retrieval of the held-out pairs: each held-out ``a`` ranks every distinct held-out ``b``; recall@1, @5
+and @10 (ties counted by expectation, ``recall_from_scores``) are reported for the fine-tuned model
+(the best checkpoint by recall@1 on these pairs), for the untouched base model with the same pooling
+(``*_before``, scored before the first step) and for BM25 (``bm25_*``; Robertson & Zaragoza 2009,
+``eval.classic.bm25``, the held-out passages as its collection). The checkpoint is a normal one plus
+``finetune.json`` naming the pooling, so ``training.contrastive.load_embedder`` + ``embed`` turn any
+text into the trained vectors.
 """
 
 from __future__ import annotations
@@ -16,21 +29,30 @@ from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
 from lmforge.runstore import StageContext, config_inputs, run_stage, write_json_atomic
-from lmforge.training.options import FinetuneOptions
+from lmforge.training.options import SequenceOptions
 
 log = logging.getLogger(__name__)
 
 STAGE = "finetune.contrastive"
-VERSION = 1
+VERSION = 2
+TASK_PREFIX = "task:"
+KS = (1, 5, 10)
 
 
 @dataclass
-class Config(FinetuneOptions):
+class Config(SequenceOptions):
     """Options of ``lmforge finetune contrastive``."""
 
-    train: str = opt("", "pairs: .jsonl {query, positive} / .csv / .tsv, or A<tab>B lines", path=True)
-    val: str = opt("", "held-out pairs ('' = hold out val_fraction of train)", path=True)
-    pooling: Literal["mean", "last", "cls"] = opt("mean", "how token states become one sentence vector")
+    train: str = opt(
+        "",
+        "pairs: .jsonl {query, positive} / .csv / .tsv / A<tab>B lines, or task:squad@DIR | task:boolq@DIR"
+        " (question → passage; the task's test split held out)",
+        path=True,
+    )
+    val: str = opt("", "held-out pairs ('' = hold out val_fraction of train, by passage)", path=True)
+    pooling: Literal["auto", "mean", "last", "cls"] = opt(
+        "auto", "how token states become one sentence vector (auto = the base's pooling.json, else mean)"
+    )
     temperature: float = opt(0.05, "InfoNCE temperature (similarities are divided by it)")
     symmetric: bool = opt(True, "also train the positive → query direction")
     lr: float = opt(3e-4, "peak learning rate")
@@ -38,11 +60,31 @@ class Config(FinetuneOptions):
     def validate(self) -> None:
         super().validate()
         if not self.train:
-            raise ConfigError("train", "a pairs file is required (--train pairs.jsonl)")
+            raise ConfigError("train", "a pairs file or task is required (--train pairs.jsonl)")
         if self.temperature <= 0:
             raise ConfigError("temperature", f"must be > 0, got {self.temperature}")
         if self.batch_size < 2:
             raise ConfigError("batch_size", "in-batch negatives need batch_size >= 2")
+        if self.train.startswith(TASK_PREFIX):
+            task_source(self.train)
+            if self.val:
+                raise ConfigError("val", "a task's held-out pairs are its test split; leave val empty")
+
+
+def task_source(spec: str) -> tuple[str, str]:
+    """``(task name, data directory)`` of ``task:NAME@DIR``.
+
+    Raises:
+        ConfigError: a task without passages, or no data directory.
+    """
+    from lmforge.eval.corpus import PASSAGE_FIELD  # the pair readers import numpy: --help stays light
+
+    name, _, where = spec[len(TASK_PREFIX) :].partition("@")
+    if name not in PASSAGE_FIELD:
+        raise ConfigError("train", f"{spec}: pair tasks are {', '.join(PASSAGE_FIELD)} (task:squad@DIR)")
+    if not where:
+        raise ConfigError("train", f"{spec}: a task needs its data directory: task:{name}@../shared/data")
+    return name, where
 
 
 INPUTS = ("model", "train", "val")
@@ -52,22 +94,56 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Train the embedder (or return the cached result); returns the stage manifest."""
     if not cfg.out:
         raise ConfigError("out", "an output directory is required (e.g. --out runs/x/contrastive)")
+    if cfg.train.startswith(TASK_PREFIX):  # built-in task data: the task's name is the cache key
+        name, _ = task_source(cfg.train)
+        inputs, fingerprint = config_inputs(cfg, "model"), {"train": f"{TASK_PREFIX}{name}"}
+    else:
+        inputs, fingerprint = config_inputs(cfg, *INPUTS), None
     return run_stage(
-        STAGE, cfg, out=cfg.out, inputs=config_inputs(cfg, *INPUTS), work=train, version=VERSION, force=force
+        STAGE,
+        cfg,
+        out=cfg.out,
+        inputs=inputs,
+        work=train,
+        version=VERSION,
+        force=force,
+        fingerprint=fingerprint,
     )
 
 
+def read_splits(cfg: Config, ctx: StageContext, problems: list) -> tuple[list, list]:
+    """``(training pairs, held-out pairs)``: a task's train and test splits, or the files (module
+    docstring); training pairs whose passage is a held-out one are dropped."""
+    from lmforge.data.supervised import holdout_groups, read_pairs
+    from lmforge.eval.corpus import task_pairs
+
+    if cfg.train.startswith(TASK_PREFIX):
+        pairs, val_pairs = task_pairs(*task_source(cfg.train))
+    else:
+        pairs = read_pairs(ctx.inputs["train"], problems)
+        if "val" in ctx.inputs:
+            val_pairs = read_pairs(ctx.inputs["val"], problems)
+        else:
+            pairs, val_pairs = holdout_groups(pairs, [p.b for p in pairs], cfg.val_fraction or 0.1, cfg.seed)
+    held = {p.b for p in val_pairs}
+    kept = [p for p in pairs if p.b not in held]
+    if len(kept) < len(pairs):
+        log.warning("%d training pairs dropped: their passage is a held-out one", len(pairs) - len(kept))
+    return kept, val_pairs
+
+
 def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
-    """Read pairs, measure retrieval, train with InfoNCE, measure again."""
+    """Read pairs, score BM25, train with InfoNCE (the base model scored first), score again."""
     import numpy as np
     import torch
 
-    from lmforge.data.supervised import holdout, log_problems, read_pairs, skipped
+    from lmforge.data.supervised import log_problems, skipped
+    from lmforge.eval.classic.bm25 import bm25_scores
     from lmforge.runtime import create_runtime
     from lmforge.tokenizer.train import load_tokenizer, special_id
     from lmforge.training import finetune as ft
     from lmforge.training.batches import encode_texts, pad_batch
-    from lmforge.training.contrastive import embed, embed_batch, info_nce, recall_at_k
+    from lmforge.training.contrastive import embed, embed_batch, info_nce, recall_at_k, recall_from_scores
 
     rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
     device = rt.device
@@ -75,24 +151,36 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     model, mcfg, ckpt_dir = ft.load_base(
         ctx.inputs["model"], cfg.checkpoint, device=device, dropout=cfg.dropout
     )
+    seq_len = ft.sequence_length(cfg.max_len, mcfg)
+    pooling = ft.resolve_pooling(cfg.pooling, ckpt_dir, "mean")
     tok_path = ckpt_dir / "tokenizer.json"
     tok = load_tokenizer(tok_path)
     pad_id = special_id(tok, "pad")
     problems: list = []
-    pairs = read_pairs(ctx.inputs["train"], problems)
-    if "val" in ctx.inputs:
-        val_pairs = read_pairs(ctx.inputs["val"], problems)
-    else:
-        pairs, val_pairs = holdout(pairs, cfg.val_fraction or 0.1, cfg.seed)
+    pairs, val_pairs = read_splits(cfg, ctx, problems)
     val_pairs = val_pairs[: cfg.max_eval_examples or None]
     log_problems(problems, "pairs")
     if len(pairs) < 2 or len(val_pairs) < 2:
         raise ConfigError(
             "train", f"needs >= 2 training and held-out pairs, got {len(pairs)} and {len(val_pairs)}"
         )
-    log.info("%d training pairs, %d held out", len(pairs), len(val_pairs))
-    xa = encode_texts(tok, [p.a for p in pairs], mcfg.arch, mcfg.block_size)
-    xb = encode_texts(tok, [p.b for p in pairs], mcfg.arch, mcfg.block_size)
+    queries = [p.a for p in val_pairs]
+    candidates = list(dict.fromkeys(p.b for p in val_pairs))  # each distinct passage ranked once
+    where = {b: i for i, b in enumerate(candidates)}
+    targets = torch.tensor([where[p.b] for p in val_pairs])
+    log.info(
+        "%d training pairs; %d held-out queries over %d passages; pooling %s, %d tokens",
+        len(pairs),
+        len(queries),
+        len(candidates),
+        pooling,
+        seq_len,
+    )
+    bm25 = recall_from_scores(torch.from_numpy(bm25_scores(queries, candidates)), targets, KS)
+    xa = encode_texts(tok, [p.a for p in pairs], mcfg.arch, seq_len)
+    xb = encode_texts(tok, [p.b for p in pairs], mcfg.arch, seq_len)
+    passage_of = {b: i for i, b in enumerate(dict.fromkeys(p.b for p in pairs))}
+    groups = np.array([passage_of[p.b] for p in pairs])  # pairs of one passage: no negatives of each other
     rng = np.random.default_rng(cfg.seed)
     size = min(cfg.batch_size, len(pairs))
 
@@ -100,17 +188,17 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         rows = rng.choice(len(pairs), size=size, replace=False)
         a = pad_batch([xa[i] for i in rows], pad_id)
         b = pad_batch([xb[i] for i in rows], pad_id)
-        return (tuple(t.to(device) for t in a), tuple(t.to(device) for t in b)), size
+        g = torch.from_numpy(groups[rows]).to(device)
+        return (tuple(t.to(device) for t in a), tuple(t.to(device) for t in b), g), size
 
     def loss_sum(batch: Any) -> torch.Tensor:
-        (ia, ma), (ib, mb) = batch
-        ea, eb = embed_batch(model, ia, ma, cfg.pooling), embed_batch(model, ib, mb, cfg.pooling)
-        return info_nce(ea, eb, cfg.temperature, cfg.symmetric)
+        (ia, ma), (ib, mb), g = batch
+        ea, eb = embed_batch(model, ia, ma, pooling), embed_batch(model, ib, mb, pooling)
+        return info_nce(ea, eb, cfg.temperature, cfg.symmetric, groups=g)
 
     def evaluate() -> dict[str, float]:
-        q = embed(model, tok, [p.a for p in val_pairs], pooling=cfg.pooling, device=device)
-        c = embed(model, tok, [p.b for p in val_pairs], pooling=cfg.pooling, device=device)
-        return recall_at_k(q, c, (1, 5))
+        kw = {"pooling": pooling, "device": device, "max_len": seq_len, "batch_size": 2 * cfg.batch_size}
+        return recall_at_k(embed(model, tok, queries, **kw), embed(model, tok, candidates, **kw), KS, targets)
 
     result = ft.fit(
         model,
@@ -122,7 +210,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         mode="max",
         log_metrics=ctx.log_metrics,
     )
-    meta = {"method": "contrastive", "pooling": cfg.pooling, "base": str(ckpt_dir)}
+    meta = {"method": "contrastive", "pooling": pooling, "base": str(ckpt_dir)}
     ft.save_best_and_last(
         ctx.dir / "ckpt",
         model,
@@ -131,14 +219,18 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     )
     before, after = result.initial_metrics, result.best_metrics
     table = {
-        "title": f"retrieval of held-out pairs ({len(val_pairs)} candidates)",
-        "header": ["metric", "before", "after"],
-        "rows": [[k, before[k], after[k]] for k in after],
+        "title": f"retrieval of held-out pairs ({len(queries)} queries, {len(candidates)} candidates)",
+        "header": ["metric", "base model", "fine-tuned", "BM25"],
+        "rows": [[k, before[k], after[k], bm25[k]] for k in after],
     }
     write_json_atomic(ctx.dir / "report.json", {"tables": [table]})
     return {
         **after,
         **{f"{k}_before": v for k, v in before.items()},
+        **{f"bm25_{k}": v for k, v in bm25.items()},
+        "train_pairs": len(pairs),
+        "val_queries": len(queries),
+        "val_candidates": len(candidates),
         "skipped_records": skipped(problems),
         "steps": result.steps,
         "best_step": result.best_step,

@@ -3,6 +3,7 @@
 Every batch mixes tasks: each of its rows is drawn from a task chosen with probability proportional
 to the task's ``weight``, the trunk runs once over the whole batch and each row goes through its own
 task's head (hard parameter sharing, Caruana 1997). The loss is the mean cross-entropy over the rows.
+Texts are cut to ``max_len`` tokens (0 = the model's block size), end marker kept.
 The best checkpoint maximises the mean dev accuracy over tasks; per-task accuracy, macro-F1 and the
 bag-of-words baseline of each task are reported.
 
@@ -24,7 +25,7 @@ from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
 from lmforge.runstore import StageContext, run_stage, write_json_atomic
-from lmforge.training.options import FinetuneOptions
+from lmforge.training.options import SequenceOptions
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class TaskSpec:
 
 
 @dataclass
-class Config(FinetuneOptions):
+class Config(SequenceOptions):
     """Options of ``lmforge finetune multitask``."""
 
     tasks: dict[str, TaskSpec] = opt({}, "task name → {train, dev, text_field, label_field, weight}")
@@ -105,6 +106,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     trunk, mcfg, ckpt_dir = ft.load_base(
         ctx.inputs["model"], cfg.checkpoint, device=device, dropout=cfg.dropout
     )
+    seq_len = ft.sequence_length(cfg.max_len, mcfg)
     tok_path = ckpt_dir / "tokenizer.json"
     tok = load_tokenizer(tok_path)
     pad_id = special_id(tok, "pad")
@@ -131,9 +133,9 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
             "labels": labels,
             "train": train_set,
             "dev": dev_set,
-            "x": encode_texts(tok, [e.text for e in train_set], mcfg.arch, mcfg.block_size),
+            "x": encode_texts(tok, [e.text for e in train_set], mcfg.arch, seq_len),
             "y": [index[e.label] for e in train_set],
-            "x_dev": encode_texts(tok, [e.text for e in dev_set], mcfg.arch, mcfg.block_size),
+            "x_dev": encode_texts(tok, [e.text for e in dev_set], mcfg.arch, seq_len),
             "y_dev": [index[e.label] for e in dev_set],
         }
         log.info("task %s: %d train, %d dev, labels %s", name, len(train_set), len(dev_set), labels)

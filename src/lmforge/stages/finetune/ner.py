@@ -10,7 +10,8 @@ tokenizer marks one); each subword is assigned to the word its character offsets
 first subword of each word carries the word's tag, as in BERT (Devlin et al. 2019, §4.3). Other
 subwords, the frame tokens (``[CLS]``/``[SEP]`` for encoders, ``<|bos|>``/``<|eos|>`` for decoders) and
 padding are ignored by the loss; a word's prediction is read at its first subword. Words cut off by
-``block_size`` (or with no subword) are predicted ``O`` and counted in ``truncated_words``.
+``max_len`` (default the model's ``block_size``; or with no subword) are predicted ``O`` and counted in
+``truncated_words``.
 
 Model: the checkpoint's trunk (an encoder pretrained with ``objective: mlm`` sees both sides of every
 word; a causal decoder sees only the left context) → ``model.heads.TokenClassificationHead`` (a
@@ -34,7 +35,7 @@ from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
 from lmforge.runstore import StageContext, config_inputs, run_stage, write_json_atomic
-from lmforge.training.options import FinetuneOptions
+from lmforge.training.options import SequenceOptions
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ WNUT17 = "../shared/data/wnut17"
 
 
 @dataclass
-class Config(FinetuneOptions):
+class Config(SequenceOptions):
     """Options of ``lmforge finetune ner``."""
 
     train: str = opt(
@@ -301,6 +302,7 @@ def _fine_tune(
     trunk, mcfg, ckpt_dir = ft.load_base(
         ctx.inputs["model"], cfg.checkpoint, device=device, dropout=cfg.dropout
     )
+    seq_len = ft.sequence_length(cfg.max_len, mcfg)
     tok_path = ckpt_dir / "tokenizer.json"
     tok = load_tokenizer(tok_path)
     pad_id = special_id(tok, "pad")
@@ -314,7 +316,7 @@ def _fine_tune(
 
     def encode(sentences: list, with_tags: bool) -> list[Encoded]:
         tags = [[index.get(t, index["O"]) for t in tags] for _, tags in sentences] if with_tags else None
-        return encode_words(tok, [w for w, _ in sentences], tags, mcfg.arch, mcfg.block_size)
+        return encode_words(tok, [w for w, _ in sentences], tags, mcfg.arch, seq_len)
 
     x_train = [e for e in encode(train_set, True) if any(y != IGNORE for y in e.labels)]
     x_dev = encode(dev_set, True)
