@@ -171,6 +171,10 @@ def test_import_section_shows_source_architecture_and_verify(tmp_path: Path):
     assert rows["min sentence-embedding cosine"] == "0.99999988"  # not rounded to 1
     assert "<td>min sentence-embedding cosine</td><td>0.99999988</td>" in page
     assert "<h2>Imported weights</h2>" in page and "pretrained elsewhere, not in this run" in page
+    card = _section(md, "Model card")
+    assert f"Base weights imported from {SOURCE} by stage import" in card
+    assert "Imported base weights (all-MiniLM-L6-v2) were pretrained elsewhere" in card
+    assert "| classify | dev | stsa.binary.dev |" in card  # no data stage: the files the stages read
 
 
 def test_run_without_import_renders_as_before(tmp_path: Path):
@@ -187,6 +191,7 @@ def test_run_without_import_renders_as_before(tmp_path: Path):
     }
     for absent in ("Transfer learning", "Imported weights", "from scratch (", "imported"):
         assert absent not in md and absent not in page, absent
+    assert "Trained on the run's corpus only" in md and "No data stage in this run" in md
 
 
 def _on_import(run: Path, instance: str, kind: str, minute: int, data: dict, metrics: dict, **config) -> None:
