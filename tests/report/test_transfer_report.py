@@ -175,6 +175,7 @@ def test_import_section_shows_source_architecture_and_verify(tmp_path: Path):
     assert f"Base weights imported from {SOURCE} by stage import" in card
     assert "Imported base weights (all-MiniLM-L6-v2) were pretrained elsewhere" in card
     assert "| classify | dev | stsa.binary.dev |" in card  # no data stage: the files the stages read
+    assert "| classify | accuracy | 0.9083 |" in card and "| classify | bow\\_accuracy | 0.7344 |" in card
 
 
 def test_run_without_import_renders_as_before(tmp_path: Path):

@@ -229,6 +229,7 @@ def _evaluation(run: RunData) -> list[tuple[str, Any]]:
                     "val_ppl",
                     "prediction_error",
                     "measured_loss",
+                    "accuracy",  # finetune.classify's own score (its bag-of-words one ends in _accuracy)
                 ) or key.endswith(("_acc", "_accuracy", "_f1"))
                 if keep and _num(value):
                     rows.append([stage.instance, key, fmt_value(value)])
