@@ -1,8 +1,16 @@
-"""Read a run directory into plain data for the report: manifests, data stats, loss curves, evals, samples.
+"""Read a run directory into plain data for the report: manifests, data stats, loss curves, evals, samples,
+imported models, and which stage each stage's inputs point at.
 
 Only finished stages count (``runstore.stage_dirs``: a directory with a complete ``manifest.json``, not
 ``*.partial``). Everything else is optional: a missing file leaves its section empty (the renderers then
-omit it); torn ``.jsonl`` lines are skipped and an unreadable ``stats.json`` is skipped with a warning."""
+omit it); torn ``.jsonl`` lines are skipped and an unreadable ``stats.json`` is skipped with a warning.
+
+Lineage: a manifest records every input twice, as configured (``config[name]``: ``@import``,
+``@pretrain/ckpt/step_100`` or a plain path) and as resolved (``inputs[name]["path"]``). An input points
+at a stage when its resolved path is that stage's directory or lies inside it; failing that (the run
+directory was moved since), an ``@name`` reference names a stage of the same run. A path outside the run
+is followed up to the nearest finished stage manifest, so a fine-tune of another run's import still
+shows where its weights came from."""
 
 from __future__ import annotations
 
@@ -24,6 +32,11 @@ ALIGN_KIND = "align."  # align.dpo, align.reward, align.ppo, align.grpo: reward 
 TRAIN_SERIES = ("lr", "grad_norm", "tokens_per_s")
 # metrics.jsonl keys of align stages whose name contains one of these words become alignment curves
 ALIGN_WORDS = ("reward", "kl", "accuracy", "margin")
+IMPORT_KIND = "import."  # import.hf: weights converted from another library, not trained in this run
+PRETRAINED_PREFIX = "pretrained:"  # import's model names weights a package installs: pretrained:NAME
+# training.checkpoint.FINAL_FILE, named here so the report never imports torch: which checkpoint is last
+FINAL_FILE = "final.json"
+MAX_UP = 3  # a stage directory, its ckpt root, one checkpoint: how far up a path is searched for a manifest
 
 
 @dataclass
@@ -45,6 +58,11 @@ class Stage:
     def metrics(self) -> dict[str, Any]:
         metrics = self.manifest.get("metrics")
         return metrics if isinstance(metrics, dict) else {}
+
+    @property
+    def config(self) -> dict[str, Any]:
+        config = self.manifest.get("config")
+        return config if isinstance(config, dict) else {}
 
 
 @dataclass
@@ -87,6 +105,26 @@ class FinetuneResult:
 
 
 @dataclass
+class ImportedModel:
+    """An import stage: where the weights came from, the checkpoint's architecture and the verify result."""
+
+    stage: Stage
+    source: str  # as configured: pretrained:NAME, a directory, or an @reference
+    location: str  # the directory actually read (ckpt/final.json "source", else the resolved input)
+    architecture: dict[str, Any]  # the checkpoint's model_config.json ({} when unreadable)
+
+    @property
+    def name(self) -> str:
+        """Short name of the source: NAME of ``pretrained:NAME``, else the directory's name."""
+        if self.source.startswith(PRETRAINED_PREFIX):
+            return self.source[len(PRETRAINED_PREFIX) :]
+        for text in (self.location, self.source):
+            if Path(text).name and not text.startswith("@"):
+                return Path(text).name
+        return self.stage.instance
+
+
+@dataclass
 class RunData:
     """Everything the renderers need; empty fields mean the section is absent."""
 
@@ -102,6 +140,9 @@ class RunData:
     align: list[Curve] = field(default_factory=list)  # series = every reward/KL/accuracy key found
     scaling: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # fit instance → fit.json
     predictions: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # → prediction.json
+    imports: list[ImportedModel] = field(default_factory=list)
+    # stage instance → {input name → the finished stage it points at}, for inputs that point at one
+    lineage: dict[str, dict[str, Stage]] = field(default_factory=dict)
 
 
 def load_stages(run_dir: Path) -> list[Stage]:
@@ -137,7 +178,10 @@ def collect(run_dir: Path) -> RunData:
     stages = load_stages(run_dir)
     run = RunData(name=run_dir.resolve().name, stages=stages)
     for stage in stages:
-        if stage.kind == "data":
+        run.lineage[stage.instance] = input_stages(stage, stages)
+        if stage.kind.startswith(IMPORT_KIND):
+            run.imports.append(_imported(stage))
+        elif stage.kind == "data":
             run.data = _data_stats(stage)
         elif stage.kind == "tokenizer" and stage.metrics:
             run.tokenizer.append((stage.instance, stage.metrics))
@@ -174,6 +218,76 @@ def collect(run_dir: Path) -> RunData:
             if pairs:
                 run.samples.append(SampleSet(stage.instance, pairs))
     return run
+
+
+def input_stages(stage: Stage, stages: list[Stage]) -> dict[str, Stage]:
+    """Input name → the finished stage it points at, for each input of ``stage`` that points at one (in
+    the run, by resolved path then by ``@name``; else the stage directory above a path outside the run)."""
+    by_dir = {_real(s.dir): s for s in stages}
+    by_name = {s.instance: s for s in stages}
+    inputs = stage.manifest.get("inputs")
+    found: dict[str, Stage] = {}
+    for name, record in inputs.items() if isinstance(inputs, dict) else ():
+        path = record.get("path") if isinstance(record, dict) else None
+        ref = stage.config.get(name)
+        target = _in_run(path, by_dir) or _by_reference(ref, by_name) or _outside_run(path)
+        if target is not None and _real(target.dir) != _real(stage.dir):
+            found[str(name)] = target
+    return found
+
+
+def _in_run(path: Any, by_dir: dict[Path, Stage]) -> Stage | None:
+    """The run's stage whose directory is ``path`` or holds it."""
+    if not isinstance(path, str) or not path:
+        return None
+    real = _real(Path(path))
+    return next((by_dir[p] for p in (real, *real.parents) if p in by_dir), None)
+
+
+def _by_reference(ref: Any, by_name: dict[str, Stage]) -> Stage | None:
+    """The run's stage named by an ``@name`` or ``@name/file`` reference."""
+    if not isinstance(ref, str) or not ref.startswith("@"):
+        return None
+    return by_name.get(ref[1:].split("/", 1)[0])
+
+
+def _outside_run(path: Any) -> Stage | None:
+    """The finished stage (of another run) whose directory is ``path`` or one of its ``MAX_UP`` parents."""
+    if not isinstance(path, str) or not path:
+        return None
+    real = _real(Path(path))
+    for candidate in (real, *real.parents)[:MAX_UP]:
+        manifest = read_manifest(candidate) if candidate.is_dir() else None
+        if isinstance(manifest, dict):
+            return Stage(candidate, manifest)
+    return None
+
+
+def _real(path: Path) -> Path:
+    """``path`` absolute with symbolic links resolved (a missing path resolves as far as it exists)."""
+    return Path(path).expanduser().resolve()
+
+
+def _imported(stage: Stage) -> ImportedModel:
+    """An import stage's source, the directory it read, and its checkpoint's ``model_config.json``: the
+    checkpoint ``ckpt/final.json`` names (``last``), else the highest-numbered ``ckpt/step_*``."""
+    ckpt = stage.dir / "ckpt"
+    final = _read_json(ckpt / FINAL_FILE) if (ckpt / FINAL_FILE).exists() else None
+    final = final if isinstance(final, dict) else {}
+    inputs = stage.manifest.get("inputs")
+    model_input = inputs.get("model") if isinstance(inputs, dict) else None
+    location = final.get("source") or (model_input.get("path") if isinstance(model_input, dict) else "")
+    steps = sorted(ckpt.glob("step_*"), key=lambda p: int(p.name[5:]) if p.name[5:].isdigit() else -1)
+    chosen = ckpt / str(final["last"]) if isinstance(final.get("last"), str) else None
+    config_dir = chosen if chosen is not None and chosen.is_dir() else (steps[-1] if steps else None)
+    config_path = config_dir / "model_config.json" if config_dir is not None else None
+    architecture = _read_json(config_path) if config_path is not None and config_path.exists() else None
+    return ImportedModel(
+        stage=stage,
+        source=str(stage.config.get("model", "")),
+        location=str(location or ""),
+        architecture=architecture if isinstance(architecture, dict) else {},
+    )
 
 
 def _data_stats(stage: Stage) -> DataStats | None:

@@ -51,6 +51,21 @@ TEMPLATE = """\
 {% for k, v in rows %}<tr><td>{{ k }}</td><td class="num">{{ v }}</td></tr>
 {% endfor %}</table>
 {% endmacro %}
+{% macro block_section(section) %}
+<h2>{{ section.title }}</h2>
+{% for kind, value in section.blocks %}
+{% if kind == "h3" %}<h3>{{ value }}</h3>
+{% elif kind == "p" %}<p>{{ value }}</p>
+{% elif kind == "ul" %}<ul>{% for item in value %}<li>{{ item }}</li>{% endfor %}</ul>
+{% elif kind == "table" %}{% if value.title %}<p><strong>{{ value.title }}</strong></p>{% endif %}
+<table><tr>{% for h in value.header %}<th>{{ h }}</th>{% endfor %}</tr>
+{% for row in value.rows %}<tr>{% for cell in row %}<td>{{ cell }}</td>{% endfor %}</tr>
+{% endfor %}</table>
+{% elif kind == "img" %}<figure><img alt="{{ value.caption or value.instance }}" src="data:image/png;base64,{{ b64(value.png) }}">
+{% if value.caption %}<figcaption>{{ value.caption }}</figcaption>{% endif %}</figure>
+{% endif %}
+{% endfor %}
+{% endmacro %}
 {% if pipeline %}
 <h2>Pipeline</h2>
 <table><tr>{% for h in pipeline_header %}<th>{{ h }}</th>{% endfor %}</tr>
@@ -67,6 +82,7 @@ TEMPLATE = """\
 <h2>Tokenizer</h2>
 {% for instance, rows in tokenizer %}<h3>{{ instance }}</h3>{{ metrics_table(rows) }}{% endfor %}
 {% endif %}
+{% for section in early %}{{ block_section(section) }}{% endfor %}
 {% if figures %}
 <h2>Training</h2>
 {% for fig in figures %}
@@ -97,21 +113,6 @@ TEMPLATE = """\
 {{ metrics_table(ft.metrics) }}
 {% endfor %}
 {% endif %}
-{% macro block_section(section) %}
-<h2>{{ section.title }}</h2>
-{% for kind, value in section.blocks %}
-{% if kind == "h3" %}<h3>{{ value }}</h3>
-{% elif kind == "p" %}<p>{{ value }}</p>
-{% elif kind == "ul" %}<ul>{% for item in value %}<li>{{ item }}</li>{% endfor %}</ul>
-{% elif kind == "table" %}{% if value.title %}<p><strong>{{ value.title }}</strong></p>{% endif %}
-<table><tr>{% for h in value.header %}<th>{{ h }}</th>{% endfor %}</tr>
-{% for row in value.rows %}<tr>{% for cell in row %}<td>{{ cell }}</td>{% endfor %}</tr>
-{% endfor %}</table>
-{% elif kind == "img" %}<figure><img alt="{{ value.caption or value.instance }}" src="data:image/png;base64,{{ b64(value.png) }}">
-{% if value.caption %}<figcaption>{{ value.caption }}</figcaption>{% endif %}</figure>
-{% endif %}
-{% endfor %}
-{% endmacro %}
 {% for section in middle %}{{ block_section(section) }}{% endfor %}
 {% if samples %}
 <h2>Samples</h2>
@@ -139,10 +140,14 @@ _ENV = jinja2.Environment(
 
 
 def to_html(
-    run: RunData, images: Sequence[Image], middle: Sequence[Section] = (), card: Section | None = None
+    run: RunData,
+    images: Sequence[Image],
+    middle: Sequence[Section] = (),
+    card: Section | None = None,
+    early: Sequence[Section] = (),
 ) -> str:
-    """The whole report as one HTML document; sections without data are left out (``middle`` and
-    ``card``: as for ``to_markdown``)."""
+    """The whole report as one HTML document; sections without data are left out (``early``,
+    ``middle`` and ``card``: as for ``to_markdown``)."""
     curves = {curve.instance: curve for curve in run.curves}
     figures = [
         {
@@ -185,6 +190,7 @@ def to_html(
             for r in run.finetune
         ],
         timings=timing_rows(run),
+        early=list(early),
         middle=list(middle),
         card=card,
         b64=lambda png: base64.b64encode(png).decode("ascii"),

@@ -25,10 +25,15 @@ BAR_WIDTH = 40  # characters of the longest stage's timing bar
 
 
 def to_markdown(
-    run: RunData, images: Sequence[Image], middle: Sequence[Section] = (), card: Section | None = None
+    run: RunData,
+    images: Sequence[Image],
+    middle: Sequence[Section] = (),
+    card: Section | None = None,
+    early: Sequence[Section] = (),
 ) -> str:
-    """The whole report as Markdown; sections without data are left out. ``middle`` (alignment,
-    scaling) follow the fine-tuning section; ``card`` (the model card) follows the samples."""
+    """The whole report as Markdown; sections without data are left out. ``early`` (imported weights)
+    follow the tokenizer; ``middle`` (transfer learning, alignment, scaling) follow the fine-tuning
+    section; ``card`` (the model card) follows the samples."""
     sections = [f"# Run report: {_text(run.name)}"]
     if run.stages:
         sections.append("## Pipeline\n\n" + _table(PIPELINE_HEADER, pipeline_rows(run)))
@@ -36,6 +41,7 @@ def to_markdown(
         sections.append(_data_section(run.data))
     if run.tokenizer:
         sections.append(_metric_section("Tokenizer", run.tokenizer))
+    sections += [_section(section) for section in early]
     if images:
         sections.append(_training_section(run, images))
     if run.evals:

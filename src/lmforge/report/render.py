@@ -1,8 +1,8 @@
 """Write a run's report: ``run_dir/report.md`` and a self-contained ``run_dir/report.html``.
 
 Pipeline: ``collect`` (read the run) → ``draw_all`` (PNG files under ``report_files/``) → block
-sections (alignment, scaling, model card) → ``to_markdown`` and ``to_html``. Each section appears only
-when its data exists in the run.
+sections (imported weights, transfer learning, alignment, scaling, model card) → ``to_markdown`` and
+``to_html``. Each section appears only when its data exists in the run.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from lmforge.report.figures import draw_all
 from lmforge.report.html_report import to_html
 from lmforge.report.md_report import to_markdown
 from lmforge.report.sections import CardOptions, alignment_section, model_card_section, scaling_section
+from lmforge.report.transfer import import_section, transfer_section
 
 logger = logging.getLogger(__name__)
 
@@ -37,17 +38,19 @@ def render_report(
     run = collect(run_dir)
     drawn = draw_all(run, out_dir)
     images = [image for image, section in drawn if section == "training"]
+    early = [section for section in (import_section(run),) if section is not None]
     middle = [
         section
         for section in (
+            transfer_section(run),
             alignment_section(run, [image for image, where in drawn if where == "alignment"]),
             scaling_section(run, [image for image, where in drawn if where == "scaling"]),
         )
         if section is not None
     ]
     model_card = model_card_section(run, card or CardOptions())
-    md_path = _write_text(out_dir / "report.md", to_markdown(run, images, middle, model_card))
-    html_path = _write_text(out_dir / "report.html", to_html(run, images, middle, model_card))
+    md_path = _write_text(out_dir / "report.md", to_markdown(run, images, middle, model_card, early))
+    html_path = _write_text(out_dir / "report.html", to_html(run, images, middle, model_card, early))
     logger.info("report of %d stages written to %s and %s", len(run.stages), md_path, html_path)
     return md_path, html_path
 

@@ -14,13 +14,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from lmforge.report.collect import RunData, Stage
+from lmforge.report.collect import ImportedModel, RunData, Stage
 from lmforge.report.figures import Image
 from lmforge.report.tables import fmt_value
 
-MODEL_KINDS = ("pretrain", "finetune", "align.", "scaling.")  # stages that train a model
+TRAINING_KINDS = ("pretrain", "finetune", "align.", "scaling.")  # stages that train a model
+MODEL_KINDS = (*TRAINING_KINDS, "import.")  # ... or bring one in: a run with these gets a model card
+MODEL_INPUTS = ("model", "compare_to")  # inputs naming the checkpoint a stage starts from, not data
 
 
 @dataclass
@@ -145,12 +148,19 @@ def model_card_section(run: RunData, options: CardOptions) -> Section | None:
 
 
 def _provenance(run: RunData) -> list[tuple[str, Any]]:
+    imported: list[tuple[str, Any]] = [("p", _imported_text(i)) for i in run.imports]
     data = next((s for s in run.stages if s.kind == "data"), None)
-    if data is None:
+    if data is None and not imported:
         return [
             ("h3", "Data provenance"),
             ("p", "No data stage in this run: the training data is not described here."),
         ]
+    if data is None:
+        files = _files_read(run)
+        if files:
+            imported.append(("p", "Data the later stages read (files given directly, no data stage):"))
+            imported.append(("table", Table("", ("stage", "input", "file"), files)))
+        return [("h3", "Data provenance"), *imported]
     m = data.metrics
     sources = data.manifest.get("config", {}).get("input", [])
     text = f"Sources: {', '.join(map(str, sources)) or 'not recorded'}."
@@ -171,11 +181,38 @@ def _provenance(run: RunData) -> list[tuple[str, Any]]:
             rows.append([label, ", ".join(f"{k} {fmt_value(v)}" for k, v in sorted(found.items()))])
     blocks: list[tuple[str, Any]] = [
         ("h3", "Data provenance"),
+        *imported,
         ("p", text + " Numbers from the data stage's manifest."),
     ]
     if rows:
         blocks.append(("table", Table("", ("what", "counts"), rows)))
     return blocks
+
+
+def _imported_text(imported: ImportedModel) -> str:
+    where = imported.source or imported.location or "an unrecorded source"
+    return (
+        f"Base weights imported from {where} by stage {imported.stage.instance} ({imported.stage.kind}):"
+        " pretrained elsewhere, not in this run, on data this report does not describe (see the source's"
+        " documentation)."
+    )
+
+
+def _files_read(run: RunData) -> list[list[str]]:
+    """``[stage, input, file name]`` for each data input of a training stage: neither a stage, nor a
+    directory, nor the model it starts from."""
+    rows = []
+    for stage in run.stages:
+        inputs = stage.manifest.get("inputs")
+        if not stage.kind.startswith(TRAINING_KINDS) or not isinstance(inputs, dict):
+            continue
+        for name, record in inputs.items():
+            path = Path(str(record.get("path", ""))) if isinstance(record, dict) else None
+            if path is None or name in MODEL_INPUTS or name in run.lineage.get(stage.instance, {}):
+                continue
+            if not path.is_dir():
+                rows.append([stage.instance, str(name), path.name])
+    return rows
 
 
 def _evaluation(run: RunData) -> list[tuple[str, Any]]:
@@ -192,6 +229,7 @@ def _evaluation(run: RunData) -> list[tuple[str, Any]]:
                     "val_ppl",
                     "prediction_error",
                     "measured_loss",
+                    "accuracy",  # finetune.classify's own score (its bag-of-words one ends in _accuracy)
                 ) or key.endswith(("_acc", "_accuracy", "_f1"))
                 if keep and _num(value):
                     rows.append([stage.instance, key, fmt_value(value)])
@@ -213,7 +251,17 @@ def _limitations(run: RunData, options: CardOptions) -> list[str]:
             f"A small model ({fmt_value(params[-1])} non-embedding parameters) trained on {fmt_value(tokens[-1])}"
             " tokens: it produces fluent-looking but unreliable text and knows little."
         )
-    items.append("Trained on the run's corpus only; it reflects that corpus's topics, language and biases.")
+    if run.imports:
+        names = ", ".join(i.name for i in run.imports)
+        items.append(
+            f"Imported base weights ({names}) were pretrained elsewhere: models built on them reflect that"
+            " pretraining corpus's topics, language and biases as well as this run's data; this run did not"
+            " audit the former."
+        )
+    if not run.imports or any(s.kind == "pretrain" for s in run.stages):
+        items.append(
+            "Trained on the run's corpus only; it reflects that corpus's topics, language and biases."
+        )
     items.append("No safety tuning or red-teaming unless the run has align stages; outputs are unfiltered.")
     return items
 

@@ -2,11 +2,13 @@
 
 ``lmforge report RUN`` (the run directory) or ``lmforge report --out RUN/report``. The report reads
 every finished stage of the run: the pipeline with timings and cache hits, data statistics, tokenizer
-numbers, training curves (loss, lr, grad norm, tokens/s), alignment curves (reward, KL, accuracy),
-evaluation tables, scaling laws, samples, and a model card (intended use, data provenance, results,
-limitations, bias and memorisation probes, energy and carbon estimate). Sections whose stage is absent
-are left out. The report is written into this stage's directory and copied to the top of
-the run directory (``runs/NAME/report.html``), where people look for it.
+numbers, imported weights (source, architecture, verify result), training curves (loss, lr, grad norm,
+tokens/s), evaluation and fine-tuning tables, transfer learning (one table per task: fine-tuned from the
+import, from scratch, untouched base, classic baselines), alignment curves (reward, KL, accuracy),
+scaling laws, samples, and a model card (intended use, data provenance, results, limitations, bias and
+memorisation probes, energy and carbon estimate). Sections whose stage is absent are left out. The
+report is written into this stage's directory and copied to the top of the run directory
+(``runs/NAME/report.html``), where people look for it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from lmforge.runstore import PARTIAL_SUFFIX, StageContext, read_manifest, run_st
 log = logging.getLogger(__name__)
 
 STAGE = "report"
-VERSION = 2
+VERSION = 3  # 3: imported weights and transfer tables (a cached older report is redrawn)
 FILES = ("report.md", "report.html", "report_files")
 
 
