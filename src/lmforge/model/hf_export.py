@@ -110,10 +110,10 @@ def export_hf(ckpt_dir: Path, out_dir: Path, dtype: str = "float32") -> Exported
     n_tok = tok.get_vocab_size(with_added_tokens=True)
     if n_tok > cfg.vocab_size:
         raise InputError(f"{ckpt_dir}: tokenizer has {n_tok} tokens but the model only {cfg.vocab_size}")
-    if family == "bert":
-        return export_bert(ckpt_dir, out_dir, cfg, tok, dtype)
-    ids = {name: tok.token_to_id(f"<|{name}|>") for name in ("bos", "eos", "pad", "end")}
     model, _ = load_model(ckpt_dir)
+    if family == "bert":
+        return export_bert(model, out_dir, cfg, tok, dtype)
+    ids = {name: tok.token_to_id(f"<|{name}|>") for name in ("bos", "eos", "pad", "end")}
     hf_state = to_family_state_dict(model.state_dict(), cfg)
     if cfg.tie_embeddings:
         hf_state.pop("lm_head.weight")  # stored once, as save_pretrained does; re-tied on load
@@ -140,11 +140,9 @@ def export_hf(ckpt_dir: Path, out_dir: Path, dtype: str = "float32") -> Exported
     return Exported(model.eval(), n_tok, family)
 
 
-def export_bert(ckpt_dir: Path, out_dir: Path, cfg: ModelConfig, tok: Any, dtype: str) -> Exported:
-    """Write a BERT-form encoder checkpoint as ``BertForMaskedLM`` (config, weights, tokenizer files)."""
-    from lmforge.training.checkpoint import load_model
-
-    model, _ = load_model(ckpt_dir)
+def export_bert(model: nn.Module, out_dir: Path, cfg: ModelConfig, tok: Any, dtype: str) -> Exported:
+    """Write a BERT-form encoder (``EncoderForPretraining``) as ``BertForMaskedLM`` (config, weights,
+    tokenizer files)."""
     state = {
         k: v.detach().to(DTYPES[dtype]).contiguous()
         for k, v in to_bert_state_dict(model.state_dict()).items()
@@ -159,7 +157,7 @@ def export_bert(ckpt_dir: Path, out_dir: Path, cfg: ModelConfig, tok: Any, dtype
     (out_dir / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=1) + "\n")
     special_map = {k: v for k, v in tok_config.items() if k.endswith("_token")}
     (out_dir / "special_tokens_map.json").write_text(json.dumps(special_map, indent=1) + "\n")
-    logger.info("exported %s as Hugging Face BertForMaskedLM to %s", ckpt_dir, out_dir)
+    logger.info("exported the encoder as Hugging Face BertForMaskedLM to %s", out_dir)
     return Exported(model.eval(), tok.get_vocab_size(with_added_tokens=True), "bert")
 
 
