@@ -71,3 +71,30 @@ def test_reward_minilm(tmp_path: Path) -> None:
     )
     m = metrics(out, "reward")
     assert 0.0 <= m["rm_pairwise_accuracy"] <= 1.0
+
+
+def test_qa_minilm(tmp_path: Path) -> None:
+    out = tmp_path / "qa"
+    small = [
+        "qa.max_train_examples=48",
+        "qa.max_steps=3",
+        "qa.eval_every=3",
+        "qa.max_eval_examples=16",
+        "qa.max_test_examples=24",
+    ]
+    run("qa-minilm.yaml", out, *small)
+    m = metrics(out, "qa")
+    assert m["test_questions"] == 24 and {"test_f1", "baseline_sliding_window_test_f1"} <= set(m)
+
+
+def test_retrieval_minilm(tmp_path: Path) -> None:
+    out = tmp_path / "retrieval"
+    small = [
+        "retrieval.max_steps=2",
+        "retrieval.eval_every=2",
+        "retrieval.max_len=64",
+        "retrieval.max_eval_examples=64",
+    ]
+    run("retrieval-minilm.yaml", out, *small)
+    m = metrics(out, "retrieval")
+    assert {"recall_at_1", "recall_at_1_before", "bm25_recall_at_1"} <= set(m)
