@@ -12,10 +12,11 @@ split (``Task.fewshot_pool``), one text:
 
 Identical texts are yielded once. The test split (``Task.docs``) is never read for its text.
 
-``task_pairs`` turns a passage task into retrieval pairs for ``finetune contrastive`` (``train:
-task:squad@DIR``): each question → the passage it was asked about. The training split's pairs are for
+``task_pairs`` turns a task into retrieval pairs for ``finetune contrastive`` (``train:
+task:squad@DIR``; ``PAIR_FIELDS``): each question → the passage it was asked about (SQuAD, BoolQ), or
+each problem statement → its reference solution (MBPP: code search). The training split's pairs are for
 training and the test split's are held out; the tasks' own splits (SQuAD by article, BoolQ by page
-title, ``eval/loaders_qa.py``) keep every passage on one side, and a held-out passage that also occurs
+title, ``eval/loaders_qa.py``; MBPP's published task-id ranges) keep every passage on one side, and a held-out passage that also occurs
 in training (none does in the shipped files) is dropped from the held-out pairs.
 """
 
@@ -31,7 +32,8 @@ from lmforge.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 PASSAGE_FIELD = {"squad": "context", "boolq": "passage"}
-QUESTION_FIELD = "question"
+# task → (query field, target field) of the retrieval pairs task_pairs makes
+PAIR_FIELDS = {"squad": ("question", "context"), "boolq": ("question", "passage"), "mbpp": ("text", "code")}
 
 
 def task_texts(name: str, data_dir: str | Path = "") -> Iterator[str]:
@@ -63,7 +65,7 @@ def task_texts(name: str, data_dir: str | Path = "") -> Iterator[str]:
 
 def task_pairs(name: str, data_dir: str | Path) -> tuple[list[Pair], list[Pair]]:
     """``(training pairs, held-out pairs)`` of (question, passage) from the built-in task ``name``
-    (a key of ``PASSAGE_FIELD``), data under ``data_dir`` (module docstring).
+    (a key of ``PAIR_FIELDS``), data under ``data_dir`` (module docstring).
 
     Raises:
         ConfigError: a task whose documents carry no passage.
@@ -71,16 +73,16 @@ def task_pairs(name: str, data_dir: str | Path) -> tuple[list[Pair], list[Pair]]
     """
     from lmforge.eval.tasks import load_task  # eval.tasks imports torch; data-source checks stay light
 
-    if name not in PASSAGE_FIELD:
+    if name not in PAIR_FIELDS:
         raise ConfigError(
-            "train", f"task {name!r} has no passages to retrieve; pair tasks: {', '.join(PASSAGE_FIELD)}"
+            "train", f"task {name!r} has no passages to retrieve; pair tasks: {', '.join(PAIR_FIELDS)}"
         )
     task = load_task(name, data_dir=data_dir)
-    field = PASSAGE_FIELD[name]
+    query, field = PAIR_FIELDS[name]
 
     def pairs(docs: list, split: str) -> list[Pair]:
         return [
-            Pair(str(d.fields[QUESTION_FIELD]), str(d.fields[field]), f"task:{name}:{split}:{i}")
+            Pair(str(d.fields[query]), str(d.fields[field]), f"task:{name}:{split}:{i}")
             for i, d in enumerate(docs)
         ]
 

@@ -336,11 +336,17 @@ def test_contrastive_on_squad_pairs_holds_out_whole_articles(ft_dir, tmp_path):
         "--batch_size", "6",
     )  # fmt: skip
     m = manifest(out)
-    assert (m["metrics"]["train_pairs"], m["metrics"]["val_queries"], m["metrics"]["val_candidates"]) == (
+    metrics = m["metrics"]  # the training split's 36 pairs: trained on, or choosing the best step
+    assert (
+        metrics["train_pairs"] + metrics["select_pairs"],
+        metrics["val_queries"],
+        metrics["val_candidates"],
+    ) == (
         36,
         12,
         4,
     )
+    assert metrics["select_pairs"] > 0
     assert m["metrics"]["bm25_recall_at_1"] == 1.0  # each question names its paragraph's unique topic word
     assert main(["finetune", "contrastive", "--model", str(ft_dir / "encoder"), "--out", str(out),
                  "--train", "task:hellaswag@x"]) == 2  # fmt: skip

@@ -1,9 +1,10 @@
 """Contrastive fine-tuning of sentence embeddings on text pairs (stage kind ``finetune.contrastive``).
 
 Pairs come from a file (``.jsonl`` / ``.csv`` / ``.tsv`` / ``A<tab>B`` lines, ``data.supervised.read_pairs``)
-or from a passage task, ``train: task:squad@DIR`` or ``task:boolq@DIR``: each question → its passage,
-the task's training split trained on and its test split held out (split by article / page title, so
-no passage is on both sides; ``eval.corpus.task_pairs``). Without ``val`` a file's pairs are held out
+or from a task, ``train: task:squad@DIR`` or ``task:boolq@DIR`` (each question → its passage) or
+``task:mbpp@DIR`` (each problem statement → its solution: code search), the task's training split
+trained on and its test split held out (split by article / page title / MBPP's task ids, so no passage
+is on both sides; ``eval.corpus.task_pairs``). Without ``val`` a file's pairs are held out
 by passage (``holdout_groups`` on the ``b`` text): every pair of a passage lands on the same side.
 
 Each batch holds ``batch_size`` pairs; both sides are embedded by the trunk (pooled, L2-normalised)
@@ -14,7 +15,8 @@ the passage (``training.contrastive``). ``pooling: auto`` takes the base checkpo
 
 Retrieval of the held-out pairs: each held-out ``a`` ranks every distinct held-out ``b``; recall@1, @5
 and @10 (ties counted by expectation, ``recall_from_scores``) are reported for the fine-tuned model
-(the best checkpoint by recall@1 on these pairs), for the untouched base model with the same pooling
+(the best checkpoint by recall@1 on a selection set: ``val_fraction`` of the training pairs, held out
+by passage, so the reported pairs are never used to choose a step), for the untouched base model with the same pooling
 (``*_before``, scored before the first step) and for BM25 (``bm25_*``; Robertson & Zaragoza 2009,
 ``eval.classic.bm25``, the held-out passages as its collection). The checkpoint is a normal one plus
 ``finetune.json`` naming the pooling, so ``training.contrastive.load_embedder`` + ``embed`` turn any
@@ -45,7 +47,7 @@ class Config(SequenceOptions):
 
     train: str = opt(
         "",
-        "pairs: .jsonl {query, positive} / .csv / .tsv / A<tab>B lines, or task:squad@DIR | task:boolq@DIR"
+        "pairs: .jsonl {query, positive} / .csv / .tsv / A<tab>B lines, or task:squad@DIR | task:boolq@DIR | task:mbpp@DIR"
         " (question → passage; the task's test split held out)",
         path=True,
     )
@@ -77,11 +79,11 @@ def task_source(spec: str) -> tuple[str, str]:
     Raises:
         ConfigError: a task without passages, or no data directory.
     """
-    from lmforge.eval.corpus import PASSAGE_FIELD  # the pair readers import numpy: --help stays light
+    from lmforge.eval.corpus import PAIR_FIELDS  # the pair readers import numpy: --help stays light
 
     name, _, where = spec[len(TASK_PREFIX) :].partition("@")
-    if name not in PASSAGE_FIELD:
-        raise ConfigError("train", f"{spec}: pair tasks are {', '.join(PASSAGE_FIELD)} (task:squad@DIR)")
+    if name not in PAIR_FIELDS:
+        raise ConfigError("train", f"{spec}: pair tasks are {', '.join(PAIR_FIELDS)} (task:squad@DIR)")
     if not where:
         raise ConfigError("train", f"{spec}: a task needs its data directory: task:{name}@../shared/data")
     return name, where
@@ -137,7 +139,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from lmforge.data.supervised import log_problems, skipped
+    from lmforge.data.supervised import holdout_groups, log_problems, skipped
     from lmforge.eval.classic.bm25 import bm25_scores
     from lmforge.runtime import create_runtime
     from lmforge.tokenizer.train import load_tokenizer, special_id
@@ -160,17 +162,28 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     pairs, val_pairs = read_splits(cfg, ctx, problems)
     val_pairs = val_pairs[: cfg.max_eval_examples or None]
     log_problems(problems, "pairs")
-    if len(pairs) < 2 or len(val_pairs) < 2:
+    # the best step is chosen on passages carved from training, so the held-out pairs are scored once
+    pairs, select_pairs = holdout_groups(pairs, [p.b for p in pairs], cfg.val_fraction or 0.1, cfg.seed)
+    select_pairs = select_pairs[: cfg.max_eval_examples or None]
+    if len(pairs) < 2 or len(val_pairs) < 2 or len(select_pairs) < 2:
         raise ConfigError(
-            "train", f"needs >= 2 training and held-out pairs, got {len(pairs)} and {len(val_pairs)}"
+            "train",
+            f"needs >= 2 training, selection and held-out pairs, got {len(pairs)}, {len(select_pairs)} "
+            f"and {len(val_pairs)}",
         )
-    queries = [p.a for p in val_pairs]
-    candidates = list(dict.fromkeys(p.b for p in val_pairs))  # each distinct passage ranked once
-    where = {b: i for i, b in enumerate(candidates)}
-    targets = torch.tensor([where[p.b] for p in val_pairs])
+
+    def ranking(held: list) -> tuple[list[str], list[str], torch.Tensor]:
+        """``(queries, candidates, target index per query)``: each distinct passage ranked once."""
+        candidates = list(dict.fromkeys(p.b for p in held))
+        where = {b: i for i, b in enumerate(candidates)}
+        return [p.a for p in held], candidates, torch.tensor([where[p.b] for p in held])
+
+    queries, candidates, targets = ranking(val_pairs)
     log.info(
-        "%d training pairs; %d held-out queries over %d passages; pooling %s, %d tokens",
+        "%d training pairs (%d more choose the best step); %d held-out queries over %d passages; "
+        "pooling %s, %d tokens",
         len(pairs),
+        len(select_pairs),
         len(queries),
         len(candidates),
         pooling,
@@ -196,16 +209,20 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         ea, eb = embed_batch(model, ia, ma, pooling), embed_batch(model, ib, mb, pooling)
         return info_nce(ea, eb, cfg.temperature, cfg.symmetric, groups=g)
 
-    def evaluate() -> dict[str, float]:
+    def score(held: tuple[list[str], list[str], torch.Tensor]) -> dict[str, float]:
         kw = {"pooling": pooling, "device": device, "max_len": seq_len, "batch_size": 2 * cfg.batch_size}
-        return recall_at_k(embed(model, tok, queries, **kw), embed(model, tok, candidates, **kw), KS, targets)
+        qs, cands, tgt = held
+        return recall_at_k(embed(model, tok, qs, **kw), embed(model, tok, cands, **kw), KS, tgt)
+
+    selection = ranking(select_pairs)
+    before = score((queries, candidates, targets))  # the untouched base model on the held-out pairs
 
     result = ft.fit(
         model,
         cfg,
         next_batch=next_batch,
         loss_sum=loss_sum,
-        evaluate=evaluate,
+        evaluate=lambda: score(selection),
         monitor="recall_at_1",
         mode="max",
         log_metrics=ctx.log_metrics,
@@ -217,7 +234,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         result,
         lambda d: ft.save_finetuned(d, model, mcfg, tokenizer_path=tok_path, meta=meta),
     )
-    before, after = result.initial_metrics, result.best_metrics
+    after = score((queries, candidates, targets))  # the best step's weights (save_best_and_last)
     table = {
         "title": f"retrieval of held-out pairs ({len(queries)} queries, {len(candidates)} candidates)",
         "header": ["metric", "base model", "fine-tuned", "BM25"],
@@ -229,6 +246,8 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         **{f"{k}_before": v for k, v in before.items()},
         **{f"bm25_{k}": v for k, v in bm25.items()},
         "train_pairs": len(pairs),
+        "select_pairs": len(select_pairs),
+        "select_recall_at_1": result.best_metrics["recall_at_1"],
         "val_queries": len(queries),
         "val_candidates": len(candidates),
         "skipped_records": skipped(problems),
