@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lmforge.eval.classic.bm25 import BM25, bm25_scores, terms
-from lmforge.training.contrastive import recall_from_scores
+from lmforge.training.contrastive import mrr_from_scores, recall_from_scores
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -113,3 +113,15 @@ def test_shared_squad_pairs_share_no_passage() -> None:
     train, held = task_pairs("squad", SHARED)
     assert (len(train), len(held)) == (8123, 2447)
     assert not {p.b for p in train} & {p.b for p in held}
+
+
+def test_mean_reciprocal_rank_by_hand() -> None:
+    """Ranks 1 and 3 give (1 + 1/3) / 2; a tie between ranks 2 and 3 is worth (1/2 + 1/3) / 2; a scorer
+    that ties all 4 candidates is worth (1 + 1/2 + 1/3 + 1/4) / 4."""
+    scores = torch.tensor([[0.9, 0.1, 0.2], [0.9, 0.8, 0.1]])
+    assert mrr_from_scores(scores, torch.tensor([0, 2])) == pytest.approx((1 + 1 / 3) / 2)
+    tied = torch.tensor([[0.9, 0.5, 0.5, 0.1]])
+    assert mrr_from_scores(tied, torch.tensor([2])) == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert mrr_from_scores(torch.zeros(1, 4), torch.tensor([3])) == pytest.approx(
+        (1 + 1 / 2 + 1 / 3 + 1 / 4) / 4
+    )

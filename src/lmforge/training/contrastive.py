@@ -146,6 +146,21 @@ def recall_from_scores(
     }
 
 
+def mrr_from_scores(scores: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean reciprocal rank of each query's own candidate ``targets[i]`` among ``scores`` ``[N, M]``.
+
+    Ties are broken at random, in expectation as ``recall_from_scores`` does: with ``h`` candidates
+    strictly higher and ``t`` tying, the own one is equally likely at ranks ``h+1 .. h+t+1``, so its
+    expected reciprocal rank is ``(H(h+t+1) - H(h)) / (t+1)`` with ``H`` the harmonic numbers
+    (``H(n) = digamma(n+1) + euler_gamma``). A smoother selection metric than recall@1 on few queries.
+    """
+    own = scores.gather(1, targets.to(scores.device).long()[:, None])  # [N, 1]
+    higher = (scores > own).sum(dim=1).double()  # [N]
+    ties = (scores == own).sum(dim=1).double() - 1  # [N]
+    rr = (torch.special.digamma(higher + ties + 2) - torch.special.digamma(higher + 1)) / (ties + 1)
+    return float(rr.mean()) if len(rr) else 0.0
+
+
 def recall_at_k(
     queries: torch.Tensor,
     candidates: torch.Tensor,

@@ -278,7 +278,8 @@ def test_contrastive_cli_and_embed(ft_dir, tmp_path):
     assert 0 <= m["recall_at_1_before"] <= m["recall_at_10_before"] <= 1
     table = json.loads((out / "report.json").read_text())["tables"][0]
     assert table["header"] == ["metric", "base model", "fine-tuned", "BM25"]
-    assert [row[0] for row in table["rows"]] == ["recall_at_1", "recall_at_5", "recall_at_10"]
+    assert [row[0] for row in table["rows"]] == ["recall_at_1", "recall_at_5", "recall_at_10", "mrr"]
+    assert 0 < m["mrr"] <= 1 and 0 < m["bm25_mrr"] <= 1
     model, tok, pooling = load_embedder(out)
     vectors = embed(model, tok, ["a good story", "bread"], pooling=pooling)
     assert vectors.shape == (2, 32)

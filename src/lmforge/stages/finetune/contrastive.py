@@ -15,8 +15,9 @@ the passage (``training.contrastive``). ``pooling: auto`` takes the base checkpo
 
 Retrieval of the held-out pairs: each held-out ``a`` ranks every distinct held-out ``b``; recall@1, @5
 and @10 (ties counted by expectation, ``recall_from_scores``) are reported for the fine-tuned model
-(the best checkpoint by recall@1 on a selection set: ``val_fraction`` of the training pairs, held out
-by passage, so the reported pairs are never used to choose a step), for the untouched base model with the same pooling
+(the best checkpoint by mean reciprocal rank, ``mrr``, on a selection set: ``val_fraction`` of the training pairs, held out
+by passage, their queries ranking their own and every training passage; the reported pairs are never
+used to choose a step), for the untouched base model with the same pooling
 (``*_before``, scored before the first step) and for BM25 (``bm25_*``; Robertson & Zaragoza 2009,
 ``eval.classic.bm25``, the held-out passages as its collection). The checkpoint is a normal one plus
 ``finetune.json`` naming the pooling, so ``training.contrastive.load_embedder`` + ``embed`` turn any
@@ -145,7 +146,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     from lmforge.tokenizer.train import load_tokenizer, special_id
     from lmforge.training import finetune as ft
     from lmforge.training.batches import encode_texts, pad_batch
-    from lmforge.training.contrastive import embed, embed_batch, info_nce, recall_at_k, recall_from_scores
+    from lmforge.training.contrastive import embed, embed_batch, info_nce, mrr_from_scores, recall_from_scores
 
     rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
     device = rt.device
@@ -172,9 +173,10 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
             f"and {len(val_pairs)}",
         )
 
-    def ranking(held: list) -> tuple[list[str], list[str], torch.Tensor]:
-        """``(queries, candidates, target index per query)``: each distinct passage ranked once."""
-        candidates = list(dict.fromkeys(p.b for p in held))
+    def ranking(held: list, distractors: tuple = ()) -> tuple[list[str], list[str], torch.Tensor]:
+        """``(queries, candidates, target index per query)``: each distinct passage (and distractor)
+        ranked once."""
+        candidates = list(dict.fromkeys([*(p.b for p in held), *distractors]))
         where = {b: i for i, b in enumerate(candidates)}
         return [p.a for p in held], candidates, torch.tensor([where[p.b] for p in held])
 
@@ -189,7 +191,8 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         pooling,
         seq_len,
     )
-    bm25 = recall_from_scores(torch.from_numpy(bm25_scores(queries, candidates)), targets, KS)
+    bm25_sims = torch.from_numpy(bm25_scores(queries, candidates))
+    bm25 = {**recall_from_scores(bm25_sims, targets, KS), "mrr": mrr_from_scores(bm25_sims, targets)}
     xa = encode_texts(tok, [p.a for p in pairs], mcfg.arch, seq_len)
     xb = encode_texts(tok, [p.b for p in pairs], mcfg.arch, seq_len)
     passage_of = {b: i for i, b in enumerate(dict.fromkeys(p.b for p in pairs))}
@@ -212,9 +215,11 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     def score(held: tuple[list[str], list[str], torch.Tensor]) -> dict[str, float]:
         kw = {"pooling": pooling, "device": device, "max_len": seq_len, "batch_size": 2 * cfg.batch_size}
         qs, cands, tgt = held
-        return recall_at_k(embed(model, tok, qs, **kw), embed(model, tok, cands, **kw), KS, tgt)
+        sims = embed(model, tok, qs, **kw) @ embed(model, tok, cands, **kw).T  # [N, M] cosines
+        return {**recall_from_scores(sims, tgt, KS), "mrr": mrr_from_scores(sims, tgt)}
 
-    selection = ranking(select_pairs)
+    # a handful of selection passages is an easy ranking; the training passages join them as distractors
+    selection = ranking(select_pairs, tuple(p.b for p in pairs))
     before = score((queries, candidates, targets))  # the untouched base model on the held-out pairs
 
     result = ft.fit(
@@ -223,7 +228,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         next_batch=next_batch,
         loss_sum=loss_sum,
         evaluate=lambda: score(selection),
-        monitor="recall_at_1",
+        monitor="mrr",
         mode="max",
         log_metrics=ctx.log_metrics,
     )
@@ -247,7 +252,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         **{f"bm25_{k}": v for k, v in bm25.items()},
         "train_pairs": len(pairs),
         "select_pairs": len(select_pairs),
-        "select_recall_at_1": result.best_metrics["recall_at_1"],
+        "select_mrr": result.best_metrics["mrr"],
         "val_queries": len(queries),
         "val_candidates": len(candidates),
         "skipped_records": skipped(problems),
