@@ -55,6 +55,7 @@ from tokenizers import Tokenizer
 from lmforge.errors import ConfigError, InputError
 from lmforge.model.config import ModelConfig
 from lmforge.model.heads import EncoderForPretraining, pool
+from lmforge.model.hf_names import _pattern  # the key-table template → regex rule, shared with decoders
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +84,6 @@ _DROPPED = re.compile(
     r"(pooler\..*|embeddings\.position_ids|cls\.predictions\.decoder\.(weight|bias)|cls\.seq_relationship\..*)"
 )
 _ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
-
-
-def _pattern(template: str) -> re.Pattern[str]:
-    regex = re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>weight|bias)")
-    return re.compile(regex)
 
 
 _FROM_HF = tuple((_pattern(hf), ours) for ours, hf in BERT_KEY_TABLE)
@@ -320,12 +316,9 @@ def read_bert_tokenizer(transformer_dir: Path) -> Tokenizer:
     return tok
 
 
-@torch.no_grad()
-def sentence_embeddings(
-    model: EncoderForPretraining, tok: Tokenizer, texts: list[str], pooling: Pooling, max_len: int = 128
-) -> torch.Tensor:
-    """Sentence embeddings ``[N, D]`` of ``texts`` as sentence-transformers computes them: ``[CLS] text
-    [SEP]`` cut to ``max_len`` tokens, the declared pooling over real tokens, L2-normalised if declared."""
+def framed_batch(tok: Tokenizer, texts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(idx [N, T], attention_mask [N, T])`` of ``[CLS] text [SEP]`` rows cut to ``max_len`` tokens and
+    right-padded with ``[PAD]``, as sentence-transformers feeds BERT."""
     cls_id, sep_id, pad_id = (tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]"))
     rows = [
         [cls_id, *e.ids[: max_len - 2], sep_id] for e in tok.encode_batch(texts, add_special_tokens=False)
@@ -335,6 +328,16 @@ def sentence_embeddings(
     mask = torch.zeros((len(rows), T), dtype=torch.bool)
     for i, r in enumerate(rows):
         idx[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), True
+    return idx, mask
+
+
+@torch.no_grad()
+def sentence_embeddings(
+    model: EncoderForPretraining, tok: Tokenizer, texts: list[str], pooling: Pooling, max_len: int = 128
+) -> torch.Tensor:
+    """Sentence embeddings ``[N, D]`` of ``texts`` as sentence-transformers computes them: ``[CLS] text
+    [SEP]`` cut to ``max_len`` tokens, the declared pooling over real tokens, L2-normalised if declared."""
+    idx, mask = framed_batch(tok, texts, max_len)
     emb = pool(model.encoder(idx, mask), mask, pooling.mode)  # [N, D]
     return torch.nn.functional.normalize(emb, dim=-1) if pooling.normalize else emb
 
@@ -377,13 +380,7 @@ def verify(
 ) -> tuple[float, float]:
     """``(largest |hidden-state difference| over real tokens, smallest sentence-embedding cosine)`` of
     ``model`` against the ``transformers`` model on ``texts``, both pooled as ``pooling`` declares."""
-    cls_id, sep_id, pad_id = (tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]"))
-    rows = [[cls_id, *e.ids[:126], sep_id] for e in tok.encode_batch(texts, add_special_tokens=False)]
-    T = max(len(r) for r in rows)
-    idx = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.bool)
-    for i, r in enumerate(rows):
-        idx[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), True
+    idx, mask = framed_batch(tok, texts, 128)
     ours = model.encoder(idx, mask)  # [N, T, D]
     theirs = hf(input_ids=idx, attention_mask=mask.long(), token_type_ids=torch.zeros_like(idx))
     theirs = theirs.last_hidden_state.float()  # [N, T, D]
