@@ -45,6 +45,7 @@ from torch import nn
 from lmforge.errors import ConfigError, InputError
 from lmforge.model.config import ModelConfig
 from lmforge.model.heads import POOLING_CHOICES, ClassificationHead
+from lmforge.model.hf_bert import POOLING_FILE  # a sentence-transformers import's declared pooling
 from lmforge.runstore import write_json_atomic
 from lmforge.training import checkpoint as ckpt
 from lmforge.training.optim import build_optimizer, lr_at, set_lr
@@ -55,7 +56,6 @@ logger = logging.getLogger(__name__)
 
 HEADS_FILE = "heads.safetensors"
 META_FILE = "finetune.json"
-POOLING_FILE = "pooling.json"  # a sentence-transformers import's declared pooling
 
 
 # --------------------------------------------------------------------------------------------------
@@ -134,11 +134,14 @@ def sequence_length(max_len: int, mcfg: ModelConfig) -> int:
     return max_len or mcfg.block_size
 
 
-def default_pooling(arch: str, pooling: str) -> str:
-    """``auto`` → ``last`` for decoders (the only position that has read the whole text), ``cls`` for encoders."""
-    if pooling != "auto":
-        return pooling
-    return "cls" if arch == "encoder" else "last"
+def default_pooling(arch: str, pooling: str, ckpt_dir: Path | None = None) -> str:
+    """``auto`` → the base checkpoint's declared pooling (``pooling.json`` of a sentence-transformers
+    import, ``resolve_pooling``) when there is one, else ``last`` for decoders (the only position that
+    has read the whole text), ``cls`` for encoders."""
+    fallback = "cls" if arch == "encoder" else "last"
+    if ckpt_dir is None:
+        return fallback if pooling == "auto" else pooling
+    return resolve_pooling(pooling, ckpt_dir, fallback)
 
 
 def declared_pooling(ckpt_dir: Path) -> str | None:

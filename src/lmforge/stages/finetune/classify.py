@@ -51,7 +51,8 @@ class Config(SequenceOptions):
     label_field: str = opt("label", "label field / column of .jsonl and .csv data")
     max_train_examples: int = opt(0, "use at most this many training examples (0 = all)")
     pooling: Literal["auto", "last", "cls", "mean"] = opt(
-        "auto", "auto = last token (decoder) or [CLS] (encoder)"
+        "auto",
+        "auto = the base's declared pooling (pooling.json of an import), else last token (decoder) or [CLS] (encoder)",
     )
     freeze_trunk: bool = opt(False, "train the head only (a linear probe of the trunk)")
     bow_baseline: bool = opt(True, "also train and score the bag-of-words logistic regression")
@@ -228,7 +229,7 @@ def _fine_tune(
     tok_path = ckpt_dir / "tokenizer.json"
     tok = load_tokenizer(tok_path)
     pad_id = special_id(tok, "pad")
-    pooling = ft.default_pooling(mcfg.arch, cfg.pooling)
+    pooling = ft.default_pooling(mcfg.arch, cfg.pooling, ckpt_dir)
     model = ft.TaskClassifier(trunk, {TASK: len(labels)}, pooling).to(device)
     if cfg.freeze_trunk:
         model.trunk.requires_grad_(False)

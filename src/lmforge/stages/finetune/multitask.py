@@ -59,7 +59,8 @@ class Config(SequenceOptions):
 
     tasks: dict[str, TaskSpec] = opt({}, "task name → {train, dev, text_field, label_field, weight}")
     pooling: Literal["auto", "last", "cls", "mean"] = opt(
-        "auto", "auto = last token (decoder) or [CLS] (encoder)"
+        "auto",
+        "auto = the base's declared pooling (pooling.json of an import), else last token (decoder) or [CLS] (encoder)",
     )
     bow_baseline: bool = opt(True, "also train and score a bag-of-words baseline per task")
 
@@ -144,7 +145,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     weights = np.array([cfg.tasks[n].weight for n in names], dtype=np.float64)
     weights /= weights.sum()
     torch.manual_seed(cfg.seed)
-    pooling = ft.default_pooling(mcfg.arch, cfg.pooling)
+    pooling = ft.default_pooling(mcfg.arch, cfg.pooling, ckpt_dir)
     model = ft.TaskClassifier(trunk, {n: len(data[n]["labels"]) for n in names}, pooling).to(device)
     rng = np.random.default_rng(cfg.seed)
 
