@@ -367,6 +367,11 @@ def test_declared_pooling_and_auto(tmp_path, caplog):
     assert ft.resolve_pooling("last", tmp_path, "mean") == "last"  # an explicit choice wins
     (tmp_path / "pooling.json").write_text(json.dumps({"mode": "max", "normalize": False}))
     assert ft.resolve_pooling("auto", tmp_path, "mean") == "mean" and "max" in caplog.text
+    (tmp_path / "pooling.json").write_text(json.dumps({"mode": "mean", "normalize": True}))
+    # classify / multitask: auto follows the declaration, else [CLS] (encoder) / last (decoder)
+    assert ft.default_pooling("encoder", "auto", tmp_path) == "mean"
+    assert ft.default_pooling("encoder", "auto", tmp_path / "none") == "cls"
+    assert ft.default_pooling("decoder", "auto") == "last"
     (tmp_path / "pooling.json").write_text("{}")
     with pytest.raises(InputError, match="pooling.json"):
         ft.declared_pooling(tmp_path)
