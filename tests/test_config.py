@@ -70,6 +70,24 @@ def test_wrong_types_name_the_key(data, key):
     assert e.value.key == key
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), "nan", "inf", "-Infinity"])
+def test_non_finite_floats_are_refused(value):
+    """YAML's .nan / .inf (floats) and the same typed as text: every float option must be finite."""
+    with pytest.raises(ConfigError, match="must be a finite number") as e:
+        from_dict(Outer, {"lr": value})
+    assert e.value.key == "lr"
+
+
+def test_non_finite_option_fails_on_the_command_line_before_any_work(tmp_path, capsys):
+    from lmforge.cli import main
+
+    out = tmp_path / "pretrain"
+    assert main(["pretrain", "--out", str(out), "--lr", ".nan"]) == 2
+    assert "lr: must be a finite number" in capsys.readouterr().err
+    assert main(["pretrain", "--out", str(out), "lr=.inf"]) == 2
+    assert not out.exists() and not out.with_name("pretrain.partial").exists()
+
+
 def test_impossible_value_fails_with_key():
     with pytest.raises(ConfigError) as e:
         from_dict(Outer, {"model": {"n_embd": 100, "n_head": 3}}, prefix="pretrain")

@@ -211,18 +211,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return int(f)
         raise bad()
     if tp is float:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise bad()
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                f = float(value)
-            except ValueError:
-                raise bad() from None
-            if math.isfinite(f) or value.strip().lower() in ("inf", "-inf"):
-                return f
-        raise bad()
+        try:
+            f = float(value)
+        except ValueError:
+            raise bad() from None
+        if not math.isfinite(f):  # YAML's .nan / .inf, or "nan" / "inf" typed on the command line
+            raise ConfigError(key, f"must be a finite number, got {value!r}")
+        return f
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
