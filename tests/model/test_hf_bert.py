@@ -20,6 +20,7 @@ from lmforge.model import hf_bert
 from lmforge.model.pretrained import resolve_model_dir
 from lmforge.stages.import_ import hf as import_stage
 from lmforge.training.checkpoint import load_model
+from lmforge.training.contrastive import embed
 
 pytestmark = pytest.mark.slow  # importing transformers alone takes several seconds
 transformers = pytest.importorskip("transformers")
@@ -128,7 +129,7 @@ def test_sentence_transformers_layout_keeps_its_pooling(tmp_path: Path) -> None:
     model, _ = load_model(ckpt)
     tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
     texts = ["the cat sat", "a dog ran to the old park and the birds sang"]
-    ours = hf_bert.sentence_embeddings(model.eval(), tok, texts, hf_bert.Pooling(mode="mean", normalize=True))
+    ours = embed(model, tok, texts, pooling=pooling["mode"])  # what contrastive fine-tuning embeds with
     hf = transformers.BertModel.from_pretrained(src).eval()
     batch = [[2, *tok.encode(t, add_special_tokens=False).ids, 3] for t in texts]
     for row, text_ids in enumerate(batch):
@@ -190,7 +191,7 @@ def test_real_minilm_matches_transformers_and_sentence_transformers(tmp_path: Pa
     pooling = hf_bert.Pooling(**json.loads((ckpt / hf_bert.POOLING_FILE).read_text()))
     assert pooling.mode == "mean" and pooling.normalize
     texts = hundred_sentences()
-    ours = hf_bert.sentence_embeddings(model.eval(), tok, texts, pooling, max_len=256)  # [100, 384]
+    ours = embed(model, tok, texts, pooling=pooling.mode, max_len=256)  # [100, 384], unit length
     src = resolve_model_dir("pretrained:all-MiniLM-L6-v2")
     hf = transformers.AutoModel.from_pretrained(src).eval()
     hf_tok = transformers.AutoTokenizer.from_pretrained(src)

@@ -331,18 +331,19 @@ def framed_batch(tok: Tokenizer, texts: list[str], max_len: int) -> tuple[torch.
     return idx, mask
 
 
-@torch.no_grad()
-def sentence_embeddings(
-    model: EncoderForPretraining, tok: Tokenizer, texts: list[str], pooling: Pooling, max_len: int = 128
-) -> torch.Tensor:
-    """Sentence embeddings ``[N, D]`` of ``texts`` as sentence-transformers computes them: ``[CLS] text
-    [SEP]`` cut to ``max_len`` tokens, the declared pooling over real tokens, L2-normalised if declared."""
-    idx, mask = framed_batch(tok, texts, max_len)
-    emb = pool(model.encoder(idx, mask), mask, pooling.mode)  # [N, D]
-    return torch.nn.functional.normalize(emb, dim=-1) if pooling.normalize else emb
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+def require_weights(model_dir: Path) -> None:
+    """Raise InputError unless ``model_dir`` holds one of ``WEIGHT_FILES`` (the check every import makes
+    before any work)."""
+    if not any((Path(model_dir) / f).is_file() for f in WEIGHT_FILES):
+        raise InputError(f"{model_dir}: no weights ({' or '.join(WEIGHT_FILES)})")
 
 
 def read_bert_model(transformer_dir: Path) -> Any:
@@ -356,8 +357,7 @@ def read_bert_model(transformer_dir: Path) -> Any:
 
     transformers = require_transformers()
     transformer_dir = Path(transformer_dir)
-    if not any((transformer_dir / f).is_file() for f in WEIGHT_FILES):
-        raise InputError(f"{transformer_dir}: no weights ({' or '.join(WEIGHT_FILES)})")
+    require_weights(transformer_dir)
     try:
         hf = transformers.AutoModel.from_pretrained(transformer_dir, local_files_only=True)
     except (OSError, ValueError) as exc:

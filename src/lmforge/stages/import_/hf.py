@@ -29,7 +29,6 @@ import torch
 from lmforge.config import ConfigError, opt
 from lmforge.errors import InputError
 from lmforge.model import hf_bert, hf_import
-from lmforge.model.hf_bert import WEIGHT_FILES
 from lmforge.model.pretrained import PREFIX, resolve_model_dir
 from lmforge.runstore import StageContext, resolve_ref, run_stage, write_json_atomic
 from lmforge.tokenizer.train import save_tokenizer
@@ -89,22 +88,28 @@ def model_type(hf_dir: Path) -> str:
     return str(raw.get("model_type", "")) if isinstance(raw, dict) else ""
 
 
-def check_encoder_dir(hf_dir: Path) -> None:
-    """What a BERT directory must hold, checked before any work: a BERT tokenizer whose vocabulary is the
-    weights' (config.json ``vocab_size``).
+def check_model_dir(hf_dir: Path) -> None:
+    """Everything an import can refuse without loading weights, checked before the stage directory
+    exists: the model type and every setting the decoder reproduces (``hf_import.read_hf_config``), or
+    for BERT a tokenizer whose vocabulary is the weights' (config.json ``vocab_size``); then that there
+    are weights at all.
 
     Raises:
-        InputError: the first problem, naming the files.
+        InputError / ConfigError: the first problem, naming the files or the fields.
     """
-    where = hf_bert.locate(hf_dir)
-    tok = hf_bert.read_bert_tokenizer(where.transformer)
-    rows = json.loads((where.transformer / "config.json").read_text()).get("vocab_size")
-    n = tok.get_vocab_size(with_added_tokens=True)
-    if n != rows:
-        raise InputError(
-            f"{where.transformer}: tokenizer.json has {n} tokens but config.json says the weights have "
-            f"{rows} rows; they do not belong together"
-        )
+    transformer = hf_bert.locate(hf_dir).transformer
+    if model_type(hf_dir) in hf_import.ENCODER_TYPES:
+        tok = hf_bert.read_bert_tokenizer(transformer)
+        rows = json.loads((transformer / "config.json").read_text()).get("vocab_size")
+        n = tok.get_vocab_size(with_added_tokens=True)
+        if n != rows:
+            raise InputError(
+                f"{transformer}: tokenizer.json has {n} tokens but config.json says the weights have "
+                f"{rows} rows; they do not belong together"
+            )
+    else:
+        hf_import.read_hf_config(hf_dir)
+    hf_bert.require_weights(transformer)
 
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
@@ -115,14 +120,8 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
         raise ConfigError("out", "an output directory is required (e.g. --out runs/x/import)")
     spec = str(resolve_model_dir(cfg.model)) if cfg.model.startswith(PREFIX) else cfg.model
     hf_dir = resolve_ref(spec, Path(cfg.out).expanduser().resolve())
-    if hf_dir.is_dir():  # refuse before the stage directory exists
-        if model_type(hf_dir) in hf_import.ENCODER_TYPES:
-            check_encoder_dir(hf_dir)
-        else:
-            hf_import.read_hf_config(hf_dir)  # an unsupported type, or a setting the decoder cannot reproduce
-        weights = hf_bert.locate(hf_dir).transformer
-        if not any((weights / f).is_file() for f in (*WEIGHT_FILES, "pytorch_model.bin.index.json")):
-            raise InputError(f"{weights}: no weights ({', '.join(WEIGHT_FILES)})")
+    if hf_dir.is_dir():
+        check_model_dir(hf_dir)  # refuse before the stage directory exists
     elif not spec.startswith("@"):  # an unfinished @stage is reported by run_stage
         raise InputError(f"model directory not found: {hf_dir}")
     return run_stage(STAGE, cfg, out=cfg.out, inputs={"model": spec}, work=work, version=VERSION, force=force)
