@@ -33,7 +33,10 @@ logger = logging.getLogger(__name__)
 
 PASSAGE_FIELD = {"squad": "context", "boolq": "passage"}
 # task → (query field, target field) of the retrieval pairs task_pairs makes
-PAIR_FIELDS = {"squad": ("question", "context"), "boolq": ("question", "passage"), "mbpp": ("text", "code")}
+PAIR_FIELDS = {
+    **{task: ("question", field) for task, field in PASSAGE_FIELD.items()},
+    "mbpp": ("text", "code"),
+}
 
 
 def task_texts(name: str, data_dir: str | Path = "") -> Iterator[str]:

@@ -14,6 +14,7 @@
 - ``recall_from_scores(scores, targets, ks)``: the fraction of queries whose own candidate is among
   their k best-scored, ties broken at random and counted by expectation (so a scorer that ties
   everything scores k / M, not 1; BM25 ties often); ``recall_at_k`` does it for cosine similarities.
+  ``mrr_from_scores``: the mean reciprocal rank, ties alike; ``retrieval_metrics`` both, for any scorer.
 
 Shape notation: N texts (queries), M candidates, B pairs, D n_embd.
 """
@@ -159,6 +160,12 @@ def mrr_from_scores(scores: torch.Tensor, targets: torch.Tensor) -> float:
     ties = (scores == own).sum(dim=1).double() - 1  # [N]
     rr = (torch.special.digamma(higher + ties + 2) - torch.special.digamma(higher + 1)) / (ties + 1)
     return float(rr.mean()) if len(rr) else 0.0
+
+
+def retrieval_metrics(scores: torch.Tensor, targets: torch.Tensor, ks: Sequence[int]) -> dict[str, float]:
+    """``recall_from_scores`` for each k plus ``mrr`` (``mrr_from_scores``) of one score matrix
+    ``[N, M]``: what ``finetune contrastive`` reports for a model and for BM25 alike."""
+    return {**recall_from_scores(scores, targets, ks), "mrr": mrr_from_scores(scores, targets)}
 
 
 def recall_at_k(

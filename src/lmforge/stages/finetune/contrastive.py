@@ -146,7 +146,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     from lmforge.tokenizer.train import load_tokenizer, special_id
     from lmforge.training import finetune as ft
     from lmforge.training.batches import encode_texts, pad_batch
-    from lmforge.training.contrastive import embed, embed_batch, info_nce, mrr_from_scores, recall_from_scores
+    from lmforge.training.contrastive import embed, embed_batch, info_nce, retrieval_metrics
 
     rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
     device = rt.device
@@ -191,8 +191,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         pooling,
         seq_len,
     )
-    bm25_sims = torch.from_numpy(bm25_scores(queries, candidates))
-    bm25 = {**recall_from_scores(bm25_sims, targets, KS), "mrr": mrr_from_scores(bm25_sims, targets)}
+    bm25 = retrieval_metrics(torch.from_numpy(bm25_scores(queries, candidates)), targets, KS)
     xa = encode_texts(tok, [p.a for p in pairs], mcfg.arch, seq_len)
     xb = encode_texts(tok, [p.b for p in pairs], mcfg.arch, seq_len)
     passage_of = {b: i for i, b in enumerate(dict.fromkeys(p.b for p in pairs))}
@@ -216,7 +215,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         kw = {"pooling": pooling, "device": device, "max_len": seq_len, "batch_size": 2 * cfg.batch_size}
         qs, cands, tgt = held
         sims = embed(model, tok, qs, **kw) @ embed(model, tok, cands, **kw).T  # [N, M] cosines
-        return {**recall_from_scores(sims, tgt, KS), "mrr": mrr_from_scores(sims, tgt)}
+        return retrieval_metrics(sims, tgt, KS)
 
     # a handful of selection passages is an easy ranking; the training passages join them as distractors
     selection = ranking(select_pairs, tuple(p.b for p in pairs))
