@@ -92,6 +92,7 @@ class Settings:
     split: str = "hash"  # "hash": whole documents by id hash; "tail": the end of every document is val
     rows_per_shard: int = 50_000
     write_rejects: bool = True
+    strict: bool = False  # a file that breaks part-way stops the run (else: reported, its read part kept)
 
     @property
     def work(self) -> Path:
@@ -224,7 +225,7 @@ def process_unit(task: UnitTask) -> dict:
     if unit.chunk:
         docs = read_chunk(Path(unit.chunk), problems)
     else:
-        docs = read_files(unit.files, unit.source, unit.text_field, problems)
+        docs = read_files(unit.files, unit.source, unit.text_field, problems, settings.strict)
     built = _steps(settings.steps)
     before = {name: dict(step.counts()) for name, step in built if hasattr(step, "counts")}
     rejects_dir = Path(settings.out) / "rejects"

@@ -78,12 +78,13 @@ def _walk(directory: Path) -> list[Path]:
     return sorted(found)
 
 
-def _expand(spec: str, errors: list[str]) -> list[Path]:
-    """Files named by a path/directory/glob spec; faults are appended to ``errors``."""
+def _expand(spec: str, errors: list[str], bad: list[Problem]) -> list[Path]:
+    """Files named by a path/directory/glob spec; mistakes in the spec are appended to ``errors``, bad
+    data (a glob matching nothing, a directory without supported files) to ``bad``."""
     if _GLOB_CHARS & set(spec):
         matches = [Path(m) for m in sorted(glob.glob(spec, recursive=True))]
         if not matches:
-            errors.append(f"{spec}: glob matches nothing")
+            bad.append(Problem(spec, None, "no_match", "glob matches nothing"))
             return []
     else:
         path = Path(spec).expanduser()
@@ -96,7 +97,8 @@ def _expand(spec: str, errors: list[str]) -> list[Path]:
         if match.is_dir():
             below = _walk(match)
             if not below:
-                errors.append(f"{match}: directory holds no supported files; valid: {_valid_extensions()}")
+                what = f"directory holds no supported files; valid: {_valid_extensions()}"
+                bad.append(Problem(str(match), None, "empty_directory", what))
             files.extend(below)
         elif split_name(match)[0] is None:
             errors.append(f"{match}: unsupported file type; valid: {_valid_extensions()}")
@@ -105,12 +107,21 @@ def _expand(spec: str, errors: list[str]) -> list[Path]:
     return files
 
 
-def resolve_sources(specs: Iterable[str], text_field: str = "text") -> list[SourceSpec]:
+def resolve_sources(
+    specs: Iterable[str], text_field: str = "text", *, skipped: list[Problem] | None = None
+) -> list[SourceSpec]:
     """Validate source specs and list their files, before any document is read.
+
+    Two kinds of fault: mistakes in a spec (unknown builtin or task, a missing path, an unsupported
+    file named on its own) always raise; bad data (a glob matching nothing, a directory without
+    supported files, a CSV/Parquet file that cannot be opened or lacks the text column) raises too,
+    unless ``skipped`` is given: then each is appended to it as a ``Problem`` (kinds ``no_match``,
+    ``empty_directory``, ``unreadable_file``), the file or spec is left out, and the rest is returned.
 
     Args:
         specs: ``builtin:NAME``, file paths, directories (read recursively) or globs.
         text_field: JSON key / column holding the text in JSONL, CSV and Parquet files.
+        skipped: collects the bad sources left out; None makes them errors.
 
     Raises:
         InputError: listing every fault found, one per line.
@@ -120,7 +131,7 @@ def resolve_sources(specs: Iterable[str], text_field: str = "text") -> list[Sour
         raise InputError(
             f"no sources given; valid: builtin:{', builtin:'.join(BUILTIN_NAMES)}, or paths/globs"
         )
-    resolved, errors = [], []
+    resolved, errors, bad = [], [], []
     for spec in specs:
         if spec.startswith(BUILTIN_PREFIX):
             name = spec[len(BUILTIN_PREFIX) :]
@@ -133,13 +144,19 @@ def resolve_sources(specs: Iterable[str], text_field: str = "text") -> list[Sour
         if spec.startswith(TASK_PREFIX):
             resolved.append(_task_spec(spec, text_field, errors))
             continue
-        files = _expand(spec, errors)
-        for path in files:
+        files = []
+        for path in _expand(spec, errors, bad):
             try:
                 check_columns(path, text_field)
+                files.append(path)
             except InputError as exc:
-                errors.append(str(exc))
-        resolved.append(SourceSpec(spec=spec, files=tuple(files), text_field=text_field))
+                bad.append(Problem(str(path), None, "unreadable_file", exc.args[0].removeprefix(f"{path}: ")))
+        if files or skipped is None:
+            resolved.append(SourceSpec(spec=spec, files=tuple(files), text_field=text_field))
+    if skipped is None:
+        errors += [str(p) for p in bad]
+    else:
+        skipped.extend(bad)
     if errors:
         raise InputError("invalid sources:\n  " + "\n  ".join(errors))
     return resolved

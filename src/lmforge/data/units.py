@@ -53,47 +53,81 @@ def sniff(path: Path) -> bytes:
         return fh.read(SNIFF_BYTES)
 
 
-def check_readable(specs: Sequence[SourceSpec]) -> None:
+def check_readable(specs: Sequence[SourceSpec], skipped: list[Problem] | None = None) -> list[SourceSpec]:
     """Open every input file and read its first bytes (decompressing), before any work starts.
 
+    Returns ``specs``; with ``skipped`` given, without the files that cannot be read (each appended to
+    ``skipped`` as an ``unreadable_file`` problem) and without the file sources left with no file.
+
     Raises:
-        InputError: listing every file that cannot be opened or decompressed.
+        InputError: (``skipped`` None) listing every file that cannot be opened or decompressed.
     """
-    errors = []
+    bad: list[Problem] = []
+    kept = []
     for spec in specs:
+        files = []
         for path in spec.files:
             try:
                 sniff(path)
+                files.append(path)
             except Exception as exc:  # noqa: BLE001 - any failure here means "unreadable"
-                errors.append(f"{path}: cannot read ({type(exc).__name__}: {exc})")
-    if errors:
-        raise InputError("unreadable input files:\n  " + "\n  ".join(errors))
+                bad.append(
+                    Problem(str(path), None, "unreadable_file", f"cannot read ({type(exc).__name__}: {exc})")
+                )
+        if files or not spec.files:
+            kept.append(dataclasses.replace(spec, files=tuple(files)))
+    if bad and skipped is None:
+        raise InputError("unreadable input files:\n  " + "\n  ".join(map(str, bad)))
+    if skipped is None:
+        return list(specs)
+    skipped.extend(bad)
+    return kept
 
 
 def read_files(
-    files: Iterable[str | Path], source: str, text_field: str, problems: list[Problem]
+    files: Iterable[str | Path], source: str, text_field: str, problems: list[Problem], strict: bool = False
 ) -> Iterator[Document]:
     """Stream the documents of ``files``; empty and binary files are reported in ``problems`` and skipped.
 
     A file is binary when its first 8 KiB (decompressed) hold a NUL byte (the heuristic of git and
-    grep); Parquet files are exempt.
+    grep); Parquet files are exempt. A file that breaks part-way (a corrupt or truncated compressed
+    stream fails only where it is met: gzip checks its CRC at the very end) is reported as a
+    ``truncated_file`` problem at the first line (row) not read, and the documents read before it are
+    kept; with ``strict`` it raises instead, as does a file that can no longer be opened.
+
+    Raises:
+        InputError: (``strict``) a file cannot be read to its end.
     """
     for name in files:
         path = Path(name)
         try:
             head = sniff(path) if path.stat().st_size else None
         except Exception as exc:  # noqa: BLE001 - changed or removed since it was checked
-            raise InputError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from exc
+            if strict:
+                raise InputError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from exc
+            problems.append(Problem(str(path), None, "unreadable_file", f"cannot read ({exc}); skipped"))
+            continue
         if head is None:
             problems.append(Problem(str(path), None, "empty_file", "empty file; skipped"))
             continue
         if b"\x00" in head:
             problems.append(Problem(str(path), None, "binary_file", "binary file (NUL bytes); skipped"))
             continue
-        before, count = len(problems), 0
-        for doc in read_file(path, source, text_field, problems):
-            count += 1
-            yield doc
+        before, count, last = len(problems), 0, 0
+        try:
+            for doc in read_file(path, source, text_field, problems):
+                count += 1
+                last = int(doc.metadata.get("line", doc.metadata.get("row", 0)))
+                yield doc
+        except InputError as exc:
+            if strict:
+                raise
+            why = str(exc).removeprefix(f"{path}: ")
+            kept = f"the {count} documents before it are kept" if count else "nothing was read from it"
+            problems.append(
+                Problem(str(path), last + 1, "truncated_file", f"file breaks here ({why}); {kept}")
+            )
+            continue
         if count == 0 and len(problems) == before:
             problems.append(Problem(str(path), None, "empty_file", "file holds no documents"))
 
@@ -149,7 +183,7 @@ def plan_units(
             elif spec.task is not None:
                 docs = iter_task(spec)
             else:
-                docs = read_files(spec.files, spec.spec, spec.text_field, problems)
+                docs = read_files(spec.files, spec.spec, spec.text_field, problems, settings.strict)
             yield from _cut(docs, problems, names, spec, settings, unit_bytes, budget)
             if budget is not None and budget[0] <= 0:
                 return
@@ -163,7 +197,7 @@ def plan_units(
                 group, size = [], 0
             if file_size > unit_bytes:
                 problems = []
-                docs = read_files([path], spec.spec, spec.text_field, problems)
+                docs = read_files([path], spec.spec, spec.text_field, problems, settings.strict)
                 yield from _cut(docs, problems, names, spec, settings, unit_bytes, None)
             else:
                 group.append(str(path))

@@ -8,7 +8,10 @@ decontamination steps, then exact and near-duplicate removal across the whole co
 work units run in parallel on local processes (``--executor ray`` for a Ray cluster). Every dropped
 document is counted by reason in ``stats.json`` and written to ``rejects/``; bad records (binary or
 empty files, invalid UTF-8, malformed JSON lines, missing fields) are reported with file and line and
-the run continues. Documents go to train or val by a hash of their id. An interrupted run resumes:
+the run continues. Bad sources (a glob matching nothing, a directory without supported files, a file
+that cannot be opened or decompressed) are skipped with their reason (``skipped_sources``); a file
+that breaks part-way keeps the documents read before the break (``truncated_file``); ``strict``
+stops at either instead. Documents go to train or val by a hash of their id. An interrupted run resumes:
 finished work units and shards are not redone.
 """
 
@@ -28,6 +31,7 @@ from lmforge.data.langid import LangConfig
 from lmforge.data.normalize import NormalizeConfig
 from lmforge.data.pii import PIIConfig
 from lmforge.data.quality import QualityConfig
+from lmforge.data.readers import Problem
 from lmforge.errors import InputError
 from lmforge.runstore import StageContext, run_stage, write_json_atomic
 
@@ -54,6 +58,11 @@ class Config:
     rows_per_shard: int = opt(50_000, "documents per parquet shard")
     max_docs: int = opt(0, "stop after this many input documents (0 = all); reading is then serial")
     write_rejects: bool = opt(True, "write dropped documents and bad records with their reason to rejects/")
+    strict: bool = opt(
+        False,
+        "stop at a bad source (glob matching nothing, empty directory, unreadable or corrupt file) instead"
+        " of skipping it with its reason (stats.json skipped_sources) and going on with the good ones",
+    )
     # how the work is run does not change the output, so these three stay out of the cache key
     executor: Literal["local", "ray"] = opt(
         "local", "local: worker processes on this machine; ray: tasks on a Ray cluster", cache=False
@@ -96,8 +105,14 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
 
     if not cfg.out:
         raise ConfigError("out", "an output directory is required (e.g. --out runs/x/data)")
-    specs = resolve_sources(cfg.input, text_field=cfg.text_field)
-    check_readable(specs)
+    skipped: list[Problem] | None = None if cfg.strict else []
+    specs = check_readable(resolve_sources(cfg.input, text_field=cfg.text_field, skipped=skipped), skipped)
+    if not specs:
+        raise InputError(
+            "input: every source is bad, nothing to read:\n  " + "\n  ".join(map(str, skipped or []))
+        )
+    for problem in skipped or []:
+        log.warning("skipped source: %s", problem)
     for step in steps(cfg):  # building checks the steps' own files (eval sets, blocklists)
         step.build(step.config)
     prints = [fingerprint(s) for s in specs]
@@ -106,9 +121,9 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
         cfg,
         out=cfg.out,
         inputs={},
-        work=lambda c, ctx: curate(c, ctx, specs),
+        work=lambda c, ctx: curate(c, ctx, specs, skipped or []),
         version=VERSION,
-        fingerprint={"sources": prints},
+        fingerprint={"sources": prints, "skipped": [str(p) for p in skipped or []]},
         force=force,
     )
 
@@ -129,8 +144,9 @@ def steps(cfg: Config) -> tuple[Any, ...]:
     )
 
 
-def curate(cfg: Config, ctx: StageContext, specs: list[Any]) -> dict[str, float]:
-    """Run the pipeline into ``ctx.dir`` (resuming an interrupted attempt); write stats.json."""
+def curate(cfg: Config, ctx: StageContext, specs: list[Any], skipped: list[Problem]) -> dict[str, float]:
+    """Run the pipeline into ``ctx.dir`` (resuming an interrupted attempt); write stats.json, with the
+    ``skipped`` sources (found bad before the run) and their reasons."""
     from lmforge.data.executor import make_executor
     from lmforge.data.pipeline import Settings, run_pipeline
 
@@ -143,6 +159,7 @@ def curate(cfg: Config, ctx: StageContext, specs: list[Any]) -> dict[str, float]
         split=cfg.split,
         rows_per_shard=cfg.rows_per_shard,
         write_rejects=cfg.write_rejects,
+        strict=cfg.strict,
     )
     if not ctx.resumed:
         for name in ("work", "train", "val", "rejects"):
@@ -152,6 +169,8 @@ def curate(cfg: Config, ctx: StageContext, specs: list[Any]) -> dict[str, float]
             specs, settings, executor, unit_bytes=int(cfg.unit_mb * 1e6), max_docs=cfg.max_docs
         )
     stats = assemble_stats(result)
+    stats["skipped_sources"] = [{"source": p.file, "kind": p.kind, "reason": p.message} for p in skipped]
+    stats["skipped_sources_by_kind"] = dict(sorted(Counter(p.kind for p in skipped).items()))
     write_json_atomic(ctx.dir / "stats.json", stats)
     shutil.rmtree(settings.work, ignore_errors=True)
     for line in stats["bad_records"][:20]:
@@ -266,6 +285,8 @@ def metrics_of(stats: dict[str, Any], timings: dict[str, float], workers: int) -
         if kind in stats["duplicates"]:
             metrics[f"{kind}_duplicate_clusters"] = stats["duplicates"][kind]["clusters"]
     metrics["bad_records"] = stats["bad_records_total"]
+    metrics["skipped_sources"] = len(stats.get("skipped_sources", []))
+    metrics["truncated_files"] = stats["bad_records_by_kind"].get("truncated_file", 0)
     for split, s in stats["splits"].items():
         metrics[f"{split}_docs"] = s["docs"]
         metrics[f"{split}_bytes"] = s["bytes"]

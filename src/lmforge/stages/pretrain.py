@@ -16,11 +16,13 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
-from lmforge.model.config import ModelConfig
-from lmforge.runstore import StageContext, run_stage, write_json_atomic
+from lmforge.errors import InputError
+from lmforge.model.config import ModelConfig, preset
+from lmforge.runstore import StageContext, resolve_ref, run_stage, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +160,58 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Pretrain (or return the cached result); returns the stage manifest."""
     if not cfg.out:
         raise ConfigError("out", "an output directory is required (e.g. --out runs/x/pretrain)")
+    check_memory(cfg)
     return run_stage(
         STAGE, cfg, out=cfg.out, inputs={"tokenizer": cfg.tokenizer}, work=train, version=VERSION, force=force
     )
+
+
+def model_config(cfg: Config, vocab: int) -> ModelConfig:
+    """The model ``cfg`` trains with a tokenizer of ``vocab`` tokens: ``arch`` from the objective, the
+    ``depth`` preset applied, ``vocab_size`` 0 taken from the tokenizer.
+
+    Raises:
+        ConfigError: ``model.vocab_size`` is smaller than the tokenizer's, or the result is invalid.
+    """
+    mcfg = dataclasses.replace(cfg.model, arch="decoder" if cfg.objective == "clm" else "encoder")
+    if cfg.depth:
+        mcfg = dataclasses.replace(mcfg, **preset(cfg.depth))
+    if mcfg.vocab_size == 0:
+        mcfg = dataclasses.replace(mcfg, vocab_size=vocab)
+    elif mcfg.vocab_size < vocab:
+        raise ConfigError("model.vocab_size", f"{mcfg.vocab_size} is smaller than the tokenizer's {vocab}")
+    mcfg.validate()
+    return mcfg
+
+
+def check_memory(cfg: Config) -> None:
+    """Refuse a model that cannot train in the memory available (``model.memory.check_fits``), before the
+    stage directory exists; the vocabulary is the tokenizer's when it is already there, else the
+    configured one. Every local rank (``procs``) counts with its own copy.
+
+    Raises:
+        ConfigError: naming the dominant key (``model.block_size``, ``batch_size``, ``depth``, ...).
+    """
+    from lmforge.model.memory import check_fits, trains_on_host  # imports torch: not at --help time
+    from lmforge.tokenizer.train import load_tokenizer  # imports tokenizers: not at --help time
+
+    try:
+        tok_dir = resolve_ref(cfg.tokenizer, Path(cfg.out).expanduser().resolve())
+        vocab = load_tokenizer(tok_dir / "tokenizer.json").get_vocab_size()
+    except InputError:
+        vocab = 0
+    try:
+        check_fits(
+            model_config(cfg, vocab),
+            cfg.batch_size,
+            ranks=cfg.procs,
+            on_host=trains_on_host(cfg.device),
+            default_batch=16,
+        )
+    except ConfigError as exc:
+        if cfg.depth and exc.key in ("model.n_layer", "model.n_embd"):  # set by the depth preset
+            raise ConfigError("depth", f"{exc.message} (n_layer and n_embd come from depth)") from None
+        raise
 
 
 def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
@@ -181,7 +232,6 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
 
     from lmforge.eval.lm import evaluate_lm
     from lmforge.log import step_line
-    from lmforge.model.config import preset
     from lmforge.runtime import create_runtime
     from lmforge.tokenizer.loader import BatchLoader
     from lmforge.tokenizer.shards import open_tokens
@@ -201,14 +251,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     tok_path = tok_dir / "tokenizer.json"
     tok = load_tokenizer(tok_path)
     vocab = tok.get_vocab_size()
-    mcfg = dataclasses.replace(cfg.model, arch="decoder" if cfg.objective == "clm" else "encoder")
-    if cfg.depth:
-        mcfg = dataclasses.replace(mcfg, **preset(cfg.depth))
-    if mcfg.vocab_size == 0:
-        mcfg = dataclasses.replace(mcfg, vocab_size=vocab)
-    elif mcfg.vocab_size < vocab:
-        raise ConfigError("model.vocab_size", f"{mcfg.vocab_size} is smaller than the tokenizer's {vocab}")
-    mcfg.validate()
+    mcfg = model_config(cfg, vocab)
 
     objective = PretrainObjective(
         cfg.objective,

@@ -46,7 +46,7 @@ from lmforge.errors import ConfigError, InputError
 from lmforge.model.config import ModelConfig
 from lmforge.model.heads import POOLING_CHOICES, ClassificationHead
 from lmforge.model.hf_bert import POOLING_FILE  # a sentence-transformers import's declared pooling
-from lmforge.runstore import write_json_atomic
+from lmforge.runstore import resolve_ref, write_json_atomic
 from lmforge.training import checkpoint as ckpt
 from lmforge.training.optim import build_optimizer, lr_at, set_lr
 from lmforge.training.options import FinetuneOptions
@@ -60,6 +60,18 @@ META_FILE = "finetune.json"
 
 # --------------------------------------------------------------------------------------------------
 # base model and hidden states
+
+
+def base_config(model: str, out: str, which: str = "best") -> tuple[Path, ModelConfig] | None:
+    """``(checkpoint dir, config)`` of the base a stage writing to ``out`` will start from, read before the
+    stage runs (config only: no weights, nothing written), for its early checks. ``model`` is resolved as
+    the run store will (``@name`` beside ``out``); None when there is no complete checkpoint there yet,
+    which the run store then reports."""
+    try:
+        ckpt_dir = ckpt.resolve_checkpoint(resolve_ref(model, Path(out).expanduser().resolve()), which)
+        return ckpt_dir, ckpt.load_config(ckpt_dir)
+    except InputError:
+        return None
 
 
 def load_base(

@@ -9,11 +9,14 @@ holds ``adapter/`` (``adapter_model.safetensors`` + ``adapter_config.json``, the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from lmforge.config import ConfigError, opt
 from lmforge.runstore import StageContext, config_inputs, run_stage
 from lmforge.training.options import FinetuneOptions
+
+if TYPE_CHECKING:  # torch stays unimported until the stage runs (fast --help)
+    from lmforge.model.lora import LoraConfig
 
 STAGE = "finetune.lora"
 VERSION = 1
@@ -59,17 +62,48 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Fine-tune adapters (or return the cached result); returns the stage manifest."""
     if not cfg.out:
         raise ConfigError("out", "an output directory is required (e.g. --out runs/x/lora)")
+    check_targets(cfg)
     found = {"model": cfg.model, **config_inputs(cfg, "train", "val")}
     return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)
 
 
+def check_targets(cfg: Config) -> None:
+    """Refuse a base that is not a decoder, or ``targets`` that match no linear layer of it (or match a
+    tied one), before the stage starts: the base's model is built from its config on the meta device (no
+    memory, no weights read) and the adapters applied to it. A base not found yet is left for the run
+    store to report.
+
+    Raises:
+        ConfigError: key ``model`` or ``targets``; the latter lists the base's linear layers.
+    """
+    import torch  # not at --help time
+
+    from lmforge.model.decoder import Decoder
+    from lmforge.model.lora import apply_lora
+    from lmforge.training.finetune import base_config
+
+    found = base_config(cfg.model, cfg.out, cfg.checkpoint)
+    if found is None:
+        return
+    ckpt_dir, mcfg = found
+    if mcfg.arch != "decoder":
+        raise ConfigError("model", f"LoRA SFT needs a decoder checkpoint, {ckpt_dir} is an {mcfg.arch}")
+    with torch.device("meta"):
+        try:
+            apply_lora(Decoder(mcfg), lora_config(cfg))
+        except ValueError as exc:
+            raise ConfigError("targets", f"{exc} (base {ckpt_dir})") from exc
+
+
+def lora_config(cfg: Config) -> LoraConfig:
+    """The adapters ``cfg`` asks for."""
+    from lmforge.model.lora import LoraConfig  # imports torch: not at --help time
+
+    return LoraConfig(r=cfg.r, alpha=cfg.alpha, dropout=cfg.lora_dropout, targets=tuple(cfg.targets))
+
+
 def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     """The SFT loop (``training.sft.run_sft``) with adapters."""
-    try:
-        from lmforge.model.lora import LoraConfig
-    except ImportError as exc:  # the LoRA library lands separately
-        raise ConfigError("", f"LoRA is not available in this build ({exc})") from exc
-    from lmforge.training.sft import run_sft
+    from lmforge.training.sft import run_sft  # imports torch: not at --help time
 
-    lora = LoraConfig(r=cfg.r, alpha=cfg.alpha, dropout=cfg.lora_dropout, targets=tuple(cfg.targets))
-    return run_sft(cfg, ctx, lora=lora)
+    return run_sft(cfg, ctx, lora=lora_config(cfg))

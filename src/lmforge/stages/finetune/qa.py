@@ -98,17 +98,12 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
 def check_base(cfg: Config) -> None:
     """Refuse a decoder base, or a ``max_len`` past its context, from its config alone (no weights
     read, nothing written). A base that cannot be found yet is left for ``run_stage`` to report."""
-    from lmforge.errors import InputError
-    from lmforge.runstore import resolve_ref
-    from lmforge.training.checkpoint import load_config, resolve_checkpoint
+    from lmforge.training.finetune import base_config  # imports torch: not at --help time
 
-    try:
-        ckpt_dir = resolve_checkpoint(
-            resolve_ref(cfg.model, Path(cfg.out).expanduser().resolve()), cfg.checkpoint
-        )
-        mcfg = load_config(ckpt_dir)
-    except InputError:
+    found = base_config(cfg.model, cfg.out, cfg.checkpoint)
+    if found is None:
         return
+    ckpt_dir, mcfg = found
     if mcfg.arch != "encoder":
         raise ConfigError(
             "model",
