@@ -1,7 +1,6 @@
 """A poisoned ``pytorch_model.bin`` (a pickle calling os.system) given to ``lmforge import hf`` ends in one
 clear error naming the file as refused, never runs, leaves no finished stage directory and prints no
-traceback;
-the BERT reader refuses it the same way."""
+traceback; the BERT reader refuses it the same way."""
 
 from __future__ import annotations
 
