@@ -138,6 +138,10 @@ def test_old_markers_without_checksums_still_load(tmp_path: Path, caplog) -> Non
     (dir / DONE_FILE).write_text('{"format": 2, "fil')  # but a damaged marker is an error
     with pytest.raises(InputError, match="DONE: unreadable completion marker"):
         verify_checkpoint(dir)
+    escape = {"format": 2, "files": {"../outside": {"bytes": 1, "sha256": "0" * 64}}}
+    (dir / DONE_FILE).write_text(json.dumps(escape))  # names only files inside the checkpoint
+    with pytest.raises(InputError, match="not a file of the checkpoint directory"):
+        verify_checkpoint(dir)
 
 
 def test_a_damaged_final_checkpoint_names_the_file_and_the_stage_to_rerun(tmp_path: Path) -> None:

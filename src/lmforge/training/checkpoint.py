@@ -208,7 +208,9 @@ def recorded_files(dir: Path) -> dict[str, dict[str, Any]] | None:
         files = json.loads(text)["files"]
         if not all(isinstance(r["bytes"], int) and isinstance(r["sha256"], str) for r in files.values()):
             raise TypeError("a file record lacks bytes or sha256")
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        if not all(name == Path(name).name and name not in ("", ".", "..") for name in files):
+            raise ValueError("a recorded name is not a file of the checkpoint directory")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
         raise InputError(f"checkpoint {dir}: {DONE_FILE}: unreadable completion marker ({e})") from e
     return files
 
@@ -256,8 +258,11 @@ def _stage_hint(dir: Path) -> str:
     stage_dir = Path(dir).resolve().parent.parent  # <stage>/ckpt/step_N
     manifest = read_manifest(stage_dir) if (stage_dir / MANIFEST).is_file() else None
     if isinstance(manifest, dict) and manifest.get("instance"):
-        name = f"stage {manifest['instance']!r} ({manifest.get('stage', '?')}, {stage_dir})"
-        return f"re-run {name}: `lmforge run RECIPE --force --only {manifest['instance']}`, or delete it and run again"
+        instance = manifest["instance"]
+        return (
+            f"re-run stage {instance!r} ({manifest.get('stage', '?')}, {stage_dir}): "
+            f"`lmforge run RECIPE --force --only {instance}`, or delete it and run again"
+        )
     return "re-run the stage that wrote it (delete its directory and run it again)"
 
 
