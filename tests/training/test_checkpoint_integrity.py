@@ -16,11 +16,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from lmforge.config import from_dict
 from lmforge.errors import InputError, UnsafePickleError
 from lmforge.log import read_metrics, truncate_metrics
 from lmforge.model.config import ModelConfig
 from lmforge.model.decoder import Decoder
-from lmforge.runstore import sha256_file
+from lmforge.report.collect import read_jsonl
+from lmforge.runstore import StageContext, run_stage, sha256_file
+from lmforge.stages import pretrain
+from lmforge.tokenizer.shards import encode_to_shards
+from lmforge.tokenizer.train import save_tokenizer, train_bpe
 from lmforge.training.checkpoint import (
     DONE_FILE,
     MODEL_FILE,
@@ -175,8 +180,6 @@ def test_pruning_after_a_fallback_keeps_the_intact_checkpoint(tmp_path: Path) ->
 
 
 def test_truncate_metrics_keeps_one_row_per_step_and_drops_torn_lines(tmp_path: Path) -> None:
-    from lmforge.report.collect import read_jsonl
-
     path = tmp_path / "metrics.jsonl"
     rows = [{"step": s, "loss": 1.0 / s} for s in range(1, 7)] + [{"step": 4, "val_loss": 2.0}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"final": true}\n{"step": 7, "lo')
@@ -196,10 +199,6 @@ WORDS = "the cat sat on a mat and dog ran to park sun moon yes no list of files 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory) -> Path:
     """A finished tokenizer stage directory (tokenizer.json, tokens/{train,val})."""
-    from lmforge.runstore import run_stage
-    from lmforge.tokenizer.shards import encode_to_shards
-    from lmforge.tokenizer.train import save_tokenizer, train_bpe
-
     rng = random.Random(0)
     docs = [" ".join(rng.choice(WORDS) for _ in range(60)) for _ in range(40)]
     run = tmp_path_factory.mktemp("run")
@@ -219,9 +218,6 @@ def tokenizer(tmp_path_factory) -> Path:
 
 
 def _pretrain(tokenizer: Path, out: Path) -> dict:
-    from lmforge.config import from_dict
-    from lmforge.stages import pretrain
-
     options = {
         "tokenizer": str(tokenizer),
         "out": str(out),
@@ -242,8 +238,6 @@ def _pretrain(tokenizer: Path, out: Path) -> dict:
 def test_pretrain_resumes_past_a_damaged_checkpoint_with_one_metrics_row_per_step(
     tokenizer: Path, tmp_path: Path, monkeypatch, caplog
 ) -> None:
-    from lmforge.runstore import StageContext
-
     ref = _pretrain(tokenizer, tmp_path / "ref")
 
     log_metrics = StageContext.log_metrics
