@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from lmforge.cli import main
+from lmforge.log import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -161,6 +162,8 @@ def test_resume_after_sigkill_is_exact(micro_run, tmp_path):
     a = json.loads((ref / "manifest.json").read_text())["metrics"]
     b = json.loads((killed / "manifest.json").read_text())["metrics"]
     assert a["val_loss"] == b["val_loss"] and a["train_loss"] == b["train_loss"]
+    rows = lambda d: [(r.get("step"), sorted(r)) for r in read_metrics(d / "metrics.jsonl")]  # noqa: E731
+    assert rows(killed) == rows(ref)  # one row per step: the replayed steps are not appended twice
 
 
 @pytest.mark.parametrize("objective", ["mlm", "mlm+nsp"])

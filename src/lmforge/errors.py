@@ -32,3 +32,33 @@ class ConfigError(LmforgeError, ValueError):
 
 class InputError(LmforgeError):
     """An input (file, directory, source, upstream stage output) is missing or unreadable."""
+
+
+class UnsafePickleError(InputError):
+    """A pickle file (``train_state.pt``, ``pytorch_model.bin``) was refused by ``torch.load(...,
+    weights_only=True)``: it holds code or objects beyond tensors and plain data, which unpickling
+    would run or build.
+
+    Args:
+        path: the refused file.
+        detail: what torch named (e.g. ``unsupported GLOBAL posix.system``), or "".
+    """
+
+    def __init__(self, path: str, detail: str = ""):
+        self.path = str(path)
+        self.detail = detail
+        found = f" ({detail})" if detail else ""
+        super().__init__(
+            f"{path}: refused: this pickle holds code or objects beyond tensors and plain data{found}, "
+            "and loading it could run arbitrary code; use weights saved as safetensors, or convert the "
+            "file where you trust its origin"
+        )
+
+    def __reduce__(self) -> tuple:  # picklable with both arguments (errors cross process boundaries)
+        return (UnsafePickleError, (self.path, self.detail))
+
+    @classmethod
+    def from_exception(cls, path: object, exc: BaseException) -> UnsafePickleError:
+        """The error for ``path`` from torch's ``UnpicklingError``, keeping the line naming the culprit."""
+        lines = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "nsupported" in ln]
+        return cls(str(path), lines[0].rstrip(".") if lines else "")

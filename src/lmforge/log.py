@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -95,12 +96,39 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     out = []
     if not Path(path).is_file():
         return out
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:
             continue
     return out
+
+
+def truncate_metrics(path: Path, last_step: int) -> int:
+    """Rewrite ``metrics.jsonl`` for a run resuming after ``last_step``: keep the rows up to that step, drop
+    later ones (the resumed run writes them again), the final summary row, and torn or non-object lines.
+
+    The file is replaced atomically (temporary file, then ``os.replace``); a missing file is left
+    missing. Returns how many lines were dropped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(row, dict) or row.get("final"):
+            continue
+        if not (isinstance(row.get("step"), int) and row["step"] > last_step):
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+    return len(lines) - len(kept)
 
 
 def progress(items: Iterable[T], *, total: int | None = None, description: str = "") -> Iterator[T]:

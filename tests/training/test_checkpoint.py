@@ -155,6 +155,9 @@ def test_bad_saves_write_nothing(tmp_path: Path) -> None:
 def test_corrupt_config_is_an_input_error(tmp_path: Path) -> None:
     out = _save(tmp_path, 1)
     (out / "model_config.json").write_text(json.dumps({**CFG.to_dict(), "n_embed": 3}))
+    with pytest.raises(InputError, match="model_config.json: size mismatch"):
+        load_model(out)  # an edit after saving no longer matches the completion marker
+    (out / "DONE").write_text("complete\n")  # a marker from before checksums: the config itself is read
     with pytest.raises(InputError, match="n_embed"):
         load_model(out)
 

@@ -44,15 +44,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from tokenizers import Tokenizer
 
-from lmforge.errors import ConfigError, InputError
+from lmforge.errors import ConfigError, InputError, UnsafePickleError
 from lmforge.model.config import ModelConfig
 from lmforge.model.heads import EncoderForPretraining, pool
 from lmforge.model.hf_names import _pattern  # the key-table template → regex rule, shared with decoders
@@ -351,16 +353,19 @@ def read_bert_model(transformer_dir: Path) -> Any:
     (the MLM head too, which ``AutoModel`` leaves out).
 
     Raises:
+        UnsafePickleError: a ``pytorch_model.bin`` holding code or objects beyond tensors (refused).
         InputError: no weights file, or weights transformers cannot load.
     """
-    from lmforge.model.hf_import import require_transformers  # transformers: the optional 'hf' extra
+    from lmforge.model.hf_import import pickled_weights, require_transformers  # the optional 'hf' extra
 
     transformers = require_transformers()
     transformer_dir = Path(transformer_dir)
     require_weights(transformer_dir)
     try:
         hf = transformers.AutoModel.from_pretrained(transformer_dir, local_files_only=True)
-    except (OSError, ValueError) as exc:
+    except pickle.UnpicklingError as exc:
+        raise UnsafePickleError.from_exception(pickled_weights(transformer_dir), exc) from exc
+    except (OSError, ValueError, SafetensorError) as exc:
         raise InputError(f"{transformer_dir}: transformers cannot load the weights: {exc}") from exc
     hf = hf.float().eval()
     raw = {k: v for k, v in hf.state_dict().items()}

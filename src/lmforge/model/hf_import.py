@@ -26,15 +26,17 @@ import dataclasses
 import functools
 import json
 import logging
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from tokenizers import AddedToken, Tokenizer
 
-from lmforge.errors import ConfigError, InputError
+from lmforge.errors import ConfigError, InputError, UnsafePickleError
 from lmforge.model.config import ModelConfig
 from lmforge.model.decoder import Decoder
 from lmforge.model.hf_families import (
@@ -95,6 +97,12 @@ def require_transformers() -> Any:
     return transformers
 
 
+def pickled_weights(hf_dir: Path) -> str:
+    """The pickled weight file(s) of a directory, for messages: ``pytorch_model.bin`` or its shards."""
+    single = Path(hf_dir) / "pytorch_model.bin"
+    return str(single if single.is_file() or not any(Path(hf_dir).glob("*.bin")) else Path(hf_dir) / "*.bin")
+
+
 def read_hf_config(hf_dir: Path) -> tuple[str, Any, ModelConfig]:
     """The ``model_type``, transformers config and ``ModelConfig`` of a local decoder directory; reads
     ``config.json`` only (no weights).
@@ -133,6 +141,8 @@ def read_hf_model(hf_dir: Path) -> HFModel:
     """Load a local Hugging Face decoder directory (``DECODER_TYPES``) and map it onto a ``Decoder``.
 
     Raises:
+        UnsafePickleError: a ``pytorch_model.bin`` holding code or objects beyond tensors (refused by
+            transformers' ``weights_only`` loading, never run).
         InputError: as ``read_hf_config``, or weights that transformers cannot load.
         ConfigError: a setting the decoder cannot reproduce exactly (the message names each).
         ValueError: weights that do not fit the mapped config.
@@ -142,7 +152,9 @@ def read_hf_model(hf_dir: Path) -> HFModel:
     transformers = require_transformers()
     try:
         hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, local_files_only=True)
-    except (OSError, ValueError) as exc:
+    except pickle.UnpicklingError as exc:
+        raise UnsafePickleError.from_exception(pickled_weights(hf_dir), exc) from exc
+    except (OSError, ValueError, SafetensorError) as exc:
         raise InputError(f"{hf_dir}: transformers cannot load the weights: {exc}") from exc
     hf = hf.float().eval()
     hf_state = hf.state_dict()

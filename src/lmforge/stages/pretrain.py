@@ -3,8 +3,10 @@
 The loop is written out below: schedule → accumulated token-weighted forward/backward → clip →
 AdamW step → log line and metrics.jsonl → periodic validation (loss, perplexity, bits per byte) →
 atomic checkpoints. Checkpoints live in the stage's work directory, so an interrupted run resumes
-from the latest complete one (model, optimiser, data loader position and RNG state), continuing
-exactly where it stopped. ``max_time_s`` stops training at a wall-clock budget and evaluates.
+from the newest one that verifies against its recorded checksums (model, optimiser, data loader
+position and RNG state; a damaged newer one is moved aside with a warning, ``checkpoint.load_resumable``),
+continuing exactly where it stopped; ``metrics.jsonl`` loses the rows after that step, so every step
+keeps one row. ``max_time_s`` stops training at a wall-clock budget and evaluates.
 """
 
 from __future__ import annotations
@@ -231,7 +233,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     import torch
 
     from lmforge.eval.lm import evaluate_lm
-    from lmforge.log import step_line
+    from lmforge.log import step_line, truncate_metrics
     from lmforge.runtime import create_runtime
     from lmforge.tokenizer.loader import BatchLoader
     from lmforge.tokenizer.shards import open_tokens
@@ -293,16 +295,19 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         ckpt_root.mkdir(exist_ok=True)
 
     step, best_val, best_dir, elapsed_before, loss_ema, bad_evals = 0, math.inf, "", 0.0, math.nan, 0
-    latest = ckpt.latest_checkpoint(ckpt_root)
-    if latest is not None:
-        state = ckpt.load_train_state(latest)
-        ddp.load_full_state_dicts(model, optimizers, ckpt.load_weights(latest, mcfg), state["optimizer"])
+    found = ckpt.load_resumable(ckpt_root, mcfg, move_aside=main_rank)  # the newest that verifies
+    if found is not None:
+        latest, weights, state = found
+        ddp.load_full_state_dicts(model, optimizers, weights, state["optimizer"])
         loader.load_state_dict(state["loader"])
         ckpt.set_rng_state(state["rng"])
         step, best_val = int(state["step"]), float(state["best_val_loss"])
         best_dir, elapsed_before = str(state["best_dir"]), float(state["elapsed_s"])
         loss_ema, bad_evals = float(state["loss_ema"]), int(state["bad_evals"])
         log.info("resumed from %s (step %d)", latest.name, step)
+    # one row per step, as if never stopped: rows after the resumed step are written again below
+    if main_rank and truncate_metrics(ctx.dir / "metrics.jsonl", step):
+        log.info("metrics.jsonl: dropped the rows after step %d, which this run writes again", step)
 
     n_params = raw_model.num_params(non_embedding=True)
     flops_per_token = (

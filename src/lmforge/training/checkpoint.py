@@ -9,8 +9,18 @@ A checkpoint is a directory (conventionally ``<ckpt_root>/step_N``, see ``checkp
 - ``train_state.pt``: optional, for resuming: plain data only (tensors, numbers, strings, lists, tuples,
   dicts), e.g. optimiser state dict, step, ``rng_state()``, data-loader state; read back with
   ``torch.load(..., weights_only=True)``, so loading never runs pickled code.
-- ``DONE``: written last. Everything is written into ``<dir>.tmp`` and renamed into place, so a
-  directory named ``step_N`` is complete; readers still insist on ``DONE``.
+- ``DONE``: written last, the completion marker: JSON ``{"format": 2, "files": {name: {"bytes": n,
+  "sha256": hex}}}`` recording every other file. Everything is written into ``<dir>.tmp`` and renamed
+  into place, so a directory named ``step_N`` is complete; readers still insist on ``DONE``.
+
+Integrity: ``verify_checkpoint`` compares sizes, then sha256, with the marker, so a truncated, emptied,
+missing or bit-flipped file is named instead of crashing a load or loading different weights.
+``load_model`` (every later stage) verifies and fails with an error naming the file and the stage to
+re-run; ``load_resumable`` (a resumed pretraining run) takes the newest checkpoint that verifies and
+loads, moving each newer unusable one aside to ``step_N.rejected`` with a warning saying why (a
+``train_state.pt`` that ``weights_only`` refuses is reported as refused). Markers written before
+checksums (``complete``) still load, unverified. Files added to a checkpoint directory after it was
+saved (a fine-tune's heads, a LoRA adapter) are not in the marker and not verified.
 
 A training stage keeps its checkpoints in ``<stage>/ckpt/`` and, when it finishes, writes
 ``<stage>/ckpt/final.json`` (``{"last": "step_N", "best": "step_M", ...}``) naming which to use;
@@ -22,18 +32,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lmforge.errors import ConfigError, InputError
+from lmforge.errors import ConfigError, InputError, UnsafePickleError
 from lmforge.model.config import ModelConfig
 from lmforge.model.decoder import Decoder
+from lmforge.runstore import MANIFEST, read_manifest, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +57,8 @@ TOKENIZER_FILE = "tokenizer.json"
 TRAIN_STATE_FILE = "train_state.pt"
 DONE_FILE = "DONE"
 FINAL_FILE = "final.json"
+MARKER_FORMAT = 2  # DONE as JSON with per-file sizes and sha256; before it, DONE held "complete"
+REJECTED_SUFFIX = ".rejected"
 TIED_KEY, TIED_SOURCE = "lm_head.weight", "tok_emb.weight"
 _STEP_DIR = re.compile(r"step_(\d+)")
 
@@ -139,9 +155,12 @@ def save_checkpoint(
         torch.save(train_state, tmp / TRAIN_STATE_FILE)
     for name, data in (extra_files or {}).items():
         (tmp / name).write_text(json.dumps(data, indent=2) + "\n")
-    for path in tmp.iterdir():
+    files = {}
+    for path in sorted(tmp.iterdir()):
         _fsync(path)
-    (tmp / DONE_FILE).write_text("complete\n")
+        files[path.name] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    marker = {"format": MARKER_FORMAT, "files": files}
+    (tmp / DONE_FILE).write_text(json.dumps(marker, indent=2) + "\n")
     _fsync(tmp / DONE_FILE)
     _fsync(tmp)
 
@@ -171,6 +190,82 @@ def _require_complete(dir: Path) -> Path:
     return dir
 
 
+def recorded_files(dir: Path) -> dict[str, dict[str, Any]] | None:
+    """``{name: {"bytes", "sha256"}}`` that a checkpoint's ``DONE`` records, or None for a marker written
+    before checksums were recorded (``complete`` or empty).
+
+    Raises:
+        InputError: no ``DONE``, or a marker that is neither form (the marker itself is damaged).
+    """
+    marker = _require_complete(dir) / DONE_FILE
+    try:
+        text = marker.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError as e:
+        raise InputError(f"checkpoint {dir}: {DONE_FILE}: unreadable: {e}") from e
+    if text in ("", "complete"):
+        return None
+    try:
+        files = json.loads(text)["files"]
+        if not all(isinstance(r["bytes"], int) and isinstance(r["sha256"], str) for r in files.values()):
+            raise TypeError("a file record lacks bytes or sha256")
+        if not all(name == Path(name).name and name not in ("", ".", "..") for name in files):
+            raise ValueError("a recorded name is not a file of the checkpoint directory")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
+        raise InputError(f"checkpoint {dir}: {DONE_FILE}: unreadable completion marker ({e})") from e
+    return files
+
+
+def verify_checkpoint(dir: Path, skip: tuple[str, ...] = ()) -> None:
+    """Check every file ``DONE`` records (except ``skip``) against its recorded size, then its sha256.
+
+    A checkpoint written before checksums were recorded passes unverified (said at debug level).
+
+    Raises:
+        InputError: no ``DONE``, a damaged marker, or files missing, of the wrong size or with another
+            checksum; the message names the checkpoint, each file and what is wrong.
+    """
+    dir = Path(dir)
+    files = recorded_files(dir)
+    if files is None:
+        logger.debug("checkpoint %s records no checksums (written before they were); not verified", dir)
+        return
+    names = [name for name in files if name not in skip]
+    problems = []
+    for name in names:  # sizes first: cheap, and a truncated or emptied file needs no hashing
+        path, want = dir / name, files[name]["bytes"]
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+        elif (size := path.stat().st_size) != want:
+            problems.append(f"{name}: size mismatch (recorded {want} bytes, found {size})")
+    if not problems:
+        for name in names:
+            try:
+                found = sha256_file(dir / name)
+            except OSError as e:
+                problems.append(f"{name}: unreadable ({e})")
+                continue
+            if found != files[name]["sha256"]:
+                want = files[name]["sha256"]
+                problems.append(
+                    f"{name}: checksum mismatch (recorded sha256 {want[:12]}…, found {found[:12]}…)"
+                )
+    if problems:
+        raise InputError(f"checkpoint {dir} is damaged: {'; '.join(problems)}")
+
+
+def _stage_hint(dir: Path) -> str:
+    """How to rebuild the checkpoint ``dir``: re-run the stage whose directory holds it."""
+    stage_dir = Path(dir).resolve().parent.parent  # <stage>/ckpt/step_N
+    manifest = read_manifest(stage_dir) if (stage_dir / MANIFEST).is_file() else None
+    if isinstance(manifest, dict) and manifest.get("instance"):
+        instance = manifest["instance"]
+        return (
+            f"re-run stage {instance!r} ({manifest.get('stage', '?')}, {stage_dir}): "
+            f"`lmforge run RECIPE --force --only {instance}`, or delete it and run again"
+        )
+    return "re-run the stage that wrote it (delete its directory and run it again)"
+
+
 def load_config(dir: Path) -> ModelConfig:
     """The ``ModelConfig`` of a complete checkpoint, without reading its weights.
 
@@ -187,13 +282,18 @@ def load_config(dir: Path) -> ModelConfig:
 def load_model(dir: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, ModelConfig]:
     """Rebuild the ``Decoder`` of a complete checkpoint, weights loaded and tied as saved.
 
-    The model is returned on ``device`` in training mode (the ``nn.Module`` default).
+    The model is returned on ``device`` in training mode (the ``nn.Module`` default). Every file the
+    marker records except ``train_state.pt`` is verified first (``verify_checkpoint``).
 
     Raises:
-        InputError: missing directory, no ``DONE``, unreadable or invalid config, or weights that do
-            not match the config.
+        InputError: missing directory, no ``DONE``, a damaged file (the message names it and the stage
+            to re-run), unreadable or invalid config, or weights that do not match the config.
     """
     dir = Path(dir)
+    try:
+        verify_checkpoint(dir, skip=(TRAIN_STATE_FILE,))
+    except InputError as e:
+        raise InputError(f"{e}; {_stage_hint(dir)}") from e
     cfg = load_config(dir)
     config_path = dir / CONFIG_FILE
     state = load_weights(dir, cfg)
@@ -242,7 +342,7 @@ def load_weights(dir: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """
     try:
         state = load_file(str(Path(dir) / MODEL_FILE), device="cpu")
-    except (OSError, RuntimeError) as e:
+    except (OSError, RuntimeError, SafetensorError) as e:
         raise InputError(f"cannot read weights {Path(dir) / MODEL_FILE}: {e}") from e
     if cfg.arch == "decoder" and cfg.tie_embeddings and TIED_SOURCE in state:
         state.setdefault(TIED_KEY, state[TIED_SOURCE])  # copied into the one shared tensor
@@ -255,12 +355,60 @@ def load_train_state(dir: Path) -> dict:
     """Read ``train_state.pt`` of a complete checkpoint with ``weights_only=True``, tensors on CPU.
 
     Raises:
-        InputError: missing directory, no ``DONE``, or no ``train_state.pt``.
+        UnsafePickleError: the file holds code or objects beyond plain data (refused, never run).
+        InputError: missing directory, no ``DONE``, no ``train_state.pt``, or an unreadable one.
     """
     path = _require_complete(dir) / TRAIN_STATE_FILE
     if not path.is_file():
         raise InputError(f"checkpoint {dir} has no {TRAIN_STATE_FILE}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafePickleError.from_exception(path, e) from e
+    except (OSError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        raise InputError(
+            f"{path}: unreadable: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from e
+
+
+def load_resumable(
+    ckpt_root: Path, cfg: ModelConfig, *, move_aside: bool = True
+) -> tuple[Path, dict[str, torch.Tensor], dict] | None:
+    """``(dir, weights, train_state)`` of the newest complete checkpoint under ``ckpt_root`` that
+    verifies and loads, or None when there is none (a fresh start).
+
+    Each newer checkpoint that fails (a damaged file, a refused or unreadable ``train_state.pt``) is
+    reported with a warning naming the file and why and, with ``move_aside``, renamed to
+    ``step_N.rejected`` (replacing an older one of that name): kept for inspection, but never resumed
+    from or counted by ``prune_checkpoints``, so pruning after the next save cannot delete the intact
+    checkpoint in its favour. Other ranks of a distributed job pass ``move_aside=False`` and report at
+    debug level; they skip the same checkpoints.
+    """
+    say = logger.warning if move_aside else logger.debug
+    rejected = 0
+    for _, dir in reversed(_complete_checkpoints(ckpt_root)):
+        try:
+            verify_checkpoint(dir)
+            state = load_train_state(dir)
+            weights = load_weights(dir, cfg)
+        except InputError as e:
+            rejected += 1
+            verb = "refused to resume from" if isinstance(e, UnsafePickleError) else "cannot resume from"
+            if move_aside:
+                aside = dir.with_name(dir.name + REJECTED_SUFFIX)
+                if aside.exists():
+                    shutil.rmtree(aside)
+                os.replace(dir, aside)
+                say("%s %s: %s; moved aside to %s, trying an older checkpoint", verb, dir.name, e, aside.name)
+            else:
+                say("%s %s: %s", verb, dir.name, e)
+            continue
+        if rejected:
+            say("resuming from %s, the newest intact checkpoint", dir.name)
+        return dir, weights, state
+    if rejected:
+        say("no intact checkpoint under %s: training starts again from step 0", ckpt_root)
+    return None
 
 
 def _complete_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
