@@ -166,6 +166,27 @@ def test_a_damaged_final_checkpoint_names_the_file_and_the_stage_to_rerun(tmp_pa
     load_model(dir)  # later stages never read train_state.pt, so they do not need it intact
 
 
+def test_a_finetunes_head_files_are_recorded_and_verified(tmp_path: Path) -> None:
+    """heads.safetensors and finetune.json are written before the marker, so damage to them is caught."""
+    from torch import nn
+
+    from lmforge.model.heads import ClassificationHead
+    from lmforge.training.finetune import HEADS_FILE, META_FILE, load_heads, save_finetuned
+
+    dir = tmp_path / "step_3"
+    heads = nn.ModuleDict({"t": ClassificationHead(CFG, 2, "mean")})
+    meta = {"labels": {"t": ["a", "b"]}, "pooling": "mean"}
+    save_finetuned(dir, Decoder(CFG), CFG, tokenizer_path=None, heads=heads, meta=meta)
+    recorded = json.loads((dir / DONE_FILE).read_text())["files"]
+    assert {HEADS_FILE, META_FILE} <= set(recorded)
+    loaded, loaded_meta = load_heads(dir, CFG)
+    assert loaded_meta["labels"] == meta["labels"]
+    torch.testing.assert_close(loaded["t"].out_proj.weight, heads["t"].out_proj.weight)
+    _flip_tensor_byte(dir / HEADS_FILE)
+    with pytest.raises(InputError, match="heads.safetensors: checksum mismatch"):
+        load_model(dir)
+
+
 def test_pruning_after_a_fallback_keeps_the_intact_checkpoint(tmp_path: Path) -> None:
     """Newer damaged checkpoints are moved aside, so keep_last=1 cannot keep one of them instead."""
     for step in (5, 10, 15):

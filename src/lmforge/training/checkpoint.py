@@ -111,13 +111,16 @@ def save_checkpoint(
     train_state: dict | None = None,
     state_dict: dict[str, torch.Tensor] | None = None,
     extra_files: dict[str, Any] | None = None,
+    extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write a complete checkpoint to ``dir`` atomically (via ``<dir>.tmp``) and return ``dir``.
 
     An existing ``dir`` is replaced. ``model_config`` must be the model's own config. ``state_dict``,
     when given, is saved instead of ``model.state_dict()`` (e.g. the full state gathered from FSDP shards).
     ``extra_files`` maps file names to plain data written as JSON inside the checkpoint (e.g. an imported
-    model's declared sentence pooling), before the completion marker like every other file.
+    model's declared sentence pooling), ``extra_tensors`` file names to tensors written as safetensors
+    (e.g. a fine-tune's task heads); both before the completion marker, so their checksums are recorded
+    and verified like every other file's.
 
     Raises:
         ValueError: ``model_config`` differs from ``model.config``, or the config says tied but the
@@ -155,6 +158,9 @@ def save_checkpoint(
         torch.save(train_state, tmp / TRAIN_STATE_FILE)
     for name, data in (extra_files or {}).items():
         (tmp / name).write_text(json.dumps(data, indent=2) + "\n")
+    for name, tensors in (extra_tensors or {}).items():
+        contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        save_file(contiguous, str(tmp / name), metadata={"format": "pt"})
     files = {}
     for path in sorted(tmp.iterdir()):
         _fsync(path)

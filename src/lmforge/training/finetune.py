@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from lmforge.errors import ConfigError, InputError
@@ -458,16 +458,19 @@ def save_finetuned(
 ) -> Path:
     """Write a normal checkpoint of ``trunk`` to ``dir``, plus ``heads.safetensors`` and ``finetune.json``.
 
-    ``state_dict`` replaces the trunk's own (e.g. LoRA weights merged in). The checkpoint's own files
-    are written atomically by ``save_checkpoint``; the head files follow inside the stage's work
-    directory, which the run store renames into place only when the stage finishes.
+    ``state_dict`` replaces the trunk's own (e.g. LoRA weights merged in). All files are written
+    atomically by ``save_checkpoint`` and recorded in its completion marker, so a damaged head file is
+    caught by the same verification as the weights.
     """
-    ckpt.save_checkpoint(dir, trunk, mcfg, tokenizer_path=tokenizer_path, state_dict=state_dict)
-    if heads is not None:
-        state = {k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
-        save_file(state, str(Path(dir) / HEADS_FILE), metadata={"format": "pt"})
-    if meta is not None:
-        write_json_atomic(Path(dir) / META_FILE, {"format": 1, **meta})
+    ckpt.save_checkpoint(
+        dir,
+        trunk,
+        mcfg,
+        tokenizer_path=tokenizer_path,
+        state_dict=state_dict,
+        extra_tensors=None if heads is None else {HEADS_FILE: heads.state_dict()},
+        extra_files=None if meta is None else {META_FILE: {"format": 1, **meta}},
+    )
     return Path(dir)
 
 
