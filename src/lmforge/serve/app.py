@@ -58,6 +58,13 @@ from lmforge.training.batches import encode_texts, pad_batch
 log = logging.getLogger(__name__)
 
 
+SSE_EVENT = {  # one server-sent event of a stream, as OpenAPI tools read it
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": {"type": "string", "description": "a JSON chunk, an error object, or [DONE]"}},
+}
+
+
 @dataclass
 class ServeSettings:
     """Server limits and auth (``lmforge serve`` options of the same names)."""
@@ -152,7 +159,7 @@ def create_app(model: str | Path | ServedModel, settings: ServeSettings | None =
         ok: dict[str, Any] = {"model": out, "description": "the result"}
         if out is not S.EmbeddingList:
             ok["description"] += " (with stream: server-sent events ending 'data: [DONE]')"
-            ok["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+            ok["content"] = {"text/event-stream": {"schema": SSE_EVENT}}
         app.add_api_route(
             path, handler, methods=["POST"], openapi_extra=json_body(body), responses={200: ok, **post}
         )
