@@ -29,3 +29,22 @@ def test_impossible_limits_fail_naming_the_key(override, key) -> None:
 def test_a_model_is_required() -> None:
     with pytest.raises(ConfigError, match="model"):
         serve.main(from_dict(serve.Config, {}))
+
+
+@pytest.mark.parametrize("host", ["999.1.1.1", "1.2.3", "bad host", "", "-x.example", "a" * 300])
+def test_a_host_that_is_no_address_is_refused_naming_the_key(host) -> None:
+    with pytest.raises(ConfigError, match="^host: ") as e:
+        from_dict(serve.Config, {"model": "m", "host": host})
+    assert "neither an IP address nor a host name" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0", "::1", "::", "localhost"])
+def test_addresses_and_local_names_are_accepted(host) -> None:
+    assert from_dict(serve.Config, {"model": "m", "host": host}).host == host
+
+
+def test_max_messages_reaches_the_app_settings() -> None:
+    assert serve.settings(from_dict(serve.Config, {"model": "m"})).max_messages == 2048
+    assert serve.settings(from_dict(serve.Config, {"model": "m", "max_messages": 9})).max_messages == 9
+    with pytest.raises(ConfigError, match="max_messages"):
+        from_dict(serve.Config, {"model": "m", "max_messages": 0})

@@ -134,3 +134,41 @@ def test_chat_prompt_drops_oldest_exchanges_keeps_system_and_last(tok):
     assert kept == msgs[:1] + msgs[3:] and len(ids) <= budget  # one exchange dropped
     ids, kept = chat_prompt(tok, msgs, 1)
     assert kept == [msgs[0], msgs[-1]] and len(ids) > 1  # the last message stays even over budget
+
+
+def test_chat_prompt_equals_rendering_after_each_drop(tok):
+    """The running-sum dropping keeps exactly the messages the render-and-drop loop kept, with the same ids."""
+    import random
+
+    from lmforge.tokenizer.chat import chat_prompt
+
+    def reference(msgs, budget):  # the former quadratic loop: re-render after each drop
+        head = msgs[:1] if msgs[0]["role"] == "system" else []
+        history = msgs[len(head) :]
+        ids, _ = render_chat(tok, head + history, add_generation_prompt=True)
+        while len(ids) > budget and len(history) > 1:
+            history = history[2:] if len(history) > 2 else history[1:]
+            ids, _ = render_chat(tok, head + history, add_generation_prompt=True)
+        return ids, head + history
+
+    rng = random.Random(0)
+    words = ["the", "cat", "<|end|>", "sat", "é", "<|user|>", "mat"]
+    for _ in range(60):
+        msgs = [{"role": "system", "content": "be brief"}] if rng.random() < 0.5 else []
+        for i in range(rng.randint(1, 9)):
+            role = "user" if i % 2 == 0 else "assistant"
+            msgs.append({"role": role, "content": " ".join(rng.choices(words, k=rng.randint(0, 6)))})
+        budget = rng.randint(1, 80)
+        assert chat_prompt(tok, msgs, budget) == reference(msgs, budget)
+
+
+def test_chat_prompt_is_linear_in_the_number_of_messages(tok):
+    import time
+
+    from lmforge.tokenizer.chat import chat_prompt
+
+    msgs = [{"role": ("user", "assistant")[i % 2], "content": "the cat sat"} for i in range(20_001)]
+    start = time.perf_counter()
+    ids, kept = chat_prompt(tok, msgs, 100)
+    assert time.perf_counter() - start < 5  # the render-and-drop loop took minutes here
+    assert kept == msgs[-len(kept) :] and len(ids) <= 100

@@ -1,8 +1,9 @@
 """The OpenAI-compatible API server: ``create_app(model, settings)`` → a FastAPI app (docs/serve.md).
 
-Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions``
-(both streamable as server-sent events ending ``data: [DONE]``), ``POST /v1/embeddings``, and the chat
-page at ``/`` (``static/chat.html``).
+Endpoints: ``GET /health``, ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/completions``,
+``POST /v1/chat/completions`` (both streamable as server-sent events ending ``data: [DONE]``),
+``POST /v1/embeddings``, the chat page at ``/`` (``static/chat.html``) and ``/openapi.json`` (request
+bodies and the error responses documented).
 
 Generation goes through one ``inference.scheduler.Scheduler`` per app: it owns the model on its own
 thread and batches every running request step by step; a handler submits its prompts and reads the
@@ -10,7 +11,11 @@ tokens from an asyncio queue filled from the scheduler thread (``bridge.py``: on
 ``loop.call_soon_threadsafe`` per batch of tokens). A client that disconnects cancels its rows
 (streaming: when the response is torn down; non-streaming: the handler polls for the disconnect). Embeddings run on the same thread between steps. Chat prompts are rendered
 by ``tokenizer.chat.chat_prompt`` (the chat template; the oldest turns are dropped to fit, as in
-``lmforge chat``). Limits (``ServeSettings``) are checked before anything is queued.
+``lmforge chat``). Limits (``ServeSettings``) are checked before anything is queued. CPU work that grows
+with the request (tokenizing prompts, fitting a conversation, up to a whole 1 MB body) runs on the
+threadpool, never on the event loop, so one large request cannot stall ``/health`` or the streams of
+others; chat and embeddings encode with a private copy of the tokenizer whose ``encode_special_tokens``
+stays on (content is data), so no thread writes a tokenizer another one is reading.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -29,13 +35,34 @@ from typing import Any
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from tokenizers import Tokenizer
 
 from lmforge.inference.engine import SamplingParams, default_stop_ids
 from lmforge.inference.scheduler import Scheduler, Token
 from lmforge.serve import schemas as S
 from lmforge.serve.bridge import Dispatch, EventStream, Generation, collect
-from lmforge.serve.http import ApiError, ApiKeyAuth, BodyLimit, add_error_handlers, add_page, read_json
+from lmforge.serve.http import (
+    ApiError,
+    ApiKeyAuth,
+    BodyLimit,
+    add_error_handlers,
+    add_page,
+    error_responses,
+    json_body,
+    read_json,
+)
+from lmforge.tokenizer.chat import chat_prompt
+from lmforge.training.batches import encode_texts, pad_batch
+
+log = logging.getLogger(__name__)
+
+
+SSE_EVENT = {  # one server-sent event of a stream, as OpenAPI tools read it
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": {"type": "string", "description": "a JSON chunk, an error object, or [DONE]"}},
+}
 
 
 @dataclass
@@ -48,6 +75,7 @@ class ServeSettings:
     max_tokens: int = 512  # per choice
     max_n: int = 8  # choices per request (prompts x n for a list of prompts)
     max_inputs: int = 64  # embedding inputs per request
+    max_messages: int = 2048  # chat messages per request (OpenAI's limit)
     max_body_bytes: int = 1_000_000
     max_concurrent: int = 64  # requests in flight; more → 429
     max_batch: int = 32  # rows generating at once in the scheduler; more wait
@@ -113,10 +141,28 @@ def create_app(model: str | Path | ServedModel, settings: ServeSettings | None =
     api = _Api(served, settings, scheduler, app)
 
     app.add_api_route("/health", api.health, methods=["GET"])
-    app.add_api_route("/v1/models", api.models, methods=["GET"])
-    app.add_api_route("/v1/completions", api.completions, methods=["POST"])
-    app.add_api_route("/v1/chat/completions", api.chat, methods=["POST"])
-    app.add_api_route("/v1/embeddings", api.embeddings, methods=["POST"])
+    app.add_api_route("/v1/models", api.models, methods=["GET"], responses=error_responses(401))
+    model_id = {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    app.add_api_route(
+        "/v1/models/{model_id:path}",
+        api.model,
+        methods=["GET"],
+        responses=error_responses(401, 404),
+        openapi_extra={"parameters": [model_id]},
+    )
+    post = error_responses(400, 401, 404, 413, 415, 429, 500)
+    for path, handler, body, out in (
+        ("/v1/completions", api.completions, S.CompletionRequest, S.Completion),
+        ("/v1/chat/completions", api.chat, S.ChatRequest, S.ChatCompletion),
+        ("/v1/embeddings", api.embeddings, S.EmbeddingRequest, S.EmbeddingList),
+    ):
+        ok: dict[str, Any] = {"model": out, "description": "the result"}
+        if out is not S.EmbeddingList:
+            ok["description"] += " (with stream: server-sent events ending 'data: [DONE]')"
+            ok["content"] = {"text/event-stream": {"schema": SSE_EVENT}}
+        app.add_api_route(
+            path, handler, methods=["POST"], openapi_extra=json_body(body), responses={200: ok, **post}
+        )
     return app
 
 
@@ -126,9 +172,18 @@ class _Api:
     def __init__(self, served: ServedModel, settings: ServeSettings, scheduler: Scheduler, app: FastAPI):
         self.served, self.settings, self.scheduler, self.app = served, settings, scheduler, app
         self.tok = served.tokenizer
+        self.text_tok = Tokenizer.from_str(served.tokenizer.to_str())  # chat and embeddings: content is data
+        self.text_tok.encode_special_tokens = True
         self.block_size = served.model.config.block_size
         self.vocab = served.model.config.vocab_size
         self.max_prompt = min(settings.max_prompt_tokens or self.block_size - 1, self.block_size - 1)
+        if settings.max_prompt_tokens > self.block_size - 1:
+            log.warning(
+                "max_prompt_tokens %d is over the model's context (%d tokens): prompts are limited to %d",
+                settings.max_prompt_tokens,
+                self.block_size,
+                self.max_prompt,
+            )
         self.stop_ids = default_stop_ids(self.tok)
         self.bos = self.tok.token_to_id("<|bos|>")
         self.dispatch: Dispatch | None = None
@@ -148,15 +203,21 @@ class _Api:
         }
 
     async def models(self) -> dict[str, Any]:
-        card = S.ModelCard(id=self.served.name, created=self.served.created)
-        return S.ModelList(data=[card]).model_dump()
+        return S.ModelList(data=[self._card()]).model_dump()
+
+    async def model(self, request: Request) -> dict[str, Any]:
+        self._check_model(request.path_params["model_id"])
+        return self._card().model_dump()
+
+    def _card(self) -> S.ModelCard:
+        return S.ModelCard(id=self.served.name, created=self.served.created)
 
     # -- generation ---------------------------------------------------------------------------------
 
     async def completions(self, request: Request) -> Any:
         req = await read_json(request, S.CompletionRequest)
         self._check_model(req.model)
-        prompts = [self._ids(p, "prompt") for p in req.prompt]
+        prompts = await run_in_threadpool(lambda: [self._ids(p, "prompt") for p in req.prompt])
         params = self._params(req, req.max_tokens, req.logprobs is not None, req.stop)
         rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         top = req.logprobs or 0
@@ -197,23 +258,22 @@ class _Api:
         req = await read_json(request, S.ChatRequest)
         self._check_model(req.model)
         self._need_decoder()
-        from lmforge.tokenizer.chat import chat_prompt
-
-        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-        budget = max(1, min(self.max_prompt, self.block_size - 1 - (max_tokens or 0)))
-        try:
-            ids, _ = chat_prompt(self.tok, messages, budget)
-        except ValueError as e:
-            raise ApiError(400, str(e), param="messages") from None
-        if len(ids) > budget:
+        if len(req.messages) > self.settings.max_messages:
             raise ApiError(
                 400,
-                f"messages: the last message needs {len(ids)} prompt tokens; the limit is {budget} "
-                f"(context {self.block_size}, max_prompt_tokens {self.max_prompt}, max_tokens {max_tokens or 0})",
+                f"messages: {len(req.messages)} messages; the limit is {self.settings.max_messages}",
                 param="messages",
-                code="context_length_exceeded",
             )
+        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        # the oldest turns are dropped to leave room for the reply; the error limit is max_prompt, as for
+        # completions (a reply that outgrows the context ends with finish_reason "length")
+        budget = max(1, min(self.max_prompt, self.block_size - 1 - (max_tokens or 0)))
+        try:
+            ids, _ = await run_in_threadpool(chat_prompt, self.text_tok, messages, budget)
+        except ValueError as e:
+            raise ApiError(400, str(e), param="messages") from None
+        self._check_length(ids, "messages")
         top = req.top_logprobs or 0
         params = self._params(req, max_tokens, req.logprobs, req.stop)
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
@@ -375,14 +435,19 @@ class _Api:
                     param=field,
                 )
             ids = prompt
+        self._check_length(ids, field)
+        return ids
+
+    def _check_length(self, ids: list[int], field: str) -> None:
+        """400 ``context_length_exceeded`` when ``ids`` is over the prompt limit (one message for every endpoint)."""
         if len(ids) > self.max_prompt:
             raise ApiError(
                 400,
-                f"{field}: {len(ids)} tokens; the limit is {self.max_prompt}",
+                f"{field}: {len(ids)} prompt tokens; the limit is {self.max_prompt} "
+                f"(max_prompt_tokens; the model's context is {self.block_size} tokens)",
                 param=field,
                 code="context_length_exceeded",
             )
-        return ids
 
     def _check_model(self, name: str) -> None:
         if name != self.served.name:
@@ -433,7 +498,6 @@ class _Api:
     # -- embeddings ---------------------------------------------------------------------------------
 
     async def embeddings(self, request: Request) -> Any:
-        from lmforge.training.batches import encode_texts, pad_batch
         from lmforge.training.contrastive import embed_batch
 
         req = await read_json(request, S.EmbeddingRequest)
@@ -444,7 +508,7 @@ class _Api:
             )
         cfg = self.served.model.config
         if isinstance(req.input[0], str):
-            seqs = encode_texts(self.tok, req.input, cfg.arch, self.block_size)
+            seqs = await run_in_threadpool(encode_texts, self.text_tok, req.input, cfg.arch, self.block_size)
         else:
             seqs = [self._ids(x, "input") for x in req.input]
         pad_id = self.tok.token_to_id("<|pad|>") or 0

@@ -4,14 +4,20 @@ uvicorn server on a thread (tests, the load bench).
 
 - Errors are ``{"error": {"message", "type", "param", "code"}}`` with a 4xx/5xx status. ``ApiError`` is
   raised by handlers; ``add_error_handlers`` also turns unknown routes (404), wrong methods (405) and any
-  unexpected exception (500, logged) into that shape, so no request can take the process down.
+  unexpected exception (500, logged) into that shape, so no request can take the process down, and a
+  crash before the response started is answered without re-raising, so the keep-alive connection stays
+  usable (uvicorn closes it when an exception reaches it). ``ERRORS`` documents the shape in OpenAPI.
 - ``ApiKeyAuth``: when a key is set, paths under the protected prefixes need
   ``Authorization: Bearer KEY`` (compared in constant time) → 401 otherwise. Pages and ``/health`` stay
   open so a browser can load the page and ask for the key.
 - ``BodyLimit``: a pure ASGI middleware refusing bodies over ``max_bytes`` (by ``Content-Length`` before
   reading, and by counting for chunked uploads) with 413.
-- ``read_json(request, Model)``: parse the body (400 on malformed JSON, a non-object or a field error
-  naming the field).
+- ``read_json(request, Model)``: parse the body: 415 unless ``Content-Type`` is JSON (a browser page
+  of another site can send ``text/plain`` without a CORS preflight, never ``application/json``); 400 on
+  malformed JSON (NaN and infinities are not JSON; neither is an integer past Python's 4,300-digit
+  conversion limit, an error of its own), on a string holding a lone UTF-16 surrogate (``"\\ud800"``:
+  not Unicode text, unencodable by the tokenizer and by the error response), on a non-object, or on a
+  field error naming the field. ``json_body(Model)`` documents the body in OpenAPI.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -65,8 +72,57 @@ def error_response(err: ApiError) -> JSONResponse:
     return JSONResponse(body, status_code=err.status)
 
 
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(BaseModel):
+    """Every error response: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    error: ErrorDetail
+
+
+ERROR_MEANINGS = {
+    400: "invalid request: malformed JSON, an unknown or invalid field, or a limit exceeded (the message names it)",
+    401: "missing or wrong API key (only when the server has a key)",
+    404: "unknown model id",
+    413: "request body over the server's size limit",
+    415: "Content-Type is not application/json",
+    429: "too many requests in flight",
+    500: "internal error",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for ``statuses``, each in the error shape (for ``add_api_route``)."""
+    return {s: {"model": ErrorBody, "description": ERROR_MEANINGS[s]} for s in statuses}
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI ``openapi_extra`` documenting ``model`` as the required JSON body of a handler that reads it
+    with ``read_json`` (its ``$defs`` inlined: the models are not recursive)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    content = {"application/json": {"schema": inline(schema)}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
 def add_error_handlers(app: FastAPI) -> None:
     """Answer ``ApiError``, routing errors, validation errors and crashes as OpenAI-style JSON."""
+    app.add_middleware(CatchCrashes)
 
     @app.exception_handler(ApiError)
     async def _api(request: Request, exc: ApiError) -> JSONResponse:
@@ -89,6 +145,36 @@ def add_error_handlers(app: FastAPI) -> None:
         return error_response(ApiError(500, f"internal error: {type(exc).__name__}", type="server_error"))
 
 
+class CatchCrashes:
+    """ASGI middleware: an exception before the response started → 500 in the error shape, logged and not
+    re-raised (Starlette's handler re-raises it and uvicorn then closes the keep-alive connection)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except _TooLarge:
+            raise  # BodyLimit's signal, answered 413 by it
+        except Exception as exc:
+            if started:
+                raise
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            err = ApiError(500, f"internal error: {type(exc).__name__}", type="server_error")
+            await error_response(err)(scope, receive, send)
+
+
 def validation_error(errors: Sequence[dict[str, Any]]) -> ApiError:
     """A 400 naming the first invalid field of pydantic ``errors``."""
     first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
@@ -103,23 +189,75 @@ def validation_error(errors: Sequence[dict[str, Any]]) -> ApiError:
     return ApiError(400, message, param=loc or None)
 
 
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a JSON escape of a UTF-16 surrogate
+
+
 async def read_json(request: Request, model: type[M]) -> M:
-    """The body parsed into ``model``; ``ApiError(400)`` on malformed JSON or an invalid field."""
+    """The body parsed into ``model``; ``ApiError`` 415 for a non-JSON ``Content-Type``, 400 on malformed
+    JSON, a lone surrogate or an invalid field (module docstring)."""
+    ctype = request.headers.get("content-type", "")
+    mime = ctype.split(";", 1)[0].strip().lower()
+    if mime != "application/json" and not (mime.startswith("application/") and mime.endswith("+json")):
+        raise ApiError(
+            415,
+            f"Content-Type must be application/json, got {ctype[:100]!r}",
+            code="unsupported_media_type",
+        )
     raw = await request.body()
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"the body is not valid JSON: {e}") from None
+        data = json.loads(raw, parse_constant=_not_json)
     except RecursionError:
         raise ApiError(400, "the body is nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, int digits past sys.get_int_max_str_digits
+        raise ApiError(400, f"the body is not valid JSON: {str(e).split('; use ')[0]}") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"the body must be a JSON object, got {type(data).__name__}")
+    if SURROGATE_ESCAPE.search(raw):
+        where = lone_surrogate(data)
+        if where is not None:
+            raise ApiError(
+                400,
+                f"{where or 'body'}: a string holds a lone UTF-16 surrogate (\\ud800-\\udfff unpaired); "
+                "send valid Unicode text",
+                param=where or None,
+            )
     try:
         return model.model_validate(data)
     except ValidationError as e:
         raise validation_error(e.errors()) from None
     except RecursionError:
         raise ApiError(400, "the body is nested too deeply") from None
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def lone_surrogate(data: Any) -> str | None:
+    """The dotted path of the first string (or key) in ``data`` holding an unpaired surrogate, else None."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii() and not _encodable(value):
+                return path
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                at = f"{path}.{key}" if path else str(key)
+                if not _encodable(key):
+                    return path
+                stack.append((at, item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}.{i}" if path else str(i), item) for i, item in enumerate(value))
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class ApiKeyAuth:

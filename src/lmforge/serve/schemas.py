@@ -18,6 +18,28 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 MAX_SEED = 2**63 - 1
 MAX_STOP = 4  # stop strings per request (OpenAI's limit)
 
+# JSON schemas of the fields validated by hand (``Any`` + a validator), for /openapi.json
+_IDS = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
+PROMPT_SCHEMA = {
+    "anyOf": [
+        {"type": "string"},
+        {"type": "array", "minItems": 1, "items": {"type": "string"}},
+        _IDS,
+        {"type": "array", "minItems": 1, "items": _IDS},
+    ]
+}
+STOP_SCHEMA = {
+    "anyOf": [
+        {"type": "null"},
+        {"type": "string", "minLength": 1, "maxLength": 256},
+        {
+            "type": "array",
+            "maxItems": MAX_STOP,
+            "items": {"type": "string", "minLength": 1, "maxLength": 256},
+        },
+    ]
+}
+
 
 class Strict(BaseModel):
     """Base of every request body: unknown fields, coercion and NaN refused."""
@@ -47,7 +69,7 @@ class Sampling(Strict):
     n: int = Field(1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: Any = Field(None, validate_default=True)  # str or list of up to 4 non-empty strings
+    stop: Any = Field(None, validate_default=True, json_schema_extra=STOP_SCHEMA)  # str or up to 4 strings
     seed: int | None = Field(None, ge=0, le=MAX_SEED)  # choice i samples with seed + i
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -76,7 +98,7 @@ class Sampling(Strict):
 class CompletionRequest(Sampling):
     """``POST /v1/completions``."""
 
-    prompt: Any  # str, list of str, list of token ids, or list of lists of token ids
+    prompt: Any = Field(json_schema_extra=PROMPT_SCHEMA)  # str, [str], [id], or [[id]]
     max_tokens: int | None = Field(16, ge=0)  # OpenAI's default for completions
     logprobs: int | None = Field(None, ge=0, le=5)  # alternatives per token (0 = the chosen token only)
     echo: bool = False
@@ -120,7 +142,7 @@ class EmbeddingRequest(Strict):
     """``POST /v1/embeddings``."""
 
     model: str = Field(max_length=512)
-    input: Any  # str, list of str, list of token ids, or list of lists of token ids
+    input: Any = Field(json_schema_extra=PROMPT_SCHEMA)  # str, [str], [id], or [[id]]
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = Field(None, max_length=512)
 

@@ -10,6 +10,9 @@ Not a run-store stage: a long-running server writes nothing and caches nothing.
 
 from __future__ import annotations
 
+import ipaddress
+import re
+import socket
 import sys
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -35,6 +38,7 @@ class Config:
     max_tokens: int = opt(512, "most tokens a request may generate per choice")
     max_n: int = opt(8, "most choices per request (prompts x n)")
     max_inputs: int = opt(64, "most inputs per embeddings request")
+    max_messages: int = opt(2048, "most messages per chat request (OpenAI's limit)")
     max_body_bytes: int = opt(1_000_000, "largest request body in bytes")
     max_concurrent: int = opt(64, "requests in flight at once; more get 429")
     max_batch: int = opt(32, "sequences generating at once in the batch; more wait their turn")
@@ -42,14 +46,48 @@ class Config:
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
 
     def validate(self) -> None:
+        check_host(self.host)
         if not 0 <= self.port <= 65535:
             raise ConfigError("port", f"must be in 0..65535, got {self.port}")
-        for key in ("max_tokens", "max_n", "max_inputs", "max_body_bytes", "max_concurrent", "max_batch"):
+        for key in (
+            "max_tokens",
+            "max_n",
+            "max_inputs",
+            "max_messages",
+            "max_body_bytes",
+            "max_concurrent",
+            "max_batch",
+        ):
             if getattr(self, key) < 1:
                 raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
         for key in ("max_prompt_tokens", "threads"):
             if getattr(self, key) < 0:
                 raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
+
+
+HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
+def check_host(host: str) -> None:
+    """Refuse ``host`` unless it is an IP address or a host name that resolves (``localhost`` resolves from
+    the hosts file; other names may ask DNS once). Dotted numbers that are no IPv4 address (``999.1.1.1``)
+    are refused without a lookup.
+
+    Raises:
+        ConfigError: naming ``host``, with examples of valid values.
+    """
+    valid = "e.g. 127.0.0.1, 0.0.0.0 (every interface), ::1 or localhost"
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    if not host or len(host) > 253 or not HOST_NAME.fullmatch(host) or host.replace(".", "").isdigit():
+        raise ConfigError("host", f"{host!r} is neither an IP address nor a host name ({valid})")
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as e:
+        raise ConfigError("host", f"{host!r} does not resolve: {e} ({valid})") from None
 
 
 def settings(cfg: Config) -> Any:
@@ -63,6 +101,7 @@ def settings(cfg: Config) -> Any:
         max_tokens=cfg.max_tokens,
         max_n=cfg.max_n,
         max_inputs=cfg.max_inputs,
+        max_messages=cfg.max_messages,
         max_body_bytes=cfg.max_body_bytes,
         max_concurrent=cfg.max_concurrent,
         max_batch=cfg.max_batch,

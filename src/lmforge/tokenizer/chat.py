@@ -91,19 +91,37 @@ def render_chat(
         InputError: ``tok`` lacks the chat tokens.
     """
     _check(messages)
-    special = chat_ids(tok)
+    encoded = _encode_contents(tok, [m["content"] for m in messages])
+    return _assemble(chat_ids(tok), messages, encoded, add_generation_prompt)
+
+
+def _encode_contents(tok: Tokenizer, contents: list[str]) -> list[list[int]]:
+    """The ids of each content, encoded once with special-token matching off (content is data: special-token
+    text in it stays text). ``tok`` is only written when its setting differs, so a tokenizer kept with
+    ``encode_special_tokens=True`` can be shared by threads (setting it while another thread encodes fails)."""
+    if not contents:
+        return []
     was = tok.encode_special_tokens
-    tok.encode_special_tokens = True  # content is data: special-token text in it stays text
+    if not was:
+        tok.encode_special_tokens = True
     try:
-        contents = [m["content"] for m in messages]
-        encoded = tok.encode_batch(contents, add_special_tokens=False) if contents else []
+        return [e.ids for e in tok.encode_batch(contents, add_special_tokens=False)]
     finally:
-        tok.encode_special_tokens = was
+        if not was:
+            tok.encode_special_tokens = False
+
+
+def _assemble(
+    special: dict[str, int],
+    messages: Sequence[dict[str, Any]],
+    encoded: Sequence[list[int]],
+    add_generation_prompt: bool,
+) -> tuple[list[int], list[bool]]:
     ids, mask = [special["bos"]], [False]
-    for message, encoding in zip(messages, encoded):
+    for message, content in zip(messages, encoded):
         supervised = message["role"] == "assistant"
-        ids += [special[message["role"]], *encoding.ids, special["end"]]
-        mask += [False, *[supervised] * len(encoding.ids), supervised]
+        ids += [special[message["role"]], *content, special["end"]]
+        mask += [False, *[supervised] * len(content), supervised]
     if add_generation_prompt:
         ids.append(special["assistant"])
         mask.append(False)
@@ -118,17 +136,25 @@ def chat_prompt(
     Renders with ``add_generation_prompt=True``; while the ids exceed ``budget``, the oldest exchange
     (two messages, or the one left before the last) after the system message is dropped. The last
     message always stays, so the ids can still exceed ``budget``: the caller decides what then.
+    Linear in the conversation: each message is encoded once and the dropping runs on token counts
+    (a message renders to ``<|role|>`` + content + ``<|end|>`` whatever its neighbours).
 
     Returns:
         ``(ids, kept)``: the prompt ids and the messages they render (the system message included).
     """
-    head = list(messages[:1]) if messages and messages[0].get("role") == "system" else []
-    history = list(messages[len(head) :])
-    ids, _ = render_chat(tok, head + history, add_generation_prompt=True)
-    while len(ids) > budget and len(history) > 1:
-        history = history[2:] if len(history) > 2 else history[1:]
-        ids, _ = render_chat(tok, head + history, add_generation_prompt=True)
-    return ids, head + history
+    _check(messages)
+    special = chat_ids(tok)
+    encoded = _encode_contents(tok, [m["content"] for m in messages])
+    head = 1 if messages and messages[0]["role"] == "system" else 0
+    total = 2 + sum(len(e) + 2 for e in encoded)  # <|bos|> ... <|assistant|>
+    start = head
+    while total > budget and len(messages) - start > 1:
+        step = 2 if len(messages) - start > 2 else 1
+        total -= sum(len(e) + 2 for e in encoded[start : start + step])
+        start += step
+    kept = [*messages[:head], *messages[start:]]
+    ids, _ = _assemble(special, kept, [*encoded[:head], *encoded[start:]], add_generation_prompt=True)
+    return ids, kept
 
 
 def render_chat_text(messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = False) -> str:

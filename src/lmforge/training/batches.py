@@ -103,13 +103,18 @@ def frame_markers(tok: Tokenizer, arch: str) -> tuple[int, int]:
 
 
 def encode_as_text(tok: Tokenizer, texts: Sequence[str]) -> list[Any]:
-    """``tok.encode_batch`` without special tokens, special-token strings in the texts kept as text."""
+    """``tok.encode_batch`` without special tokens, special-token strings in the texts kept as text.
+
+    ``tok`` is only written when its ``encode_special_tokens`` is off, so a tokenizer kept with it on can be
+    shared by threads (the API server's: setting it while another thread encodes fails)."""
     was = tok.encode_special_tokens
-    tok.encode_special_tokens = True  # text is data: special-token strings in it stay text
+    if not was:
+        tok.encode_special_tokens = True  # text is data: special-token strings in it stay text
     try:
         return tok.encode_batch(list(texts), add_special_tokens=False)
     finally:
-        tok.encode_special_tokens = was
+        if not was:
+            tok.encode_special_tokens = False
 
 
 def encode_texts(tok: Tokenizer, texts: Sequence[str], arch: str, block_size: int) -> list[list[int]]:
