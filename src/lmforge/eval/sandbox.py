@@ -254,9 +254,7 @@ def _run(base: Path, limits: Limits, unsafe: bool) -> SandboxResult:
         timed_out = False
     except subprocess.TimeoutExpired:
         timed_out = True
-        _kill(init)  # PID 1 of the sandbox: the kernel kills every process of its namespace
-        _kill_group(proc.pid)
-        rc = proc.wait()
+        rc = _stop(proc, init)
     if unsafe:
         _kill_group(proc.pid)  # children left behind in the session (not those that left it)
     elif rc > 128:  # bwrap reports a signal as 128 + its number
@@ -284,11 +282,10 @@ def _bwrap_argv(root: bool, limits: Limits, program_fd: int, info_fd: int) -> li
             argv += ["--symlink", os.readlink(path), str(path)]
         elif path.is_dir():
             argv += ["--ro-bind", str(path), str(path)]
-    argv += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
-    for prefix in _python_dirs():
-        for parent in reversed(Path(prefix).parents[:-1]):  # made 0755, not the host's 0700 of /root
+    for path in ["/etc/ld.so.cache", *_python_dirs()]:
+        for parent in reversed(Path(path).parents[:-1]):  # 0755: bwrap would make them 0700
             argv += ["--perms", "0755", "--dir", str(parent)]
-        argv += ["--ro-bind", prefix, prefix]
+        argv += ["--ro-bind-try", path, path]
     size = 4 * limits.file_mb * 2**20
     argv += ["--proc", "/proc", "--dev", "/dev"]
     argv += ["--perms", "1777", "--size", str(size), "--tmpfs", _WORK, "--symlink", _WORK, "/tmp"]
@@ -338,12 +335,20 @@ def _classify(rc: int, timed_out: bool, stderr: str, limits: Limits) -> tuple[st
     return "failed", last or f"exit status {rc}"
 
 
-def _kill(pid: int | None) -> None:
-    if pid is not None:
+def _stop(proc: subprocess.Popen, init: int | None) -> int:
+    """Kill a run on the wall clock; returns its exit status once nothing of it is left.
+
+    With bwrap, ``init`` (PID 1 of the sandbox's namespace) is killed and bwrap waited for: the kernel
+    kills every process of the namespace and PID 1 is reaped only after they are gone, so waiting for
+    bwrap (its parent) waits for all of them. Killing bwrap first would return before that."""
+    if init is not None:
         try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
+            os.kill(init, signal.SIGKILL)
+            return proc.wait(timeout=10)
+        except (ProcessLookupError, PermissionError, subprocess.TimeoutExpired):
             pass
+    _kill_group(proc.pid)  # unsafe mode; or bwrap's own group (--die-with-parent does the rest)
+    return proc.wait()
 
 
 def _kill_group(pgid: int) -> None:
