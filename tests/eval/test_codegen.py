@@ -131,5 +131,7 @@ def test_code_reward() -> None:
     doc = Doc("sq", test="assert sq(3) == 9\n", code_prefix="def sq(x):\n")
     assert code_reward(doc, "    return x * x\n", limits=QUICK) == 1.0
     assert code_reward(doc, "    return x + x\n", limits=QUICK) == 0.0
-    reach_out = "    import socket\n    socket.create_connection(('192.0.2.1', 80), timeout=1)\n    return 9\n"
+    reach_out = (
+        "    import socket\n    socket.create_connection(('192.0.2.1', 80), timeout=1)\n    return 9\n"
+    )
     assert code_reward(doc, reach_out, limits=QUICK) == 0.0  # no network in the sandbox: it raises
