@@ -272,6 +272,7 @@ def _bwrap_argv(root: bool, limits: Limits, program_fd: int, info_fd: int) -> li
     """The ``bwrap`` command line up to the program (module docstring)."""
     argv = [_bwrap() or "bwrap", "--die-with-parent", "--new-session", "--info-fd", str(info_fd)]
     argv += ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    argv += ["--hostname", "sandbox"]
     if root:  # no user namespace (it would map to uid 0 outside); the runner drops to a fresh uid
         argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
