@@ -22,8 +22,9 @@ What the kernel enforces (docs/security.md, "Code sandbox", names the tests behi
   (read-only but for its device nodes). The only writable place is ``/sandbox`` (also ``/tmp``), a tmpfs of
   ``4 * file_mb`` MB that vanishes with the run. Nothing else of the host (home, project tree) exists;
 - identity: as root, the program runs as a fresh unprivileged uid/gid (2,000,000 + ..., one per run,
-  no groups, no capabilities) switched to inside the sandbox, because a user namespace would map the
-  sandbox to uid 0 outside, which the kernel exempts from ``RLIMIT_NPROC``. Not as root, the sandbox is
+  no groups, no capabilities): bwrap keeps only ``CAP_SETUID``/``CAP_SETGID`` and the interpreter
+  switches uid, which drops them, before it reads the program. No user namespace as root: it would
+  map the sandbox to uid 0 outside, which the kernel exempts from ``RLIMIT_NPROC``. Not as root, the sandbox is
   a new user namespace (``--unshare-user``) over the caller's uid, with no capabilities. Either way
   ``no_new_privs`` is set, so setuid programs gain nothing;
 - limits (``setrlimit`` in the sandboxed interpreter before the program runs): ``RLIMIT_CPU``
@@ -245,6 +246,10 @@ def _run(base: Path, limits: Limits, unsafe: bool) -> SandboxResult:
                 start_new_session=True,
                 pass_fds=fds,
             )
+    except BaseException:
+        if info is not None:
+            os.close(info)
+        raise
     finally:
         for fd in fds:
             os.close(fd)
@@ -329,7 +334,7 @@ def _classify(rc: int, timed_out: bool, stderr: str, limits: Limits) -> tuple[st
         return "error", f"memory limit {limits.memory_mb} MB"
     if rc == _EXIT_FSIZE:
         return "error", f"file-size limit {limits.file_mb} MB"
-    if rc == _EXIT_SETUP:
+    if rc == _EXIT_SETUP or (rc == 1 and last.startswith("bwrap: ")):
         return "error", f"sandbox setup failed: {last}"
     if rc < 0:
         return "error", f"killed by signal {signal.Signals(-rc).name}"
