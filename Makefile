@@ -19,6 +19,8 @@ $(VENV)/.installed-base: pyproject.toml Makefile
 
 $(VENV)/.installed-test: $(VENV)/.installed-base
 	$(PY) -m pip install -q -e ".[dev,dist,hf,serve,eval,classic,pretrained]"
+	@command -v bwrap >/dev/null 2>&1 || test -x /usr/bin/bwrap || echo "bubblewrap (bwrap) is missing:" \
+		"the code-sandbox tests will skip; install it (apt-get install bubblewrap; docs/security.md)" >&2
 	touch $@
 
 ## demo: run the default recipe (data → tokenizer → pretrain → eval → generate → report) into $(RUN)

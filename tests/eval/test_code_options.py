@@ -144,7 +144,9 @@ def test_eval_stage_samples_override_and_retrieval_column(code_tasks: Path, one_
         "temperature": 1.0,
         "ks": [1, 3],
     }
-    m = eval_stage.main(from_dict(eval_stage.Config, {**options, "baselines": ["code-retrieval"]}))["metrics"]
+    manifest = eval_stage.main(from_dict(eval_stage.Config, {**options, "baselines": ["code-retrieval"]}))
+    assert manifest["config"]["unsafe_exec"] is False  # how the programs ran is on record
+    m = manifest["metrics"]
     assert m["mb_0shot_pass@1"] == 0.0 and m["mb_0shot_pass@3"] == 0.0  # 8 random tokens define nothing
     assert m["mb_0shot_frac_failed"] + m["mb_0shot_frac_error"] == 1.0
     # 3 neighbours each (the pool has 2: the last repeats); add <- plus passes, add <- tri and

@@ -66,7 +66,7 @@ def test_scorer_on_right_wrong_and_hostile_completions() -> None:
     ]
     completions = [
         ["    return a + b\n", "    return a - b\n", "    while True:\n        pass\n"],
-        ["    return -x\n", "    return x\n", "    import os\n    open('/tmp/lmforge-x', 'w')\n"],
+        ["    return -x\n", "    return x\n", "    return bytearray(2 * 1024**3)\n"],  # memory limit
     ]
     out = score_completions(docs, completions, ks=(1, 2, 3), limits=Limits(wall_s=4, cpu_s=1), workers=2)
     statuses = [[r.status for r in rs] for rs in out["results"]]
@@ -131,4 +131,7 @@ def test_code_reward() -> None:
     doc = Doc("sq", test="assert sq(3) == 9\n", code_prefix="def sq(x):\n")
     assert code_reward(doc, "    return x * x\n", limits=QUICK) == 1.0
     assert code_reward(doc, "    return x + x\n", limits=QUICK) == 0.0
-    assert code_reward(doc, "    import socket\n    socket.socket()\n    return 9\n", limits=QUICK) == 0.0
+    reach_out = (
+        "    import socket\n    socket.create_connection(('192.0.2.1', 80), timeout=1)\n    return 9\n"
+    )
+    assert code_reward(doc, reach_out, limits=QUICK) == 0.0  # no network in the sandbox: it raises

@@ -122,6 +122,7 @@ def score_completions(
     until: Sequence[str] = (),
     limits: Limits = DEFAULT_LIMITS,
     workers: int = 2,
+    unsafe_exec: bool = False,
 ) -> dict[str, Any]:
     """Run every completion of every problem; returns ``{"metrics": {...}, "results": [[SandboxResult]]}``.
 
@@ -132,9 +133,11 @@ def score_completions(
         until: stop strings the completions are cut at.
         limits: sandbox limits per program.
         workers: programs run at once.
+        unsafe_exec: run the programs without the sandbox (``sandbox.run_python``).
 
     Raises:
         ValueError: ``docs`` and ``completions`` differ in length, or a problem has no completion.
+        SandboxUnavailable: no usable sandbox and ``unsafe_exec`` is off.
     """
     if len(docs) != len(completions):
         raise ValueError(f"docs and completions differ in length: {len(docs)} vs {len(completions)}")
@@ -142,7 +145,9 @@ def score_completions(
         raise ValueError("every problem needs at least one completion")
     jobs = [build_program(d, c, until) for d, cs in zip(docs, completions) for c in cs]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        flat: list[SandboxResult] = list(pool.map(lambda code: run_python(code, limits), jobs))
+        flat: list[SandboxResult] = list(
+            pool.map(lambda code: run_python(code, limits, unsafe_exec=unsafe_exec), jobs)
+        )
     results, at = [], 0
     for cs in completions:
         results.append(flat[at : at + len(cs)])
@@ -155,10 +160,17 @@ def score_completions(
 
 
 def code_reward(
-    doc: Doc, completion: str, *, until: Sequence[str] = (), limits: Limits = DEFAULT_LIMITS
+    doc: Doc,
+    completion: str,
+    *,
+    until: Sequence[str] = (),
+    limits: Limits = DEFAULT_LIMITS,
+    unsafe_exec: bool = False,
 ) -> float:
-    """1.0 when ``completion`` makes ``doc``'s tests pass in the sandbox, else 0.0 (failed, timed out, refused)."""
-    return float(run_python(build_program(doc, completion, until), limits).passed)
+    """1.0 when ``completion`` makes ``doc``'s tests pass in the sandbox, else 0.0 (failed, timed out,
+    stopped); ``unsafe_exec`` runs it without the sandbox."""
+    program = build_program(doc, completion, until)
+    return float(run_python(program, limits, unsafe_exec=unsafe_exec).passed)
 
 
 def status_table(results: Sequence[Sequence[SandboxResult]], limit: int = 10) -> dict[str, Any]:

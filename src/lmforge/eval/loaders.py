@@ -370,6 +370,18 @@ BUILTIN: dict[str, Builtin] = {
 }
 
 
+def runs_code(task: str) -> bool:
+    """Whether the task ``task`` (a built-in name or a YAML file) is a code task, whose completions run
+    as programs (an unreadable YAML file is left for loading to report)."""
+    if task in BUILTIN:
+        return BUILTIN[task].kind == "code"
+    if task.endswith((".yaml", ".yml")) and Path(task).is_file():
+        from lmforge.config import load_yaml
+
+        return load_yaml(task).get("kind") == "code"
+    return False
+
+
 def check_task_names(tasks: list[str], data_dir: str) -> None:
     """Raise ``ConfigError`` for a task that is neither built in nor a YAML file, or a built-in task
     without ``data_dir`` (what every stage naming tasks checks before any work)."""

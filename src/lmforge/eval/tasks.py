@@ -69,6 +69,7 @@ class Task:
     ks: tuple[int, ...] = (1,)  # code: the k of pass@k
     limits: Limits = Limits()  # code: sandbox limits per program
     workers: int = 2  # code: programs run at once
+    unsafe_exec: bool = False  # code: run the programs without the sandbox (eval/sandbox.py)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -281,7 +282,13 @@ def _code_metrics(task: Task, completions: list[list[str]], tables: list[dict[st
     from lmforge.eval.codegen import score_completions, status_table
 
     scored = score_completions(
-        task.docs, completions, ks=task.ks, until=task.until, limits=task.limits, workers=task.workers
+        task.docs,
+        completions,
+        ks=task.ks,
+        until=task.until,
+        limits=task.limits,
+        workers=task.workers,
+        unsafe_exec=task.unsafe_exec,
     )
     tables.append(status_table(scored["results"]))
     return scored["metrics"]

@@ -25,11 +25,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
+from lmforge.eval.sandbox import require_sandbox
 from lmforge.runstore import StageContext, run_stage
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,12 @@ class Config:
     temperature: float = opt(-1.0, "code tasks: sampling temperature, 0 = greedy (-1 = the task's own)")
     top_p: float = opt(0.0, "code tasks: nucleus mass when sampling, 1 = off (0 = the task's own)")
     ks: list[int] = opt([], "code tasks: the k of pass@k, each <= samples ([] = the task's own)")
+    unsafe_exec: bool = opt(
+        False,
+        "code tasks: run model-written programs WITHOUT the sandbox (resource limits only), where"
+        " bubblewrap is unusable; only for code you trust (docs/security.md)",
+        cache=False,
+    )
     batch_size: int = opt(16, "sequences per forward pass")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
 
@@ -87,9 +94,11 @@ class Config:
             raise ConfigError("shots", f"need one or more k >= 0, got {self.shots}")
         if "memorisation" in self.probes and not self.tokenizer:
             raise ConfigError("probes", "the memorisation probe reads the token shards: set tokenizer")
-        from lmforge.eval.loaders import check_task_names
+        from lmforge.eval.loaders import check_task_names, runs_code
 
         check_task_names(self.tasks, self.data_dir)
+        if any(runs_code(t) for t in self.tasks):
+            require_sandbox(self.unsafe_exec)  # no usable sandbox: refused before any work
         self._validate_code_sampling()
         from lmforge.eval.baselines import get_baseline
 
@@ -151,6 +160,7 @@ def evaluate(cfg: Config, ctx: StageContext) -> dict[str, float]:
     rt = create_runtime(cfg.device, "fp32", seed=0)
     tasks = [load_task(t, data_dir=cfg.data_dir, limit=cfg.limit) for t in cfg.tasks]
     tasks = _with_code_sampling(cfg, tasks)
+    tasks = [replace(t, unsafe_exec=cfg.unsafe_exec) if t.kind == "code" else t for t in tasks]
     sources = [ctx.inputs["model"]] + [ctx.inputs[f"compare_{i}"] for i in range(len(cfg.compare))]
     results: dict[str, dict[str, Any]] = {}
     for src in sources:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmforge.config import ConfigError, opt
+from lmforge.eval.sandbox import require_sandbox
 from lmforge.runstore import StageContext, config_inputs, run_stage
 from lmforge.training.options import FinetuneOptions
 
@@ -52,6 +53,12 @@ class Config(FinetuneOptions):
     )
     data_dir: str = opt(
         "", "with task: directory holding built-in task data (e.g. ../shared/data)", path=True
+    )
+    unsafe_exec: bool = opt(
+        False,
+        "with task: run the policy's programs WITHOUT the sandbox (resource limits only), where"
+        " bubblewrap is unusable; only for code you trust (docs/security.md)",
+        cache=False,
     )
     n_problems: int = opt(500, "generated problems for training (with problems: '' only)")
     n_eval: int = opt(100, "held-out problems solved greedily at each evaluation")
@@ -107,6 +114,7 @@ class Config(FinetuneOptions):
                     "task", f"{self.task!r} is not a code task; built-in: {code}, or a .yaml file"
                 )
             check_task_names([self.task], self.data_dir)  # data_dir
+        require_sandbox(self.unsafe_exec)  # no usable sandbox: refused before any work
 
 
 INPUTS = ("model", "problems")
@@ -173,11 +181,14 @@ def load_code_problems(cfg: Config) -> tuple[Any, list[Any], list[Any]]:
     return task, train, held[: cfg.n_eval]
 
 
-def code_scorer(task: Any) -> Any:
+def code_scorer(task: Any, *, unsafe_exec: bool = False) -> Any:
     """The reward of a completion of a problem of the code ``task``: ``(doc, text) -> 1.0 | 0.0``."""
     from lmforge.eval.codegen import code_reward
 
-    return lambda doc, text: code_reward(doc, text, until=task.until, limits=task.limits)
+    def reward(doc: Any, text: str) -> float:
+        return code_reward(doc, text, until=task.until, limits=task.limits, unsafe_exec=unsafe_exec)
+
+    return reward
 
 
 def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
@@ -227,7 +238,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
 
         bos_id = special_id(tok, "<|bos|>")
         stops = {"stop": list(task.until), "stop_ids": default_stop_ids(tok)}
-        judge = code_scorer(task)
+        judge = code_scorer(task, unsafe_exec=cfg.unsafe_exec)
 
         def prompt(problem: Any) -> list[int]:
             text = build_prompt(problem.query, [], task.fmt)
