@@ -65,3 +65,19 @@ def browser_page() -> Iterator[object]:
             yield page
         finally:
             browser.close()
+
+
+@pytest.fixture
+def bwrap_sandbox() -> None:
+    """Skips where bubblewrap cannot run the code sandbox (a user's machine), with the probe's reason, but
+    fails under ``CI=true``, where ``.ci/run`` installs bubblewrap: the escape tests must never silently
+    skip in CI."""
+    import os
+
+    from lmforge.eval.sandbox import sandbox_problem
+
+    problem = sandbox_problem()
+    if problem and os.environ.get("CI") == "true":
+        pytest.fail(f"no usable bubblewrap under CI=true: {problem} (.ci/run installs Debian's bubblewrap)")
+    if problem:
+        pytest.skip(f"no usable bubblewrap: {problem} (apt-get install -y bubblewrap)")

@@ -14,10 +14,10 @@ import pytest
 
 from lmforge.errors import ConfigError
 from lmforge.eval import sandbox
-from lmforge.eval.sandbox import Limits, SandboxUnavailable, run_python, sandbox_problem
+from lmforge.eval.sandbox import Limits, SandboxUnavailable, run_python
 
 FAST = Limits(wall_s=6, cpu_s=1, memory_mb=256, processes=8, file_mb=1)
-BWRAP = pytest.mark.skipif(bool(sandbox_problem()), reason=f"no usable bubblewrap: {sandbox_problem()}")
+BWRAP = pytest.mark.usefixtures("bwrap_sandbox")  # skips without bubblewrap; fails under CI=true
 
 
 @BWRAP

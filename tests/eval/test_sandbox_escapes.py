@@ -30,9 +30,9 @@ from pathlib import Path
 import pytest
 
 from lmforge.eval import sandbox
-from lmforge.eval.sandbox import Limits, run_python, sandbox_problem
+from lmforge.eval.sandbox import Limits, run_python
 
-pytestmark = pytest.mark.skipif(bool(sandbox_problem()), reason=f"no usable bubblewrap: {sandbox_problem()}")
+pytestmark = pytest.mark.usefixtures("bwrap_sandbox")  # skips without bubblewrap; fails under CI=true
 
 FAST = Limits(wall_s=8, cpu_s=2, memory_mb=256, processes=16, file_mb=1)
 
