@@ -113,11 +113,31 @@ def load_served_model(path: str | Path, which: str = "best", device: str = "cpu"
     )
 
 
+KERNEL_CACHE_ENTRIES = 8
+KERNEL_CACHE_VARS = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+
+
+def bound_kernel_caches(entries: int = KERNEL_CACHE_ENTRIES) -> None:
+    """Cap oneDNN's primitive cache and ideep's LRU of packed-linear kernels at ``entries`` each (unless
+    the variables are already set), before the process creates its first kernel (they are read then).
+
+    Both default to 1,024 entries keyed by input shape; a server's batches change shape with every
+    admission, so the caches filled for the first few thousand requests and the resident set rose with
+    them (+290 MB over 30 rounds of 64 requests, still rising; bench/serve_memory.py). At 8 entries it
+    stays flat, and tokens/s at 32 clients did not change measurably (bench/serve_load.py; docs/serve.md).
+    """
+    import os
+
+    for var in KERNEL_CACHE_VARS:
+        os.environ.setdefault(var, str(entries))
+
+
 def create_app(model: str | Path | ServedModel, settings: ServeSettings | None = None) -> FastAPI:
     """The API app for ``model`` (a checkpoint path or a ``ServedModel``); the scheduler thread starts
     with the app's lifespan (or at the first request when the lifespan is not run, e.g. ASGI tests) and
     stops with it (``app.state.scheduler.stop()``)."""
     settings = settings or ServeSettings()
+    bound_kernel_caches()
     served = model if isinstance(model, ServedModel) else load_served_model(model)
     if settings.name:
         served.name = settings.name
