@@ -135,3 +135,21 @@ def test_code_reward() -> None:
         "    import socket\n    socket.create_connection(('192.0.2.1', 80), timeout=1)\n    return 9\n"
     )
     assert code_reward(doc, reach_out, limits=QUICK) == 0.0  # no network in the sandbox: it raises
+
+
+@pytest.mark.usefixtures("bwrap_sandbox")
+@pytest.mark.parametrize(
+    "body",
+    [
+        "    import sys\n    sys.exit(0)\n",  # a SystemExit from the function the tests call
+        "    import os\n    os._exit(0)\n",  # ends the process with no cleanup at all
+        "    raise SystemExit\n",
+    ],
+)
+def test_ending_the_process_before_the_tests_finish_is_not_a_pass(body: str) -> None:
+    """The cheapest reward hack on code: exit with status 0 from inside the function under test."""
+    doc = Doc("def add(a, b):\n", test="assert add(2, 3) == 5\n", code_prefix="def add(a, b):\n")
+    result = score_completions([doc], [[body, "    return a + b\n"]])["results"][0]
+    assert [r.status for r in result] == ["failed", "passed"]
+    assert "before its tests finished" in result[0].reason
+    assert code_reward(doc, body) == 0.0 and code_reward(doc, "    return a + b\n") == 1.0

@@ -7,7 +7,13 @@ For each problem (a ``Doc`` with ``code_prefix`` and ``test``, ``eval/loaders_co
    a hand-written completion may not), and, for a task without a code prefix (MBPP), stripped of
    leading whitespace;
 2. the program ``code_prefix + completion + "\\n\\n" + test`` runs in ``sandbox.run_python`` under
-   ``limits``, ``workers`` at a time (each in its own process);
+   ``limits``, ``workers`` at a time (each in its own process), followed by one line that writes a
+   random token (fresh for every program) to standard error: a program passes only when it exits with
+   status 0 *and* that token is the last line it wrote, so a completion that ends the process before
+   the tests finish (``sys.exit(0)``, ``os._exit(0)``, a ``SystemExit`` raised from the function the
+   tests call) fails instead of passing — the cheapest reward hack for GRPO on code. (A program that
+   reads its own source could still find the token and write it; the sandbox bounds what it can do,
+   not how it is scored.)
 3. a problem with ``c`` passing programs out of ``n`` contributes ``pass_at_k(n, c, k)``
    (``metrics.py``) for every ``k <= n``.
 
@@ -27,6 +33,7 @@ sample (greedy samples are all alike), ``0 < top_p <= 1``.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -106,12 +113,28 @@ def trim_completion(text: str, until: Sequence[str]) -> str:
     return text[:cut]
 
 
-def build_program(doc: Doc, completion: str, until: Sequence[str] = ()) -> str:
-    """The program a completion of ``doc`` is judged by (module docstring, steps 1-2)."""
+def build_program(doc: Doc, completion: str, until: Sequence[str] = (), token: str = "") -> str:
+    """The program a completion of ``doc`` is judged by (module docstring, steps 1-2); with ``token``,
+    followed by the line that writes it to standard error once the tests have run."""
     body = trim_completion(completion, until)
     if not doc.code_prefix:
         body = body.lstrip()
-    return f"{doc.code_prefix}{body}\n\n{doc.test}"
+    program = f"{doc.code_prefix}{body}\n\n{doc.test}"
+    if token:
+        program += f"\n\nimport sys as _lmforge_sys\n_lmforge_sys.stderr.write('\\n{token}\\n')\n"
+    return program
+
+
+def judge(
+    doc: Doc, completion: str, until: Sequence[str], limits: Limits, unsafe_exec: bool
+) -> SandboxResult:
+    """Run the program of one completion; a status-0 exit that skipped the end of the tests (the token
+    line never ran) is ``failed`` (module docstring, step 2)."""
+    token = f"lmforge-tests-done-{secrets.token_hex(16)}"
+    result = run_python(build_program(doc, completion, until, token), limits, unsafe_exec=unsafe_exec)
+    if result.passed and result.stderr.rstrip().rpartition("\n")[2] != token:
+        return replace(result, status="failed", reason="exited with status 0 before its tests finished")
+    return result
 
 
 def score_completions(
@@ -143,11 +166,9 @@ def score_completions(
         raise ValueError(f"docs and completions differ in length: {len(docs)} vs {len(completions)}")
     if any(not c for c in completions):
         raise ValueError("every problem needs at least one completion")
-    jobs = [build_program(d, c, until) for d, cs in zip(docs, completions) for c in cs]
+    jobs = [(d, c) for d, cs in zip(docs, completions) for c in cs]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        flat: list[SandboxResult] = list(
-            pool.map(lambda code: run_python(code, limits, unsafe_exec=unsafe_exec), jobs)
-        )
+        flat: list[SandboxResult] = list(pool.map(lambda job: judge(*job, until, limits, unsafe_exec), jobs))
     results, at = [], 0
     for cs in completions:
         results.append(flat[at : at + len(cs)])
@@ -169,8 +190,7 @@ def code_reward(
 ) -> float:
     """1.0 when ``completion`` makes ``doc``'s tests pass in the sandbox, else 0.0 (failed, timed out,
     stopped); ``unsafe_exec`` runs it without the sandbox."""
-    program = build_program(doc, completion, until)
-    return float(run_python(program, limits, unsafe_exec=unsafe_exec).passed)
+    return float(judge(doc, completion, until, limits, unsafe_exec).passed)
 
 
 def status_table(results: Sequence[Sequence[SandboxResult]], limit: int = 10) -> dict[str, Any]:
