@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 # isort: off
@@ -59,6 +61,31 @@ def build_checkpoint(root: Path) -> Path:
     )
     torch.manual_seed(0)
     return save_checkpoint(root / "model", build_model(cfg), cfg, tokenizer_path=tok_path)
+
+
+@contextlib.contextmanager
+def served(
+    ckpt: str, threads: int = 0, max_batch: int = 32, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``(child process, base URL)`` of ``ckpt`` served by a child process of this script (``serve_child``)
+    on an ephemeral loopback port, once ``/health`` answers; ``env`` is added to its environment."""
+    import httpx
+
+    cmd = [sys.executable, __file__, "--serve-child", ckpt]
+    cmd += ["--threads", str(threads), "--max_batch", str(max_batch)]
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    try:
+        url = f"http://127.0.0.1:{int(child.stdout.readline())}"
+        for _ in range(300):
+            try:
+                httpx.get(url + "/health").raise_for_status()
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield child, url
+    finally:
+        child.terminate()
+        child.wait(10)
 
 
 def serve_child(ckpt: str, threads: int, max_batch: int) -> None:
@@ -181,26 +208,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.model or str(build_checkpoint(Path(tmp)))
-        cmd = [
-            sys.executable,
-            __file__,
-            "--serve-child",
-            ckpt,
-            "--threads",
-            str(args.threads),
-            "--max_batch",
-            str(args.max_batch),
-        ]
-        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        try:
-            port = int(child.stdout.readline())
-            url = f"http://127.0.0.1:{port}"
-            for _ in range(300):
-                try:
-                    httpx.get(url + "/health").raise_for_status()
-                    break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
+        with served(ckpt, args.threads, args.max_batch) as (child, url):
             health = httpx.get(url + "/health").json()
             print(
                 f"server: {ckpt} ({health['arch']}), pid {child.pid}, {url}; max_batch {args.max_batch}, "
@@ -242,9 +250,6 @@ def main() -> None:
                         f"({', '.join(f'{x:.2f}' for x in ratios)}){goal}"
                     )
             print(f"load average after: {os.getloadavg()}")
-        finally:
-            child.terminate()
-            child.wait(10)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,6 @@ import argparse
 import asyncio
 import os
 import random
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +30,11 @@ from pathlib import Path
 import lmforge  # noqa: F401  (first: sets OpenMP's passive wait policy before torch loads it)
 
 # isort: on
-from serve_load import WORDS, build_checkpoint  # the load bench's model and words (bench/ is on sys.path)
+from serve_load import (  # the load bench's model and words (bench/ is on sys.path)
+    WORDS,
+    build_checkpoint,
+    served,
+)
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
@@ -107,23 +109,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads of the server (0 = default)")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE in the server's environment")
     args = ap.parse_args()
-    import httpx
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.model or str(build_checkpoint(Path(tmp)))
         extra = dict(kv.split("=", 1) for kv in args.env)
-        env = {**os.environ, **extra}
-        serve_load = Path(__file__).with_name("serve_load.py")
-        cmd = [sys.executable, str(serve_load), "--serve-child", ckpt, "--threads", str(args.threads)]
-        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
-        try:
-            url = f"http://127.0.0.1:{int(child.stdout.readline())}"
-            for _ in range(300):
-                try:
-                    httpx.get(url + "/health").raise_for_status()
-                    break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
+        with served(ckpt, args.threads, 32, extra) as (child, url):
             start_rss, _ = rss_mb(child.pid)
             print(
                 f"server: {ckpt}, pid {child.pid}, {url}; {args.clients} clients x {args.requests} requests "
@@ -154,9 +144,6 @@ def main() -> None:
                 f"({(half[-1] - half[0]) / max(1, len(half) - 1):+.1f} MB per round); total since start "
                 f"{rss[-1] - start_rss:+.0f} MB; load average after: {os.getloadavg()}"
             )
-        finally:
-            child.terminate()
-            child.wait(10)
 
 
 if __name__ == "__main__":
