@@ -127,3 +127,20 @@ def test_describe_lists_every_option():
     assert set(rows) >= {"lr", "steps", "model.n_embd", "model.n_head", "sched", "out"}
     assert rows["sched"][1] == "cosine|linear" and rows["model.n_embd"][2] == "64"
     assert all(r[3] for r in rows.values())
+
+
+def test_hyphens_in_option_names_but_not_in_recipe_instances() -> None:
+    from lmforge.config import parse_overrides
+
+    assert parse_overrides(["--max-steps", "3"]) == {"max_steps": 3}
+    assert parse_overrides(["eval-lora.max-tokens=64", "--eval-lora.model.n-layer=2"], instances=True) == {
+        "eval-lora": {"max_tokens": 64, "model": {"n_layer": 2}}
+    }
+
+
+def test_a_hyphenated_instance_takes_overrides(tmp_path) -> None:
+    from lmforge.stages.run import plan
+
+    recipe = {"stages": {"eval-lora": {"stage": "eval", "model": "some/ckpt", "tokenizer": "some/tok"}}}
+    (step,) = plan(recipe, {"eval-lora": {"max_tokens": 64}}, tmp_path)
+    assert step.instance == "eval-lora" and step.config.max_tokens == 64

@@ -83,6 +83,32 @@ def test_second_run_is_cached(micro_run):
     assert all(x["cached_last"] for x in m.values()), {k: v["cached_last"] for k, v in m.items()}
 
 
+def test_dry_run_plans_without_running_or_writing(micro_run, capsys, tmp_path):
+    from lmforge.config import from_dict
+    from lmforge.stages import run as run_stage
+
+    recipe, out, _ = micro_run
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    assert main(["run", str(recipe), "--out", str(out), "--dry_run", "generate.temperature=0.5"]) == 0
+    assert "2 of 6 stages would run, 4 are cached" in capsys.readouterr().out
+    cfg = from_dict(run_stage.Config, {"recipe": str(recipe), "out": str(out), "dry_run": True})
+    plan = {e["instance"]: e for e in run_stage.main(cfg, {"pretrain": {"lr": 2e-3}})}
+    assert {k for k, e in plan.items() if e["status"] != "cached"} == {
+        "pretrain",
+        "eval",
+        "generate",
+        "report",
+    }
+    assert plan["pretrain"]["why"] == "its config, inputs or code changed"
+    assert plan["eval"]["why"].startswith("after pretrain")
+    assert plan["tokenizer"]["inputs"] == ["data=@data"]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing written or touched
+    fresh = tmp_path / "fresh"
+    assert main(["run", str(recipe), "--out", str(fresh), "--dry_run", "-q"]) == 0
+    assert "6 of 6 stages would run" in capsys.readouterr().out
+    assert not fresh.exists()
+
+
 def test_changing_one_value_reruns_it_and_downstream_only(micro_run):
     recipe, out, _ = micro_run
     m = run(recipe, out, "generate.temperature=0.5")

@@ -269,11 +269,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
+def parse_overrides(items: list[str], *, instances: bool = False) -> dict[str, Any]:
     """Turn ``["a.b=1", "--a.c", "x", "--flag"]`` into a nested mapping ``{"a": {"b": 1, "c": "x"}}``.
 
     Values are parsed as YAML (``3e-4`` and ``1e3`` are accepted as numbers by the typed coercion);
-    ``--flag`` without a value means ``true``.
+    ``--flag`` without a value means ``true``. Hyphens in option names read as underscores
+    (``--max-steps``); with ``instances`` (``lmforge run``) the first part of a dotted key is a recipe's
+    stage instance and is kept as written (``eval-lora.max_tokens=64``).
     """
     out: dict[str, Any] = {}
     i = 0
@@ -292,7 +294,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             key, raw = item.split("=", 1)
         else:
             raise ConfigError("", f"cannot read override {item!r}: write key=value or --key value")
-        key = key.replace("-", "_")
+        if instances and "." in key:
+            head, _, rest = key.partition(".")
+            key = f"{head}.{rest.replace('-', '_')}"
+        else:
+            key = key.replace("-", "_")
         if not key:
             raise ConfigError("", f"empty key in override {item!r}")
         _set_dotted(out, key, _parse_value(raw))

@@ -28,7 +28,9 @@ import platform
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -202,6 +204,25 @@ def resolve_ref(ref: str | Path, out: Path) -> Path:
     return Path(s).expanduser()
 
 
+_DRY_RUN: ContextVar[bool] = ContextVar("lmforge_dry_run", default=False)
+
+
+@contextmanager
+def dry_run() -> Iterator[None]:
+    """Inside this block ``run_stage`` does no work and writes nothing: it checks the inputs, computes
+    the cache key and returns a plan entry (``status`` ``"cached"`` or ``"would run"``, with ``why``)
+    instead of a manifest (``lmforge run --dry_run``)."""
+    token = _DRY_RUN.set(True)
+    try:
+        yield
+    finally:
+        _DRY_RUN.reset(token)
+
+
+def _plan_entry(stage: str, out: Path, status: str, why: str) -> dict[str, Any]:
+    return {"stage": stage, "instance": out.name, "status": status, "why": why, "dry_run": True}
+
+
 def run_stage(
     stage: str,
     cfg: Any,
@@ -244,6 +265,8 @@ def run_stage(
         p = resolve_ref(ref, out).resolve()
         producer = resolve_ref(str(ref).split("/")[0], out).resolve()  # @name of @name/file
         if str(ref).startswith("@") and read_manifest(producer) is None:
+            if _DRY_RUN.get():  # the producer is planned before this stage: it would exist by then
+                return _plan_entry(stage, out, "would run", f"its input {ref} is not built yet")
             raise InputError(
                 f"{stage} needs input '{name}' = {ref} at {producer}, which has not finished; "
                 f"run that stage first (or `lmforge run` the whole recipe)"
@@ -265,6 +288,14 @@ def run_stage(
 
     rank = int(os.environ.get("RANK", 0))
     done = read_manifest(out)
+    if _DRY_RUN.get():
+        if force:
+            return _plan_entry(stage, out, "would run", "--force")
+        if done is None:
+            return _plan_entry(stage, out, "would run", "not run yet")
+        if done.get("cache_key") != key:
+            return _plan_entry(stage, out, "would run", "its config, inputs or code changed")
+        return _plan_entry(stage, out, "cached", "unchanged since its last run")
     if done is not None and done.get("cache_key") == key and not force:
         log.info("%s: cached (%s), skipping", out.name, out)
         if rank == 0:

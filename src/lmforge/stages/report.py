@@ -61,7 +61,7 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     out = Path(cfg.out).expanduser().resolve()
     inputs = {p.name: p for p in _finished_stages(out.parent) if p != out}
     manifest = run_stage(STAGE, cfg, out=out, inputs=inputs, work=render, version=VERSION, force=force)
-    if cfg.copy_to_run:
+    if cfg.copy_to_run and not manifest.get("dry_run"):
         for name in FILES:
             src, dst = out / name, out.parent / name
             if src.is_dir():

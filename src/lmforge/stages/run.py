@@ -8,7 +8,10 @@ that stage's options. The instance name is the stage kind unless the section say
 the run store: unchanged stages are cached, a changed value re-runs that stage and everything
 downstream of it, and an interrupted run resumes where it stopped.
 
-Overrides address instances: ``pretrain.max_steps=200`` or ``--pretrain.lr 1e-3``.
+Overrides address instances: ``pretrain.max_steps=200`` or ``--pretrain.lr 1e-3`` (an instance name is
+kept as written, hyphens included: ``eval-lora.max_tokens=64``). ``--dry_run`` plans without running:
+each stage's ``main`` runs its checks and ``run_stage`` (under ``runstore.dry_run``) reports cached or
+would run instead of working; nothing is written.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ class Config:
     )
     force: bool = opt(False, "re-run every stage even when cached")
     only: list[str] = opt([], "run only these instances (their inputs must already be finished)")
+    dry_run: bool = opt(
+        False, "validate every stage's config and print the plan (cached or would run, inputs); run nothing"
+    )
 
 
 INPUTS: tuple[str, ...] = ()
@@ -170,6 +176,8 @@ def main(cfg: Config, overrides: dict[str, Any] | None = None) -> list[dict[str,
         if unknown:
             raise ConfigError("only", f"no such stage instance(s): {', '.join(unknown)}")
         steps = [s for s in steps if s.instance in cfg.only]
+    if cfg.dry_run:
+        return plan_status(steps, force=cfg.force)
     run_dir.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {
         "recipe": str(Path(cfg.recipe).resolve()),
@@ -201,7 +209,58 @@ def main(cfg: Config, overrides: dict[str, Any] | None = None) -> list[dict[str,
     return manifests
 
 
-USAGE = """usage: lmforge run [RECIPE.yaml] [--out DIR] [--force] [--only INSTANCE ...] [instance.key=value ...] [-q|-v]
+def plan_status(steps: list[Step], *, force: bool = False) -> list[dict[str, Any]]:
+    """What ``lmforge run`` would do, stage by stage, without doing it (``runstore.dry_run``): each
+    stage's own checks run (config, inputs that exist, memory, sandbox), nothing is written. A stage
+    after one that would run is marked to run too, since its inputs may change."""
+    from lmforge.runstore import dry_run
+
+    entries: dict[str, dict[str, Any]] = {}
+    with dry_run():
+        for step in steps:
+            entry = step.module.main(step.config, force=force)
+            rerun = [n for n in step.needs if n in entries and entries[n]["status"] != "cached"]
+            if entry["status"] == "cached" and rerun:
+                why = f"after {', '.join(rerun)} (cached again if their outputs come out identical)"
+                entry.update(status="would run", why=why)
+            entry.update(
+                instance=step.instance,
+                stage=step.kind,
+                needs=list(step.needs),
+                inputs=[f"{n}={v}" for n, v in _inputs(step).items()],
+            )
+            entries[step.instance] = entry
+    return list(entries.values())
+
+
+def _inputs(step: Step) -> dict[str, Any]:
+    """The step's declared input options that are set."""
+    found = {}
+    for name in step.module.INPUTS:
+        value = getattr(step.config, name, None)
+        if value:
+            found[name] = ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+    return found
+
+
+def print_plan(entries: list[dict[str, Any]]) -> None:
+    """The dry run's plan as a table on standard output."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="lmforge run --dry_run: nothing was run or written")
+    for col in ("#", "stage", "kind", "plan", "why", "inputs"):
+        table.add_column(col, overflow="fold")
+    for i, e in enumerate(entries, 1):
+        style = "green" if e["status"] == "cached" else "yellow"
+        status = f"[{style}]{e['status']}[/{style}]"
+        table.add_row(str(i), e["instance"], e["stage"], status, e["why"], "; ".join(e["inputs"]) or "-")
+    Console(width=max(100, Console().width)).print(table)
+    runs = sum(e["status"] != "cached" for e in entries)
+    print(f"{runs} of {len(entries)} stages would run, {len(entries) - runs} are cached")
+
+
+USAGE = """usage: lmforge run [RECIPE.yaml] [--out DIR] [--force] [--dry_run] [--only INSTANCE ...] [instance.key=value ...] [-q|-v]
 
 Run every stage of a recipe as a cached DAG through the run store.
 
@@ -210,6 +269,8 @@ options:
   --out DIR              run directory (default runs/<recipe name>); each stage writes DIR/<instance>/
   --force                re-run stages even when their config and inputs are unchanged
   --only INSTANCE        run only this instance (repeatable); its inputs must already be finished
+  --dry_run              check every stage's config and print the plan (cached or would run, why,
+                         inputs) without running or writing anything
   instance.key=value     override a stage option, e.g. pretrain.max_steps=200 or --pretrain.lr 1e-3
   -q, --quiet / -v       warnings only / debug log
 
@@ -246,17 +307,22 @@ def cli(argv: list[str]) -> int:
             own["out"] = a.split("=", 1)[1]
         elif a == "--force":
             own["force"] = True
+        elif a in ("--dry_run", "--dry-run"):
+            own["dry_run"] = True
         else:
             rest.append(a)
         i += 1
     try:
         cfg = from_dict(Config, own)
-        manifests = main(cfg, parse_overrides(rest))
+        manifests = main(cfg, parse_overrides(rest, instances=True))
     except LmforgeError as exc:
         print(f"lmforge run: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lmforge run: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    print_summary(manifests)
+    if cfg.dry_run:
+        print_plan(manifests)
+    else:
+        print_summary(manifests)
     return 0
