@@ -127,3 +127,34 @@ def test_run_rejects_bad_recipe_before_work(tmp_path, capsys):
     recipe.write_text("name: r\nstages:\n  data: {}\n")
     assert main(["run", str(recipe), "--out", str(tmp_path / "run"), "dta.max_docs=3"]) == 2
     assert "did you mean 'data'" in capsys.readouterr().err
+
+
+def test_summary_shows_headline_metrics_first() -> None:
+    from lmforge.stages.invoke import headline
+
+    metrics = {"audit_docs": 3, "bytes_in": 10, "docs_out": 7, "val_bpb": 1.2, "val_loss": 2.0, "zeta": 1}
+    assert [k for k, _ in headline(metrics)] == [
+        "val_loss",
+        "val_bpb",
+        "docs_out",
+        "audit_docs",
+        "bytes_in",
+        "zeta",
+    ]
+
+
+def test_step_line_labels_the_smoothed_loss_and_its_eta_honours_the_budget() -> None:
+    from lmforge.log import step_line
+
+    line = step_line(10, 600, {"ema_loss": 3.5}, elapsed_s=60.0)
+    assert "ema_loss 3.5000" in line and "eta 0:59:00" in line  # 590 steps at 6 s each
+    assert "eta 0:04:00" in step_line(10, 600, {"ema_loss": 3.5}, elapsed_s=60.0, budget_s=300.0)
+
+
+def test_warmup_longer_than_the_run_is_clamped_with_a_warning(caplog) -> None:
+    from lmforge.config import from_dict
+    from lmforge.stages import pretrain
+
+    with caplog.at_level("WARNING"):
+        cfg = from_dict(pretrain.Config, {"max_steps": 20, "warmup_steps": 50, "out": "x"})
+    assert cfg.warmup_steps == 20 and "warmup_steps 50 > max_steps 20" in caplog.text

@@ -138,6 +138,27 @@ def test_stage_runs_alone_from_the_cli(micro_run, tmp_path):
     assert got["metrics"]["val_tokens"] == 2048
 
 
+def test_one_off_generate_prints_and_eval_uses_the_checkpoints_tokenizer(
+    micro_run, tmp_path, capsys, monkeypatch
+):
+    _, out, _ = micro_run
+    monkeypatch.chdir(tmp_path)
+    ckpt = str(out / "pretrain")
+    assert (
+        main(["generate", "--model", ckpt, "--prompts", "[The , def ]", "--max_new_tokens", "5", "-q"]) == 0
+    )
+    printed = capsys.readouterr().out
+    assert "--- sample 0" in printed and "--- sample 1" in printed and "printed" in printed
+    assert list(tmp_path.iterdir()) == []  # nothing written without --out
+    text = tmp_path / "t.txt"
+    text.write_text("The Python tutorial explains lists, dictionaries and classes.\n")
+    assert main(["eval", "--model", ckpt, "--text", f"[{text}]", "--out", str(tmp_path / "e"), "-q"]) == 0
+    metrics = json.loads((tmp_path / "e" / "manifest.json").read_text())["metrics"]
+    assert metrics["t_tokens"] > 0 and "val_loss" not in metrics  # no run beside it: no split metrics
+    assert main(["eval", "--model", ckpt, "--out", str(tmp_path / "e2"), "-q"]) == 2
+    assert "nothing to evaluate" in capsys.readouterr().err and not (tmp_path / "e2").exists()
+
+
 def _pretrain_cmd(out: Path, tok: Path, steps: int) -> list[str]:
     return [
         sys.executable,

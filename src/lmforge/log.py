@@ -58,8 +58,14 @@ def format_duration(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def step_line(step: int, max_steps: int, metrics: dict[str, float], elapsed_s: float) -> str:
-    """One dense log line for a training step: step, loss, lr, tokens/s, elapsed and ETA."""
+def step_line(
+    step: int, max_steps: int, metrics: dict[str, float], elapsed_s: float, budget_s: float = 0.0
+) -> str:
+    """One dense log line for a training step: step, loss, lr, tokens/s, elapsed and ETA.
+
+    The ETA is the time the remaining steps take at the pace so far, but never past a time budget
+    (``budget_s`` > 0, e.g. ``max_time_s``), where the run stops whatever the step.
+    """
     parts = [f"step {step:>{len(str(max_steps))}}/{max_steps}"]
     for key, value in metrics.items():
         if key == "lr":
@@ -71,6 +77,8 @@ def step_line(step: int, max_steps: int, metrics: dict[str, float], elapsed_s: f
         else:
             parts.append(f"{key} {value}")
     eta = elapsed_s / step * (max_steps - step) if step > 0 else float("nan")
+    if budget_s > 0:
+        eta = min(eta, max(0.0, budget_s - elapsed_s)) if eta == eta else max(0.0, budget_s - elapsed_s)
     parts.append(f"elapsed {format_duration(elapsed_s)}")
     parts.append(f"eta {format_duration(eta)}")
     return " | ".join(parts)

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
 from lmforge.eval.sandbox import require_sandbox
-from lmforge.runstore import StageContext, run_stage
+from lmforge.runstore import StageContext, read_manifest, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,19 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     if not cfg.out:
         raise ConfigError("out", "an output directory is required (e.g. --out runs/x/eval)")
     inputs: dict[str, str] = {"model": cfg.model}
+    if cfg.tokenizer == "@tokenizer" and not cfg.model.startswith("@"):
+        producer = Path(cfg.out).expanduser().resolve().parent / "tokenizer"
+        if read_manifest(producer) is None:  # a one-off eval of a checkpoint, not a stage of a run
+            log.info(
+                "no tokenizer stage at %s: no split metrics (texts and tasks use the checkpoint's own "
+                "tokenizer.json; --tokenizer RUN/tokenizer adds the run's validation split)",
+                producer,
+            )
+            cfg = replace(cfg, tokenizer="")
+    if not (cfg.tokenizer or cfg.text or cfg.tasks):
+        raise ConfigError(
+            "tokenizer", "nothing to evaluate: give --text FILE, --tasks [...], or --tokenizer RUN/tokenizer"
+        )
     if cfg.tokenizer:
         inputs["tokenizer"] = cfg.tokenizer
     inputs.update({f"compare_{i}": c for i, c in enumerate(cfg.compare)})

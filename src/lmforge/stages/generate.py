@@ -28,7 +28,9 @@ class Config:
     """Options of ``lmforge generate``."""
 
     model: str = opt("@pretrain", "a checkpoint directory, or a training stage directory", path=True)
-    out: str = opt("", "output stage directory", path=True)
+    out: str = opt(
+        "", "output stage directory (none: print the samples to the terminal, write nothing)", path=True
+    )
     checkpoint: Literal["best", "last"] = opt("best", "which checkpoint of a training stage to use")
     prompts: list[str] = opt(["The "], "prompts to continue, one sample each")
     max_new_tokens: int = opt(64, "tokens to generate per prompt")
@@ -83,12 +85,50 @@ INPUTS = ("model", "draft_model")
 
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
-    """Generate (or return the cached result); returns the stage manifest."""
+    """Generate (or return the cached result); returns the stage manifest. Without ``out``: a one-off
+    run that prints the samples and writes nothing (``print_samples``)."""
     if not cfg.out:
-        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/generate)")
+        return print_samples(cfg)
     return run_stage(
         STAGE, cfg, out=cfg.out, inputs=config_inputs(cfg, *INPUTS), work=sample, version=VERSION, force=force
     )
+
+
+def print_samples(cfg: Config) -> dict[str, Any]:
+    """Sample without the run store: each prompt and its completion on standard output; returns a
+    manifest-shaped summary (status ``printed``) with the metrics.
+
+    Raises:
+        ConfigError: ``model`` (or ``draft_model``) is a run reference, which needs ``out``.
+    """
+    import tempfile
+    from pathlib import Path
+
+    inputs = {}
+    for name, ref in config_inputs(cfg, *INPUTS).items():
+        if str(ref).startswith("@"):
+            raise ConfigError(
+                name, f"{ref} names a stage of a run: give --out RUN/generate, or a checkpoint path"
+            )
+        inputs[name] = Path(ref).expanduser().resolve()
+        if not inputs[name].exists():
+            raise ConfigError(name, f"not found: {inputs[name]}")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="lmforge-generate-") as tmp:
+        ctx = StageContext(stage=STAGE, instance=STAGE, dir=Path(tmp), run_dir=Path(tmp), inputs=inputs)
+        metrics = sample(cfg, ctx)
+        rows = [json.loads(line) for line in (Path(tmp) / "samples.jsonl").read_text("utf-8").splitlines()]
+    for i, row in enumerate(rows):
+        print(f"--- sample {i} ({row['tokens']} tokens, {row['finish_reason']})")
+        print(row["prompt"] + row["completion"], flush=True)
+    duration = round(time.perf_counter() - start, 3)
+    return {
+        "stage": STAGE,
+        "instance": STAGE,
+        "status": "printed",
+        "metrics": metrics,
+        "duration_s": duration,
+    }
 
 
 def sample(cfg: Config, ctx: StageContext) -> dict[str, float]:

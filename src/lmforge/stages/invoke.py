@@ -132,9 +132,24 @@ def print_summary(manifests: list[dict[str, Any]]) -> None:
         table.add_column(col)
     for m in manifests:
         status = "cached" if m.get("cached_last") else m.get("status", "?")
-        metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in list(m.get("metrics", {}).items())[:6])
+        metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in headline(m.get("metrics", {}))[:6])
         table.add_row(m.get("instance", "?"), status, f"{m.get('duration_s', 0):.1f}s", metrics)
     Console(stderr=False, width=160).print(table)
+
+
+# what a reader looks for first in a stage's metrics (else they come in the manifest's order)
+HEADLINE = (
+    "val_loss", "val_bpb", "unigram_bpb", "accuracy", "f1", "exact_match", "bleu", "pass@1",
+    "rm_pairwise_accuracy", "dpo_win_rate", "ppo_win_rate", "grpo_accuracy_before", "grpo_accuracy_after",
+    "recall@1", "mrr", "docs_in", "docs_out", "bytes_out", "vocab_size", "bytes_per_token", "params",
+    "steps", "stop_reason", "tokens", "samples", "tokens_per_s",
+)  # fmt: skip
+
+
+def headline(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
+    """``metrics`` with the ``HEADLINE`` keys first, in that order, then the rest as they come."""
+    rank = {k: i for i, k in enumerate(HEADLINE)}
+    return sorted(metrics.items(), key=lambda kv: rank.get(kv[0], len(HEADLINE)))
 
 
 def _fmt(v: Any) -> str:

@@ -116,10 +116,16 @@ class Config:
         ):
             if getattr(self, key) < 1:
                 raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
-        if not 0 <= self.warmup_steps <= self.max_steps:
-            raise ConfigError(
-                "warmup_steps", f"must be in [0, max_steps={self.max_steps}], got {self.warmup_steps}"
+        if self.warmup_steps < 0:
+            raise ConfigError("warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        if self.warmup_steps > self.max_steps:  # e.g. --max_steps 20 on a recipe that warms up for 50
+            log.warning(
+                "warmup_steps %d > max_steps %d: warming up over all %d steps instead",
+                self.warmup_steps,
+                self.max_steps,
+                self.max_steps,
             )
+            self.warmup_steps = self.max_steps
         if self.lr <= 0:
             raise ConfigError("lr", f"must be > 0, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -455,8 +461,9 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
                     step_line(
                         step,
                         cfg.max_steps,
-                        {"loss": loss_ema, "lr": lr, "gnorm": grad_norm, "tokens_per_s": tps, "mfu": mfu},
+                        {"ema_loss": loss_ema, "lr": lr, "gnorm": grad_norm, "tokens_per_s": tps, "mfu": mfu},
                         elapsed,
+                        cfg.max_time_s,
                     )
                 )
         out_of_time = cfg.max_time_s > 0 and ddp.all_reduce_sum(elapsed >= cfg.max_time_s) > 0

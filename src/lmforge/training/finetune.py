@@ -380,7 +380,13 @@ def fit(
         )
         if step % opts.log_every == 0 or step == 1:
             logger.info(
-                step_line(step, opts.max_steps, {"loss": loss_ema, "lr": lr, "gnorm": grad_norm}, elapsed)
+                step_line(
+                    step,
+                    opts.max_steps,
+                    {"ema_loss": loss_ema, "lr": lr, "gnorm": grad_norm},
+                    elapsed,
+                    opts.max_time_s,
+                )
             )
         out_of_time = opts.max_time_s > 0 and elapsed >= opts.max_time_s
         if step % opts.eval_every == 0 or step == opts.max_steps or out_of_time:

@@ -9,6 +9,7 @@ them all. ``SequenceOptions`` adds ``max_len`` for the methods that read one seq
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -58,6 +59,13 @@ class FinetuneOptions:
                 raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
         if self.warmup_steps < 0:
             raise ConfigError("warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        if self.warmup_steps > self.max_steps > 0 and not self.warmup_ratio:
+            logging.getLogger(__name__).warning(
+                "warmup_steps %d > max_steps %d: warming up over all %d steps instead",
+                self.warmup_steps,
+                self.max_steps,
+                self.max_steps,
+            )
         if self.lr <= 0:
             raise ConfigError("lr", f"must be > 0, got {self.lr}")
         if not 0 <= self.warmup_ratio <= 1:
