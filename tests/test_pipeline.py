@@ -65,6 +65,8 @@ def test_every_stage_completes_with_lineage(micro_run):
     assert all(x["status"] == "complete" and not x["cached_last"] for x in m.values())
     assert m["tokenizer"]["inputs"]["data"]["hash"]
     assert m["pretrain"]["config"]["model"]["n_embd"] == 64
+    pm = m["pretrain"]["metrics"]
+    assert (pm["steps"], pm["steps_planned"], pm["stopped_by_time_budget"]) == (30, 30, 0)
     assert (out / "report.html").is_file() and (out / "report.md").is_file()
     assert (out / "pretrain" / "metrics.jsonl").is_file()
     run_record = json.loads((out / "run.json").read_text())

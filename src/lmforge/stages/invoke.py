@@ -142,7 +142,7 @@ HEADLINE = (
     "val_loss", "val_bpb", "unigram_bpb", "accuracy", "f1", "exact_match", "bleu", "pass@1",
     "rm_pairwise_accuracy", "dpo_win_rate", "ppo_win_rate", "grpo_accuracy_before", "grpo_accuracy_after",
     "recall@1", "mrr", "docs_in", "docs_out", "bytes_out", "vocab_size", "bytes_per_token", "params",
-    "steps", "stop_reason", "tokens", "samples", "tokens_per_s",
+    "steps", "steps_planned", "stopped_by_time_budget", "early_stopped", "tokens", "samples", "tokens_per_s",
 )  # fmt: skip
 
 

@@ -488,7 +488,15 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
                 )
         if out_of_time:
             stop_reason = "time_budget"
-            log.info("time budget of %.0fs reached at step %d", cfg.max_time_s, step)
+            log.warning(
+                "time budget of %.0fs reached at step %d of %d planned (%s)",
+                cfg.max_time_s,
+                step,
+                cfg.max_steps,
+                "the schedule_clock 'time' learning rate decayed over the steps that fit"
+                if cfg.schedule_clock == "time"
+                else "the learning rate had not finished its schedule: schedule_clock: time fits it to the budget",
+            )
         if step % cfg.ckpt_every == 0 or final or step % cfg.eval_every == 0 and best_dir == f"step_{step}":
             save()
         if final:
@@ -514,6 +522,8 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         "train_time_s": train_time,
         "tokens_per_s": step * tokens_per_step / max(train_time, 1e-9),
         "early_stopped": int(stop_reason == "early_stop"),
+        "steps_planned": cfg.max_steps,
+        "stopped_by_time_budget": int(stop_reason == "time_budget"),
         "world_size": rt.world_size,
     }
 
