@@ -186,6 +186,8 @@ def test_tokenizer_metadata(tmp_path: Path) -> None:
     assert meta["tokenizer.ggml.merges"] == [" ".join(m) if isinstance(m, list) else m for m in merges]
     assert meta["tokenizer.ggml.add_bos_token"] is True
     assert "<|assistant|>" in meta["tokenizer.chat_template"]
+    # llama.cpp adds <|bos|> to whatever it tokenizes: the template must not write a second one
+    assert "<|bos|>" not in meta["tokenizer.chat_template"]
 
 
 def test_f16_keeps_norms_f32(tmp_path: Path) -> None:

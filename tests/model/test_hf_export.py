@@ -91,6 +91,14 @@ def test_exported_tokenizer_matches_lmforge(tmp_path: Path) -> None:
         theirs(chat, add_special_tokens=False)["input_ids"]
         == render_chat(ours, messages, add_generation_prompt=True)[0]
     )
+    # as lmforge generate feeds a prompt: <|bos|> then the text, once, whichever way it is encoded
+    bos = ours.token_to_id("<|bos|>")
+    assert theirs(text)["input_ids"] == [bos] + ours.encode(text, add_special_tokens=False).ids
+    assert theirs("a", "b")["input_ids"].count(bos) == 1
+    tokenized = theirs.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    ids = tokenized["input_ids"] if isinstance(tokenized, dict) or hasattr(tokenized, "keys") else tokenized
+    assert ids == render_chat(ours, messages, add_generation_prompt=True)[0] and ids.count(bos) == 1
+    assert theirs.decode(theirs(text)["input_ids"], skip_special_tokens=True) == text
     gen = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
     assert gen["bos_token_id"] == 0 and gen["eos_token_id"] == [1, ours.token_to_id("<|end|>")]
 
@@ -150,3 +158,25 @@ def test_encoder_is_refused_with_the_reason(tmp_path: Path) -> None:
         export_hf(ckpt, tmp_path / "hf")
     assert err.value.key == "arch" and "BertForMaskedLM" in str(err.value)
     assert not (tmp_path / "hf").exists()
+
+
+def test_greedy_generation_in_transformers_equals_lmforge(tmp_path: Path) -> None:
+    """tok(prompt) + model.generate in transformers continues a prompt as lmforge's engine does: the
+    exported tokenizer puts <|bos|> first, as lmforge generate does."""
+    from lmforge.inference.engine import Engine, SamplingParams
+    from lmforge.tokenizer.train import load_tokenizer
+    from lmforge.training.checkpoint import load_model
+
+    ckpt = tiny_checkpoint(tmp_path)
+    export_hf(ckpt, tmp_path / "hf")
+    theirs_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf", local_files_only=True)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True)
+    tok = load_tokenizer(ckpt / "tokenizer.json")
+    model, _ = load_model(ckpt)
+    prompt = "the cat sat on"
+    ours_ids = [tok.token_to_id("<|bos|>")] + tok.encode(prompt, add_special_tokens=False).ids
+    ours = Engine(model, tok).generate([ours_ids], SamplingParams(max_new_tokens=8, temperature=0, stop_ids=[]))
+    enc = theirs_tok(prompt, return_tensors="pt")
+    assert enc["input_ids"][0].tolist() == ours_ids
+    out = theirs.generate(**enc, max_new_tokens=8, do_sample=False, eos_token_id=None, min_new_tokens=8)
+    assert out[0, len(ours_ids) :].tolist() == ours[0].ids

@@ -244,3 +244,36 @@ def test_recipe_runs_export_and_import_stages(tmp_path: Path) -> None:
         manifest = json.loads((tmp_path / "run" / stage / "manifest.json").read_text())
         assert manifest["status"] == "complete", stage
     assert (tmp_path / "run" / "import" / "ckpt" / "step_0" / "DONE").is_file()
+
+
+def test_export_with_an_adapter_loads_in_one_call_with_auto_peft(tmp_path: Path) -> None:
+    """adapter/ in the export names the export as its base: AutoPeftModelForCausalLM loads both and
+    computes the lmforge LoRA model's logits."""
+    peft = pytest.importorskip("peft")
+    from lmforge.model.lora import ADAPTER_CONFIG_FILE, LoraConfig, apply_lora, save_adapter
+    from lmforge.training.checkpoint import load_model
+
+    ckpt = checkpoint(tmp_path)
+    model, _ = load_model(ckpt)
+    lora = LoraConfig(r=4, alpha=8.0)
+    apply_lora(model, lora)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)  # a trained adapter: not the identity
+    save_adapter(model, tmp_path / "lora" / "adapter", lora, base_model_name_or_path=str(ckpt))
+    out = tmp_path / "run" / "export-hf"
+    cfg = from_dict(
+        export_hf.Config, {"model": str(ckpt), "adapter": str(tmp_path / "lora"), "out": str(out)}
+    )
+    manifest = export_hf.main(cfg)
+    assert manifest["metrics"]["adapter_tensors"] == 2 * len(
+        [n for n, _ in model.named_modules() if n.endswith(tuple(lora.targets))]
+    )
+    assert json.loads((out / "adapter" / ADAPTER_CONFIG_FILE).read_text())["base_model_name_or_path"] == str(
+        out
+    )
+    theirs = peft.AutoPeftModelForCausalLM.from_pretrained(str(out / "adapter")).eval()
+    idx = torch.randint(0, 100, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(input_ids=idx).logits, model.eval()(idx), rtol=0, atol=1e-4)

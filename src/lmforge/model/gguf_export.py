@@ -189,7 +189,9 @@ def export_gguf(ckpt_dir: Path, out_file: Path, dtype: str = "f32") -> torch.nn.
     writer.add_add_bos_token(True)  # lmforge documents start with <|bos|>
     writer.add_add_eos_token(False)
     if all(tok.token_to_id(t) is not None for t in CHAT_TOKENS):
-        writer.add_chat_template(CHAT_TEMPLATE_JINJA)
+        # add_bos_token puts <|bos|> before whatever llama.cpp tokenizes, the rendered chat included:
+        # the template must not write it again (a double BOS the model never saw in training)
+        writer.add_chat_template(CHAT_TEMPLATE_JINJA.removeprefix("{{ '<|bos|>' }}"))
     for name, value in tensors.items():
         half = dtype == "f16" and value.dim() > 1
         writer.add_tensor(name, value.numpy().astype(np.float16 if half else np.float32))

@@ -129,7 +129,7 @@ def export_hf(ckpt_dir: Path, out_dir: Path, dtype: str = "float32") -> Exported
     transformers.GenerationConfig(
         bos_token_id=ids["bos"], eos_token_id=eos, pad_token_id=ids["pad"]
     ).save_pretrained(out_dir)
-    (out_dir / "tokenizer.json").write_text(tok.to_str(), encoding="utf-8")
+    (out_dir / "tokenizer.json").write_text(with_bos(tok, ids["bos"]).to_str(), encoding="utf-8")
     tok_config = hf_tokenizer_config(tok)
     (out_dir / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=1) + "\n")
     special_map = {k: v for k, v in tok_config.items() if k.endswith("_token")}
@@ -138,6 +138,23 @@ def export_hf(ckpt_dir: Path, out_dir: Path, dtype: str = "float32") -> Exported
         "exported %s as Hugging Face %s (%s) to %s", ckpt_dir, family, hf_config.architectures, out_dir
     )
     return Exported(model.eval(), n_tok, family)
+
+
+def with_bos(tok: Any, bos_id: int | None) -> Any:
+    """A copy of ``tok`` whose post-processor puts ``<|bos|>`` first, as lmforge does before every
+    document and prompt: ``tokenizer(prompt)`` in ``transformers`` then gives the ids ``lmforge generate``
+    feeds the model (``add_special_tokens=False``, and ``apply_chat_template``, whose template starts
+    with ``<|bos|>``, add nothing). A post-processor already there (byte-level offsets) is kept, first."""
+    from tokenizers import Tokenizer, processors
+
+    out = Tokenizer.from_str(tok.to_str())
+    if bos_id is None:
+        return out
+    bos = processors.TemplateProcessing(
+        single="<|bos|> $A", pair="<|bos|> $A $B:1", special_tokens=[("<|bos|>", bos_id)]
+    )
+    out.post_processor = bos if out.post_processor is None else processors.Sequence([out.post_processor, bos])
+    return out
 
 
 def export_bert(model: nn.Module, out_dir: Path, cfg: ModelConfig, tok: Any, dtype: str) -> Exported:

@@ -7,11 +7,17 @@ directory itself is the Hugging Face directory: ``config.json``, ``model.safeten
 ``verify`` the directory is loaded back with ``transformers`` and the largest logit difference from
 the lmforge model on a random batch is recorded (``max_logit_diff``); the stage fails above
 ``tolerance``. A configuration no family can express fails before anything is written.
+
+``adapter`` (a ``finetune lora`` stage directory, or an adapter directory) adds its PEFT adapter as
+``adapter/`` with ``base_model_name_or_path`` pointing at this export, so
+``peft.AutoPeftModelForCausalLM.from_pretrained("<out>/adapter")`` loads base and adapter in one call
+(the adapter as trained names the lmforge checkpoint, which ``transformers`` cannot read).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
@@ -32,13 +38,18 @@ class Config:
     dtype: Literal["float32", "bfloat16", "float16"] = opt("float32", "dtype of the saved weights")
     verify: bool = opt(True, "load the export with transformers and compare logits")
     tolerance: float = opt(1e-4, "largest logit difference verify accepts (float32 weights)")
+    adapter: str = opt(
+        "",
+        "a finetune lora stage (or adapter directory) to add as adapter/, pointing at this export",
+        path=True,
+    )
 
     def validate(self) -> None:
         if self.tolerance <= 0:
             raise ConfigError("tolerance", f"must be > 0, got {self.tolerance}")
 
 
-INPUTS = ("model",)
+INPUTS = ("model", "adapter")
 
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
@@ -46,9 +57,8 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     if not cfg.out:
         raise ConfigError("out", "an output directory is required (e.g. --out runs/x/export-hf)")
     refuse_early(cfg.model, cfg.out, cfg.checkpoint)
-    return run_stage(
-        STAGE, cfg, out=cfg.out, inputs={"model": cfg.model}, work=work, version=VERSION, force=force
-    )
+    inputs = {"model": cfg.model} | ({"adapter": cfg.adapter} if cfg.adapter else {})
+    return run_stage(STAGE, cfg, out=cfg.out, inputs=inputs, work=work, version=VERSION, force=force)
 
 
 def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
@@ -69,4 +79,39 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
             raise RuntimeError(
                 f"transformers' logits differ from lmforge's by {diff:.3g} > tolerance {cfg.tolerance}"
             )
+    if "adapter" in ctx.inputs:
+        metrics["adapter_tensors"] = add_adapter(
+            ctx.inputs["adapter"], ctx.dir, Path(cfg.out).expanduser().resolve()
+        )
     return metrics
+
+
+def add_adapter(source: Path, export_dir: Path, final_dir: Path) -> int:
+    """Copy the PEFT adapter at ``source`` (a directory holding it, or a stage directory with
+    ``adapter/``) into ``export_dir/adapter`` with ``base_model_name_or_path`` = ``final_dir`` (where the
+    export ends up); returns the number of adapter tensors.
+
+    Raises:
+        InputError: no ``adapter_config.json`` + ``adapter_model.safetensors`` there.
+    """
+    import json
+    import shutil
+
+    from safetensors import safe_open
+
+    from lmforge.errors import InputError
+    from lmforge.model.lora import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
+
+    found = next((d for d in (source, source / "adapter") if (d / ADAPTER_CONFIG_FILE).is_file()), None)
+    if found is None or not (found / ADAPTER_WEIGHTS_FILE).is_file():
+        raise InputError(
+            f"adapter: {source} holds no PEFT adapter ({ADAPTER_CONFIG_FILE} + {ADAPTER_WEIGHTS_FILE})"
+        )
+    dest = export_dir / "adapter"
+    dest.mkdir()
+    shutil.copyfile(found / ADAPTER_WEIGHTS_FILE, dest / ADAPTER_WEIGHTS_FILE)
+    config = json.loads((found / ADAPTER_CONFIG_FILE).read_text())
+    config["base_model_name_or_path"] = str(final_dir)
+    (dest / ADAPTER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    with safe_open(str(dest / ADAPTER_WEIGHTS_FILE), "pt") as f:
+        return len(list(f.keys()))
