@@ -120,3 +120,22 @@ def test_latin1_lines_are_repaired_not_dropped(tmp_path):
     got = read_labeled(path, problems=problems)
     assert got[0].text == "the action clichés pile up" and len(got) == 2
     assert [p.kind for p in problems] == ["invalid_utf8", "missing_field"] and skipped(problems) == 1
+
+
+def test_sample_stratified_keeps_each_labels_share_on_a_sorted_file(caplog) -> None:
+    from types import SimpleNamespace
+
+    from lmforge.data.supervised import sample_stratified
+
+    items = [SimpleNamespace(label="neg", i=i) for i in range(300)] + [
+        SimpleNamespace(label="pos", i=300 + i) for i in range(100)
+    ]  # sorted by label, as CR / MR / Subj files are
+    got = sample_stratified(items, 40, seed=3)
+    assert [x.label for x in got].count("neg") == 30 and [x.label for x in got].count("pos") == 10
+    assert [x.i for x in got] == sorted(x.i for x in got)  # file order kept
+    assert got == sample_stratified(items, 40, seed=3) and got != sample_stratified(items, 40, seed=4)
+    assert sample_stratified(items, 0) == items and sample_stratified(items, 1000) == items
+    assert len(sample_stratified(items, 7, seed=1)) == 7  # largest remainders fill the quota exactly
+    with caplog.at_level("WARNING"):
+        sample_stratified(items[:50], 10, what="dev")
+    assert "dev: all 10 examples have one label ('neg')" in caplog.text

@@ -28,7 +28,8 @@ import csv
 import hashlib
 import json
 import logging
-from collections.abc import Iterator, Sequence
+import random
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -355,6 +356,40 @@ def holdout(items: Sequence[Any], fraction: float, seed: int = 0) -> tuple[list[
     if fraction > 0 and not held and len(train) > 1:
         held.append(train.pop())
     return train, held
+
+
+def sample_stratified(
+    items: Sequence[Any],
+    n: int,
+    seed: int = 0,
+    label: Callable[[Any], Any] = lambda x: x.label,
+    what: str = "",
+) -> list[Any]:
+    """At most ``n`` of ``items`` (all when ``n`` is 0 or no fewer), drawn with ``seed`` and stratified by
+    ``label``: each label keeps its share (largest remainders), so a file sorted by label (CR, MR, Subj)
+    does not give a one-class subset as its first ``n`` lines would. The kept items stay in file order.
+    A subset (or a whole split) holding one label is logged as a warning naming ``what``: its accuracy
+    is 0 or 1 whatever the model does."""
+    chosen = list(items)
+    if n and n < len(items):
+        groups: dict[Any, list[int]] = {}
+        for i, item in enumerate(items):
+            groups.setdefault(label(item), []).append(i)
+        quota = {k: n * len(v) / len(items) for k, v in groups.items()}
+        take = {k: int(q) for k, q in quota.items()}
+        for k in sorted(quota, key=lambda k: (take[k] - quota[k], str(k)))[: n - sum(take.values())]:
+            take[k] += 1
+        rng = random.Random(seed)
+        keep = sorted(i for k, idx in groups.items() for i in rng.sample(idx, take[k]))
+        chosen = [items[i] for i in keep]
+    if len({label(x) for x in chosen}) == 1 and len(chosen) > 1:
+        logger.warning(
+            "%s: all %d examples have one label (%r): scores on it mean nothing",
+            what or "split",
+            len(chosen),
+            label(chosen[0]),
+        )
+    return chosen
 
 
 def holdout_groups(

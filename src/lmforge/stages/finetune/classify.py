@@ -98,7 +98,7 @@ def load_split(cfg: Any, path: str, problems: list) -> list:
 
 def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     """Read the splits, fine-tune, score the best checkpoint and the baselines, write the report tables."""
-    from lmforge.data.supervised import holdout, log_problems, skipped
+    from lmforge.data.supervised import holdout, log_problems, sample_stratified, skipped
     from lmforge.eval.classification import (
         bow_baseline,
         classification_metrics,
@@ -121,9 +121,8 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         dev_set = load_split(cfg, str(ctx.inputs["dev"]), problems)
     else:
         train_set, dev_set = holdout(train_set, cfg.val_fraction or 0.1, cfg.seed)
-    if cfg.max_train_examples:
-        train_set = train_set[: cfg.max_train_examples]
-    dev_set = dev_set[: cfg.max_eval_examples or None]
+    train_set = sample_stratified(train_set, cfg.max_train_examples, cfg.seed, what="training examples")
+    dev_set = sample_stratified(dev_set, cfg.max_eval_examples, cfg.seed, what="evaluation examples")
     labels = sorted({e.label for e in train_set})
     if len(labels) < 2:
         raise ConfigError("train", f"needs at least two labels, found {labels} in {len(train_set)} examples")

@@ -94,7 +94,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
 
-    from lmforge.data.supervised import holdout, log_problems, read_labeled, skipped
+    from lmforge.data.supervised import holdout, log_problems, read_labeled, sample_stratified, skipped
     from lmforge.eval.classification import bow_baseline, classification_metrics, confusion_table
     from lmforge.runtime import create_runtime
     from lmforge.tokenizer.train import load_tokenizer, special_id
@@ -122,9 +122,8 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
             dev_set = read(f"{name}.dev")
         else:
             train_set, dev_set = holdout(train_set, cfg.val_fraction or 0.1, cfg.seed)
-        if spec.max_train_examples:
-            train_set = train_set[: spec.max_train_examples]
-        dev_set = dev_set[: cfg.max_eval_examples or None]
+        train_set = sample_stratified(train_set, spec.max_train_examples, cfg.seed, what=f"{name} training")
+        dev_set = sample_stratified(dev_set, cfg.max_eval_examples, cfg.seed, what=f"{name} evaluation")
         labels = sorted({e.label for e in train_set})
         dev_set = [e for e in dev_set if e.label in labels]
         if len(labels) < 2 or not dev_set:
