@@ -280,3 +280,35 @@ def test_ray_executor_gives_the_same_output_as_local(planted, tmp_path):
     out = tmp_path / "ray"
     run_data(out, "--input", str(root / "corpus"), "--unit_mb", "0.01", "--executor", "ray", "--workers", "2")
     assert tree(out) == tree(local_out)
+
+
+def test_text_files_split_into_paragraphs_lines_or_a_regex(tmp_path: Path) -> None:
+    from lmforge.data.readers import read_text
+
+    paras = [f"Paragraph {i} says something long enough about topic {i} to be a document." for i in range(6)]
+    text = (
+        "\ufeff"
+        + paras[0]
+        + "\n\n"
+        + paras[1]
+        + "\n \n\n"
+        + paras[2]
+        + "\nstill two\n\n"
+        + "\n\n".join(paras[3:])
+    )
+    path = tmp_path / "book.txt"
+    path.write_text(text, encoding="utf-8")
+    docs = list(read_text(path, None, "s", [], "paragraphs"))
+    assert [d.text for d in docs] == [paras[0], paras[1], paras[2] + "\nstill two", *paras[3:]]
+    assert [d.id for d in docs] == [f"{path}#{i}" for i in range(6)]
+    assert [d.metadata["line"] for d in docs] == [1, 3, 6, 9, 11, 13]
+    assert len(list(read_text(path, None, "s", [], "lines"))) == 7
+    assert [d.text for d in read_text(path, None, "s", [], r"regex:\nstill two\n")][0].endswith(paras[2])
+    assert [d.id for d in read_text(path, None, "s", [])] == [str(path)]  # default: the whole file
+    stats, manifest = run_data(
+        tmp_path / "out", "--input", f"[{path}]", "--text_split", "paragraphs", "--dedup.near", "false",
+        "--quality.enabled", "false", "--lang.enabled", "false", "--val_fraction", "0.2",
+    )  # fmt: skip
+    assert stats["docs_in"] == 6 and stats["text_split"] == "paragraphs"
+    assert main(["data", "--out", str(tmp_path / "bad"), "--text_split", "regex:(", "-q"]) == 2
+    assert not (tmp_path / "bad").exists()

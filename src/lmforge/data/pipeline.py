@@ -93,6 +93,7 @@ class Settings:
     rows_per_shard: int = 50_000
     write_rejects: bool = True
     strict: bool = False  # a file that breaks part-way stops the run (else: reported, its read part kept)
+    text_split: str = "none"  # how .txt/.md files are cut into documents (readers.read_text)
 
     @property
     def work(self) -> Path:
@@ -225,7 +226,9 @@ def process_unit(task: UnitTask) -> dict:
     if unit.chunk:
         docs = read_chunk(Path(unit.chunk), problems)
     else:
-        docs = read_files(unit.files, unit.source, unit.text_field, problems, settings.strict)
+        docs = read_files(
+            unit.files, unit.source, unit.text_field, problems, settings.strict, settings.text_split
+        )
     built = _steps(settings.steps)
     before = {name: dict(step.counts()) for name, step in built if hasattr(step, "counts")}
     rejects_dir = Path(settings.out) / "rejects"

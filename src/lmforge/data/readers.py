@@ -130,14 +130,57 @@ def _text_value(
     return value
 
 
+TEXT_SPLITS = ("none", "paragraphs", "lines")  # or "regex:PATTERN"
+
+
+def text_splitter(split: str) -> re.Pattern[str] | None:
+    """The separator pattern of a ``text_split`` setting (None for ``none``).
+
+    Raises:
+        ValueError: an unknown setting or a regex that does not compile.
+    """
+    if split == "none":
+        return None
+    if split == "paragraphs":
+        return re.compile(r"\n[ \t\r\f\v]*\n\s*")  # one or more blank lines
+    if split == "lines":
+        return re.compile(r"\n")
+    if split.startswith("regex:") and split != "regex:":
+        try:
+            return re.compile(split[len("regex:") :])
+        except re.error as exc:
+            raise ValueError(f"{split!r} is not a valid regular expression: {exc}") from None
+    raise ValueError(f"unknown text split {split!r}; valid: {', '.join(TEXT_SPLITS)}, or regex:PATTERN")
+
+
 def read_text(
-    path: Path, compression: str | None, source: str, problems: list[Problem] | None
+    path: Path, compression: str | None, source: str, problems: list[Problem] | None, split: str = "none"
 ) -> Iterator[Document]:
-    """Yield the whole of a .txt/.md file as one document (id: the path)."""
+    """Yield a .txt/.md file as one document (id: the path), or with ``split`` (``text_splitter``) one
+    document per non-blank piece between separators (id ``path#N``, ``metadata["line"]`` where it starts),
+    so deduplication, the train/val split and NSP pairs work per paragraph rather than per file."""
     name = str(path)
     with open_binary(path, compression) as fh:
-        text = decode(fh.read(), name, None, problems)
-    yield Document(id=name, text=text.removeprefix("\ufeff"), metadata={"source": source, "file": name})
+        text = decode(fh.read(), name, None, problems).removeprefix("\ufeff")
+    pattern = text_splitter(split)
+    if pattern is None:
+        yield Document(id=name, text=text, metadata={"source": source, "file": name})
+        return
+    start, line, part = 0, 1, 0
+    for sep in [*pattern.finditer(text), None]:
+        end = len(text) if sep is None else sep.start()
+        piece = text[start:end]
+        if piece.strip():
+            meta = {
+                "source": source,
+                "file": name,
+                "line": line + piece[: len(piece) - len(piece.lstrip())].count("\n"),
+            }
+            yield Document(id=f"{name}#{part}", text=piece.strip("\n"), metadata=meta)
+            part += 1
+        if sep is not None:
+            line += text.count("\n", start, sep.end())
+            start = sep.end()
 
 
 def _lines(fh: BinaryIO, file: str, problems: list[Problem] | None) -> Iterator[str]:
@@ -262,7 +305,9 @@ def check_columns(path: Path, text_field: str) -> None:
         raise InputError(f"{name}: cannot read ({exc})") from exc
 
 
-def read_file(path: Path, source: str, text_field: str, problems: list[Problem] | None) -> Iterator[Document]:
+def read_file(
+    path: Path, source: str, text_field: str, problems: list[Problem] | None, text_split: str = "none"
+) -> Iterator[Document]:
     """Yield the documents of one file of any supported format, raising InputError if it is unreadable.
 
     Args:
@@ -270,11 +315,12 @@ def read_file(path: Path, source: str, text_field: str, problems: list[Problem] 
         source: the source spec the file came from, stored as ``metadata["source"]``.
         text_field: JSON key / column holding the text (JSONL, CSV, Parquet).
         problems: list collecting per-record problems; None logs them as warnings.
+        text_split: how a .txt/.md file is cut into documents (``read_text``); other formats ignore it.
     """
     fmt, compression = split_name(path)
     try:
         if fmt in ("txt", "md"):
-            yield from read_text(path, compression, source, problems)
+            yield from read_text(path, compression, source, problems, text_split)
         elif fmt == "jsonl":
             yield from read_jsonl(path, compression, source, text_field, problems)
         elif fmt == "csv":

@@ -85,7 +85,12 @@ def check_readable(specs: Sequence[SourceSpec], skipped: list[Problem] | None = 
 
 
 def read_files(
-    files: Iterable[str | Path], source: str, text_field: str, problems: list[Problem], strict: bool = False
+    files: Iterable[str | Path],
+    source: str,
+    text_field: str,
+    problems: list[Problem],
+    strict: bool = False,
+    text_split: str = "none",
 ) -> Iterator[Document]:
     """Stream the documents of ``files``; empty and binary files are reported in ``problems`` and skipped.
 
@@ -115,7 +120,7 @@ def read_files(
             continue
         before, count, last = len(problems), 0, 0
         try:
-            for doc in read_file(path, source, text_field, problems):
+            for doc in read_file(path, source, text_field, problems, text_split):
                 count += 1
                 last = int(doc.metadata.get("line", doc.metadata.get("row", 0)))
                 yield doc
@@ -183,7 +188,9 @@ def plan_units(
             elif spec.task is not None:
                 docs = iter_task(spec)
             else:
-                docs = read_files(spec.files, spec.spec, spec.text_field, problems, settings.strict)
+                docs = read_files(
+                    spec.files, spec.spec, spec.text_field, problems, settings.strict, settings.text_split
+                )
             yield from _cut(docs, problems, names, spec, settings, unit_bytes, budget)
             if budget is not None and budget[0] <= 0:
                 return
@@ -197,7 +204,9 @@ def plan_units(
                 group, size = [], 0
             if file_size > unit_bytes:
                 problems = []
-                docs = read_files([path], spec.spec, spec.text_field, problems, settings.strict)
+                docs = read_files(
+                    [path], spec.spec, spec.text_field, problems, settings.strict, settings.text_split
+                )
                 yield from _cut(docs, problems, names, spec, settings, unit_bytes, None)
             else:
                 group.append(str(path))

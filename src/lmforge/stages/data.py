@@ -55,6 +55,11 @@ class Config:
     split: Literal["hash", "tail"] = opt(
         "hash", "hash: whole documents by id hash; tail: the last val_fraction of every document is val"
     )
+    text_split: str = opt(
+        "none",
+        "how a .txt/.md file becomes documents: none (the whole file), paragraphs (blank lines), lines, or"
+        " regex:PATTERN (the separator); jsonl/csv/parquet records are documents already",
+    )
     rows_per_shard: int = opt(50_000, "documents per parquet shard")
     max_docs: int = opt(0, "stop after this many input documents (0 = all); reading is then serial")
     write_rejects: bool = opt(True, "write dropped documents and bad records with their reason to rejects/")
@@ -93,6 +98,12 @@ class Config:
             raise ConfigError("workers", f"must be >= 0 (0 = all CPUs), got {self.workers}")
         if not self.unit_mb > 0:
             raise ConfigError("unit_mb", f"must be > 0, got {self.unit_mb}")
+        from lmforge.data.readers import text_splitter
+
+        try:
+            text_splitter(self.text_split)
+        except ValueError as exc:
+            raise ConfigError("text_split", str(exc)) from None
 
 
 INPUTS: tuple[str, ...] = ()
@@ -160,6 +171,7 @@ def curate(cfg: Config, ctx: StageContext, specs: list[Any], skipped: list[Probl
         rows_per_shard=cfg.rows_per_shard,
         write_rejects=cfg.write_rejects,
         strict=cfg.strict,
+        text_split=cfg.text_split,
     )
     if not ctx.resumed:
         for name in ("work", "train", "val", "rejects"):
@@ -171,6 +183,7 @@ def curate(cfg: Config, ctx: StageContext, specs: list[Any], skipped: list[Probl
     stats = assemble_stats(result)
     stats["skipped_sources"] = [{"source": p.file, "kind": p.kind, "reason": p.message} for p in skipped]
     stats["skipped_sources_by_kind"] = dict(sorted(Counter(p.kind for p in skipped).items()))
+    stats["text_split"] = cfg.text_split  # what a .txt/.md file was cut into (docs_in counts the pieces)
     write_json_atomic(ctx.dir / "stats.json", stats)
     shutil.rmtree(settings.work, ignore_errors=True)
     for line in stats["bad_records"][:20]:
