@@ -79,6 +79,21 @@ def test_every_stage_completes_with_lineage(micro_run):
     assert m["eval"]["metrics"]["val_loss"] < m["eval"]["metrics"]["unigram_loss"] + 1.0
 
 
+def test_training_writes_tensorboard_events_equal_to_its_metrics(micro_run):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, out, m = micro_run
+    rows = [r for r in read_metrics(out / "pretrain" / "metrics.jsonl") if "loss" in r]
+    events = EventAccumulator(str(out / "pretrain" / "tb"))
+    events.Reload()
+    loss = events.Scalars("loss")
+    assert [e.step for e in loss] == [r["step"] for r in rows] == list(range(1, 31))
+    assert [e.value for e in loss] == pytest.approx([r["loss"] for r in rows], rel=1e-6)
+    assert [e.step for e in events.Scalars("val_loss")] == [10, 20, 30]
+    assert not any(k.startswith("tb/") for k in m["pretrain"]["outputs"])  # a record, not a product
+
+
 def test_second_run_is_cached(micro_run):
     recipe, out, _ = micro_run
     m = run(recipe, out)

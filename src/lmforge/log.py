@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -84,19 +85,64 @@ def step_line(
     return " | ".join(parts)
 
 
-class MetricsWriter:
-    """Append-only ``metrics.jsonl``: one JSON object per line, flushed at once so a crash keeps it."""
+TENSORBOARD_DIR = "tb"  # beside metrics.jsonl: `tensorboard --logdir runs/` shows every stage of every run
 
-    def __init__(self, path: Path):
+
+class MetricsWriter:
+    """Append-only ``metrics.jsonl``: one JSON object per line, flushed at once so a crash keeps it.
+
+    With the ``tensorboard`` package installed (extra ``tensorboard``), every record that has a ``step``
+    is also written as TensorBoard scalars (one per numeric key, at that step) to ``tb/`` beside the
+    file, flushed every few seconds; ``truncate_metrics`` rebuilds them when a run resumes. Without the
+    package only the JSON lines are written.
+    """
+
+    def __init__(self, path: Path, tensorboard: bool = True):
         self.path = Path(path)
         self._fh = self.path.open("a", encoding="utf-8")
+        self._tensorboard = tensorboard  # the writer is made at the first record with a step
+        self._tb: Any = None
 
     def write(self, record: dict[str, Any]) -> None:
         self._fh.write(json.dumps(record, sort_keys=True) + "\n")
         self._fh.flush()
+        if self._tensorboard and isinstance(record.get("step"), int):
+            if self._tb is None:
+                self._tb = _tensorboard_writer(self.path.parent / TENSORBOARD_DIR)
+                self._tensorboard = self._tb is not None
+            if self._tb is not None:
+                _add_scalars(self._tb, record)
 
     def close(self) -> None:
         self._fh.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _tensorboard_writer(directory: Path) -> Any:
+    """A TensorBoard ``SummaryWriter`` on ``directory``, or None when ``tensorboard`` is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # the optional extra: metrics.jsonl alone
+        logging.getLogger(__name__).debug(
+            "tensorboard is not installed: no event files (pip install tensorboard)"
+        )
+        return None
+    return SummaryWriter(log_dir=str(directory), flush_secs=5)
+
+
+def _add_scalars(writer: Any, record: dict[str, Any]) -> None:
+    step = record.get("step")
+    if not isinstance(step, int) or isinstance(step, bool):
+        return  # the final summary row and other records without a step
+    for key, value in record.items():
+        if (
+            key != "step"
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+        ):
+            writer.add_scalar(key, value, step)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -136,6 +182,14 @@ def truncate_metrics(path: Path, last_step: int) -> int:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     os.replace(tmp, path)
+    tb = path.parent / TENSORBOARD_DIR
+    if tb.is_dir():  # the event files hold the dropped steps too: write them again from the kept rows
+        shutil.rmtree(tb)
+        writer = _tensorboard_writer(tb)
+        if writer is not None:
+            for line in kept:
+                _add_scalars(writer, json.loads(line))
+            writer.close()
     return len(lines) - len(kept)
 
 

@@ -39,7 +39,7 @@ from typing import Any
 from lmforge import __version__
 from lmforge.config import hash_view, to_dict
 from lmforge.errors import InputError
-from lmforge.log import MetricsWriter, add_file_handler, remove_handler
+from lmforge.log import TENSORBOARD_DIR, MetricsWriter, add_file_handler, remove_handler
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ PARTIAL_SUFFIX = ".partial"
 KEY_FILE = ".cache_key"
 # Files that describe a run of the stage rather than its product: not hashed as outputs.
 NOT_OUTPUTS = {MANIFEST, "stage.log", "metrics.jsonl", KEY_FILE}
+NOT_OUTPUT_DIRS = {TENSORBOARD_DIR}  # a record of the run (event files carry wall times), not a product
 
 
 # --------------------------------------------------------------------------------------------------
@@ -78,7 +79,12 @@ def hash_outputs(directory: Path, volatile: tuple[str, ...] = ()) -> dict[str, d
     out: dict[str, dict[str, Any]] = {}
     for p in sorted(directory.rglob("*")):
         rel = p.relative_to(directory).as_posix()
-        if not p.is_file() or p.name in NOT_OUTPUTS or rel in volatile:
+        if (
+            not p.is_file()
+            or p.name in NOT_OUTPUTS
+            or rel in volatile
+            or rel.split("/")[0] in NOT_OUTPUT_DIRS
+        ):
             continue
         out[rel] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
     return out

@@ -292,3 +292,26 @@ def test_pretrain_resumes_past_a_damaged_checkpoint_with_one_metrics_row_per_ste
     assert loss(killed) == loss(tmp_path / "ref")  # resumed from step 4: exactly the same trajectory
     assert resumed["metrics"]["val_loss"] == ref["metrics"]["val_loss"]
     assert (killed / "ckpt" / "step_8.rejected").is_dir()
+
+
+def test_truncate_metrics_rebuilds_the_tensorboard_events(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lmforge.log import MetricsWriter
+
+    writer = MetricsWriter(tmp_path / "metrics.jsonl")
+    for step in range(1, 11):
+        writer.write({"step": step, "loss": 10.0 - step, "lr": 0.1})
+    writer.close()
+    truncate_metrics(tmp_path / "metrics.jsonl", 5)
+    resumed = MetricsWriter(tmp_path / "metrics.jsonl")  # the resumed run writes steps 6.. again
+    for step in range(6, 8):
+        resumed.write({"step": step, "loss": 1.0})
+    resumed.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(s, 10.0 - s) for s in range(1, 6)] + [
+        (6, 1.0),
+        (7, 1.0),
+    ]

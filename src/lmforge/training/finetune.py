@@ -43,6 +43,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from lmforge.errors import ConfigError, InputError
+from lmforge.log import TENSORBOARD_DIR
 from lmforge.model.config import ModelConfig
 from lmforge.model.heads import POOLING_CHOICES, ClassificationHead
 from lmforge.model.hf_bert import POOLING_FILE  # a sentence-transformers import's declared pooling
@@ -570,7 +571,8 @@ def predict_classes(
 
 
 def restart(ctx: Any) -> None:
-    """Clear what an interrupted attempt left in the stage's work directory (``metrics.jsonl``, ``ckpt/``).
+    """Clear what an interrupted attempt left in the stage's work directory (``metrics.jsonl``, ``ckpt/``,
+    the TensorBoard events).
 
     Fine-tunes are short, so an interrupted one starts again from its base checkpoint rather than
     resuming mid-run; without this its step records would be appended twice.
@@ -579,3 +581,4 @@ def restart(ctx: Any) -> None:
         logger.info("%s: an interrupted attempt is discarded; fine-tuning starts again", ctx.instance)
         (ctx.dir / "metrics.jsonl").unlink(missing_ok=True)
         shutil.rmtree(ctx.dir / "ckpt", ignore_errors=True)
+        shutil.rmtree(ctx.dir / TENSORBOARD_DIR, ignore_errors=True)
