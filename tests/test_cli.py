@@ -17,6 +17,7 @@ STAGES = [
     "finetune",
     "align",
     "eval",
+    "harness",
     "generate",
     "chat",
     "serve",
@@ -46,7 +47,7 @@ def test_top_help_lists_commands(capsys):
     [
         n
         for n, c in COMMANDS.items()
-        if c.module and n not in ("run", "finetune", "align", "export", "import", "scaling")
+        if c.module and n not in ("run", "finetune", "align", "export", "import", "scaling", "harness")
     ],
 )
 def test_stage_help_lists_every_option(name, capsys):

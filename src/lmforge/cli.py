@@ -30,6 +30,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "align": Command("lmforge.stages.align", "align: collect (ranking page), reward, dpo, ppo, grpo"),
     "eval": Command("lmforge.stages.eval", "evaluate LM metrics and k-shot tasks, side by side"),
+    "harness": Command("lmforge.stages.harness", "run lm-evaluation-harness tasks on a checkpoint, offline"),
     "generate": Command("lmforge.stages.generate", "sample text from a checkpoint"),
     "chat": Command("lmforge.stages.chat", "chat with a model in the terminal"),
     "serve": Command("lmforge.stages.serve", "serve a model over an OpenAI-compatible API, with a chat page"),

@@ -1,14 +1,15 @@
 """lm-evaluation-harness adapter: run harness tasks on lmforge checkpoints.
 
-``pip install lmforge[eval]`` (``lm-eval``), then::
+``pip install lmforge[eval]`` (``lm-eval``), then, offline, with lmforge's shipped local task::
 
-    lm_eval --model lmforge --model_args checkpoint=runs/tiny/pretrain,batch_size=16 --tasks hellaswag
+    lmforge harness --model runs/tiny/pretrain --tasks lmforge_python_mc
     # or from Python
     import lmforge.eval.harness, lm_eval
-    lm_eval.simple_evaluate(model="lmforge", model_args="checkpoint=runs/tiny/pretrain", tasks=[...])
+    lm_eval.simple_evaluate(model="lmforge", model_args="checkpoint=runs/tiny/pretrain,batch_size=16",
+                            tasks=["my_local_task"], task_manager=lm_eval.tasks.TaskManager(include_path=DIR))
 
-The command-line form needs the registration to happen first: ``python -m lmforge.eval.harness ARGS``
-runs the harness CLI with the model registered. Every request goes through ``eval.tasks.LM``, the same
+The plain ``lm_eval`` command cannot see the model (it registers when this module is imported):
+``lmforge harness`` (``stages/harness.py``) registers it and runs the harness CLI. Every request goes through ``eval.tasks.LM``, the same
 code our own evaluator uses, so a harness task and the equivalent lmforge task give the same number
 (tested on a local task file). ``checkpoint`` is a checkpoint directory or a training stage
 (``which=best|last``).
@@ -54,6 +55,21 @@ class LmforgeLM(HarnessLM):
         tok = load_tokenizer(ckpt / "tokenizer.json")
         size = 16 if str(batch_size).startswith("auto") else int(batch_size)
         self.lm = LM(model.eval(), tok, bos_id=special_id(tok, "<|bos|>"), batch_size=size)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> LmforgeLM:
+        """As the harness's, except that a key given in ``--model_args`` (``batch_size=16``) wins over the
+        harness's own option of that name instead of being passed twice (a ``TypeError``)."""
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(
+        cls, arg_dict: dict[str, Any], additional_config: dict | None = None
+    ) -> LmforgeLM:
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
 
     @classmethod
     def from_lm(cls, lm: LM) -> LmforgeLM:
