@@ -204,3 +204,14 @@ def test_fingerprint_changes_with_file_and_is_cheap_json(tmp_path):
     assert fingerprint(spec) != before
     (builtin,) = resolve_sources(["builtin:python-docs"])
     assert set(fingerprint(builtin)) == {"spec", "python", "stdlib"}
+
+
+def test_text_without_a_known_extension_is_read_as_text(tmp_path):
+    (tmp_path / "wiki.train.raw").write_text("A line of prose from a raw text file.\n")
+    (tmp_path / "README").write_text("No extension at all, still plain text.\n")
+    (tmp_path / "blob.dat").write_bytes(b"\x00\x01binary")
+    specs = resolve_sources([str(tmp_path / "wiki.train.raw"), str(tmp_path / "README")])
+    texts = [d.text for s in specs for d in iter_documents(s)]
+    assert texts == ["A line of prose from a raw text file.\n", "No extension at all, still plain text.\n"]
+    with pytest.raises(InputError, match="blob.dat: unsupported file type \\(not plain text\\)"):
+        resolve_sources([str(tmp_path / "blob.dat")])

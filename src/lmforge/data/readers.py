@@ -319,16 +319,13 @@ def read_file(
     """
     fmt, compression = split_name(path)
     try:
-        if fmt in ("txt", "md"):
+        if fmt in ("txt", "md", None):  # None: named without a known extension (.raw, none): plain text
             yield from read_text(path, compression, source, problems, text_split)
         elif fmt == "jsonl":
             yield from read_jsonl(path, compression, source, text_field, problems)
         elif fmt == "csv":
             yield from read_csv(path, compression, source, text_field, problems)
-        elif fmt == "parquet":
-            yield from read_parquet(path, compression, source, text_field, problems)
         else:
-            valid = ", ".join(f".{f}" for f in FORMATS)
-            raise InputError(f"{path}: unsupported file type; valid: {valid}, optionally + .gz/.zst/.bz2")
+            yield from read_parquet(path, compression, source, text_field, problems)
     except (OSError, EOFError, zstandard.ZstdError, pa.ArrowException) as exc:
         raise InputError(f"{path}: cannot read ({exc})") from exc

@@ -25,7 +25,15 @@ from pathlib import Path
 
 from lmforge.data.builtin import BUILTIN_NAMES, iter_builtin, stdlib_dir
 from lmforge.data.document import Document
-from lmforge.data.readers import COMPRESSIONS, FORMATS, Problem, check_columns, read_file, split_name
+from lmforge.data.readers import (
+    COMPRESSIONS,
+    FORMATS,
+    Problem,
+    check_columns,
+    open_binary,
+    read_file,
+    split_name,
+)
 from lmforge.errors import InputError
 
 __all__ = ["BUILTIN_PREFIX", "Problem", "SourceSpec", "fingerprint", "iter_documents", "resolve_sources"]
@@ -78,6 +86,38 @@ def _walk(directory: Path) -> list[Path]:
     return sorted(found)
 
 
+_NOT_TEXT = {
+    "pdf",
+    "doc",
+    "docx",
+    "odt",
+    "rtf",
+    "epub",
+    "png",
+    "jpg",
+    "jpeg",
+    "gif",
+    "zip",
+    "tar",
+    "7z",
+    "exe",
+}
+
+
+def _plain_text(path: Path) -> bool:
+    """Whether a file without a known extension reads as plain text: not a known document or image
+    format, and no NUL byte in its first 8 KiB (the heuristic of git and grep)."""
+    suffixes = [x.lower().lstrip(".") for x in path.suffixes]
+    compression = suffixes.pop() if suffixes and suffixes[-1] in COMPRESSIONS else None
+    if suffixes and suffixes[-1] in _NOT_TEXT:
+        return False
+    try:
+        with open_binary(path, compression) as fh:
+            return b"\x00" not in fh.read(8192)
+    except Exception:  # noqa: BLE001 - unreadable: check_readable reports it with its reason
+        return True
+
+
 def _expand(spec: str, errors: list[str], bad: list[Problem]) -> list[Path]:
     """Files named by a path/directory/glob spec; mistakes in the spec are appended to ``errors``, bad
     data (a glob matching nothing, a directory without supported files) to ``bad``."""
@@ -100,9 +140,9 @@ def _expand(spec: str, errors: list[str], bad: list[Problem]) -> list[Path]:
                 what = f"directory holds no supported files; valid: {_valid_extensions()}"
                 bad.append(Problem(str(match), None, "empty_directory", what))
             files.extend(below)
-        elif split_name(match)[0] is None:
-            errors.append(f"{match}: unsupported file type; valid: {_valid_extensions()}")
-        else:
+        elif split_name(match)[0] is None and not _plain_text(match):
+            errors.append(f"{match}: unsupported file type (not plain text); valid: {_valid_extensions()}")
+        else:  # a file named here is read even without a known extension when it is text (.raw, none)
             files.append(match)
     return files
 
