@@ -245,7 +245,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     from lmforge.tokenizer.shards import open_tokens
     from lmforge.tokenizer.train import load_tokenizer, token_byte_lengths
     from lmforge.training import checkpoint as ckpt
-    from lmforge.training.flops import matmul_peak
+    from lmforge.training.flops import matmul_peak, raise_peak
     from lmforge.training.objectives import PretrainObjective
     from lmforge.training.optim import build_optimizers, lr_at, scaled_lr
 
@@ -321,7 +321,8 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         if hasattr(raw_model, "flops_per_token")
         else 6 * raw_model.num_params(non_embedding=False)
     )
-    peak = matmul_peak(rt.device.split(":")[0], "fp32" if rt.dtype == "fp32" else rt.dtype) * rt.world_size
+    peak_key = (rt.device.split(":")[0], "fp32" if rt.dtype == "fp32" else rt.dtype)
+    peak = matmul_peak(*peak_key) * rt.world_size
     tokens_per_step = cfg.batch_size * cfg.grad_accum * mcfg.block_size * rt.world_size
     log.info(
         "model: %.2fM non-embedding params, %d layers, d=%d, vocab %d, context %d; %d tokens/step on %d rank(s)",
@@ -443,6 +444,9 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         if step > first_step + 1:  # the first step of a process (warm-up, compilation) is not typical
             step_time = dt if step_time is None else 0.9 * step_time + 0.1 * dt
         tps = global_tokens / dt
+        if peak > 0 and tps * flops_per_token > peak:  # the cached peak was measured on a busy machine
+            peak = raise_peak(*peak_key, tps * flops_per_token / rt.world_size, peak / rt.world_size)
+            peak *= rt.world_size
         mfu = tps * flops_per_token / peak if peak > 0 else 0.0
         if main_rank:
             ctx.log_metrics(

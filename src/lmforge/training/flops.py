@@ -2,8 +2,11 @@
 
 MFU (Chowdhery et al. 2022, PaLM, appendix B) = achieved model FLOPs per second / peak FLOPs per
 second. The peak is not a datasheet number: it is measured once on this machine with large square
-matmuls in the training dtype and the current thread count, then cached in
-``~/.cache/lmforge/matmul_peak.json`` keyed by CPU/GPU model, threads, dtype and torch version.
+matmuls in the training dtype and the current thread count (the best of several timed runs, at least
+three however slow the dtype is), then cached in ``~/.cache/lmforge/matmul_peak.json`` keyed by CPU/GPU
+model, threads, dtype and torch version. A zero is never cached. A measurement taken on a busy machine
+is low; when a training run then achieves more model FLOP/s than the cached peak, ``raise_peak`` stores
+the achieved rate as the new peak, so MFU never exceeds 1.
 """
 
 from __future__ import annotations
@@ -47,10 +50,12 @@ def measure_matmul_peak(
     a = torch.randn(n, n, device=device, dtype=dt)
     b = torch.randn(n, n, device=device, dtype=dt)
     best = 0.0
-    deadline = time.perf_counter() + seconds
-    for _ in range(3):  # warm-up
+    for _ in range(2):  # warm-up
         a @ b
-    while time.perf_counter() < deadline:
+    deadline = time.perf_counter() + seconds
+    runs = 0
+    while runs < 3 or time.perf_counter() < deadline:  # at least three timed runs, even for a slow dtype
+        runs += 1
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -61,17 +66,15 @@ def measure_matmul_peak(
     return best
 
 
-def matmul_peak(device: str = "cpu", dtype: str = "fp32") -> float:
-    """The cached peak FLOP/s of this machine, measured on first use."""
-    key = _machine_key(device, dtype)
+def _read_cache() -> dict:
     try:
         cache = json.loads(CACHE.read_text())
     except (OSError, json.JSONDecodeError):
-        cache = {}
-    if key in cache:
-        return float(cache[key])
-    peak = measure_matmul_peak(device, dtype)
-    cache[key] = peak
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _write_cache(cache: dict) -> None:
     try:
         CACHE.parent.mkdir(parents=True, exist_ok=True)
         tmp = CACHE.with_name(f".{CACHE.name}.{os.getpid()}")
@@ -79,5 +82,33 @@ def matmul_peak(device: str = "cpu", dtype: str = "fp32") -> float:
         os.replace(tmp, CACHE)
     except OSError as exc:  # a read-only home is fine: measure again next time
         log.debug("could not cache the matmul peak: %s", exc)
+
+
+def matmul_peak(device: str = "cpu", dtype: str = "fp32") -> float:
+    """The cached peak FLOP/s of this machine, measured on first use (0.0, not cached, if the
+    measurement failed)."""
+    key = _machine_key(device, dtype)
+    cache = _read_cache()
+    if float(cache.get(key, 0.0)) > 0:
+        return float(cache[key])
+    peak = measure_matmul_peak(device, dtype)
+    if peak > 0:
+        cache[key] = peak
+        _write_cache(cache)
     log.info("measured matmul peak: %.1f GFLOP/s (%s)", peak / 1e9, key)
     return peak
+
+
+def raise_peak(device: str, dtype: str, achieved: float, peak: float) -> float:
+    """The peak to divide by when a run achieved ``achieved`` model FLOP/s against ``peak``: ``peak``,
+    or, when the run beat it (the cached measurement was taken on a busy machine), ``achieved``, which is
+    also cached as this machine's new peak. MFU computed against the result is at most 1."""
+    if achieved <= peak:
+        return peak
+    key = _machine_key(device, dtype)
+    cache = _read_cache()
+    if achieved > float(cache.get(key, 0.0)):
+        cache[key] = achieved
+        _write_cache(cache)
+        log.info("a run reached %.1f GFLOP/s, above the cached peak: the peak is now that", achieved / 1e9)
+    return achieved
