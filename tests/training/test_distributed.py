@@ -50,6 +50,7 @@ def pretrain(
         f"--strategy={strategy}",
         f"--procs={procs}",
         "--device=cpu",
+        "--dtype=fp32",  # exact comparisons across rank counts: no measured precision choice
         "--threads=1",
         "-q",
     ]

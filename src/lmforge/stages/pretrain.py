@@ -88,7 +88,11 @@ class Config:
     log_every: int = opt(1, "log one line every N steps", cache=False)
     seed: int = opt(1337, "seed of initialisation, data order and dropout")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
-    dtype: str = opt("auto", "auto | fp32 | bf16 | fp16 (auto: fp32 on CPU, bf16 on recent GPUs)")
+    dtype: str = opt(
+        "auto",
+        "auto | fp32 | bf16 | fp16 (auto: on a CPU the faster of fp32 and bf16 for this model, measured and"
+        " cached; bf16 on recent GPUs)",
+    )
     threads: int = opt(0, "CPU threads for torch (0 = one per core)")
     early_stop_patience: int = opt(0, "stop after this many evaluations without val improvement (0 = off)")
     early_stop_min_delta: float = opt(0.0, "val loss must improve by more than this to count")
@@ -162,6 +166,7 @@ class Config:
 
 
 INPUTS = ("tokenizer",)
+PROBE_BATCH = 4  # rows of the dtype: auto probe (training/precision.py)
 
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
@@ -271,6 +276,16 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         seed=cfg.seed + 1,
     )
     raw_model = ckpt.build_model(mcfg, nsp=cfg.objective == "mlm+nsp").to(rt.device)
+    probe: dict[str, float] = {}
+    if cfg.dtype == "auto" and rt.device == "cpu" and mcfg.arch == "decoder":
+        from lmforge.training.precision import choose_cpu_dtype
+
+        # a fixed probe batch: runs of one model with other batch sizes or rank counts choose alike
+        chosen, probe = choose_cpu_dtype(raw_model, PROBE_BATCH, mcfg.block_size, mcfg.vocab_size)
+        if ddp.all_reduce_sum(float(chosen == "bf16")) < rt.world_size:  # every rank must agree
+            chosen = "fp32"
+        rt = dataclasses.replace(rt, dtype=chosen)
+        probe["dtype_bf16"] = float(chosen == "bf16")
     model = ddp.wrap_model(raw_model, cfg.strategy)
     optimizers = build_optimizers(
         model,
@@ -526,6 +541,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         "train_time_s": train_time,
         "tokens_per_s": step * tokens_per_step / max(train_time, 1e-9),
         "early_stopped": int(stop_reason == "early_stop"),
+        **probe,
         "steps_planned": cfg.max_steps,
         "stopped_by_time_budget": int(stop_reason == "time_budget"),
         "world_size": rt.world_size,

@@ -1,0 +1,105 @@
+"""``dtype: auto`` on a CPU: the faster of fp32 and bf16 autocast for *this* model on *this* machine,
+chosen by measuring, never by a constant.
+
+bf16 autocast is 2-4x faster than fp32 on a CPU with AMX or ``avx512_bf16`` and ~30x slower on one with
+neither (the matmul falls back to a scalar path), and the model's shape decides how much of a step the
+matmuls are. So ``choose_cpu_dtype`` times a few forward + backward passes of the actual model at the
+actual batch shape in each precision (best of ``repeats`` after a warm-up, gradients and the torch RNG
+restored, weights untouched), picks the faster, and caches the timings per machine (CPU model, threads,
+torch version) and shape in ``~/.cache/lmforge/dtype_probe.json``, as the matmul peak is cached. bf16 must
+be at least ``margin`` faster to be chosen (fp32 is exact and the default when they tie). On GPUs
+``runtime.create_runtime``'s rule stands (bf16 where supported). The choice and the timings are recorded
+in the stage's metrics (``dtype_bf16``, ``probe_fp32_ms``, ``probe_bf16_ms``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lmforge.training.flops import _machine_key
+
+log = logging.getLogger(__name__)
+
+CACHE = Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge")) / "dtype_probe.json"
+
+
+def step_ms(model: nn.Module, batch: int, block: int, vocab: int, dtype: str, repeats: int = 3) -> float:
+    """Best wall time in ms of a forward + backward of ``model`` on random ids ``[batch, block]`` under
+    ``dtype`` (``fp32``: no autocast, ``bf16``: CPU autocast), after one warm-up pass. Gradients and the
+    torch RNG are put back as they were; the weights are never changed."""
+    rng = torch.get_rng_state()
+    grads = {p: p.grad for p in model.parameters()}
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, vocab, (batch, block), generator=gen)
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
+    best = float("inf")
+    try:
+        for i in range(repeats + 1):
+            t0 = time.perf_counter()
+            with ctx:
+                logits = model(idx)
+            logits.float().logsumexp(-1).mean().backward()
+            if i:  # the first pass warms kernels and allocators up
+                best = min(best, (time.perf_counter() - t0) * 1000)
+            for p in model.parameters():
+                p.grad = None
+    finally:
+        for p, g in grads.items():
+            p.grad = g
+        torch.set_rng_state(rng)
+    return best
+
+
+def choose_cpu_dtype(
+    model: nn.Module,
+    batch: int,
+    block: int,
+    vocab: int,
+    *,
+    margin: float = 1.1,
+    timer: Callable[[str], float] | None = None,
+    cache: Path | None = None,
+) -> tuple[str, dict[str, float]]:
+    """``(dtype, timings)``: ``"bf16"`` when bf16 autocast runs a training step of ``model`` at least
+    ``margin`` times faster than fp32 here, else ``"fp32"``; ``timings`` holds ``probe_fp32_ms`` and
+    ``probe_bf16_ms``. ``timer(dtype)`` replaces the measurement (tests); results are cached per machine
+    and shape in ``cache`` (default ``CACHE``)."""
+    cache = CACHE if cache is None else cache
+    shape = f"{type(model).__name__}|params={sum(p.numel() for p in model.parameters())}|{batch}x{block}|v={vocab}"
+    key = f"{_machine_key('cpu', 'probe')}|{shape}"
+    try:
+        stored = json.loads(cache.read_text())
+    except (OSError, json.JSONDecodeError):
+        stored = {}
+    timings = stored.get(key) if timer is None else None
+    if not (
+        isinstance(timings, dict) and all(timings.get(k, 0) > 0 for k in ("probe_fp32_ms", "probe_bf16_ms"))
+    ):
+        measure = timer or (lambda dt: step_ms(model, batch, block, vocab, dt))
+        timings = {"probe_fp32_ms": float(measure("fp32")), "probe_bf16_ms": float(measure("bf16"))}
+        if timer is None and all(v > 0 and v != float("inf") for v in timings.values()):
+            stored[key] = timings
+            try:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+                tmp.write_text(json.dumps(stored, indent=1))
+                os.replace(tmp, cache)
+            except OSError as exc:  # a read-only home: measure again next time
+                log.debug("could not cache the dtype probe: %s", exc)
+    chosen = "bf16" if timings["probe_bf16_ms"] * margin <= timings["probe_fp32_ms"] else "fp32"
+    log.info(
+        "dtype auto: a training step of this model takes %.0f ms in fp32 and %.0f ms in bf16 autocast here: %s",
+        timings["probe_fp32_ms"],
+        timings["probe_bf16_ms"],
+        chosen,
+    )
+    return chosen, timings
