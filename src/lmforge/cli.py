@@ -14,9 +14,8 @@ from typing import NamedTuple
 
 
 class Command(NamedTuple):
-    module: str  # module holding Config and main(config), or "" when not built yet
+    module: str  # module holding Config and main(config) (or a cli(argv))
     summary: str
-    issue: int = 0  # for commands not built yet: the issue that plans them
 
 
 # subcommand → stage program, in lifecycle order
@@ -59,8 +58,7 @@ Quick start:  lmforge run recipes/tiny.yaml --out runs/tiny
 def _table() -> str:
     rows = []
     for name, cmd in COMMANDS.items():
-        note = f" (planned: issue {cmd.issue})" if not cmd.module else ""
-        rows.append(f"  {name:<10} {cmd.summary}{note}")
+        rows.append(f"  {name:<10} {cmd.summary}")
     return "\n".join(rows)
 
 
@@ -83,12 +81,6 @@ def main(argv: list[str] | None = None) -> int:
         near = difflib.get_close_matches(name, list(COMMANDS), n=1)
         hint = f" Did you mean '{near[0]}'?" if near else ""
         print(f"lmforge: unknown command '{name}'.{hint} Commands: {', '.join(COMMANDS)}", file=sys.stderr)
-        return 2
-    if not cmd.module:
-        print(
-            f"lmforge {name}: not available yet; it is planned in issue {cmd.issue} ({cmd.summary}).",
-            file=sys.stderr,
-        )
         return 2
     from lmforge.stages.invoke import invoke
 

@@ -363,8 +363,3 @@ def _show(value: Any) -> str:
     if isinstance(value, str):
         return repr(value) if value == "" else value
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-
-
-def field_names(cls: type) -> list[str]:
-    """Top-level field names of a config class (used for 'did you mean' at the recipe level)."""
-    return [f.name for f in fields(cls)]

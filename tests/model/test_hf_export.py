@@ -175,7 +175,9 @@ def test_greedy_generation_in_transformers_equals_lmforge(tmp_path: Path) -> Non
     model, _ = load_model(ckpt)
     prompt = "the cat sat on"
     ours_ids = [tok.token_to_id("<|bos|>")] + tok.encode(prompt, add_special_tokens=False).ids
-    ours = Engine(model, tok).generate([ours_ids], SamplingParams(max_new_tokens=8, temperature=0, stop_ids=[]))
+    ours = Engine(model, tok).generate(
+        [ours_ids], SamplingParams(max_new_tokens=8, temperature=0, stop_ids=[])
+    )
     enc = theirs_tok(prompt, return_tensors="pt")
     assert enc["input_ids"][0].tolist() == ours_ids
     out = theirs.generate(**enc, max_new_tokens=8, do_sample=False, eos_token_id=None, min_new_tokens=8)

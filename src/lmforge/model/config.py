@@ -14,6 +14,10 @@ from typing import Any
 
 from lmforge.errors import ConfigError
 
+# the linear layers LoRA adapts by default (every projection of a block, Hugging Face names); here, not in
+# model/lora.py, so the finetune lora stage's options are defined without importing torch
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
 FORMAT_VERSION = 1
 MLP_CHOICES = ("swiglu", "gelu", "relu2", "gelu_tanh", "geglu")
 NORM_CHOICES = ("rmsnorm", "layernorm")

@@ -45,11 +45,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lmforge.errors import ConfigError, InputError
+from lmforge.model.config import LORA_TARGETS
 from lmforge.model.hf_names import to_hf_key
 
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEFAULT_TARGETS = LORA_TARGETS
 _REGEX_CHARS = set(".^$*+?{}[]|()\\")
 _PEFT_PREFIX = "base_model.model."
 _PEFT_KEY = re.compile(r"base_model\.model\.(?P<module>.+)\.lora_(?P<which>[AB])\.weight")

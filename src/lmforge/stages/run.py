@@ -72,12 +72,10 @@ def stage_module(kind: str, where: str) -> ModuleType:
     kind, _, method = kind.partition(".")  # `finetune.classify`: a method of a command with methods
     cmd = COMMANDS.get(kind)
     if cmd is None or kind == "run":
-        valid = [k for k, c in COMMANDS.items() if c.module and k != "run"]
+        valid = [k for k in COMMANDS if k != "run"]
         near = difflib.get_close_matches(kind, valid, n=1)
         hint = f"did you mean '{near[0]}'? " if near else ""
         raise ConfigError(where, f"unknown stage kind '{kind}'; {hint}valid kinds: {', '.join(valid)}")
-    if not cmd.module:
-        raise ConfigError(where, f"stage '{kind}' is not available yet (planned in issue {cmd.issue})")
     module = importlib.import_module(cmd.module)
     methods = getattr(module, "METHODS", None)  # a command whose stages are methods (finetune)
     if methods is None and not method:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from lmforge.config import ConfigError, opt
+from lmforge.model.config import LORA_TARGETS
 from lmforge.runstore import StageContext, config_inputs, run_stage
 from lmforge.training.options import FinetuneOptions
 
@@ -20,7 +21,6 @@ if TYPE_CHECKING:  # torch stays unimported until the stage runs (fast --help)
 
 STAGE = "finetune.lora"
 VERSION = 1
-DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Config(FinetuneOptions):
     r: int = opt(8, "adapter rank")
     alpha: float = opt(16.0, "adapter scale numerator: the update is (alpha / r) · B A")
     lora_dropout: float = opt(0.0, "dropout on the adapter's input")
-    targets: list[str] = opt(DEFAULT_TARGETS, "names of the linear layers that get adapters")
+    targets: list[str] = opt(list(LORA_TARGETS), "names of the linear layers that get adapters")
     merge: bool = opt(True, "also save the merged weights as a normal checkpoint")
 
     def validate(self) -> None:
