@@ -1,12 +1,13 @@
-"""Tests for lmforge.data.clean: text normalisation, empty and exact-duplicate drops, counts."""
+"""Tests for lmforge.data.clean (the step chain and its counts) and normalize_text's rules."""
 
 from __future__ import annotations
 
 import random
 import unicodedata
 
-from lmforge.data.clean import Cleaner, ExactDedup, normalize, normalize_text
+from lmforge.data.clean import Cleaner, drop_empty
 from lmforge.data.document import Document
+from lmforge.data.normalize import normalize_text
 
 
 def test_normalize_text_rules():
@@ -37,26 +38,30 @@ def docs(*texts: str) -> list[Document]:
     return [Document(id=f"d{i}", text=t, metadata={"source": "test"}) for i, t in enumerate(texts)]
 
 
-def test_cleaner_drops_empty_and_exact_duplicates_keeping_first():
+def seen_before(docs, drop):
+    """A step that drops a text seen earlier in the stream (reason ``exact_duplicate``)."""
+    seen = set()
+    for doc in docs:
+        if doc.text.strip() in seen:
+            drop(doc, "exact_duplicate")
+        else:
+            seen.add(doc.text.strip())
+            yield doc
+
+
+def test_cleaner_chains_steps_counts_and_reports_drops():
     dropped = []
-    cleaner = Cleaner(on_drop=lambda doc, reason: dropped.append((doc.id, reason)))
+    cleaner = Cleaner([drop_empty, seen_before], on_drop=lambda doc, reason: dropped.append((doc.id, reason)))
     kept = list(cleaner(docs("Hello  \r\n", "", "other", "Hello", " \n\t ", "other\n\n")))
-    assert [(d.id, d.text) for d in kept] == [("d0", "Hello"), ("d2", "other")]
-    assert kept[0].metadata == {"source": "test"}
+    assert [d.id for d in kept] == ["d0", "d2"] and kept[0].metadata == {"source": "test"}
     assert dropped == [("d1", "empty"), ("d3", "exact_duplicate"), ("d4", "empty"), ("d5", "exact_duplicate")]
     stats = cleaner.stats.to_dict()
     assert stats["docs_in"] == 6 and stats["docs_out"] == 2
     assert stats["bytes_in"] == len("Hello  \r\n") + len("other") + len("Hello") + len(" \n\t ") + len(
         "other\n\n"
     )
-    assert stats["bytes_out"] == len("Hello") + len("other")
+    assert stats["bytes_out"] == len("Hello  \r\n") + len("other")
     assert stats["drops"] == {"empty": 2, "exact_duplicate": 2}
     assert stats["dropped_ids"]["exact_duplicate"] == ["d3", "d5"]
-
-
-def test_dedup_state_spans_streams_and_steps_compose():
-    cleaner = Cleaner(steps=[normalize, ExactDedup()])
-    assert [d.id for d in cleaner(docs("x", "y"))] == ["d0", "d1"]
-    assert list(cleaner(docs("x"))) == []  # seen in the first stream
-    assert list(Cleaner(steps=[ExactDedup()])(docs("x ", "x"))) == docs("x ", "x")  # no normalise: differ
-    assert cleaner.stats.docs_in == 3 and cleaner.stats.drops["exact_duplicate"] == 1
+    assert [s["step"] for s in stats["steps"]] == ["drop_empty", "seen_before"]
+    assert [(s["docs_in"], s["docs_out"]) for s in stats["steps"]] == [(6, 4), (4, 2)]

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import pickle
 
-from lmforge.data.clean import normalize_text as reexported
 from lmforge.data.document import Document
 from lmforge.data.normalize import Normalize, NormalizeConfig, build, has_mojibake, normalize_text
 
 ALL_OFF = NormalizeConfig(nfc=False, fix_mojibake=False, strip_control=False, normalize_whitespace=False)
-
-
-def test_clean_reexports_the_same_function():
-    assert reexported is normalize_text
 
 
 def test_mojibake_is_repaired_and_clean_text_untouched():

@@ -1,4 +1,4 @@
-"""Clean a stream of documents: normalise text, drop empty documents and exact duplicates.
+"""Clean a stream of documents: a chain of steps with counts (the pipeline's filters are its steps).
 
 Shaped like datatrove's pipeline: a *step* is a callable ``step(docs, drop) -> Iterator[Document]``
 that yields the documents it keeps and calls ``drop(doc, reason)`` for each one it removes.
@@ -8,14 +8,11 @@ tallies drops by reason in a ``CleanStats``. Adding a filter means writing one m
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from lmforge.data.document import Document
-from lmforge.data.normalize import normalize_text
 
 DropFn = Callable[[Document, str], None]
 Step = Callable[[Iterable[Document], DropFn], Iterator[Document]]
@@ -69,16 +66,6 @@ class CleanStats:
         }
 
 
-def normalize(docs: Iterable[Document], drop: DropFn) -> Iterator[Document]:
-    """Step: replace each document's text by ``normalize_text(text)``; drops nothing.
-
-    ``normalize_text`` lives in ``normalize`` (re-exported here); ``normalize.Normalize`` is the
-    configurable variant that also counts mojibake repairs.
-    """
-    for doc in docs:
-        yield dataclasses.replace(doc, text=normalize_text(doc.text))
-
-
 def drop_empty(docs: Iterable[Document], drop: DropFn) -> Iterator[Document]:
     """Step: drop documents whose text is only whitespace (reason ``empty``)."""
     for doc in docs:
@@ -88,59 +75,33 @@ def drop_empty(docs: Iterable[Document], drop: DropFn) -> Iterator[Document]:
             drop(doc, "empty")
 
 
-class ExactDedup:
-    """Step: drop documents whose exact text was seen before (reason ``exact_duplicate``); first wins.
-
-    Keeps a 20-byte SHA-1 digest per distinct text, so memory grows with the number of documents,
-    not their size. Place after ``normalize`` so texts differing only in whitespace count as equal.
-    The set of seen texts persists across calls, so one instance deduplicates several streams.
-    """
-
-    def __init__(self) -> None:
-        self.seen: set[bytes] = set()
-
-    def __call__(self, docs: Iterable[Document], drop: DropFn) -> Iterator[Document]:
-        for doc in docs:
-            digest = hashlib.sha1(doc.text.encode("utf-8", errors="surrogatepass")).digest()
-            if digest in self.seen:
-                drop(doc, "exact_duplicate")
-            else:
-                self.seen.add(digest)
-                yield doc
-
-
 def step_name(step: Step) -> str:
     """A step's name for statistics: its ``name`` attribute, function name, or class name."""
     return getattr(step, "name", None) or getattr(step, "__name__", None) or type(step).__name__
-
-
-def default_steps() -> list[Step]:
-    """The standard cleaning chain: normalise, drop empty, drop exact duplicates."""
-    return [normalize, drop_empty, ExactDedup()]
 
 
 class Cleaner:
     """Run documents through a chain of steps, keeping counts in ``self.stats``.
 
     Args:
-        steps: the chain, applied in order (default: ``default_steps()``).
+        steps: the chain, applied in order (``pipeline._steps`` builds the configured one).
         on_drop: called as ``on_drop(doc, reason)`` for each dropped document (e.g. to write rejects).
 
     Example::
 
-        cleaner = Cleaner()
+        cleaner = Cleaner([drop_empty, quality.build(QualityConfig())])
         for doc in cleaner(iter_documents(spec)):
             writer.write(doc)
-        cleaner.stats.to_dict()  # {"docs_in": ..., "drops": {"exact_duplicate": 3}, ...}
+        cleaner.stats.to_dict()  # {"docs_in": ..., "drops": {"empty": 3, ...}, ...}
     """
 
     def __init__(
         self,
-        steps: Sequence[Step] | None = None,
+        steps: Sequence[Step],
         on_drop: DropFn | None = None,
         names: Sequence[str] | None = None,
     ) -> None:
-        self.steps: list[Step] = list(steps) if steps is not None else default_steps()
+        self.steps: list[Step] = list(steps)
         self.on_drop = on_drop
         self.stats = CleanStats()
         names = list(names) if names is not None else [step_name(s) for s in self.steps]

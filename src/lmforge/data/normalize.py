@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from lmforge.config import opt
 from lmforge.data.document import Document
 
-if TYPE_CHECKING:  # clean imports this module
+if TYPE_CHECKING:  # type names only
     from lmforge.data.clean import DropFn
 
 __all__ = ["NormalizeConfig", "Normalize", "build", "normalize_text", "has_mojibake"]
