@@ -1,8 +1,7 @@
-"""Inference: next-token sampling, the batched generation engine (prefill + cached decode, streaming,
-optional exact speculative decoding), and single-prompt generation for any next-token model."""
+"""Inference: next-token sampling and the batched generation engine (prefill + cached decode, streaming,
+optional exact speculative decoding)."""
 
 from lmforge.inference.engine import Completion, DecodeStats, Engine, Event, SamplingParams
-from lmforge.inference.generate import generate, stream
 from lmforge.inference.sampling import check_sampling_args, sample_next
 
 __all__ = [
@@ -12,7 +11,5 @@ __all__ = [
     "Event",
     "SamplingParams",
     "check_sampling_args",
-    "generate",
     "sample_next",
-    "stream",
 ]
