@@ -14,6 +14,7 @@ from lmforge.report import load_manifests, render_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SECTIONS = (
+    "At a glance",
     "Pipeline",
     "Data",
     "Tokenizer",
@@ -242,3 +243,51 @@ def test_empty_run_and_missing_dir(tmp_path: Path):
     assert load_manifests(tmp_path) == []
     with pytest.raises(InputError):
         render_report(tmp_path / "nope")
+
+
+def test_a_glance_first_and_the_tokenizer_comparison_as_one_table(tmp_path: Path):
+    run = tmp_path / "r"
+    _stage(run, "tokenizer", "tokenizer", "2026-11-21T23:01:00Z", 3.0, metrics={
+        "vocab_size": 512, "compare_bpe_bytes_per_token": 3.5, "compare_word_bytes_per_token": 4.9,
+        "compare_bpe_oov_rate": 0.0, "compare_word_oov_rate": 0.021,
+    })  # fmt: skip
+    _stage(run, "pretrain", "pretrain", "2026-11-21T23:02:00Z", 430.0, config={"max_steps": 600, "max_time_s": 420},
+           metrics={"params": 2_500_000, "tokens": 640_000, "steps": 160, "steps_planned": 600,
+                    "stopped_by_time_budget": 1, "train_time_s": 421.0, "tokens_per_s": 1520.0})  # fmt: skip
+    _stage(run, "eval", "eval", "2026-11-21T23:10:00Z", 5.0, metrics={"val_bpb": 2.345, "unigram_bpb": 4.5})
+    md_path, html_path = render_report(run)
+    md, page = md_path.read_text(), html_path.read_text()
+    assert md.index("## At a glance") < md.index("## Pipeline")
+    glance = md.split("## At a glance")[1].split("\n## ")[0]
+    assert "2.345 (unigram baseline 4.500)" in glance and "2.50 M" in glance
+    assert "160 of 600 planned: stopped by the time budget (420 s)" in glance
+    assert "| metric | bpe | word |" in md and "| bytes\\_per\\_token | 3.5 | 4.9 |" in md
+    assert "compare\\_bpe" not in md and "compare_bpe" not in page
+    assert page.index("At a glance") < page.index("<h2>Pipeline</h2>")
+
+
+@pytest.mark.parametrize("width", [390, 1280])
+def test_the_report_fits_a_phone_and_a_desktop(tmp_path: Path, browser_page, width: int):
+    """No horizontal scroll at phone width: wide tables scroll inside themselves. Screenshots are kept
+    (in the test's directory, and in $LMFORGE_TEST_ARTIFACTS when set)."""
+    import os
+    import shutil
+
+    run = build_full_run(tmp_path)
+    long_name = "a_metric_with_a_very_long_name_that_would_push_a_phone_screen_sideways_" * 2
+    _stage(run, "tokenizer2", "tokenizer", "2026-11-21T23:01:30Z", 1.0, metrics={long_name: 1.0} | {
+        f"compare_{k}_bytes_per_token": 3.0 for k in ("bpe", "wordpiece", "unigram", "word", "byte", "char")
+    })  # fmt: skip
+    html_path = render_report(run)[1]
+    page = browser_page
+    page.set_viewport_size({"width": width, "height": 900})
+    page.goto(html_path.as_uri())
+    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    shot = tmp_path / f"report-{width}.png"
+    page.screenshot(path=str(shot), full_page=True)
+    if os.environ.get("LMFORGE_TEST_ARTIFACTS"):
+        Path(os.environ["LMFORGE_TEST_ARTIFACTS"]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(os.environ["LMFORGE_TEST_ARTIFACTS"]) / shot.name)
+    assert overflow <= 0, f"the page scrolls sideways by {overflow} px at {width} px"
+    assert page.locator("h2").first.inner_text() == "At a glance"
+    assert page.locator("details summary").first.inner_text().startswith("every data metric")

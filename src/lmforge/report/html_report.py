@@ -13,6 +13,7 @@ import jinja2
 
 from lmforge.report.collect import RunData
 from lmforge.report.figures import Image
+from lmforge.report.headline import headline_section
 from lmforge.report.sections import Section
 from lmforge.report.tables import (
     PIPELINE_HEADER,
@@ -21,6 +22,7 @@ from lmforge.report.tables import (
     pipeline_rows,
     table_rows,
     timing_rows,
+    tokenizer_tables,
 )
 
 TEMPLATE = """\
@@ -32,20 +34,33 @@ TEMPLATE = """\
 <title>Run report: {{ name }}</title>
 <style>
   body { font-family: system-ui, sans-serif; max-width: 960px; margin: 2em auto; padding: 0 1em; color: #222; }
-  h1 { border-bottom: 2px solid #ddd; padding-bottom: .3em; }
+  h1 { border-bottom: 2px solid #ddd; padding-bottom: .3em; overflow-wrap: anywhere; }
   h2 { margin-top: 1.8em; border-bottom: 1px solid #eee; }
-  table { border-collapse: collapse; margin: .8em 0; }
+  h3 { overflow-wrap: anywhere; }
+  /* a wide table scrolls inside itself, never the page (phones: 390 px) */
+  table { border-collapse: collapse; margin: .8em 0; display: block; max-width: 100%; overflow-x: auto; }
   th, td { border: 1px solid #ddd; padding: .3em .7em; text-align: left; }
+  td { overflow-wrap: anywhere; }
+  .glance td:first-child { font-weight: 600; }
+  details { margin: .8em 0; }
+  summary { cursor: pointer; color: #555; }
+  p, li, figcaption { overflow-wrap: anywhere; }
   th { background: #f5f5f5; }
   td.num { text-align: right; font-variant-numeric: tabular-nums; }
   img { max-width: 100%; }
-  .sample { white-space: pre-wrap; border-left: 3px solid #ccc; padding: .4em .8em; margin: .8em 0; background: #fafafa; }
+  .sample { white-space: pre-wrap; overflow-wrap: anywhere; border-left: 3px solid #ccc; padding: .4em .8em; margin: .8em 0; background: #fafafa; }
   .bar { background: #4a7bd0; height: .9em; min-width: 2px; }
   .barcell { width: 60%; }
 </style>
 </head>
 <body>
 <h1>Run report: {{ name }}</h1>
+{% if glance %}
+<h2>{{ glance.title }}</h2>
+{% for kind, value in glance.blocks %}<table class="glance">
+{% for row in value.rows %}<tr><td>{{ row[0] }}</td><td>{{ row[1] }}</td></tr>
+{% endfor %}</table>{% endfor %}
+{% endif %}
 {% macro metrics_table(rows, key="metric", value="value") %}
 <table><tr><th>{{ key }}</th><th>{{ value }}</th></tr>
 {% for k, v in rows %}<tr><td>{{ k }}</td><td class="num">{{ v }}</td></tr>
@@ -74,13 +89,18 @@ TEMPLATE = """\
 {% endif %}
 {% if data %}
 <h2>Data</h2>
-{% if data.metrics %}{{ metrics_table(data.metrics) }}{% endif %}
 {% if data.counts %}<h3>Counts</h3>{{ metrics_table(data.counts, "count") }}{% endif %}
 {% if data.drops %}<h3>Drops by reason</h3>{{ metrics_table(data.drops, "reason", "dropped") }}{% endif %}
+{% if data.metrics %}<details><summary>every data metric ({{ data.metrics|length }})</summary>{{ metrics_table(data.metrics) }}</details>{% endif %}
 {% endif %}
 {% if tokenizer %}
 <h2>Tokenizer</h2>
-{% for instance, rows in tokenizer %}<h3>{{ instance }}</h3>{{ metrics_table(rows) }}{% endfor %}
+{% for instance, rows, comparison in tokenizer %}<h3>{{ instance }}</h3>{{ metrics_table(rows) }}
+{% if comparison %}<p><strong>Tokenizer kinds compared</strong></p>
+<table><tr>{% for h in comparison[0] %}<th>{{ h }}</th>{% endfor %}</tr>
+{% for row in comparison[1] %}<tr>{% for cell in row %}<td{% if not loop.first %} class="num"{% endif %}>{{ cell }}</td>{% endfor %}</tr>
+{% endfor %}</table>{% endif %}
+{% endfor %}
 {% endif %}
 {% for section in early %}{{ block_section(section) }}{% endfor %}
 {% if figures %}
@@ -169,7 +189,8 @@ def to_html(
         pipeline_header=PIPELINE_HEADER,
         pipeline=pipeline_rows(run),
         data=data,
-        tokenizer=[(instance, metric_rows(metrics)) for instance, metrics in run.tokenizer],
+        tokenizer=[(instance, *tokenizer_tables(metrics)) for instance, metrics in run.tokenizer],
+        glance=headline_section(run),
         figures=figures,
         evals=[
             (

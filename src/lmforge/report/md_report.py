@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from lmforge.report.collect import DataStats, RunData
 from lmforge.report.figures import Image
+from lmforge.report.headline import headline_section
 from lmforge.report.sections import Section, Table
 from lmforge.report.tables import (
     PIPELINE_HEADER,
@@ -19,6 +20,7 @@ from lmforge.report.tables import (
     pipeline_rows,
     table_rows,
     timing_rows,
+    tokenizer_tables,
 )
 
 BAR_WIDTH = 40  # characters of the longest stage's timing bar
@@ -35,12 +37,15 @@ def to_markdown(
     follow the tokenizer; ``middle`` (transfer learning, alignment, scaling) follow the fine-tuning
     section; ``card`` (the model card) follows the samples."""
     sections = [f"# Run report: {_text(run.name)}"]
+    glance = headline_section(run)
+    if glance is not None:
+        sections.append(_section(glance))
     if run.stages:
         sections.append("## Pipeline\n\n" + _table(PIPELINE_HEADER, pipeline_rows(run)))
     if run.data is not None:
         sections.append(_data_section(run.data))
     if run.tokenizer:
-        sections.append(_metric_section("Tokenizer", run.tokenizer))
+        sections.append(_tokenizer_section(run.tokenizer))
     sections += [_section(section) for section in early]
     if images:
         sections.append(_training_section(run, images))
@@ -71,10 +76,14 @@ def _data_section(data: DataStats) -> str:
     return "\n\n".join(parts)
 
 
-def _metric_section(title: str, groups: list[tuple[str, dict]]) -> str:
-    parts = [f"## {title}"]
+def _tokenizer_section(groups: list[tuple[str, dict]]) -> str:
+    """Each tokenizer stage: its metrics, then its comparison of tokenizer kinds as one table."""
+    parts = ["## Tokenizer"]
     for instance, metrics in groups:
-        parts.append(f"### {_text(instance)}\n\n" + _table(("metric", "value"), metric_rows(metrics)))
+        own, comparison = tokenizer_tables(metrics)
+        parts.append(f"### {_text(instance)}\n\n" + _table(("metric", "value"), own))
+        if comparison is not None:
+            parts.append("**Tokenizer kinds compared**\n\n" + _table(*comparison))
     return "\n\n".join(parts)
 
 

@@ -81,3 +81,25 @@ def _duration(stage: Stage) -> float | None:
 def _duration_text(stage: Stage) -> str:
     seconds = _duration(stage)
     return "" if seconds is None else f"{seconds:.1f}"
+
+
+def tokenizer_tables(
+    metrics: dict[str, Any],
+) -> tuple[list[tuple[str, str]], tuple[list[str], list[list[str]]] | None]:
+    """A tokenizer stage's metrics as ``(its own rows, comparison)``: the ``compare_<kind>_<metric>``
+    keys pivoted into one table (a row per metric, a column per tokenizer kind) instead of ~30 flat rows;
+    comparison is ``(header, rows)``, or None when the stage compared nothing."""
+    own, table = [], {}
+    kinds: list[str] = []
+    for name, value in metrics.items():
+        if not name.startswith("compare_"):
+            own.append((str(name), fmt_value(value)))
+            continue
+        kind, _, metric = name.removeprefix("compare_").partition("_")
+        if kind not in kinds:
+            kinds.append(kind)
+        table.setdefault(metric, {})[kind] = fmt_value(value)
+    if not table:
+        return own, None
+    rows = [[metric, *(values.get(k, "") for k in kinds)] for metric, values in table.items()]
+    return own, (["metric", *kinds], rows)
