@@ -311,6 +311,33 @@ def test_grpo_raises_a_toy_reward_within_a_few_steps(tiny):
     assert sum(means[-3:]) / 3 > sum(means[:3]) / 3 + 0.1, means  # measured: 0.50 → 0.63
 
 
+def test_rollouts_sample_from_the_policy_after_each_optimiser_step(tiny):
+    """The engine's log-probabilities of what it sampled equal the policy's own after an update by
+    ``build_optimizer``'s fused AdamW, and the rollout's ratio starts at 1. (The fused step did not
+    bump version counters, so the engine kept its first fused weights: rollouts came from the initial
+    policy, and the clipped ratio and the k3 KL compared two different models.)"""
+    from lmforge.inference.engine import Engine, SamplingParams
+    from lmforge.tokenizer.chat import render_chat
+    from lmforge.training.optim import build_optimizer
+
+    tok, build = tiny
+    policy = build(seed=2)
+    engine = Engine(policy, tok)
+    prompts = [render_chat(tok, [{"role": "user", "content": "say"}], add_generation_prompt=True)[0]]
+    opt = build_optimizer(policy, lr=0.05, weight_decay=0.0)
+    for step in range(3):
+        params = SamplingParams(max_new_tokens=5, temperature=1.0, seed=step, logprobs=True)
+        ro = align.rollout(
+            engine, prompts, lambda i, c: float(len(c.ids)), group_size=4, params=params, pad_id=2
+        )
+        sampled = torch.tensor([lp for c in ro.completions for lp in c.logprobs])
+        scored = ro.old_logp[ro.m]  # no stop token is appended: stop_ids is empty
+        assert torch.allclose(sampled, scored, atol=1e-4), (step, sampled, scored)
+        for p in policy.parameters():  # a large step in every weight, whatever the advantages
+            p.grad = torch.randn_like(p)
+        opt.step()
+
+
 def test_ppo_pieces_by_hand():
     mask = torch.tensor([[False, True, True, True, False]])
     logp = torch.tensor([[0.0, -1.0, -2.0, -1.0, 0.0]])
