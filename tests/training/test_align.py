@@ -275,6 +275,29 @@ def test_verifiable_rewards_and_task_generator():
         assert eval(p["question"].rstrip("=")) == int(p["answer"])  # noqa: S307 - our own generated text
     with pytest.raises(ValueError):
         align.arithmetic_problems(1, ops="/")
+    with pytest.raises(ValueError):
+        align.arithmetic_problems(1, digits=2, min_digits=3)
+
+
+def test_reversed_digit_arithmetic_and_its_reward():
+    """``reverse``: numbers least-significant digit first, one digit per token; the same draws as the
+    plain style; a completion of single-spaced digits is read as one number."""
+    plain = align.arithmetic_problems(300, digits=2, min_digits=1, seed=5)
+    rev = align.arithmetic_problems(300, digits=2, min_digits=1, seed=5, reverse=True)
+    assert rev[0]["question"].count(" ") >= 3 and "+" in rev[0]["question"]
+    for p, r in zip(plain, rev):
+        a, b = (x.replace(" ", "")[::-1] for x in r["question"].rstrip(" =").split(" + "))
+        assert f"{a}+{b}=" == p["question"]
+        assert r["answer"].replace(" ", "")[::-1] == p["answer"]
+    lengths = {len(p["question"].split("+")[0]) for p in plain}
+    assert lengths == {1, 2}  # min_digits=1: one- and two-digit operands
+    assert (
+        align.arithmetic_problems(1, ops="-", seed=1, reverse=True, digits=1)[0]["answer"][0] in "-0123456789"
+    )
+    assert align.extract_answer("5 8") == "58" and align.extract_answer(" 0 5 ") == "05"
+    assert align.correctness_reward("3 0 1", "#### 301") == 1.0
+    assert align.correctness_reward("3 0 1", "#### 103") == 0.0
+    assert align.extract_answer("I have 3 apples and 5 pears") == "5"  # prose keeps its last number
 
 
 def test_grpo_raises_a_toy_reward_within_a_few_steps(tiny):

@@ -391,6 +391,7 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _HASHES = re.compile(r"####\s*(-?[\d,]*\.?\d+)")
+_SPACED = re.compile(r"\s*-?\d(?: \d)+\s*")  # a whole text of single-spaced digits: "5 8"
 
 
 def _number(text: str) -> str:
@@ -399,7 +400,11 @@ def _number(text: str) -> str:
 
 
 def extract_answer(text: str) -> str | None:
-    """The answer of a completion: the number after ``####`` (GSM8K), else the last number; None if none."""
+    """The answer of a completion: the number after ``####`` (GSM8K), else the last number; None if none.
+    A text that is nothing but single-spaced digits (``"5 8"``, the digit-per-token style of
+    ``arithmetic_problems(reverse=True)``) is one number (``"58"``)."""
+    if _SPACED.fullmatch(text):
+        return text.strip().replace(" ", "")
     m = _HASHES.search(text)
     if m:
         return _number(m.group(1))
@@ -420,13 +425,26 @@ def format_reward(completion: str) -> float:
 
 
 def arithmetic_problems(
-    n: int, *, digits: int = 1, ops: str = "+", seed: int = 0, min_digits: int | None = None
+    n: int,
+    *,
+    digits: int = 1,
+    ops: str = "+",
+    seed: int = 0,
+    min_digits: int | None = None,
+    reverse: bool = False,
 ) -> list[dict[str, str]]:
     """``n`` problems ``{"question": "3+4=", "answer": "7"}`` with ``digits``-digit operands and ``ops``.
 
     With ``min_digits`` each operand's length is drawn uniformly from ``min_digits..digits`` first
     (``min_digits=1, digits=2``: a quarter one-digit pairs, half mixed, a quarter two-digit pairs).
     A one-digit operand is 0-9; a longer one has no leading zero. Repeats are possible.
+
+    ``reverse``: every number is written least-significant digit first, one digit per token (single
+    spaces): ``47+38=85`` becomes ``{"question": "7 4 + 8 3 =", "answer": "5 8"}``. A decoder then
+    emits each answer digit after the digits it depends on (the carry flows left to right), the
+    format that lets small transformers learn addition (Lee et al. 2023, "Teaching arithmetic to
+    small transformers"); and a BPE vocabulary that merges some digit pairs ("47" one token, "38"
+    two) cannot make equal numbers look different. Subtraction results keep their sign in front.
 
     Raises:
         ValueError: ``digits < 1``, ``min_digits`` outside ``1..digits`` or an operator outside ``+-*``.
@@ -443,11 +461,17 @@ def arithmetic_problems(
         d = digits if low == digits else rng.randint(low, digits)
         return rng.randint(0 if d == 1 else 10 ** (d - 1), 10**d - 1)
 
+    def spaced(x: int) -> str:
+        return ("-" if x < 0 else "") + " ".join(reversed(str(abs(x))))
+
     out = []
     for _ in range(n):
         a, b, op = operand(), operand(), rng.choice(ops)
         value = a + b if op == "+" else a - b if op == "-" else a * b
-        out.append({"question": f"{a}{op}{b}=", "answer": str(value)})
+        if reverse:
+            out.append({"question": f"{spaced(a)} {op} {spaced(b)} =", "answer": spaced(value)})
+        else:
+            out.append({"question": f"{a}{op}{b}=", "answer": str(value)})
     return out
 
 

@@ -1,7 +1,8 @@
 """Generated arithmetic problems as training and held-out files (stage kind ``align.arithmetic``).
 
 ``training.align.arithmetic_problems`` draws ``n_problems`` questions like ``47+8=`` (operands of
-``min_digits``..``digits`` digits, operators from ``ops``); ``training.align.split_heldout`` holds out
+``min_digits``..``digits`` digits, operators from ``ops``; with ``reverse`` written least-significant
+digit first, ``7 4 + 8 3 =`` → ``5 8``); ``training.align.split_heldout`` holds out
 the first ``n_heldout`` distinct questions and removes every copy of them from the rest. The stage
 writes the training problems twice — ``sft.jsonl`` (``{"prompt", "response"}``, the answer alone, for
 ``finetune sft``) and ``problems.jsonl`` (``{"question", "answer"}`` with ``#### N`` answers, for
@@ -34,6 +35,7 @@ class Config:
     digits: int = opt(1, "digits per operand (at most)")
     min_digits: int = opt(0, "fewest digits per operand, each operand's length uniform (0 = digits)")
     ops: str = opt("+", "operators drawn from these characters (+-*)")
+    reverse: bool = opt(False, "write numbers least-significant digit first, one digit per token")
     seed: int = opt(12345, "draw seed")
 
     def validate(self) -> None:
@@ -60,7 +62,12 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
 def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     """Draw the problems, hold some out, write ``sft.jsonl``, ``problems.jsonl`` and ``heldout.jsonl``."""
     drawn = arithmetic_problems(
-        cfg.n_problems, digits=cfg.digits, ops=cfg.ops, seed=cfg.seed, min_digits=cfg.min_digits or None
+        cfg.n_problems,
+        digits=cfg.digits,
+        ops=cfg.ops,
+        seed=cfg.seed,
+        min_digits=cfg.min_digits or None,
+        reverse=cfg.reverse,
     )
     try:
         train, held = split_heldout(drawn, cfg.n_heldout)
@@ -74,6 +81,8 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     for name, rows in (("problems.jsonl", train), ("heldout.jsonl", held)):
         with (ctx.dir / name).open("w", encoding="utf-8") as fh:
             fh.writelines(
-                json.dumps({"question": p["question"], "answer": f"#### {p['answer']}"}) + "\n" for p in rows
+                json.dumps({"question": p["question"], "answer": f"#### {p['answer'].replace(' ', '')}"})
+                + "\n"
+                for p in rows
             )
     return {"problems": len(train), "distinct_questions": len(seen), "heldout_problems": len(held)}
