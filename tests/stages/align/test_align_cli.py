@@ -253,7 +253,7 @@ def test_generated_problems_hold_out_their_questions():
     assert not {p["question"] for p in held} & {p["question"] for p in train}
     assert len({p["question"] for p in held}) == 20  # distinct: 20 problems, not 20 draws
     train, held = load_problems(Config(out="x", n_problems=200, n_eval=150), None)
-    assert 90 < len(held) < 100  # one-digit addition has 100 questions: one drawn is left to train on
+    assert 45 < len(held) <= 50  # one-digit addition has 100 questions: at most half are held out
     assert train and not {p["question"] for p in held} & {p["question"] for p in train}
 
 

@@ -11,9 +11,9 @@ optimiser steps (with 1 the ratio is 1 and the clip inactive, as in the paper's 
 Problems: ``problems`` (JSONL ``{"question", "answer"}``, GSM8K's ``#### N`` answers work as they are)
 held out by ``eval_problems`` (a JSONL file of the same shape, e.g. ``align.arithmetic``'s
 ``heldout.jsonl``) or else by ``val_fraction`` of the distinct questions; or, by default, generated
-arithmetic (``digits``, ``min_digits``, ``ops``; the first ``n_eval`` distinct questions are held out).
-Whichever way, every training problem whose question text is held out is removed
-(``training.align.split_heldout``). The prompt is the question as a user turn of the chat template.
+arithmetic (``digits``, ``min_digits``, ``ops``; the first ``n_eval`` distinct questions are held out,
+at most half of those drawn). Whichever way, every training problem whose question text is held out
+is removed (``training.align.split_heldout``). The prompt is the question as a user turn of the chat template.
 Held-out problems are solved greedily before, during and after training: ``accuracy`` (exact match).
 ``grpo_accuracy_before`` is the starting policy's, ``grpo_accuracy_after`` the final policy's (the
 last evaluation, not the best one: choosing the best on the held-out set would flatter it), each with
@@ -154,7 +154,7 @@ def load_problems(
             min_digits=cfg.min_digits or None,
         )
         distinct = len({p["question"] for p in both})
-        return split_heldout(both, min(cfg.n_eval, distinct - 1))
+        return split_heldout(both, min(cfg.n_eval, distinct // 2))  # at most half: leave some to train on
     found = read_problems(path)
     if eval_path is not None:
         held = read_problems(eval_path)[: cfg.n_eval]
