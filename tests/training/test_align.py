@@ -171,11 +171,16 @@ def test_reward_model_learns_a_separable_preference(tiny):
 
 
 def test_group_advantages_and_clipped_objective_by_hand():
-    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, 2.0, 2.0, 2.0]])
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, 2.0, 2.0, 2.0], [3.0, 1.0, 2.0, 2.0]])
     adv = align.group_advantages(rewards, eps=0.0 + 1e-8)
     assert adv[0].tolist() == pytest.approx([1.0, -1.0, -1.0, 1.0], abs=1e-6)  # mean 0.5, std 0.5
     assert adv[1].tolist() == [0.0] * 4  # no signal in a group of equal rewards
-    assert adv.mean(dim=1).abs().max() < 1e-6
+    s = math.sqrt(0.5)  # mean 2, population std sqrt((1 + 1 + 0 + 0) / 4)
+    assert adv[2].tolist() == pytest.approx([1 / s, -1 / s, 0.0, 0.0], abs=1e-6)
+    assert adv.mean(dim=1).abs().max() < 1e-6  # zero mean per group
+    assert adv[[0, 2]].std(dim=1, unbiased=False).tolist() == pytest.approx([1.0, 1.0], abs=1e-6)
+    shifted = align.group_advantages(rewards * 10 + 3, eps=1e-8)  # invariant to reward scale and shift
+    assert torch.allclose(shifted, adv, atol=1e-5)
     logp = torch.log(torch.tensor([[0.6, 0.3]]))
     old = torch.log(torch.tensor([[0.4, 0.5]]))  # ratios 1.5, 0.6
     pos = align.clipped_policy_loss(logp, old, torch.tensor([2.0]), clip_eps=0.2)
@@ -185,6 +190,76 @@ def test_group_advantages_and_clipped_objective_by_hand():
     assert align.kl_k3(logp, logp).abs().max() == 0
     r = -0.5
     assert align.kl_k3(torch.tensor([0.0]), torch.tensor([r])).item() == pytest.approx(math.exp(r) - r - 1)
+
+
+@pytest.mark.parametrize(
+    "ratio,adv,clipped",
+    [(1.5, 2.0, True), (0.6, -1.0, True), (1.5, -1.0, False), (0.6, 2.0, False), (1.1, 2.0, False)],
+)
+def test_clipping_stops_the_gradient_outside_the_trust_region(ratio, adv, clipped):
+    """Outside [1−ε, 1+ε] on the side the advantage pushes towards, the clipped branch is the minimum
+    and passes no gradient; otherwise d loss / d log π = −ρ A (Schulman et al. 2017, eq. 7)."""
+    logp = torch.tensor([[math.log(ratio)]], requires_grad=True)
+    loss = align.clipped_policy_loss(logp, torch.zeros(1, 1), torch.tensor([adv]), clip_eps=0.2)
+    loss.sum().backward()
+    assert logp.grad.item() == pytest.approx(0.0 if clipped else -ratio * adv)
+
+
+class Bigram(torch.nn.Module):
+    """A decoder reduced to a table: the logits of the next token depend on the current one only."""
+
+    def __init__(self, vocab: int, seed: int):
+        super().__init__()
+        self.table = torch.nn.Parameter(
+            torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(seed))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table[x]  # [B, T, V]
+
+
+def bigram_rollout(policy: torch.nn.Module, ref: torch.nn.Module, advantages: list[float]) -> align.Rollout:
+    """Two rows: a 1-token completion and a 3-token one (prompt token 0 unmasked, padding unmasked)."""
+    x = torch.tensor([[0, 1, 0, 0], [0, 2, 3, 1]])
+    y = torch.tensor([[1, 0, 0, 0], [2, 3, 1, 0]])
+    m = torch.tensor([[False, True, False, False], [False, True, True, True]])
+    with torch.no_grad():
+        old = align.token_logprobs(policy, x, y)
+    ref_logp = align.token_logprobs(ref, x, y)
+    rewards = torch.tensor([advantages])
+    return align.Rollout(x, y, m, torch.tensor(advantages), rewards, old, ref_logp, completions=[])
+
+
+def test_grpo_loss_is_summed_per_token_and_beta_scales_the_k3_term():
+    """At ratio 1 (μ = 1) the surrogate of a token is −A, summed over completion tokens only: a
+    3-token completion weighs three times a 1-token one (per-token aggregation, as DAPO / Dr. GRPO,
+    not the paper's per-sequence mean). The KL term is β × Σ k3, k3 = exp(r) − r − 1, r = log π_ref − log π."""
+    policy, ref = Bigram(4, seed=0), Bigram(4, seed=1)
+    ro = bigram_rollout(policy, ref, [1.0, -1.0])
+    zero, kl = align.grpo_loss_sum(policy, ro, clip_eps=0.2, beta=0.0)
+    assert zero.item() == pytest.approx(-1.0 * 1 + 1.0 * 3)  # −A per token: row 1 has 1 token, row 2 has 3
+    logp = align.token_logprobs(policy, ro.x, ro.y).detach()
+    r = ro.ref_logp - logp
+    k3 = ((torch.exp(r) - r - 1) * ro.m).sum().item()  # by hand
+    assert kl == pytest.approx(k3 / 4)  # mean over the 4 completion tokens, reported for any β
+    for beta in (0.04, 0.5):
+        loss, _ = align.grpo_loss_sum(policy, ro, clip_eps=0.2, beta=beta)
+        assert loss.item() == pytest.approx(zero.item() + beta * k3, rel=1e-5)
+    same = bigram_rollout(policy, policy, [1.0, -1.0])
+    assert align.grpo_loss_sum(policy, same, clip_eps=0.2, beta=1.0)[1] == 0.0  # π = π_ref: no KL
+
+
+def test_grpo_loss_gradient_is_the_advantage_weighted_policy_gradient():
+    """μ = 1, β = 0: ∇ loss = −Σ_tokens A ∇ log π (the clip is inactive at ratio 1)."""
+    policy = Bigram(4, seed=0)
+    ro = bigram_rollout(policy, policy, [0.5, -2.0])
+    loss, _ = align.grpo_loss_sum(policy, ro, clip_eps=0.2, beta=0.0)
+    loss.backward()
+    got = policy.table.grad.clone()
+    policy.table.grad = None
+    lp = align.token_logprobs(policy, ro.x, ro.y)
+    (-(lp * ro.m * ro.advantages[:, None]).sum()).backward()
+    assert torch.allclose(got, policy.table.grad, atol=1e-6)
 
 
 def test_verifiable_rewards_and_task_generator():
@@ -200,6 +275,29 @@ def test_verifiable_rewards_and_task_generator():
         assert eval(p["question"].rstrip("=")) == int(p["answer"])  # noqa: S307 - our own generated text
     with pytest.raises(ValueError):
         align.arithmetic_problems(1, ops="/")
+    with pytest.raises(ValueError):
+        align.arithmetic_problems(1, digits=2, min_digits=3)
+
+
+def test_reversed_digit_arithmetic_and_its_reward():
+    """``reverse``: numbers least-significant digit first, one digit per token; the same draws as the
+    plain style; a completion of single-spaced digits is read as one number."""
+    plain = align.arithmetic_problems(300, digits=2, min_digits=1, seed=5)
+    rev = align.arithmetic_problems(300, digits=2, min_digits=1, seed=5, reverse=True)
+    assert rev[0]["question"].count(" ") >= 3 and "+" in rev[0]["question"]
+    for p, r in zip(plain, rev):
+        a, b = (x.replace(" ", "")[::-1] for x in r["question"].rstrip(" =").split(" + "))
+        assert f"{a}+{b}=" == p["question"]
+        assert r["answer"].replace(" ", "")[::-1] == p["answer"]
+    lengths = {len(p["question"].split("+")[0]) for p in plain}
+    assert lengths == {1, 2}  # min_digits=1: one- and two-digit operands
+    assert (
+        align.arithmetic_problems(1, ops="-", seed=1, reverse=True, digits=1)[0]["answer"][0] in "-0123456789"
+    )
+    assert align.extract_answer("5 8") == "58" and align.extract_answer(" 0 5 ") == "05"
+    assert align.correctness_reward("3 0 1", "#### 301") == 1.0
+    assert align.correctness_reward("3 0 1", "#### 103") == 0.0
+    assert align.extract_answer("I have 3 apples and 5 pears") == "5"  # prose keeps its last number
 
 
 def test_grpo_raises_a_toy_reward_within_a_few_steps(tiny):
@@ -234,6 +332,33 @@ def test_grpo_raises_a_toy_reward_within_a_few_steps(tiny):
         if step == 0:
             assert kl == pytest.approx(0.0, abs=1e-6)  # policy == reference before the first update
     assert sum(means[-3:]) / 3 > sum(means[:3]) / 3 + 0.1, means  # measured: 0.50 → 0.63
+
+
+def test_rollouts_sample_from_the_policy_after_each_optimiser_step(tiny):
+    """The engine's log-probabilities of what it sampled equal the policy's own after an update by
+    ``build_optimizer``'s fused AdamW, and the rollout's ratio starts at 1. (The fused step did not
+    bump version counters, so the engine kept its first fused weights: rollouts came from the initial
+    policy, and the clipped ratio and the k3 KL compared two different models.)"""
+    from lmforge.inference.engine import Engine, SamplingParams
+    from lmforge.tokenizer.chat import render_chat
+    from lmforge.training.optim import build_optimizer
+
+    tok, build = tiny
+    policy = build(seed=2)
+    engine = Engine(policy, tok)
+    prompts = [render_chat(tok, [{"role": "user", "content": "say"}], add_generation_prompt=True)[0]]
+    opt = build_optimizer(policy, lr=0.05, weight_decay=0.0)
+    for step in range(3):
+        params = SamplingParams(max_new_tokens=5, temperature=1.0, seed=step, logprobs=True)
+        ro = align.rollout(
+            engine, prompts, lambda i, c: float(len(c.ids)), group_size=4, params=params, pad_id=2
+        )
+        sampled = torch.tensor([lp for c in ro.completions for lp in c.logprobs])
+        scored = ro.old_logp[ro.m]  # no stop token is appended: stop_ids is empty
+        assert torch.allclose(sampled, scored, atol=1e-4), (step, sampled, scored)
+        for p in policy.parameters():  # a large step in every weight, whatever the advantages
+            p.grad = torch.randn_like(p)
+        opt.step()
 
 
 def test_ppo_pieces_by_hand():

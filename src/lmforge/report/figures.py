@@ -118,13 +118,28 @@ def loss_png(curve: Curve) -> bytes:
     return _png(fig)
 
 
+SMOOTH_FROM = 30  # a series with this many points (one per rollout or batch) also gets a running mean
+
+
 def series_png(curve: Curve) -> bytes:
-    """One panel per logged series of an alignment stage (reward, KL, accuracy, margins) against step."""
+    """One panel per logged series of an alignment stage (reward, KL, accuracy, margins) against step;
+    a long per-step series (sampled rewards are noisy) is drawn faint with its running mean over
+    ``len / 20`` points on top."""
     keys = sorted(curve.series)[:8]
     fig, axes = _axes(len(keys))
     for ax, key in zip(axes, keys):
         steps, values = zip(*curve.series[key])
-        ax.plot(steps, values, linewidth=1.0, marker="o" if len(steps) < 30 else None, markersize=3)
+        if len(steps) < SMOOTH_FROM:
+            ax.plot(steps, values, linewidth=1.0, marker="o", markersize=3)
+        else:
+            w = max(2, len(values) // 20)
+            mean = [
+                sum(values[max(0, i - w + 1) : i + 1]) / (i + 1 - max(0, i - w + 1))
+                for i in range(len(values))
+            ]
+            ax.plot(steps, values, linewidth=0.6, alpha=0.35)
+            ax.plot(steps, mean, linewidth=1.6, label=f"running mean of {w}")
+            ax.legend(fontsize=8)
         ax.set_xlabel("step")
         ax.set_title(f"{curve.instance}: {key}")
         ax.grid(alpha=0.3)

@@ -13,8 +13,9 @@ the DPO / reward-model / GRPO losses as small pure functions, the reward model, 
 - ``RewardModel``: a trunk (decoder or encoder) + ``model.heads.ScalarHead`` on the last real token.
 - ``group_advantages`` / ``clipped_policy_loss`` / ``kl_k3``: GRPO (Shao et al. 2024, DeepSeekMath §4);
   ``rollout`` samples through the inference engine (GRPO and PPO; PPO's own pieces: ``training.ppo``).
-- ``extract_answer`` / ``correctness_reward`` / ``format_reward`` / ``arithmetic_problems``: rewards as
-  plain functions and a verifiable task generator (GSM8K-style ``#### N`` answers).
+- ``extract_answer`` / ``correctness_reward`` / ``format_reward`` / ``arithmetic_problems`` /
+  ``split_heldout``: rewards as plain functions, a verifiable task generator (GSM8K-style ``#### N``
+  answers) and its held-out split by question text.
 
 Shape notation: B batch (rows), T tokens, P prompts, G samples per prompt, K ranked responses.
 """
@@ -390,6 +391,7 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _HASHES = re.compile(r"####\s*(-?[\d,]*\.?\d+)")
+_SPACED = re.compile(r"\s*-?\d(?: \d)+\s*")  # a whole text of single-spaced digits: "5 8"
 
 
 def _number(text: str) -> str:
@@ -398,7 +400,11 @@ def _number(text: str) -> str:
 
 
 def extract_answer(text: str) -> str | None:
-    """The answer of a completion: the number after ``####`` (GSM8K), else the last number; None if none."""
+    """The answer of a completion: the number after ``####`` (GSM8K), else the last number; None if none.
+    A text that is nothing but single-spaced digits (``"5 8"``, the digit-per-token style of
+    ``arithmetic_problems(reverse=True)``) is one number (``"58"``)."""
+    if _SPACED.fullmatch(text):
+        return text.strip().replace(" ", "")
     m = _HASHES.search(text)
     if m:
         return _number(m.group(1))
@@ -418,22 +424,75 @@ def format_reward(completion: str) -> float:
     return float(_HASHES.search(completion) is not None)
 
 
-def arithmetic_problems(n: int, *, digits: int = 1, ops: str = "+", seed: int = 0) -> list[dict[str, str]]:
+def arithmetic_problems(
+    n: int,
+    *,
+    digits: int = 1,
+    ops: str = "+",
+    seed: int = 0,
+    min_digits: int | None = None,
+    reverse: bool = False,
+) -> list[dict[str, str]]:
     """``n`` problems ``{"question": "3+4=", "answer": "7"}`` with ``digits``-digit operands and ``ops``.
 
+    With ``min_digits`` each operand's length is drawn uniformly from ``min_digits..digits`` first
+    (``min_digits=1, digits=2``: a quarter one-digit pairs, half mixed, a quarter two-digit pairs).
+    A one-digit operand is 0-9; a longer one has no leading zero. Repeats are possible.
+
+    ``reverse``: every number is written least-significant digit first, one digit per token (single
+    spaces): ``47+38=85`` becomes ``{"question": "7 4 + 8 3 =", "answer": "5 8"}``. A decoder then
+    emits each answer digit after the digits it depends on (the carry flows left to right), the
+    format that lets small transformers learn addition (Lee et al. 2023, "Teaching arithmetic to
+    small transformers"); and a BPE vocabulary that merges some digit pairs ("47" one token, "38"
+    two) cannot make equal numbers look different. Subtraction results keep their sign in front.
+
     Raises:
-        ValueError: ``digits < 1`` or an operator outside ``+-*``.
+        ValueError: ``digits < 1``, ``min_digits`` outside ``1..digits`` or an operator outside ``+-*``.
     """
-    if digits < 1 or not ops or set(ops) - set("+-*"):
-        raise ValueError(f"need digits >= 1 and ops from '+-*', got digits={digits}, ops={ops!r}")
+    low = digits if min_digits is None else min_digits
+    if digits < 1 or not 1 <= low <= digits or not ops or set(ops) - set("+-*"):
+        raise ValueError(
+            f"need 1 <= min_digits <= digits and ops from '+-*', got digits={digits}, "
+            f"min_digits={min_digits}, ops={ops!r}"
+        )
     rng = random.Random(seed)
-    lo, hi = (0 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
+
+    def operand() -> int:
+        d = digits if low == digits else rng.randint(low, digits)
+        return rng.randint(0 if d == 1 else 10 ** (d - 1), 10**d - 1)
+
+    def spaced(x: int) -> str:
+        return ("-" if x < 0 else "") + " ".join(reversed(str(abs(x))))
+
     out = []
     for _ in range(n):
-        a, b, op = rng.randint(lo, hi), rng.randint(lo, hi), rng.choice(ops)
+        a, b, op = operand(), operand(), rng.choice(ops)
         value = a + b if op == "+" else a - b if op == "-" else a * b
-        out.append({"question": f"{a}{op}{b}=", "answer": str(value)})
+        if reverse:
+            out.append({"question": f"{spaced(a)} {op} {spaced(b)} =", "answer": spaced(value)})
+        else:
+            out.append({"question": f"{a}{op}{b}=", "answer": str(value)})
     return out
+
+
+def split_heldout(
+    problems: Sequence[dict[str, str]], n_heldout: int
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """``(training, held-out)``: the first ``n_heldout`` *distinct* questions of ``problems`` are held
+    out (one copy each) and every copy of them is removed from the training problems, so no held-out
+    question text is ever trained on.
+
+    Raises:
+        ValueError: fewer than ``n_heldout`` distinct questions.
+    """
+    held: dict[str, dict[str, str]] = {}
+    for p in problems:
+        if len(held) == n_heldout:
+            break
+        held.setdefault(p["question"], p)
+    if len(held) < n_heldout:
+        raise ValueError(f"only {len(held)} distinct questions for {n_heldout} held out")
+    return [p for p in problems if p["question"] not in held], list(held.values())
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import math
 import re
+from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.graph import increment_version
 
 logger = logging.getLogger(__name__)
 
@@ -139,9 +141,23 @@ def build_optimizer(
     for g in groups:
         g["lr"] = lr * g.get("lr_scale", 1.0)
     try:
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
     except RuntimeError:  # a device or dtype the fused kernel does not cover
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=True)
+    optimizer.register_step_post_hook(_bump_versions)
+    return optimizer
+
+
+def _bump_versions(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """Mark every parameter as changed after a fused step. The fused kernel writes the weights without
+    bumping their version counters (torch 2.13), so ``inference.batch_forward.RaggedForward`` — which
+    rebuilds its fused weight copies only when a counter moved — kept sampling from the weights it saw
+    first: GRPO and PPO rollouts came from the initial policy while the loss scored them under the
+    trained one."""
+    with torch.no_grad():
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                increment_version(p)
 
 
 def lr_at(

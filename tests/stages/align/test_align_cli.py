@@ -251,35 +251,78 @@ def test_generated_problems_hold_out_their_questions():
     train, held = load_problems(Config(out="x", n_problems=200, n_eval=20), None)
     assert len(held) == 20 and len(train) < 200
     assert not {p["question"] for p in held} & {p["question"] for p in train}
+    assert len({p["question"] for p in held}) == 20  # distinct: 20 problems, not 20 draws
+    train, held = load_problems(Config(out="x", n_problems=200, n_eval=150), None)
+    assert 45 < len(held) <= 50  # one-digit addition has 100 questions: at most half are held out
+    assert train and not {p["question"] for p in held} & {p["question"] for p in train}
 
 
-def test_arithmetic_cli_writes_sft_and_problem_files(tmp_path):
+def test_a_problem_file_holds_out_whole_questions(tmp_path):
+    """A question drawn many times (a problems file with repeats) is held out with every copy:
+    before, the split was by line, and copies of a held-out question were trained on."""
+    from lmforge.stages.align.grpo import Config, load_problems
+
+    path = tmp_path / "p.jsonl"
+    rows = [{"question": f"{i % 10}+1=", "answer": f"#### {i % 10 + 1}"} for i in range(200)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train, held = load_problems(Config(out="x", problems=str(path), val_fraction=0.3), path)
+    held_q = {p["question"] for p in held}
+    assert held_q and len(held) == len(held_q)
+    assert not held_q & {p["question"] for p in train} and len(train) == 200 - 20 * len(held_q)
+
+
+def test_accuracy_change_by_hand():
+    from lmforge.stages.align.grpo import accuracy_change
+
+    before = [1.0, 0.0, 0.0, 0.0]
+    after = [1.0, 1.0, 1.0, 0.0]
+    got = accuracy_change(before, after)
+    assert got["grpo_accuracy_before"] == 0.25 and got["grpo_accuracy_after"] == 0.75
+    assert got["grpo_accuracy_before_se"] == pytest.approx((0.25 * 0.75 / 4) ** 0.5)
+    assert got["grpo_accuracy_after_se"] == pytest.approx((0.75 * 0.25 / 4) ** 0.5)
+    # differences 0, 1, 1, 0: mean 0.5, population variance 0.25 → se sqrt(0.25 / 4) = 0.25
+    assert got["grpo_accuracy_gain_se"] == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        accuracy_change([1.0], [])
+
+
+def test_arithmetic_cli_writes_disjoint_training_and_heldout_files(tmp_path):
     from lmforge.data.supervised import read_conversations
     from lmforge.stages.align.grpo import Config, load_problems
 
     out = tmp_path / "arithmetic"
-    assert (
-        main(
-            [
-                "align",
-                "arithmetic",
-                "-q",
-                "--out",
-                str(out),
-                "--n_problems",
-                "30",
-                "--digits",
-                "2",
-                "--ops",
-                "+*",
-            ]
-        )
-        == 0
-    )
-    assert manifest(out)["metrics"]["problems"] == 30
+    args = [
+        "--out",
+        str(out),
+        "--n_problems",
+        "400",
+        "--n_heldout",
+        "50",
+        "--digits",
+        "2",
+        "--min_digits",
+        "1",
+    ]
+    assert main(["align", "arithmetic", "-q", *args]) == 0
+    metrics = manifest(out)["metrics"]
+    assert metrics["heldout_problems"] == 50 and metrics["problems"] <= 350
     sft = read_conversations(out / "sft.jsonl")
-    assert len(sft) == 30
+    assert len(sft) == metrics["problems"]
+    rows = {
+        name: [json.loads(line) for line in (out / name).read_text().splitlines()]
+        for name in ("problems.jsonl", "heldout.jsonl")
+    }
+    held_q = {r["question"] for r in rows["heldout.jsonl"]}
+    assert len(held_q) == 50 and not held_q & {r["question"] for r in rows["problems.jsonl"]}
+    sft_q = {line["prompt"] for line in map(json.loads, (out / "sft.jsonl").read_text().splitlines())}
+    assert not held_q & sft_q  # SFT never sees a held-out question either
+    assert any(len(q.split("+")[0]) == 1 for q in held_q) and any(len(q.split("+")[0]) == 2 for q in held_q)
     train, held = load_problems(
-        Config(out="x", problems=str(out / "problems.jsonl"), val_fraction=0.2), out / "problems.jsonl"
+        Config(out="x", problems=str(out / "problems.jsonl"), eval_problems=str(out / "heldout.jsonl")),
+        out / "problems.jsonl",
+        out / "heldout.jsonl",
     )
-    assert len(train) + len(held) == 30 and all(p["answer"].startswith("#### ") for p in train)
+    assert len(train) == metrics["problems"] and len(held) == 50
+    assert all(p["answer"].startswith("#### ") for p in train + held)
+    few = ["--out", str(tmp_path / "x"), "--n_problems", "300", "--n_heldout", "120"]  # 100 questions
+    assert main(["align", "arithmetic", "-q", *few]) != 0

@@ -9,12 +9,18 @@ frozen reference (LoRA disabled, or a frozen copy). Each rollout is reused for `
 optimiser steps (with 1 the ratio is 1 and the clip inactive, as in the paper's default).
 
 Problems: ``problems`` (JSONL ``{"question", "answer"}``, GSM8K's ``#### N`` answers work as they are)
-or, by default, generated arithmetic (``digits``, ``ops``; the first ``n_eval`` problems are held out
-and their questions removed from the training problems). The prompt is the question as a user turn
-of the chat template. Held-out problems are solved greedily before, during and after training:
-``accuracy`` (exact match), reported as ``grpo_accuracy_before`` / ``grpo_accuracy_after``.
-``metrics.jsonl`` has every rollout's ``{"step", "reward", "kl"}`` (mean reward; mean per-token k3 KL
-of the sampling policy to the reference, when there is one) beside the evaluations.
+held out by ``eval_problems`` (a JSONL file of the same shape, e.g. ``align.arithmetic``'s
+``heldout.jsonl``) or else by ``val_fraction`` of the distinct questions; or, by default, generated
+arithmetic (``digits``, ``min_digits``, ``ops``; the first ``n_eval`` distinct questions are held out,
+at most half of those drawn). Whichever way, every training problem whose question text is held out
+is removed (``training.align.split_heldout``). The prompt is the question as a user turn of the chat template.
+Held-out problems are solved greedily before, during and after training: ``accuracy`` (exact match).
+``grpo_accuracy_before`` is the starting policy's, ``grpo_accuracy_after`` the final policy's (the
+last evaluation, not the best one: choosing the best on the held-out set would flatter it), each with
+its binomial standard error ``sqrt(p(1-p)/n)``; ``grpo_accuracy_gain_se`` is the paired standard error
+of their difference over the same ``eval_problems`` problems. ``metrics.jsonl`` has every rollout's
+``{"step", "reward", "kl"}`` (mean reward; mean per-token k3 KL of the sampling policy to the
+reference, when there is one) beside the evaluations.
 
 Code rewards: with ``task`` (a code task, ``eval/tasks.py``: ``mbpp``, ``humaneval`` or a YAML file of
 kind ``code``; data under ``data_dir``) the problems are the task's TRAINING split
@@ -47,6 +53,9 @@ class Config(FinetuneOptions):
     """Options of ``lmforge align grpo``."""
 
     problems: str = opt("", "JSONL {question, answer} problems ('' = generated arithmetic)", path=True)
+    eval_problems: str = opt(
+        "", "JSONL {question, answer} held-out problems ('' = hold out val_fraction of problems)", path=True
+    )
     task: str = opt(
         "",
         "code task (mbpp, humaneval or a YAML file) to train on: reward 1 when its tests pass in the sandbox",
@@ -62,7 +71,8 @@ class Config(FinetuneOptions):
     )
     n_problems: int = opt(500, "generated problems for training (with problems: '' only)")
     n_eval: int = opt(100, "held-out problems solved greedily at each evaluation")
-    digits: int = opt(1, "generated arithmetic: digits per operand")
+    digits: int = opt(1, "generated arithmetic: digits per operand (at most)")
+    min_digits: int = opt(0, "generated arithmetic: fewest digits per operand (0 = digits)")
     ops: str = opt("+", "generated arithmetic: operators drawn from these characters (+-*)")
     batch_size: int = opt(4, "prompts per micro-batch (each sampled group_size times)")
     group_size: int = opt(8, "completions sampled per prompt (the GRPO group)")
@@ -88,6 +98,10 @@ class Config(FinetuneOptions):
             raise ConfigError(
                 "group_size", f"must be >= 2 (advantages compare a group), got {self.group_size}"
             )
+        if not 0 <= self.min_digits <= self.digits:
+            raise ConfigError("min_digits", f"must be in 0..digits ({self.digits}), got {self.min_digits}")
+        if self.eval_problems and not self.problems:
+            raise ConfigError("eval_problems", "holds out problems of a problems file; set problems too")
         if not self.ops or set(self.ops) - set("+-*"):
             raise ConfigError("ops", f"operators from '+-*', got {self.ops!r}")
         for key in ("temperature", "beta", "clip_eps", "format_weight", "lora_r"):
@@ -117,30 +131,58 @@ class Config(FinetuneOptions):
         require_sandbox(self.unsafe_exec)  # no usable sandbox: refused before any work
 
 
-INPUTS = ("model", "problems")
+INPUTS = ("model", "problems", "eval_problems")
 
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Train with GRPO (or return the cached result); returns the stage manifest."""
     if not cfg.out:
         raise ConfigError("out", "an output directory is required (e.g. --out runs/x/grpo)")
-    found = {"model": cfg.model, **config_inputs(cfg, "problems")}
+    found = {"model": cfg.model, **config_inputs(cfg, "problems", "eval_problems")}
     if cfg.task.endswith((".yaml", ".yml")):
         found["task"] = cfg.task
     return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)
 
 
-def load_problems(cfg: Config, path: Any) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """``(training, held-out)`` problems: from ``path`` (JSONL) or generated."""
-    from lmforge.data.readers import Problem, report
-    from lmforge.data.supervised import _json_records, holdout, log_problems
-    from lmforge.training.align import arithmetic_problems, extract_answer
+def load_problems(
+    cfg: Config, path: Any, eval_path: Any = None
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """``(training, held-out)`` problems: from ``path`` (JSONL; held out by ``eval_path`` or by
+    ``val_fraction`` of its distinct questions) or generated. No training problem's question is a
+    held-out question."""
+    from lmforge.data.supervised import holdout
+    from lmforge.training.align import arithmetic_problems, split_heldout
 
     if path is None:
-        both = arithmetic_problems(cfg.n_problems + cfg.n_eval, digits=cfg.digits, ops=cfg.ops, seed=cfg.seed)
-        held = both[: cfg.n_eval]
-        seen = {p["question"] for p in held}  # held-out questions never appear in training
-        return [p for p in both[cfg.n_eval :] if p["question"] not in seen], held
+        both = arithmetic_problems(
+            cfg.n_problems + cfg.n_eval,
+            digits=cfg.digits,
+            ops=cfg.ops,
+            seed=cfg.seed,
+            min_digits=cfg.min_digits or None,
+        )
+        distinct = len({p["question"] for p in both})
+        return split_heldout(both, min(cfg.n_eval, distinct // 2))  # at most half: leave some to train on
+    found = read_problems(path)
+    if eval_path is not None:
+        held = read_problems(eval_path)[: cfg.n_eval]
+    else:  # hold out whole questions: a question drawn twice must not land on both sides
+        _, held_questions = holdout(sorted({p["question"] for p in found}), cfg.val_fraction or 0.1, cfg.seed)
+        keep = set(held_questions)
+        held = list({p["question"]: p for p in found if p["question"] in keep}.values())[: cfg.n_eval]
+    seen = {p["question"] for p in held}
+    train = [p for p in found if p["question"] not in seen]
+    if len(train) < len(found):
+        logger.info("%d training problems removed: their questions are held out", len(found) - len(train))
+    return train, held
+
+
+def read_problems(path: Any) -> list[dict[str, str]]:
+    """The ``{"question", "answer"}`` records of a JSONL file; others are reported and skipped."""
+    from lmforge.data.readers import Problem, report
+    from lmforge.data.supervised import _json_records, log_problems
+    from lmforge.training.align import extract_answer
+
     problems: list = []
     found = []
     for number, record in _json_records(path, problems):
@@ -155,8 +197,7 @@ def load_problems(cfg: Config, path: Any) -> tuple[list[dict[str, str]], list[di
             continue
         found.append({"question": q, "answer": str(a)})
     log_problems(problems, "problems")
-    train, held = holdout(found, cfg.val_fraction or 0.1, cfg.seed)
-    return train, held[: cfg.n_eval]
+    return found
 
 
 def load_code_problems(cfg: Config) -> tuple[Any, list[Any], list[Any]]:
@@ -179,6 +220,26 @@ def load_code_problems(cfg: Config) -> tuple[Any, list[Any], list[Any]]:
         )
     train, held = holdout(task.fewshot_pool, cfg.val_fraction or 0.1, cfg.seed)
     return task, train, held[: cfg.n_eval]
+
+
+def accuracy_change(before: list[float], after: list[float]) -> dict[str, float]:
+    """Held-out accuracy of the starting and the final policy on the same ``n`` problems (per-problem
+    scores 1.0/0.0), each with its binomial standard error ``sqrt(p(1-p)/n)``, and the paired standard
+    error of the gain ``std(after_i - before_i) / sqrt(n)`` (population std)."""
+    n = len(before)
+    if n == 0 or len(after) != n:
+        raise ValueError(f"need the same non-empty problems before and after, got {n} and {len(after)}")
+    p0, p1 = sum(before) / n, sum(after) / n
+    diffs = [a - b for a, b in zip(after, before)]
+    mean = sum(diffs) / n
+    var = sum((d - mean) ** 2 for d in diffs) / n
+    return {
+        "grpo_accuracy_before": p0,
+        "grpo_accuracy_after": p1,
+        "grpo_accuracy_before_se": (p0 * (1 - p0) / n) ** 0.5,
+        "grpo_accuracy_after_se": (p1 * (1 - p1) / n) ** 0.5,
+        "grpo_accuracy_gain_se": (var / n) ** 0.5,
+    }
 
 
 def code_scorer(task: Any, *, unsafe_exec: bool = False) -> Any:
@@ -216,7 +277,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     if cfg.task:
         task, train, held = load_code_problems(cfg)
     else:
-        train, held = load_problems(cfg, ctx.inputs.get("problems"))
+        train, held = load_problems(cfg, ctx.inputs.get("problems"), ctx.inputs.get("eval_problems"))
     if not train or not held:
         raise ConfigError(
             "problems", f"need problems to train on and to hold out, got {len(train)} and {len(held)}"
@@ -260,7 +321,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
 
     rng = np.random.default_rng(cfg.seed)
     buffer: list = []
-    state = {"calls": 0, "reward": [], "kl": []}
+    state: dict[str, Any] = {"calls": 0, "reward": [], "kl": [], "solved": []}
 
     def next_batch() -> tuple[Any, int]:
         calls = state["calls"]
@@ -301,7 +362,9 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     def evaluate() -> dict[str, float]:
         greedy = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=0.0, **stops)
         done = engine.generate([prompt(p) for p in held], greedy)
-        out = {"accuracy": sum(judge(p, c.text) for p, c in zip(held, done)) / len(held)}
+        solved = [judge(p, c.text) for p, c in zip(held, done)]  # per held-out problem, 1.0 or 0.0
+        state["solved"].append(solved)
+        out = {"accuracy": sum(solved) / len(held)}
         if not cfg.task:
             out["format"] = sum(align.format_reward(c.text) for c in done) / len(held)
         return out
@@ -324,11 +387,11 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     ft.save_best_and_last(ctx.dir / "ckpt", model, result, save)
     rewards, kls = state["reward"], state["kl"]
     tail = max(1, len(rewards) // 4)
+    before, after = state["solved"][0], state["solved"][-1]  # the starting and the final policy
     return {
-        **result.best_metrics,
-        "grpo_accuracy_before": result.initial_metrics["accuracy"],
-        "grpo_accuracy_after": result.best_metrics["accuracy"],
-        "last_accuracy": result.last_metrics["accuracy"],
+        **result.last_metrics,  # the final policy's evaluation (accuracy, format)
+        **accuracy_change(before, after),
+        "best_accuracy": result.best_metrics["accuracy"],
         "reward_first": sum(rewards[:tail]) / tail,
         "reward_last": sum(rewards[-tail:]) / tail,
         "kl_last": kls[-1] if kls else 0.0,
