@@ -33,7 +33,7 @@ from lmforge.model.config import ModelConfig
 from lmforge.model.hf_bert import bert_gaps, bert_tokenizer_config, to_bert_config, to_bert_state_dict
 from lmforge.model.hf_families import check_family, to_family_config, to_family_state_dict
 from lmforge.model.hf_import import max_logit_difference, require_transformers
-from lmforge.tokenizer.chat import hf_tokenizer_config
+from lmforge.tokenizer.chat import hf_tokenizer_config, with_bos
 from lmforge.tokenizer.train import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -138,23 +138,6 @@ def export_hf(ckpt_dir: Path, out_dir: Path, dtype: str = "float32") -> Exported
         "exported %s as Hugging Face %s (%s) to %s", ckpt_dir, family, hf_config.architectures, out_dir
     )
     return Exported(model.eval(), n_tok, family)
-
-
-def with_bos(tok: Any, bos_id: int | None) -> Any:
-    """A copy of ``tok`` whose post-processor puts ``<|bos|>`` first, as lmforge does before every
-    document and prompt: ``tokenizer(prompt)`` in ``transformers`` then gives the ids ``lmforge generate``
-    feeds the model (``add_special_tokens=False``, and ``apply_chat_template``, whose template starts
-    with ``<|bos|>``, add nothing). A post-processor already there (byte-level offsets) is kept, first."""
-    from tokenizers import Tokenizer, processors
-
-    out = Tokenizer.from_str(tok.to_str())
-    if bos_id is None:
-        return out
-    bos = processors.TemplateProcessing(
-        single="<|bos|> $A", pair="<|bos|> $A $B:1", special_tokens=[("<|bos|>", bos_id)]
-    )
-    out.post_processor = bos if out.post_processor is None else processors.Sequence([out.post_processor, bos])
-    return out
 
 
 def export_bert(model: nn.Module, out_dir: Path, cfg: ModelConfig, tok: Any, dtype: str) -> Exported:

@@ -51,6 +51,7 @@ from lmforge.model.hf_names import (
     from_hf_state_dict,
     from_llama_config,
 )
+from lmforge.tokenizer.chat import without_bos
 from lmforge.tokenizer.train import CHAT_TOKENS, SPECIAL_TOKENS
 
 logger = logging.getLogger(__name__)
@@ -176,8 +177,8 @@ def read_hf_tokenizer(hf_dir: Path) -> Tokenizer:
         InputError: no tokenizer that transformers can load as a fast tokenizer.
     """
     hf_dir = Path(hf_dir)
-    if (hf_dir / "tokenizer.json").is_file():
-        return Tokenizer.from_file(str(hf_dir / "tokenizer.json"))
+    if (hf_dir / "tokenizer.json").is_file():  # an lmforge export's <|bos|> post-processor is dropped
+        return without_bos(Tokenizer.from_file(str(hf_dir / "tokenizer.json")))
     files = ", ".join(sorted(p.name for p in hf_dir.iterdir()))
     if not any((hf_dir / name).is_file() for name in SLOW_TOKENIZER_FILES):
         # transformers would build an empty tokenizer here rather than fail

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, processors
 
 from lmforge.errors import InputError
 from lmforge.tokenizer.train import CHAT_TOKENS, SPECIAL_TOKENS, special_id
@@ -216,6 +216,57 @@ def hf_tokenizer_config(tok: Tokenizer) -> dict[str, Any]:
         if tok.token_to_id(token) is not None:
             config[f"{name}_token"] = token
     return config
+
+
+def with_bos(tok: Tokenizer, bos_id: int | None) -> Tokenizer:
+    """A copy of ``tok`` whose post-processor puts ``<|bos|>`` first, as lmforge does before every
+    document and prompt, for an exported ``tokenizer.json``: ``tokenizer(prompt)`` in ``transformers``
+    then gives the ids ``lmforge generate`` feeds the model (``add_special_tokens=False``, and
+    ``apply_chat_template``, whose template starts with ``<|bos|>``, add nothing). A post-processor
+    already there (byte-level offsets) is kept, first. ``without_bos`` undoes it on import."""
+    out = Tokenizer.from_str(tok.to_str())
+    if bos_id is None:
+        return out
+    out.post_processor = (
+        _bos_template(bos_id)
+        if out.post_processor is None
+        else processors.Sequence([out.post_processor, _bos_template(bos_id)])
+    )
+    return out
+
+
+def without_bos(tok: Tokenizer) -> Tokenizer:
+    """``tok`` without the ``<|bos|>`` post-processor ``with_bos`` adds (lmforge prepends it itself), so an
+    export imported back has the original tokenizer; any other post-processor is left as it is."""
+    bos_id = tok.token_to_id(SPECIAL_TOKENS[0])
+    if bos_id is None or tok.post_processor is None:
+        return tok
+    ours = json.loads(with_bos(Tokenizer.from_str(_without_post_processor(tok)), bos_id).to_str())[
+        "post_processor"
+    ]
+    state = json.loads(tok.to_str())
+    found = state["post_processor"]
+    if found == ours:
+        state["post_processor"] = None
+    elif found.get("type") == "Sequence" and len(found["processors"]) == 2 and found["processors"][1] == ours:
+        state["post_processor"] = found["processors"][0]
+    else:
+        return tok
+    return Tokenizer.from_str(json.dumps(state))
+
+
+def _without_post_processor(tok: Tokenizer) -> str:
+    state = json.loads(tok.to_str())
+    state["post_processor"] = None
+    return json.dumps(state)
+
+
+def _bos_template(bos_id: int) -> Any:
+    return processors.TemplateProcessing(
+        single=f"{SPECIAL_TOKENS[0]} $A",
+        pair=f"{SPECIAL_TOKENS[0]} $A $B:1",
+        special_tokens=[(SPECIAL_TOKENS[0], bos_id)],
+    )
 
 
 def save_hf_config(tok: Tokenizer, directory: str | os.PathLike) -> Path:
