@@ -243,7 +243,11 @@ def test_ppo_cli_with_a_reward_model(align_dir, tmp_path):
     assert abs(m["metrics"]["kl_after"]) < 5.0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rollouts = [r for r in rows if "reward" in r]
-    assert [r["step"] for r in rollouts] == [1] and "kl" in rollouts[0]  # step 2 reuses the rollout
+    assert [r["step"] for r in rollouts] == [1] and "rollout_kl" in rollouts[0]  # step 2 reuses the rollout
+    evals = [r for r in rows if "win_rate" in r and "final" not in r]
+    assert [r["step"] for r in evals] == [0, 2] and evals[0]["win_rate"] == 0.5  # every reply ties at 0
+    for key in ("ppo_win_rate", "ppo_kl", "ppo_policy_score", "ppo_base_score", "judged_prompts"):
+        assert key in m["metrics"]
 
 
 def test_generated_problems_hold_out_their_questions():

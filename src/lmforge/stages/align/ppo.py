@@ -18,7 +18,7 @@ reply's tokens, averaged over replies); the best step is chosen by ``score`` the
 prompts (``val``, or ``val_fraction`` of ``prompts``) are judged once at the end, ``n_judge`` of them:
 ``ppo_win_rate``, ``ppo_kl``, ``ppo_policy_score``, ``ppo_base_score``, and with a ``check_model``
 (a second reward model, not trained on) ``ppo_check_win_rate``. ``metrics.jsonl`` has every
-rollout's ``{"step", "reward", "kl"}``.
+rollout's ``{"step", "reward", "rollout_kl"}`` (the training prompts' replies).
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
             {
                 "step": calls // cfg.grad_accum + 1,
                 "reward": float(batch.scores.mean()),
-                "kl": float(batch.kl.mean()),
+                "rollout_kl": float(batch.kl.mean()),
             }
         )
         buffer[slot:] = [batch]
