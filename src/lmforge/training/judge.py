@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from lmforge.training.batches import pad_batch
 logger = logging.getLogger(__name__)
 
 Messages = Sequence[dict[str, str]]
+CHUNK = 32  # prompts sampled and scored at once by WinRate
 
 
 def distinct_prompts(prefs: Sequence[Any]) -> list[Messages]:
@@ -123,26 +124,33 @@ class WinRate:
         }
 
     @torch.no_grad()
-    def replies(self, model: nn.Module, reference: Any = None) -> tuple[list[str], Any]:
-        """``(reply texts, rollout)`` of ``model`` to the prompts (the rollout holds the reference's
-        log-probabilities when ``reference`` is given)."""
+    def replies(self, model: nn.Module, reference: Any = None) -> tuple[list[str], torch.Tensor | None]:
+        """``(reply texts, summed log π − log π_ref of each reply [P] or None without a reference)`` of
+        ``model``, sampled in chunks of ``CHUNK`` prompts (the log-probabilities of a whole chunk are held)."""
         was = model.training
         model.eval()
+        texts: list[str] = []
+        kls = []
         try:
-            ro = rollout(
-                Engine(model, self.tok), self.ids, lambda i, c: 0.0, group_size=1, params=self.params,
-                pad_id=self.pad_id, reference=reference,
-            )  # fmt: skip
+            for s in range(0, len(self.ids), CHUNK):
+                params = replace(self.params, seed=self.params.seed + s)  # row i always draws from seed + i
+                ro = rollout(
+                    Engine(model, self.tok), self.ids[s : s + CHUNK], lambda i, c: 0.0, group_size=1,
+                    params=params, pad_id=self.pad_id, reference=reference,
+                )  # fmt: skip
+                texts += [self.tok.decode(c.ids, skip_special_tokens=True) for c in ro.completions]
+                if reference is not None:
+                    kls.append(((ro.old_logp - ro.ref_logp) * ro.m).sum(dim=1))
         finally:
             model.train(was)
-        return [self.tok.decode(c.ids, skip_special_tokens=True) for c in ro.completions], ro
+        return texts, torch.cat(kls) if kls else None
 
     @torch.no_grad()
     def __call__(self, policy: nn.Module, reference: Any) -> dict[str, float]:
         """Win rate per judge and ``kl``: the policy's summed ``log π − log π_ref`` over its own replies,
         averaged (a sample estimate of KL(π ‖ π_ref) per reply); ``reference`` is an ``align.Reference``."""
-        texts, ro = self.replies(policy, reference)
-        out: dict[str, float] = {"kl": float(((ro.old_logp - ro.ref_logp) * ro.m).sum(dim=1).mean())}
+        texts, kl = self.replies(policy, reference)
+        out: dict[str, float] = {"kl": float(kl.mean())}
         for i, (name, judge) in enumerate(self.judges.items()):
             mine, base = judge(self.prompts, texts), self.base_scores[name]
             wins = (mine > base).float() + 0.5 * (mine == base).float()
