@@ -10,7 +10,8 @@
   seed and reports the win rate per judge (ties ½; at the start every reply ties, 0.5) and the
   policy's KL to the reference over its own replies. The first judge is the headline (keys
   ``win_rate``, ``policy_score``, ``base_score``); any other judge is a second signal that does not
-  drive training (keys prefixed with its name), so a policy that hacks the first shows it.
+  drive training (keys prefixed with its name), so a policy that hacks the first shows it; so does
+  ``policy_words`` beside ``base_words``, the replies' mean length in words.
 
 Shape notation: P prompts, T tokens.
 """
@@ -150,7 +151,11 @@ class WinRate:
         """Win rate per judge and ``kl``: the policy's summed ``log π − log π_ref`` over its own replies,
         averaged (a sample estimate of KL(π ‖ π_ref) per reply); ``reference`` is an ``align.Reference``."""
         texts, kl = self.replies(policy, reference)
-        out: dict[str, float] = {"kl": float(kl.mean())}
+        out: dict[str, float] = {
+            "kl": float(kl.mean()),
+            "policy_words": sum(len(t.split()) for t in texts) / len(texts),  # length: a common reward hack
+            "base_words": sum(len(t.split()) for t in self.base_replies) / len(texts),
+        }
         for i, (name, judge) in enumerate(self.judges.items()):
             mine, base = judge(self.prompts, texts), self.base_scores[name]
             wins = (mine > base).float() + 0.5 * (mine == base).float()

@@ -106,7 +106,8 @@ def build_optimizer(
     Weight decay is decoupled: each step multiplies decayed weights by ``1 - lr * weight_decay``
     outside the adaptive update (not an L2 term in the loss; ``lr`` is the group's, so layer-wise decay
     shrinks the lower layers' weight decay too, as in ELECTRA). Uses the fused kernel when the
-    parameters' device supports it (CPU does in torch >= 2.4), else the multi-tensor ``foreach`` path.
+    parameters' device supports it (CPU does in torch >= 2.4; the step then marks every parameter as
+    modified in place, as the other kernels do), else the multi-tensor ``foreach`` path.
     Each group starts at ``lr`` times its ``lr_scale``; a loop then calls ``set_lr`` every step.
 
     Raises:
@@ -139,9 +140,19 @@ def build_optimizer(
     for g in groups:
         g["lr"] = lr * g.get("lr_scale", 1.0)
     try:
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
+        opt = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
     except RuntimeError:  # a device or dtype the fused kernel does not cover
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=True)
+    opt.register_step_post_hook(_mark_updated)
+    return opt
+
+
+def _mark_updated(opt: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+    """Bump the version counter of every parameter after a fused step: the fused kernel writes the
+    weights without it (torch 2.13), and the inference engine's ``RaggedForward.refresh`` rebuilds its
+    fused copies only when a counter moved — without this, a PPO or GRPO rollout engine made before
+    training kept sampling from the starting weights."""
+    torch.autograd.graph.increment_version([p for g in opt.param_groups for p in g["params"]])
 
 
 def lr_at(

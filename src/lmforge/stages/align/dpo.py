@@ -5,12 +5,13 @@ rises on the chosen reply and falls on the rejected one: loss ``−log σ(β h)`
 The reference is the starting model; its log-probabilities of every pair are computed once before the
 first step (the policy equals the reference then), so no second model is held in memory. The policy
 is the whole model, or LoRA adapters (``lora_r`` > 0). Data: ``data.preferences`` (HH-RLHF text,
-prompt/chosen/rejected, conversation pairs, rankings). The best step is chosen on a selection set carved
-from the training pairs (``val_fraction``; ``select_*`` in the evaluations, with ``kl``: the policy's
-summed log-ratio to the reference over its own sampled replies to ``n_kl`` selection prompts, and, with
-a ``reward_model``, their ``win_rate`` over the starting model's replies). The held-out pairs
-(``val``, or ``val_fraction`` of ``train``) are scored once, by the chosen weights: ``val_loss``,
-``reward_accuracy`` (chosen implicit reward above rejected), ``reward_margin``; with a
+prompt/chosen/rejected, conversation pairs, rankings). The best step is chosen on a selection set
+carved from the training pairs (``val_fraction``): by their DPO loss (``select_*`` in the evaluations),
+or with ``monitor: win_rate`` by the reward model's win rate on ``n_kl`` selection prompts; each
+evaluation also has ``kl``, the policy's summed log-ratio to the reference over its own sampled replies
+to those prompts, and with a ``reward_model`` their ``win_rate`` over the starting model's replies. The
+held-out pairs (``val``, or ``val_fraction`` of ``train``) are scored once, by the chosen weights:
+``val_loss``, ``reward_accuracy`` (chosen implicit reward above rejected), ``reward_margin``; with a
 ``reward_model``, the policy and the starting model answer ``n_judge`` held-out prompts and it judges
 them (``training.judge.WinRate``): ``dpo_win_rate``, ``dpo_kl``; a ``check_model`` judges the same
 replies as a second signal (``dpo_check_win_rate``). ``metrics.jsonl`` also has every step's
@@ -56,6 +57,11 @@ class Config(FinetuneOptions):
     )
     n_kl: int = opt(16, "selection prompts the policy answers at each evaluation: KL, win rate (0 = none)")
     judge_tokens: int = opt(48, "tokens per judged reply at most")
+    monitor: Literal["select_loss", "win_rate"] = opt(
+        "select_loss",
+        "what chooses the best step: the DPO loss of the selection pairs, or the reward model's win rate"
+        " on the n_kl selection prompts",
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -69,6 +75,8 @@ class Config(FinetuneOptions):
         for key in ("lora_r", "max_train_examples", "n_kl"):
             if getattr(self, key) < 0:
                 raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
+        if self.monitor == "win_rate" and not (self.reward_model and self.n_kl):
+            raise ConfigError("monitor", "win_rate needs a reward_model and n_kl > 0 selection prompts")
 
 
 INPUTS = ("model", "train", "val", "reward_model", "check_model")
@@ -230,7 +238,8 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         next_batch=next_batch,
         loss_sum=loss_sum,
         evaluate=evaluate,
-        monitor="select_loss",
+        monitor=cfg.monitor,
+        mode="max" if cfg.monitor == "win_rate" else "min",
         log_metrics=ctx.log_metrics,
     )
 
