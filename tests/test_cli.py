@@ -44,11 +44,7 @@ def test_top_help_lists_commands(capsys):
 # beside the methods
 @pytest.mark.parametrize(
     "name",
-    [
-        n
-        for n in COMMANDS
-        if n not in ("run", "finetune", "align", "export", "import", "scaling", "harness")
-    ],
+    [n for n in COMMANDS if n not in ("run", "finetune", "align", "export", "import", "scaling", "harness")],
 )
 def test_stage_help_lists_every_option(name, capsys):
     import importlib

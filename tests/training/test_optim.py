@@ -202,3 +202,27 @@ def test_layer_lr_decay_on_a_decoder_and_one_leaves_the_groups_as_they_were() ->
         build_optimizer(model, lr=0.1, weight_decay=0.0, layer_lr_decay=0.0)
     with pytest.raises(ValueError, match=r"blocks\.\{i\}"):
         build_optimizer(torch.nn.Linear(2, 2), lr=0.1, weight_decay=0.0, layer_lr_decay=0.9)
+
+
+def test_fused_adamw_step_marks_weights_changed_for_a_live_engine():
+    """An inference engine made before training must sample from the trained weights: the fused AdamW
+    kernel writes weights without bumping their version counters, which the engine's fused-weight cache
+    watches (before the fix a PPO/GRPO rollout engine kept sampling from the starting weights)."""
+    from lmforge.inference.engine import Engine, SamplingParams
+
+    torch.manual_seed(0)
+    model = Decoder(ModelConfig(vocab_size=64, block_size=32, n_layer=1, n_head=2, n_embd=32))
+    engine = Engine(model)
+    params = SamplingParams(max_new_tokens=6, temperature=0.0)
+    before = engine.generate([[1, 2, 3]], params)[0].ids
+    opt = build_optimizer(model, lr=0.5, weight_decay=0.0)
+    versions = [p._version for p in model.parameters()]
+    for _ in range(3):
+        opt.zero_grad()
+        logits = model(torch.tensor([[1, 2, 3]]))
+        torch.nn.functional.cross_entropy(logits[0], torch.tensor([7, 7, 7])).backward()
+        opt.step()
+    assert all(p._version > v for p, v in zip(model.parameters(), versions))
+    after = engine.generate([[1, 2, 3]], params)[0].ids
+    assert after == Engine(model).generate([[1, 2, 3]], params)[0].ids  # the live engine = a fresh one
+    assert after != before and 7 in after

@@ -31,7 +31,7 @@ ALIGN_KIND = "align."  # align.dpo, align.reward, align.ppo, align.grpo: reward 
 # metrics.jsonl keys of training stages drawn beside the loss (absent keys are simply not drawn)
 TRAIN_SERIES = ("lr", "grad_norm", "tokens_per_s")
 # metrics.jsonl keys of align stages whose name contains one of these words become alignment curves
-ALIGN_WORDS = ("reward", "kl", "accuracy", "margin")
+ALIGN_WORDS = ("reward", "kl", "accuracy", "margin", "win_rate", "score")
 IMPORT_KIND = "import."  # import.hf: weights converted from another library, not trained in this run
 PRETRAINED_PREFIX = "pretrained:"  # import's model names weights a package installs: pretrained:NAME
 # training.checkpoint.FINAL_FILE, named here so the report never imports torch: which checkpoint is last

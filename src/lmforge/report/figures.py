@@ -1,6 +1,6 @@
 """Figures of the run report, drawn headless with Agg: training curves (loss, and lr, grad norm and
 tokens/s when logged) per training stage, alignment curves (reward, KL, accuracy, margins) per align
-stage, and the scaling-law figures (``lmforge.scaling.plots``) per scaling fit.
+stage and, for a stage judged by a reward model, its score, KL and win rate over the steps, and the scaling-law figures (``lmforge.scaling.plots``) per scaling fit.
 
 Figures use matplotlib's object API with an explicit Agg canvas (``Figure`` + ``FigureCanvasAgg``) rather
 than ``pyplot``: no GUI backend is touched, no global figure registry grows, and the caller's matplotlib
@@ -49,6 +49,9 @@ def draw_all(run: RunData, run_dir: Path) -> list[tuple[Image, str]]:
         save(f"loss_{_safe_name(curve.instance)}", loss_png(curve), curve.instance, "training")
     for curve in run.align:
         save(f"align_{_safe_name(curve.instance)}", series_png(curve), curve.instance, "alignment")
+        if curve.series.get("win_rate"):
+            save(f"judged_{_safe_name(curve.instance)}", judged_png(curve), curve.instance, "alignment",
+                 JUDGED_CAPTION)  # fmt: skip
     predictions = dict(run.predictions)
     for instance, fit in run.scaling:
         from lmforge.scaling.analysis import law_of
@@ -143,6 +146,37 @@ def series_png(curve: Curve) -> bytes:
         ax.set_xlabel("step")
         ax.set_title(f"{curve.instance}: {key}")
         ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+JUDGED_CAPTION = (
+    "The policy judged against its starting model at each evaluation, on prompts that choose the best step"
+    " (never the reported held-out ones): the reward model's mean score of the policy's and the start's"
+    " replies, the policy's KL to the reference per reply, and its win rate (0.5 = no change)."
+)
+
+
+def judged_png(curve: Curve) -> bytes:
+    """Three panels of an align stage judged by a reward model (``training.judge.WinRate`` rows): the
+    score of the policy's replies beside the starting model's, the KL to the reference, the win rate."""
+    fig, (score, kl, win) = _axes(3)
+    policy = curve.series.get("policy_score") or curve.series.get("score") or []
+    for ax, points, label in ((score, policy, "policy"), (score, curve.series.get("base_score", []), "start"),
+                              (kl, curve.series.get("kl", []), "KL"), (win, curve.series["win_rate"], "win rate")):  # fmt: skip
+        if points:
+            steps, values = zip(*points)
+            ax.plot(steps, values, marker="o", markersize=3, linewidth=1.2, label=label)
+    win.axhline(0.5, color="grey", linestyle="--", linewidth=0.8)
+    win.set_ylim(0, 1)
+    for ax, title in (
+        (score, "reward-model score"),
+        (kl, "KL to the reference (nats / reply)"),
+        (win, "win rate"),
+    ):
+        ax.set_xlabel("step")
+        ax.set_title(f"{curve.instance}: {title}")
+        ax.grid(alpha=0.3)
+    score.legend()
     return _png(fig)
 
 

@@ -60,12 +60,10 @@ def alignment_section(run: RunData, images: Sequence[Image]) -> Section | None:
     """Reward, KL and accuracy curves of every align stage, with the last value of each series."""
     if not run.align:
         return None
-    by_instance = {image.instance: image for image in images}
     section = Section("Alignment")
     for curve in run.align:
         section.blocks.append(("h3", curve.instance))
-        if curve.instance in by_instance:
-            section.blocks.append(("img", by_instance[curve.instance]))
+        section.blocks.extend(("img", image) for image in images if image.instance == curve.instance)
         rows = [
             [key, str(len(values)), fmt_value(values[-1][1]), fmt_value(values[-1][0])]
             for key, values in sorted(curve.series.items())

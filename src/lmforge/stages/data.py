@@ -21,6 +21,7 @@ import logging
 import shutil
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
@@ -33,7 +34,7 @@ from lmforge.data.pii import PIIConfig
 from lmforge.data.quality import QualityConfig
 from lmforge.data.readers import Problem
 from lmforge.errors import InputError
-from lmforge.runstore import StageContext, run_stage, write_json_atomic
+from lmforge.runstore import StageContext, resolve_ref, run_stage, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ class Config:
             raise ConfigError("text_split", str(exc)) from None
 
 
-INPUTS: tuple[str, ...] = ()
+INPUTS = ("input",)  # an "@stage/file" input is a file another stage of the run writes (align.split's text)
 
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
@@ -117,7 +118,8 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     if not cfg.out:
         raise ConfigError("out", "an output directory is required (e.g. --out runs/x/data)")
     skipped: list[Problem] | None = None if cfg.strict else []
-    specs = check_readable(resolve_sources(cfg.input, text_field=cfg.text_field, skipped=skipped), skipped)
+    sources = [str(resolve_ref(s, Path(cfg.out))) if s.startswith("@") else s for s in cfg.input]
+    specs = check_readable(resolve_sources(sources, text_field=cfg.text_field, skipped=skipped), skipped)
     if not specs:
         raise InputError(
             "input: every source is bad, nothing to read:\n  " + "\n  ".join(map(str, skipped or []))

@@ -10,7 +10,8 @@ the DPO / reward-model / GRPO losses as small pure functions, the reward model, 
 - ``dpo_loss``: DPO (Rafailov et al. 2023, eq. 7) with the sigmoid loss, or IPO (Azar et al. 2023).
 - ``bradley_terry_loss`` / ``plackett_luce_loss``: reward-model likelihoods (Bradley & Terry 1952;
   Plackett 1975, Luce 1959; Ouyang et al. 2022 train on all implied pairs of a ranking).
-- ``RewardModel``: a trunk (decoder or encoder) + ``model.heads.ScalarHead`` on the last real token.
+- ``RewardModel``: a trunk (decoder or encoder) + ``model.heads.ScalarHead`` on the last real token
+  (``training.judge`` scores reply texts with it and measures win rates).
 - ``group_advantages`` / ``clipped_policy_loss`` / ``kl_k3``: GRPO (Shao et al. 2024, DeepSeekMath §4);
   ``rollout`` samples through the inference engine (GRPO and PPO; PPO's own pieces: ``training.ppo``).
 - ``extract_answer`` / ``correctness_reward`` / ``format_reward`` / ``arithmetic_problems`` /
@@ -176,11 +177,15 @@ class RewardModel(nn.Module):
         return self.head(hidden_states(self.trunk, idx, attention_mask), attention_mask)
 
 
-def save_reward_model(dir: Path, rm: RewardModel, mcfg: Any, *, tokenizer_path: Path, base: str) -> None:
-    """A normal checkpoint of the trunk plus ``heads.safetensors`` (the scalar head) and ``finetune.json``."""
+def save_reward_model(
+    dir: Path, rm: RewardModel, mcfg: Any, *, tokenizer_path: Path, base: str, max_len: int = 0
+) -> None:
+    """A normal checkpoint of the trunk plus ``heads.safetensors`` (the scalar head) and ``finetune.json``
+    (``max_len``: the tokens per conversation it was trained on, which ``training.judge`` scores with;
+    0 = the model's ``block_size``)."""
     from lmforge.training.finetune import save_finetuned
 
-    meta = {"method": "reward", "pooling": rm.head.pooling, "base": base}
+    meta = {"method": "reward", "pooling": rm.head.pooling, "base": base, "max_len": max_len}
     heads = nn.ModuleDict({REWARD_HEAD: rm.head})
     save_finetuned(dir, rm.trunk, mcfg, tokenizer_path=tokenizer_path, heads=heads, meta=meta)
 
@@ -209,64 +214,6 @@ def load_reward_model(path: Path, which: str = "best") -> RewardModel:
     state = load_file(str(dir / HEADS_FILE))
     rm.head.load_state_dict({k.removeprefix(f"{REWARD_HEAD}."): v for k, v in state.items()})
     return rm.eval()
-
-
-@torch.no_grad()
-def judge_against_base(
-    policy: nn.Module,
-    base: nn.Module,
-    rm: RewardModel,
-    tok: Any,
-    prompts: Sequence[Sequence[dict[str, str]]],
-    *,
-    max_new_tokens: int = 48,
-    temperature: float = 1.0,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Win rate of ``policy`` over ``base`` judged by ``rm``, and the policy's KL to ``base``.
-
-    Both sample one reply per prompt (same seed); ``rm`` scores each whole conversation. Returns
-    ``win_rate`` (policy scored higher; ties count ½), ``policy_score``, ``base_score`` (means) and
-    ``kl``: the policy's summed log-ratio ``log π − log π_base`` over its own replies, averaged — a
-    sample estimate of KL(π ‖ π_base) per reply.
-    """
-    from lmforge.inference.engine import Engine, SamplingParams
-    from lmforge.tokenizer.chat import render_chat
-    from lmforge.tokenizer.train import special_id
-    from lmforge.training.batches import pad_batch
-
-    pad_id, end_id = special_id(tok, "pad"), special_id(tok, "end")
-    block = policy.config.block_size
-    ids = [
-        render_chat(tok, list(p), add_generation_prompt=True)[0][-(block - max_new_tokens) :] for p in prompts
-    ]
-    params = SamplingParams(
-        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, stop_ids=frozenset({end_id})
-    )
-    device = next(policy.parameters()).device
-    was = policy.training
-    policy.eval()
-    base.eval()
-    out: dict[str, torch.Tensor] = {}
-    rows: dict[str, Rollout] = {}
-    for name, model in (("policy", policy), ("base", base)):
-        ro = rollout(Engine(model, tok), ids, lambda i, c: 0.0, group_size=1, params=params, pad_id=pad_id)
-        full = [
-            p + c.ids + ([end_id] if c.finish_reason == "stop" else []) for p, c in zip(ids, ro.completions)
-        ]
-        idx, mask = pad_batch([f[-block:] for f in full], pad_id)
-        out[name] = rm(idx.to(device), mask.to(device)).float()
-        rows[name] = ro
-    ro = rows["policy"]
-    kl = ((ro.old_logp - token_logprobs(base, ro.x, ro.y)) * ro.m).sum(dim=1)  # [P]
-    policy.train(was)
-    wins = (out["policy"] > out["base"]).float() + 0.5 * (out["policy"] == out["base"]).float()
-    return {
-        "win_rate": float(wins.mean()),
-        "policy_score": float(out["policy"].mean()),
-        "base_score": float(out["base"].mean()),
-        "kl": float(kl.mean()),
-    }
 
 
 # --------------------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ def test_dpo_cli(align_dir, tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if "reward_margin" in r and "val_loss" not in r]
     assert [r["step"] for r in train] == list(range(1, 7)) and all("reward_accuracy" in r for r in train)
-    evals = [r for r in rows if "val_loss" in r and "final" not in r]
+    evals = [r for r in rows if "select_loss" in r and "final" not in r]
     assert [r["step"] for r in evals] == [0, 3, 6] and all("kl" in r for r in evals)
     assert evals[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # the policy is the reference at step 0
 
@@ -157,7 +157,8 @@ def test_reward_cli_plackett_luce_on_full_rankings(align_dir, tmp_path):
         "--val_fraction", "0.25",
     )  # fmt: skip
     metrics = manifest(out)["metrics"]
-    assert metrics["train_rankings"] + metrics["val_pairs"] // 3 == 40  # held out as whole rankings
+    # held out as whole rankings: training, step-selection and held-out rankings add up to the 40
+    assert metrics["train_rankings"] + (metrics["select_pairs"] + metrics["val_pairs"]) // 3 == 40
     assert metrics["rm_pairwise_accuracy"] >= 0.8 > metrics["base_rm_pairwise_accuracy"]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "accuracy" in r and "loss" not in r]
@@ -242,7 +243,11 @@ def test_ppo_cli_with_a_reward_model(align_dir, tmp_path):
     assert abs(m["metrics"]["kl_after"]) < 5.0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rollouts = [r for r in rows if "reward" in r]
-    assert [r["step"] for r in rollouts] == [1] and "kl" in rollouts[0]  # step 2 reuses the rollout
+    assert [r["step"] for r in rollouts] == [1] and "rollout_kl" in rollouts[0]  # step 2 reuses the rollout
+    evals = [r for r in rows if "win_rate" in r and "final" not in r]
+    assert [r["step"] for r in evals] == [0, 2] and evals[0]["win_rate"] == 0.5  # every reply ties at 0
+    for key in ("ppo_win_rate", "ppo_kl", "ppo_policy_score", "ppo_base_score", "judged_prompts"):
+        assert key in m["metrics"]
 
 
 def test_generated_problems_hold_out_their_questions():

@@ -44,13 +44,21 @@ def test_align_cpu_recipe_plans_the_whole_loop(tmp_path):
     steps = {s.instance: s for s in plan(load_yaml(RECIPES / "align-cpu.yaml"), {}, tmp_path)}
     kinds = {name: s.kind for name, s in steps.items()}
     assert kinds == {
-        "data": "data", "tokenizer": "tokenizer", "pretrain": "pretrain", "reward": "align.reward",
-        "dpo": "align.dpo", "arithmetic": "align.arithmetic", "sft": "finetune.sft", "grpo": "align.grpo",
-        "report": "report",
+        "split": "align.split", "data": "data", "tokenizer": "tokenizer", "pretrain": "pretrain",
+        "import": "import.hf", "reward": "align.reward", "reward_decoder": "align.reward",
+        "chat": "finetune.sft", "dpo": "align.dpo", "ppo": "align.ppo",
+        "arithmetic": "align.arithmetic", "sft": "finetune.sft", "grpo": "align.grpo", "report": "report",
     }  # fmt: skip
-    assert "reward" in steps["dpo"].needs and steps["sft"].needs == ["pretrain", "arithmetic"]
+    assert steps["data"].needs == ["split"] and steps["reward"].needs == ["import", "split"]
+    assert set(steps["dpo"].needs) == set(steps["ppo"].needs) == {"chat", "split", "reward", "reward_decoder"}
+    assert steps["sft"].needs == ["pretrain", "arithmetic"]
     assert sorted(steps["grpo"].needs) == ["arithmetic", "sft"]  # trains and evaluates on its files
-    assert steps["reward"].config.train == steps["dpo"].config.train  # the same pairs, the same split
+    # every preference stage trains on the split's training pairs and is scored on its held-out ones
+    for name in ("reward", "reward_decoder", "dpo"):
+        assert steps[name].config.train == ["@split/train.jsonl"]
+        assert steps[name].config.val == "@split/heldout.jsonl"
+    assert steps["ppo"].config.prompts == ["@split/train.jsonl"]
+    assert steps["ppo"].config.val == "@split/heldout.jsonl"
     over = plan(load_yaml(RECIPES / "align-cpu.yaml"), {"reward": {"train": ["mine.jsonl"]}}, tmp_path)
     assert next(s for s in over if s.instance == "reward").config.train == ["mine.jsonl"]
 

@@ -283,7 +283,8 @@ def test_two_rounds_of_the_loop_through_the_run_store(align_dir, tmp_path):
     by = {m["instance"]: m for m in holder["manifests"]}
     assert list(by) == ["collect_r1", "reward_r1", "dpo_r1", "collect_r2"]
     assert by["reward_r1"]["inputs"]["train0"]["path"] == str(run_dir / "collect_r1" / "rankings.jsonl")
-    assert by["reward_r1"]["metrics"]["train_rankings"] + by["reward_r1"]["metrics"]["val_pairs"] // 3 == 3
+    rm = by["reward_r1"]["metrics"]  # training, step-selection and held-out rankings: the 3 collected
+    assert rm["train_rankings"] + (rm["select_pairs"] + rm["val_pairs"]) // 3 == 3
     assert "dpo_win_rate" in by["dpo_r1"]["metrics"]
     assert by["collect_r2"]["inputs"]["model"]["path"] == str(run_dir / "dpo_r1")
     assert by["collect_r2"]["metrics"]["rankings"] == 1

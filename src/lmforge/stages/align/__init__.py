@@ -29,6 +29,10 @@ METHODS: dict[str, tuple[str, str]] = {
         "lmforge.stages.align.grpo",
         "GRPO with verifiable rewards (arithmetic #### N answers, or a code task's tests in the sandbox)",
     ),
+    "split": (
+        "lmforge.stages.align.split",
+        "split preference files by prompt: training / held-out pairs, SFT replies, pretraining text",
+    ),
     "arithmetic": (
         "lmforge.stages.align.arithmetic",
         "write generated arithmetic problems (SFT and GRPO files)",

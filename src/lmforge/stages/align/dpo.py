@@ -5,11 +5,17 @@ rises on the chosen reply and falls on the rejected one: loss ``−log σ(β h)`
 The reference is the starting model; its log-probabilities of every pair are computed once before the
 first step (the policy equals the reference then), so no second model is held in memory. The policy
 is the whole model, or LoRA adapters (``lora_r`` > 0). Data: ``data.preferences`` (HH-RLHF text,
-prompt/chosen/rejected, conversation pairs, rankings). Metrics on held-out pairs: ``val_loss``,
-``reward_accuracy`` (chosen implicit reward above rejected), ``reward_margin``, and ``kl``: the policy's
-summed log-ratio to the reference over its own sampled replies to ``n_kl`` held-out prompts (for that
-a reference copy is kept, or LoRA disabled). ``metrics.jsonl`` also has every step's training-batch
-``{"step", "reward_accuracy", "reward_margin"}``.
+prompt/chosen/rejected, conversation pairs, rankings). The best step is chosen on a selection set
+carved from the training pairs (``val_fraction``): by their DPO loss (``select_*`` in the evaluations),
+or with ``monitor: win_rate`` by the reward model's win rate on ``n_kl`` selection prompts; each
+evaluation also has ``kl``, the policy's summed log-ratio to the reference over its own sampled replies
+to those prompts, and with a ``reward_model`` their ``win_rate`` over the starting model's replies. The
+held-out pairs (``val``, or ``val_fraction`` of ``train``) are scored once, by the chosen weights:
+``val_loss``, ``reward_accuracy`` (chosen implicit reward above rejected), ``reward_margin``; with a
+``reward_model``, the policy and the starting model answer ``n_judge`` held-out prompts and it judges
+them (``training.judge.WinRate``): ``dpo_win_rate``, ``dpo_kl``; a ``check_model`` judges the same
+replies as a second signal (``dpo_check_win_rate``). ``metrics.jsonl`` also has every step's
+training-batch ``{"step", "reward_accuracy", "reward_margin"}``.
 """
 
 from __future__ import annotations
@@ -46,8 +52,16 @@ class Config(FinetuneOptions):
         "", "align.reward model judging the win rate over the starting model ('' = no judging)", path=True
     )
     n_judge: int = opt(64, "held-out prompts answered by both models for the win rate")
-    n_kl: int = opt(16, "held-out prompts the policy answers at each evaluation for its KL (0 = none)")
+    check_model: str = opt(
+        "", "a second align.reward model judging the same replies (not the training signal)", path=True
+    )
+    n_kl: int = opt(16, "selection prompts the policy answers at each evaluation: KL, win rate (0 = none)")
     judge_tokens: int = opt(48, "tokens per judged reply at most")
+    monitor: Literal["select_loss", "win_rate"] = opt(
+        "select_loss",
+        "what chooses the best step: the DPO loss of the selection pairs, or the reward model's win rate"
+        " on the n_kl selection prompts",
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -61,16 +75,18 @@ class Config(FinetuneOptions):
         for key in ("lora_r", "max_train_examples", "n_kl"):
             if getattr(self, key) < 0:
                 raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
+        if self.monitor == "win_rate" and not (self.reward_model and self.n_kl):
+            raise ConfigError("monitor", "win_rate needs a reward_model and n_kl > 0 selection prompts")
 
 
-INPUTS = ("model", "train", "val", "reward_model")
+INPUTS = ("model", "train", "val", "reward_model", "check_model")
 
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Train with DPO (or return the cached result); returns the stage manifest."""
     if not cfg.out:
         raise ConfigError("out", "an output directory is required (e.g. --out runs/x/dpo)")
-    found = {"model": cfg.model, **config_inputs(cfg, "train", "val", "reward_model")}
+    found = {"model": cfg.model, **config_inputs(cfg, "train", "val", "reward_model", "check_model")}
     return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)
 
 
@@ -82,13 +98,12 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     import torch
 
     from lmforge.data.supervised import holdout, log_problems, skipped
-    from lmforge.inference.engine import Engine, SamplingParams
     from lmforge.runtime import create_runtime
-    from lmforge.tokenizer.chat import render_chat
     from lmforge.tokenizer.train import load_tokenizer, special_id
     from lmforge.training import align
     from lmforge.training import finetune as ft
     from lmforge.training.batches import lm_batch
+    from lmforge.training.judge import WinRate, distinct_prompts, load_scorer
 
     rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
     ft.restart(ctx)
@@ -106,13 +121,21 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         val = align.read_preference_split([ctx.inputs["val"]], problems)
     else:
         train, val = holdout(train, cfg.val_fraction or 0.1, cfg.seed)
+    # the best step is chosen on pairs carved from training: the held-out pairs are scored once, at the end
+    train, select = holdout(train, cfg.val_fraction or 0.1, cfg.seed + 1)
     log_problems(problems, "preference data")
     train = train[: cfg.max_train_examples or None]
     train_pairs, dropped = align.encode_pairs(tok, train, mcfg.block_size)
-    val_pairs, val_dropped = align.encode_pairs(tok, val[: cfg.max_eval_examples or None], mcfg.block_size)
-    if not train_pairs or not val_pairs:
+    select_pairs, select_dropped = align.encode_pairs(
+        tok, select[: cfg.max_eval_examples or None], mcfg.block_size
+    )
+    val_pairs, val_dropped = align.encode_pairs(tok, val, mcfg.block_size)
+    dropped += select_dropped
+    if not train_pairs or not val_pairs or not select_pairs:
         raise ConfigError(
-            "train", f"no usable pairs: {len(train_pairs)} for training, {len(val_pairs)} held out"
+            "train",
+            f"no usable pairs: {len(train_pairs)} for training, {len(select_pairs)} to choose the step,"
+            f" {len(val_pairs)} held out",
         )
     device = rt.device
     lora = None
@@ -140,17 +163,28 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         model.train(was)
         return torch.cat(out)
 
-    ref_train, ref_val = logps(train_pairs), logps(val_pairs)  # the reference = the model before any step
-    reference = align.Reference(model) if cfg.n_kl else None  # only for the KL of sampled replies
-    kl_prompts = [
-        render_chat(tok, list(p.prompt), add_generation_prompt=True)[0][
-            -(mcfg.block_size - cfg.judge_tokens) :
-        ]
-        for p in val[: cfg.n_kl]
-    ]
-    end_id = special_id(tok, "end")
+    # the reference = the model before any step
+    ref_train, ref_select, ref_val = logps(train_pairs), logps(select_pairs), logps(val_pairs)
+    judges = (
+        {"reward": load_scorer(ctx.inputs["reward_model"], device)} if "reward_model" in ctx.inputs else {}
+    )
+    if judges and "check_model" in ctx.inputs:
+        judges["check"] = load_scorer(ctx.inputs["check_model"], device)
+    sample = {"max_new_tokens": cfg.judge_tokens, "seed": cfg.seed + 7}
+    # the starting model's replies, sampled now: to selection prompts (curves), to held-out ones (final)
+    select_judge = (
+        WinRate(model, tok, distinct_prompts(select)[: cfg.n_kl], judges, **sample) if cfg.n_kl else None
+    )
+    final_judge = (
+        WinRate(model, tok, distinct_prompts(val)[: cfg.n_judge], judges, **sample) if judges else None
+    )
+    reference = align.Reference(model) if select_judge or final_judge else None
     logger.info(
-        "%d training pairs, %d held out, %d dropped", len(train_pairs), len(val_pairs), dropped + val_dropped
+        "%d training pairs (%d more choose the best step), %d held out, %d dropped",
+        len(train_pairs),
+        len(select_pairs),
+        len(val_pairs),
+        dropped + val_dropped,
     )
     rng = np.random.default_rng(cfg.seed)
     seen = {"correct": 0.0, "pairs": 0}
@@ -183,33 +217,20 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
             step_seen.update(correct=0.0, margin=0.0, pairs=0)
         return losses.sum()
 
-    @torch.no_grad()
-    def sampled_kl() -> float:  # summed log π/π_ref over the policy's own replies, averaged
-        params = SamplingParams(
-            max_new_tokens=cfg.judge_tokens, temperature=1.0, seed=cfg.seed + 7, stop_ids=frozenset({end_id})
-        )
-        was = model.training
-        model.eval()
-        ro = align.rollout(
-            Engine(model, tok), kl_prompts, lambda i, c: 0.0, group_size=1, params=params,
-            pad_id=pad_id, reference=reference,
-        )  # fmt: skip
-        model.train(was)
-        return float(((ro.old_logp - ro.ref_logp) * ro.m).sum(dim=1).mean())
+    def pair_metrics(pairs: list, ref: torch.Tensor, prefix: str) -> dict[str, float]:
+        pol = logps(pairs)
+        losses, rc, rr = align.dpo_loss(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], cfg.beta, cfg.loss_type)
+        return {
+            f"{prefix}loss": float(losses.mean()),
+            f"{prefix}reward_accuracy": float((rc > rr).float().mean()),
+            f"{prefix}reward_margin": float((rc - rr).mean()),
+            f"{prefix}chosen_reward": float(rc.mean()),
+            f"{prefix}rejected_reward": float(rr.mean()),
+        }
 
     def evaluate() -> dict[str, float]:
-        pol = logps(val_pairs)
-        losses, rc, rr = align.dpo_loss(
-            pol[:, 0], pol[:, 1], ref_val[:, 0], ref_val[:, 1], cfg.beta, cfg.loss_type
-        )
-        return {
-            "val_loss": float(losses.mean()),
-            "reward_accuracy": float((rc > rr).float().mean()),
-            "reward_margin": float((rc - rr).mean()),
-            "chosen_reward": float(rc.mean()),
-            "rejected_reward": float(rr.mean()),
-            **({"kl": sampled_kl()} if kl_prompts else {}),
-        }
+        found = pair_metrics(select_pairs, ref_select, "select_")
+        return found | (select_judge(model, reference) if select_judge else {})
 
     result = ft.fit(
         model,
@@ -217,7 +238,8 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         next_batch=next_batch,
         loss_sum=loss_sum,
         evaluate=evaluate,
-        monitor="val_loss",
+        monitor=cfg.monitor,
+        mode="max" if cfg.monitor == "win_rate" else "min",
         log_metrics=ctx.log_metrics,
     )
 
@@ -225,26 +247,25 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         meta = {"method": "dpo", "base": str(ckpt_dir), "beta": cfg.beta, "loss_type": cfg.loss_type}
         ft.save_policy(d, model, mcfg, tokenizer_path=tok_path, meta=meta, lora=lora, base=ckpt_dir)
 
-    ft.save_best_and_last(ctx.dir / "ckpt", model, result, save)
+    ft.save_best_and_last(ctx.dir / "ckpt", model, result, save)  # the model now holds the best weights
+    held = pair_metrics(val_pairs, ref_val, "")
     judged: dict[str, float] = {}
-    if "reward_model" in ctx.inputs:  # the best policy against the starting model, judged by the RM
-        base, _, _ = ft.load_base(ctx.inputs["model"], cfg.checkpoint, device=device)
-        rm = align.load_reward_model(ctx.inputs["reward_model"]).to(device)
-        prompts = [p.prompt for p in val[: cfg.n_judge]]
-        found = align.judge_against_base(
-            model, base, rm, tok, prompts, max_new_tokens=cfg.judge_tokens, seed=cfg.seed
-        )
-        judged = {f"dpo_{k}": v for k, v in found.items()}
-        logger.info("judged by %s: %s", ctx.inputs["reward_model"], judged)
+    if final_judge:  # the best policy against the starting model on held-out prompts
+        judged = {f"dpo_{k}": v for k, v in final_judge(model, reference).items()}
+        logger.info("judged on %d held-out prompts: %s", len(final_judge.prompts), judged)
     return {
         **judged,
         **result.best_metrics,
-        "base_val_loss": result.initial_metrics["val_loss"],
+        "val_loss": held["loss"],
+        "reward_accuracy": held["reward_accuracy"],
+        "reward_margin": held["reward_margin"],
+        "base_val_loss": result.initial_metrics["select_loss"],  # ln 2: the policy is the reference
         "train_loss": result.train_loss,
         "train_reward_accuracy": seen["correct"] / max(seen["pairs"], 1),
         "steps": result.steps,
         "best_step": result.best_step,
         "train_pairs": len(train_pairs),
+        "select_pairs": len(select_pairs),
         "val_pairs": len(val_pairs),
         "dropped_pairs": dropped + val_dropped,
         "skipped_records": skipped(problems),

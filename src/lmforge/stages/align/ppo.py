@@ -7,10 +7,18 @@ head (``ScalarHead(pooling="none")`` on the policy's final hidden states) gives 
 (Schulman et al. 2016), whitened over the batch's reply tokens; the loss is PPO's clipped surrogate plus
 ``vf_coef`` × the clipped value loss (Schulman et al. 2017), for ``updates_per_rollout`` steps per
 rollout (the pieces: ``training.ppo``). The reference is the LoRA-disabled policy or a frozen copy. Prompts: the prompts of
-preference files (``data.preferences``; chosen/rejected are ignored). Each evaluation samples replies
-to held-out prompts (fixed seed) and reports the reward model's mean ``score`` and the policy's
-``kl`` to the reference (summed over a reply's tokens, averaged over replies); ``metrics.jsonl`` has
-the same two for every rollout (``{"step", "reward", "kl"}``).
+preference files (``data.preferences``; chosen/rejected are ignored). The reward model scores text
+(``training.judge.TextScorer``: the reply is decoded and re-tokenised with the reward model's own
+tokenizer), so it may be an imported encoder with another vocabulary.
+
+Each evaluation samples replies (fixed seed) to ``n_eval`` selection prompts carved from the training
+prompts (``val_fraction``) and reports the reward model's mean ``score``, the ``win_rate`` over the
+starting model's replies to the same prompts, and the policy's ``kl`` to the reference (summed over a
+reply's tokens, averaged over replies); the best step is chosen by ``score`` there. The held-out
+prompts (``val``, or ``val_fraction`` of ``prompts``) are judged once at the end, ``n_judge`` of them:
+``ppo_win_rate``, ``ppo_kl``, ``ppo_policy_score``, ``ppo_base_score``, and with a ``check_model``
+(a second reward model, not trained on) ``ppo_check_win_rate``. ``metrics.jsonl`` has every
+rollout's ``{"step", "reward", "rollout_kl"}`` (the training prompts' replies).
 """
 
 from __future__ import annotations
@@ -35,6 +43,13 @@ class Config(FinetuneOptions):
 
     reward_model: str = opt("@reward", "reward model: an align.reward stage or checkpoint", path=True)
     prompts: list[str] = opt([], "preference files whose prompts are used (.jsonl)", path=True)
+    val: str = opt(
+        "", "preference file of held-out prompts ('' = hold out val_fraction of prompts)", path=True
+    )
+    check_model: str = opt(
+        "", "a second align.reward model judging the held-out replies (not the training signal)", path=True
+    )
+    n_judge: int = opt(64, "held-out prompts judged against the starting model at the end")
     batch_size: int = opt(4, "prompts per micro-batch")
     samples_per_prompt: int = opt(2, "replies sampled per prompt")
     max_new_tokens: int = opt(32, "tokens per reply at most")
@@ -45,7 +60,7 @@ class Config(FinetuneOptions):
     gamma: float = opt(1.0, "discount")
     lam: float = opt(0.95, "GAE λ")
     updates_per_rollout: int = opt(2, "optimiser steps on each rollout (PPO epochs)")
-    n_eval: int = opt(32, "held-out prompts scored at each evaluation")
+    n_eval: int = opt(32, "selection prompts (carved from training) scored at each evaluation")
     lr: float = opt(1e-5, "peak learning rate")
     weight_decay: float = opt(0.0, "decoupled weight decay (L2) on trainable matrices")
     lora_r: int = opt(0, "train LoRA adapters of this rank instead of every weight (0 = full model)")
@@ -57,7 +72,7 @@ class Config(FinetuneOptions):
             raise ConfigError(
                 "prompts", "at least one preference file is required (--prompts '[pairs.jsonl]')"
             )
-        for key in ("samples_per_prompt", "max_new_tokens", "updates_per_rollout", "n_eval"):
+        for key in ("samples_per_prompt", "max_new_tokens", "updates_per_rollout", "n_eval", "n_judge"):
             if getattr(self, key) < 1:
                 raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
         for key in ("kl_coef", "clip_eps", "vf_coef", "lora_r"):
@@ -69,7 +84,7 @@ class Config(FinetuneOptions):
             raise ConfigError("gamma", f"gamma and lam must be in [0, 1], got {self.gamma}, {self.lam}")
 
 
-INPUTS = ("model", "reward_model")
+INPUTS = ("model", "reward_model", "prompts", "val", "check_model")
 
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
@@ -79,7 +94,7 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     found = {
         "model": cfg.model,
         "reward_model": cfg.reward_model,
-        **config_inputs(cfg, "prompts"),
+        **config_inputs(cfg, "prompts", "val", "check_model"),
     }
     return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)
 
@@ -98,7 +113,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     from lmforge.tokenizer.train import load_tokenizer, special_id
     from lmforge.training import align, ppo
     from lmforge.training import finetune as ft
-    from lmforge.training.batches import pad_batch
+    from lmforge.training.judge import WinRate, distinct_prompts, load_scorer
 
     rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
     device = rt.device
@@ -106,12 +121,9 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     model, mcfg, ckpt_dir = ft.load_decoder(
         ctx.inputs["model"], cfg.checkpoint, method="PPO", device=device, dropout=cfg.dropout
     )
-    rm = align.load_reward_model(ctx.inputs["reward_model"]).to(device)
-    if rm.config.vocab_size != mcfg.vocab_size:
-        raise ConfigError(
-            "reward_model", f"vocabulary {rm.config.vocab_size} differs from the policy's {mcfg.vocab_size}"
-        )
-    rm.requires_grad_(False)
+    judges = {"reward": load_scorer(ctx.inputs["reward_model"], device)}
+    if "check_model" in ctx.inputs:
+        judges["check"] = load_scorer(ctx.inputs["check_model"], device)
     tok_path = ckpt_dir / "tokenizer.json"
     tok = load_tokenizer(tok_path)
     pad_id, end_id = special_id(tok, "pad"), special_id(tok, "end")
@@ -119,14 +131,20 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     prefs = align.read_preference_split(
         [p for k, p in sorted(ctx.inputs.items()) if k.startswith("prompts")], problems
     )
+    train = distinct_prompts(prefs)
+    if "val" in ctx.inputs:
+        held = distinct_prompts(align.read_preference_split([ctx.inputs["val"]], problems))
+    else:
+        train, held = holdout(train, cfg.val_fraction or 0.1, cfg.seed)
     log_problems(problems, "prompts")
-    distinct = {tuple(tuple(sorted(m.items())) for m in p.prompt): p.prompt for p in prefs}
-    prompts = list(distinct.values())  # distinct prompts, file order
-    train, held = holdout(prompts, cfg.val_fraction or 0.1, cfg.seed)
-    held = held[: cfg.n_eval]
-    if not train or not held:
+    # the best step is chosen on prompts carved from training: the held-out prompts are judged once
+    train, select = holdout(train, cfg.val_fraction or 0.1, cfg.seed + 1)
+    select, held = select[: cfg.n_eval], held[: cfg.n_judge]
+    if not train or not held or not select:
         raise ConfigError(
-            "prompts", f"need prompts to train on and to hold out, got {len(train)} and {len(held)}"
+            "prompts",
+            f"need prompts to train on, to choose the step and to hold out, got {len(train)}, {len(select)}"
+            f" and {len(held)}",
         )
     lora = None
     if cfg.lora_r:
@@ -135,6 +153,10 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         lora = LoraConfig(r=cfg.lora_r, alpha=cfg.lora_alpha)
         apply_lora(model, lora)
     reference = align.Reference(model)
+    sample = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "seed": cfg.seed + 7}
+    # the starting model's replies, sampled now: to selection prompts (curves), to held-out ones (final)
+    select_judge = WinRate(model, tok, select, {"reward": judges["reward"]}, **sample)
+    final_judge = WinRate(model, tok, held, judges, **sample)
     torch.manual_seed(cfg.seed)
     pv = ppo.PolicyWithValue(model)  # one trunk pass gives log-probs and values
     engine = Engine(model, tok)
@@ -143,12 +165,11 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     def prompt_ids(p: tuple) -> list[int]:
         return render_chat(tok, list(p), add_generation_prompt=True)[0][-budget:]
 
-    @torch.no_grad()
-    def scores(rows: list[list[int]], completions: list) -> torch.Tensor:  # reward model [B]
-        idx, mask = pad_batch([r[-mcfg.block_size :] for r in rows], pad_id)
-        return rm(idx.to(device), mask.to(device))
-
     def sample(chosen: list, seed: int) -> ppo.PPOBatch:
+        def scores(rows: list[list[int]], completions: list) -> torch.Tensor:  # reward model [B], as text
+            texts = [tok.decode(c.ids, skip_special_tokens=True) for c in completions]
+            return judges["reward"]([chosen[i // cfg.samples_per_prompt] for i in range(len(texts))], texts)
+
         params = SamplingParams(
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
@@ -186,7 +207,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
             {
                 "step": calls // cfg.grad_accum + 1,
                 "reward": float(batch.scores.mean()),
-                "kl": float(batch.kl.mean()),
+                "rollout_kl": float(batch.kl.mean()),
             }
         )
         buffer[slot:] = [batch]
@@ -196,8 +217,8 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         return ppo.ppo_loss_sum(pv, batch, clip_eps=cfg.clip_eps, vf_coef=cfg.vf_coef)
 
     def evaluate() -> dict[str, float]:
-        b = sample(held, cfg.seed + 7)
-        return {"score": float(b.scores.mean()), "kl": float(b.kl.mean())}
+        found = select_judge(model, reference)
+        return {"score": found.pop("policy_score"), **found}
 
     result = ft.fit(
         pv,
@@ -214,8 +235,11 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         meta = {"method": "ppo", "base": str(ckpt_dir)}
         ft.save_policy(d, model, mcfg, tokenizer_path=tok_path, meta=meta, lora=lora, base=ckpt_dir)
 
-    ft.save_best_and_last(ctx.dir / "ckpt", pv, result, save)
+    ft.save_best_and_last(ctx.dir / "ckpt", pv, result, save)  # the policy now holds the best weights
+    judged = {f"ppo_{k}": v for k, v in final_judge(model, reference).items()}
+    logger.info("judged on %d held-out prompts: %s", len(held), judged)
     return {
+        **judged,
         **result.best_metrics,
         "score_before": result.initial_metrics["score"],
         "score_after": result.best_metrics["score"],
@@ -223,6 +247,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         "steps": result.steps,
         "best_step": result.best_step,
         "train_prompts": len(train),
-        "eval_prompts": len(held),
+        "select_prompts": len(select),
+        "judged_prompts": len(held),
         "train_time_s": result.train_time_s,
     }

@@ -7,9 +7,12 @@ of a decoder or the mean of an encoder. ``loss: bradley_terry`` maximises the li
 the chosen reply scores above the rejected one, ``−log σ(r_w − r_l)`` (Bradley & Terry 1952; Ouyang
 et al. 2022), with a full ranking read as all its implied pairs; ``loss: plackett_luce`` maximises the
 likelihood of each whole ranking (Plackett 1975, Luce 1959; a pair is a ranking of two, where both
-losses agree). Records are held out whole (``val_fraction``), so no ranking is split between training
-and evaluation. The metric is ``rm_pairwise_accuracy``: how often, over the held-out implied pairs,
-the preferred reply scores higher. The result is a normal checkpoint plus ``heads.safetensors`` /
+losses agree). Records are held out whole (``val`` or ``val_fraction``), so no ranking is split
+between training and evaluation; the best step is chosen by the loss on a selection set carved from
+the training records (``val_fraction`` of them, ``select_*`` in the evaluations), so the held-out pairs
+are scored once, by the chosen weights: ``rm_pairwise_accuracy`` is how often, over the held-out
+implied pairs, the preferred reply scores higher (``base_rm_pairwise_accuracy``: the trunk with its
+fresh head, before training). The result is a normal checkpoint plus ``heads.safetensors`` /
 ``finetune.json``; ``training.align.load_reward_model`` reads it. ``metrics.jsonl`` has every step's
 training-batch ``{"step", "accuracy", "reward_margin"}`` beside the evaluations.
 """
@@ -98,6 +101,8 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         val = align.read_ranking_split([ctx.inputs["val"]], problems)
     else:
         train, val = holdout(train, cfg.val_fraction or 0.1, cfg.seed)
+    # the best step is chosen on records carved from training: the held-out pairs are scored once, at the end
+    train, select = holdout(train, cfg.val_fraction or 0.1, cfg.seed + 1)
     log_problems(problems, "preference data")
     # whole conversations of at most max_len tokens (the head reads ids, not next-token targets)
     block = seq_len - 1
@@ -107,19 +112,24 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         pairs = [p for r in train for p in r.pairs()][: cfg.max_train_examples or None]
         examples, dropped = align.encode_pairs(tok, pairs, block)
         examples = [list(pair) for pair in examples]  # a pair is a ranking of two
-    val_pairs, val_dropped = align.encode_pairs(
-        tok, [p for r in val for p in r.pairs()][: cfg.max_eval_examples or None], block
+    val_pairs, val_dropped = align.encode_pairs(tok, [p for r in val for p in r.pairs()], block)
+    select_pairs, select_dropped = align.encode_pairs(
+        tok, [p for r in select for p in r.pairs()][: cfg.max_eval_examples or None], block
     )
-    if not examples or not val_pairs:
+    dropped += val_dropped + select_dropped
+    if not examples or not val_pairs or not select_pairs:
         raise ConfigError(
-            "train", f"no usable pairs: {len(examples)} for training, {len(val_pairs)} held-out pairs"
+            "train",
+            f"no usable pairs: {len(examples)} for training, {len(select_pairs)} to choose the step,"
+            f" {len(val_pairs)} held out",
         )
     logger.info(
-        "%d training %s, %d held-out pairs, %d dropped",
+        "%d training %s (%d more pairs choose the best step), %d held-out pairs, %d dropped",
         len(examples),
         "rankings" if cfg.loss == "plackett_luce" else "pairs",
+        len(select_pairs),
         len(val_pairs),
-        dropped + val_dropped,
+        dropped,
     )
     pooling = ft.resolve_pooling(cfg.pooling, ckpt_dir, "last" if mcfg.arch == "decoder" else "mean")
     torch.manual_seed(cfg.seed)
@@ -167,45 +177,51 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         return loss
 
     @torch.no_grad()
-    def evaluate() -> dict[str, float]:
+    def evaluate(pairs: list, prefix: str = "") -> dict[str, float]:
         was = rm.training
         rm.eval()
         chosen, rejected = [], []
-        for s in range(0, len(val_pairs), 2 * cfg.batch_size):
-            c, r = scores(val_pairs[s : s + 2 * cfg.batch_size])
+        for s in range(0, len(pairs), 2 * cfg.batch_size):
+            c, r = scores(pairs[s : s + 2 * cfg.batch_size])
             chosen.append(c)
             rejected.append(r)
         rm.train(was)
         c, r = torch.cat(chosen), torch.cat(rejected)
         return {
-            "val_loss": float(align.bradley_terry_loss(c, r).mean()),
-            "rm_pairwise_accuracy": float((c > r).float().mean()),
-            "rm_margin": float((c - r).mean()),
+            f"{prefix}loss": float(align.bradley_terry_loss(c, r).mean()),
+            f"{prefix}accuracy": float((c > r).float().mean()),
+            f"{prefix}margin": float((c - r).mean()),
         }
 
+    before = evaluate(val_pairs)  # the untouched trunk with a fresh head, on the held-out pairs
     result = ft.fit(
         rm,
         cfg,
         next_batch=next_batch,
         loss_sum=loss_sum,
-        evaluate=evaluate,
-        monitor="val_loss",
+        evaluate=lambda: evaluate(select_pairs, "select_"),
+        monitor="select_loss",
         log_metrics=ctx.log_metrics,
     )
 
     def save(d: Path) -> None:
-        align.save_reward_model(d, rm, mcfg, tokenizer_path=tok_path, base=str(ckpt_dir))
+        align.save_reward_model(d, rm, mcfg, tokenizer_path=tok_path, base=str(ckpt_dir), max_len=seq_len)
 
     ft.save_best_and_last(ctx.dir / "ckpt", rm, result, save)
+    after = evaluate(val_pairs)  # the best step's weights (save_best_and_last), scored once
     return {
+        "rm_pairwise_accuracy": after["accuracy"],
+        "val_loss": after["loss"],
+        "rm_margin": after["margin"],
+        "base_rm_pairwise_accuracy": before["accuracy"],
         **result.best_metrics,
-        "base_rm_pairwise_accuracy": result.initial_metrics["rm_pairwise_accuracy"],
         "train_loss": result.train_loss,
         "steps": result.steps,
         "best_step": result.best_step,
         "train_pairs" if cfg.loss == "bradley_terry" else "train_rankings": len(examples),
+        "select_pairs": len(select_pairs),
         "val_pairs": len(val_pairs),
-        "dropped_pairs": dropped + val_dropped,
+        "dropped_pairs": dropped,
         "skipped_records": skipped(problems),
         "train_time_s": result.train_time_s,
     }
