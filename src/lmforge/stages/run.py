@@ -67,7 +67,7 @@ class Step:
 
 def stage_module(kind: str, where: str) -> ModuleType:
     """The stage program for ``kind`` from the CLI table; a clear error for unknown or planned kinds."""
-    from lmforge.cli import COMMANDS
+    from lmforge.stages.registry import COMMANDS
 
     kind, _, method = kind.partition(".")  # `finetune.classify`: a method of a command with methods
     cmd = COMMANDS.get(kind)
