@@ -36,3 +36,5 @@ def test_a_run_faster_than_the_cached_peak_raises_it(cache, monkeypatch) -> None
     assert flops.raise_peak("cpu", "fp32", 6e10, peak) == 6e10  # MFU against it is 1, not 1.5
     assert max(json.loads(cache.read_text()).values()) == 6e10
     assert flops.matmul_peak("cpu", "fp32") == 6e10
+    assert flops.raise_peak("cpu", "fp32", 1.6e11, 1.2e11, ranks=2) == 1.6e11  # two ranks together
+    assert flops.matmul_peak("cpu", "fp32") == 8e10  # cached per rank

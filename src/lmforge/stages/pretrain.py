@@ -166,7 +166,6 @@ class Config:
 
 
 INPUTS = ("tokenizer",)
-PROBE_BATCH = 4  # rows of the dtype: auto probe (training/precision.py)
 
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
@@ -253,6 +252,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     from lmforge.training.flops import matmul_peak, raise_peak
     from lmforge.training.objectives import PretrainObjective
     from lmforge.training.optim import build_optimizers, lr_at, scaled_lr
+    from lmforge.training.precision import auto_dtype
 
     ddp.init_distributed("cuda" if cfg.device.startswith("cuda") else "cpu")
     rt = create_runtime(cfg.device, cfg.dtype, cfg.seed, cfg.threads)
@@ -278,14 +278,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     raw_model = ckpt.build_model(mcfg, nsp=cfg.objective == "mlm+nsp").to(rt.device)
     probe: dict[str, float] = {}
     if cfg.dtype == "auto" and rt.device == "cpu" and mcfg.arch == "decoder":
-        from lmforge.training.precision import choose_cpu_dtype
-
-        # a fixed probe batch: runs of one model with other batch sizes or rank counts choose alike
-        chosen, probe = choose_cpu_dtype(raw_model, PROBE_BATCH, mcfg.block_size, mcfg.vocab_size)
-        if ddp.all_reduce_sum(float(chosen == "bf16")) < rt.world_size:  # every rank must agree
-            chosen = "fp32"
-        rt = dataclasses.replace(rt, dtype=chosen)
-        probe["dtype_bf16"] = float(chosen == "bf16")
+        rt, probe = auto_dtype(rt, raw_model, mcfg.block_size, mcfg.vocab_size)
     model = ddp.wrap_model(raw_model, cfg.strategy)
     optimizers = build_optimizers(
         model,
@@ -459,9 +452,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         if step > first_step + 1:  # the first step of a process (warm-up, compilation) is not typical
             step_time = dt if step_time is None else 0.9 * step_time + 0.1 * dt
         tps = global_tokens / dt
-        if peak > 0 and tps * flops_per_token > peak:  # the cached peak was measured on a busy machine
-            peak = raise_peak(*peak_key, tps * flops_per_token / rt.world_size, peak / rt.world_size)
-            peak *= rt.world_size
+        peak = raise_peak(*peak_key, tps * flops_per_token, peak, rt.world_size) if peak > 0 else peak
         mfu = tps * flops_per_token / peak if peak > 0 else 0.0
         if main_rank:
             ctx.log_metrics(

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 CACHE = Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge")) / "matmul_peak.json"
 
 
-def _machine_key(device: str, dtype: str) -> str:
+def machine_key(device: str, dtype: str) -> str:
     import torch
 
     if device.startswith("cuda"):
@@ -66,49 +66,55 @@ def measure_matmul_peak(
     return best
 
 
-def _read_cache() -> dict:
+def read_cache(path: Path) -> dict:
+    """A per-machine measurement cache (JSON object); empty when missing or unreadable."""
     try:
-        cache = json.loads(CACHE.read_text())
+        cache = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError):
         return {}
     return cache if isinstance(cache, dict) else {}
 
 
-def _write_cache(cache: dict) -> None:
+def write_cache(path: Path, cache: dict) -> None:
+    """Replace the cache at ``path`` atomically; a read-only home is fine (measured again next time)."""
+    path = Path(path)
     try:
-        CACHE.parent.mkdir(parents=True, exist_ok=True)
-        tmp = CACHE.with_name(f".{CACHE.name}.{os.getpid()}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
         tmp.write_text(json.dumps(cache, indent=1))
-        os.replace(tmp, CACHE)
-    except OSError as exc:  # a read-only home is fine: measure again next time
-        log.debug("could not cache the matmul peak: %s", exc)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("could not write the cache %s: %s", path, exc)
 
 
 def matmul_peak(device: str = "cpu", dtype: str = "fp32") -> float:
     """The cached peak FLOP/s of this machine, measured on first use (0.0, not cached, if the
     measurement failed)."""
-    key = _machine_key(device, dtype)
-    cache = _read_cache()
+    key = machine_key(device, dtype)
+    cache = read_cache(CACHE)
     if float(cache.get(key, 0.0)) > 0:
         return float(cache[key])
     peak = measure_matmul_peak(device, dtype)
     if peak > 0:
         cache[key] = peak
-        _write_cache(cache)
+        write_cache(CACHE, cache)
     log.info("measured matmul peak: %.1f GFLOP/s (%s)", peak / 1e9, key)
     return peak
 
 
-def raise_peak(device: str, dtype: str, achieved: float, peak: float) -> float:
-    """The peak to divide by when a run achieved ``achieved`` model FLOP/s against ``peak``: ``peak``,
-    or, when the run beat it (the cached measurement was taken on a busy machine), ``achieved``, which is
-    also cached as this machine's new peak. MFU computed against the result is at most 1."""
+def raise_peak(device: str, dtype: str, achieved: float, peak: float, ranks: int = 1) -> float:
+    """The peak to divide by when ``ranks`` ranks together achieved ``achieved`` model FLOP/s against
+    their summed ``peak``: ``peak``, or, when the run beat it (the cached measurement was taken on a busy
+    machine), ``achieved``, whose share per rank is also cached as this machine's new peak. MFU computed
+    against the result is at most 1."""
     if achieved <= peak:
         return peak
-    key = _machine_key(device, dtype)
-    cache = _read_cache()
-    if achieved > float(cache.get(key, 0.0)):
-        cache[key] = achieved
-        _write_cache(cache)
-        log.info("a run reached %.1f GFLOP/s, above the cached peak: the peak is now that", achieved / 1e9)
+    key = machine_key(device, dtype)
+    cache = read_cache(CACHE)
+    if achieved / ranks > float(cache.get(key, 0.0)):
+        cache[key] = achieved / ranks
+        write_cache(CACHE, cache)
+        log.info(
+            "a run reached %.1f GFLOP/s a rank, above the cached peak: now the peak", achieved / ranks / 1e9
+        )
     return achieved

@@ -15,17 +15,17 @@ in the stage's metrics (``dtype_bf16``, ``probe_fp32_ms``, ``probe_bf16_ms``).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from lmforge.training.flops import _machine_key
+from lmforge.training.flops import machine_key, read_cache, write_cache
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +75,8 @@ def choose_cpu_dtype(
     and shape in ``cache`` (default ``CACHE``)."""
     cache = CACHE if cache is None else cache
     shape = f"{type(model).__name__}|params={sum(p.numel() for p in model.parameters())}|{batch}x{block}|v={vocab}"
-    key = f"{_machine_key('cpu', 'probe')}|{shape}"
-    try:
-        stored = json.loads(cache.read_text())
-    except (OSError, json.JSONDecodeError):
-        stored = {}
+    key = f"{machine_key('cpu', 'probe')}|{shape}"
+    stored = read_cache(cache)
     timings = stored.get(key) if timer is None else None
     if not (
         isinstance(timings, dict) and all(timings.get(k, 0) > 0 for k in ("probe_fp32_ms", "probe_bf16_ms"))
@@ -88,13 +85,7 @@ def choose_cpu_dtype(
         timings = {"probe_fp32_ms": float(measure("fp32")), "probe_bf16_ms": float(measure("bf16"))}
         if timer is None and all(v > 0 and v != float("inf") for v in timings.values()):
             stored[key] = timings
-            try:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
-                tmp.write_text(json.dumps(stored, indent=1))
-                os.replace(tmp, cache)
-            except OSError as exc:  # a read-only home: measure again next time
-                log.debug("could not cache the dtype probe: %s", exc)
+            write_cache(cache, stored)
     chosen = "bf16" if timings["probe_bf16_ms"] * margin <= timings["probe_fp32_ms"] else "fp32"
     log.info(
         "dtype auto: a training step of this model takes %.0f ms in fp32 and %.0f ms in bf16 autocast here: %s",
@@ -103,3 +94,19 @@ def choose_cpu_dtype(
         chosen,
     )
     return chosen, timings
+
+
+def auto_dtype(
+    rt: Any, model: nn.Module, block: int, vocab: int, batch: int = 4
+) -> tuple[Any, dict[str, float]]:
+    """``rt`` with ``dtype: auto`` resolved for ``model`` on a CPU (``choose_cpu_dtype`` at a fixed probe
+    batch, so runs of one model with other batch sizes or rank counts choose alike; every rank must
+    measure bf16 faster for bf16), and the metrics to record (``probe_*_ms``, ``dtype_bf16``)."""
+    import dataclasses
+
+    from lmforge.training import distributed as ddp
+
+    chosen, probe = choose_cpu_dtype(model, batch, block, vocab)
+    if ddp.all_reduce_sum(float(chosen == "bf16")) < rt.world_size:
+        chosen = "fp32"
+    return dataclasses.replace(rt, dtype=chosen), {**probe, "dtype_bf16": float(chosen == "bf16")}
