@@ -312,3 +312,26 @@ def test_text_files_split_into_paragraphs_lines_or_a_regex(tmp_path: Path) -> No
     assert stats["docs_in"] == 6 and stats["text_split"] == "paragraphs"
     assert main(["data", "--out", str(tmp_path / "bad"), "--text_split", "regex:(", "-q"]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_run_directory_copied_elsewhere_stays_cached(tmp_path: Path) -> None:
+    """A data stage reading a file another stage of the run wrote (``@stage/file``) keys its cache on
+    that file's content, not its absolute path: a copied or moved run is not re-run."""
+    import shutil
+
+    from lmforge.stages import data as data_stage
+
+    rng = random.Random(3)
+    run = tmp_path / "run"
+    write_jsonl(run / "split" / "text.jsonl", [english(rng) for _ in range(6)])
+    (run / "split" / "manifest.json").write_text(json.dumps({"status": "complete", "outputs": {}}))
+    first = data_stage.main(data_stage.Config(input=["@split/text.jsonl"], out=str(run / "data")))
+    assert not first["cached_last"] and "input[0]" in first["inputs"]
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    again = data_stage.main(data_stage.Config(input=["@split/text.jsonl"], out=str(moved / "data")))
+    assert again["cached_last"]
+    write_jsonl(moved / "split" / "text.jsonl", [english(rng) for _ in range(6)])  # new content: re-run
+    (moved / "split" / "manifest.json").write_text(json.dumps({"status": "complete", "outputs": {"text.jsonl": {"sha256": "x"}}}))
+    rerun = data_stage.main(data_stage.Config(input=["@split/text.jsonl"], out=str(moved / "data")))
+    assert not rerun["cached_last"]

@@ -128,12 +128,17 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
         log.warning("skipped source: %s", problem)
     for step in steps(cfg):  # building checks the steps' own files (eval sets, blocklists)
         step.build(step.config)
-    prints = [fingerprint(s) for s in specs]
+    # A file another stage of the run wrote is an input by content (so a copied or moved run directory
+    # stays cached); other sources are fingerprinted by path, size and mtime.
+    refs = {f"input[{i}]": s for i, s in enumerate(cfg.input) if s.startswith("@")}
+    produced = {resolve_ref(s, Path(cfg.out)).resolve() for s in refs.values()}
+    prints = [s for s in specs if not s.files or not {Path(f).resolve() for f in s.files} <= produced]
+    prints = [fingerprint(s) for s in prints]
     return run_stage(
         STAGE,
         cfg,
         out=cfg.out,
-        inputs={},
+        inputs=refs,
         work=lambda c, ctx: curate(c, ctx, specs, skipped or []),
         version=VERSION,
         fingerprint={"sources": prints, "skipped": [str(p) for p in skipped or []]},
