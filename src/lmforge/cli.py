@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # the table lives in stages/registry.py, read by this CLI and by `lmforge run` alike
-from lmforge.stages.registry import COMMANDS, Command  # noqa: F401 (Command re-exported for callers)
+from lmforge.stages.registry import GROUPS, STAGES, commands
 
 USAGE = """usage: lmforge [-h] [--version] <command> [RECIPE.yaml] [key=value | --key value ...] [-q | -v]
 
@@ -30,10 +30,7 @@ Quick start:  lmforge run recipes/tiny.yaml --out runs/tiny
 
 
 def _table() -> str:
-    rows = []
-    for name, cmd in COMMANDS.items():
-        rows.append(f"  {name:<10} {cmd.summary}")
-    return "\n".join(rows)
+    return "\n".join(f"  {name:<10} {summary}" for name, summary in commands().items())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,13 +45,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lmforge {__version__}")
         return 0
     name, rest = args[0], args[1:]
-    cmd = COMMANDS.get(name)
+    if name in GROUPS:
+        from lmforge.stages.invoke import dispatch
+
+        return dispatch(name, rest)
+    cmd = STAGES.get(name)
     if cmd is None:
         import difflib
 
-        near = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        names = list(commands())
+        near = difflib.get_close_matches(name, names, n=1)
         hint = f" Did you mean '{near[0]}'?" if near else ""
-        print(f"lmforge: unknown command '{name}'.{hint} Commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        print(f"lmforge: unknown command '{name}'.{hint} Commands: {', '.join(names)}", file=sys.stderr)
         return 2
     from lmforge.stages.invoke import invoke
 

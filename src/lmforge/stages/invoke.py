@@ -158,31 +158,36 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def dispatch(group: str, methods: dict[str, tuple[str, str]], usage: str, argv: list[str]) -> int:
-    """``lmforge <group> <method> ...`` for a command with methods (finetune, align, export, ...).
-
-    ``methods`` maps a method to ``(stage module, one-line summary)``; ``usage`` is the group's help
-    with a ``{table}`` slot. The method's stage kind is ``<group>.<method>``.
-    """
+def dispatch(group: str, argv: list[str]) -> int:
+    """``lmforge <group> <method> ...`` for a command with methods (finetune, align, export, ...): the
+    method's stage program from the registry (``stages/registry.py``); its stage kind is
+    ``<group>.<method>``."""
     import difflib
     import importlib
 
+    from lmforge.stages.registry import GROUPS, methods
+
+    table = methods(group)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        width = max(len(m) for m in methods) + 2
+        width = max(len(m) for m in table) + 2
+        info = GROUPS[group]
         print(
-            usage.format(table="\n".join(f"  {m:<{width}}{summary}" for m, (_, summary) in methods.items()))
+            f"usage: lmforge {group} <method> [RECIPE.yaml] [--key value | key=value ...] [-q | -v]\n\n"
+            f"{info.purpose}\n\nmethods:\n"
+            + "\n".join(f"  {m:<{width}}{cmd.summary}" for m, cmd in table.items())
+            + f"\n\n`lmforge {group} <method> --help` lists the method's options.\n{info.note}\n"
         )
         return 0 if argv else 2
     method, rest = argv[0], argv[1:]
-    if method not in methods:
-        near = difflib.get_close_matches(method, list(methods), n=1)
+    if method not in table:
+        near = difflib.get_close_matches(method, list(table), n=1)
         hint = f" Did you mean '{near[0]}'?" if near else ""
         print(
-            f"lmforge {group}: unknown method '{method}'.{hint} Methods: {', '.join(methods)}",
+            f"lmforge {group}: unknown method '{method}'.{hint} Methods: {', '.join(table)}",
             file=sys.stderr,
         )
         return 2
-    module = importlib.import_module(methods[method][0])
+    module = importlib.import_module(table[method].module)
     return invoke(module, f"{group} {method}", rest, kind=f"{group}.{method}")
 
 

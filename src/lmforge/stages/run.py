@@ -66,28 +66,17 @@ class Step:
 
 
 def stage_module(kind: str, where: str) -> ModuleType:
-    """The stage program for ``kind`` from the CLI table; a clear error for unknown or planned kinds."""
-    from lmforge.stages.registry import COMMANDS
+    """The stage program for ``kind`` (``pretrain``, ``finetune.sft``) from the registry; a clear error
+    naming the valid kinds otherwise."""
+    from lmforge.stages.registry import GROUPS, STAGES, kinds
 
-    kind, _, method = kind.partition(".")  # `finetune.classify`: a method of a command with methods
-    cmd = COMMANDS.get(kind)
-    if cmd is None or kind == "run":
-        valid = [k for k in COMMANDS if k != "run"]
+    cmd = STAGES.get(kind.replace(".", " "))
+    if cmd is None or kind == "run" or " " in kind:
+        valid = [k for k in kinds() if k.startswith(kind + ".")] if kind in GROUPS else kinds()
         near = difflib.get_close_matches(kind, valid, n=1)
         hint = f"did you mean '{near[0]}'? " if near else ""
         raise ConfigError(where, f"unknown stage kind '{kind}'; {hint}valid kinds: {', '.join(valid)}")
-    module = importlib.import_module(cmd.module)
-    methods = getattr(module, "METHODS", None)  # a command whose stages are methods (finetune)
-    if methods is None and not method:
-        return module
-    if methods is None or method not in methods:
-        valid = [f"{kind}.{m}" for m in methods or {}]
-        near = difflib.get_close_matches(f"{kind}.{method}", valid, n=1)
-        hint = f"did you mean '{near[0]}'? " if near else ""
-        raise ConfigError(
-            where, f"unknown stage kind '{kind}.{method}'; {hint}valid kinds: {', '.join(valid)}"
-        )
-    return module.method_module(method)
+    return importlib.import_module(cmd.module)
 
 
 def plan(recipe: dict[str, Any], overrides: dict[str, Any], run_dir: Path) -> list[Step]:

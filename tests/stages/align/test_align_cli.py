@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lmforge.cli import main
-from lmforge.stages.align import METHODS
+from lmforge.stages.registry import methods
 
 
 def run_cli(*args: str) -> None:
@@ -23,7 +23,7 @@ def manifest(out: Path) -> dict:
 def test_align_help_lists_methods(capsys):
     assert main(["align", "--help"]) == 0
     text = capsys.readouterr().out
-    for method in METHODS:
+    for method in methods("align"):
         assert method in text
     assert main(["align", "dpx"]) == 2
     assert "did you mean 'dpo'" in capsys.readouterr().err.lower()

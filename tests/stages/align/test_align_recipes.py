@@ -29,11 +29,11 @@ def test_unknown_align_kind_is_named(tmp_path):
 
 
 def test_align_method_takes_its_recipe_section():
-    from lmforge.stages.align import method_module
     from lmforge.stages.invoke import config_from_args
+    from lmforge.stages.run import stage_module
 
     cfg = config_from_args(
-        "align dpo", method_module("dpo"), [str(RECIPES / "dpo.yaml"), "beta=0.2"], "align.dpo"
+        "align dpo", stage_module("align.dpo", "test"), [str(RECIPES / "dpo.yaml"), "beta=0.2"], "align.dpo"
     )
     assert (
         cfg.beta == 0.2 and cfg.model == "@pretrain" and cfg.train[0].endswith("harmless-base_test.jsonl.gz")
