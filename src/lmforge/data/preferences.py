@@ -122,16 +122,6 @@ class Ranking:
         return [Preference(self.prompt, a, b, self.where) for a, b in combinations(self.responses, 2)]
 
 
-def to_preferences(record: dict[str, Any]) -> list[tuple[Messages, str, str]]:
-    """``[(prompt, chosen, rejected), ...]`` of one record (schemas: module docstring).
-
-    Raises:
-        ValueError: the record fits no schema or has wrong types; the message says what was expected.
-    """
-    prompt, ordered = to_ranking(record)
-    return [(prompt, a, b) for a, b in combinations(ordered, 2)]
-
-
 def to_ranking(record: dict[str, Any]) -> tuple[Messages, list[str]]:
     """``(prompt, responses best first)`` of one record (schemas: module docstring).
 
