@@ -332,6 +332,8 @@ def test_a_run_directory_copied_elsewhere_stays_cached(tmp_path: Path) -> None:
     again = data_stage.main(data_stage.Config(input=["@split/text.jsonl"], out=str(moved / "data")))
     assert again["cached_last"]
     write_jsonl(moved / "split" / "text.jsonl", [english(rng) for _ in range(6)])  # new content: re-run
-    (moved / "split" / "manifest.json").write_text(json.dumps({"status": "complete", "outputs": {"text.jsonl": {"sha256": "x"}}}))
+    (moved / "split" / "manifest.json").write_text(
+        json.dumps({"status": "complete", "outputs": {"text.jsonl": {"sha256": "x"}}})
+    )
     rerun = data_stage.main(data_stage.Config(input=["@split/text.jsonl"], out=str(moved / "data")))
     assert not rerun["cached_last"]

@@ -51,14 +51,19 @@ STAGES: dict[str, Command] = {
     "finetune ner": Command(
         "lmforge.stages.finetune.ner", "token classification (NER) + lookup and CRF baselines"
     ),
-    "finetune qa": Command("lmforge.stages.finetune.qa", "extractive QA: a span head on an encoder, SQuAD EM/F1"),
+    "finetune qa": Command(
+        "lmforge.stages.finetune.qa", "extractive QA: a span head on an encoder, SQuAD EM/F1"
+    ),
     "finetune task": Command(
         "lmforge.stages.finetune.task", "learn eval tasks' training splits in their zero-shot prompt format"
     ),
     "align collect": Command(
-        "lmforge.stages.align.collect", "sample replies and serve a web page where people rank them (JSONL store)"
+        "lmforge.stages.align.collect",
+        "sample replies and serve a web page where people rank them (JSONL store)",
     ),
-    "align dpo": Command("lmforge.stages.align.dpo", "direct preference optimisation (or IPO) on chosen/rejected pairs"),
+    "align dpo": Command(
+        "lmforge.stages.align.dpo", "direct preference optimisation (or IPO) on chosen/rejected pairs"
+    ),
     "align reward": Command(
         "lmforge.stages.align.reward", "reward model (Bradley–Terry on pairs or Plackett–Luce on rankings)"
     ),

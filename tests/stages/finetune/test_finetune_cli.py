@@ -284,8 +284,12 @@ def test_recipe_section_is_found_by_stage_kind(tmp_path, capsys):
         "  dapt-replay: {stage: finetune.dapt, domain: [a.txt], replay: 0.5}\n"
         "  mine: {stage: finetune.sft, train: [x.jsonl]}\n"
     )
-    dapt = config_from_args("finetune dapt", stage_module("finetune.dapt", "test"), [str(recipe)], "finetune.dapt")
-    sft = config_from_args("finetune sft", stage_module("finetune.sft", "test"), [str(recipe)], "finetune.sft")
+    dapt = config_from_args(
+        "finetune dapt", stage_module("finetune.dapt", "test"), [str(recipe)], "finetune.dapt"
+    )
+    sft = config_from_args(
+        "finetune sft", stage_module("finetune.sft", "test"), [str(recipe)], "finetune.sft"
+    )
     assert dapt.replay == 0.0 and sft.train == ["x.jsonl"]
     recipe.write_text("stages:\n  a: {stage: finetune.sft}\n  b: {stage: finetune.sft}\n")
     assert main(["finetune", "sft", str(recipe)]) == 2
