@@ -245,6 +245,7 @@ def build_optimizers(
     ns_steps: int = 5,
     muon_lr: float = 0.0,
     muon_momentum: float = 0.95,
+    ns_dtype: str = "bf16",
 ) -> list[torch.optim.Optimizer]:
     """The optimisers of a training loop: ``[AdamW]``, or ``[Muon, AdamW]`` for ``kind="muon"``.
 
@@ -256,7 +257,10 @@ def build_optimizers(
     torch; 3 costs 40% less). Under DDP the iterations are shared out over the ranks
     (``training/muon.py``). ``muon_lr`` > 0 gives Muon's matrices their own peak learning rate: its
     optimiser carries ``lr_scale = muon_lr / lr``, which a loop applies with ``scaled_lr(optimizer, lr)``.
-    ``muon_momentum`` is Muon's (Nesterov) momentum, 0.95 as torch.
+    ``muon_momentum`` is Muon's (Nesterov) momentum, 0.95 as torch. ``ns_dtype`` is the precision of
+    the Newton–Schulz iterations: ``bf16`` (torch's), ``fp32``, or ``auto`` — the faster on this machine
+    for these matrices (``training.precision.choose_ns_dtype``; every rank must find bf16 faster for
+    bf16), with the timings in the Muon optimiser's ``probe`` attribute for the stage's metrics.
 
     Raises:
         ValueError: an unknown ``kind``, or the arguments ``build_optimizer`` refuses.
@@ -276,6 +280,15 @@ def build_optimizers(
         raise ValueError(f"muon_lr must be >= 0, got {muon_lr}")
     if not 0 <= muon_momentum < 1:
         raise ValueError(f"muon_momentum must be in [0, 1), got {muon_momentum}")
+    probe: dict[str, float] = {}
+    if ns_dtype == "auto":
+        from lmforge.training import distributed as ddp
+        from lmforge.training.precision import choose_ns_dtype
+
+        ns_dtype, probe = choose_ns_dtype([tuple(p.shape) for p in hidden], ns_steps)
+        if ddp.all_reduce_sum(float(ns_dtype == "bf16")) < ddp.world()[1]:
+            ns_dtype = "fp32"
+        probe["ns_bf16"] = float(ns_dtype == "bf16")
     muon = ShardedMuon(
         hidden,
         lr=lr,
@@ -283,7 +296,9 @@ def build_optimizers(
         momentum=muon_momentum,
         adjust_lr_fn="match_rms_adamw",
         ns_steps=ns_steps,
+        ns_dtype=ns_dtype,
     )
+    muon.probe = probe
     if muon_lr > 0 and lr > 0:
         muon.lr_scale = muon_lr / lr
         for group in muon.param_groups:

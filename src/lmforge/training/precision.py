@@ -10,6 +10,12 @@ torch version) and shape in ``~/.cache/lmforge/dtype_probe.json``, as the matmul
 be at least ``margin`` faster to be chosen (fp32 is exact and the default when they tie). On GPUs
 ``runtime.create_runtime``'s rule stands (bf16 where supported). The choice and the timings are recorded
 in the stage's metrics (``dtype_bf16``, ``probe_fp32_ms``, ``probe_bf16_ms``).
+
+Muon's Newton–Schulz iterations are a second precision choice: ``torch.optim.Muon`` always runs them in
+bf16, which on a CPU without fast bf16 makes the optimiser alone cost several times the forward and
+backward pass. ``choose_ns_dtype`` times the iterations on the model's own Muon matrix shapes in bf16
+and in fp32 (cached the same way) and ``training/muon.py`` runs them in the faster (``ns_bf16``,
+``probe_ns_fp32_ms``, ``probe_ns_bf16_ms`` in the metrics).
 """
 
 from __future__ import annotations
@@ -73,24 +79,77 @@ def choose_cpu_dtype(
     ``margin`` times faster than fp32 here, else ``"fp32"``; ``timings`` holds ``probe_fp32_ms`` and
     ``probe_bf16_ms``. ``timer(dtype)`` replaces the measurement (tests); results are cached per machine
     and shape in ``cache`` (default ``CACHE``)."""
-    cache = CACHE if cache is None else cache
     shape = f"{type(model).__name__}|params={sum(p.numel() for p in model.parameters())}|{batch}x{block}|v={vocab}"
-    key = f"{machine_key('cpu', 'probe')}|{shape}"
-    stored = read_cache(cache)
-    timings = stored.get(key) if timer is None else None
-    if not (
-        isinstance(timings, dict) and all(timings.get(k, 0) > 0 for k in ("probe_fp32_ms", "probe_bf16_ms"))
-    ):
-        measure = timer or (lambda dt: step_ms(model, batch, block, vocab, dt))
-        timings = {"probe_fp32_ms": float(measure("fp32")), "probe_bf16_ms": float(measure("bf16"))}
-        if timer is None and all(v > 0 and v != float("inf") for v in timings.values()):
-            stored[key] = timings
-            write_cache(cache, stored)
+    timings = _timed("probe", shape, lambda dt: step_ms(model, batch, block, vocab, dt), timer, cache)
     chosen = "bf16" if timings["probe_bf16_ms"] * margin <= timings["probe_fp32_ms"] else "fp32"
     log.info(
         "dtype auto: a training step of this model takes %.0f ms in fp32 and %.0f ms in bf16 autocast here: %s",
         timings["probe_fp32_ms"],
         timings["probe_bf16_ms"],
+        chosen,
+    )
+    return chosen, timings
+
+
+def _timed(
+    prefix: str,
+    shape: str,
+    measure: Callable[[str], float],
+    timer: Callable[[str], float] | None,
+    cache: Path | None,
+) -> dict[str, float]:
+    """``{prefix}_fp32_ms`` and ``{prefix}_bf16_ms`` for ``shape`` on this machine: read from ``cache``
+    (default ``CACHE``) or measured with ``measure(dtype)`` and stored (never a zero or an infinity);
+    ``timer`` replaces the measurement and the cache (tests)."""
+    cache = CACHE if cache is None else cache
+    names = (f"{prefix}_fp32_ms", f"{prefix}_bf16_ms")
+    key = f"{machine_key('cpu', prefix)}|{shape}"
+    stored = read_cache(cache)
+    timings = stored.get(key) if timer is None else None
+    if not (isinstance(timings, dict) and all(timings.get(k, 0) > 0 for k in names)):
+        run = timer or measure
+        timings = {names[0]: float(run("fp32")), names[1]: float(run("bf16"))}
+        if timer is None and all(0 < v < float("inf") for v in timings.values()):
+            stored[key] = timings
+            write_cache(cache, stored)
+    return timings
+
+
+def newton_schulz_ms(shapes: list[tuple[int, int]], dtype: str, steps: int = 5, repeats: int = 3) -> float:
+    """Best wall time in ms of one optimiser step's Newton–Schulz work (``training.muon.newton_schulz``
+    on one random matrix of each of ``shapes``) in ``dtype``, after a warm-up; the torch RNG is restored."""
+    from lmforge.training.muon import newton_schulz
+
+    gen = torch.Generator().manual_seed(0)
+    mats = [torch.randn(shape, generator=gen) for shape in shapes]
+    best = float("inf")
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        for m in mats:
+            newton_schulz(m, steps=steps, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
+        if i:
+            best = min(best, (time.perf_counter() - t0) * 1000)
+    return best
+
+
+def choose_ns_dtype(
+    shapes: list[tuple[int, int]],
+    steps: int = 5,
+    *,
+    margin: float = 1.1,
+    timer: Callable[[str], float] | None = None,
+    cache: Path | None = None,
+) -> tuple[str, dict[str, float]]:
+    """``(dtype, timings)`` for Muon's Newton–Schulz iterations on matrices of ``shapes``: ``"bf16"``
+    (torch's choice) when it is at least ``margin`` times faster than fp32 here, else ``"fp32"``;
+    ``timings`` holds ``probe_ns_fp32_ms`` and ``probe_ns_bf16_ms`` (cached per machine and shapes)."""
+    shape = f"ns|steps={steps}|" + ",".join(f"{a}x{b}" for a, b in sorted(shapes))
+    timings = _timed("probe_ns", shape, lambda dt: newton_schulz_ms(shapes, dt, steps), timer, cache)
+    chosen = "bf16" if timings["probe_ns_bf16_ms"] * margin <= timings["probe_ns_fp32_ms"] else "fp32"
+    log.info(
+        "Muon's Newton–Schulz takes %.1f ms per step in fp32 and %.1f ms in bf16 here: %s",
+        timings["probe_ns_fp32_ms"],
+        timings["probe_ns_bf16_ms"],
         chosen,
     )
     return chosen, timings
