@@ -37,7 +37,8 @@ TEMPLATE = """\
   summary { cursor: pointer; color: #555; }
   p, li, figcaption { overflow-wrap: anywhere; }
   th { background: #f5f5f5; }
-  td.num { text-align: right; font-variant-numeric: tabular-nums; }
+  td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; overflow-wrap: normal; }
+  figure { margin: 1em 0; }
   img { max-width: 100%; }
   .sample { white-space: pre-wrap; overflow-wrap: anywhere; border-left: 3px solid #ccc; padding: .4em .8em; margin: .8em 0; background: #fafafa; }
   .bar { background: #4a7bd0; height: .9em; min-width: 2px; }

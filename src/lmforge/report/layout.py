@@ -108,15 +108,8 @@ def _evaluation(run: RunData) -> Section | None:
         return None
     section = Section("Evaluation")
     for instance, metrics in run.evals:
-        tables = _stage_tables(run.eval_tables.get(instance, []))
-        section.blocks += [("h3", instance), *(("table", t) for t in tables)]
-        shown = {row[0] for t in tables for row in t.rows if row}
-        rows = metric_rows(metrics)
-        if tables:
-            rows = [r for r in rows if r[0].endswith(LM_SUFFIXES) and r[0] not in shown]
-        if rows:
-            title = "Language modelling" if tables else ""
-            section.blocks.append(("table", Table(title, ("metric", "value"), [list(r) for r in rows])))
+        tables = run.eval_tables.get(instance, [])
+        section.blocks += _tables_then_metrics(instance, tables, metrics, "Language modelling", LM_SUFFIXES)
     return section
 
 
@@ -125,13 +118,25 @@ def _finetune(run: RunData) -> Section | None:
     if not run.finetune:
         return None
     section = Section("Fine-tuning")
-    for result in run.finetune:
-        tables = _stage_tables(result.tables)
-        section.blocks += [("h3", f"{result.instance} ({result.kind})"), *(("table", t) for t in tables)]
-        if not tables and result.metrics:
-            rows = [list(r) for r in metric_rows(result.metrics)]
-            section.blocks.append(("table", Table("", ("metric", "value"), rows)))
+    for r in run.finetune:
+        section.blocks += _tables_then_metrics(f"{r.instance} ({r.kind})", r.tables, r.metrics, "", ())
     return section
+
+
+def _tables_then_metrics(
+    heading: str, written: list[dict], metrics: dict, title: str, kept: tuple[str, ...]
+) -> list[tuple[str, object]]:
+    """A stage's ``report.json`` tables, then its metrics: all of them when it wrote no table, else only
+    those ending in ``kept`` that no table shows (under ``title``); the rest are left to Raw metrics."""
+    tables = [Table(str(t.get("title", "")), t.get("header", []), table_rows(t["rows"])) for t in written]
+    shown = {row[0] for t in tables for row in t.rows if row}
+    rows = [list(r) for r in metric_rows(metrics)]
+    if tables:
+        rows = [r for r in rows if r[0].endswith(kept) and r[0] not in shown]
+    blocks: list[tuple[str, object]] = [("h3", heading), *(("table", t) for t in tables)]
+    if rows:
+        blocks.append(("table", Table(title if tables else "", ("metric", "value"), rows)))
+    return blocks
 
 
 def _samples(run: RunData) -> Section | None:
@@ -164,8 +169,3 @@ def _raw(run: RunData) -> Section | None:
             title = f"{stage.instance} ({stage.kind}): {len(rows)} metric{'s' if len(rows) != 1 else ''}"
             blocks.append(("details", Table(title, ("metric", "value"), [list(r) for r in rows])))
     return Section("Raw metrics", blocks) if blocks else None
-
-
-def _stage_tables(tables: list[dict]) -> list[Table]:
-    """A stage's ``report.json`` tables as ``Table`` blocks (collect has already dropped malformed ones)."""
-    return [Table(str(t.get("title", "")), t.get("header", []), table_rows(t["rows"])) for t in tables]
