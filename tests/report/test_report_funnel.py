@@ -1,5 +1,5 @@
 """The report's data funnel (documents and bytes in → dropped by step and reason → out, drawn from the data
-stage's stats) and its reading order: each section once, every number once outside the folded raw metrics."""
+stage's stats) and the reading order: each section once, no table twice outside the folded raw metrics."""
 
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ def test_no_data_stage_no_funnel(tmp_path: Path):
     assert "## Data" not in md and not list(run.glob("report_files/*.png"))
 
 
-def test_sections_in_reading_order_each_number_once_outside_the_raw_metrics(tmp_path: Path):
+def test_sections_in_reading_order_and_no_table_twice_outside_the_raw_metrics(tmp_path: Path):
     run = _data_run(tmp_path)
     _stage(run, "tokenizer", "tokenizer", "2026-12-01T00:01:00Z", {
         "vocab_size": 512, "bytes_per_token": 3.25, "encode_tokens_per_s": 12345.0,

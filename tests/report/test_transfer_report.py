@@ -184,7 +184,12 @@ def test_run_without_import_renders_as_before(tmp_path: Path):
     _classify(run, "classify", "@pretrain", run / "pretrain", "2026-12-01T00:02:00Z", 0.61)
     md_path, html_path = render_report(run)
     md, page = md_path.read_text(), html_path.read_text()
-    assert re.findall(r"^## (.+)$", md, flags=re.M) == ["Fine-tuning", "Model card", "Pipeline", "Raw metrics"]
+    assert re.findall(r"^## (.+)$", md, flags=re.M) == [
+        "Fine-tuning",
+        "Model card",
+        "Pipeline",
+        "Raw metrics",
+    ]
     for absent in ("Transfer learning", "Imported weights", "from scratch (", "imported"):
         assert absent not in md and absent not in page, absent
     assert "Trained on the run's corpus only" in md and "No data stage in this run" in md

@@ -4,7 +4,7 @@ Order, as people read a training report (nanochat's report card, a W&B run page)
 (the funnel figure) → Tokenizer (the kinds compared, one table) → Imported weights → Training (loss
 and lr curves) → Evaluation → Fine-tuning → Transfer learning, Alignment, Scaling laws → Samples →
 Model card → Pipeline (stages, cache hits, timing bars) → Raw metrics (every manifest metric, one
-collapsed block per stage). Each number appears once in the open part of the report: a stage's flat
+collapsed block per stage). No table appears twice in the open part of the report: a stage's flat
 metrics are shown there only when it wrote no table of its own, and always under Raw metrics.
 """
 
