@@ -84,7 +84,10 @@ def test_the_funnel_follows_the_headline_with_its_caption(tmp_path: Path):
     assert re.findall(r"^## (.+)$", md, flags=re.M)[:2] == ["At a glance", "Data"]
     assert "2.000 (unigram baseline 2.400)" in md  # unigram_loss scaled as val_loss is to val_bpb
     data = md.split("## Data")[1].split("\n## ")[0]
-    assert "![Data funnel: 1,000 documents" in data and "](report_files/data_funnel.png)" in data
+    assert (
+        "![data funnel: documents and bytes in, dropped by reason, out](report_files/data_funnel.png)" in data
+    )
+    assert "*Data funnel: 1,000 documents (5.00 MB) in; dropped 47 (quality: dup\\_lines 30" in data
     assert (run / "report_files" / "data_funnel.png").read_bytes().startswith(b"\x89PNG")
     figure = page.split("<h2>Data</h2>")[1].split("<h2>")[0]
     assert "data:image/png;base64," in figure and "<figcaption>Data funnel: 1,000 documents" in figure

@@ -30,6 +30,11 @@ class Image:
     relpath: str
     png: bytes
     caption: str = ""
+    alt: str = ""  # a short text alternative; else the caption (or the instance) is used
+
+    @property
+    def alt_text(self) -> str:
+        return self.alt or self.caption or self.instance
 
 
 def draw_all(run: RunData, run_dir: Path) -> list[tuple[Image, str]]:
@@ -41,18 +46,20 @@ def draw_all(run: RunData, run_dir: Path) -> list[tuple[Image, str]]:
         stale.unlink()
     drawn: list[tuple[Image, str]] = []
 
-    def save(name: str, png: bytes, instance: str, section: str, caption: str = "") -> None:
+    def save(name: str, png: bytes, instance: str, section: str, caption: str = "", alt: str = "") -> None:
         relpath = f"{FIGURE_DIR}/{name}.png"
         target = Path(run_dir) / relpath
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(png)
-        drawn.append((Image(instance, relpath, png, caption), section))
+        drawn.append((Image(instance, relpath, png, caption, alt), section))
 
     funnel = funnel_of(run.data)
     if funnel is not None:
-        save("data_funnel", funnel_png(funnel), run.data.instance, "data", funnel_caption(funnel))
+        save("data_funnel", funnel_png(funnel), run.data.instance, "data", funnel_caption(funnel),
+             "data funnel: documents and bytes in, dropped by reason, out")  # fmt: skip
     for curve in run.curves:
-        save(f"loss_{_safe_name(curve.instance)}", loss_png(curve), curve.instance, "training")
+        save(f"loss_{_safe_name(curve.instance)}", loss_png(curve), curve.instance, "training",
+             alt=f"training curves of {curve.instance}")  # fmt: skip
     for curve in run.align:
         save(f"align_{_safe_name(curve.instance)}", series_png(curve), curve.instance, "alignment")
         if curve.series.get("win_rate"):

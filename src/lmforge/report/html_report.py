@@ -69,7 +69,7 @@ TEMPLATE = """\
 <td class="barcell">{% if row[-1] is not none %}<div class="bar" style="width: {{ '%.1f' % (100 * row[-1]) }}%"></div>{% endif %}</td></tr>
 {% endfor %}</table>
 {% elif kind == "sample" %}<div class="sample"><strong>{{ value[0] }}</strong>{{ value[1] }}</div>
-{% elif kind == "img" %}<figure><img alt="{{ value.caption or value.instance }}" src="data:image/png;base64,{{ value.png|b64 }}">
+{% elif kind == "img" %}<figure><img alt="{{ value.alt_text }}" src="data:image/png;base64,{{ value.png|b64 }}">
 {% if value.caption %}<figcaption>{{ value.caption }}</figcaption>{% endif %}</figure>
 {% endif %}
 {% endfor %}

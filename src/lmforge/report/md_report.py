@@ -47,7 +47,7 @@ def _section(section: Section) -> str:
         elif kind == "sample":
             parts.append("> " + "  \n> ".join(_sample(*value).split("\n")))
         elif kind == "img" and isinstance(value, Image):
-            parts.append(f"![{_text(value.caption or value.instance)}]({value.relpath})")
+            parts.append(f"![{_text(value.alt_text)}]({value.relpath})")
             if value.caption:
                 parts.append(f"*{_text(value.caption)}*")
     return "\n\n".join(parts)
