@@ -38,7 +38,9 @@ class Table:
 @dataclass
 class Section:
     """A titled list of blocks: ``("h3", text)``, ``("p", text)``, ``("ul", [items])``,
-    ``("table", Table)`` or ``("img", Image)``."""
+    ``("table", Table)``, ``("img", Image)``, ``("sample", (prompt, completion))``, ``("bars", Table)``
+    (the last cell of each row: a fraction drawn as a bar, or None) or ``("details", Table)`` (folded,
+    its title the summary)."""
 
     title: str
     blocks: list[tuple[str, Any]] = field(default_factory=list)
