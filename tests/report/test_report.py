@@ -13,16 +13,16 @@ from lmforge.errors import InputError
 from lmforge.report import load_manifests, render_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SECTIONS = (
+SECTIONS = (  # in reading order
     "At a glance",
-    "Pipeline",
     "Data",
     "Tokenizer",
     "Training",
     "Evaluation",
     "Samples",
     "Model card",
-    "Stage timings",
+    "Pipeline",
+    "Raw metrics",
 )
 
 
@@ -116,8 +116,8 @@ def full_run(tmp_path: Path) -> Path:
     return build_full_run(tmp_path)
 
 
-def _headings(md: str) -> set[str]:
-    return set(re.findall(r"^## (.+)$", md, flags=re.M))
+def _headings(md: str) -> list[str]:
+    return re.findall(r"^## (.+)$", md, flags=re.M)
 
 
 def test_load_manifests_sorted_by_start_and_skips_unfinished(full_run: Path):
@@ -131,9 +131,8 @@ def test_full_report_has_every_section(full_run: Path):
     md, page = md_path.read_text(), html_path.read_text()
     assert md.startswith("# Run report: demo-run")
     assert "<h1>Run report: demo-run</h1>" in page
-    assert _headings(md) == set(SECTIONS)
-    for section in SECTIONS:
-        assert f"<h2>{section}</h2>" in page
+    assert _headings(md) == list(SECTIONS)
+    assert re.findall(r"<h2>(.+?)</h2>", page) == list(SECTIONS)
     assert "ghost_metric" not in md and "finetune" not in md and "broken" not in md
 
 
@@ -155,10 +154,10 @@ def test_data_tokenizer_and_eval_values(full_run: Path):
     md_path, html_path = render_report(full_run)
     md, page = md_path.read_text(), html_path.read_text()
     data = md.split("## Data")[1].split("\n## ")[0]
-    for text in ("docs\\_train", "900", "docs\\_in", "1200", "bytes\\_out", "100000", "Drops by reason"):
-        assert text in data
-    assert "too\\_short | 150" in data and "duplicate | 50" in data
-    assert '<td>too_short</td><td class="num">150</td>' in page
+    assert "](report_files/data_funnel.png)" in data
+    assert "1,200 documents (123 kB) in; dropped 200 (too\\_short 150, duplicate 50)" in data
+    assert "1,000 documents (100 kB) out" in data
+    assert "<figcaption>Data funnel: 1,200 documents" in page
     assert "bytes\\_per\\_token | 3.712" in md
     evaluation = md.split("## Evaluation")[1].split("\n## ")[0]
     assert (
@@ -178,7 +177,7 @@ def test_loss_png_written_linked_and_embedded(full_run: Path):
     assert "](report_files/loss_pretrain.png)" in md_path.read_text()
     page = html_path.read_text()
     embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert embedded and base64.b64decode(embedded[0]) == png
+    assert png in [base64.b64decode(e) for e in embedded]  # after the data funnel
     assert "Last train loss 2.1 at step 290" in md_path.read_text()
 
 
@@ -200,12 +199,13 @@ def test_samples_are_escaped(full_run: Path):
 
 def test_timing_bars_scale_with_duration(full_run: Path):
     md_path, html_path = render_report(full_run)
-    timings = md_path.read_text().split("## Stage timings")[1]
+    pipeline = md_path.read_text().split("## Pipeline")[1].split("\n## ")[0]
     bars = {
-        line.split("|")[1].strip(): line.split("|")[3].strip() for line in timings.splitlines()[4:] if line
+        line.split("|")[1].strip(): line.split("|")[-2].strip() for line in pipeline.splitlines()[4:] if line
     }
     assert len(bars["pretrain"]) == 40 and len(bars["data"]) == 2  # 120 s is the longest; 5 s -> 5/120 * 40
     assert 'style="width: 100.0%"' in html_path.read_text()
+    assert "Stage timings" not in md_path.read_text()  # the bars are the Pipeline table's last column
 
 
 def test_single_stage_run_omits_absent_sections(tmp_path: Path):
@@ -213,7 +213,7 @@ def test_single_stage_run_omits_absent_sections(tmp_path: Path):
     _stage(run, "tokenizer", "tokenizer", "2026-01-01T00:00:00Z", 3.0, metrics={"vocab_size": 256})
     md_path, html_path = render_report(run)
     md, page = md_path.read_text(), html_path.read_text()
-    assert _headings(md) == {"Pipeline", "Tokenizer", "Stage timings"}
+    assert _headings(md) == ["Tokenizer", "Pipeline", "Raw metrics"]
     for absent in ("Data", "Training", "Evaluation", "Samples"):
         assert f"<h2>{absent}</h2>" not in page
     assert "data:image/png" not in page
@@ -226,7 +226,7 @@ def test_stages_without_optional_files_render(tmp_path: Path):
     _stage(run, "generate", "generate", "2026-01-01T00:01:00Z", 1.0)  # no samples.jsonl
     _stage(run, "data", "data", "2026-01-01T00:02:00Z", 1.0)  # no numbers, no stats.json
     md = render_report(run)[0].read_text()
-    assert _headings(md) == {"Pipeline", "Model card", "Stage timings"}  # a pretrain stage: a model
+    assert _headings(md) == ["Model card", "Pipeline"]  # a pretrain stage: a model; no metrics: no raw
 
 
 def test_finetune_curves_are_plotted(tmp_path: Path):
@@ -239,7 +239,7 @@ def test_finetune_curves_are_plotted(tmp_path: Path):
 
 def test_empty_run_and_missing_dir(tmp_path: Path):
     md = render_report(tmp_path)[0].read_text()
-    assert _headings(md) == set()
+    assert _headings(md) == []
     assert load_manifests(tmp_path) == []
     with pytest.raises(InputError):
         render_report(tmp_path / "nope")
@@ -257,13 +257,13 @@ def test_a_glance_first_and_the_tokenizer_comparison_as_one_table(tmp_path: Path
     _stage(run, "eval", "eval", "2026-11-21T23:10:00Z", 5.0, metrics={"val_bpb": 2.345, "unigram_bpb": 4.5})
     md_path, html_path = render_report(run)
     md, page = md_path.read_text(), html_path.read_text()
-    assert md.index("## At a glance") < md.index("## Pipeline")
+    assert _headings(md)[0] == "At a glance"
     glance = md.split("## At a glance")[1].split("\n## ")[0]
     assert "2.345 (unigram baseline 4.500)" in glance and "2.50 M" in glance
     assert "160 of 600 planned: stopped by the time budget (420 s)" in glance
     assert "| metric | bpe | word |" in md and "| bytes\\_per\\_token | 3.5 | 4.9 |" in md
     assert "compare\\_bpe" not in md and "compare_bpe" not in page
-    assert page.index("At a glance") < page.index("<h2>Pipeline</h2>")
+    assert page.index("At a glance") < page.index("<h2>Tokenizer</h2>")
 
 
 @pytest.mark.parametrize("width", [390, 1280])
@@ -290,4 +290,5 @@ def test_the_report_fits_a_phone_and_a_desktop(tmp_path: Path, browser_page, wid
         shutil.copy(shot, Path(os.environ["LMFORGE_TEST_ARTIFACTS"]) / shot.name)
     assert overflow <= 0, f"the page scrolls sideways by {overflow} px at {width} px"
     assert page.locator("h2").first.inner_text() == "At a glance"
-    assert page.locator("details summary").first.inner_text().startswith("every data metric")
+    assert page.locator("details summary").first.inner_text() == "data (data): 2 metrics"
+    assert not page.locator("details").first.get_attribute("open")  # raw metrics start folded

@@ -142,7 +142,7 @@ def test_rich_run_has_alignment_scaling_and_model_card(tmp_path: Path):
     import matplotlib.image
 
     assert matplotlib.image.imread(run / "report_files" / "loss_pretrain.png").shape[1] == 1000
-    assert page.count("data:image/png;base64,") == 5
+    assert page.count("data:image/png;base64,") == 6  # the data funnel first
 
 
 def test_missing_stages_omit_sections_not_errors(tmp_path: Path):
@@ -152,7 +152,7 @@ def test_missing_stages_omit_sections_not_errors(tmp_path: Path):
     (fit / "fit.json").write_text("{broken")
     md = render_report(run)[0].read_text()
     headings = set(re.findall(r"^## (.+)$", md, flags=re.M))
-    assert headings == {"Pipeline", "Alignment", "Model card", "Stage timings"}
+    assert headings == {"Pipeline", "Alignment", "Model card"}  # no stage recorded metrics: no raw
     card = md.split("## Model card")[1]
     assert "No data stage in this run" in card and "Not run (add probes" in card
 
@@ -181,7 +181,7 @@ def test_report_html_in_chromium_has_no_broken_images(tmp_path: Path, browser_pa
     page.goto(html_path.resolve().as_uri())
     page.wait_for_load_state("load")
     widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
-    assert len(widths) == 5 and all(w > 0 for w in widths), widths
+    assert len(widths) == 6 and all(w > 0 for w in widths), widths
     assert page.locator("h2", has_text="Model card").count() == 1
     shot = tmp_path / "report.png"
     page.set_viewport_size({"width": 1100, "height": 900})

@@ -148,9 +148,9 @@ def test_transfer_table_has_both_starts_and_the_baseline(tmp_path: Path):
         "<th>from pretrained (all-MiniLM-L6-v2 import)</th>",
         "<th>from scratch (pretrained here)</th>",
         "<th>bag-of-words logistic regression</th>",
-        "<td>0.9083</td>",
-        "<td>0.6124</td>",
-        "<td>0.7344</td>",
+        '<td class="num">0.9083</td>',
+        '<td class="num">0.6124</td>',
+        '<td class="num">0.7344</td>',
     ):
         assert text in page, text
 
@@ -169,7 +169,7 @@ def test_import_section_shows_source_architecture_and_verify(tmp_path: Path):
     assert rows["verified against transformers"] == "yes (tolerance 0.0001)"
     assert rows["max hidden-state difference"] == "2.5e-06"
     assert rows["min sentence-embedding cosine"] == "0.99999988"  # not rounded to 1
-    assert "<td>min sentence-embedding cosine</td><td>0.99999988</td>" in page
+    assert '<td>min sentence-embedding cosine</td><td class="num">0.99999988</td>' in page
     assert "<h2>Imported weights</h2>" in page and "pretrained elsewhere, not in this run" in page
     card = _section(md, "Model card")
     assert f"Base weights imported from {SOURCE} by stage import" in card
@@ -184,12 +184,12 @@ def test_run_without_import_renders_as_before(tmp_path: Path):
     _classify(run, "classify", "@pretrain", run / "pretrain", "2026-12-01T00:02:00Z", 0.61)
     md_path, html_path = render_report(run)
     md, page = md_path.read_text(), html_path.read_text()
-    assert set(re.findall(r"^## (.+)$", md, flags=re.M)) == {
-        "Pipeline",
+    assert re.findall(r"^## (.+)$", md, flags=re.M) == [
         "Fine-tuning",
         "Model card",
-        "Stage timings",
-    }
+        "Pipeline",
+        "Raw metrics",
+    ]
     for absent in ("Transfer learning", "Imported weights", "from scratch (", "imported"):
         assert absent not in md and absent not in page, absent
     assert "Trained on the run's corpus only" in md and "No data stage in this run" in md

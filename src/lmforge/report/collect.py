@@ -77,11 +77,12 @@ class Curve:
 
 @dataclass
 class DataStats:
-    """Data stage numbers: manifest metrics, scalar counts from ``stats.json``, and drops by reason."""
+    """The data stage: its numbers (manifest metrics) and its ``stats.json`` ({} when absent), read by
+    ``report.funnel`` for the data funnel."""
 
+    instance: str
     metrics: dict[str, Any]
-    counts: dict[str, Any]
-    drops: dict[str, Any]
+    stats: dict[str, Any]
 
 
 @dataclass
@@ -291,21 +292,14 @@ def _imported(stage: Stage) -> ImportedModel:
 
 
 def _data_stats(stage: Stage) -> DataStats | None:
-    """Numbers of the data stage. ``stats.json``: top-level dicts whose key mentions "drop" or "reject"
-    become the drops-by-reason table, other numbers (nested ones under dotted names) the counts table."""
-    metrics = {k: v for k, v in stage.metrics.items() if _is_number(v)}
-    counts: dict[str, Any] = {}
-    drops: dict[str, Any] = {}
+    """The data stage's numeric manifest metrics (or, when it has none, the numbers of ``stats.json``
+    under dotted names) and its parsed ``stats.json``; None when it recorded neither."""
     stats = _read_json(stage.dir / "stats.json") if (stage.dir / "stats.json").exists() else None
-    if isinstance(stats, dict):
-        for key, value in stats.items():
-            if isinstance(value, dict) and ("drop" in key.lower() or "reject" in key.lower()):
-                drops.update(_flatten(value))
-            else:
-                counts.update(_flatten({key: value}))
-    if not (metrics or counts or drops):
+    stats = stats if isinstance(stats, dict) else {}
+    metrics = {k: v for k, v in stage.metrics.items() if _is_number(v)} or _flatten(stats)
+    if not (metrics or stats):
         return None
-    return DataStats(metrics, counts, drops)
+    return DataStats(stage.instance, metrics, stats)
 
 
 def _finetune(stage: Stage) -> FinetuneResult:

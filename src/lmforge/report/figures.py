@@ -1,5 +1,6 @@
-"""Figures of the run report, drawn headless with Agg: training curves (loss, and lr, grad norm and
-tokens/s when logged) per training stage, alignment curves (reward, KL, accuracy, margins) per align
+"""Figures of the run report, drawn headless with Agg: the data funnel (``report.funnel``: documents and
+bytes in, dropped by reason, out), training curves (loss, and lr, grad norm and tokens/s when logged)
+per training stage, alignment curves (reward, KL, accuracy, margins) per align
 stage and, for a stage judged by a reward model, its score, KL and win rate over the steps, and the scaling-law figures (``lmforge.scaling.plots``) per scaling fit.
 
 Figures use matplotlib's object API with an explicit Agg canvas (``Figure`` + ``FigureCanvasAgg``) rather
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.report.collect import Curve, RunData
+from lmforge.report.funnel import Funnel, bar_label, funnel_caption, funnel_of, human_bytes
 
 FIGURE_DIR = "report_files"  # next to report.md; the Markdown links into it relatively
 
@@ -28,25 +30,36 @@ class Image:
     relpath: str
     png: bytes
     caption: str = ""
+    alt: str = ""  # a short text alternative; else the caption (or the instance) is used
+
+    @property
+    def alt_text(self) -> str:
+        return self.alt or self.caption or self.instance
 
 
 def draw_all(run: RunData, run_dir: Path) -> list[tuple[Image, str]]:
-    """Every figure of the report as ``(image, section)``; section is ``training``, ``alignment`` or
-    ``scaling``. Stale PNGs of an earlier report are removed first, so the folder matches the report."""
+    """Every figure of the report as ``(image, section)``; section is ``data``, ``training``,
+    ``alignment`` or ``scaling``. Stale PNGs of an earlier report are removed first, so the folder
+    matches the report."""
     out_dir = Path(run_dir) / FIGURE_DIR
     for stale in out_dir.glob("*.png"):
         stale.unlink()
     drawn: list[tuple[Image, str]] = []
 
-    def save(name: str, png: bytes, instance: str, section: str, caption: str = "") -> None:
+    def save(name: str, png: bytes, instance: str, section: str, caption: str = "", alt: str = "") -> None:
         relpath = f"{FIGURE_DIR}/{name}.png"
         target = Path(run_dir) / relpath
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(png)
-        drawn.append((Image(instance, relpath, png, caption), section))
+        drawn.append((Image(instance, relpath, png, caption, alt), section))
 
+    funnel = funnel_of(run.data)
+    if funnel is not None:
+        save("data_funnel", funnel_png(funnel), run.data.instance, "data", funnel_caption(funnel),
+             "data funnel: documents and bytes in, dropped by reason, out")  # fmt: skip
     for curve in run.curves:
-        save(f"loss_{_safe_name(curve.instance)}", loss_png(curve), curve.instance, "training")
+        save(f"loss_{_safe_name(curve.instance)}", loss_png(curve), curve.instance, "training",
+             alt=f"training curves of {curve.instance}")  # fmt: skip
     for curve in run.align:
         save(f"align_{_safe_name(curve.instance)}", series_png(curve), curve.instance, "alignment")
         if curve.series.get("win_rate"):
@@ -82,12 +95,18 @@ def draw_all(run: RunData, run_dir: Path) -> list[tuple[Image, str]]:
 
 def _axes(n: int) -> tuple[Any, list[Any]]:
     """A figure with ``n`` panels in two columns (one row per two panels)."""
+    cols = 1 if n == 1 else 2
+    rows = (n + cols - 1) // cols
+    return new_figure(n, (7 if cols == 1 else 10, 4 if rows == 1 else 3.2 * rows), cols)
+
+
+def new_figure(n: int, figsize: tuple[float, float], cols: int) -> tuple[Any, list[Any]]:
+    """A headless figure of ``figsize`` inches with ``n`` panels, ``cols`` to a row."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    cols = 1 if n == 1 else 2
     rows = (n + cols - 1) // cols
-    fig = Figure(figsize=(7 if cols == 1 else 10, 4 if rows == 1 else 3.2 * rows), dpi=100)
+    fig = Figure(figsize=figsize, dpi=100)
     FigureCanvasAgg(fig)
     return fig, [fig.add_subplot(rows, cols, i + 1) for i in range(n)]
 
@@ -118,7 +137,7 @@ def loss_png(curve: Curve) -> bytes:
         ax.set_xlabel("step")
         ax.set_title(SERIES_LABELS[key])
         ax.grid(alpha=0.3)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 SMOOTH_FROM = 30  # a series with this many points (one per rollout or batch) also gets a running mean
@@ -146,7 +165,61 @@ def series_png(curve: Curve) -> bytes:
         ax.set_xlabel("step")
         ax.set_title(f"{curve.instance}: {key}")
         ax.grid(alpha=0.3)
-    return _png(fig)
+    return png_bytes(fig)
+
+
+KEPT, DROPPED, OUT = "#4a7bd0", "#d0574a", "#3a9a5b"  # funnel bars: in, dropped, out
+MIN_BAR = 0.004  # narrowest funnel bar, as a fraction of the axis
+
+
+def funnel_png(funnel: Funnel) -> bytes:
+    """PNG bytes of ``funnel_figure``."""
+    return png_bytes(funnel_figure(funnel))
+
+
+def funnel_figure(funnel: Funnel) -> Any:
+    """Two waterfall panels: documents (in, one bar per step · reason that dropped some, out) and, when
+    bytes were recorded, bytes (in, one bar per step that changed them, out)."""
+    drops = [(bar_label(step, reason), n) for step, reason, n in funnel.drops]
+    has_bytes = funnel.bytes_in is not None and funnel.bytes_out is not None
+    height = 2.0 + 0.32 * max(len(drops), len(funnel.byte_steps), 1)
+    fig, axes = new_figure(1 + has_bytes, (11 if has_bytes else 7, height), cols=1 + has_bytes)
+    _waterfall(axes[0], "documents: in, dropped by step · reason, out", funnel.docs_in, drops, funnel.docs_out,
+               lambda v: f"{v:,.0f}")  # fmt: skip
+    if has_bytes:
+        _waterfall(axes[1], "bytes: in, removed by each step, out", funnel.bytes_in or 0, funnel.byte_steps,
+                   funnel.bytes_out or 0, human_bytes)  # fmt: skip
+    return fig
+
+
+def _waterfall(ax: Any, title: str, start: int, steps: list[tuple[str, int]], end: int, fmt: Any) -> None:
+    """Horizontal bars top-down: ``start`` from zero, each step's change floating where it happened
+    (red; labelled −n, or +n when it added), ``end`` from zero."""
+    labels, lefts, widths, colours, texts = ["in"], [0.0], [float(start)], [KEPT], [fmt(start)]
+    level = float(start)
+    for label, n in steps:
+        level -= n
+        labels.append(label)
+        lefts.append(min(level, level + n))
+        widths.append(max(abs(n), MIN_BAR * max(start, end)))  # a 1-document drop stays visible
+        colours.append(DROPPED)
+        texts.append(("−" if n > 0 else "+") + fmt(abs(n)))
+    labels.append("out")
+    lefts.append(0.0)
+    widths.append(float(end))
+    colours.append(OUT)
+    texts.append(fmt(end))
+    y = list(range(len(labels)))
+    ax.barh(y, widths, left=lefts, color=colours, height=0.6)
+    for i, (lo, w, text) in enumerate(zip(lefts, widths, texts)):
+        ax.annotate(text, (lo + w, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(start, end, 1) * 1.18)
+    ax.set_title(title, fontsize=10)
+    ax.xaxis.set_major_formatter(lambda v, _: fmt(v))
+    ax.tick_params(axis="x", labelsize=8)
+    ax.grid(axis="x", alpha=0.3)
 
 
 JUDGED_CAPTION = (
@@ -177,10 +250,11 @@ def judged_png(curve: Curve) -> bytes:
         ax.set_title(f"{curve.instance}: {title}")
         ax.grid(alpha=0.3)
     score.legend()
-    return _png(fig)
+    return png_bytes(fig)
 
 
-def _png(fig: Any) -> bytes:
+def png_bytes(fig: Any) -> bytes:
+    """The figure, laid out tightly, as PNG bytes."""
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

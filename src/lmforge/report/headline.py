@@ -19,7 +19,8 @@ def headline_section(run: RunData) -> Section | None:
     evals = [metrics for _, metrics in run.evals if _num(metrics.get("val_bpb"))]
     if evals:
         m = evals[0]
-        base = f" (unigram baseline {m['unigram_bpb']:.3f})" if _num(m.get("unigram_bpb")) else ""
+        unigram = _unigram_bpb(m)
+        base = f" (unigram baseline {unigram:.3f})" if unigram is not None else ""
         rows.append(["validation bits per byte", f"{m['val_bpb']:.3f}{base}"])
     train = [s for s in run.stages if s.kind == "pretrain" and s.metrics]
     if train:
@@ -42,7 +43,17 @@ def headline_section(run: RunData) -> Section | None:
         rows.append(["whole run", f"{total:.0f} s over {len(run.stages)} stages{note}"])
     if not rows:
         return None
-    return Section("At a glance", [("table", Table("", ("", "value"), rows))])
+    return Section("At a glance", [("table", Table("", ("", ""), rows))])
+
+
+def _unigram_bpb(m: dict[str, Any]) -> float | None:
+    """The unigram baseline in bits per byte: ``unigram_bpb``, else ``unigram_loss`` (nats per token)
+    scaled as ``val_loss`` is to ``val_bpb`` (the same tokens and bytes, so the same factor)."""
+    if _num(m.get("unigram_bpb")):
+        return float(m["unigram_bpb"])
+    if _num(m.get("unigram_loss")) and _num(m.get("val_loss")) and m["val_loss"] > 0:
+        return float(m["unigram_loss"]) * float(m["val_bpb"]) / float(m["val_loss"])
+    return None
 
 
 def _steps(metrics: dict[str, Any], config: dict[str, Any]) -> str:

@@ -1,8 +1,8 @@
 """Write a run's report: ``run_dir/report.md`` and a self-contained ``run_dir/report.html``.
 
-Pipeline: ``collect`` (read the run) → ``draw_all`` (PNG files under ``report_files/``) → block
-sections (imported weights, transfer learning, alignment, scaling, model card) → ``to_markdown`` and
-``to_html``. Each section appears only when its data exists in the run.
+Pipeline: ``collect`` (read the run) → ``draw_all`` (PNG files under ``report_files/``) →
+``report_sections`` (every section in reading order, as blocks) → ``to_markdown`` and ``to_html``. Each
+section appears only when its data exists in the run.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 from lmforge.report.collect import collect
 from lmforge.report.figures import draw_all
 from lmforge.report.html_report import to_html
+from lmforge.report.layout import report_sections
 from lmforge.report.md_report import to_markdown
-from lmforge.report.sections import CardOptions, alignment_section, model_card_section, scaling_section
-from lmforge.report.transfer import import_section, transfer_section
+from lmforge.report.sections import CardOptions
 
 logger = logging.getLogger(__name__)
 
@@ -36,21 +36,9 @@ def render_report(
     run_dir = Path(run_dir)
     out_dir = run_dir if out_dir is None else Path(out_dir)
     run = collect(run_dir)
-    drawn = draw_all(run, out_dir)
-    images = [image for image, section in drawn if section == "training"]
-    early = [section for section in (import_section(run),) if section is not None]
-    middle = [
-        section
-        for section in (
-            transfer_section(run),
-            alignment_section(run, [image for image, where in drawn if where == "alignment"]),
-            scaling_section(run, [image for image, where in drawn if where == "scaling"]),
-        )
-        if section is not None
-    ]
-    model_card = model_card_section(run, card or CardOptions())
-    md_path = _write_text(out_dir / "report.md", to_markdown(run, images, middle, model_card, early))
-    html_path = _write_text(out_dir / "report.html", to_html(run, images, middle, model_card, early))
+    sections = report_sections(run, draw_all(run, out_dir), card or CardOptions())
+    md_path = _write_text(out_dir / "report.md", to_markdown(run.name, sections))
+    html_path = _write_text(out_dir / "report.html", to_html(run.name, sections))
     logger.info("report of %d stages written to %s and %s", len(run.stages), md_path, html_path)
     return md_path, html_path
 

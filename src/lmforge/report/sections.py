@@ -19,10 +19,12 @@ from typing import Any
 
 from lmforge.report.collect import ImportedModel, RunData, Stage
 from lmforge.report.figures import Image
+from lmforge.report.funnel import funnel_of
 from lmforge.report.tables import fmt_value
 
 TRAINING_KINDS = ("pretrain", "finetune", "align.", "scaling.")  # stages that train a model
 MODEL_KINDS = (*TRAINING_KINDS, "import.")  # ... or bring one in: a run with these gets a model card
+PROBE_PREFIXES = ("bias_", "memo_")  # eval metrics of the probes: under their own heading, not results
 MODEL_INPUTS = ("model", "compare_to")  # inputs naming the checkpoint a stage starts from, not data
 
 
@@ -36,7 +38,9 @@ class Table:
 @dataclass
 class Section:
     """A titled list of blocks: ``("h3", text)``, ``("p", text)``, ``("ul", [items])``,
-    ``("table", Table)`` or ``("img", Image)``."""
+    ``("table", Table)``, ``("img", Image)``, ``("sample", (prompt, completion))``, ``("bars", Table)``
+    (the last cell of each row: a fraction drawn as a bar, or None) or ``("details", Table)`` (folded,
+    its title the summary)."""
 
     title: str
     blocks: list[tuple[str, Any]] = field(default_factory=list)
@@ -168,12 +172,12 @@ def _provenance(run: RunData) -> list[tuple[str, Any]]:
             text += f" ({m['bytes_out']:,} bytes)"
         text += "."
     rows = []
-    for prefix, label in (
-        ("dropped_", "dropped"),
-        ("pii_", "PII removed"),
-        ("lang_", "language"),
-        ("audit_", "representation audit"),
-    ):
+    kinds = [("pii_", "PII removed"), ("lang_", "language"), ("audit_", "representation audit")]
+    if funnel_of(run.data) is None:
+        kinds.insert(0, ("dropped_", "dropped"))
+    else:
+        text += " What was dropped and why: the data funnel above."
+    for prefix, label in kinds:
         found = {k[len(prefix) :]: v for k, v in m.items() if k.startswith(prefix) and _num(v)}
         if found:
             rows.append([label, ", ".join(f"{k} {fmt_value(v)}" for k, v in sorted(found.items()))])
@@ -228,7 +232,7 @@ def _evaluation(run: RunData) -> list[tuple[str, Any]]:
                     "prediction_error",
                     "measured_loss",
                     "accuracy",  # finetune.classify's own score (its bag-of-words one ends in _accuracy)
-                ) or key.endswith(("_acc", "_accuracy", "_f1"))
+                ) or (key.endswith(("_acc", "_accuracy", "_f1")) and not key.startswith(PROBE_PREFIXES))
                 if keep and _num(value):
                     rows.append([stage.instance, key, fmt_value(value)])
     if not rows:
@@ -265,15 +269,19 @@ def _limitations(run: RunData, options: CardOptions) -> list[str]:
 
 
 def _probes(run: RunData) -> list[tuple[str, Any]]:
-    rows = []
+    """The probe numbers of the eval stages, or a pointer to the Probes table an eval stage wrote (the
+    Evaluation section shows it: each number once)."""
+    rows, tabled = [], []
     for stage in run.stages:
-        if stage.kind == "eval":
+        if any(t.get("title") == "Probes" for t in run.eval_tables.get(stage.instance, [])):
+            tabled.append(stage.instance)
+        elif stage.kind == "eval":
             rows += [
                 [stage.instance, k, fmt_value(v)]
                 for k, v in stage.metrics.items()
-                if k.startswith(("bias_", "memo_")) and _num(v)
+                if k.startswith(PROBE_PREFIXES) and _num(v)
             ]
-    if not rows:
+    if not rows and not tabled:
         return [
             ("h3", "Bias and memorisation probes"),
             ("p", "Not run (add probes: [bias, memorisation] to the eval stage)."),
@@ -283,11 +291,10 @@ def _probes(run: RunData) -> list[tuple[str, Any]]:
         " = more preference); memo_*: fraction of train / val windows whose greedy continuation reproduces"
         " the corpus exactly (train above val suggests memorisation). Written by the eval stage."
     )
-    return [
-        ("h3", "Bias and memorisation probes"),
-        ("p", note),
-        ("table", Table("", ("stage", "probe", "value"), rows)),
-    ]
+    if tabled:
+        note += f" Values: the Probes table of {', '.join(tabled)} under Evaluation."
+    blocks = [("h3", "Bias and memorisation probes"), ("p", note)]
+    return blocks + ([("table", Table("", ("stage", "probe", "value"), rows))] if rows else [])
 
 
 def _energy(run: RunData, options: CardOptions) -> list[tuple[str, Any]]:
