@@ -17,9 +17,9 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from lmforge.errors import InputError
 from lmforge.model import hf_bert
+from lmforge.model.checkpoint import load_model
 from lmforge.model.pretrained import resolve_model_dir
 from lmforge.stages.import_ import hf as import_stage
-from lmforge.training.checkpoint import load_model
 from lmforge.training.contrastive import embed
 
 pytestmark = pytest.mark.slow  # importing transformers alone takes several seconds

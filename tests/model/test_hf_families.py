@@ -87,7 +87,7 @@ CASES = [
 def test_family_imports_and_exports_with_equal_logits(
     tmp_path: Path, tokenizer_json: Path, family: str, overrides: dict, expected: dict, exported_as: str
 ) -> None:
-    from lmforge.training.checkpoint import save_checkpoint
+    from lmforge.model.checkpoint import save_checkpoint
 
     read = hf_import.read_hf_model(save_family(tmp_path / "hf", family, tokenizer_json, **overrides))
     assert read.model_type == family.lower()

@@ -18,9 +18,9 @@ BAD = "bad awful poor ugly".split()
 @pytest.fixture(scope="module")
 def tiny():
     """``(tokenizer, fresh decoder builder)``: a BPE tokenizer and a 1-layer d=32 decoder factory."""
+    from lmforge.model.checkpoint import build_model
     from lmforge.model.config import ModelConfig
     from lmforge.tokenizer.train import train_bpe
-    from lmforge.training.checkpoint import build_model
 
     torch.optim.AdamW([torch.zeros(1, requires_grad=True)])  # pay torch.optim's one-time start-up here
     rng = random.Random(0)

@@ -98,7 +98,7 @@ def test_time_budget_stops_evaluates_and_saves_a_usable_checkpoint(tmp_path):
     import json
     import time
 
-    from lmforge.training.checkpoint import load_model, resolve_checkpoint
+    from lmforge.model.checkpoint import load_model, resolve_checkpoint
 
     model = tiny()
     g = torch.Generator().manual_seed(1)
@@ -247,7 +247,7 @@ def test_multitask_heads_route_each_row_to_its_task():
 
 
 def test_checkpoint_with_heads_round_trips(tmp_path):
-    from lmforge.training.checkpoint import load_model, resolve_checkpoint
+    from lmforge.model.checkpoint import load_model, resolve_checkpoint
 
     model = ft.TaskClassifier(tiny(), {"a": 2}, "last").eval()
     meta = {"method": "classify", "pooling": "last", "labels": {"a": ["neg", "pos"]}}

@@ -43,9 +43,9 @@ class LmforgeLM(HarnessLM):
         super().__init__()
         import torch
 
+        from lmforge.model.checkpoint import load_model, resolve_checkpoint
         from lmforge.runtime import create_runtime
         from lmforge.tokenizer.train import load_tokenizer, special_id
-        from lmforge.training.checkpoint import load_model, resolve_checkpoint
 
         if str(device).startswith("cuda") and not torch.cuda.is_available():
             device = "auto"  # the harness CLI passes cuda:0 by default

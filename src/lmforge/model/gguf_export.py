@@ -147,7 +147,7 @@ def export_gguf(ckpt_dir: Path, out_file: Path, dtype: str = "f32") -> torch.nn.
             vocabulary, or the gguf package missing.
         ValueError: ``dtype`` not in ``GGUF_DTYPES``.
     """
-    from lmforge.training.checkpoint import TOKENIZER_FILE, load_model
+    from lmforge.model.checkpoint import TOKENIZER_FILE, load_model
 
     if dtype not in GGUF_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(GGUF_DTYPES)}, got {dtype!r}")

@@ -67,7 +67,7 @@ def check_exportable(cfg: ModelConfig) -> str:
 
 def read_checkpoint_config(ckpt_dir: Path) -> ModelConfig:
     """The ``ModelConfig`` of a checkpoint directory (``model_config.json``), without loading weights."""
-    from lmforge.training.checkpoint import CONFIG_FILE
+    from lmforge.model.checkpoint import CONFIG_FILE
 
     path = Path(ckpt_dir) / CONFIG_FILE
     try:
@@ -96,7 +96,7 @@ def export_hf(ckpt_dir: Path, out_dir: Path, dtype: str = "float32") -> Exported
             vocabulary; transformers not installed.
         ValueError: an unknown ``dtype``.
     """
-    from lmforge.training.checkpoint import TOKENIZER_FILE, load_model
+    from lmforge.model.checkpoint import TOKENIZER_FILE, load_model
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")

@@ -129,7 +129,7 @@ def non_embedding_params(cfg: ModelConfig) -> int:
     """N of a decoder without allocating its weights (built on the meta device)."""
     import torch
 
-    from lmforge.training.checkpoint import build_model
+    from lmforge.model.checkpoint import build_model
 
     with torch.device("meta"):
         return int(build_model(cfg).num_params(non_embedding=True))
@@ -190,11 +190,11 @@ def train_point(cfg: PointConfig, ctx: StageContext) -> dict[str, float]:
     import torch
 
     from lmforge.eval.lm import evaluate_lm
+    from lmforge.model.checkpoint import build_model
     from lmforge.runtime import create_runtime
     from lmforge.tokenizer.loader import BatchLoader
     from lmforge.tokenizer.shards import open_tokens
     from lmforge.tokenizer.train import load_tokenizer, token_byte_lengths
-    from lmforge.training.checkpoint import build_model
     from lmforge.training.objectives import PretrainObjective
     from lmforge.training.optim import build_optimizers, lr_at
 

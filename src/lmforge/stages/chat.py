@@ -90,9 +90,9 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
         )
         draft = None
     from lmforge.inference.engine import Engine
+    from lmforge.model.checkpoint import load_model, resolve_checkpoint
     from lmforge.runtime import create_runtime
     from lmforge.tokenizer.train import load_tokenizer
-    from lmforge.training.checkpoint import load_model, resolve_checkpoint
 
     rt = create_runtime(cfg.device, "fp32", seed=max(cfg.seed, 0))
     ckpt = resolve_checkpoint(Path(cfg.model).expanduser(), cfg.checkpoint)

@@ -167,8 +167,8 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
 def evaluate(cfg: Config, ctx: StageContext) -> dict[str, float]:
     """Evaluate every checkpoint; write ``eval.json`` and ``report.json``; return the first's metrics."""
     from lmforge.eval.tasks import load_task
+    from lmforge.model.checkpoint import resolve_checkpoint
     from lmforge.runtime import create_runtime
-    from lmforge.training.checkpoint import resolve_checkpoint
 
     rt = create_runtime(cfg.device, "fp32", seed=0)
     tasks = [load_task(t, data_dir=cfg.data_dir, limit=cfg.limit) for t in cfg.tasks]
@@ -243,9 +243,9 @@ def _evaluate_checkpoint(
 ) -> dict[str, Any]:
     from lmforge.eval.probes import bias_probe, memorisation_probe
     from lmforge.eval.tasks import LM, evaluate_task
+    from lmforge.model.checkpoint import load_model
     from lmforge.tokenizer.shards import open_tokens
     from lmforge.tokenizer.train import load_tokenizer, special_id
-    from lmforge.training.checkpoint import load_model
 
     model, mcfg = load_model(ckpt, device=device)
     model.eval()

@@ -21,7 +21,6 @@ Shape notation: N texts (queries), M candidates, B pairs, D n_embd.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,8 +30,9 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from lmforge.model.heads import pool
+from lmforge.runstore import TOKENIZER_FILE
 from lmforge.training.batches import encode_texts, pad_batch
-from lmforge.training.finetune import META_FILE, hidden_states
+from lmforge.training.finetune import hidden_states
 
 
 def embed_batch(model: nn.Module, idx: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -72,14 +72,12 @@ def embed(
 
 def load_embedder(path: Path, which: str = "best") -> tuple[nn.Module, Tokenizer, str]:
     """``(model, tokenizer, pooling)`` of a checkpoint (pooling from ``finetune.json``, else ``mean``)."""
+    from lmforge.model.checkpoint import load_model, read_meta, resolve_checkpoint
     from lmforge.tokenizer.train import load_tokenizer
-    from lmforge.training.checkpoint import load_model, resolve_checkpoint
 
     ckpt_dir = resolve_checkpoint(Path(path), which)
     model, _ = load_model(ckpt_dir)
-    meta_path = ckpt_dir / META_FILE
-    pooling = json.loads(meta_path.read_text()).get("pooling", "mean") if meta_path.is_file() else "mean"
-    return model, load_tokenizer(ckpt_dir / "tokenizer.json"), pooling
+    return model, load_tokenizer(ckpt_dir / TOKENIZER_FILE), read_meta(ckpt_dir).get("pooling", "mean")
 
 
 def info_nce(

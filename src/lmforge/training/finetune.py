@@ -17,10 +17,11 @@
   wall-clock budget as pretraining does: once a step ends past it, the loop evaluates and stops with
   ``stop_reason`` ``time_budget`` (the other reasons: ``max_steps``, ``early_stop``), and the caller
   saves best and last as at any end. The schedule still spans ``max_steps``.
-- ``save_finetuned`` / ``load_heads`` / ``write_final``: a fine-tuned model is a normal checkpoint
-  directory (``checkpoint.save_checkpoint``: the trunk, loadable by eval/generate when it is a language
+- ``save_finetuned`` / ``load_heads``: a fine-tuned model is a normal checkpoint directory
+  (``model.checkpoint.save_checkpoint``: the trunk, loadable by eval/generate when it is a language
   model) plus, for methods with heads, ``heads.safetensors`` and ``finetune.json`` (task labels and
-  pooling); ``ckpt/final.json`` names the best and the last checkpoint as pretraining does.
+  pooling); ``ckpt/final.json`` (``model.checkpoint.write_final``) names the best and the last
+  checkpoint as pretraining does.
 
 Shape notation: B batch, T tokens, D n_embd, C classes.
 """
@@ -44,20 +45,17 @@ from torch import nn
 
 from lmforge.errors import ConfigError, InputError
 from lmforge.log import TENSORBOARD_DIR
+from lmforge.model import checkpoint as ckpt
+from lmforge.model.checkpoint import HEADS_FILE, META_FILE
 from lmforge.model.config import ModelConfig
 from lmforge.model.heads import POOLING_CHOICES, ClassificationHead
 from lmforge.model.hf_bert import POOLING_FILE  # a sentence-transformers import's declared pooling
-from lmforge.runstore import resolve_ref, write_json_atomic
-from lmforge.training import checkpoint as ckpt
+from lmforge.runstore import resolve_ref
 from lmforge.training.optim import build_optimizer, lr_at, set_lr
 from lmforge.training.options import FinetuneOptions
 from lmforge.training.step import weighted_backward
 
 logger = logging.getLogger(__name__)
-
-HEADS_FILE = "heads.safetensors"
-META_FILE = "finetune.json"
-
 
 # --------------------------------------------------------------------------------------------------
 # base model and hidden states
@@ -498,11 +496,6 @@ def load_heads(dir: Path, mcfg: ModelConfig) -> tuple[nn.ModuleDict, dict[str, A
     return heads, meta
 
 
-def write_final(ckpt_root: Path, *, last: str, best: str, **extra: Any) -> None:
-    """``ckpt_root/final.json`` naming the last and best checkpoints (read by ``resolve_checkpoint``)."""
-    write_json_atomic(Path(ckpt_root) / ckpt.FINAL_FILE, {"last": last, "best": best, **extra})
-
-
 def save_best_and_last(
     ckpt_root: Path,
     model: nn.Module,
@@ -521,7 +514,7 @@ def save_best_and_last(
     restore(model, result.best_state)
     if best != last:
         save(ckpt_root / best)
-    write_final(
+    ckpt.write_final(
         ckpt_root,
         last=last,
         best=best,

@@ -46,8 +46,8 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     """Write the GGUF file and read it back."""
     import numpy as np
 
+    from lmforge.model.checkpoint import resolve_checkpoint
     from lmforge.model.gguf_export import export_gguf, gguf_tensors, require_gguf
-    from lmforge.training.checkpoint import resolve_checkpoint
 
     ckpt = resolve_checkpoint(ctx.inputs["model"], cfg.checkpoint)
     path = ctx.dir / GGUF_FILE

@@ -63,8 +63,8 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
 
 def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     """Write the Hugging Face directory into the stage directory, then (optionally) check it loads and agrees."""
+    from lmforge.model.checkpoint import resolve_checkpoint
     from lmforge.model.hf_export import export_hf, verify_hf_export
-    from lmforge.training.checkpoint import resolve_checkpoint
 
     ckpt = resolve_checkpoint(ctx.inputs["model"], cfg.checkpoint)
     exported = export_hf(ckpt, ctx.dir, cfg.dtype)

@@ -29,10 +29,10 @@ import torch
 from lmforge.config import ConfigError, opt
 from lmforge.errors import InputError
 from lmforge.model import hf_bert, hf_import
+from lmforge.model.checkpoint import checkpoint_dir, save_checkpoint, write_final
 from lmforge.model.pretrained import PREFIX, resolve_model_dir
-from lmforge.runstore import StageContext, resolve_ref, run_stage, write_json_atomic
+from lmforge.runstore import StageContext, resolve_ref, run_stage
 from lmforge.tokenizer.train import save_tokenizer
-from lmforge.training.checkpoint import FINAL_FILE, checkpoint_dir, save_checkpoint
 
 STAGE = "import.hf"
 VERSION = 2
@@ -197,4 +197,4 @@ def save(
     tok_path = save_tokenizer(tok, ctx.dir / "tokenizer")
     ckpt_root = ctx.dir / "ckpt"
     save_checkpoint(checkpoint_dir(ckpt_root, 0), model, mcfg, tokenizer_path=tok_path, extra_files=extra)
-    write_json_atomic(ckpt_root / FINAL_FILE, {"last": "step_0", "best": "step_0", "source": str(hf_dir)})
+    write_final(ckpt_root, last="step_0", best="step_0", source=str(hf_dir))
