@@ -57,6 +57,7 @@ CONFIG_FILE = "model_config.json"
 TRAIN_STATE_FILE = "train_state.pt"
 HEADS_FILE = "heads.safetensors"  # a fine-tune's task heads
 META_FILE = "finetune.json"  # what a fine-tune recorded: method, pooling, labels
+POOLING_FILE = "pooling.json"  # the sentence pooling an imported model declares (interop/hf_bert.py)
 DONE_FILE = "DONE"
 FINAL_FILE = "final.json"
 MARKER_FORMAT = 2  # DONE as JSON with per-file sizes and sha256; before it, DONE held "complete"

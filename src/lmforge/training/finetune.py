@@ -46,10 +46,9 @@ from torch import nn
 from lmforge.errors import ConfigError, InputError
 from lmforge.log import TENSORBOARD_DIR
 from lmforge.model import checkpoint as ckpt
-from lmforge.model.checkpoint import HEADS_FILE, META_FILE
+from lmforge.model.checkpoint import HEADS_FILE, META_FILE, POOLING_FILE
 from lmforge.model.config import ModelConfig
 from lmforge.model.heads import POOLING_CHOICES, ClassificationHead
-from lmforge.model.hf_bert import POOLING_FILE  # a sentence-transformers import's declared pooling
 from lmforge.runstore import resolve_ref
 from lmforge.training.optim import build_optimizer, lr_at, set_lr
 from lmforge.training.options import FinetuneOptions

@@ -35,8 +35,8 @@ def refuse_early(model: str, out: str, which: str) -> None:
     """Raise ConfigError if the checkpoint ``model`` (resolved as the run store will) cannot be exported,
     before the run store creates anything; a missing or unfinished input is left for it to report."""
     from lmforge.errors import InputError
+    from lmforge.interop.hf_export import check_exportable, read_checkpoint_config
     from lmforge.model.checkpoint import resolve_checkpoint
-    from lmforge.model.hf_export import check_exportable, read_checkpoint_config
     from lmforge.runstore import resolve_ref
 
     try:

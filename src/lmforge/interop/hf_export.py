@@ -29,10 +29,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lmforge.errors import ConfigError, InputError
+from lmforge.interop.hf_bert import bert_gaps, bert_tokenizer_config, to_bert_config, to_bert_state_dict
+from lmforge.interop.hf_families import check_family, to_family_config, to_family_state_dict
+from lmforge.interop.hf_import import max_logit_difference, require_transformers
 from lmforge.model.config import ModelConfig
-from lmforge.model.hf_bert import bert_gaps, bert_tokenizer_config, to_bert_config, to_bert_state_dict
-from lmforge.model.hf_families import check_family, to_family_config, to_family_state_dict
-from lmforge.model.hf_import import max_logit_difference, require_transformers
 from lmforge.tokenizer.chat import hf_tokenizer_config, with_bos
 from lmforge.tokenizer.train import load_tokenizer
 

@@ -17,7 +17,7 @@ from lmforge.model.config import ModelConfig
 
 gguf = pytest.importorskip("gguf")
 
-from lmforge.model.gguf_export import export_gguf, rope_permute  # noqa: E402 (after the skip)
+from lmforge.interop.gguf_export import export_gguf, rope_permute  # noqa: E402 (after the skip)
 
 WORDS = "the cat sat on a mat and dog ran to park sun moon yes no".split()
 

@@ -41,8 +41,8 @@ import torch
 from tokenizers import Tokenizer
 
 from lmforge.errors import InputError
+from lmforge.interop.hf_export import check_exportable, read_checkpoint_config
 from lmforge.model.config import ModelConfig
-from lmforge.model.hf_export import check_exportable, read_checkpoint_config
 from lmforge.model.hf_names import to_hf_state_dict
 from lmforge.tokenizer.chat import CHAT_TEMPLATE_JINJA
 from lmforge.tokenizer.train import CHAT_TOKENS, PRE_TOKENIZER_PATTERNS, load_tokenizer, tokenizer_kind

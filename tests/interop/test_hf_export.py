@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from lmforge.errors import ConfigError
+from lmforge.interop.hf_export import HF_FILES, export_hf, verify_hf_export
 from lmforge.model.config import ModelConfig
-from lmforge.model.hf_export import HF_FILES, export_hf, verify_hf_export
 
 pytestmark = pytest.mark.slow  # importing transformers alone takes several seconds
 transformers = pytest.importorskip("transformers")
