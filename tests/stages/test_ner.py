@@ -111,8 +111,8 @@ def test_token_head_learns_a_toy_tagging_task(tmp_path: Path) -> None:
     from lmforge.eval.metrics import entity_scores
     from lmforge.model.checkpoint import load_model
     from lmforge.stages.finetune.ner import build_tagger, predict_tags, tag_logits
+    from lmforge.tokenizer.texts import pad_batch
     from lmforge.tokenizer.train import load_tokenizer, special_id
-    from lmforge.training.batches import pad_batch
 
     torch.manual_seed(0)
     trunk, mcfg = load_model(tiny_checkpoint(tmp_path, "encoder"))

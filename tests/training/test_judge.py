@@ -34,8 +34,8 @@ def models():
 
 
 def test_text_scorer_renders_as_the_reward_stage_encodes(models):
+    from lmforge.tokenizer.texts import pad_batch
     from lmforge.tokenizer.train import special_id
-    from lmforge.training.batches import pad_batch
 
     _, _, tok_r, rm = models
     scorer = judge.TextScorer(rm, tok_r, max_len=24)

@@ -54,7 +54,7 @@ from lmforge.serve.http import (
     read_json,
 )
 from lmforge.tokenizer.chat import chat_prompt
-from lmforge.training.batches import encode_texts, pad_batch
+from lmforge.tokenizer.texts import encode_texts, pad_batch
 
 log = logging.getLogger(__name__)
 
@@ -517,7 +517,7 @@ class _Api:
     # -- embeddings ---------------------------------------------------------------------------------
 
     async def embeddings(self, request: Request) -> Any:
-        from lmforge.training.contrastive import embed_batch
+        from lmforge.model.heads import embed_batch
 
         req = await read_json(request, S.EmbeddingRequest)
         self._check_model(req.model)

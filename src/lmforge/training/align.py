@@ -172,7 +172,7 @@ class RewardModel(nn.Module):
 
     def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Rewards ``[B]`` of right-padded sequences ``idx`` ``[B, T]`` (``attention_mask`` True = real)."""
-        from lmforge.training.finetune import hidden_states
+        from lmforge.model.heads import hidden_states
 
         return self.head(hidden_states(self.trunk, idx, attention_mask), attention_mask)
 

@@ -29,15 +29,9 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
-from lmforge.model.heads import pool
+from lmforge.model.heads import embed_batch
 from lmforge.runstore import TOKENIZER_FILE
-from lmforge.training.batches import encode_texts, pad_batch
-from lmforge.training.finetune import hidden_states
-
-
-def embed_batch(model: nn.Module, idx: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Normalised embeddings ``[B, D]`` of a padded batch (keeps the graph: used in training)."""
-    return F.normalize(pool(hidden_states(model, idx, mask), mask, pooling).float(), dim=-1)
+from lmforge.tokenizer.texts import encode_texts, pad_batch
 
 
 @torch.no_grad()

@@ -31,9 +31,9 @@ from torch import nn
 from lmforge.inference.engine import Engine, SamplingParams
 from lmforge.model import checkpoint as ckpt
 from lmforge.tokenizer.chat import render_chat
+from lmforge.tokenizer.texts import pad_batch
 from lmforge.tokenizer.train import load_tokenizer, special_id
 from lmforge.training.align import RewardModel, encode_response, load_reward_model, rollout
-from lmforge.training.batches import pad_batch
 
 logger = logging.getLogger(__name__)
 

@@ -104,12 +104,12 @@ def test_reward_cli_learns_the_toy_preference(align_dir, tmp_path):
 
 
 def test_reward_max_len_cuts_conversations(align_dir, tmp_path, monkeypatch, capsys):
-    from lmforge.training import batches
+    from lmforge.tokenizer import texts
 
     shapes = []
-    real = batches.pad_batch
+    real = texts.pad_batch
     monkeypatch.setattr(
-        batches, "pad_batch", lambda seqs, pad: shapes.append(max(map(len, seqs))) or real(seqs, pad)
+        texts, "pad_batch", lambda seqs, pad: shapes.append(max(map(len, seqs))) or real(seqs, pad)
     )
     args = [
         "--model",

@@ -367,7 +367,7 @@ def test_max_len_longer_than_the_model_is_refused(ft_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("method", ["classify", "multitask", "ner", "contrastive"])
 def test_max_len_cuts_batches_that_stay_padded_to_their_longest_row(method, ft_dir, tmp_path, monkeypatch):
-    from lmforge.training import batches
+    from lmforge.tokenizer import texts
 
     shapes = []
 
@@ -376,8 +376,8 @@ def test_max_len_cuts_batches_that_stay_padded_to_their_longest_row(method, ft_d
         shapes.append((idx.shape[1], int(mask.sum(dim=1).max())))
         return idx, mask
 
-    real = batches.pad_batch
-    monkeypatch.setattr(batches, "pad_batch", spy)
+    real = texts.pad_batch
+    monkeypatch.setattr(texts, "pad_batch", spy)
     conll = tmp_path / "ner.conll"
     conll.write_text("".join(" ".join(["good"] * 12).replace(" ", "\tO\n") + "\tB-x\n\n" for _ in range(12)))
     data = {

@@ -218,9 +218,9 @@ def _fine_tune(
     import torch
     import torch.nn.functional as F
 
+    from lmforge.tokenizer.texts import encode_texts, pad_batch
     from lmforge.tokenizer.train import load_tokenizer, special_id
     from lmforge.training import finetune as ft
-    from lmforge.training.batches import encode_texts, pad_batch
 
     torch.manual_seed(cfg.seed)
     trunk, mcfg, ckpt_dir = ft.load_base(start, cfg.checkpoint, device=device, dropout=cfg.dropout)

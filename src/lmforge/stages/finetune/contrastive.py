@@ -142,11 +142,12 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
 
     from lmforge.data.supervised import holdout_groups, log_problems, skipped
     from lmforge.eval.classic.bm25 import bm25_scores
+    from lmforge.model.heads import embed_batch
     from lmforge.runtime import create_runtime
+    from lmforge.tokenizer.texts import encode_texts, pad_batch
     from lmforge.tokenizer.train import load_tokenizer, special_id
     from lmforge.training import finetune as ft
-    from lmforge.training.batches import encode_texts, pad_batch
-    from lmforge.training.contrastive import embed, embed_batch, info_nce, retrieval_metrics
+    from lmforge.training.contrastive import embed, info_nce, retrieval_metrics
 
     rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
     device = rt.device

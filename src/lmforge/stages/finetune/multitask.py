@@ -97,9 +97,9 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     from lmforge.data.supervised import holdout, log_problems, read_labeled, sample_stratified, skipped
     from lmforge.eval.classification import bow_baseline, classification_metrics, confusion_table
     from lmforge.runtime import create_runtime
+    from lmforge.tokenizer.texts import encode_texts, pad_batch
     from lmforge.tokenizer.train import load_tokenizer, special_id
     from lmforge.training import finetune as ft
-    from lmforge.training.batches import encode_texts, pad_batch
 
     rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
     device = rt.device

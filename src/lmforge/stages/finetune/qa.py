@@ -288,7 +288,7 @@ def build_reader(trunk: Any) -> Any:
 def span_logits(model: Any, idx: Any, mask: Any, token_type_ids: Any) -> tuple[Any, Any]:
     """Start and end logits ``[B, T]`` of the reader ``model`` (``build_reader``); token types are dropped
     for an encoder without segment embeddings."""
-    from lmforge.training.finetune import hidden_states
+    from lmforge.model.heads import hidden_states
 
     encoder = getattr(model.trunk, "encoder", model.trunk)
     if getattr(encoder, "seg_emb", None) is None:
