@@ -12,7 +12,7 @@ import torch
 from lmforge.config import from_dict
 from lmforge.errors import ConfigError
 from lmforge.eval.codegen import check_sampling, score_completions, with_sampling
-from lmforge.eval.loaders import Doc
+from lmforge.eval.records import Doc
 from lmforge.eval.sandbox import Limits
 from lmforge.eval.tasks import Task, load_task
 from lmforge.stages import eval as eval_stage

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, run_stage, write_json_atomic
+from lmforge.runstore import TOKENIZER_FILE, StageContext, run_stage, write_json_atomic
 from lmforge.training.options import FinetuneOptions
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,11 @@ def _encode(tok: Any, specs: list[str], text_field: str) -> list[list[int]]:
     from lmforge.tokenizer.train import special_id
 
     bos = special_id(tok, "bos")
-    texts = [doc.text for spec in resolve_sources(specs, text_field, tasks=TASK_SOURCE) for doc in iter_documents(spec)]
+    texts = [
+        doc.text
+        for spec in resolve_sources(specs, text_field, tasks=TASK_SOURCE)
+        for doc in iter_documents(spec)
+    ]
     return [[bos, *e.ids] for e in tok.encode_batch(texts, add_special_tokens=False)]
 
 
@@ -130,7 +134,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         raise ConfigError(
             "model", f"continued pretraining here needs a decoder checkpoint, got an {mcfg.arch}"
         )
-    tok_path = ckpt_dir / "tokenizer.json"
+    tok_path = ckpt_dir / TOKENIZER_FILE
     tok = load_tokenizer(tok_path)
     token_bytes = token_byte_lengths(tok)
     domain_train, domain_val = _streams(
