@@ -24,6 +24,7 @@ from lm_eval.api.model import LM as HarnessLM
 from lm_eval.api.registry import register_model
 
 from lmforge.eval.tasks import LM
+from lmforge.runstore import TOKENIZER_FILE
 
 
 @register_model("lmforge")
@@ -52,7 +53,7 @@ class LmforgeLM(HarnessLM):
         rt = create_runtime(device or "auto", "fp32", seed=0)
         ckpt = resolve_checkpoint(Path(checkpoint).expanduser(), which)
         model, _ = load_model(ckpt, device=rt.device)
-        tok = load_tokenizer(ckpt / "tokenizer.json")
+        tok = load_tokenizer(ckpt / TOKENIZER_FILE)
         size = 16 if str(batch_size).startswith("auto") else int(batch_size)
         self.lm = LM(model.eval(), tok, bos_id=special_id(tok, "<|bos|>"), batch_size=size)
 

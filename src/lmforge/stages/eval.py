@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
 from lmforge.eval.sandbox import require_sandbox
-from lmforge.runstore import StageContext, read_manifest, run_stage
+from lmforge.runstore import TOKENIZER_FILE, StageContext, read_manifest, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ def _evaluate_checkpoint(
 
     model, mcfg = load_model(ckpt, device=device)
     model.eval()
-    tok = load_tokenizer(ckpt / "tokenizer.json")
+    tok = load_tokenizer(ckpt / TOKENIZER_FILE)
     lm = LM(model, tok, bos_id=special_id(tok, "<|bos|>"), batch_size=cfg.batch_size)
     metrics: dict[str, float] = {}
     out: dict[str, Any] = {"checkpoint": str(ckpt), "tasks": {}, "examples": {}}
@@ -347,7 +347,7 @@ def _encode_text(lm: Any, path: Path) -> Any:
     """A text file as one token stream: ``<|bos|>`` then its tokens, per blank-line-separated document."""
     import numpy as np
 
-    from lmforge.eval.loaders import open_text
+    from lmforge.eval.records import open_text
 
     docs = [d for d in open_text(path).split("\n\n") if d.strip()]
     ids: list[int] = []

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, config_inputs, run_stage
+from lmforge.runstore import TOKENIZER_FILE, StageContext, config_inputs, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def sample(cfg: Config, ctx: StageContext) -> dict[str, float]:
     rt = create_runtime(cfg.device, "fp32", seed=cfg.seed)
     ckpt_dir = resolve_checkpoint(ctx.inputs["model"], cfg.checkpoint)
     model, _ = load_model(ckpt_dir, device=rt.device)
-    tok = load_tokenizer(ckpt_dir / "tokenizer.json")
+    tok = load_tokenizer(ckpt_dir / TOKENIZER_FILE)
     bos = special_id(tok, "<|bos|>")
     params = SamplingParams(
         max_new_tokens=cfg.max_new_tokens,

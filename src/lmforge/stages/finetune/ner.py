@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, config_inputs, run_stage, write_json_atomic
+from lmforge.runstore import TOKENIZER_FILE, StageContext, config_inputs, run_stage, write_json_atomic
 from lmforge.training.options import SequenceOptions
 
 log = logging.getLogger(__name__)
@@ -303,7 +303,7 @@ def _fine_tune(
         ctx.inputs["model"], cfg.checkpoint, device=device, dropout=cfg.dropout
     )
     seq_len = ft.sequence_length(cfg.max_len, mcfg)
-    tok_path = ckpt_dir / "tokenizer.json"
+    tok_path = ckpt_dir / TOKENIZER_FILE
     tok = load_tokenizer(tok_path)
     pad_id = special_id(tok, "pad")
     init_rows = (
