@@ -294,8 +294,8 @@ def val_prompts(tok, n: int, length: int) -> list[list[int]]:
 
 def trained_main(args) -> None:
     from lmforge.inference.engine import DecodeStats, Engine, SamplingParams
+    from lmforge.model.checkpoint import load_model, resolve_checkpoint
     from lmforge.tokenizer.train import load_tokenizer
-    from lmforge.training.checkpoint import load_model, resolve_checkpoint
 
     if not SHAKESPEARE.exists():
         print(f"skipped: {SHAKESPEARE} is absent (the --trained mode trains on tinyshakespeare)")

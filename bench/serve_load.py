@@ -49,9 +49,9 @@ def build_checkpoint(root: Path) -> Path:
     import torch
 
     from lmforge.data.builtin import iter_python_docs
+    from lmforge.model.checkpoint import build_model, save_checkpoint
     from lmforge.model.config import ModelConfig
     from lmforge.tokenizer.train import save_tokenizer, train_bpe
-    from lmforge.training.checkpoint import build_model, save_checkpoint
 
     texts = [d.text for d in itertools.islice(iter_python_docs("builtin:python-docs"), 3000)]
     tok = train_bpe(texts, vocab_size=4096)

@@ -263,8 +263,8 @@ def test_masked_objectives_train_an_encoder(micro_run, tmp_path, objective):
     vals = [r["val_loss"] for r in rows if "val_loss" in r]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5, losses
     assert vals[-1] < vals[0] or len(vals) == 1
+    from lmforge.model.checkpoint import load_model, resolve_checkpoint
     from lmforge.model.heads import EncoderForPretraining
-    from lmforge.training.checkpoint import load_model, resolve_checkpoint
 
     model, cfg = load_model(resolve_checkpoint(dest, "last"))
     assert cfg.arch == "encoder" and isinstance(model, EncoderForPretraining)
@@ -310,14 +310,15 @@ def test_muon_and_l1_train_and_their_state_reloads(micro_run, tmp_path):
     assert math.isfinite(metrics["val_bpb_sliding"]) and math.isfinite(metrics["val_loss_sliding"])
     assert metrics["val_loss_sliding"] < metrics["val_loss"] + 0.05
 
-    from lmforge.training import checkpoint as ckpt
+    from lmforge.model import checkpoint as ckpt
     from lmforge.training import distributed as ddp
+    from lmforge.training.checkpoint import load_train_state
     from lmforge.training.optim import build_optimizers
 
     last = ckpt.resolve_checkpoint(tmp_path / "a", "last")
     model, cfg = ckpt.load_model(last)
     optimizers = build_optimizers(model, "muon", 3e-3, 0.1)
-    state = ckpt.load_train_state(last)
+    state = load_train_state(last)
     ddp.load_full_state_dicts(model, optimizers, ckpt.load_weights(last, cfg), state["optimizer"])
     muon_state = optimizers[0].state_dict()["state"]
     assert len(muon_state) > 0 and all("momentum_buffer" in v for v in muon_state.values())

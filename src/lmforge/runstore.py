@@ -44,6 +44,7 @@ from lmforge.log import TENSORBOARD_DIR, MetricsWriter, add_file_handler, remove
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+TOKENIZER_FILE = "tokenizer.json"  # a tokenizer stage's output and its copy in every checkpoint
 FORMAT = 1
 PARTIAL_SUFFIX = ".partial"
 KEY_FILE = ".cache_key"

@@ -8,7 +8,7 @@ import pytest
 from lmforge.config import ConfigError
 from lmforge.eval import baselines
 from lmforge.eval.baselines import Baseline, check_outputs, get_baseline
-from lmforge.eval.loaders import Doc
+from lmforge.eval.records import Doc
 from lmforge.eval.tasks import Task, evaluate_baseline
 
 

@@ -12,7 +12,7 @@ import torch
 from lmforge.config import from_dict
 from lmforge.errors import ConfigError
 from lmforge.eval.codegen import check_sampling, score_completions, with_sampling
-from lmforge.eval.loaders import Doc
+from lmforge.eval.records import Doc
 from lmforge.eval.sandbox import Limits
 from lmforge.eval.tasks import Task, load_task
 from lmforge.stages import eval as eval_stage
@@ -125,9 +125,9 @@ def test_eval_stage_samples_override_and_retrieval_column(code_tasks: Path, one_
     """A tiny untrained checkpoint on the YAML MBPP-style task with 3 sampled completions per problem;
     the retrieval baseline (fitted on the task's training file) is a column beside it: the nearest
     training programs (sum -> add, triple -> double ...) renamed."""
+    from lmforge.model.checkpoint import build_model, save_checkpoint
     from lmforge.model.config import ModelConfig
     from lmforge.tokenizer.train import save_tokenizer, train_bpe
-    from lmforge.training.checkpoint import build_model, save_checkpoint
 
     tok = train_bpe(["def f(x):\n    return x + 1\n"] * 20, vocab_size=300)
     torch.manual_seed(0)

@@ -10,8 +10,8 @@ import pytest
 
 from lmforge.eval.baselines import get_baseline
 from lmforge.eval.classic.code import nearest, rename_function, submission
-from lmforge.eval.loaders import Doc
 from lmforge.eval.loaders_code import call_params, called_function
+from lmforge.eval.records import Doc
 from lmforge.eval.sandbox import Limits
 from lmforge.eval.tasks import Task, evaluate_baseline, load_task
 

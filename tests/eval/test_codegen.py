@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from lmforge.eval.codegen import build_program, code_reward, score_completions, trim_completion
-from lmforge.eval.loaders import Doc
 from lmforge.eval.metrics import mean_pass_at_k, pass_at_k
+from lmforge.eval.records import Doc
 from lmforge.eval.sandbox import Limits
 from lmforge.eval.tasks import LM, Task, evaluate_task, load_task
 

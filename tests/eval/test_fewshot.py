@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lmforge.eval.fewshot import PromptFormat, build_prompt, select_shots
-from lmforge.eval.loaders import Doc
+from lmforge.eval.records import Doc
 from lmforge.eval.tasks import Task, prompts
 
 

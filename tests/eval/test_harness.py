@@ -12,7 +12,7 @@ import torch
 
 pytest.importorskip("lm_eval")
 
-from lmforge.eval.loaders import Doc  # noqa: E402
+from lmforge.eval.records import Doc  # noqa: E402
 from lmforge.eval.tasks import LM, Task, evaluate_task, prompts  # noqa: E402
 from lmforge.model.config import ModelConfig  # noqa: E402
 from lmforge.model.decoder import Decoder  # noqa: E402

@@ -19,9 +19,9 @@ WORDS = "the def len class import list tuple dict open print return yield None i
 
 @pytest.mark.slow
 def test_harness_command_matches_lmforge_eval(tmp_path: Path, monkeypatch, one_torch_thread) -> None:
+    from lmforge.model.checkpoint import build_model, save_checkpoint
     from lmforge.model.config import ModelConfig
     from lmforge.tokenizer.train import save_tokenizer, train_bpe
-    from lmforge.training.checkpoint import build_model, save_checkpoint
 
     monkeypatch.chdir(tmp_path)
     questions = (TASKS_DIR / "python_mc.jsonl").read_text()

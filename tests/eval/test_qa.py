@@ -12,9 +12,9 @@ import pytest
 from lmforge.errors import InputError
 from lmforge.eval.baselines import get_baseline
 from lmforge.eval.classic.qa import _distance, _sliding_window, fit_max_len, predict_span, score_candidates
-from lmforge.eval.loaders import Doc
 from lmforge.eval.loaders_qa import boolq, is_boolq_test, squad
 from lmforge.eval.metrics import exact_match, normalize_answer, squad_f1
+from lmforge.eval.records import Doc
 from lmforge.eval.tasks import Task, evaluate_baseline, load_task
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"

@@ -19,7 +19,6 @@ from lmforge.eval.classic.summarize import (
     nearest_descriptions,
     textrank,
 )
-from lmforge.eval.loaders import Doc
 from lmforge.eval.loaders_summarize import (
     description,
     entry_point,
@@ -28,6 +27,7 @@ from lmforge.eval.loaders_summarize import (
     wikitext_articles,
     wikitext_leads,
 )
+from lmforge.eval.records import Doc
 from lmforge.eval.tasks import Task, evaluate_baseline, load_task
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from lmforge.eval.loaders import Doc
+from lmforge.eval.records import Doc
 from lmforge.eval.tasks import LM, Task, evaluate_task, load_task
 from lmforge.tokenizer.train import train_bpe
 

@@ -11,7 +11,7 @@ import pytest
 
 from lmforge.eval.baselines import get_baseline
 from lmforge.eval.classic.translate import NULL, Spacing, fit_ibm1, translate_words, words
-from lmforge.eval.loaders import Doc
+from lmforge.eval.records import Doc
 from lmforge.eval.tasks import Task, evaluate_baseline, load_task
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"

@@ -13,7 +13,7 @@ from lmforge.config import from_dict, hash_view, to_dict
 from lmforge.errors import ConfigError
 from lmforge.eval import sandbox
 from lmforge.eval.codegen import score_completions
-from lmforge.eval.loaders import Doc
+from lmforge.eval.records import Doc
 from lmforge.stages import eval as eval_stage
 from lmforge.stages.align import grpo
 

@@ -12,9 +12,9 @@ import torch
 from lmforge.config import load_yaml
 from lmforge.errors import ConfigError
 from lmforge.model import memory
+from lmforge.model.checkpoint import build_model
 from lmforge.model.config import ModelConfig
 from lmforge.model.memory import LIMIT_ENV, check_fits, estimate, param_counts
-from lmforge.training.checkpoint import build_model
 
 GiB = 1 << 30
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))

@@ -21,9 +21,9 @@ def tok_path(tmp_path_factory) -> Path:
 
 
 def _checkpoint(root: Path, tok_path: Path, **overrides) -> Path:
+    from lmforge.model.checkpoint import build_model, save_checkpoint
     from lmforge.model.config import ModelConfig
     from lmforge.tokenizer.train import load_tokenizer
-    from lmforge.training.checkpoint import build_model, save_checkpoint
 
     vocab = load_tokenizer(tok_path).get_vocab_size()
     torch.manual_seed(0)

@@ -13,9 +13,9 @@ import torch
 from starlette.testclient import TestClient
 
 from lmforge.inference.engine import Engine, SamplingParams, default_stop_ids
+from lmforge.model.checkpoint import load_model
 from lmforge.tokenizer.chat import chat_prompt
 from lmforge.tokenizer.train import load_tokenizer
-from lmforge.training.checkpoint import load_model
 
 
 @pytest.fixture(autouse=True)

@@ -24,9 +24,9 @@ def _one_thread(one_torch_thread: None) -> None:
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory) -> Path:
+    from lmforge.model.checkpoint import build_model, save_checkpoint
     from lmforge.model.config import ModelConfig
     from lmforge.tokenizer.train import save_tokenizer, train_bpe
-    from lmforge.training.checkpoint import build_model, save_checkpoint
 
     root = tmp_path_factory.mktemp("ckpts")
     tok = train_bpe([" ".join(WORDS) * 4, " ".join(reversed(WORDS)) * 4] * 10, vocab_size=300)

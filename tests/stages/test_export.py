@@ -31,9 +31,9 @@ def _one_thread(one_torch_thread: None) -> None:
 
 
 def checkpoint(root: Path, **overrides) -> Path:
+    from lmforge.model.checkpoint import build_model, save_checkpoint
     from lmforge.model.config import ModelConfig
     from lmforge.tokenizer.train import save_tokenizer, train_bpe
-    from lmforge.training.checkpoint import build_model, save_checkpoint
 
     tok = train_bpe([" ".join(WORDS) * 4, " ".join(reversed(WORDS)) * 4] * 10, vocab_size=300)
     tok_path = save_tokenizer(tok, root / "tok")
@@ -92,9 +92,9 @@ def test_export_refusal_fails_before_the_stage_writes(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="pos='learned'.*norm='layernorm'"):
         export_hf.main(from_dict(export_hf.Config, {"model": str(ckpt), "out": str(out)}))
     assert not out.exists() and not out.with_name("export-hf.partial").exists()
+    from lmforge.model.checkpoint import save_checkpoint
     from lmforge.model.config import ModelConfig
     from lmforge.model.heads import EncoderForPretraining
-    from lmforge.training.checkpoint import save_checkpoint
 
     enc = ModelConfig(arch="encoder", vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=16)
     save_checkpoint(tmp_path / "run" / "pretrain" / "ckpt" / "step_1", EncoderForPretraining(enc), enc)
@@ -120,9 +120,9 @@ def test_export_gguf_stage(tmp_path: Path) -> None:
 
 
 def test_import_gpt2_then_generate_and_finetune(tmp_path: Path) -> None:
+    from lmforge.model.checkpoint import load_model, resolve_checkpoint
     from lmforge.stages import generate
     from lmforge.stages.finetune import sft
-    from lmforge.training.checkpoint import load_model, resolve_checkpoint
 
     hf_dir = gpt2_dir(tmp_path / "gpt2")
     out = tmp_path / "run" / "import"
@@ -174,7 +174,7 @@ def test_import_gpt2_then_generate_and_finetune(tmp_path: Path) -> None:
 
 
 def test_import_llama_exported_by_lmforge_round_trips_exactly(tmp_path: Path) -> None:
-    from lmforge.training.checkpoint import load_model, resolve_checkpoint
+    from lmforge.model.checkpoint import load_model, resolve_checkpoint
 
     ckpt = checkpoint(tmp_path, n_kv_head=1, tie_embeddings=False)
     run = tmp_path / "run"
@@ -237,8 +237,8 @@ def test_export_with_an_adapter_loads_in_one_call_with_auto_peft(tmp_path: Path)
     """adapter/ in the export names the export as its base: AutoPeftModelForCausalLM loads both and
     computes the lmforge LoRA model's logits."""
     peft = pytest.importorskip("peft")
+    from lmforge.model.checkpoint import load_model
     from lmforge.model.lora import ADAPTER_CONFIG_FILE, LoraConfig, apply_lora, save_adapter
-    from lmforge.training.checkpoint import load_model
 
     ckpt = checkpoint(tmp_path)
     model, _ = load_model(ckpt)

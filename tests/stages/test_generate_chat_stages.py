@@ -25,9 +25,9 @@ def _one_thread(one_torch_thread: None) -> None:
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
+    from lmforge.model.checkpoint import build_model, save_checkpoint
     from lmforge.model.config import ModelConfig
     from lmforge.tokenizer.train import save_tokenizer, train_bpe
-    from lmforge.training.checkpoint import build_model, save_checkpoint
 
     root = tmp_path_factory.mktemp("gen")
     tok = train_bpe([" ".join(WORDS) * 4, " ".join(reversed(WORDS)) * 4] * 10, vocab_size=300)
@@ -56,8 +56,8 @@ def test_generate_writes_samples_and_seeds_reproduce(ckpt: Path, tmp_path: Path)
 
 def test_chat_loop_keeps_history_system_prompt_and_budget(ckpt: Path) -> None:
     from lmforge.inference.engine import Engine
+    from lmforge.model.checkpoint import load_model
     from lmforge.tokenizer.train import load_tokenizer
-    from lmforge.training.checkpoint import load_model
 
     model, _ = load_model(ckpt)
     engine = Engine(model, load_tokenizer(ckpt / "tokenizer.json"))
@@ -115,8 +115,8 @@ def _tiny(root: Path, name: str, tok_path: Path, seed: int, vocab_size: int, n_e
     """A random tiny decoder checkpoint using the tokenizer at ``tok_path``; its matrices are drawn with
     std 0.1 so that two such models' greedy continuations agree on some tokens only (at the default
     init every tiny model repeats the last token, and any draft would be accepted)."""
+    from lmforge.model.checkpoint import build_model, save_checkpoint
     from lmforge.model.config import ModelConfig
-    from lmforge.training.checkpoint import build_model, save_checkpoint
 
     torch.manual_seed(seed)
     mcfg = ModelConfig(vocab_size=vocab_size, block_size=96, n_layer=1, n_head=2, n_embd=n_embd)
@@ -252,9 +252,9 @@ def test_a_draft_with_another_vocabulary_is_refused_naming_both_sizes(
 
 def test_an_encoder_draft_is_refused(ckpt: Path, tmp_path: Path) -> None:
     from lmforge.config import ConfigError
+    from lmforge.model.checkpoint import build_model, save_checkpoint
     from lmforge.model.config import ModelConfig
     from lmforge.tokenizer.train import load_tokenizer
-    from lmforge.training.checkpoint import build_model, save_checkpoint
 
     vocab = load_tokenizer(ckpt / "tokenizer.json").get_vocab_size()
     mcfg = ModelConfig(arch="encoder", vocab_size=vocab, block_size=96, n_layer=1, n_head=2, n_embd=32)
@@ -295,8 +295,8 @@ def test_chat_with_a_draft_gives_the_plain_reply(drafts: dict[str, Path], monkey
 def test_chat_loop_with_a_self_draft_speculates(drafts: dict[str, Path]) -> None:
     """The chat loop over an engine whose draft is the target itself: same replies, drafts accepted."""
     from lmforge.inference.engine import Engine
+    from lmforge.model.checkpoint import load_model
     from lmforge.tokenizer.train import load_tokenizer
-    from lmforge.training.checkpoint import load_model
 
     target = drafts["target"]
     model, _ = load_model(target)

@@ -58,7 +58,7 @@ def gemma_dir(root: Path) -> Path:
 
 
 def test_gemma_imports_and_exports_through_the_stages(tmp_path: Path) -> None:
-    from lmforge.training.checkpoint import load_model, resolve_checkpoint
+    from lmforge.model.checkpoint import load_model, resolve_checkpoint
 
     hf_dir = gemma_dir(tmp_path / "gemma")
     run = tmp_path / "run"

@@ -65,7 +65,7 @@ def test_poisoned_decoder_weights_end_in_one_clear_cli_error(tmp_path: Path) -> 
 
 def test_poisoned_encoder_weights_are_refused(tmp_path: Path) -> None:
     from lmforge.errors import UnsafePickleError
-    from lmforge.model import hf_bert
+    from lmforge.interop import hf_bert
 
     marker = tmp_path / "ran"
     config = transformers.BertConfig(

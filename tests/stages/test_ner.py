@@ -88,9 +88,9 @@ def toy_sentences(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
 
 def tiny_checkpoint(root: Path, arch: str, kind: str = "bpe") -> Path:
     """An untrained 1-layer model of ``arch`` with a tokenizer of ``kind`` trained on the toy vocabulary."""
+    from lmforge.model.checkpoint import build_model, save_checkpoint
     from lmforge.model.config import ModelConfig
     from lmforge.tokenizer.train import TokenizerSpec, save_tokenizer, train_tokenizer
-    from lmforge.training.checkpoint import build_model, save_checkpoint
 
     rng = random.Random(1)
     words = FILLER + PERSONS + [w for p in PLACES for w in p]
@@ -109,10 +109,10 @@ def test_token_head_learns_a_toy_tagging_task(tmp_path: Path) -> None:
     import torch
 
     from lmforge.eval.metrics import entity_scores
+    from lmforge.model.checkpoint import load_model
     from lmforge.stages.finetune.ner import build_tagger, predict_tags, tag_logits
+    from lmforge.tokenizer.texts import pad_batch
     from lmforge.tokenizer.train import load_tokenizer, special_id
-    from lmforge.training.batches import pad_batch
-    from lmforge.training.checkpoint import load_model
 
     torch.manual_seed(0)
     trunk, mcfg = load_model(tiny_checkpoint(tmp_path, "encoder"))

@@ -18,9 +18,9 @@ BAD = "bad awful poor ugly".split()
 @pytest.fixture(scope="module")
 def tiny():
     """``(tokenizer, fresh decoder builder)``: a BPE tokenizer and a 1-layer d=32 decoder factory."""
+    from lmforge.model.checkpoint import build_model
     from lmforge.model.config import ModelConfig
     from lmforge.tokenizer.train import train_bpe
-    from lmforge.training.checkpoint import build_model
 
     torch.optim.AdamW([torch.zeros(1, requires_grad=True)])  # pay torch.optim's one-time start-up here
     rng = random.Random(0)
@@ -148,7 +148,7 @@ def test_bradley_terry_and_plackett_luce():
 
 
 def test_reward_model_learns_a_separable_preference(tiny):
-    from lmforge.training.batches import pad_batch
+    from lmforge.tokenizer.texts import pad_batch
 
     tok, build = tiny
     rm = align.RewardModel(build())
@@ -479,7 +479,7 @@ def test_value_head_and_ppo_loss_by_hand(tiny):
     """The value head is one linear map of the policy's final hidden states; ``PolicyWithValue`` gives the
     policy's own log-probabilities; ``ppo_loss_sum`` is the clipped surrogate + vf_coef × the clipped value
     loss summed over reply tokens only, computed here term by term with ratios away from 1."""
-    from lmforge.training.finetune import hidden_states
+    from lmforge.model.heads import hidden_states
 
     tok, build = tiny
     policy = build(seed=2)

@@ -13,19 +13,16 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 from lmforge.errors import InputError
-from lmforge.model.config import ModelConfig
-from lmforge.model.decoder import Decoder
-from lmforge.training.checkpoint import (
+from lmforge.model.checkpoint import (
     checkpoint_dir,
     latest_checkpoint,
     load_model,
-    load_train_state,
-    prune_checkpoints,
     resolve_checkpoint,
-    rng_state,
     save_checkpoint,
-    set_rng_state,
 )
+from lmforge.model.config import ModelConfig
+from lmforge.model.decoder import Decoder
+from lmforge.training.checkpoint import load_train_state, prune_checkpoints, rng_state, set_rng_state
 from lmforge.training.optim import build_optimizer
 
 VOCAB = 32

@@ -19,6 +19,15 @@ import torch
 from lmforge.config import from_dict
 from lmforge.errors import InputError, UnsafePickleError
 from lmforge.log import read_metrics, truncate_metrics
+from lmforge.model.checkpoint import (
+    DONE_FILE,
+    MODEL_FILE,
+    TRAIN_STATE_FILE,
+    checkpoint_dir,
+    load_model,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from lmforge.model.config import ModelConfig
 from lmforge.model.decoder import Decoder
 from lmforge.report.collect import read_jsonl
@@ -26,18 +35,7 @@ from lmforge.runstore import StageContext, run_stage, sha256_file
 from lmforge.stages import pretrain
 from lmforge.tokenizer.shards import encode_to_shards
 from lmforge.tokenizer.train import save_tokenizer, train_bpe
-from lmforge.training.checkpoint import (
-    DONE_FILE,
-    MODEL_FILE,
-    TRAIN_STATE_FILE,
-    checkpoint_dir,
-    load_model,
-    load_resumable,
-    load_train_state,
-    prune_checkpoints,
-    save_checkpoint,
-    verify_checkpoint,
-)
+from lmforge.training.checkpoint import load_resumable, load_train_state, prune_checkpoints
 
 CFG = ModelConfig(vocab_size=32, block_size=8, n_layer=1, n_head=2, n_embd=16)
 
@@ -170,8 +168,9 @@ def test_a_finetunes_head_files_are_recorded_and_verified(tmp_path: Path) -> Non
     """heads.safetensors and finetune.json are written before the marker, so damage to them is caught."""
     from torch import nn
 
+    from lmforge.model.checkpoint import HEADS_FILE, META_FILE
     from lmforge.model.heads import ClassificationHead
-    from lmforge.training.finetune import HEADS_FILE, META_FILE, load_heads, save_finetuned
+    from lmforge.training.finetune import load_heads, save_finetuned
 
     dir = tmp_path / "step_3"
     heads = nn.ModuleDict({"t": ClassificationHead(CFG, 2, "mean")})

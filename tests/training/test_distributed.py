@@ -77,7 +77,7 @@ def test_two_ranks_equal_one_rank_with_twice_the_batch(tokenizer_dir, tmp_path, 
     m = json.loads((tmp_path / strategy / "manifest.json").read_text())
     assert m["status"] == "complete" and m["metrics"]["world_size"] == 2
     # the checkpoint written by 2 ranks is a full, single-process-loadable checkpoint
-    from lmforge.training.checkpoint import load_model, resolve_checkpoint
+    from lmforge.model.checkpoint import load_model, resolve_checkpoint
 
     model, cfg = load_model(resolve_checkpoint(tmp_path / strategy, "last"))
     assert cfg.n_layer == 2

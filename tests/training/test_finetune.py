@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from lmforge.model.config import ModelConfig
 from lmforge.model.decoder import Decoder
+from lmforge.model.heads import hidden_states
 from lmforge.training import finetune as ft
 from lmforge.training.options import FinetuneOptions
 from lmforge.training.step import token_loss
@@ -98,7 +99,7 @@ def test_time_budget_stops_evaluates_and_saves_a_usable_checkpoint(tmp_path):
     import json
     import time
 
-    from lmforge.training.checkpoint import load_model, resolve_checkpoint
+    from lmforge.model.checkpoint import load_model, resolve_checkpoint
 
     model = tiny()
     g = torch.Generator().manual_seed(1)
@@ -165,7 +166,7 @@ def test_options_reject_a_negative_time_budget():
 def test_hidden_states_are_what_the_lm_head_reads():
     model = tiny()
     idx = torch.randint(0, V, (2, 7))
-    hidden = ft.hidden_states(model, idx)
+    hidden = hidden_states(model, idx)
     assert hidden.shape == (2, 7, 16)
     torch.testing.assert_close(model.lm_head(hidden), model(idx))
     assert isinstance(model.lm_head, torch.nn.Linear) and model.lm_head.weight is model.tok_emb.weight
@@ -179,11 +180,11 @@ def test_hidden_states_pass_token_types_to_an_encoder_only():
     idx = torch.randint(0, V, (2, 7))
     mask = torch.ones(2, 7, dtype=torch.bool)
     types = torch.tensor([[0, 0, 0, 1, 1, 1, 1]] * 2)
-    torch.testing.assert_close(ft.hidden_states(enc, idx, mask, types), enc.encoder(idx, mask, types))
-    torch.testing.assert_close(ft.hidden_states(enc, idx, mask), enc.encoder(idx, mask))
-    assert not torch.allclose(ft.hidden_states(enc, idx, mask, types), ft.hidden_states(enc, idx, mask))
+    torch.testing.assert_close(hidden_states(enc, idx, mask, types), enc.encoder(idx, mask, types))
+    torch.testing.assert_close(hidden_states(enc, idx, mask), enc.encoder(idx, mask))
+    assert not torch.allclose(hidden_states(enc, idx, mask, types), hidden_states(enc, idx, mask))
     with pytest.raises(ValueError, match="decoder"):
-        ft.hidden_states(tiny(), idx, None, types)
+        hidden_states(tiny(), idx, None, types)
 
 
 def separable(n: int, seed: int) -> tuple[list[list[int]], list[int]]:
@@ -200,7 +201,7 @@ def separable(n: int, seed: int) -> tuple[list[list[int]], list[int]]:
 
 
 def test_separable_toy_task_reaches_full_accuracy():
-    from lmforge.training.batches import pad_batch
+    from lmforge.tokenizer.texts import pad_batch
 
     model = ft.TaskClassifier(tiny(), {"t": 2}, "last")
     x, y = separable(64, 0)
@@ -247,7 +248,7 @@ def test_multitask_heads_route_each_row_to_its_task():
 
 
 def test_checkpoint_with_heads_round_trips(tmp_path):
-    from lmforge.training.checkpoint import load_model, resolve_checkpoint
+    from lmforge.model.checkpoint import load_model, resolve_checkpoint
 
     model = ft.TaskClassifier(tiny(), {"a": 2}, "last").eval()
     meta = {"method": "classify", "pooling": "last", "labels": {"a": ["neg", "pos"]}}
@@ -419,7 +420,7 @@ def test_embed_keeps_order_and_cuts_to_max_len(chat_tok):
 
 
 def test_text_framing_keeps_the_end_marker_when_cut(chat_tok):
-    from lmforge.training.batches import encode_texts, pad_batch
+    from lmforge.tokenizer.texts import encode_texts, pad_batch
 
     bos, eos = chat_tok.token_to_id("<|bos|>"), chat_tok.token_to_id("<|eos|>")
     cls, sep = chat_tok.token_to_id("[CLS]"), chat_tok.token_to_id("[SEP]")

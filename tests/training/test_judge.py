@@ -14,9 +14,9 @@ from lmforge.training import align, judge
 @pytest.fixture(scope="module")
 def models():
     """``(policy tokenizer, policy, reward-model tokenizer, reward model)`` with different vocabularies."""
+    from lmforge.model.checkpoint import build_model
     from lmforge.model.config import ModelConfig
     from lmforge.tokenizer.train import train_bpe
-    from lmforge.training.checkpoint import build_model
 
     rng = random.Random(0)
     words = "good great fine nice bad awful poor ugly the a is say reply".split()
@@ -34,8 +34,8 @@ def models():
 
 
 def test_text_scorer_renders_as_the_reward_stage_encodes(models):
+    from lmforge.tokenizer.texts import pad_batch
     from lmforge.tokenizer.train import special_id
-    from lmforge.training.batches import pad_batch
 
     _, _, tok_r, rm = models
     scorer = judge.TextScorer(rm, tok_r, max_len=24)

@@ -207,7 +207,7 @@ def test_windows_equal_hugging_face_run_qa_with_the_real_bert_tokenizer() -> Non
     )
     from tokenizers import Tokenizer
 
-    from lmforge.model.pretrained import resolve_model_dir
+    from lmforge.interop.pretrained import resolve_model_dir
 
     src = resolve_model_dir("pretrained:all-MiniLM-L6-v2")
     hf_tok = transformers.AutoTokenizer.from_pretrained(src)

@@ -9,6 +9,10 @@ Spec forms:
   ``builtin:python-docs`` / ``builtin:python-code``  corpora every CPython carries (see ``builtin``)
   ``task:squad@../shared/data``, ``task:my.yaml``     an eval task's training-split text
                                                       (``eval/corpus.py``; never its test split)
+
+``task:`` specs are read by the eval package, which sits above ``data``: the caller passes its
+``TaskSource`` (``eval.corpus.TASK_SOURCE``: the built-in task names and the text reader) to
+``resolve_sources``, so this module never imports ``eval``.
   ``notes.md``, ``dump.jsonl.zst``                   one file
   ``corpus/``                                         every supported file below it, recursively
   ``data/**/*.parquet``                               a glob (``**`` crosses directories)
@@ -19,8 +23,8 @@ from __future__ import annotations
 import glob
 import os
 import platform
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.data.builtin import BUILTIN_NAMES, iter_builtin, stdlib_dir
@@ -36,11 +40,32 @@ from lmforge.data.readers import (
 )
 from lmforge.errors import InputError
 
-__all__ = ["BUILTIN_PREFIX", "Problem", "SourceSpec", "fingerprint", "iter_documents", "resolve_sources"]
+__all__ = [
+    "BUILTIN_PREFIX",
+    "Problem",
+    "SourceSpec",
+    "TaskSource",
+    "fingerprint",
+    "iter_documents",
+    "resolve_sources",
+]
 
 BUILTIN_PREFIX = "builtin:"
 TASK_PREFIX = "task:"
 _GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class TaskSource:
+    """How ``task:`` specs are read, given by the eval package (``eval.corpus.TASK_SOURCE``).
+
+    Args:
+        names: the built-in task names (``task:NAME@DIR``).
+        texts: ``texts(task, data_dir)`` → the training-split texts of a built-in name or a YAML file.
+    """
+
+    names: Collection[str]
+    texts: Callable[[str, str], Iterable[str]]
 
 
 @dataclass(frozen=True)
@@ -54,6 +79,7 @@ class SourceSpec:
         text_field: JSON key / column holding the text in JSONL, CSV and Parquet files.
         task: an eval task name or YAML file whose training split is the text (``task:`` specs).
         task_dir: the built-in task's data directory (``task:NAME@DIR``).
+        tasks: the reader of ``task:`` specs (from ``resolve_sources``' ``tasks``).
     """
 
     spec: str
@@ -62,6 +88,7 @@ class SourceSpec:
     text_field: str = "text"
     task: str | None = None
     task_dir: str = ""
+    tasks: TaskSource | None = field(default=None, compare=False, repr=False)
 
 
 def _valid_extensions() -> str:
@@ -148,7 +175,11 @@ def _expand(spec: str, errors: list[str], bad: list[Problem]) -> list[Path]:
 
 
 def resolve_sources(
-    specs: Iterable[str], text_field: str = "text", *, skipped: list[Problem] | None = None
+    specs: Iterable[str],
+    text_field: str = "text",
+    *,
+    skipped: list[Problem] | None = None,
+    tasks: TaskSource | None = None,
 ) -> list[SourceSpec]:
     """Validate source specs and list their files, before any document is read.
 
@@ -162,6 +193,8 @@ def resolve_sources(
         specs: ``builtin:NAME``, file paths, directories (read recursively) or globs.
         text_field: JSON key / column holding the text in JSONL, CSV and Parquet files.
         skipped: collects the bad sources left out; None makes them errors.
+        tasks: reads ``task:`` specs (``eval.corpus.TASK_SOURCE``); without it a ``task:`` spec is an
+            error.
 
     Raises:
         InputError: listing every fault found, one per line.
@@ -182,7 +215,7 @@ def resolve_sources(
             resolved.append(SourceSpec(spec=spec, builtin=name, text_field=text_field))
             continue
         if spec.startswith(TASK_PREFIX):
-            resolved.append(_task_spec(spec, text_field, errors))
+            resolved.append(_task_spec(spec, text_field, errors, tasks))
             continue
         files = []
         for path in _expand(spec, errors, bad):
@@ -202,30 +235,32 @@ def resolve_sources(
     return resolved
 
 
-def _task_spec(spec: str, text_field: str, errors: list[str]) -> SourceSpec:
+def _task_spec(spec: str, text_field: str, errors: list[str], tasks: TaskSource | None) -> SourceSpec:
     """``task:NAME@DIR`` (a built-in eval task, data under DIR) or ``task:FILE.yaml``."""
-    from lmforge.eval.loaders import BUILTIN as TASKS
-
     name, _, where = spec[len(TASK_PREFIX) :].partition("@")
+    if tasks is None:
+        errors.append(f"{spec}: task sources are not readable here (no task reader given)")
+        return SourceSpec(spec=spec, text_field=text_field, task=name, task_dir=where)
     if name.endswith((".yaml", ".yml")):
         path = Path(name).expanduser()
         if not path.is_file():
             errors.append(f"{spec}: no such task file")
-        return SourceSpec(spec=spec, text_field=text_field, task=str(path))
-    if name not in TASKS:
-        errors.append(f"{spec}: unknown task {name!r}; built-in: {', '.join(TASKS)}, or a .yaml file")
+        return SourceSpec(spec=spec, text_field=text_field, task=str(path), tasks=tasks)
+    if name not in tasks.names:
+        errors.append(f"{spec}: unknown task {name!r}; built-in: {', '.join(tasks.names)}, or a .yaml file")
     elif not where:
         errors.append(f"{spec}: a built-in task needs its data directory: task:{name}@DIR")
     elif not Path(where).expanduser().is_dir():
         errors.append(f"{spec}: no such directory {where}")
-    return SourceSpec(spec=spec, text_field=text_field, task=name, task_dir=where)
+    return SourceSpec(spec=spec, text_field=text_field, task=name, task_dir=where, tasks=tasks)
 
 
 def iter_task(spec: SourceSpec) -> Iterator[Document]:
-    """The documents of a ``task:`` source: one per training-split text (``eval/corpus.py``)."""
-    from lmforge.eval.corpus import task_texts
-
-    for i, text in enumerate(task_texts(spec.task or "", spec.task_dir)):
+    """The documents of a ``task:`` source: one per training-split text (``spec.tasks``, e.g.
+    ``eval/corpus.py``'s reader)."""
+    if spec.tasks is None:
+        raise InputError(f"{spec.spec}: no task reader (resolve task sources with resolve_sources' tasks)")
+    for i, text in enumerate(spec.tasks.texts(spec.task or "", spec.task_dir)):
         yield Document(id=f"{spec.spec}#{i}", text=text, metadata={"source": spec.spec, "row": i})
 
 

@@ -41,8 +41,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from lmforge.errors import ConfigError
-from lmforge.eval.loaders import Doc
 from lmforge.eval.metrics import mean_pass_at_k
+from lmforge.eval.records import Doc
 from lmforge.eval.sandbox import DEFAULT_LIMITS, STATUSES, Limits, SandboxResult, run_python
 
 if TYPE_CHECKING:

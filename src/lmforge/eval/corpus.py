@@ -26,8 +26,10 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+from lmforge.data.sources import TaskSource
 from lmforge.data.supervised import Pair
 from lmforge.errors import ConfigError
+from lmforge.eval.loaders import BUILTIN
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,9 @@ def task_texts(name: str, data_dir: str | Path = "") -> Iterator[str]:
         if text.strip() and text not in seen:
             seen.add(text)
             yield text
+
+
+TASK_SOURCE = TaskSource(names=BUILTIN, texts=task_texts)  # what data sources read ``task:`` specs with
 
 
 def task_pairs(name: str, data_dir: str | Path) -> tuple[list[Pair], list[Pair]]:

@@ -24,6 +24,7 @@ from lm_eval.api.model import LM as HarnessLM
 from lm_eval.api.registry import register_model
 
 from lmforge.eval.tasks import LM
+from lmforge.runstore import TOKENIZER_FILE
 
 
 @register_model("lmforge")
@@ -43,16 +44,16 @@ class LmforgeLM(HarnessLM):
         super().__init__()
         import torch
 
+        from lmforge.model.checkpoint import load_model, resolve_checkpoint
         from lmforge.runtime import create_runtime
         from lmforge.tokenizer.train import load_tokenizer, special_id
-        from lmforge.training.checkpoint import load_model, resolve_checkpoint
 
         if str(device).startswith("cuda") and not torch.cuda.is_available():
             device = "auto"  # the harness CLI passes cuda:0 by default
         rt = create_runtime(device or "auto", "fp32", seed=0)
         ckpt = resolve_checkpoint(Path(checkpoint).expanduser(), which)
         model, _ = load_model(ckpt, device=rt.device)
-        tok = load_tokenizer(ckpt / "tokenizer.json")
+        tok = load_tokenizer(ckpt / TOKENIZER_FILE)
         size = 16 if str(batch_size).startswith("auto") else int(batch_size)
         self.lm = LM(model.eval(), tok, bos_id=special_id(tok, "<|bos|>"), batch_size=size)
 

@@ -24,77 +24,16 @@ cleaning, ARC's ``Question: ...\\nAnswer:``, BoolQ's ``passage\\nQuestion: ...?\
 
 from __future__ import annotations
 
-import bz2
-import csv
-import gzip
 import html
-import io
-import json
 import re
-import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from lmforge.errors import InputError
+from lmforge.eval import loaders_code, loaders_qa, loaders_summarize
 from lmforge.eval.fewshot import PromptFormat
-
-
-@dataclass
-class Doc:
-    """One evaluation item: the query text and what it is scored against.
-
-    Multiple choice and classification: ``choices`` (continuations, without the target delimiter) and
-    ``gold`` (index of the right one). Generation: ``references`` (one or more acceptable outputs).
-    Code: ``references`` holds the canonical solution; a completion is run as the program
-    ``code_prefix + completion + "\n\n" + test`` (``eval/codegen.py``). ``fields``: the record's
-    structured parts (e.g. SQuAD's ``context`` and ``question``), which classic baselines
-    (``eval/baselines.py``) read instead of parsing the rendered ``query``.
-    """
-
-    query: str
-    choices: list[str] = field(default_factory=list)
-    gold: int = -1
-    references: list[str] = field(default_factory=list)
-    test: str = ""
-    code_prefix: str = ""
-    fields: dict[str, Any] = field(default_factory=dict)  # the raw record's fields, for classic baselines
-
-    @property
-    def target(self) -> str:
-        """The answer text shown when this doc is a few-shot example."""
-        return self.choices[self.gold] if self.choices else self.references[0]
-
-
-def open_text(path: Path) -> str:
-    """Whole text of ``path``, decompressing ``.gz``/``.bz2`` and the first member of a ``.zip``."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"task data {path} does not exist")
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8").read()
-    if path.suffix == ".bz2":
-        return bz2.open(path, "rt", encoding="utf-8").read()
-    if path.suffix == ".zip":
-        with zipfile.ZipFile(path) as zf:
-            return zf.read(zf.namelist()[0]).decode("utf-8")
-    return path.read_text(encoding="utf-8")
-
-
-def read_records(path: Path) -> Iterator[dict]:
-    """Rows of a ``.jsonl`` or ``.csv`` file (optionally compressed) as dicts."""
-    text = open_text(path)
-    name = Path(path).name.removesuffix(".gz").removesuffix(".bz2")
-    if name.endswith(".csv"):
-        yield from csv.DictReader(io.StringIO(text))
-        return
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: not a JSON line ({e})") from None
+from lmforge.eval.records import Doc, open_text, read_records
 
 
 def _hellaswag_clean(text: str) -> str:
@@ -242,10 +181,8 @@ _HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 
 
 def _code(reader: str, file: str, split: str) -> Callable[[Path], list[Doc]]:
-    """``eval/loaders_code.py``'s ``reader`` of ``data_dir/file``, ``split`` (imported on use: it imports this)."""
-    import importlib
-
-    return lambda d: getattr(importlib.import_module("lmforge.eval.loaders_code"), reader)(d / file, split)
+    """``eval/loaders_code.py``'s ``reader`` of ``data_dir/file``, ``split``."""
+    return lambda d: getattr(loaders_code, reader)(d / file, split)
 
 
 _HUMANEVAL = "humaneval/HumanEval.jsonl.gz"
@@ -253,17 +190,13 @@ _MBPP = "mbpp/mbpp.jsonl"
 
 
 def _qa(reader: str, file: str, split: str) -> Callable[[Path], list[Doc]]:
-    """``eval/loaders_qa.py``'s ``reader`` of ``data_dir/file``, ``split`` (imported on use: it imports this)."""
-    import importlib
-
-    return lambda d: getattr(importlib.import_module("lmforge.eval.loaders_qa"), reader)(d / file, split)
+    """``eval/loaders_qa.py``'s ``reader`` of ``data_dir/file``, ``split``."""
+    return lambda d: getattr(loaders_qa, reader)(d / file, split)
 
 
 def _summarize(reader: str) -> Callable[[Path], list[Doc]]:
-    """A reader of ``eval/loaders_summarize.py`` (imported on use: that module imports this one)."""
-    import importlib
-
-    return lambda d: getattr(importlib.import_module("lmforge.eval.loaders_summarize"), reader)(d)
+    """A reader of ``eval/loaders_summarize.py``."""
+    return lambda d: getattr(loaders_summarize, reader)(d)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 
 from lmforge.errors import InputError
-from lmforge.eval.loaders import Doc, read_records
+from lmforge.eval.records import Doc, read_records
 
 MBPP_SPLITS = {"test": (11, 510), "prompt": (1, 10), "validation": (511, 600), "train": (601, 974)}
 _BUILTINS = frozenset(dir(builtins))

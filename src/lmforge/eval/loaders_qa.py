@@ -30,7 +30,7 @@ import json
 from pathlib import Path
 
 from lmforge.errors import InputError
-from lmforge.eval.loaders import Doc, open_text, read_records
+from lmforge.eval.records import Doc, open_text, read_records
 
 SPLITS = ("train", "test", "all")
 SQUAD_TEST_FRACTION = 0.25  # of the articles, the last ones in file order

@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from lmforge.eval.loaders import Doc, open_text, read_records
+from lmforge.eval.records import Doc, open_text, read_records
 
 _FRAME = re.compile(
     r"^\s*(?:#+\s*)?write\s+(?:a\s+|an\s+)?(?:python\s+)?(?:function|program)\s+(?:to|that|which|for|of|where)\s+",

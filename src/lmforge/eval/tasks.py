@@ -36,9 +36,9 @@ from tokenizers import Tokenizer
 
 from lmforge.config import ConfigError, from_dict, load_yaml, opt
 from lmforge.errors import InputError
-from lmforge.eval import loaders
 from lmforge.eval.fewshot import PromptFormat, build_prompt, select_shots
-from lmforge.eval.loaders import BUILTIN, Doc
+from lmforge.eval.loaders import BUILTIN
+from lmforge.eval.records import Doc, read_records
 from lmforge.eval.sandbox import Limits
 
 if TYPE_CHECKING:
@@ -389,7 +389,7 @@ class TaskSpec:
 
 def _spec_docs(spec: TaskSpec, path: Path) -> list[Doc]:
     docs = []
-    for n, row in enumerate(loaders.read_records(path), 1):
+    for n, row in enumerate(read_records(path), 1):
         try:
             query = spec.template.format(**row)
             if spec.kind == "code":

@@ -140,8 +140,8 @@ def load_draft(path: Path, which: str, target: Decoder, tokenizer: object) -> De
             named); another vocabulary size, a shorter context (``check_draft``).
         InputError: nothing under ``path`` is a complete checkpoint.
     """
+    from lmforge.model.checkpoint import load_model, resolve_checkpoint
     from lmforge.tokenizer.train import load_tokenizer
-    from lmforge.training.checkpoint import load_model, resolve_checkpoint
 
     ckpt = resolve_checkpoint(path, which)
     draft, mcfg = load_model(ckpt, device=target.tok_emb.weight.device)

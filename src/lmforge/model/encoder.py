@@ -20,7 +20,7 @@ Follows BERT (Devlin et al. 2019) except where marked *departure*. Defaults are 
   the embedding sum; under pre-norm the first block's ``attn_norm`` already normalises its input.
   ``post_norm=True`` and ``emb_norm=True`` give BERT's exact form (``attn_norm``/``mlp_norm`` after each
   residual add, ``emb_norm`` on the embedding sum, no final norm: ``norm`` is the identity), used for
-  imported BERT-family weights (model/hf_bert.py).
+  imported BERT-family weights (interop/hf_bert.py).
 - Padding: ``attention_mask`` ``[B, T]`` (True = real token) masks padded *keys* in every layer, so
   padded positions never influence real ones. Padded positions still get (meaningless) outputs; a row
   that is all padding attends uniformly instead of producing NaN.

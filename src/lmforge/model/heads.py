@@ -15,6 +15,9 @@
 - ``ScalarHead``: one number per sequence ("last" | "mean" | "cls" pooling; reward models, Ouyang et al.
   2022) or per token ("none"; value heads for PPO): a single linear layer ``proj`` (D→1).
 - ``EncoderForPretraining``: ``Encoder`` + ``MLMHead`` (+ ``NSPHead``), the BERT pre-training model.
+- ``hidden_states`` (what every head reads, from a decoder or an encoder checkpoint model), ``pool`` and
+  ``embed_batch`` (unit-length sentence embeddings: the contrastive fine-tune trains them, the API
+  server's embeddings endpoint serves them).
 
 Every head takes hidden states ``[B, T, D]`` and, where it pools, the ``attention_mask`` ``[B, T]``
 (True = real token) so padding never leaks into the result. Each head states its init in
@@ -35,6 +38,30 @@ from lmforge.model.decoder import INIT_STD, count_params, make_norm
 from lmforge.model.encoder import Encoder
 
 POOLING_CHOICES = ("cls", "mean", "last")
+
+
+def hidden_states(
+    model: nn.Module,
+    idx: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    token_type_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Final hidden states ``[B, T, D]`` (after the final norm) of a decoder or encoder checkpoint model.
+
+    A decoder is causal, so with right padding the real tokens never see the pads and the mask is not
+    needed; an encoder gets ``attention_mask`` so padding is ignored, and ``token_type_ids`` ``[B, T]``
+    (segments of a text pair, e.g. question 0 / passage 1) when given.
+
+    Raises:
+        ValueError: ``token_type_ids`` given for a decoder, which has no segments.
+    """
+    if hasattr(model, "encoder"):  # EncoderForPretraining
+        return model.encoder(idx, attention_mask, token_type_ids)
+    if getattr(model.config, "arch", "decoder") == "encoder":
+        return model(idx, attention_mask, token_type_ids)
+    if token_type_ids is not None:
+        raise ValueError("token_type_ids given for a decoder, which has no segment embeddings")
+    return model.hidden_states(idx)
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, how: str) -> torch.Tensor:
@@ -64,6 +91,11 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, how: str) ->
     positions = torch.arange(T, device=hidden.device)
     last = torch.where(attention_mask, positions, -1).amax(dim=1).clamp(min=0)  # [B]
     return hidden[torch.arange(B, device=hidden.device), last]  # [B, D]
+
+
+def embed_batch(model: nn.Module, idx: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Normalised embeddings ``[B, D]`` of a padded batch (keeps the graph: used in training)."""
+    return F.normalize(pool(hidden_states(model, idx, mask), mask, pooling).float(), dim=-1)
 
 
 class MLMHead(nn.Module):

@@ -30,7 +30,7 @@ A ``ModelConfig`` maps to Llama only with ``arch="decoder"``, ``pos="rope"``, ``
 exported config has ``attention_dropout=0``). ``llama_gaps`` lists every field that does not fit;
 ``from_llama_config`` maps a ``LlamaConfig`` back, refusing what the decoder cannot reproduce. The
 config fields every Llama-shaped family shares are one table, ``LLAMA_SHAPED_FIELDS``; Qwen2, Qwen3,
-Mistral and Gemma reuse it and ``KEY_TABLE`` (model/hf_families.py).
+Mistral and Gemma reuse it and ``KEY_TABLE`` (interop/hf_families.py).
 
 GPT-2 (``GPT2_KEY_TABLE``, import only) is our decoder with ``pos="learned"``, ``norm="layernorm"``,
 ``bias=True`` and ``mlp="gelu_tanh"`` (GPT-2's ``gelu_new``): pre-norm blocks, a final norm, a tied

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt, to_dict
 from lmforge.model.config import ModelConfig
-from lmforge.runstore import StageContext, run_stage
+from lmforge.runstore import TOKENIZER_FILE, StageContext, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def non_embedding_params(cfg: ModelConfig) -> int:
     """N of a decoder without allocating its weights (built on the meta device)."""
     import torch
 
-    from lmforge.training.checkpoint import build_model
+    from lmforge.model.checkpoint import build_model
 
     with torch.device("meta"):
         return int(build_model(cfg).num_params(non_embedding=True))
@@ -139,7 +139,7 @@ def tokenizer_vocab(tokenizer_dir: Path) -> int:
     """Vocabulary size of a tokenizer stage directory."""
     from lmforge.tokenizer.train import load_tokenizer
 
-    return int(load_tokenizer(Path(tokenizer_dir) / "tokenizer.json").get_vocab_size())
+    return int(load_tokenizer(Path(tokenizer_dir) / TOKENIZER_FILE).get_vocab_size())
 
 
 def point_dir_name(n_layer: int, n_embd: int, tokens: int, recipe: PointRecipe) -> str:
@@ -190,18 +190,18 @@ def train_point(cfg: PointConfig, ctx: StageContext) -> dict[str, float]:
     import torch
 
     from lmforge.eval.lm import evaluate_lm
+    from lmforge.model.checkpoint import build_model
     from lmforge.runtime import create_runtime
     from lmforge.tokenizer.loader import BatchLoader
     from lmforge.tokenizer.shards import open_tokens
     from lmforge.tokenizer.train import load_tokenizer, token_byte_lengths
-    from lmforge.training.checkpoint import build_model
     from lmforge.training.objectives import PretrainObjective
     from lmforge.training.optim import build_optimizers, lr_at
 
     r = cfg.recipe
     rt = create_runtime(r.device, r.dtype, r.seed, r.threads)
     tok_dir = ctx.inputs["tokenizer"]
-    tok = load_tokenizer(tok_dir / "tokenizer.json")
+    tok = load_tokenizer(tok_dir / TOKENIZER_FILE)
     mcfg = model_config(cfg.n_layer, cfg.n_embd, r, tok.get_vocab_size())
     model = build_model(mcfg).to(rt.device)
     optimizers = build_optimizers(model, "adamw", r.lr, r.weight_decay)

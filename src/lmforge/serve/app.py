@@ -40,6 +40,7 @@ from tokenizers import Tokenizer
 
 from lmforge.inference.engine import SamplingParams, default_stop_ids
 from lmforge.inference.scheduler import Scheduler, Token
+from lmforge.runstore import TOKENIZER_FILE
 from lmforge.serve import schemas as S
 from lmforge.serve.bridge import Dispatch, EventStream, Generation, collect
 from lmforge.serve.http import (
@@ -53,7 +54,7 @@ from lmforge.serve.http import (
     read_json,
 )
 from lmforge.tokenizer.chat import chat_prompt
-from lmforge.training.batches import encode_texts, pad_batch
+from lmforge.tokenizer.texts import encode_texts, pad_batch
 
 log = logging.getLogger(__name__)
 
@@ -99,17 +100,15 @@ class ServedModel:
 
 def load_served_model(path: str | Path, which: str = "best", device: str = "cpu") -> ServedModel:
     """Open a checkpoint or training stage directory (``which`` checkpoint of a stage)."""
+    from lmforge.model.checkpoint import load_model, read_meta, resolve_checkpoint
     from lmforge.tokenizer.train import load_tokenizer
-    from lmforge.training.checkpoint import load_model, resolve_checkpoint
-    from lmforge.training.finetune import META_FILE
 
     ckpt = resolve_checkpoint(Path(path).expanduser(), which)
     model, _ = load_model(ckpt, device=device)
-    meta = ckpt / META_FILE
-    pooling = json.loads(meta.read_text()).get("pooling", "mean") if meta.is_file() else "mean"
+    pooling = read_meta(ckpt).get("pooling", "mean")
     stage = ckpt.parent.parent if ckpt.parent.name == "ckpt" else ckpt
     return ServedModel(
-        model.eval(), load_tokenizer(ckpt / "tokenizer.json"), stage.name, pooling, int(ckpt.stat().st_mtime)
+        model.eval(), load_tokenizer(ckpt / TOKENIZER_FILE), stage.name, pooling, int(ckpt.stat().st_mtime)
     )
 
 
@@ -518,7 +517,7 @@ class _Api:
     # -- embeddings ---------------------------------------------------------------------------------
 
     async def embeddings(self, request: Request) -> Any:
-        from lmforge.training.contrastive import embed_batch
+        from lmforge.model.heads import embed_batch
 
         req = await read_json(request, S.EmbeddingRequest)
         self._check_model(req.model)

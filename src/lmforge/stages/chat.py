@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
+from lmforge.runstore import TOKENIZER_FILE
 
 STAGE = "chat"
 INPUTS = ("model", "draft_model")
@@ -90,14 +91,14 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
         )
         draft = None
     from lmforge.inference.engine import Engine
+    from lmforge.model.checkpoint import load_model, resolve_checkpoint
     from lmforge.runtime import create_runtime
     from lmforge.tokenizer.train import load_tokenizer
-    from lmforge.training.checkpoint import load_model, resolve_checkpoint
 
     rt = create_runtime(cfg.device, "fp32", seed=max(cfg.seed, 0))
     ckpt = resolve_checkpoint(Path(cfg.model).expanduser(), cfg.checkpoint)
     model, _ = load_model(ckpt, device=rt.device)
-    tok = load_tokenizer(ckpt / "tokenizer.json")
+    tok = load_tokenizer(ckpt / TOKENIZER_FILE)
     if draft == "model":
         from lmforge.inference.speculative import load_draft
 

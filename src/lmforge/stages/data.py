@@ -114,12 +114,15 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Validate and open every input (before any work), then run the stage; returns the manifest."""
     from lmforge.data.pipeline import check_readable
     from lmforge.data.sources import fingerprint, resolve_sources
+    from lmforge.eval.corpus import TASK_SOURCE
 
     if not cfg.out:
         raise ConfigError("out", "an output directory is required (e.g. --out runs/x/data)")
     skipped: list[Problem] | None = None if cfg.strict else []
     sources = [str(resolve_ref(s, Path(cfg.out))) if s.startswith("@") else s for s in cfg.input]
-    specs = check_readable(resolve_sources(sources, text_field=cfg.text_field, skipped=skipped), skipped)
+    specs = check_readable(
+        resolve_sources(sources, text_field=cfg.text_field, skipped=skipped, tasks=TASK_SOURCE), skipped
+    )
     if not specs:
         raise InputError(
             "input: every source is bad, nothing to read:\n  " + "\n  ".join(map(str, skipped or []))

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
 from lmforge.eval.sandbox import require_sandbox
-from lmforge.runstore import StageContext, read_manifest, run_stage
+from lmforge.runstore import TOKENIZER_FILE, StageContext, read_manifest, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +167,8 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
 def evaluate(cfg: Config, ctx: StageContext) -> dict[str, float]:
     """Evaluate every checkpoint; write ``eval.json`` and ``report.json``; return the first's metrics."""
     from lmforge.eval.tasks import load_task
+    from lmforge.model.checkpoint import resolve_checkpoint
     from lmforge.runtime import create_runtime
-    from lmforge.training.checkpoint import resolve_checkpoint
 
     rt = create_runtime(cfg.device, "fp32", seed=0)
     tasks = [load_task(t, data_dir=cfg.data_dir, limit=cfg.limit) for t in cfg.tasks]
@@ -243,13 +243,13 @@ def _evaluate_checkpoint(
 ) -> dict[str, Any]:
     from lmforge.eval.probes import bias_probe, memorisation_probe
     from lmforge.eval.tasks import LM, evaluate_task
+    from lmforge.model.checkpoint import load_model
     from lmforge.tokenizer.shards import open_tokens
     from lmforge.tokenizer.train import load_tokenizer, special_id
-    from lmforge.training.checkpoint import load_model
 
     model, mcfg = load_model(ckpt, device=device)
     model.eval()
-    tok = load_tokenizer(ckpt / "tokenizer.json")
+    tok = load_tokenizer(ckpt / TOKENIZER_FILE)
     lm = LM(model, tok, bos_id=special_id(tok, "<|bos|>"), batch_size=cfg.batch_size)
     metrics: dict[str, float] = {}
     out: dict[str, Any] = {"checkpoint": str(ckpt), "tasks": {}, "examples": {}}
@@ -347,7 +347,7 @@ def _encode_text(lm: Any, path: Path) -> Any:
     """A text file as one token stream: ``<|bos|>`` then its tokens, per blank-line-separated document."""
     import numpy as np
 
-    from lmforge.eval.loaders import open_text
+    from lmforge.eval.records import open_text
 
     docs = [d for d in open_text(path).split("\n\n") if d.strip()]
     ids: list[int] = []

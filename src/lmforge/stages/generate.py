@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, config_inputs, run_stage
+from lmforge.runstore import TOKENIZER_FILE, StageContext, config_inputs, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -134,14 +134,14 @@ def print_samples(cfg: Config) -> dict[str, Any]:
 def sample(cfg: Config, ctx: StageContext) -> dict[str, float]:
     """Continue every prompt (one batch) and write one JSON line per sample."""
     from lmforge.inference.engine import Engine, SamplingParams, default_stop_ids
+    from lmforge.model.checkpoint import load_model, resolve_checkpoint
     from lmforge.runtime import create_runtime
     from lmforge.tokenizer.train import load_tokenizer, special_id
-    from lmforge.training.checkpoint import load_model, resolve_checkpoint
 
     rt = create_runtime(cfg.device, "fp32", seed=cfg.seed)
     ckpt_dir = resolve_checkpoint(ctx.inputs["model"], cfg.checkpoint)
     model, _ = load_model(ckpt_dir, device=rt.device)
-    tok = load_tokenizer(ckpt_dir / "tokenizer.json")
+    tok = load_tokenizer(ckpt_dir / TOKENIZER_FILE)
     bos = special_id(tok, "<|bos|>")
     params = SamplingParams(
         max_new_tokens=cfg.max_new_tokens,

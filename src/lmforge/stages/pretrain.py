@@ -24,7 +24,7 @@ from typing import Any, Literal
 from lmforge.config import ConfigError, opt
 from lmforge.errors import InputError
 from lmforge.model.config import ModelConfig, preset
-from lmforge.runstore import StageContext, resolve_ref, run_stage, write_json_atomic
+from lmforge.runstore import StageContext, resolve_ref, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +244,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
 
     from lmforge.eval.lm import evaluate_lm
     from lmforge.log import step_line, truncate_metrics
+    from lmforge.model.checkpoint import build_model, save_checkpoint, write_final
     from lmforge.runtime import create_runtime
     from lmforge.tokenizer.loader import BatchLoader
     from lmforge.tokenizer.shards import open_tokens
@@ -275,7 +276,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         sep_id=_token_id(tok, "[SEP]"),
         seed=cfg.seed + 1,
     )
-    raw_model = ckpt.build_model(mcfg, nsp=cfg.objective == "mlm+nsp").to(rt.device)
+    raw_model = build_model(mcfg, nsp=cfg.objective == "mlm+nsp").to(rt.device)
     probe: dict[str, float] = {}
     if cfg.dtype == "auto" and rt.device == "cpu" and mcfg.arch == "decoder":
         rt, probe = auto_dtype(rt, raw_model, mcfg.block_size, mcfg.vocab_size)
@@ -371,7 +372,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     def save() -> None:
         model_sd, optim_sd = ddp.full_state_dicts(model, optimizers)  # collective: every rank
         if main_rank:
-            ckpt.save_checkpoint(
+            save_checkpoint(
                 ckpt_root / f"step_{step}",
                 raw_model,
                 mcfg,
@@ -516,10 +517,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         last_val = evaluate()
     last_dir = f"step_{step}"
     if main_rank:
-        write_json_atomic(
-            ckpt_root / "final.json",
-            {"last": last_dir, "best": best_dir or last_dir, "step": step, "stop_reason": stop_reason},
-        )
+        write_final(ckpt_root, last=last_dir, best=best_dir or last_dir, step=step, stop_reason=stop_reason)
     ddp.barrier()
     train_time = elapsed_before + time.perf_counter() - start
     return {

@@ -4,5 +4,6 @@ Modules: ``train`` (byte-level BPE, WordPiece, Unigram and word-level kinds; spe
 metadata; bytes per token), ``chat`` (conversation → ids + loss mask), ``compare`` (held-out
 metrics of a tokenizer), ``encoders`` (``tokenizers`` or tiktoken document encoding), ``shards``
 (documents → ``shard_NNNNN.bin`` + ``.idx`` + ``index.json``, memory-mapped reading), ``loader``
-(resumable random or BOS-aligned windows for training; imports torch).
+(resumable random or BOS-aligned windows for training; imports torch), ``texts`` (plain texts framed
+and padded for classification and embeddings; imports torch).
 """

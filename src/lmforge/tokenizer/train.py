@@ -50,6 +50,7 @@ import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from lmforge.errors import InputError
+from lmforge.runstore import TOKENIZER_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,6 @@ CHAT_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 ENCODER_TOKENS = ["[MASK]", "[CLS]", "[SEP]"]
 UNK_TOKEN = "[UNK]"
 DEFAULT_EXTRA_TOKENS = (*CHAT_TOKENS, *ENCODER_TOKENS)
-TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "tokenizer_meta.json"
 META_FORMAT = 1
 

@@ -172,7 +172,7 @@ class RewardModel(nn.Module):
 
     def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Rewards ``[B]`` of right-padded sequences ``idx`` ``[B, T]`` (``attention_mask`` True = real)."""
-        from lmforge.training.finetune import hidden_states
+        from lmforge.model.heads import hidden_states
 
         return self.head(hidden_states(self.trunk, idx, attention_mask), attention_mask)
 
@@ -201,8 +201,8 @@ def load_reward_model(path: Path, which: str = "best") -> RewardModel:
     from safetensors.torch import load_file
 
     from lmforge.errors import InputError
-    from lmforge.training import checkpoint as ckpt
-    from lmforge.training.finetune import HEADS_FILE, META_FILE
+    from lmforge.model import checkpoint as ckpt
+    from lmforge.model.checkpoint import HEADS_FILE, META_FILE
 
     dir = ckpt.resolve_checkpoint(Path(path), which)
     meta_path = dir / META_FILE

@@ -10,23 +10,20 @@
   treat as a document boundary, and no loss is ever taken on a token of another example.
 - ``lm_batch`` turns rows into ``(x, y, mask)`` for ``training.step.token_loss``: ``x = row[:-1]``,
   ``y = row[1:]``, ``mask = row_mask[1:]`` (``mask[i]`` supervises target ``y[i]``).
-- ``encode_texts`` / ``pad_batch``: sequences for sequence classification and embeddings. Decoders
-  read ``<|bos|> text <|eos|>`` (the last token, ``<|eos|>``, is the pooled one); encoders read
-  ``[CLS] text [SEP]``. Right padding; the attention mask is True at real tokens.
+- plain texts for classification and embeddings are framed and padded by ``tokenizer/texts.py``
+  (``encode_texts``, ``pad_batch``), which inference and serving use too.
 - ``window_batch``: random windows of a token stream, for continued pretraining and replay.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer
 
 from lmforge.tokenizer.chat import render_chat
-from lmforge.tokenizer.train import special_id
 
 PACKINGS = ("pad", "pack")
 Example = tuple[list[int], list[bool]]  # (ids, supervised-target mask)
@@ -93,48 +90,6 @@ def lm_batch(rows: Sequence[Example], pad_id: int) -> tuple[torch.Tensor, torch.
         y[i, :n] = torch.tensor(ids[1:])
         m[i, :n] = torch.tensor(mask[1:])
     return x, y, m
-
-
-def frame_markers(tok: Tokenizer, arch: str) -> tuple[int, int]:
-    """The ids a text is framed by for ``arch``: ``[CLS] ... [SEP]`` (encoder) or ``<|bos|> ... <|eos|>``."""
-    if arch == "encoder":
-        return special_id(tok, "cls"), special_id(tok, "sep")
-    return special_id(tok, "bos"), special_id(tok, "eos")
-
-
-def encode_as_text(tok: Tokenizer, texts: Sequence[str]) -> list[Any]:
-    """``tok.encode_batch`` without special tokens, special-token strings in the texts kept as text.
-
-    ``tok`` is only written when its ``encode_special_tokens`` is off, so a tokenizer kept with it on can be
-    shared by threads (the API server's: setting it while another thread encodes fails)."""
-    was = tok.encode_special_tokens
-    if not was:
-        tok.encode_special_tokens = True  # text is data: special-token strings in it stay text
-    try:
-        return tok.encode_batch(list(texts), add_special_tokens=False)
-    finally:
-        if not was:
-            tok.encode_special_tokens = False
-
-
-def encode_texts(tok: Tokenizer, texts: Sequence[str], arch: str, block_size: int) -> list[list[int]]:
-    """Token ids per text framed for ``arch`` (module docstring), cut to ``block_size`` tokens.
-
-    The end marker is kept when a text is cut, so the pooled position always means "end of text".
-    """
-    start, end = frame_markers(tok, arch)
-    return [[start, *e.ids[: block_size - 2], end] for e in encode_as_text(tok, texts)]
-
-
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(idx [B, T], attention_mask [B, T] bool)``: right-padded to the longest sequence."""
-    T = max(len(s) for s in seqs)
-    idx = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        idx[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = True
-    return idx, mask
 
 
 def window_batch(

@@ -21,7 +21,6 @@ Shape notation: N texts (queries), M candidates, B pairs, D n_embd.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,14 +29,9 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
-from lmforge.model.heads import pool
-from lmforge.training.batches import encode_texts, pad_batch
-from lmforge.training.finetune import META_FILE, hidden_states
-
-
-def embed_batch(model: nn.Module, idx: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Normalised embeddings ``[B, D]`` of a padded batch (keeps the graph: used in training)."""
-    return F.normalize(pool(hidden_states(model, idx, mask), mask, pooling).float(), dim=-1)
+from lmforge.model.heads import embed_batch
+from lmforge.runstore import TOKENIZER_FILE
+from lmforge.tokenizer.texts import encode_texts, pad_batch
 
 
 @torch.no_grad()
@@ -72,14 +66,12 @@ def embed(
 
 def load_embedder(path: Path, which: str = "best") -> tuple[nn.Module, Tokenizer, str]:
     """``(model, tokenizer, pooling)`` of a checkpoint (pooling from ``finetune.json``, else ``mean``)."""
+    from lmforge.model.checkpoint import load_model, read_meta, resolve_checkpoint
     from lmforge.tokenizer.train import load_tokenizer
-    from lmforge.training.checkpoint import load_model, resolve_checkpoint
 
     ckpt_dir = resolve_checkpoint(Path(path), which)
     model, _ = load_model(ckpt_dir)
-    meta_path = ckpt_dir / META_FILE
-    pooling = json.loads(meta_path.read_text()).get("pooling", "mean") if meta_path.is_file() else "mean"
-    return model, load_tokenizer(ckpt_dir / "tokenizer.json"), pooling
+    return model, load_tokenizer(ckpt_dir / TOKENIZER_FILE), read_meta(ckpt_dir).get("pooling", "mean")
 
 
 def info_nce(

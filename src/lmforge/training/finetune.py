@@ -2,7 +2,7 @@
 
 - ``load_base``: the model of any lmforge checkpoint (a checkpoint directory or a training stage
   directory, via ``checkpoint.resolve_checkpoint``), optionally rebuilt with a different dropout.
-- ``hidden_states``: final hidden states ``[B, T, D]`` of a decoder or an encoder, for heads.
+- heads read ``model.heads.hidden_states`` (final hidden states ``[B, T, D]`` of a decoder or an encoder).
 - ``sequence_length``: the ``max_len`` a method encodes at (checked against the model's block size).
 - ``declared_pooling`` / ``resolve_pooling``: the pooling a checkpoint's ``pooling.json`` declares
   (a sentence-transformers import), which ``pooling: auto`` follows where a method embeds sentences.
@@ -17,10 +17,11 @@
   wall-clock budget as pretraining does: once a step ends past it, the loop evaluates and stops with
   ``stop_reason`` ``time_budget`` (the other reasons: ``max_steps``, ``early_stop``), and the caller
   saves best and last as at any end. The schedule still spans ``max_steps``.
-- ``save_finetuned`` / ``load_heads`` / ``write_final``: a fine-tuned model is a normal checkpoint
-  directory (``checkpoint.save_checkpoint``: the trunk, loadable by eval/generate when it is a language
+- ``save_finetuned`` / ``load_heads``: a fine-tuned model is a normal checkpoint directory
+  (``model.checkpoint.save_checkpoint``: the trunk, loadable by eval/generate when it is a language
   model) plus, for methods with heads, ``heads.safetensors`` and ``finetune.json`` (task labels and
-  pooling); ``ckpt/final.json`` names the best and the last checkpoint as pretraining does.
+  pooling); ``ckpt/final.json`` (``model.checkpoint.write_final``) names the best and the last
+  checkpoint as pretraining does.
 
 Shape notation: B batch, T tokens, D n_embd, C classes.
 """
@@ -44,20 +45,16 @@ from torch import nn
 
 from lmforge.errors import ConfigError, InputError
 from lmforge.log import TENSORBOARD_DIR
+from lmforge.model import checkpoint as ckpt
+from lmforge.model.checkpoint import HEADS_FILE, META_FILE, POOLING_FILE
 from lmforge.model.config import ModelConfig
-from lmforge.model.heads import POOLING_CHOICES, ClassificationHead
-from lmforge.model.hf_bert import POOLING_FILE  # a sentence-transformers import's declared pooling
-from lmforge.runstore import resolve_ref, write_json_atomic
-from lmforge.training import checkpoint as ckpt
+from lmforge.model.heads import POOLING_CHOICES, ClassificationHead, hidden_states
+from lmforge.runstore import resolve_ref
 from lmforge.training.optim import build_optimizer, lr_at, set_lr
 from lmforge.training.options import FinetuneOptions
 from lmforge.training.step import weighted_backward
 
 logger = logging.getLogger(__name__)
-
-HEADS_FILE = "heads.safetensors"
-META_FILE = "finetune.json"
-
 
 # --------------------------------------------------------------------------------------------------
 # base model and hidden states
@@ -109,30 +106,6 @@ def load_decoder(
     if mcfg.arch != "decoder":
         raise ConfigError("model", f"{method} needs a decoder checkpoint, {ckpt_dir} is an {mcfg.arch}")
     return model, mcfg, ckpt_dir
-
-
-def hidden_states(
-    model: nn.Module,
-    idx: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    token_type_ids: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Final hidden states ``[B, T, D]`` (after the final norm) of a decoder or encoder checkpoint model.
-
-    A decoder is causal, so with right padding the real tokens never see the pads and the mask is not
-    needed; an encoder gets ``attention_mask`` so padding is ignored, and ``token_type_ids`` ``[B, T]``
-    (segments of a text pair, e.g. question 0 / passage 1) when given.
-
-    Raises:
-        ValueError: ``token_type_ids`` given for a decoder, which has no segments.
-    """
-    if hasattr(model, "encoder"):  # EncoderForPretraining
-        return model.encoder(idx, attention_mask, token_type_ids)
-    if getattr(model.config, "arch", "decoder") == "encoder":
-        return model(idx, attention_mask, token_type_ids)
-    if token_type_ids is not None:
-        raise ValueError("token_type_ids given for a decoder, which has no segment embeddings")
-    return model.hidden_states(idx)
 
 
 def sequence_length(max_len: int, mcfg: ModelConfig) -> int:
@@ -498,11 +471,6 @@ def load_heads(dir: Path, mcfg: ModelConfig) -> tuple[nn.ModuleDict, dict[str, A
     return heads, meta
 
 
-def write_final(ckpt_root: Path, *, last: str, best: str, **extra: Any) -> None:
-    """``ckpt_root/final.json`` naming the last and best checkpoints (read by ``resolve_checkpoint``)."""
-    write_json_atomic(Path(ckpt_root) / ckpt.FINAL_FILE, {"last": last, "best": best, **extra})
-
-
 def save_best_and_last(
     ckpt_root: Path,
     model: nn.Module,
@@ -521,7 +489,7 @@ def save_best_and_last(
     restore(model, result.best_state)
     if best != last:
         save(ckpt_root / best)
-    write_final(
+    ckpt.write_final(
         ckpt_root,
         last=last,
         best=best,
@@ -551,7 +519,7 @@ def predict_classes(
 
     Sequences are scored in batches of similar length (less padding); the output keeps input order.
     """
-    from lmforge.training.batches import pad_batch
+    from lmforge.tokenizer.texts import pad_batch
 
     was_training = model.training
     model.eval()

@@ -29,11 +29,11 @@ import torch
 from torch import nn
 
 from lmforge.inference.engine import Engine, SamplingParams
+from lmforge.model import checkpoint as ckpt
 from lmforge.tokenizer.chat import render_chat
+from lmforge.tokenizer.texts import pad_batch
 from lmforge.tokenizer.train import load_tokenizer, special_id
-from lmforge.training import checkpoint as ckpt
 from lmforge.training.align import RewardModel, encode_response, load_reward_model, rollout
-from lmforge.training.batches import pad_batch
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class TextScorer:
 
 def load_scorer(path: Path, device: str | torch.device = "cpu") -> TextScorer:
     """The ``TextScorer`` of an ``align.reward`` stage or checkpoint (its best checkpoint for a stage)."""
-    from lmforge.training.finetune import META_FILE
+    from lmforge.model.checkpoint import META_FILE
 
     dir = ckpt.resolve_checkpoint(Path(path), "best")
     rm = load_reward_model(dir).to(device).requires_grad_(False)

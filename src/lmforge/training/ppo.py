@@ -85,7 +85,7 @@ class PolicyWithValue(nn.Module):
         self.value = ScalarHead(policy.config, "none").to(device)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from lmforge.training.finetune import hidden_states
+        from lmforge.model.heads import hidden_states
 
         hidden = hidden_states(self.policy, x)  # [B, T, D]
         logits = self.policy.lm_head(hidden).float()  # [B, T, V]

@@ -3,7 +3,7 @@
 BERT's SQuAD recipe (Devlin et al. 2019, §4.2) with the windows of Hugging Face's ``run_qa.py``:
 
 - ``featurize``: the question and the context are encoded separately, without special tokens
-  (``batches.encode_as_text``), so any lmforge tokenizer and BERT's own WordPiece both work; the
+  (``tokenizer.texts.encode_as_text``), so any lmforge tokenizer and BERT's own WordPiece both work; the
   context's token offsets are characters of the original context (a lower-casing normaliser included).
   A question keeps its first ``question_limit(max_len)`` = min(64, max_len // 4) tokens (BERT's
   ``max_query_length`` is 64). The context is cut into chunks of ``L = max_len - 3 - len(question)``
@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
+from lmforge.tokenizer.texts import encode_as_text, pad_batch
 from lmforge.tokenizer.train import special_id
-from lmforge.training.batches import encode_as_text, pad_batch
 
 MAX_QUESTION_TOKENS = 64  # BERT's max_query_length
 FRAME_TOKENS = 3  # [CLS] question [SEP] chunk [SEP]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from lmforge.errors import ConfigError
-from lmforge.runstore import StageContext
+from lmforge.runstore import TOKENIZER_FILE, StageContext
 from lmforge.training import finetune as ft
 from lmforge.training.batches import chat_rows, encode_conversations, lm_batch
 from lmforge.training.step import token_loss
@@ -98,7 +98,7 @@ def run_sft(
     model, mcfg, ckpt_dir = ft.load_decoder(
         ctx.inputs["model"], cfg.checkpoint, method="SFT", device=rt.device, dropout=cfg.dropout
     )
-    tok_path = ckpt_dir / "tokenizer.json"
+    tok_path = ckpt_dir / TOKENIZER_FILE
     tok = load_tokenizer(tok_path)
     pad_id = special_id(tok, "pad")
     train_ex, val_ex, counts = examples(cfg, ctx, tok, mcfg.block_size)

@@ -32,7 +32,7 @@ def test_align_help_lists_methods(capsys):
 
 
 def test_dpo_cli(align_dir, tmp_path):
-    from lmforge.training.checkpoint import load_model, resolve_checkpoint
+    from lmforge.model.checkpoint import load_model, resolve_checkpoint
 
     out = tmp_path / "dpo"
     run_cli(
@@ -104,12 +104,12 @@ def test_reward_cli_learns_the_toy_preference(align_dir, tmp_path):
 
 
 def test_reward_max_len_cuts_conversations(align_dir, tmp_path, monkeypatch, capsys):
-    from lmforge.training import batches
+    from lmforge.tokenizer import texts
 
     shapes = []
-    real = batches.pad_batch
+    real = texts.pad_batch
     monkeypatch.setattr(
-        batches, "pad_batch", lambda seqs, pad: shapes.append(max(map(len, seqs))) or real(seqs, pad)
+        texts, "pad_batch", lambda seqs, pad: shapes.append(max(map(len, seqs))) or real(seqs, pad)
     )
     args = [
         "--model",
@@ -210,8 +210,8 @@ def test_grpo_cli_on_generated_arithmetic_with_lora(align_dir, tmp_path):
 def untrained_reward_model(align_dir: Path, out: Path) -> Path:
     import torch
 
+    from lmforge.model.checkpoint import load_model
     from lmforge.training import align
-    from lmforge.training.checkpoint import load_model
 
     trunk, mcfg = load_model(align_dir / "decoder")
     torch.manual_seed(0)

@@ -40,9 +40,9 @@ def ft_dir(tmp_path_factory) -> Path:
     """A directory with ``tokenizer.json``, ``decoder/`` and ``encoder/`` checkpoints and data files."""
     import torch
 
+    from lmforge.model.checkpoint import build_model, save_checkpoint
     from lmforge.model.config import ModelConfig
     from lmforge.tokenizer.train import save_tokenizer, train_bpe
-    from lmforge.training.checkpoint import build_model, save_checkpoint
 
     torch.optim.AdamW([torch.zeros(1, requires_grad=True)])  # pay torch.optim's one-time start-up here
     root = tmp_path_factory.mktemp("finetune")

@@ -105,7 +105,7 @@ def test_classify_preprocess_reaches_the_bag_of_words_baseline(ft_dir, tmp_path,
 
 
 def test_sft_cli_writes_a_loadable_lm_checkpoint(ft_dir, tmp_path):
-    from lmforge.training.checkpoint import load_model, resolve_checkpoint
+    from lmforge.model.checkpoint import load_model, resolve_checkpoint
 
     out = tmp_path / "sft"
     run_cli(
@@ -124,7 +124,7 @@ def test_sft_cli_writes_a_loadable_lm_checkpoint(ft_dir, tmp_path):
 
 
 def test_time_budget_ends_a_stage_with_its_checkpoints(ft_dir, tmp_path, capsys):
-    from lmforge.training.checkpoint import load_model, resolve_checkpoint
+    from lmforge.model.checkpoint import load_model, resolve_checkpoint
 
     out = tmp_path / "budget"
     run_cli(
@@ -153,7 +153,7 @@ def test_time_budget_ends_a_stage_with_its_checkpoints(ft_dir, tmp_path, capsys)
 
 def test_lora_cli_saves_peft_adapter_and_merged_checkpoint(ft_dir, tmp_path):
     pytest.importorskip("lmforge.model.lora", reason="the LoRA library (lmforge.model.lora) is not there yet")
-    from lmforge.training.checkpoint import load_model, resolve_checkpoint
+    from lmforge.model.checkpoint import load_model, resolve_checkpoint
 
     out = tmp_path / "lora"
     run_cli(
@@ -359,7 +359,7 @@ def test_max_len_longer_than_the_model_is_refused(ft_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("method", ["classify", "multitask", "ner", "contrastive"])
 def test_max_len_cuts_batches_that_stay_padded_to_their_longest_row(method, ft_dir, tmp_path, monkeypatch):
-    from lmforge.training import batches
+    from lmforge.tokenizer import texts
 
     shapes = []
 
@@ -368,8 +368,8 @@ def test_max_len_cuts_batches_that_stay_padded_to_their_longest_row(method, ft_d
         shapes.append((idx.shape[1], int(mask.sum(dim=1).max())))
         return idx, mask
 
-    real = batches.pad_batch
-    monkeypatch.setattr(batches, "pad_batch", spy)
+    real = texts.pad_batch
+    monkeypatch.setattr(texts, "pad_batch", spy)
     conll = tmp_path / "ner.conll"
     conll.write_text("".join(" ".join(["good"] * 12).replace(" ", "\tO\n") + "\tB-x\n\n" for _ in range(12)))
     data = {

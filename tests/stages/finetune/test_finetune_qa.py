@@ -56,9 +56,9 @@ def squad_zip(data_dir: Path, n_articles: int, per_article: int, seed: int = 0) 
 def qa_dir(tmp_path_factory) -> Path:
     """Untrained 1-layer ``encoder/`` and ``decoder/`` checkpoints with a WordPiece tokenizer, and
     ``data/``: 8 articles (6 train, 2 test) of 12 one-question paragraphs."""
+    from lmforge.model.checkpoint import build_model, save_checkpoint
     from lmforge.model.config import ModelConfig
     from lmforge.tokenizer.train import TokenizerSpec, save_tokenizer, train_tokenizer
-    from lmforge.training.checkpoint import build_model, save_checkpoint
 
     root = tmp_path_factory.mktemp("qa")
     squad_zip(root / "data", n_articles=8, per_article=12)

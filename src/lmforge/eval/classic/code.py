@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING
 
 from lmforge.eval.baselines import Baseline
 from lmforge.eval.codegen import trim_completion
-from lmforge.eval.loaders import Doc
 from lmforge.eval.loaders_code import parse
+from lmforge.eval.records import Doc
 
 if TYPE_CHECKING:
     from lmforge.eval.tasks import Task

@@ -39,7 +39,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from lmforge.eval.baselines import Baseline
-from lmforge.eval.loaders import Doc
+from lmforge.eval.records import Doc
 from lmforge.eval.tasks import Task
 
 log = logging.getLogger(__name__)

@@ -32,8 +32,8 @@ from collections.abc import Sequence
 
 from lmforge.errors import InputError
 from lmforge.eval.baselines import Baseline
-from lmforge.eval.loaders import Doc
 from lmforge.eval.loaders_summarize import split_sentences
+from lmforge.eval.records import Doc
 from lmforge.eval.tasks import Task
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+")

@@ -149,11 +149,11 @@ def sample_items(cfg: Config, ctx: StageContext) -> tuple[list[Any], int]:
     from lmforge.data.preferences import read_prompts
     from lmforge.data.supervised import log_problems
     from lmforge.inference.engine import Engine, SamplingParams
+    from lmforge.model.checkpoint import load_model, resolve_checkpoint
     from lmforge.runtime import create_runtime
     from lmforge.serve.ranking import RankItem
     from lmforge.tokenizer.chat import render_chat
     from lmforge.tokenizer.train import load_tokenizer, special_id
-    from lmforge.training.checkpoint import load_model, resolve_checkpoint
 
     problems: list = []
     prompts = read_prompts(ctx.inputs["prompts"], problems)[: cfg.max_prompts or None]

@@ -79,10 +79,10 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
 
     from lmforge.data.supervised import holdout, log_problems, skipped
     from lmforge.runtime import create_runtime
+    from lmforge.tokenizer.texts import pad_batch
     from lmforge.tokenizer.train import load_tokenizer, special_id
     from lmforge.training import align
     from lmforge.training import finetune as ft
-    from lmforge.training.batches import pad_batch
 
     rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
     ft.restart(ctx)

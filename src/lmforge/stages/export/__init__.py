@@ -14,9 +14,9 @@ def refuse_early(model: str, out: str, which: str) -> None:
     """Raise ConfigError if the checkpoint ``model`` (resolved as the run store will) cannot be exported,
     before the run store creates anything; a missing or unfinished input is left for it to report."""
     from lmforge.errors import InputError
-    from lmforge.model.hf_export import check_exportable, read_checkpoint_config
+    from lmforge.interop.hf_export import check_exportable, read_checkpoint_config
+    from lmforge.model.checkpoint import resolve_checkpoint
     from lmforge.runstore import resolve_ref
-    from lmforge.training.checkpoint import resolve_checkpoint
 
     try:
         ckpt = resolve_checkpoint(resolve_ref(model, Path(out).expanduser().resolve()), which)

@@ -1,6 +1,6 @@
 """Export a decoder checkpoint as a GGUF file for llama.cpp-family tools (stage kind ``export.gguf``).
 
-Writes ``<out>/model.gguf`` (llama architecture, ``model.gguf_export``) beside the manifest, in f32 or
+Writes ``<out>/model.gguf`` (llama architecture, ``interop.gguf_export``) beside the manifest, in f32 or
 f16. The file is read back with ``gguf.GGUFReader`` and every tensor compared with what was written
 (``max_tensor_diff``, 0 for f32).
 """
@@ -46,8 +46,8 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     """Write the GGUF file and read it back."""
     import numpy as np
 
-    from lmforge.model.gguf_export import export_gguf, gguf_tensors, require_gguf
-    from lmforge.training.checkpoint import resolve_checkpoint
+    from lmforge.interop.gguf_export import export_gguf, gguf_tensors, require_gguf
+    from lmforge.model.checkpoint import resolve_checkpoint
 
     ckpt = resolve_checkpoint(ctx.inputs["model"], cfg.checkpoint)
     path = ctx.dir / GGUF_FILE

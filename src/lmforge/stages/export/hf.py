@@ -3,7 +3,7 @@
 The family is the one the checkpoint's config needs: Llama, Qwen2 (``qkv_bias``), Qwen3 (``qk_norm``) or
 Gemma (``scale_emb`` + GeGLU); ``config.json``'s ``model_type`` and ``architectures`` record it. The stage
 directory itself is the Hugging Face directory: ``config.json``, ``model.safetensors``,
-``generation_config.json`` and the tokenizer files (``model.hf_export``), beside the manifest. With
+``generation_config.json`` and the tokenizer files (``interop.hf_export``), beside the manifest. With
 ``verify`` the directory is loaded back with ``transformers`` and the largest logit difference from
 the lmforge model on a random batch is recorded (``max_logit_diff``); the stage fails above
 ``tolerance``. A configuration no family can express fails before anything is written.
@@ -63,8 +63,8 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
 
 def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     """Write the Hugging Face directory into the stage directory, then (optionally) check it loads and agrees."""
-    from lmforge.model.hf_export import export_hf, verify_hf_export
-    from lmforge.training.checkpoint import resolve_checkpoint
+    from lmforge.interop.hf_export import export_hf, verify_hf_export
+    from lmforge.model.checkpoint import resolve_checkpoint
 
     ckpt = resolve_checkpoint(ctx.inputs["model"], cfg.checkpoint)
     exported = export_hf(ckpt, ctx.dir, cfg.dtype)

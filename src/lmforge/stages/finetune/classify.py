@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, config_inputs, run_stage, write_json_atomic
+from lmforge.runstore import TOKENIZER_FILE, StageContext, config_inputs, run_stage, write_json_atomic
 from lmforge.training.options import SequenceOptions
 
 log = logging.getLogger(__name__)
@@ -218,14 +218,14 @@ def _fine_tune(
     import torch
     import torch.nn.functional as F
 
+    from lmforge.tokenizer.texts import encode_texts, pad_batch
     from lmforge.tokenizer.train import load_tokenizer, special_id
     from lmforge.training import finetune as ft
-    from lmforge.training.batches import encode_texts, pad_batch
 
     torch.manual_seed(cfg.seed)
     trunk, mcfg, ckpt_dir = ft.load_base(start, cfg.checkpoint, device=device, dropout=cfg.dropout)
     seq_len = ft.sequence_length(cfg.max_len, mcfg)
-    tok_path = ckpt_dir / "tokenizer.json"
+    tok_path = ckpt_dir / TOKENIZER_FILE
     tok = load_tokenizer(tok_path)
     pad_id = special_id(tok, "pad")
     pooling = ft.default_pooling(mcfg.arch, cfg.pooling, ckpt_dir)

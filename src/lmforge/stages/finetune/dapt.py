@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, run_stage, write_json_atomic
+from lmforge.runstore import TOKENIZER_FILE, StageContext, run_stage, write_json_atomic
 from lmforge.training.options import FinetuneOptions
 
 log = logging.getLogger(__name__)
@@ -58,15 +58,16 @@ INPUTS = ("model", "general")
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Continue pretraining (or return the cached result); returns the stage manifest."""
     from lmforge.data.sources import fingerprint, resolve_sources
+    from lmforge.eval.corpus import TASK_SOURCE
 
     if not cfg.out:
         raise ConfigError("out", "an output directory is required (e.g. --out runs/x/dapt)")
-    specs = resolve_sources(cfg.domain, cfg.text_field)
+    specs = resolve_sources(cfg.domain, cfg.text_field, tasks=TASK_SOURCE)
     found = {"fingerprint": {"domain": [fingerprint(s) for s in specs]}}
     inputs = {"model": cfg.model}
     if cfg.general.startswith("builtin:"):
         found["fingerprint"]["general"] = [
-            fingerprint(s) for s in resolve_sources([cfg.general], cfg.text_field)
+            fingerprint(s) for s in resolve_sources([cfg.general], cfg.text_field, tasks=TASK_SOURCE)
         ]
     else:
         inputs["general"] = cfg.general
@@ -78,10 +79,15 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
 def _encode(tok: Any, specs: list[str], text_field: str) -> list[list[int]]:
     """Every document of ``specs`` as ``<|bos|>`` + its token ids."""
     from lmforge.data.sources import iter_documents, resolve_sources
+    from lmforge.eval.corpus import TASK_SOURCE
     from lmforge.tokenizer.train import special_id
 
     bos = special_id(tok, "bos")
-    texts = [doc.text for spec in resolve_sources(specs, text_field) for doc in iter_documents(spec)]
+    texts = [
+        doc.text
+        for spec in resolve_sources(specs, text_field, tasks=TASK_SOURCE)
+        for doc in iter_documents(spec)
+    ]
     return [[bos, *e.ids] for e in tok.encode_batch(texts, add_special_tokens=False)]
 
 
@@ -128,7 +134,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         raise ConfigError(
             "model", f"continued pretraining here needs a decoder checkpoint, got an {mcfg.arch}"
         )
-    tok_path = ckpt_dir / "tokenizer.json"
+    tok_path = ckpt_dir / TOKENIZER_FILE
     tok = load_tokenizer(tok_path)
     token_bytes = token_byte_lengths(tok)
     domain_train, domain_val = _streams(

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, config_inputs, run_stage, write_json_atomic
+from lmforge.runstore import TOKENIZER_FILE, StageContext, config_inputs, run_stage, write_json_atomic
 from lmforge.training.options import SequenceOptions
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def encode_words(
     Raises:
         ValueError: a sentence and its tags differ in length.
     """
-    from lmforge.training.batches import encode_as_text, frame_markers
+    from lmforge.tokenizer.texts import encode_as_text, frame_markers
 
     start, end = frame_markers(tok, arch)
     texts, spans = [], []
@@ -270,7 +270,7 @@ def build_tagger(trunk: Any, n_labels: int) -> Any:
 
 def tag_logits(model: Any, idx: Any, mask: Any) -> Any:
     """Label logits ``[B, T, C]`` of the tagger ``model`` (``build_tagger``) for ``idx`` ``[B, T]``."""
-    from lmforge.training.finetune import hidden_states
+    from lmforge.model.heads import hidden_states
 
     return model.heads[TASK](hidden_states(model.trunk, idx, mask))
 
@@ -294,16 +294,16 @@ def _fine_tune(
     import torch
 
     from lmforge.eval.metrics import entity_scores
+    from lmforge.tokenizer.texts import pad_batch
     from lmforge.tokenizer.train import load_tokenizer, special_id
     from lmforge.training import finetune as ft
-    from lmforge.training.batches import pad_batch
 
     torch.manual_seed(cfg.seed)
     trunk, mcfg, ckpt_dir = ft.load_base(
         ctx.inputs["model"], cfg.checkpoint, device=device, dropout=cfg.dropout
     )
     seq_len = ft.sequence_length(cfg.max_len, mcfg)
-    tok_path = ckpt_dir / "tokenizer.json"
+    tok_path = ckpt_dir / TOKENIZER_FILE
     tok = load_tokenizer(tok_path)
     pad_id = special_id(tok, "pad")
     init_rows = (

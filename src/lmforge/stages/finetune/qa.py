@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, run_stage, write_json_atomic
+from lmforge.runstore import TOKENIZER_FILE, StageContext, run_stage, write_json_atomic
 from lmforge.training.options import FinetuneOptions
 
 if TYPE_CHECKING:  # torch stays unimported until the stage runs (fast --help)
@@ -261,7 +261,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
 def sliding_window_answers(train_q: list[Question], test_q: list[Question]) -> list[str]:
     """The sliding-window baseline's answers to ``test_q``, its one setting fitted on ``train_q``."""
     from lmforge.eval.classic.qa import fit_max_len, predict_span
-    from lmforge.eval.loaders import Doc
+    from lmforge.eval.records import Doc
 
     pool = [
         Doc(
@@ -288,7 +288,7 @@ def build_reader(trunk: Any) -> Any:
 def span_logits(model: Any, idx: Any, mask: Any, token_type_ids: Any) -> tuple[Any, Any]:
     """Start and end logits ``[B, T]`` of the reader ``model`` (``build_reader``); token types are dropped
     for an encoder without segment embeddings."""
-    from lmforge.training.finetune import hidden_states
+    from lmforge.model.heads import hidden_states
 
     encoder = getattr(model.trunk, "encoder", model.trunk)
     if getattr(encoder, "seg_emb", None) is None:
@@ -333,7 +333,7 @@ def _fine_tune(
     trunk, mcfg, ckpt_dir = ft.load_base(
         ctx.inputs["model"], cfg.checkpoint, device=device, dropout=cfg.dropout
     )
-    tok_path = ckpt_dir / "tokenizer.json"
+    tok_path = ckpt_dir / TOKENIZER_FILE
     tok = load_tokenizer(tok_path)
     pad_id = special_id(tok, "pad")
     model = build_reader(trunk).to(device)

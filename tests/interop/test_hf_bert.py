@@ -16,10 +16,10 @@ import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from lmforge.errors import InputError
-from lmforge.model import hf_bert
-from lmforge.model.pretrained import resolve_model_dir
+from lmforge.interop import hf_bert
+from lmforge.interop.pretrained import resolve_model_dir
+from lmforge.model.checkpoint import POOLING_FILE, load_model
 from lmforge.stages.import_ import hf as import_stage
-from lmforge.training.checkpoint import load_model
 from lmforge.training.contrastive import embed
 
 pytestmark = pytest.mark.slow  # importing transformers alone takes several seconds
@@ -123,7 +123,7 @@ def test_sentence_transformers_layout_keeps_its_pooling(tmp_path: Path) -> None:
     manifest = run_import(src, tmp_path / "run" / "import")
     assert manifest["metrics"]["min_embedding_cosine"] > 1 - 1e-5
     ckpt = tmp_path / "run" / "import" / "ckpt" / "step_0"
-    pooling = json.loads((ckpt / hf_bert.POOLING_FILE).read_text())
+    pooling = json.loads((ckpt / POOLING_FILE).read_text())
     assert pooling["mode"] == "mean" and pooling["normalize"] is True and pooling["max_seq_length"] == 32
     # the embedding lmforge computes is transformers' mean over real tokens, normalised
     model, _ = load_model(ckpt)
@@ -188,7 +188,7 @@ def test_real_minilm_matches_transformers_and_sentence_transformers(tmp_path: Pa
     ckpt = tmp_path / "run" / "import" / "ckpt" / "step_0"
     model, _ = load_model(ckpt)
     tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
-    pooling = hf_bert.Pooling(**json.loads((ckpt / hf_bert.POOLING_FILE).read_text()))
+    pooling = hf_bert.Pooling(**json.loads((ckpt / POOLING_FILE).read_text()))
     assert pooling.mode == "mean" and pooling.normalize
     texts = hundred_sentences()
     ours = embed(model, tok, texts, pooling=pooling.mode, max_len=256)  # [100, 384], unit length

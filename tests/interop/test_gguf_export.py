@@ -17,14 +17,14 @@ from lmforge.model.config import ModelConfig
 
 gguf = pytest.importorskip("gguf")
 
-from lmforge.model.gguf_export import export_gguf, rope_permute  # noqa: E402 (after the skip)
+from lmforge.interop.gguf_export import export_gguf, rope_permute  # noqa: E402 (after the skip)
 
 WORDS = "the cat sat on a mat and dog ran to park sun moon yes no".split()
 
 
 def tiny_checkpoint(root: Path, vocab_pad: int = 0, pre_tokenizer: str = "", **overrides) -> Path:
+    from lmforge.model.checkpoint import build_model, save_checkpoint
     from lmforge.tokenizer.train import save_tokenizer, train_bpe
-    from lmforge.training.checkpoint import build_model, save_checkpoint
 
     texts = [" ".join(WORDS) * 4, " ".join(reversed(WORDS)) * 4] * 10
     tok = train_bpe(texts, vocab_size=300, pre_tokenizer=pre_tokenizer)
@@ -216,8 +216,8 @@ def test_refusals_write_nothing(tmp_path: Path) -> None:
 
 
 def test_non_bpe_tokenizer_is_refused(tmp_path: Path) -> None:
+    from lmforge.model.checkpoint import build_model, save_checkpoint
     from lmforge.tokenizer.train import TokenizerSpec, save_tokenizer, train_tokenizer
-    from lmforge.training.checkpoint import build_model, save_checkpoint
 
     tok = train_tokenizer([" ".join(WORDS)] * 20, TokenizerSpec("word", 64, 1))
     cfg = ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16)

@@ -18,7 +18,7 @@ from lmforge.model.decoder import MLP
 pytestmark = pytest.mark.slow  # importing transformers alone takes several seconds
 transformers = pytest.importorskip("transformers")
 
-from lmforge.model import hf_import  # noqa: E402  (after the skip: it is only useful with transformers)
+from lmforge.interop import hf_import  # noqa: E402  (after the skip: it is only useful with transformers)
 
 TEXT = "the cat sat on a mat and the dog ran to the park " * 20
 

@@ -17,9 +17,9 @@ from lmforge.model.config import ModelConfig
 pytestmark = pytest.mark.slow  # importing transformers alone takes several seconds
 transformers = pytest.importorskip("transformers")
 
-from lmforge.model import hf_import  # noqa: E402  (after the skip: it is only useful with transformers)
-from lmforge.model.hf_export import export_hf  # noqa: E402
-from lmforge.model.hf_families import check_family, export_family  # noqa: E402
+from lmforge.interop import hf_import  # noqa: E402  (after the skip: it is only useful with transformers)
+from lmforge.interop.hf_export import export_hf  # noqa: E402
+from lmforge.interop.hf_families import check_family, export_family  # noqa: E402
 
 TEXT = "the cat sat on a mat and the dog ran to the park " * 20
 BASE = {
@@ -87,7 +87,7 @@ CASES = [
 def test_family_imports_and_exports_with_equal_logits(
     tmp_path: Path, tokenizer_json: Path, family: str, overrides: dict, expected: dict, exported_as: str
 ) -> None:
-    from lmforge.training.checkpoint import save_checkpoint
+    from lmforge.model.checkpoint import save_checkpoint
 
     read = hf_import.read_hf_model(save_family(tmp_path / "hf", family, tokenizer_json, **overrides))
     assert read.model_type == family.lower()
@@ -115,7 +115,7 @@ def test_family_imports_and_exports_with_equal_logits(
 def test_gemma_gains_are_folded_on_import_and_unfolded_on_export(
     tmp_path: Path, tokenizer_json: Path
 ) -> None:
-    from lmforge.model.hf_families import to_family_state_dict
+    from lmforge.interop.hf_families import to_family_state_dict
 
     read = hf_import.read_hf_model(save_family(tmp_path, "Gemma", tokenizer_json))
     stored = read.hf.model.layers[1].post_attention_layernorm.weight

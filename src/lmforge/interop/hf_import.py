@@ -37,14 +37,14 @@ from safetensors import SafetensorError
 from tokenizers import AddedToken, Tokenizer
 
 from lmforge.errors import ConfigError, InputError, UnsafePickleError
-from lmforge.model.config import ModelConfig
-from lmforge.model.decoder import Decoder
-from lmforge.model.hf_families import (
+from lmforge.interop.hf_families import (
     FAMILIES,
     from_family_config,
     from_family_state_dict,
     relative_problems,
 )
+from lmforge.model.config import ModelConfig
+from lmforge.model.decoder import Decoder
 from lmforge.model.hf_names import (
     from_gpt2_config,
     from_gpt2_state_dict,
@@ -63,7 +63,7 @@ _READERS: dict[str, tuple[Callable[[Any], ModelConfig], Callable[..., dict[str, 
     **{t: (from_family_config, functools.partial(from_family_state_dict, model_type=t)) for t in FAMILIES},
 }
 DECODER_TYPES = tuple(_READERS)
-# BERT is read as an encoder (model/hf_bert.py), not by read_hf_model; it is listed as importable.
+# BERT is read as an encoder (interop/hf_bert.py), not by read_hf_model; it is listed as importable.
 ENCODER_TYPES = ("bert",)
 SUPPORTED = (*DECODER_TYPES, *ENCODER_TYPES)
 LMFORGE_TOKENS = (*SPECIAL_TOKENS, *CHAT_TOKENS)

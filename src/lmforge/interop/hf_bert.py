@@ -31,7 +31,7 @@ fine-tuning heads bring their own.
 sentence-transformers directories (``modules.json``) name the transformer's folder and a ``Pooling``
 module whose config declares how a sentence embedding is made (mean, [CLS] or max over tokens,
 optionally L2-normalised by a ``Normalize`` module). ``read_pooling`` returns it; the import stage
-stores it beside the checkpoint (``POOLING_FILE``) so fine-tuning stages pool as the model was trained to.
+stores it beside the checkpoint (``model.checkpoint.POOLING_FILE``) so fine-tuning stages pool as the model was trained to.
 
 The tokenizer is kept as it is (WordPiece, lowercasing, ``[CLS]``/``[SEP]``/``[PAD]``/``[MASK]``), with its
 fixed padding and truncation removed (lmforge pads and cuts batches itself); lmforge's own special and
@@ -61,7 +61,6 @@ from lmforge.model.hf_names import _pattern  # the key-table template → regex 
 
 logger = logging.getLogger(__name__)
 
-POOLING_FILE = "pooling.json"
 POOLING_MODES = ("mean", "cls")  # those of model.heads.pool; max pooling is refused
 # (lmforge key, Hugging Face BERT key); {i} = layer index, {p} = weight | bias.
 BERT_KEY_TABLE: tuple[tuple[str, str], ...] = (
@@ -356,7 +355,7 @@ def read_bert_model(transformer_dir: Path) -> Any:
         UnsafePickleError: a ``pytorch_model.bin`` holding code or objects beyond tensors (refused).
         InputError: no weights file, or weights transformers cannot load.
     """
-    from lmforge.model.hf_import import pickled_weights, require_transformers  # the optional 'hf' extra
+    from lmforge.interop.hf_import import pickled_weights, require_transformers  # the optional 'hf' extra
 
     transformers = require_transformers()
     transformer_dir = Path(transformer_dir)
@@ -418,7 +417,7 @@ def bert_gaps(cfg: ModelConfig) -> list[str]:
 
 def to_bert_config(cfg: ModelConfig, tok: Tokenizer) -> Any:
     """The ``transformers.BertConfig`` (``BertForMaskedLM``) of an encoder config BERT can express."""
-    from lmforge.model.hf_import import require_transformers  # transformers: the optional 'hf' extra
+    from lmforge.interop.hf_import import require_transformers  # transformers: the optional 'hf' extra
 
     transformers = require_transformers()
     return transformers.BertConfig(

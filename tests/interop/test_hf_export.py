@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from lmforge.errors import ConfigError
+from lmforge.interop.hf_export import HF_FILES, export_hf, verify_hf_export
 from lmforge.model.config import ModelConfig
-from lmforge.model.hf_export import HF_FILES, export_hf, verify_hf_export
 
 pytestmark = pytest.mark.slow  # importing transformers alone takes several seconds
 transformers = pytest.importorskip("transformers")
@@ -28,8 +28,8 @@ def tiny_tokenizer(root: Path) -> Path:
 
 def tiny_checkpoint(root: Path, seed: int = 0, vocab_pad: int = 0, **overrides) -> Path:
     """A saved checkpoint with norms and biases moved off their init values (a swapped key would show)."""
+    from lmforge.model.checkpoint import build_model, save_checkpoint
     from lmforge.tokenizer.train import load_tokenizer
-    from lmforge.training.checkpoint import build_model, save_checkpoint
 
     tok_path = tiny_tokenizer(root)
     vocab = load_tokenizer(tok_path).get_vocab_size() + vocab_pad
@@ -145,8 +145,8 @@ def test_configs_no_family_expresses_are_refused_before_writing(tmp_path: Path) 
 
 
 def test_encoder_is_refused_with_the_reason(tmp_path: Path) -> None:
+    from lmforge.model.checkpoint import save_checkpoint
     from lmforge.model.heads import EncoderForPretraining
-    from lmforge.training.checkpoint import save_checkpoint
 
     cfg = ModelConfig(
         arch="encoder", vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=16, pos="learned"
@@ -164,8 +164,8 @@ def test_greedy_generation_in_transformers_equals_lmforge(tmp_path: Path) -> Non
     """tok(prompt) + model.generate in transformers continues a prompt as lmforge's engine does: the
     exported tokenizer puts <|bos|> first, as lmforge generate does."""
     from lmforge.inference.engine import Engine, SamplingParams
+    from lmforge.model.checkpoint import load_model
     from lmforge.tokenizer.train import load_tokenizer
-    from lmforge.training.checkpoint import load_model
 
     ckpt = tiny_checkpoint(tmp_path)
     export_hf(ckpt, tmp_path / "hf")

@@ -29,10 +29,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lmforge.errors import ConfigError, InputError
+from lmforge.interop.hf_bert import bert_gaps, bert_tokenizer_config, to_bert_config, to_bert_state_dict
+from lmforge.interop.hf_families import check_family, to_family_config, to_family_state_dict
+from lmforge.interop.hf_import import max_logit_difference, require_transformers
+from lmforge.model.checkpoint import CONFIG_FILE, load_model
 from lmforge.model.config import ModelConfig
-from lmforge.model.hf_bert import bert_gaps, bert_tokenizer_config, to_bert_config, to_bert_state_dict
-from lmforge.model.hf_families import check_family, to_family_config, to_family_state_dict
-from lmforge.model.hf_import import max_logit_difference, require_transformers
+from lmforge.runstore import TOKENIZER_FILE
 from lmforge.tokenizer.chat import hf_tokenizer_config, with_bos
 from lmforge.tokenizer.train import load_tokenizer
 
@@ -67,8 +69,6 @@ def check_exportable(cfg: ModelConfig) -> str:
 
 def read_checkpoint_config(ckpt_dir: Path) -> ModelConfig:
     """The ``ModelConfig`` of a checkpoint directory (``model_config.json``), without loading weights."""
-    from lmforge.training.checkpoint import CONFIG_FILE
-
     path = Path(ckpt_dir) / CONFIG_FILE
     try:
         return ModelConfig.from_dict(json.loads(path.read_text()))
@@ -96,8 +96,6 @@ def export_hf(ckpt_dir: Path, out_dir: Path, dtype: str = "float32") -> Exported
             vocabulary; transformers not installed.
         ValueError: an unknown ``dtype``.
     """
-    from lmforge.training.checkpoint import TOKENIZER_FILE, load_model
-
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)

@@ -41,9 +41,11 @@ import torch
 from tokenizers import Tokenizer
 
 from lmforge.errors import InputError
+from lmforge.interop.hf_export import check_exportable, read_checkpoint_config
+from lmforge.model.checkpoint import load_model
 from lmforge.model.config import ModelConfig
-from lmforge.model.hf_export import check_exportable, read_checkpoint_config
 from lmforge.model.hf_names import to_hf_state_dict
+from lmforge.runstore import TOKENIZER_FILE
 from lmforge.tokenizer.chat import CHAT_TEMPLATE_JINJA
 from lmforge.tokenizer.train import CHAT_TOKENS, PRE_TOKENIZER_PATTERNS, load_tokenizer, tokenizer_kind
 
@@ -147,8 +149,6 @@ def export_gguf(ckpt_dir: Path, out_file: Path, dtype: str = "f32") -> torch.nn.
             vocabulary, or the gguf package missing.
         ValueError: ``dtype`` not in ``GGUF_DTYPES``.
     """
-    from lmforge.training.checkpoint import TOKENIZER_FILE, load_model
-
     if dtype not in GGUF_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(GGUF_DTYPES)}, got {dtype!r}")
     gguf = require_gguf()
