@@ -3,10 +3,10 @@
 The idea follows nanochat's engine: one tensor per kind holds every layer's keys (or values), allocated
 once at ``max_len``; each forward writes its new positions in place and attends over the filled prefix.
 
-Every row of the batch shares one column counter ``pos``. ``Decoder.forward(idx, cache)`` gives every
-row the positions ``pos ..``, so through the decoder the batch must hold prompts of equal length. Ragged
-batches go through ``inference/batch_forward.py``: prompts are left-padded, ``pad[b]`` counts row b's
-padding columns, and that forward gives each row its true positions and masks its padding.
+Every row of the batch shares one column counter ``pos``. Ragged batches (prompts of different lengths)
+are left-padded so they end at one column: ``pad[b]`` counts row b's padding columns
+(``Decoder.new_kv_cache(B, max_len, pad)``), and ``Decoder.forward(idx, cache)`` gives row b the
+positions ``column - pad[b]`` and masks its padding. Without ``pad`` every row has positions ``pos ..``.
 """
 
 from __future__ import annotations
