@@ -247,7 +247,11 @@ class MLP(nn.Module):
         gate_up = None if prepared is None else prepared.gate_up
         wb = self.gate_up_weight() if gate_up is None else None
         if gate_up is not None or wb is not None:
-            gu = F.linear(x, *wb) if wb is not None else gate_up(x.flatten(0, -2)).view(*x.shape[:-1], -1)
+            gu = (
+                F.linear(x, *wb)
+                if wb is not None
+                else gate_up(x.view(-1, x.shape[-1])).view(*x.shape[:-1], -1)
+            )
             g, u = gu.chunk(2, dim=-1)  # [B, T, F] each
             if self.kind == "geglu":
                 h = F.gelu(g, approximate="tanh") * u
@@ -449,7 +453,7 @@ class Decoder(nn.Module):
             if last_only:
                 x = x[:, -1:]
             if weights is not None and weights.head is not None:
-                return weights.head(x.flatten(0, 1)).view(*x.shape[:2], -1)
+                return weights.head(x.reshape(-1, x.shape[-1])).view(*x.shape[:2], -1)
             return self.lm_head(x)  # [B, T or 1, V]
 
     def hidden_states(

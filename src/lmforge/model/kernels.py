@@ -49,13 +49,12 @@ class RMSNorm(nn.RMSNorm):
     backward (eager, gradients on); otherwise one ``F.rms_norm`` kernel."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            torch.compiler.is_compiling()
-            or not torch.is_grad_enabled()
-            or self.weight is None
-            or self.eps is None
-        ):
+        if self.weight is None or self.eps is None or torch.compiler.is_compiling():
             return super().forward(x)
+        if (
+            not torch.is_grad_enabled()
+        ):  # straight to the kernel: decoding calls this twice per layer and step
+            return torch.rms_norm(x, self.normalized_shape, self.weight, self.eps)
         return RMSNormFunction.apply(x, self.weight, self.eps)
 
 
@@ -84,14 +83,16 @@ class SwiGLUFunction(torch.autograd.Function):
 def _as_complex(x: torch.Tensor) -> torch.Tensor:
     """View ``x`` ``[..., Q]`` (fp32, RoPE pairs in adjacent channels) as complex ``[..., Q/2]``."""
     x = x.unflatten(-1, (-1, 2))
-    if x.stride(-1) != 1 or x.storage_offset() % 2 or any(s % 2 for s in x.stride()[:-1]):
+    stride = x.stride()
+    if stride[-1] != 1 or x.storage_offset() % 2 or any(s % 2 for s in stride[:-1]):
         x = x.contiguous()  # e.g. a gradient from the attention kernel used with dropout
     return torch.view_as_complex(x)
 
 
 def _rotate(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     """Rotate ``x`` ``[..., Q]`` (RoPE pairs adjacent) by complex ``freqs`` ``[..., Q/2]``; fp32 result."""
-    return torch.view_as_real(_as_complex(x.float()) * freqs).flatten(-2)
+    x = x if x.dtype == torch.float32 else x.float()
+    return torch.view_as_real(_as_complex(x) * freqs).view(x.shape)  # view, not flatten: one op fewer
 
 
 def rope_qkv(
@@ -167,9 +168,9 @@ def linear_add(
     """
     if matmul is not None:
         out = (
-            matmul(h.flatten(0, -2))
+            matmul(h.view(-1, h.shape[-1]))
             if residual is None
-            else matmul.add(h.flatten(0, -2), residual.flatten(0, -2))
+            else matmul.add(h.view(-1, h.shape[-1]), residual.view(-1, residual.shape[-1]))
         )
         return out.view(*h.shape[:-1], -1)
     if residual is None:
