@@ -137,9 +137,11 @@ class Attention(nn.Module):
         rope: tuple[torch.Tensor, ...] | None,
         out_dtype: torch.dtype | None,
         matmul: Matmul | None,
+        k_out: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q ``[B, T, H, Q]``, k and v ``[B, T, K, Q]`` from one matmul over the concatenated weights
-        (``matmul``: prepared once for decoding, else concatenated for this call)."""
+        (``matmul``: prepared once for decoding, else concatenated for this call). Without gradients,
+        rotated keys go straight into ``k_out`` (the cache's slot) when given."""
         B, T, _ = x.shape
         H, K, Q = self.n_head, self.n_kv_head, self.head_dim
         inter = rope is not None  # each head's RoPE pairs sit in adjacent rows of q and k
@@ -156,8 +158,10 @@ class Attention(nn.Module):
                 q, k = rope_interleaved(q, *rope[:2]), rope_interleaved(k, *rope[:2])
         elif inter and not torch.compiler.is_compiling():
             freqs = rope[2] if len(rope) > 2 else torch.complex(*rope).unsqueeze(-2)  # [T or B, T, 1, Q/2]
-            rotate = RopeQKVFunction.apply if torch.is_grad_enabled() else rope_qkv
-            q, k, v = rotate(qkv, freqs, H, K, out_dtype)
+            if torch.is_grad_enabled():
+                q, k, v = RopeQKVFunction.apply(qkv, freqs, H, K, out_dtype)
+            else:
+                q, k, v = rope_qkv(qkv, freqs, H, K, out_dtype, k_out)
         elif inter:
             q, k = rope_interleaved(qkv[:, :, : H + K], *rope[:2]).split((H, K), dim=2)
             v = qkv[:, :, H + K :]
@@ -186,9 +190,19 @@ class Attention(nn.Module):
         # CPU flash attention is slower in bf16 than in fp32 (measured), so under CPU autocast it runs in fp32
         fp32_attention = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
         qkv = None if prepared is None else prepared.qkv
+        slots, written = None, False  # decoding in fp32: the cache's columns of this step, written in place
+        if cache is not None and cache.k.dtype == x.dtype == torch.float32 and not torch.is_grad_enabled():
+            slots = cache.slots(layer, T)  # [B, T, K, Q] each
         if qkv is not None or all(type(p) is nn.Linear for p in (self.q_proj, self.k_proj, self.v_proj)):
             out_dtype = torch.float32 if fp32_attention else None
-            q, k, v = (t.transpose(1, 2) for t in self._fused_qkv(x, rope, out_dtype, qkv))  # [B, H|K, T, Q]
+            q, k, v = self._fused_qkv(x, rope, out_dtype, qkv, None if slots is None else slots[0])
+            written = slots is not None and k is slots[0]  # rotated keys went straight into the cache
+            if written:
+                slots[1].copy_(v)
+                k, v = cache.filled(layer, T)  # [B, K, S, Q]
+            else:
+                k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, K, T, Q]
+            q = q.transpose(1, 2)  # [B, H, T, Q]
         else:
             q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # [B, H, T, Q]
             k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # [B, K, T, Q]
@@ -197,7 +211,7 @@ class Attention(nn.Module):
                 q, k = self.q_norm(q), self.k_norm(k)
             if rope is not None:
                 q, k = apply_rope(q, *rope[:2]), apply_rope(k, *rope[:2])
-        if cache is not None:
+        if cache is not None and not written:
             k, v = cache.update(layer, k, v)  # [B, K, S, Q]
         gqa = self.n_kv_head != self.n_head and cache is not None  # the kernel's GQA: no copy of the cache
         if self.n_kv_head != self.n_head and not gqa:

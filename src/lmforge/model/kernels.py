@@ -96,11 +96,23 @@ def _rotate(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
 
 
 def rope_qkv(
-    qkv: torch.Tensor, freqs: torch.Tensor, n_head: int, n_kv_head: int, out_dtype: torch.dtype | None
+    qkv: torch.Tensor,
+    freqs: torch.Tensor,
+    n_head: int,
+    n_kv_head: int,
+    out_dtype: torch.dtype | None,
+    k_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``RopeQKVFunction``'s forward without autograd (its ``apply`` costs more than the math when decoding)."""
+    """``RopeQKVFunction``'s forward without autograd (its ``apply`` costs more than the math when decoding).
+
+    ``k_out`` (fp32 ``[B, T, K, Q]``, e.g. the KV cache's slot): the rotated keys are written there, no
+    copy, and it is returned as k."""
     H, HK = n_head, n_head + n_kv_head
-    q, k = _rotate(qkv[:, :, :H], freqs), _rotate(qkv[:, :, H:HK], freqs)
+    q = _rotate(qkv[:, :, :H], freqs)
+    if k_out is not None:
+        torch.mul(_as_complex(qkv[:, :, H:HK]), freqs, out=_as_complex(k_out))
+        return q, k_out, qkv[:, :, HK:]
+    k = _rotate(qkv[:, :, H:HK], freqs)
     if out_dtype is not None or qkv.dtype != torch.float32:
         q, k = q.to(out_dtype or qkv.dtype), k.to(out_dtype or qkv.dtype)
     return q, k, qkv[:, :, HK:]

@@ -73,6 +73,17 @@ class KVCache:
         values.narrow(2, self.pos, k.shape[2]).copy_(v)
         return keys.narrow(2, 0, end), values.narrow(2, 0, end)
 
+    def slots(self, layer: int, n_new: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views ``[B, n_new, kv_heads, head_dim]`` of ``layer``'s key and value columns ``pos ..
+        pos+n_new-1``, to be written in place (then ``filled``), instead of ``update``."""
+        k = self.k[layer].narrow(2, self.pos, n_new).transpose(1, 2)
+        return k, self.v[layer].narrow(2, self.pos, n_new).transpose(1, 2)
+
+    def filled(self, layer: int, n_new: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``layer``'s keys and values of positions ``0 .. pos+n_new-1`` (views), after ``slots``."""
+        end = self.pos + n_new
+        return self.k[layer].narrow(2, 0, end), self.v[layer].narrow(2, 0, end)
+
     def advance(self, n: int) -> None:
         """Mark ``n`` more positions as filled (called once per forward, after every layer)."""
         self.pos += n
