@@ -22,7 +22,8 @@ class KVCache:
     Shapes: ``k``/``v`` are ``[n_layer, B, kv_heads, max_len, head_dim]``; ``pos`` is the number of
     positions already filled (the absolute position of the next token).
 
-    Use: the decoder calls ``update(layer, k, v)`` in each layer and ``advance(T)`` once per forward.
+    Use: the decoder calls ``update(layer, k, v)`` (or writes ``slots`` in place, then reads ``filled``)
+    in each layer and ``advance(T)`` once per forward.
     """
 
     def __init__(
