@@ -57,14 +57,12 @@ def test_top_k_one_is_greedy() -> None:
 
 
 def test_seeds_reproduce_and_rows_do_not_depend_on_batch_mates() -> None:
-    engine = Engine(
-        build()
-    )  # temperature 2: build()'s top token has p ~ 0.99 at 1, so seeds would rarely differ
-    params = SamplingParams(max_new_tokens=10, temperature=2.0, seed=7)
+    engine = Engine(build())
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, seed=7)
     a = [c.ids for c in engine.generate(PROMPTS, params)]
     assert a == [c.ids for c in engine.generate(PROMPTS, params)]
     other = [
-        c.ids for c in engine.generate(PROMPTS, SamplingParams(max_new_tokens=10, temperature=2.0, seed=8))
+        c.ids for c in engine.generate(PROMPTS, SamplingParams(max_new_tokens=10, temperature=1.0, seed=8))
     ]
     assert other != a
     alone = engine.generate(PROMPTS[:1], params)[0].ids  # row 0 uses seed + 0 in both calls

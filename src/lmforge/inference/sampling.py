@@ -4,8 +4,8 @@ with an optional repetition penalty.
 This is the one place sampling is written: the engine (``lmforge generate``, chat, evaluation, alignment
 rollouts), the serving scheduler and speculative decoding all call ``sample`` (speculative decoding also
 ``distribution`` and ``draw`` for its acceptance test), so a seeded call gives the same tokens through
-each. Every random draw is ``draw``: one uniform number per row from that row's own generator, inverse
-CDF. Order of operations (as
+each. Every random draw is ``draw``: ``torch.multinomial`` per row from that row's own generator.
+Order of operations (as
 in Hugging Face ``generate``): the repetition penalty (Keskar et al. 2019, CTRL: a seen token's positive
 logit is divided by the penalty, a negative one multiplied), divide by the temperature, keep the
 ``top_k`` largest logits, keep the smallest set of the remaining tokens whose probability mass reaches
@@ -108,19 +108,14 @@ def distribution(
 
 
 def draw(probs: torch.Tensor, generators: Sequence[torch.Generator | None] | None = None) -> torch.Tensor:
-    """One token id per row of ``probs`` ``[B, V]`` (non-negative, not necessarily normalised): the
-    inverse CDF at one uniform number per row, taken from that row's generator (``generators[b]``; None
-    or a None entry = the global RNG). The one random draw of every decoding path; tokens of zero
-    probability are never picked (the CDF is summed in fp64, so ``u * total`` stays below the total)."""
-    B = probs.shape[0]
+    """One token id per row of ``probs`` ``[B, V]`` (non-negative, not necessarily normalised), drawn by
+    ``torch.multinomial`` from that row's generator (``generators[b]``), so a row's draw does not depend
+    on its batch-mates; ``None`` = the global RNG. The one random draw of every decoding path (the same
+    draws ``lmforge generate`` made before the paths were joined, so its seeded outputs are unchanged);
+    tokens of zero probability are never picked."""
     if generators is None:
-        u = torch.rand(B, device=probs.device, dtype=torch.float64)
-    else:
-        u = torch.cat(
-            [torch.rand(1, generator=g, device=probs.device, dtype=torch.float64) for g in generators]
-        )
-    cdf = probs.double().cumsum(dim=-1)  # [B, V]
-    return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0].clamp_(max=probs.shape[1] - 1)
+        return torch.multinomial(probs, 1).squeeze(-1)
+    return torch.cat([torch.multinomial(probs[b], 1, generator=g) for b, g in enumerate(generators)])
 
 
 def sample(
