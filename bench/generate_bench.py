@@ -131,9 +131,8 @@ def run_hf(model, prompts: torch.Tensor, new: int, **extra) -> list[list[int]]:
 
 @torch.no_grad()
 def prefill_ours(model, prompts: torch.Tensor) -> None:
-    fwd = engine(model).forward
-    fwd.refresh()
-    fwd(prompts, fwd.new_cache(torch.zeros(len(prompts), dtype=torch.long), prompts.shape[1]), last_only=True)
+    weights = engine(model).weights.refresh()
+    model(prompts, model.new_kv_cache(len(prompts), prompts.shape[1]), weights=weights, last_only=True)
 
 
 @torch.no_grad()

@@ -1,11 +1,11 @@
-"""Small-row fp32 matmul kernels on this CPU: why ``RaggedForward`` does not use ``F.linear`` to decode.
+"""Small-row fp32 matmul kernels on this CPU: why cached decoding (``model/decode_weights.py``) does not use ``F.linear`` to decode.
 
 For the weight matrices of the ~12M and ~50M decoders of ``generate_bench.py`` (every projection and
 ``lm_head``), one pass over all of them — what a decode step reads — with 1 .. 40 input rows (a
 decode step's batch × new tokens) and 1024 (a prefill), through:
 
 - ``F.linear(x, w)`` (what HF and ``nn.Linear`` call);
-- ``(w @ x.T).T`` over a row-contiguous ``x``, one row doubled (``batch_forward._few_rows``);
+- ``(w @ x.T).T`` over a row-contiguous ``x``, one row doubled (``decode_weights._few_rows``);
 - oneDNN's prepacked linear (``torch.ops.mkldnn._linear_pointwise`` over weights packed for 8 rows).
 
 Printed: milliseconds per pass (best of ``--repeat``) and the rate the weights are read at. One thread.
@@ -42,7 +42,7 @@ def weights(size: str) -> list[torch.Tensor]:
 
 def kernel_table(ws: list[torch.Tensor], packed: list[torch.Tensor]) -> dict:
     """name -> one pass over ``ws`` for inputs ``xs`` (by input width)."""
-    from lmforge.inference.batch_forward import _few_rows
+    from lmforge.model.decode_weights import _few_rows
 
     kernels = {
         "F.linear": lambda xs: [F.linear(xs[w.shape[1]], w) for w in ws],
@@ -67,7 +67,7 @@ def best_ms(fn, xs: dict[int, torch.Tensor], repeat: int) -> float:
 
 
 def main() -> None:
-    from lmforge.inference.batch_forward import PACK_ROWS, _onednn_linear
+    from lmforge.model.decode_weights import PACK_ROWS, _onednn_linear
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="12M,50M")

@@ -1,4 +1,4 @@
-"""Tests for lmforge.inference.sampling.sample_next: greedy, top-k, top-p, seeding, argument checks."""
+"""Tests for lmforge.inference.sampling.sample: greedy, top-k, top-p, seeding, argument checks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from lmforge.inference import sample_next
+from lmforge.inference import sample
+
+
+def sample_next(logits: torch.Tensor, generator: torch.Generator | None = None, **kwargs) -> torch.Tensor:
+    """``sample`` with one generator for every row (drawn from row by row)."""
+    return sample(logits, generators=None if generator is None else [generator] * len(logits), **kwargs)
 
 
 def _logits(batch: int = 4, vocab: int = 50, seed: int = 0) -> torch.Tensor:
@@ -110,3 +115,21 @@ def test_invalid_settings_raise(kwargs, match):
 def test_bad_logits_raise(logits):
     with pytest.raises(ValueError, match="logits"):
         sample_next(logits)
+
+
+def test_a_rows_draw_depends_only_on_its_own_generator():
+    """Row b draws from ``generators[b]`` alone: the same row sampled next to other rows, or alone,
+    with the same seed gives the same token (what makes engine and scheduler agree)."""
+    logits = _logits(batch=6, vocab=200)
+    gens = [torch.Generator().manual_seed(40 + b) for b in range(6)]
+    together = sample(logits, temperature=1.5, top_p=0.95, generators=gens)
+    alone = [
+        sample(
+            logits[b : b + 1], temperature=1.5, top_p=0.95, generators=[torch.Generator().manual_seed(40 + b)]
+        )
+        for b in range(6)
+    ]
+    assert together.tolist() == [int(t) for t in alone]
+    assert len(set(together.tolist())) > 1
+    with pytest.raises(ValueError, match="generators"):
+        sample(logits, generators=gens[:2])

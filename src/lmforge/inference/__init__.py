@@ -2,7 +2,7 @@
 optional exact speculative decoding)."""
 
 from lmforge.inference.engine import Completion, DecodeStats, Engine, Event, SamplingParams
-from lmforge.inference.sampling import check_sampling_args, sample_next
+from lmforge.inference.sampling import check_sampling_args, sample
 
 __all__ = [
     "Completion",
@@ -11,5 +11,5 @@ __all__ = [
     "Event",
     "SamplingParams",
     "check_sampling_args",
-    "sample_next",
+    "sample",
 ]

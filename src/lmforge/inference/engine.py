@@ -4,10 +4,13 @@ One loop serves ``lmforge generate``, ``lmforge chat``, evaluation's generative 
 rollouts and the server. Shape of a call (after nanochat's engine):
 
 1. Prompts (lists of token ids, any lengths) are left-padded to a common length and prefilled in one
-   forward pass into a preallocated KV cache; each row keeps its true positions (``batch_forward.py``).
-2. Each step samples one token per unfinished row from the last logits (``SamplingParams``: greedy,
-   temperature, top-k, top-p, min-p, repetition penalty; row ``i`` of a seeded call draws from its own
-   generator seeded ``seed + i``, so a row's sample does not depend on its batch-mates), then one
+   forward pass into a preallocated KV cache; each row keeps its true positions (the decoder's one
+   forward, ``Decoder.forward(idx, cache, weights=...)``, with matrices prepared once per call by
+   ``DecodeWeights``).
+2. Each step samples one token per unfinished row from the last logits with ``sampling.sample``
+   (``SamplingParams``: greedy, temperature, top-k, top-p, min-p, repetition penalty; row ``i`` of a
+   seeded call draws from its own generator seeded ``seed + i``, so a row's sample does not depend on
+   its batch-mates, and a seeded request to the serving scheduler gives the same tokens), then one
    decode step feeds all rows' new tokens through the cache.
 3. A row finishes on a stop token (not included), on a stop string (the text is cut before it), when it
    has ``max_new_tokens`` tokens, or when it reaches the model's ``block_size`` (``finish_reason``
@@ -34,11 +37,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from lmforge.inference.batch_forward import RaggedForward
-from lmforge.inference.sampling import apply_repetition_penalty, check_sampling_args, filter_logits
+from lmforge.inference.sampling import check_sampling_args, sample
+from lmforge.model.decode_weights import DecodeWeights
 from lmforge.model.decoder import Decoder
 from lmforge.model.kv_cache import KVCache
 
@@ -69,7 +71,7 @@ class SamplingParams:
             raise ValueError(f"stop: expected a list of non-empty strings, got {self.stop!r}")
 
     def filters(self) -> dict:
-        """The keyword arguments of ``sampling.filter_logits`` these parameters set."""
+        """The keyword arguments of ``sampling.sample``/``distribution`` these parameters set (the filters)."""
         return {
             "temperature": self.temperature,
             "top_k": self.top_k,
@@ -80,7 +82,7 @@ class SamplingParams:
 
 @dataclass
 class Batch:
-    """Prompts left-padded to one width (``batch_forward.py``), with each row's budget of new tokens
+    """Prompts left-padded to one width (``Decoder.hidden_states``), with each row's budget of new tokens
     (``max_new_tokens``, capped by ``block_size``) and, for a seeded call, row ``i``'s generator seeded
     ``seed + i``."""
 
@@ -121,7 +123,7 @@ class Engine:
         model: the decoder (put in eval mode for each call; its mode is restored afterwards).
         tokenizer: needed for text (``Completion.text``, event text, stop strings); ids work without.
         weights: ``"exact"`` (default) or ``"int8"``: weight-only int8 matmuls, faster decoding with
-            outputs close to but not equal to the exact model's (``batch_forward.py``).
+            outputs close to but not equal to the exact model's (``model/decode_weights.py``).
         draft: speculative decoding (``speculative.py``): ``None`` (default, one token per forward),
             ``"ngram"`` (prompt lookup: drafts copied from earlier text of the row) or a smaller
             ``Decoder`` with the same vocabulary. The output is the target's either way (greedy: token
@@ -150,7 +152,7 @@ class Engine:
     ):
         self.model = model
         self.tokenizer = tokenizer
-        self.forward = RaggedForward(model, weights)
+        self.weights = DecodeWeights(model, weights)
         self.block_size = model.config.block_size
         from lmforge.inference.speculative import check_draft  # speculative.py imports this module
 
@@ -237,7 +239,7 @@ class Engine:
         B = len(rows)
         device = self.model.tok_emb.weight.device
         lengths, budget, idx, gens = batch.lengths, batch.budget, batch.idx, batch.gens
-        cache = self.forward.new_cache(batch.pad, idx.shape[1] + max(budget))
+        cache = self.model.new_kv_cache(B, idx.shape[1] + max(budget), pad=batch.pad)
         seen = None
         if params.repetition_penalty != 1.0:
             seen = torch.zeros(B, self.model.config.vocab_size, dtype=torch.bool, device=device)
@@ -247,10 +249,10 @@ class Engine:
         done = out.done
         alive = list(range(B))  # the prompt index of each cache row
         steps = 0  # decode steps so far: every row still in the batch has been fed this many tokens
-        self.forward.refresh()
-        logits = self.forward(idx, cache, last_only=True)[:, -1]  # [b, V], b = len(alive)
+        weights = self.weights.refresh()
+        logits = self.model(idx, cache, weights=weights, last_only=True)[:, -1]  # [b, V], b = len(alive)
         while True:
-            tokens = self._pick(logits, params, seen, gens)  # [b]
+            tokens = pick(logits, params, gens, seen)  # [b]
             lps = [None] * len(alive)
             if params.logprobs:
                 lps = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None])[:, 0].tolist()
@@ -276,25 +278,18 @@ class Engine:
                 seen = None if seen is None else seen[rows_kept]
                 gens = None if gens is None else [gens[j] for j in keep]
                 alive = [alive[j] for j in keep]
-            logits = self.forward(tokens[:, None], cache)[:, -1]
+            logits = self.model(tokens[:, None], cache, weights=weights)[:, -1]
 
-    @staticmethod
-    def _pick(
-        logits: torch.Tensor,
-        params: SamplingParams,
-        seen: torch.Tensor | None,
-        gens: list[torch.Generator] | None,
-    ) -> torch.Tensor:
-        """Next token of each row ``[B]`` from ``logits`` ``[B, V]``."""
-        if seen is not None:
-            logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
-        if params.temperature == 0:
-            return logits.argmax(dim=-1)
-        scaled = filter_logits(logits, **params.filters())
-        probs = F.softmax(scaled, dim=-1)  # [B, V]
-        if gens is None:
-            return torch.multinomial(probs, 1).squeeze(-1)
-        return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(gens)])
+
+def pick(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    gens: list[torch.Generator] | None,
+    seen: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Next token of each row ``[B]`` from ``logits`` ``[B, V]``: ``sampling.sample`` with ``params``."""
+    penalty = params.repetition_penalty if seen is not None else 1.0
+    return sample(logits, **params.filters(), generators=gens, seen=seen, repetition_penalty=penalty)
 
 
 COMPACT_AT = 0.75  # compact the batch once at most this fraction of its rows is still generating
@@ -434,5 +429,6 @@ __all__ = [
     "SamplingParams",
     "TextState",
     "default_stop_ids",
+    "pick",
     "select_rows",
 ]

@@ -1,8 +1,11 @@
 """Pick the next token from logits: greedy, temperature, top-k, nucleus (top-p) and min-p sampling,
 with an optional repetition penalty.
 
-This is the one place sampling is written; generation, serving and evaluation all call ``sample_next``
-(the engine calls ``filter_logits`` and draws per row with its own generators). Order of operations (as
+This is the one place sampling is written: the engine (``lmforge generate``, chat, evaluation, alignment
+rollouts), the serving scheduler and speculative decoding all call ``sample`` (speculative decoding also
+``distribution`` and ``draw`` for its acceptance test), so a seeded call gives the same tokens through
+each. Every random draw is ``draw``: ``torch.multinomial`` per row from that row's own generator.
+Order of operations (as
 in Hugging Face ``generate``): the repetition penalty (Keskar et al. 2019, CTRL: a seen token's positive
 logit is divided by the penalty, a negative one multiplied), divide by the temperature, keep the
 ``top_k`` largest logits, keep the smallest set of the remaining tokens whose probability mass reaches
@@ -14,6 +17,7 @@ renormalise, draw.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -89,16 +93,44 @@ def filter_logits(
     return scaled
 
 
-def sample_next(
+def distribution(
     logits: torch.Tensor,
     *,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
     min_p: float | None = None,
-    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Draw one token id per row of ``logits``.
+    """The probabilities ``[B, V]`` sampling draws from: ``softmax(filter_logits(...))``; temperature > 0."""
+    return F.softmax(
+        filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p), -1
+    )
+
+
+def draw(probs: torch.Tensor, generators: Sequence[torch.Generator | None] | None = None) -> torch.Tensor:
+    """One token id per row of ``probs`` ``[B, V]`` (non-negative, not necessarily normalised), drawn by
+    ``torch.multinomial`` from that row's generator (``generators[b]``), so a row's draw does not depend
+    on its batch-mates; ``None`` = the global RNG. The one random draw of every decoding path (the same
+    draws ``lmforge generate`` made before the paths were joined, so its seeded outputs are unchanged);
+    tokens of zero probability are never picked."""
+    if generators is None:
+        return torch.multinomial(probs, 1).squeeze(-1)
+    return torch.cat([torch.multinomial(probs[b], 1, generator=g) for b, g in enumerate(generators)])
+
+
+def sample(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    generators: Sequence[torch.Generator | None] | None = None,
+    seen: torch.Tensor | None = None,
+    repetition_penalty: float = 1.0,
+) -> torch.Tensor:
+    """Draw one token id per row of ``logits``: the one sampler of the engine, the serving scheduler and
+    speculative decoding (which adds its acceptance test), so equal logits and seeds give equal tokens.
 
     Args:
         logits: ``[B, V]`` floating-point next-token logits.
@@ -107,22 +139,29 @@ def sample_next(
         top_p: keep the smallest set of most likely tokens whose total probability is ``>= top_p``; the most
             likely token is always kept, so a tiny ``top_p`` is greedy.
         min_p: drop tokens whose probability is below ``min_p`` times the top token's (None or 0 = off).
-        generator: random source for reproducible draws (must be on ``logits.device``); ``None`` = global RNG.
+        generators: row ``b``'s random source (on ``logits.device``), so a row's draw does not depend on
+            its batch-mates; ``None`` = the global RNG.
+        seen: bool ``[B, V]``, tokens the repetition penalty applies to (with ``repetition_penalty``).
+        repetition_penalty: CTRL's penalty (1 = off), applied first.
 
     Returns:
         ``LongTensor[B]`` of token ids.
 
     Raises:
-        ValueError: if ``logits`` is not a 2-D floating tensor with ``V >= 1`` or a setting is invalid
-            (see ``check_sampling_args``).
+        ValueError: if ``logits`` is not a 2-D floating tensor with ``V >= 1``, a setting is invalid
+            (see ``check_sampling_args``), or ``generators`` does not have one entry per row.
     """
     if logits.ndim != 2 or not logits.is_floating_point() or logits.shape[1] < 1:
         raise ValueError(
             f"logits: expected a floating tensor of shape [B, V] with V >= 1, got {tuple(logits.shape)} {logits.dtype}"
         )
-    check_sampling_args(temperature, top_k, top_p, min_p)
+    check_sampling_args(temperature, top_k, top_p, min_p, repetition_penalty)
+    if generators is not None and len(generators) != logits.shape[0]:
+        raise ValueError(f"generators: expected one per row ({logits.shape[0]}), got {len(generators)}")
+    if seen is not None:
+        logits = apply_repetition_penalty(logits, seen, repetition_penalty)
     if temperature == 0:
         return logits.argmax(dim=-1)
-    scaled = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
-    probs = F.softmax(scaled, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    return draw(
+        distribution(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p), generators
+    )

@@ -6,16 +6,16 @@ al. 2022, "iteration-level scheduling", and vLLM's continuous batching, without 
 
 1. At a step boundary, waiting requests (up to ``max_batch`` rows in all) are *admitted* (at once
    into an idle batch, else at most every ``ADMIT_EVERY`` steps: an admission rebuilds the cache): their
-   prompts are prefilled together as one left-padded ragged batch (``RaggedForward``) into a fresh
+   prompts are prefilled together as one left-padded ragged batch (``Decoder.forward``) into a fresh
    cache, and that cache's rows are merged into the running batch's cache (``_merge``): both are
    right-aligned at a common column, so every row keeps its true positions (``pad`` = left padding),
    and the leading columns no row uses any more are dropped, so the cache never grows past
    ``block_size`` + the longest remaining budget.
 2. One token is sampled for every row from its last logits with *that row's* sampling settings and its
-   own ``torch.Generator`` (seeded ``seed + i`` for choice ``i``): rows with equal settings are
-   filtered together and each draws one uniform from its generator for an inverse-CDF pick, so a
-   seeded request gives the same tokens alone or among others (up to float round-off of batched
-   matmuls). Greedy rows take the argmax, as ``Engine`` does.
+   own ``torch.Generator`` (seeded ``seed + i`` for choice ``i``): rows with equal settings go through
+   ``sampling.sample`` together, each drawing from its own generator, so a seeded request gives the
+   same tokens alone or among others (up to float round-off of batched matmuls) and the same tokens as
+   ``Engine`` (``lmforge generate``) with that seed (tested).
 3. Rows that finish (stop token, stop string, ``max_new_tokens``, ``block_size``) or whose request was
    cancelled are *retired* at once: their ``pad`` is set to the current column, so their old keys are
    masked out and they no longer count towards ``block_size``; they leave the cache (``select_rows``)
@@ -42,12 +42,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from lmforge.inference.batch_forward import RaggedForward
-from lmforge.inference.engine import SamplingParams, TextState, select_rows
-from lmforge.inference.sampling import filter_logits
+from lmforge.inference.engine import SamplingParams, TextState, pick, select_rows
+from lmforge.model.decode_weights import DecodeWeights
 from lmforge.model.decoder import Decoder
 from lmforge.model.kv_cache import KVCache
 
@@ -106,8 +104,7 @@ class _Row:
         self.text = TextState(tok, p.stop) if tok is not None else None
         self.n_new = 0
         self.done = False
-        key = (p.temperature, p.top_k, p.top_p, p.min_p)
-        self.key = None if p.temperature == 0 else key  # rows with one key share one filter_logits call
+        self.key = (p.temperature, p.top_k, p.top_p, p.min_p)  # rows with one key share one sample() call
 
     def emit(self, event: Token) -> None:
         _send(self.req, event)
@@ -143,7 +140,7 @@ class Scheduler:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model, self.tokenizer, self.max_batch, self.threads = model, tokenizer, max_batch, threads
-        self.forward = RaggedForward(model) if isinstance(model, Decoder) else None
+        self.weights = DecodeWeights(model) if isinstance(model, Decoder) else None
         self.block_size = model.config.block_size
         self._lock = threading.Condition()
         self._waiting: deque[_Request] = deque()
@@ -186,7 +183,7 @@ class Scheduler:
                 ``block_size`` tokens or more, bad ``params``, ``n`` < 1, or stop strings without a
                 tokenizer.
         """
-        if self.forward is None:
+        if self.weights is None:
             raise ValueError(f"generation needs a decoder; this model is {type(self.model).__name__}")
         params.validate()
         ids = [int(t) for t in prompt]
@@ -296,7 +293,7 @@ class Scheduler:
         if all(r.done for r in self.rows):
             self._drop_all()
             return
-        self.logits = self.forward(tokens[:, None], self.cache)[:, -1]
+        self.logits = self.model(tokens[:, None], self.cache, weights=self.weights)[:, -1]
 
     def _admit(self, reqs: list[_Request]) -> None:
         """Prefill ``reqs`` as one ragged batch and merge them into the running batch."""
@@ -317,9 +314,8 @@ class Scheduler:
         width = max(len(p) for p in prompts)
         pad = torch.tensor([width - len(p) for p in prompts], device=device)
         idx = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=device)
-        fresh = self.forward.new_cache(pad, width)
-        self.forward.refresh()
-        logits = self.forward(idx, fresh, last_only=True)[:, -1]  # [n, V]
+        fresh = self.model.new_kv_cache(len(prompts), width, pad=pad)
+        logits = self.model(idx, fresh, weights=self.weights.refresh(), last_only=True)[:, -1]  # [n, V]
         keep = [j for j, r in enumerate(self.rows) if not r.done]
         rows = [self.rows[j] for j in keep] + new_rows
         extra = max(r.budget - r.n_new for r in rows) + 1
@@ -336,26 +332,13 @@ class Scheduler:
         returns the tokens ``[b]`` to feed (anything for retired rows)."""
         logits = self.logits
         groups: dict[tuple, list[int]] = {}
-        greedy = False
         for j, row in enumerate(self.rows):
-            if not row.done and row.key is not None:
+            if not row.done:
                 groups.setdefault(row.key, []).append(j)
-            greedy |= not row.done and row.key is None
-        if greedy:
-            tokens = logits.argmax(dim=-1)  # [b]: greedy rows keep these
-        else:
-            tokens = torch.zeros(len(self.rows), dtype=torch.long, device=logits.device)
-        for (temperature, top_k, top_p, min_p), js in groups.items():
+        tokens = torch.zeros(len(self.rows), dtype=torch.long, device=logits.device)  # retired rows: 0
+        for js in groups.values():
             sel = torch.tensor(js, device=logits.device)
-            scaled = filter_logits(
-                logits[sel], temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p
-            )
-            cdf = F.softmax(scaled, dim=-1).cumsum(dim=-1)  # [g, V]
-            # inverse-CDF draw with one uniform from each row's own generator (one vector op for the
-            # group instead of a multinomial call per row); zero-probability tokens are never picked
-            u = torch.cat([torch.rand(1, generator=self.rows[j].gen, device=logits.device) for j in js])
-            picked = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
-            tokens[sel] = picked.clamp_(max=logits.shape[-1] - 1)
+            tokens[sel] = pick(logits[sel], self.rows[js[0]].req.params, [self.rows[j].gen for j in js])
         want_lp = [j for j, r in enumerate(self.rows) if not r.done and r.req.params.logprobs]
         lps: dict[int, tuple[float, list[tuple[int, float]]]] = {}
         if want_lp:

@@ -14,8 +14,8 @@ Drafters (``Engine(..., draft=...)``):
   top-p / min-p filtering as the target.
 
 Verification: each row feeds ``[last token, drafts..]`` (rows with fewer drafts are filled up to the
-batch's width; those columns are ignored) through ``RaggedForward`` at ``cache.pos`` and reads the
-target's logits at every column.
+batch's width; those columns are ignored) through the decoder's one forward (``Decoder.forward`` with
+the engine's ``DecodeWeights``) at ``cache.pos`` and reads the target's logits at every column.
 
 - Greedy: a draft is kept while it equals the target's argmax; the target's argmax at the first
   mismatch (or after the last draft) is emitted too. The tokens are those of plain greedy decoding.
@@ -25,7 +25,9 @@ target's logits at every column.
   probability ``min(1, p(x) / q(x))``; the first rejected one is replaced by a draw from
   ``max(0, p - q)`` renormalised; if all are kept a bonus token is drawn from ``p``. Each emitted token
   is distributed as under plain sampling from the target. A point-mass draft (n-gram) has ``q(x) = 1``:
-  ``x`` is kept with probability ``p(x)``, else the token is drawn from ``p`` without ``x``.
+  ``x`` is kept with probability ``p(x)``, else the token is drawn from ``p`` without ``x``. ``p`` and
+  ``q`` are ``sampling.distribution``, and every token drawn (draft, replacement, bonus, the first token)
+  is ``sampling.draw`` from the row's generator, the draws plain decoding makes.
 
 Draft length: each row drafts up to ``want`` tokens, adapted after every pass (``adapt``): longer
 after a fully accepted draft, shorter after a rejection, none for a while after drafts that all fail
@@ -40,7 +42,7 @@ passes, each followed by a probe of 2 drafting passes. ``Engine(..., draft_gate=
 every pass.
 
 Ragged acceptance: the rows of a batch share one cache column counter (left padding,
-``batch_forward.py``). After a pass row ``b`` has ``v_b`` = 1 + accepted drafts new valid columns;
+``Decoder.hidden_states``). After a pass row ``b`` has ``v_b`` = 1 + accepted drafts new valid columns;
 the shared position moves by ``max(v)`` and each row's cache is moved right by ``max(v) - v_b``
 (``KVCache.shift_rows``), which keeps every key's position (column minus padding) and its rotation.
 When the cache would run out of columns, the padding common to every row is dropped
@@ -71,12 +73,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from lmforge.config import ConfigError
-from lmforge.inference.batch_forward import RaggedForward
-from lmforge.inference.engine import Batch, Engine, Event, RowOutput, SamplingParams, select_rows
-from lmforge.inference.sampling import filter_logits
+from lmforge.inference.engine import Batch, Engine, Event, RowOutput, SamplingParams, pick, select_rows
+from lmforge.inference.sampling import distribution, draw
+from lmforge.model.decode_weights import DecodeWeights
 from lmforge.model.decoder import Decoder
 from lmforge.model.kv_cache import KVCache
 
@@ -206,15 +207,14 @@ class ModelDrafter:
     same columns, moved by the same shifts)."""
 
     def __init__(self, model: Decoder):
-        self.forward = RaggedForward(model)
+        self.model, self.weights = model, DecodeWeights(model)
         self.cache: KVCache | None = None
         self.steps = 0  # draft steps of the latest proposal
 
     def prefill(self, idx: torch.Tensor, pad: torch.Tensor, max_len: int) -> None:
         """Fill the draft's cache with the (left-padded) prompts ``idx`` ``[B, W]``."""
-        self.forward.refresh()
-        self.cache = self.forward.new_cache(pad, max_len)
-        self.forward(idx, self.cache, last_only=True)
+        self.cache = self.model.new_kv_cache(len(pad), max_len, pad=pad)
+        self.model(idx, self.cache, weights=self.weights.refresh(), last_only=True)
 
     def propose(
         self, seqs: list[list[int]], counts: list[int], params: SamplingParams, gens: list | None, pos: int
@@ -233,24 +233,23 @@ class ModelDrafter:
         start = cache.pos  # columns start .. pos of each row are not in the draft's cache yet
         # a row's columns before its padding ends are masked: any token will do there (0)
         feed = [[s[c - p] if c >= p else 0 for c in range(start, pos + 1)] for s, p in zip(seqs, pads)]
-        logits = self.forward(torch.tensor(feed, device=cache.k.device), cache, last_only=True)[:, -1]
+        feed_t = torch.tensor(feed, device=cache.k.device)
+        logits = self.model(feed_t, cache, weights=self.weights, last_only=True)[:, -1]
         sampling = params.temperature > 0
         qs = []
         for j in range(m):
             if sampling:
-                q = F.softmax(filter_logits(logits, **params.filters()), dim=-1)  # [B, V]
+                q = distribution(logits, **params.filters())  # [B, V]
                 qs.append(q)
-                tokens = []
-                for b, c in enumerate(counts):
-                    g = None if gens is None else gens[b]
-                    tokens.append(int(torch.multinomial(q[b], 1, generator=g)) if c > j else 0)
+                tokens = draw(q, gens).tolist()  # rows past their count draw too (unused)
             else:
                 tokens = logits.argmax(dim=-1).tolist()
             for b, c in enumerate(counts):
                 if c > j:
                     drafts[b].append(tokens[b])
             if j + 1 < m:
-                logits = self.forward(torch.tensor(tokens, device=cache.k.device)[:, None], cache)[:, -1]
+                step = torch.tensor(tokens, device=cache.k.device)[:, None]
+                logits = self.model(step, cache, weights=self.weights)[:, -1]
         return drafts, torch.stack(qs, dim=1) if sampling else None
 
     def select_rows(self, rows: torch.Tensor) -> None:
@@ -303,9 +302,10 @@ def verify(
             kept.append(a)
         return out, kept
     B, T, V = logits.shape
-    p = F.softmax(filter_logits(logits.reshape(B * T, V), **params.filters()), dim=-1).view(B, T, V)
+    p = distribution(logits.reshape(B * T, V), **params.filters()).view(B, T, V)
     for b, d in enumerate(drafts):
         g = None if gens is None else gens[b]
+        row_gen = None if gens is None else [g]
         tokens: list[int] = []
         for a, x in enumerate(d):
             qx = 1.0 if q is None else float(q[b, a, x])
@@ -319,10 +319,10 @@ def verify(
                 residual = (p[b, a] - q[b, a]).clamp_(min=0)
             if float(residual.sum()) <= 0:  # only by rounding (a rejection needs p(x) < q(x))
                 residual = p[b, a]
-            tokens.append(int(torch.multinomial(residual, 1, generator=g)))
+            tokens.append(int(draw(residual[None], row_gen)))
             break
         else:
-            tokens.append(int(torch.multinomial(p[b, len(d)], 1, generator=g)))
+            tokens.append(int(draw(p[b, len(d)][None], row_gen)))
         out.append(tokens)
         kept.append(len(tokens) - 1)
     return out, kept
@@ -412,7 +412,7 @@ def speculative_loop(
     """``Engine._loop`` with drafting and verification (module docstring); ``rows`` are already cropped
     to ``block_size - 1`` tokens, ``batch`` is them left-padded with a budget > 0 for some row, and the
     model is in eval mode."""
-    fwd, block, k = engine.forward, engine.block_size, engine.draft_tokens
+    model, block, k = engine.model, engine.block_size, engine.draft_tokens
     stats = engine.stats
     device = engine.model.tok_emb.weight.device
     B = len(rows)
@@ -420,14 +420,14 @@ def speculative_loop(
     draft = engine.draft
     drafter = NgramDrafter(engine.ngram_max) if draft == "ngram" else ModelDrafter(draft)
     max_len = idx.shape[1] + max(budget) + k + 1
-    cache = fwd.new_cache(pad, max_len)
+    cache = model.new_kv_cache(B, max_len, pad=pad)
     out = RowOutput(engine.tokenizer, params, budget)
     seqs = [list(r) for r in rows]  # per cache row: prompt + emitted tokens; the last is not cached yet
     alive = list(range(B))  # the prompt index of each cache row
-    fwd.refresh()
-    logits = fwd(idx, cache, last_only=True)[:, -1]  # [B, V]
+    weights = engine.weights.refresh()
+    logits = model(idx, cache, weights=weights, last_only=True)[:, -1]  # [B, V]
     drafter.prefill(idx, pad, max_len)
-    first = Engine._pick(logits, params, None, gens).tolist()
+    first = pick(logits, params, gens).tolist()
     lps = [None] * B
     if params.logprobs:
         lps = (
@@ -479,7 +479,7 @@ def speculative_loop(
         drafts, q = drafter.propose(seqs, counts, params, gens, pos)
         T = 1 + max(len(d) for d in drafts)
         feed = [[s[-1], *d] + [s[-1]] * (T - 1 - len(d)) for s, d in zip(seqs, drafts)]
-        logits = fwd(torch.tensor(feed, device=device), cache)  # [b, T, V]
+        logits = model(torch.tensor(feed, device=device), cache, weights=weights)  # [b, T, V]
         stats.passes += 1
         new, kept_counts = verify(logits, drafts, q, params, gens)
         gate.record(T > 1, sum(len(t) for t in new), time.perf_counter() - started)

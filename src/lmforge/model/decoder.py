@@ -33,16 +33,21 @@ Defaults are in brackets; each is a ``ModelConfig`` field.
   alone with ``qkv_bias`` (Qwen2). ``scale_emb``: embeddings times sqrt(n_embd) (Gemma).
   Dropout [0.0] on the embedding sum, attention probabilities and both residual branches.
 - Initialisation: ``Decoder.init_weights`` documents every tensor's init in one place.
-- Incremental decoding: ``forward(idx, cache)`` with a ``KVCache`` (see kv_cache.py); positions (all four
-  schemes) start at ``cache.pos``.
-- Speed (eager training and scoring; same parameters, state-dict keys and math up to float rounding;
-  measurements in docs/performance.md). Without a cache, q/k/v come from one matmul over the concatenated
+- One forward for training, scoring and decoding. Incremental decoding: ``forward(idx, cache)`` with a
+  ``KVCache`` (see kv_cache.py); positions (all four schemes) start at ``cache.pos``, per row: a ragged
+  batch is left-padded, row b's positions are its columns minus ``cache.pad[b]`` and its padding is
+  masked out (the engine, the serving scheduler and speculative decoding all decode this way).
+- Speed (same parameters, state-dict keys and math up to float rounding; measurements in
+  docs/performance.md). q/k/v come from one matmul over the concatenated
   weights, whose rows put each head's RoPE pair (i, i + Q/2) side by side, so the rotation is one complex
   multiply (permuting the channels of q and k alike leaves q·k unchanged); gate/up are one matmul; the
   residual additions are fused into the o_proj/down_proj matmuls (``addmm``); RMSNorm, SwiGLU and RoPE
   have hand-written backwards with fewer passes over the activations. Under CPU autocast, attention runs
-  in fp32 (CPU flash attention is slower in bf16). Cached decoding, projections that are not a plain
-  ``nn.Linear`` (e.g. LoRA-wrapped) and ``torch.compile`` (inductor fuses by itself) take plain paths.
+  in fp32 (CPU flash attention is slower in bf16). Kernels: kernels.py. Decoding passes
+  ``weights=DecodeWeights(model)`` (decode_weights.py): the same fused matrices, built once instead of per
+  call, with matmul kernels suited to few rows (and opt-in int8); ``last_only`` skips ``lm_head`` on all
+  but the last position; in fp32 without gradients rotated keys and values go straight into the cache. Projections that are not a plain ``nn.Linear`` (e.g. LoRA-wrapped) are called
+  as modules; under ``torch.compile`` (inductor fuses by itself) RMSNorm and SwiGLU take plain ops.
 
 Shape notation: B batch, T new tokens, S = cache position + T keys, D n_embd, H query heads,
 K key/value heads, Q head_dim, V vocab_size.
@@ -59,116 +64,23 @@ from torch import nn
 
 from lmforge.errors import ConfigError
 from lmforge.model.config import ModelConfig
+from lmforge.model.decode_weights import DecodeWeights, LayerWeights, Matmul
+from lmforge.model.kernels import (
+    RMSNorm,
+    RopeQKVFunction,
+    SwiGLUFunction,
+    linear_add,
+    pairs,
+    rope_interleaved,
+    rope_qkv,
+)
 from lmforge.model.kv_cache import KVCache
+from lmforge.model.positional import alibi_slopes, apply_rope, rope_tables, sinusoidal_table
+
+__all__ = ["Attention", "Block", "Decoder", "MLP", "RMSNorm", "alibi_slopes", "apply_rope", "count_params"]
+__all__ += ["init_blocks", "make_norm", "rope_tables", "sinusoidal_table"]
 
 INIT_STD = 0.02
-
-# Eager kernels: the composite ops' math with fewer passes over the activations (module docstring, Speed).
-
-
-class _RMSNormFunction(torch.autograd.Function):
-    """RMSNorm ``y = x / rms(x) * w`` with a hand-written backward: 3 passes forward, 6 backward.
-
-    With ``xhat = x / rms(x)`` and ``g = dy * w``: ``dx = (g - xhat * mean(g * xhat)) / rms(x)`` and
-    ``dw = sum(dy * xhat)`` over positions; ``sum(g * xhat)`` is a matrix-vector product with ``w``.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)  # [..., 1]
-        rstd = norm.square_().div_(x.shape[-1]).add_(eps).rsqrt_()
-        xhat = x * rstd.to(x.dtype)  # [..., D]
-        ctx.save_for_backward(xhat, rstd, weight)
-        return xhat * weight
-
-    @staticmethod
-    def backward(ctx, dy: torch.Tensor):
-        xhat, rstd, weight = ctx.saved_tensors
-        D = xhat.shape[-1]
-        p = dy * xhat  # [..., D]
-        dweight = p.reshape(-1, D).sum(0) if ctx.needs_input_grad[1] else None
-        dot = (p @ weight.to(p.dtype)).unsqueeze(-1)  # [..., 1] = sum_j dy_j w_j xhat_j
-        dx = torch.mul(dy, weight.to(dy.dtype))
-        dx.addcmul_(xhat, dot, value=-1.0 / D).mul_(rstd.to(dx.dtype))
-        return dx, dweight, None
-
-
-class RMSNorm(nn.RMSNorm):
-    """``nn.RMSNorm`` (Zhang & Sennrich 2019) computed by ``_RMSNormFunction`` in eager mode."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling() or self.weight is None or self.eps is None:
-            return super().forward(x)
-        return _RMSNormFunction.apply(x, self.weight, self.eps)
-
-
-class _SwiGLUFunction(torch.autograd.Function):
-    """``silu(g) * u`` for ``gu = [g, u]`` (halves of the last dim); backward fills d(gu) in one buffer."""
-
-    @staticmethod
-    def forward(ctx, gu: torch.Tensor) -> torch.Tensor:
-        g, u = gu.chunk(2, dim=-1)
-        s = F.silu(g)
-        ctx.save_for_backward(gu, s)
-        return s * u
-
-    @staticmethod
-    def backward(ctx, dh: torch.Tensor):
-        gu, s = ctx.saved_tensors
-        g, u = gu.chunk(2, dim=-1)
-        dgu = torch.empty_like(gu)
-        dg, du = dgu.chunk(2, dim=-1)
-        torch.mul(dh, s, out=du)
-        torch.mul(dh, u, out=dg)
-        torch.ops.aten.silu_backward.grad_input(dg, g, grad_input=dg)  # dg *= silu'(g), in place
-        return dgu
-
-
-def _as_complex(x: torch.Tensor) -> torch.Tensor:
-    """View ``x`` ``[..., Q]`` (fp32, RoPE pairs in adjacent channels) as complex ``[..., Q/2]``."""
-    x = x.unflatten(-1, (-1, 2))
-    if x.stride(-1) != 1 or x.storage_offset() % 2 or any(s % 2 for s in x.stride()[:-1]):
-        x = x.contiguous()  # e.g. a gradient from the attention kernel used with dropout
-    return torch.view_as_complex(x)
-
-
-def _rotate(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` ``[..., Q]`` (RoPE pairs adjacent) by complex ``freqs`` ``[..., Q/2]``; fp32 result."""
-    return torch.view_as_real(_as_complex(x.float()) * freqs).flatten(-2)
-
-
-class _RopeQKVFunction(torch.autograd.Function):
-    """RoPE on the q and k heads of ``qkv`` ``[B, T, H+2K, Q]`` (pairs adjacent), computed in fp32.
-
-    Returns q ``[B, T, H, Q]`` and k ``[B, T, K, Q]`` in ``out_dtype`` (default qkv's) and v, a view of
-    qkv. Backward rotates the gradients back straight into one d(qkv) buffer: no zero fills, no sums.
-    """
-
-    @staticmethod
-    def forward(ctx, qkv, freqs: torch.Tensor, n_head: int, n_kv_head: int, out_dtype: torch.dtype | None):
-        ctx.save_for_backward(freqs)
-        ctx.heads, ctx.dtype = (n_head, n_kv_head), qkv.dtype
-        q, k, v = qkv.split((n_head, n_kv_head, n_kv_head), dim=2)
-        out_dtype = out_dtype or qkv.dtype
-        return _rotate(q, freqs).to(out_dtype), _rotate(k, freqs).to(out_dtype), v
-
-    @staticmethod
-    def backward(ctx, dq: torch.Tensor | None, dk: torch.Tensor | None, dv: torch.Tensor | None):
-        (freqs,) = ctx.saved_tensors
-        H, K = ctx.heads
-        like = next(g for g in (dq, dk, dv) if g is not None)
-        dqkv = torch.empty(*like.shape[:2], H + 2 * K, like.shape[-1], dtype=ctx.dtype, device=like.device)
-        dq_out, dk_out, dv_out = dqkv.split((H, K, K), dim=2)
-        conj = freqs.conj()
-        for grad, out in ((dq, dq_out), (dk, dk_out)):
-            if grad is None:
-                out.zero_()
-            elif grad.dtype == out.dtype == torch.float32:  # rotate straight into the buffer
-                torch.mul(_as_complex(grad), conj, out=_as_complex(out))
-            else:
-                out.copy_(_rotate(grad, conj))
-        dv_out.zero_() if dv is None else dv_out.copy_(dv)
-        return dqkv, None, None, None, None
 
 
 def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
@@ -176,77 +88,6 @@ def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
     if cfg.norm == "rmsnorm":
         return RMSNorm(dim, eps=cfg.norm_eps)
     return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias)
-
-
-def rope_tables(block_size: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cos and sin tables of RoPE (Su et al. 2021), each ``[block_size, head_dim // 2]``, in fp32.
-
-    Channel pair i rotates by angle ``pos * theta ** (-2i / head_dim)``.
-    """
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # [Q/2]
-    angles = torch.outer(torch.arange(block_size, dtype=torch.float64), inv_freq)  # [block_size, Q/2]
-    return angles.cos().float(), angles.sin().float()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` ``[B, heads, T, Q]`` by the angles of ``cos``/``sin`` ``[T, Q/2]`` (half-split layout)."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-
-
-def _pairs(t: torch.Tensor, n: int, head_dim: int, interleave: bool) -> torch.Tensor:
-    """Rows of a projection weight ``[n*Q, D]`` (or bias ``[n*Q]``) as ``[n, Q/2, 2, D or 1]``.
-
-    With ``interleave`` each head's channels i and i + Q/2 (a half-split RoPE pair) become adjacent rows
-    (2i, 2i+1); otherwise the order is kept.
-    """
-    if interleave:
-        return t.reshape(n, 2, head_dim // 2, -1).transpose(1, 2)
-    return t.reshape(n, head_dim // 2, 2, -1)
-
-
-def _rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE on ``x`` ``[B, T, n, Q]`` whose pairs are adjacent channels; ``cos``/``sin`` ``[T, Q/2]``."""
-    x = x.unflatten(-1, (-1, 2))  # [B, T, n, Q/2, 2]
-    x1, x2 = x[..., 0], x[..., 1]
-    cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)
-    return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
-
-
-def _linear_add(linear: nn.Module, h: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
-    """``residual + linear(h)``, the addition fused into the matmul for a plain bias-free ``nn.Linear``.
-
-    Not under autocast, where the sum must stay in the residual stream's dtype.
-    """
-    if residual is None:
-        return linear(h)
-    if type(linear) is nn.Linear and linear.bias is None and not torch.is_autocast_enabled(h.device.type):
-        flat = torch.addmm(residual.reshape(-1, residual.shape[-1]), h.flatten(0, -2), linear.weight.t())
-        return flat.view(residual.shape)
-    return residual + linear(h)
-
-
-def sinusoidal_table(block_size: int, dim: int) -> torch.Tensor:
-    """Fixed absolute encodings of Vaswani et al. 2017, ``[block_size, dim]``: sin on even, cos on odd."""
-    inv_freq = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # [D/2]
-    angles = torch.outer(torch.arange(block_size, dtype=torch.float64), inv_freq)  # [block_size, D/2]
-    table = torch.stack((angles.sin(), angles.cos()), dim=-1)  # [block_size, D/2, 2]
-    return table.reshape(block_size, dim).float()  # [block_size, D], interleaved sin, cos
-
-
-def alibi_slopes(n_head: int) -> torch.Tensor:
-    """Per-head ALiBi slopes ``[n_head]`` (Press et al. 2022).
-
-    For n a power of two the slopes are ``2 ** (-8 * i / n)`` for i = 1..n. Otherwise take the slopes of
-    the closest smaller power of two m, then every other slope of 2m, as the paper's reference code does.
-    """
-
-    m = 2 ** math.floor(math.log2(n_head))
-    slopes = [2.0 ** (-8.0 * i / m) for i in range(1, m + 1)]
-    slopes += [2.0 ** (-8.0 * i / (2 * m)) for i in range(1, 2 * m + 1)][0::2][: n_head - m]
-    return torch.tensor(slopes, dtype=torch.float32)
 
 
 def count_params(model: nn.Module, non_embedding: bool = True) -> int:
@@ -279,49 +120,89 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
         self.dropout = cfg.dropout
 
+    def qkv_weight(self, rope: bool) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """q/k/v weights as one ``[(H+2K)Q, D]`` matrix (and bias), with each head's RoPE pairs in adjacent
+        rows of q and k when ``rope``; ``None`` when a projection is not a plain ``nn.Linear``."""
+        if not all(type(p) is nn.Linear for p in (self.q_proj, self.k_proj, self.v_proj)):
+            return None
+        H, K, Q = self.n_head, self.n_kv_head, self.head_dim
+        heads = ((self.q_proj, H, rope), (self.k_proj, K, rope), (self.v_proj, K, False))
+        w = torch.cat([pairs(p.weight, n, Q, r) for p, n, r in heads]).view(-1, self.q_proj.in_features)
+        b = None if self.q_proj.bias is None else torch.cat([pairs(p.bias, n, Q, r) for p, n, r in heads])
+        return w, None if b is None else b.view(-1)
+
     def _fused_qkv(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, out_dtype: torch.dtype | None
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, ...] | None,
+        out_dtype: torch.dtype | None,
+        matmul: Matmul | None,
+        k_out: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q ``[B, T, H, Q]``, k and v ``[B, T, K, Q]`` from one matmul over the concatenated weights."""
+        """q ``[B, T, H, Q]``, k and v ``[B, T, K, Q]`` from one matmul over the concatenated weights
+        (``matmul``: prepared once for decoding, else concatenated for this call). Without gradients,
+        rotated keys go straight into ``k_out`` (the cache's slot) when given."""
         B, T, _ = x.shape
         H, K, Q = self.n_head, self.n_kv_head, self.head_dim
-        inter = rope is not None  # gather each head's RoPE pairs into adjacent rows of q and k
-        heads = ((self.q_proj, H, inter), (self.k_proj, K, inter), (self.v_proj, K, False))
-        w = torch.cat([_pairs(p.weight, n, Q, r) for p, n, r in heads]).view(-1, x.shape[-1])  # [(H+2K)Q, D]
-        b = None if self.q_proj.bias is None else torch.cat([_pairs(p.bias, n, Q, r) for p, n, r in heads])
-        qkv = F.linear(x, w, None if b is None else b.view(-1)).view(B, T, H + 2 * K, Q)
-        q, k, v = qkv.split((H, K, K), dim=2)
+        inter = rope is not None  # each head's RoPE pairs sit in adjacent rows of q and k
+        if matmul is None:
+            w, b = self.qkv_weight(inter)  # type: ignore[misc]
+            qkv = F.linear(x, w, b).view(B, T, H + 2 * K, Q)
+        else:
+            qkv = matmul(x.view(B * T, -1)).view(B, T, H + 2 * K, Q)
         if self.q_norm is not None and self.k_norm is not None:
-            q = F.rms_norm(q, (Q,), _pairs(self.q_norm.weight, 1, Q, inter).reshape(Q), self.q_norm.eps)
-            k = F.rms_norm(k, (Q,), _pairs(self.k_norm.weight, 1, Q, inter).reshape(Q), self.k_norm.eps)
+            q, k, v = qkv.split((H, K, K), dim=2)
+            q = F.rms_norm(q, (Q,), pairs(self.q_norm.weight, 1, Q, inter).reshape(Q), self.q_norm.eps)
+            k = F.rms_norm(k, (Q,), pairs(self.k_norm.weight, 1, Q, inter).reshape(Q), self.k_norm.eps)
             if inter:
-                q, k = _rope_interleaved(q, *rope), _rope_interleaved(k, *rope)
+                q, k = rope_interleaved(q, *rope[:2]), rope_interleaved(k, *rope[:2])
         elif inter and not torch.compiler.is_compiling():
-            q, k, v = _RopeQKVFunction.apply(qkv, torch.complex(*rope)[:, None, :], H, K, out_dtype)
+            freqs = rope[2] if len(rope) > 2 else torch.complex(*rope).unsqueeze(-2)  # [T or B, T, 1, Q/2]
+            if torch.is_grad_enabled():
+                q, k, v = RopeQKVFunction.apply(qkv, freqs, H, K, out_dtype)
+            else:
+                q, k, v = rope_qkv(qkv, freqs, H, K, out_dtype, k_out)
         elif inter:
-            q, k = _rope_interleaved(qkv[:, :, : H + K], *rope).split((H, K), dim=2)
+            q, k = rope_interleaved(qkv[:, :, : H + K], *rope[:2]).split((H, K), dim=2)
+            v = qkv[:, :, H + K :]
+        else:
+            q, k, v = qkv.split((H, K, K), dim=2)
         return q, k, v
 
     def forward(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        rope: tuple[torch.Tensor, ...] | None,
         attn_mask: torch.Tensor | None,
         is_causal: bool,
         cache: KVCache | None,
         layer: int,
         residual: torch.Tensor | None = None,
+        prepared: LayerWeights | None = None,
     ) -> torch.Tensor:
         """Attend ``x`` ``[B, T, D]`` over itself (and the cached prefix); return ``[B, T, D]``.
 
-        With ``residual`` (``[B, T, D]``) return ``residual + attention(x)``.
+        ``rope``: cos/sin ``[T, Q/2]``, or per row ``[B, T, Q/2]`` (optionally a third entry: their
+        complex ``[T or B, T, 1, Q/2]``, computed once per forward). With ``residual`` (``[B, T, D]``)
+        return ``residual + attention(x)``. ``prepared``: this layer's decode matrices (decode_weights.py).
         """
         B, T, _ = x.shape
         # CPU flash attention is slower in bf16 than in fp32 (measured), so under CPU autocast it runs in fp32
         fp32_attention = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-        if cache is None and all(type(p) is nn.Linear for p in (self.q_proj, self.k_proj, self.v_proj)):
+        qkv = None if prepared is None else prepared.qkv
+        slots, written = None, False  # decoding in fp32: the cache's columns of this step, written in place
+        if cache is not None and cache.k.dtype == x.dtype == torch.float32 and not torch.is_grad_enabled():
+            slots = cache.slots(layer, T)  # [B, T, K, Q] each
+        if qkv is not None or all(type(p) is nn.Linear for p in (self.q_proj, self.k_proj, self.v_proj)):
             out_dtype = torch.float32 if fp32_attention else None
-            q, k, v = (t.transpose(1, 2) for t in self._fused_qkv(x, rope, out_dtype))  # [B, H or K, T, Q]
+            q, k, v = self._fused_qkv(x, rope, out_dtype, qkv, None if slots is None else slots[0])
+            written = slots is not None and k is slots[0]  # rotated keys went straight into the cache
+            if written:
+                slots[1].copy_(v)
+                k, v = cache.filled(layer, T)  # [B, K, S, Q]
+            else:
+                k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, K, T, Q]
+            q = q.transpose(1, 2)  # [B, H, T, Q]
         else:
             q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # [B, H, T, Q]
             k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # [B, K, T, Q]
@@ -329,10 +210,11 @@ class Attention(nn.Module):
             if self.q_norm is not None and self.k_norm is not None:
                 q, k = self.q_norm(q), self.k_norm(k)
             if rope is not None:
-                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if cache is not None:
+                q, k = apply_rope(q, *rope[:2]), apply_rope(k, *rope[:2])
+        if cache is not None and not written:
             k, v = cache.update(layer, k, v)  # [B, K, S, Q]
-        if self.n_kv_head != self.n_head:
+        gqa = self.n_kv_head != self.n_head and cache is not None  # the kernel's GQA: no copy of the cache
+        if self.n_kv_head != self.n_head and not gqa:
             group = self.n_head // self.n_kv_head
             k = k.repeat_interleave(group, dim=1)  # [B, H, S, Q]
             v = v.repeat_interleave(group, dim=1)  # [B, H, S, Q]
@@ -346,9 +228,10 @@ class Attention(nn.Module):
                 attn_mask=attn_mask,
                 dropout_p=self.dropout if self.training else 0.0,
                 is_causal=is_causal,
+                enable_gqa=gqa,
             )  # [B, H, T, Q]
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # [B, T, H*Q]
-        return _linear_add(self.o_proj, y, residual)
+        return linear_add(self.o_proj, y, residual, None if prepared is None else prepared.o)
 
 
 class MLP(nn.Module):
@@ -363,19 +246,35 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
         self.down_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """Map ``[B, T, D]`` to ``[B, T, D]`` (plus ``residual`` when given)."""
-        if self.kind == "geglu":
-            h = F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x)
-        elif self.gate_proj is not None and type(self.gate_proj) is type(self.up_proj) is nn.Linear:
-            w = torch.cat((self.gate_proj.weight, self.up_proj.weight))  # [2F, D]
-            b = None if self.up_proj.bias is None else torch.cat((self.gate_proj.bias, self.up_proj.bias))
-            gu = F.linear(x, w, b)  # [B, T, 2F]
-            if not torch.compiler.is_compiling():
-                h = _SwiGLUFunction.apply(gu)
+    def gate_up_weight(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """gate/up weights as one ``[2F, D]`` matrix (and bias); ``None`` without a plain gated pair."""
+        if self.gate_proj is None or not type(self.gate_proj) is type(self.up_proj) is nn.Linear:
+            return None
+        w = torch.cat((self.gate_proj.weight, self.up_proj.weight))  # [2F, D]
+        b = None if self.up_proj.bias is None else torch.cat((self.gate_proj.bias, self.up_proj.bias))
+        return w, b
+
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None, prepared: LayerWeights | None = None
+    ) -> torch.Tensor:
+        """Map ``[B, T, D]`` to ``[B, T, D]`` (plus ``residual`` when given); ``prepared`` as ``Attention``."""
+        gate_up = None if prepared is None else prepared.gate_up
+        wb = self.gate_up_weight() if gate_up is None else None
+        if gate_up is not None or wb is not None:
+            gu = (
+                F.linear(x, *wb)
+                if wb is not None
+                else gate_up(x.view(-1, x.shape[-1])).view(*x.shape[:-1], -1)
+            )
+            g, u = gu.chunk(2, dim=-1)  # [B, T, F] each
+            if self.kind == "geglu":
+                h = F.gelu(g, approximate="tanh") * u
+            elif torch.compiler.is_compiling() or not torch.is_grad_enabled():
+                h = F.silu(g).mul_(u)
             else:
-                g, u = gu.chunk(2, dim=-1)
-                h = F.silu(g) * u
+                h = SwiGLUFunction.apply(gu)
+        elif self.kind == "geglu":
+            h = F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x)
         elif self.gate_proj is not None:
             h = F.silu(self.gate_proj(x)) * self.up_proj(x)
         elif self.kind == "gelu":
@@ -384,7 +283,7 @@ class MLP(nn.Module):
             h = F.gelu(self.up_proj(x), approximate="tanh")
         else:  # relu2
             h = F.relu(self.up_proj(x)).square()
-        return _linear_add(self.down_proj, h, residual)
+        return linear_add(self.down_proj, h, residual, None if prepared is None else prepared.down)
 
 
 class Block(nn.Module):
@@ -403,21 +302,23 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        rope: tuple[torch.Tensor, ...] | None,
         attn_mask: torch.Tensor | None,
         is_causal: bool,
         cache: KVCache | None,
         layer: int,
+        prepared: LayerWeights | None = None,
     ) -> torch.Tensor:
-        """Map ``[B, T, D]`` to ``[B, T, D]``."""
+        """Map ``[B, T, D]`` to ``[B, T, D]`` (``prepared``: this layer's decode matrices, or None)."""
+        args = (rope, attn_mask, is_causal, cache, layer)
         if self.post_norm:
-            x = self.attn_norm(x + self.resid_drop(self.attn(x, rope, attn_mask, is_causal, cache, layer)))
-            return self.mlp_norm(x + self.resid_drop(self.mlp(x)))
+            x = self.attn_norm(x + self.resid_drop(self.attn(x, *args, prepared=prepared)))
+            return self.mlp_norm(x + self.resid_drop(self.mlp(x, prepared=prepared)))
         if self.training and self.resid_drop.p > 0:
-            x = x + self.resid_drop(self.attn(self.attn_norm(x), rope, attn_mask, is_causal, cache, layer))
+            x = x + self.resid_drop(self.attn(self.attn_norm(x), *args))
             return x + self.resid_drop(self.mlp(self.mlp_norm(x)))
-        x = self.attn(self.attn_norm(x), rope, attn_mask, is_causal, cache, layer, residual=x)
-        return self.mlp(self.mlp_norm(x), residual=x)
+        x = self.attn(self.attn_norm(x), *args, residual=x, prepared=prepared)
+        return self.mlp(self.mlp_norm(x), residual=x, prepared=prepared)
 
 
 @torch.no_grad()
@@ -499,11 +400,14 @@ class Decoder(nn.Module):
             nn.init.normal_(self.pos_emb.weight, mean=0.0, std=INIT_STD)
         init_blocks(self, self.blocks, self.config.n_layer)
 
-    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        """An empty ``KVCache`` for this model's shape, dtype and device (``max_len`` default block_size)."""
+    def new_kv_cache(
+        self, batch_size: int, max_len: int | None = None, pad: torch.Tensor | None = None
+    ) -> KVCache:
+        """An empty ``KVCache`` for this model's shape, dtype and device (``max_len`` default block_size);
+        ``pad[b]``: left-padding columns of row b (a ragged batch; default none)."""
         cfg = self.config
         weight = self.tok_emb.weight
-        return KVCache(
+        cache = KVCache(
             batch_size,
             max_len or cfg.block_size,
             cfg.n_layer,
@@ -512,71 +416,116 @@ class Decoder(nn.Module):
             dtype=weight.dtype,
             device=weight.device,
         )
+        if pad is not None:
+            cache.pad = pad.to(device=weight.device, dtype=torch.long)  # [B]
+        return cache
 
     def _attention_mask(
-        self, start: int, T: int, dtype: torch.dtype, device: torch.device
+        self, start: int, T: int, dtype: torch.dtype, device: torch.device, pad: torch.Tensor | None = None
     ) -> tuple[torch.Tensor | None, bool]:
-        """Mask for T queries at absolute positions start..start+T-1 over keys 0..start+T-1.
+        """Mask for T queries at columns start..start+T-1 over keys 0..start+T-1, ``pad[b]`` of row b's
+        first columns padding (a ragged batch; ``None`` = no padding).
 
-        Returns ``(attn_mask, is_causal)`` for ``F.scaled_dot_product_attention``: ALiBi gets a float
-        bias ``[1, H, T, S]`` (``-slope * distance``, ``-inf`` above the diagonal); otherwise the cheap
-        built-in causal mask when there is no prefix, nothing for one new token (it sees every key),
-        and a boolean ``[T, S]`` mask for a multi-token chunk after a prefix.
+        Returns ``(attn_mask, is_causal)`` for ``F.scaled_dot_product_attention``. Without padding: the
+        cheap built-in causal mask when there is no prefix, nothing for one new token (it sees every
+        key), and a boolean ``[T, S]`` mask for a multi-token chunk after a prefix. With padding a boolean
+        ``[B, 1, T, S]`` mask that also hides every padding key (a padding query sees itself, so its unused
+        output stays finite). ALiBi gets a float bias (``-slope * distance``, ``-inf`` where masked),
+        ``[1 or B, H, T, S]``.
         """
         S = start + T
-        if self.config.pos != "alibi":
+        alibi = self.config.pos == "alibi"
+        if not alibi and pad is None:
             if start == 0:
                 return None, True
             if T == 1:
                 return None, False
-        q_pos = torch.arange(start, S, device=device)
-        k_pos = torch.arange(S, device=device)
-        distance = k_pos[None, :] - q_pos[:, None]  # [T, S]; <= 0 where a query may attend
-        if self.config.pos != "alibi":
-            return distance <= 0, False
+        keys = torch.arange(S, device=device)
+        distance = keys[None, :] - torch.arange(start, S, device=device)[:, None]  # [T, S]; <= 0: may attend
+        allowed = distance <= 0  # [T, S]
+        if pad is not None:
+            allowed = ((allowed & (keys >= pad[:, None, None])) | (distance == 0))[:, None]  # [B, 1, T, S]
+        if not alibi:
+            return allowed, False
         bias = self.alibi_slopes[:, None, None] * distance[None].to(torch.float32)  # [H, T, S]
-        bias = bias.masked_fill(distance[None] > 0, float("-inf"))
-        return bias[None].to(dtype), False  # [1, H, T, S]
+        bias = bias.masked_fill(~allowed, float("-inf"))  # [H, T, S] or [B, H, T, S]
+        return (bias if pad is not None else bias[None]).to(dtype), False
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Next-token logits ``[B, T, V]`` for token ids ``idx`` ``[B, T]``: ``lm_head(hidden_states)``."""
-        return self.lm_head(self.hidden_states(idx, cache))  # [B, T, V]
+    def forward(
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        *,
+        weights: DecodeWeights | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Next-token logits ``[B, T, V]`` (``[B, 1, V]`` with ``last_only``) for token ids ``idx``
+        ``[B, T]``: ``lm_head(hidden_states)``. ``cache``/``weights`` as in ``hidden_states``; with
+        ``weights`` (inference only: they are detached copies) no autograd graph is recorded."""
+        with torch.no_grad() if weights is not None else contextlib.nullcontext():
+            x = self.hidden_states(idx, cache, weights=weights)  # [B, T, D]
+            if last_only:
+                x = x[:, -1:]
+            if weights is not None and weights.head is not None:
+                return weights.head(x.reshape(-1, x.shape[-1])).view(*x.shape[:2], -1)
+            return self.lm_head(x)  # [B, T or 1, V]
 
-    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def hidden_states(
+        self, idx: torch.Tensor, cache: KVCache | None = None, *, weights: DecodeWeights | None = None
+    ) -> torch.Tensor:
         """Final hidden states ``[B, T, D]`` (after the final norm, before ``lm_head``) for ``idx`` ``[B, T]``.
 
-        With a ``cache`` the tokens are taken to sit at positions ``cache.pos ..`` after the cached
-        prefix; their keys and values are appended and ``cache.pos`` advances by T.
+        The one forward of the model: training, scoring, and cached decoding of one prompt or a ragged
+        batch. With a ``cache`` the tokens are written at columns ``cache.pos ..`` after the cached prefix
+        and ``cache.pos`` advances by T. Row b's positions are its columns minus ``cache.pad[b]``, its
+        left-padding (per-row positions: prompts of different lengths, left-padded, decode together); its
+        padding columns are masked out of every query's keys. ``weights``: matrices prepared for decoding
+        (decode_weights.py), the same math with faster kernels.
 
         Raises:
-            ValueError: ``idx`` is not a 2-D integer tensor, ``cache.pos + T`` exceeds ``block_size``,
+            ValueError: ``idx`` is not a 2-D integer tensor, a row's position would reach ``block_size``,
                 or the cache does not fit the batch.
         """
         if idx.dim() != 2 or idx.dtype not in (torch.long, torch.int32):
             raise ValueError(f"idx must be a [B, T] integer tensor, got {tuple(idx.shape)} {idx.dtype}")
         B, T = idx.shape
-        start = cache.pos if cache is not None else 0
-        if start + T > self.config.block_size:
+        start, pad, pad_min = 0, None, 0
+        if cache is not None:
+            start = cache.pos
+            if cache.pad is not None:
+                pad_min, pad_max = (int(v) for v in torch.aminmax(cache.pad))
+                pad = cache.pad if pad_max > 0 else None
+        if start + T - pad_min > self.config.block_size:
             raise ValueError(
-                f"sequence of {start + T} tokens (cache position {start} + {T} new) exceeds "
-                f"block_size {self.config.block_size}"
+                f"sequence of {start + T - pad_min} tokens (cache position {start - pad_min} + {T} new) "
+                f"exceeds block_size {self.config.block_size}"
             )
         if cache is not None:
             cache.check(B, T)
+        # positions: a slice [T] shared by every row, or per row [B, T] (padding columns: 0)
+        pos = slice(start - pad_min, start - pad_min + T)
+        if pad is not None:
+            pos = (torch.arange(start, start + T, device=idx.device)[None, :] - pad[:, None]).clamp_(min=0)
         x = self.tok_emb(idx)  # [B, T, D]
         if self.config.scale_emb:
             x = x * torch.tensor(self.config.n_embd**0.5, dtype=x.dtype)  # rounded to x's dtype, as Gemma
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))  # [T, D] broadcast
+            x = x + self.pos_emb.weight[pos]  # [T or B, T, D] broadcast
         elif self.config.pos == "sinusoidal":
-            x = x + self.pos_table[start : start + T].to(x.dtype)  # [T, D] broadcast
-        x = self.drop(x)
+            x = x + self.pos_table[pos].to(x.dtype)
+        if self.training:
+            x = self.drop(x)
         rope = None
         if self.config.pos == "rope":
-            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])  # [T, Q/2] each
-        attn_mask, is_causal = self._attention_mask(start, T, x.dtype, x.device)
-        for layer, block in enumerate(self.blocks):
-            x = block(x, rope, attn_mask, is_causal, cache, layer)
+            rope = (self.rope_cos[pos], self.rope_sin[pos])  # [T or B, T, Q/2] each
+            if (
+                not torch.compiler.is_compiling()
+            ):  # the complex rotation of the eager path, once for all layers
+                rope += (torch.complex(*rope).unsqueeze(-2),)
+        attn_mask, is_causal = self._attention_mask(start, T, x.dtype, x.device, pad)
+        layers = weights.layers if weights is not None else [None] * len(self.blocks)
+        for layer, (block, prepared) in enumerate(zip(self.blocks, layers)):
+            x = block(x, rope, attn_mask, is_causal, cache, layer, prepared)
         if cache is not None:
             cache.advance(T)
         return self.norm(x)  # [B, T, D]

@@ -38,16 +38,8 @@ from torch import nn
 
 from lmforge.errors import ConfigError
 from lmforge.model.config import ModelConfig
-from lmforge.model.decoder import (
-    INIT_STD,
-    Block,
-    alibi_slopes,
-    count_params,
-    init_blocks,
-    make_norm,
-    rope_tables,
-    sinusoidal_table,
-)
+from lmforge.model.decoder import INIT_STD, Block, count_params, init_blocks, make_norm
+from lmforge.model.positional import alibi_slopes, rope_tables, sinusoidal_table
 
 
 class Encoder(nn.Module):

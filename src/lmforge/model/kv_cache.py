@@ -3,10 +3,10 @@
 The idea follows nanochat's engine: one tensor per kind holds every layer's keys (or values), allocated
 once at ``max_len``; each forward writes its new positions in place and attends over the filled prefix.
 
-Every row of the batch shares one column counter ``pos``. ``Decoder.forward(idx, cache)`` gives every
-row the positions ``pos ..``, so through the decoder the batch must hold prompts of equal length. Ragged
-batches go through ``inference/batch_forward.py``: prompts are left-padded, ``pad[b]`` counts row b's
-padding columns, and that forward gives each row its true positions and masks its padding.
+Every row of the batch shares one column counter ``pos``. Ragged batches (prompts of different lengths)
+are left-padded so they end at one column: ``pad[b]`` counts row b's padding columns
+(``Decoder.new_kv_cache(B, max_len, pad)``), and ``Decoder.forward(idx, cache)`` gives row b the
+positions ``column - pad[b]`` and masks its padding. Without ``pad`` every row has positions ``pos ..``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ class KVCache:
     Shapes: ``k``/``v`` are ``[n_layer, B, kv_heads, max_len, head_dim]``; ``pos`` is the number of
     positions already filled (the absolute position of the next token).
 
-    Use: the decoder calls ``update(layer, k, v)`` in each layer and ``advance(T)`` once per forward.
+    Use: the decoder calls ``update(layer, k, v)`` (or writes ``slots`` in place, then reads ``filled``)
+    in each layer and ``advance(T)`` once per forward.
     """
 
     def __init__(
@@ -68,9 +69,21 @@ class KVCache:
         ``[B, kv_heads, pos+T, head_dim]`` (views into the cache). Does not move ``pos``.
         """
         end = self.pos + k.shape[2]
-        self.k[layer, :, :, self.pos : end] = k
-        self.v[layer, :, :, self.pos : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        keys, values = self.k[layer], self.v[layer]  # [B, kv_heads, max_len, head_dim]
+        keys.narrow(2, self.pos, k.shape[2]).copy_(k)  # narrow, not indexing: fewer ops per decode step
+        values.narrow(2, self.pos, k.shape[2]).copy_(v)
+        return keys.narrow(2, 0, end), values.narrow(2, 0, end)
+
+    def slots(self, layer: int, n_new: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views ``[B, n_new, kv_heads, head_dim]`` of ``layer``'s key and value columns ``pos ..
+        pos+n_new-1``, to be written in place (then ``filled``), instead of ``update``."""
+        k = self.k[layer].narrow(2, self.pos, n_new).transpose(1, 2)
+        return k, self.v[layer].narrow(2, self.pos, n_new).transpose(1, 2)
+
+    def filled(self, layer: int, n_new: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``layer``'s keys and values of positions ``0 .. pos+n_new-1`` (views), after ``slots``."""
+        end = self.pos + n_new
+        return self.k[layer].narrow(2, 0, end), self.v[layer].narrow(2, 0, end)
 
     def advance(self, n: int) -> None:
         """Mark ``n`` more positions as filled (called once per forward, after every layer)."""

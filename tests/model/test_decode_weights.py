@@ -1,5 +1,6 @@
-"""Tests for ``RaggedForward`` beyond the engine's token-for-token tests: the padding-free fast path and
-the ragged path give the same logits, and the opt-in int8 weights stay close to the exact model."""
+"""Tests for decoding through ``Decoder.forward`` with ``DecodeWeights`` beyond the engine's token-for-token
+tests: the padding-free path and the ragged path give the same logits, the prepared matrices give the
+decoder's own logits, and the opt-in int8 weights stay close to the exact model."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmforge.inference.batch_forward import RaggedForward
 from lmforge.inference.engine import Engine, SamplingParams
 from lmforge.model.config import ModelConfig
+from lmforge.model.decode_weights import DecodeWeights
 from lmforge.model.decoder import Decoder
 
 
@@ -22,15 +23,17 @@ def build(**overrides) -> Decoder:
     return model
 
 
-def decode_logits(fwd: RaggedForward, prompts: torch.Tensor, pad: torch.Tensor, steps: int) -> torch.Tensor:
-    """Logits ``[steps, B, V]`` of greedy decoding through ``fwd`` (prefill, then one token a step)."""
-    cache = fwd.new_cache(pad, prompts.shape[1] + steps)
-    fwd.refresh()
-    logits = fwd(prompts, cache, last_only=True)[:, -1]
+@torch.no_grad()
+def decode_logits(w: DecodeWeights, prompts: torch.Tensor, pad: torch.Tensor, steps: int) -> torch.Tensor:
+    """Logits ``[steps, B, V]`` of greedy decoding with ``w`` (prefill, then one token a step)."""
+    model = w.model
+    cache = model.new_kv_cache(len(pad), prompts.shape[1] + steps, pad=pad)
+    w.refresh()
+    logits = model(prompts, cache, weights=w, last_only=True)[:, -1]
     out = []
     for _ in range(steps):
         out.append(logits)
-        logits = fwd(logits.argmax(-1)[:, None], cache)[:, -1]
+        logits = model(logits.argmax(-1)[:, None], cache, weights=w)[:, -1]
     return torch.stack(out)
 
 
@@ -39,7 +42,7 @@ def test_unpadded_fast_path_equals_the_masked_path(overrides: dict) -> None:
     """A row with no padding gives the same logits alone (no mask, sliced positions) as next to a
     padded row (per-row positions, boolean mask)."""
     model = build(**overrides)
-    fwd = RaggedForward(model)
+    fwd = DecodeWeights(model)
     prompt = torch.tensor([[3, 9, 4, 1, 7, 2]])
     alone = decode_logits(fwd, prompt, torch.tensor([0]), 6)[:, 0]
     ragged = torch.tensor([[3, 9, 4, 1, 7, 2], [0, 0, 0, 5, 6, 8]])
@@ -49,12 +52,12 @@ def test_unpadded_fast_path_equals_the_masked_path(overrides: dict) -> None:
 
 def test_int8_weights_are_quantised_and_close_to_exact() -> None:
     model = build()
-    exact, int8 = RaggedForward(model), RaggedForward(model, weights="int8")
+    exact, int8 = DecodeWeights(model), DecodeWeights(model, weights="int8")
     int8.refresh()
     assert all(
-        m.w8 is not None for layer in int8._layers for m in (layer.qkv, layer.o, layer.gate_up, layer.down)
+        m.w8 is not None for layer in int8.layers for m in (layer.qkv, layer.o, layer.gate_up, layer.down)
     )
-    assert int8._head is not None and int8._head.w8 is not None
+    assert int8.head is not None and int8.head.w8 is not None
     prompts, pad = torch.tensor([[3, 9, 4, 1, 7, 2], [0, 0, 0, 5, 6, 8]]), torch.tensor([0, 3])
     a, b = decode_logits(exact, prompts, pad, 1), decode_logits(int8, prompts, pad, 1)
     assert not torch.equal(a, b)  # it is a different computation ...
@@ -68,14 +71,13 @@ def test_int8_weights_are_quantised_and_close_to_exact() -> None:
 
 def test_int8_keeps_widths_the_kernel_cannot_take_and_rejects_unknown_formats() -> None:
     model = build(n_embd=40, n_head=2)  # input width 40 is not a multiple of 16
-    fwd = RaggedForward(model, weights="int8")
-    fwd.refresh()
-    assert fwd._layers[0].qkv.w8 is None and fwd._layers[0].qkv.w is not None
+    fwd = DecodeWeights(model, weights="int8").refresh()
+    assert fwd.layers[0].qkv.w8 is None and fwd.layers[0].qkv.w is not None
     out = Engine(model, weights="int8").generate([[1, 2, 3]], SamplingParams(max_new_tokens=4, temperature=0))
     exact = Engine(model).generate([[1, 2, 3]], SamplingParams(max_new_tokens=4, temperature=0))
     assert len(out[0].ids) == 4 and out[0].ids[:1] == exact[0].ids[:1]
     with pytest.raises(ValueError, match="weights"):
-        RaggedForward(model, weights="int4")
+        DecodeWeights(model, weights="int4")
 
 
 @pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
@@ -84,12 +86,12 @@ def test_cpu_fp32_matmul_paths_equal_f_linear(rows: int, bias: bool) -> None:
     """The exact fp32 CPU matmul takes ``_few_rows`` (<= FEW_ROWS rows), else F.linear on the first
     call and oneDNN's prepacked linear from the second on; every path gives ``F.linear``'s product and
     ``residual + product`` to fp32 rounding."""
-    from lmforge.inference.batch_forward import FEW_ROWS, _Matmul, _onednn_linear
+    from lmforge.model.decode_weights import FEW_ROWS, Matmul, _onednn_linear
 
     torch.manual_seed(rows)
     w, b = torch.randn(72, 48), torch.randn(72) if bias else None
     x, residual = torch.randn(rows, 48), torch.randn(rows, 72)
-    mm = _Matmul(w, b, int8=False)
+    mm = Matmul(w, b, int8=False)
     want = F.linear(x, w, b)
     for _ in range(3):  # the first wide call is plain, the second packs, the third uses the packing
         torch.testing.assert_close(mm(x), want, rtol=1e-5, atol=1e-5)
@@ -103,7 +105,7 @@ def test_cpu_fp32_matmul_paths_equal_f_linear(rows: int, bias: bool) -> None:
 
 def test_onednn_is_found_on_this_torch() -> None:
     """The CPU build the project pins ships oneDNN, so the fast path is not silently off here."""
-    from lmforge.inference.batch_forward import _onednn_linear
+    from lmforge.model.decode_weights import _onednn_linear
 
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch build has no oneDNN (the engine falls back to F.linear)")
@@ -113,12 +115,12 @@ def test_onednn_is_found_on_this_torch() -> None:
 @pytest.mark.parametrize(
     "overrides", [{"qkv_bias": True}, {"mlp": "geglu", "scale_emb": True, "norm_eps": 1e-6}], ids=str
 )
-def test_ragged_forward_equals_the_decoder_for_imported_families(overrides: dict) -> None:
+def test_prepared_weights_equal_the_decoder_for_imported_families(overrides: dict) -> None:
     """Qwen2's q/k/v-only biases and Gemma's GeGLU MLP and scaled embeddings: the engine's forward gives
     the decoder's own logits, prefill and every cached step."""
     model = build(**overrides)
     prompts = torch.tensor([[3, 9, 4, 1, 7, 2]])
-    steps = decode_logits(RaggedForward(model), prompts, torch.tensor([0]), 4)  # [4, 1, V]
+    steps = decode_logits(DecodeWeights(model), prompts, torch.tensor([0]), 4)  # [4, 1, V]
     seq = torch.cat([prompts, steps[:-1, 0].argmax(-1)[None]], dim=1)  # the greedy path, [1, 9]
     with torch.no_grad():
         full = model(seq)[0, prompts.shape[1] - 1 :]  # [4, V]
