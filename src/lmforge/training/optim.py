@@ -150,7 +150,7 @@ def build_optimizer(
 
 def _bump_versions(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
     """Mark every parameter as changed after a fused step. The fused kernel writes the weights without
-    bumping their version counters (torch 2.13), so ``inference.batch_forward.RaggedForward`` — which
+    bumping their version counters (torch 2.13), so ``model.decode_weights.DecodeWeights`` — which
     rebuilds its fused weight copies only when a counter moved — kept sampling from the weights it saw
     first: GRPO and PPO rollouts came from the initial policy while the loss scored them under the
     trained one."""
