@@ -49,9 +49,11 @@ from lmforge.model.config import ModelConfig
 from lmforge.model.heads import POOLING_CHOICES, ClassificationHead
 from lmforge.model.hf_bert import POOLING_FILE  # a sentence-transformers import's declared pooling
 from lmforge.runstore import resolve_ref, write_json_atomic
+from lmforge.runtime import Runtime
 from lmforge.training import checkpoint as ckpt
 from lmforge.training.optim import build_optimizer, lr_at
 from lmforge.training.options import FinetuneOptions
+from lmforge.training.precision import training_dtype
 from lmforge.training.step import EarlyStopping, train_step
 
 logger = logging.getLogger(__name__)
@@ -301,8 +303,6 @@ def fit(
         KeyError: ``evaluate`` does not return ``monitor``.
     """
     from lmforge.log import step_line
-    from lmforge.runtime import Runtime
-    from lmforge.training.precision import training_dtype
 
     log_metrics = log_metrics or (lambda record: None)
     optimizer = build_optimizer(model, opts.lr, opts.weight_decay, layer_lr_decay=opts.layer_lr_decay)
