@@ -1,12 +1,14 @@
 """Pretrain a decoder-only transformer on token shards with next-token prediction.
 
-The loop is written out below: schedule → accumulated token-weighted forward/backward → clip →
-AdamW step → log line and metrics.jsonl → periodic validation (loss, perplexity, bits per byte) →
+The loop is written out below: schedule → one ``training.step.train_step`` (accumulated token-weighted
+forward/backward over ranks, clip, L1, AdamW/Muon step, the non-finite check; the step every training loop
+takes) → log line and metrics.jsonl → periodic validation (loss, perplexity, bits per byte) →
 atomic checkpoints. Checkpoints live in the stage's work directory, so an interrupted run resumes
 from the newest one that verifies against its recorded checksums (model, optimiser, data loader
 position and RNG state; a damaged newer one is moved aside with a warning, ``checkpoint.load_resumable``),
 continuing exactly where it stopped; ``metrics.jsonl`` loses the rows after that step, so every step
-keeps one row. ``max_time_s`` stops training at a wall-clock budget and evaluates.
+keeps one row. ``max_time_s`` stops training at a wall-clock budget and evaluates; ``patience`` stops it
+after that many evaluations without a better ``val_loss`` (``training.step.EarlyStopping``).
 """
 
 from __future__ import annotations
