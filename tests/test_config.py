@@ -144,3 +144,18 @@ def test_a_hyphenated_instance_takes_overrides(tmp_path) -> None:
     recipe = {"stages": {"eval-lora": {"stage": "eval", "model": "some/ckpt", "tokenizer": "some/tok"}}}
     (step,) = plan(recipe, {"eval-lora": {"max_tokens": 64}}, tmp_path)
     assert step.instance == "eval-lora" and step.config.max_tokens == 64
+
+
+def test_a_renamed_option_keeps_working_for_a_release_with_a_warning(caplog):
+    """pretrain's early_stop_patience / early_stop_min_delta are fine-tuning's patience / min_delta now."""
+    from lmforge.stages.pretrain import Config
+
+    cfg = from_dict(Config, {"early_stop_patience": 3, "early_stop_min_delta": 0.01}, prefix="pretrain")
+    assert (cfg.patience, cfg.min_delta) == (3, 0.01)
+    assert (
+        "pretrain.early_stop_patience is deprecated" in caplog.text and "use pretrain.patience" in caplog.text
+    )
+    with pytest.raises(ConfigError, match="keep 'patience' only") as err:
+        from_dict(Config, {"early_stop_patience": 3, "patience": 2}, prefix="pretrain")
+    assert err.value.key == "pretrain.early_stop_patience"
+    assert "early_stop_patience" not in {row[0] for row in describe(Config)}  # --help shows the new name

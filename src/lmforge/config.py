@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import types
 from dataclasses import MISSING, field, fields, is_dataclass
@@ -84,6 +85,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, prefix: str = "") ->
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(prefix, f"expected a mapping of options, got {type(data).__name__} {data!r}")
+    data = _renamed(cls, data, prefix)
     hints = get_type_hints(cls)
     names = [f.name for f in fields(cls)]
     for key in data:
@@ -99,6 +101,29 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, prefix: str = "") ->
         raise ConfigError(prefix, str(exc)) from None
     validate(obj, prefix=prefix)
     return obj
+
+
+def _renamed(cls: type, data: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """``data`` with the deprecated option names of ``cls`` (its ``RENAMED`` mapping, old → new) given
+    their current names, each use warned about once per config read; old and new together are refused."""
+    renamed = getattr(cls, "RENAMED", {})
+    if not any(old in data for old in renamed):
+        return data
+    data = dict(data)
+    for old, new in renamed.items():
+        if old not in data:
+            continue
+        if new in data:
+            raise ConfigError(
+                _join(prefix, old), f"deprecated name of '{new}', which is also given: keep '{new}' only"
+            )
+        logging.getLogger(__name__).warning(
+            "%s is deprecated and will be removed in the next release: use %s",
+            _join(prefix, old),
+            _join(prefix, new),
+        )
+        data[new] = data.pop(old)
+    return data
 
 
 def validate(obj: Any, *, prefix: str = "") -> None:

@@ -115,3 +115,30 @@ def test_procs_reports_a_rank_error_in_the_parent(tokenizer_dir, tmp_path):
     )
     with pytest.raises(ConfigError, match="smaller than the tokenizer"):
         stage.main(cfg)
+
+
+def test_pretraining_and_the_scaling_sweep_run_the_one_training_step(tokenizer_dir, tmp_path, monkeypatch):
+    """The invariance tests guard ``training.step.train_step``; pretraining and a scaling point take
+    every optimiser step through it (fine-tuning's ``fit`` is tested through its own trajectory)."""
+    from lmforge.scaling import points
+    from lmforge.training import step
+
+    calls = []
+    real = step.train_step
+
+    def counting(model, optimizers, micro_batches, loss_sum, **kw):
+        calls.append(len(micro_batches))
+        return real(model, optimizers, micro_batches, loss_sum, **kw)
+
+    monkeypatch.setattr(step, "train_step", counting)
+    args = ["--model.n_layer=1", "--model.n_head=2", "--model.n_embd=32", "--model.block_size=32"]
+    out = tmp_path / "p"
+    common = ["--max_steps=3", "--warmup_steps=1", "--eval_tokens=256", "--device=cpu", "--dtype=fp32", "-q"]
+    assert (
+        main(["pretrain", f"--tokenizer={tokenizer_dir}", f"--out={out}", "--grad_accum=2", *args, *common])
+        == 0
+    )
+    assert calls == [2, 2, 2]
+    recipe = points.PointRecipe(block_size=16, batch_size=2, head_dim=16, device="cpu", dtype="fp32")
+    m = points.run_point(tokenizer_dir, tmp_path / "points", 1, 32, 96, recipe)
+    assert m["status"] == "complete" and calls == [2, 2, 2, 1, 1, 1]  # 96 tokens = 3 steps of 2 x 16

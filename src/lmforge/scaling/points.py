@@ -9,8 +9,11 @@ point (a point itself restarts from scratch: points are small, so they keep no c
 The loop is the pretrain stage's loop shape reduced to what a scaling point needs, built from the same
 library pieces so the math cannot drift: ``BatchLoader`` windows, ``PretrainObjective('clm')``
 token-summed loss, ``build_optimizers`` (AdamW param groups), ``lr_at`` (warmup + decay to the point's
-own budget, as Hoffmann et al. 2022 do for every point) and ``evaluate_lm`` (val loss, bits per byte).
-Departures from ``lmforge pretrain``: one process (no DDP), no gradient accumulation, no checkpoints.
+own budget, as Hoffmann et al. 2022 do for every point), the one optimiser step of every loop
+(``training.step.train_step``: token-weighted backward, clipping, the non-finite check) and
+``evaluate_lm`` (val loss, bits per byte). Departures from ``lmforge pretrain``: one process (no DDP), no
+gradient accumulation, no checkpoints, no early stopping. It stays a loop of its own rather than calling
+the pretrain stage because a library module may not import a stage (``stages/`` sits above ``scaling/``).
 
 Each point records N (non-embedding parameters, Kaplan et al. 2020), D (tokens trained on),
 C = 6·N·D, the final validation loss and bits per byte.
@@ -187,8 +190,6 @@ def run_point(
 
 def train_point(cfg: PointConfig, ctx: StageContext) -> dict[str, float]:
     """Train the point's decoder on ``cfg.tokens`` tokens and evaluate it; returns the point's metrics."""
-    import torch
-
     from lmforge.eval.lm import evaluate_lm
     from lmforge.model.checkpoint import build_model
     from lmforge.runtime import create_runtime
@@ -197,6 +198,7 @@ def train_point(cfg: PointConfig, ctx: StageContext) -> dict[str, float]:
     from lmforge.tokenizer.train import load_tokenizer, token_byte_lengths
     from lmforge.training.objectives import PretrainObjective
     from lmforge.training.optim import build_optimizers, lr_at
+    from lmforge.training.step import train_step
 
     r = cfg.recipe
     rt = create_runtime(r.device, r.dtype, r.seed, r.threads)
@@ -232,21 +234,18 @@ def train_point(cfg: PointConfig, ctx: StageContext) -> dict[str, float]:
             schedule=r.schedule,
             min_lr_ratio=r.min_lr_ratio,
         )
-        for group in (g for o in optimizers for g in o.param_groups):
-            group["lr"] = lr
         batch, targets, n = objective.prepare(*loader.next_batch())
-        with rt.autocast():
-            loss_sum = objective.loss(model, {"idx": batch["idx"].to(rt.device)}, targets.to(rt.device), n)
-        (loss_sum / n).backward()
-        grad_norm = float(
-            torch.nn.utils.clip_grad_norm_(model.parameters(), r.grad_clip if r.grad_clip > 0 else math.inf)
+        stats = train_step(
+            model,
+            optimizers,
+            [((batch["idx"].to(rt.device), targets.to(rt.device), n), n)],
+            lambda b: objective.loss(model, {"idx": b[0]}, b[1], b[2]),
+            lr=lr,
+            grad_clip=r.grad_clip,
+            step=step,
+            autocast=rt.autocast,
         )
-        for o in optimizers:
-            o.step()
-            o.zero_grad(set_to_none=True)
-        loss = loss_sum.item() / n
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss} at step {step + 1}; lower recipe.lr (lr={r.lr})")
+        loss, grad_norm = stats.loss, stats.grad_norm
         loss_ema = loss if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * loss
         dt = time.perf_counter() - t0
         ctx.log_metrics(

@@ -1,17 +1,18 @@
 """Pretrain a decoder-only transformer on token shards with next-token prediction.
 
-The loop is written out below: schedule → accumulated token-weighted forward/backward → clip →
-AdamW step → log line and metrics.jsonl → periodic validation (loss, perplexity, bits per byte) →
+The loop is written out below: schedule → one ``training.step.train_step`` (accumulated token-weighted
+forward/backward over ranks, clip, L1, AdamW/Muon step, the non-finite check; the step every training loop
+takes) → log line and metrics.jsonl → periodic validation (loss, perplexity, bits per byte) →
 atomic checkpoints. Checkpoints live in the stage's work directory, so an interrupted run resumes
 from the newest one that verifies against its recorded checksums (model, optimiser, data loader
 position and RNG state; a damaged newer one is moved aside with a warning, ``checkpoint.load_resumable``),
 continuing exactly where it stopped; ``metrics.jsonl`` loses the rows after that step, so every step
-keeps one row. ``max_time_s`` stops training at a wall-clock budget and evaluates.
+keeps one row. ``max_time_s`` stops training at a wall-clock budget and evaluates; ``patience`` stops it
+after that many evaluations without a better ``val_loss`` (``training.step.EarlyStopping``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -19,12 +20,13 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from lmforge.config import ConfigError, opt
 from lmforge.errors import InputError
 from lmforge.model.config import ModelConfig, preset
 from lmforge.runstore import StageContext, resolve_ref, run_stage
+from lmforge.training.options import TrainOptions, tuned
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +35,9 @@ VERSION = 1
 
 
 @dataclass
-class Config:
-    """Options of ``lmforge pretrain``."""
+class Config(TrainOptions):
+    """Options of ``lmforge pretrain`` (the step, schedule, evaluation and early-stopping options are
+    ``TrainOptions``', shared with fine-tuning)."""
 
     tokenizer: str = opt("@tokenizer", "tokenizer stage directory (tokenizer.json and tokens/)", path=True)
     out: str = opt("", "output stage directory (checkpoints under ckpt/)", path=True)
@@ -43,21 +46,17 @@ class Config:
         "clm", "clm: next-token (decoder); mlm / mlm+nsp: masked LM (+ next-sentence) on an encoder"
     )
     depth: int = opt(0, "size preset: n_layer = depth, n_embd = 64·depth, n_head = depth (0 = use model.*)")
-    batch_size: int = opt(16, "sequences per micro-batch")
     packing: Literal["random", "bos_aligned", "shuffled"] = opt(
         "random",
         "where training windows start: random positions, document starts (bos_aligned), or without "
         "replacement epoch by epoch (shuffled: better when a run makes several passes over a small corpus)",
     )
-    grad_accum: int = opt(1, "micro-batches per optimiser step (loss weighted by token count)")
-    max_steps: int = opt(1000, "optimiser steps")
-    max_time_s: float = opt(0.0, "stop training after this many seconds and evaluate (0 = no budget)")
-    lr: float = opt(3e-3, "peak learning rate")
-    min_lr_ratio: float = opt(0.1, "final learning rate as a fraction of lr")
-    warmup_steps: int = opt(50, "linear warmup steps")
-    schedule: Literal["cosine", "linear", "constant", "wsd"] = opt(
-        "cosine", "learning-rate schedule after warmup"
-    )
+    max_steps: int = tuned("max_steps", 1000)
+    lr: float = tuned("lr", 3e-3)
+    warmup_steps: int = tuned("warmup_steps", 50)
+    weight_decay: float = tuned("weight_decay", 0.1)
+    eval_every: int = tuned("eval_every", 250)
+    log_every: int = tuned("log_every", 1)
     schedule_clock: Literal["steps", "time"] = opt(
         "steps",
         "length of the schedule: max_steps, or (time, needs max_time_s) the steps projected to fit in the"
@@ -71,12 +70,8 @@ class Config:
     )
     muon_momentum: float = opt(0.95, "Muon's Nesterov momentum (torch's default 0.95)")
     muon_ns_steps: int = opt(5, "Newton-Schulz iterations per Muon step (3 is 40% cheaper)")
-    weight_decay: float = opt(0.1, "decoupled weight decay on matrices (AdamW)")
-    l1: float = opt(0.0, "L1 penalty: adds l1 · Σ|w| over weight matrices to the loss (0 = off)")
     beta1: float = opt(0.9, "AdamW beta1")
     beta2: float = opt(0.95, "AdamW beta2")
-    grad_clip: float = opt(1.0, "clip the global gradient norm to this (0 = off)")
-    eval_every: int = opt(250, "validate every N steps (and at the end)")
     eval_tokens: int = opt(65536, "validation tokens per evaluation (0 = the whole split)")
     eval_stride: int = opt(
         0,
@@ -85,17 +80,6 @@ class Config:
     )
     ckpt_every: int = opt(250, "checkpoint every N steps (and at the end)")
     keep_last: int = opt(2, "checkpoints to keep besides the best")
-    log_every: int = opt(1, "log one line every N steps", cache=False)
-    seed: int = opt(1337, "seed of initialisation, data order and dropout")
-    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
-    dtype: str = opt(
-        "auto",
-        "auto | fp32 | bf16 | fp16 (auto: on a CPU the faster of fp32 and bf16 for this model, measured and"
-        " cached; bf16 on recent GPUs)",
-    )
-    threads: int = opt(0, "CPU threads for torch (0 = one per core)")
-    early_stop_patience: int = opt(0, "stop after this many evaluations without val improvement (0 = off)")
-    early_stop_min_delta: float = opt(0.0, "val loss must improve by more than this to count")
     procs: int = opt(
         1,
         "data-parallel CPU processes started by this command (gloo, no torchrun needed); small models "
@@ -108,45 +92,19 @@ class Config:
         False, "torch.compile the model (measured slower to start than it gains on short CPU runs)"
     )
 
+    # one set of names with fine-tuning; the old pretrain-only spellings work, with a warning, until the
+    # next release
+    RENAMED: ClassVar[dict[str, str]] = {
+        "early_stop_patience": "patience",
+        "early_stop_min_delta": "min_delta",
+    }
+
     def validate(self) -> None:
-        for key in (
-            "batch_size",
-            "grad_accum",
-            "max_steps",
-            "eval_every",
-            "ckpt_every",
-            "log_every",
-            "procs",
-        ):
+        super().validate()
+        for key in ("ckpt_every", "procs"):
             if getattr(self, key) < 1:
                 raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
-        if self.warmup_steps < 0:
-            raise ConfigError("warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        if self.warmup_steps > self.max_steps:  # e.g. --max_steps 20 on a recipe that warms up for 50
-            log.warning(
-                "warmup_steps %d > max_steps %d: warming up over all %d steps instead",
-                self.warmup_steps,
-                self.max_steps,
-                self.max_steps,
-            )
-            self.warmup_steps = self.max_steps
-        if self.lr <= 0:
-            raise ConfigError("lr", f"must be > 0, got {self.lr}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
-        for key in (
-            "weight_decay",
-            "muon_lr",
-            "l1",
-            "grad_clip",
-            "max_time_s",
-            "eval_tokens",
-            "eval_stride",
-            "keep_last",
-            "threads",
-            "early_stop_patience",
-            "early_stop_min_delta",
-        ):
+        for key in ("muon_lr", "eval_tokens", "eval_stride", "keep_last"):
             if getattr(self, key) < 0:
                 raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
         if self.eval_stride > self.model.block_size:
@@ -252,8 +210,9 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     from lmforge.training import checkpoint as ckpt
     from lmforge.training.flops import matmul_peak, raise_peak
     from lmforge.training.objectives import PretrainObjective
-    from lmforge.training.optim import build_optimizers, lr_at, scaled_lr
+    from lmforge.training.optim import build_optimizers, lr_at
     from lmforge.training.precision import auto_dtype
+    from lmforge.training.step import EarlyStopping, train_step
 
     ddp.init_distributed("cuda" if cfg.device.startswith("cuda") else "cpu")
     rt = create_runtime(cfg.device, cfg.dtype, cfg.seed, cfg.threads)
@@ -291,7 +250,6 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         muon_lr=cfg.muon_lr,
         muon_momentum=cfg.muon_momentum,
     )
-    l1_params = [p for p in raw_model.parameters() if p.ndim >= 2] if cfg.l1 > 0 else []
     forward = torch.compile(model) if cfg.compile else model
     # every rank draws the same global batch and trains on its own slice of rows, so N ranks with
     # batch B follow exactly the trajectory of one process with batch N·B
@@ -309,16 +267,17 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     if main_rank:
         ckpt_root.mkdir(exist_ok=True)
 
-    step, best_val, best_dir, elapsed_before, loss_ema, bad_evals = 0, math.inf, "", 0.0, math.nan, 0
+    step, best_dir, elapsed_before, loss_ema = 0, "", 0.0, math.nan
+    stopper = EarlyStopping("min", cfg.patience, cfg.min_delta, best=math.inf)  # follows val_loss
     found = ckpt.load_resumable(ckpt_root, mcfg, move_aside=main_rank)  # the newest that verifies
     if found is not None:
         latest, weights, state = found
         ddp.load_full_state_dicts(model, optimizers, weights, state["optimizer"])
         loader.load_state_dict(state["loader"])
         ckpt.set_rng_state(state["rng"])
-        step, best_val = int(state["step"]), float(state["best_val_loss"])
+        step, stopper.best = int(state["step"]), float(state["best_val_loss"])
         best_dir, elapsed_before = str(state["best_dir"]), float(state["elapsed_s"])
-        loss_ema, bad_evals = float(state["loss_ema"]), int(state["bad_evals"])
+        loss_ema, stopper.bad = float(state["loss_ema"]), int(state["bad_evals"])
         log.info("resumed from %s (step %d)", latest.name, step)
     # one row per step, as if never stopped: rows after the resumed step are written again below
     if main_rank and truncate_metrics(ctx.dir / "metrics.jsonl", step):
@@ -383,11 +342,11 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
                     "loader": loader.state_dict(),
                     "rng": ckpt.rng_state(),
                     "step": step,
-                    "best_val_loss": best_val,
+                    "best_val_loss": stopper.best,
                     "best_dir": best_dir,
                     "elapsed_s": elapsed_before + (time.perf_counter() - start),
                     "loss_ema": loss_ema,
-                    "bad_evals": bad_evals,
+                    "bad_evals": stopper.bad,
                 },
             )
             keep = {ckpt_root / best_dir} if best_dir else set()
@@ -405,48 +364,26 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
             step,
             max_steps=_schedule_length(cfg, step, elapsed_before + t0 - start, step_time),
             base_lr=cfg.lr,
-            warmup_steps=cfg.warmup_steps,
+            warmup_steps=cfg.warmup,
             schedule=cfg.schedule,
             min_lr_ratio=cfg.min_lr_ratio,
         )
-        for o in optimizers:
-            for group in o.param_groups:
-                group["lr"] = scaled_lr(o, lr)
         micro = [objective.prepare(*(t[rows] for t in loader.next_batch())) for _ in range(cfg.grad_accum)]
-        global_tokens = ddp.all_reduce_sum(sum(n for _, _, n in micro))
-        scale = ddp.loss_scale(global_tokens)
-        local_loss = 0.0
-        for i, (batch, targets, n) in enumerate(micro):
-            batch = {k: v.to(rt.device) for k, v in batch.items()}
-            sync = (
-                contextlib.nullcontext()
-                if i == len(micro) - 1 or not hasattr(model, "no_sync")
-                else model.no_sync()
-            )
-            with sync:
-                with rt.autocast():
-                    loss_sum = objective.loss(forward, batch, targets.to(rt.device), n)
-                (loss_sum * scale).backward()
-            local_loss += loss_sum.item()
-        grad_norm = float(
-            torch.nn.utils.clip_grad_norm_(
-                model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-            )
+        stats = train_step(
+            model,
+            optimizers,
+            [(m, m[2]) for m in micro],  # (batch, targets, supervised tokens)
+            lambda m: objective.loss(
+                forward, {k: v.to(rt.device) for k, v in m[0].items()}, m[1].to(rt.device), m[2]
+            ),
+            lr=lr,
+            grad_clip=cfg.grad_clip,
+            l1=cfg.l1,
+            step=step,
+            autocast=rt.autocast,
         )
-        if l1_params:  # L1 penalty on the weight matrices: its gradient l1 · sign(w), added once per step
-            with torch.no_grad():
-                for p in l1_params:
-                    if p.grad is not None:
-                        p.grad.add_(torch.sign(p), alpha=cfg.l1)
-        for o in optimizers:
-            o.step()
-            o.zero_grad(set_to_none=True)
         step += 1
-        loss = ddp.all_reduce_sum(local_loss) / max(global_tokens, 1)
-        if not math.isfinite(loss):
-            raise FloatingPointError(
-                f"loss became {loss} at step {step}; lower the learning rate (lr={cfg.lr})"
-            )
+        loss, grad_norm, global_tokens = stats.loss, stats.grad_norm, stats.tokens
         loss_ema = loss if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * loss
         dt = time.perf_counter() - t0
         elapsed = elapsed_before + time.perf_counter() - start
@@ -485,16 +422,14 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
             if main_rank:
                 ctx.log_metrics({"step": step, **last_val})
             log.info("step %d: %s", step, " | ".join(f"{k} {v:.4f}" for k, v in last_val.items()))
-            if last_val["val_loss"] < best_val - cfg.early_stop_min_delta:
-                best_val, best_dir, bad_evals = last_val["val_loss"], f"step_{step}", 0
-            else:
-                bad_evals += 1
-            if cfg.early_stop_patience and bad_evals >= cfg.early_stop_patience:
+            if stopper.update(last_val["val_loss"]):
+                best_dir = f"step_{step}"
+            if stopper.stop:
                 final, stop_reason = True, "early_stop"
                 log.info(
                     "early stop: no val improvement in %d evaluations (best %.4f at %s)",
-                    bad_evals,
-                    best_val,
+                    stopper.bad,
+                    stopper.best,
                     best_dir,
                 )
         if out_of_time:
@@ -522,7 +457,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     train_time = elapsed_before + time.perf_counter() - start
     return {
         **last_val,
-        "best_val_loss": min(best_val, last_val["val_loss"]),
+        "best_val_loss": min(stopper.best, last_val["val_loss"]),
         "train_loss": loss_ema,
         "steps": step,
         "tokens": step * tokens_per_step,
@@ -550,7 +485,7 @@ def _schedule_length(cfg: Config, step: int, elapsed: float, step_time: float | 
     _, world = ddp.world()
     if world > 1:
         projected = ddp.all_reduce_sum(projected) / world
-    return int(min(cfg.max_steps, max(projected, step + 1, cfg.warmup_steps)))
+    return int(min(cfg.max_steps, max(projected, step + 1, cfg.warmup)))
 
 
 def _token_id(tok: Any, token: str) -> int:

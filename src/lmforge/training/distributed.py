@@ -7,7 +7,7 @@ every function here is a no-op, so there is one code path for one process and ma
 
 Gradient scale: DDP and FSDP2 *average* gradients over ranks. The token-weighted loss of a step is
 ``sum(loss over all supervised tokens of all ranks) / global token count``, so each rank backpropagates
-``loss_sum * world_size / global_tokens`` (see :func:`loss_scale`); averaging then gives exactly the
+``loss_sum * world_size / global_tokens`` (``training.step.weighted_backward``); averaging then gives exactly the
 single-process gradient of the whole global batch.
 
 Checkpoints hold full (unsharded) state dicts, gathered with ``torch.distributed.checkpoint.state_dict``,
@@ -86,12 +86,6 @@ def all_reduce_sum(value: float | int) -> float:
     t = torch.tensor([float(value)], dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t.item())
-
-
-def loss_scale(global_tokens: float) -> float:
-    """Factor to multiply a rank's summed loss by so averaged gradients equal the global token mean."""
-    _, world_size = world()
-    return world_size / max(global_tokens, 1.0)
 
 
 def full_state_dicts(model: nn.Module, optimizer: Any) -> tuple[dict, dict]:

@@ -11,8 +11,9 @@
   parameter sharing, Caruana 1997).
 - ``fit``: the optimisation loop all methods run: schedule (``optim.lr_at``; ``warmup_ratio`` or
   ``warmup_steps``; ``layer_lr_decay`` scales each depth's groups, ``optim.set_lr``) → accumulated
-  token/example-weighted backward (``step.weighted_backward``) → clip → L1 → AdamW over the trainable
-  parameters only → periodic evaluation → early stopping with patience on a monitored metric, keeping
+  token/example-weighted backward, clip, L1 and AdamW over the trainable parameters only (one
+  ``step.train_step``, as pretraining's; the forward under ``dtype`` autocast, ``precision.training_dtype``)
+  → periodic evaluation → early stopping with patience on a monitored metric (``step.EarlyStopping``), keeping
   the best trainable weights in memory (fine-tuned models here are small). ``max_time_s`` stops at a
   wall-clock budget as pretraining does: once a step ends past it, the loop evaluates and stops with
   ``stop_reason`` ``time_budget`` (the other reasons: ``max_steps``, ``early_stop``), and the caller
@@ -50,9 +51,11 @@ from lmforge.model.checkpoint import HEADS_FILE, META_FILE, POOLING_FILE
 from lmforge.model.config import ModelConfig
 from lmforge.model.heads import POOLING_CHOICES, ClassificationHead, hidden_states
 from lmforge.runstore import resolve_ref
-from lmforge.training.optim import build_optimizer, lr_at, set_lr
+from lmforge.runtime import Runtime
+from lmforge.training.optim import build_optimizer, lr_at
 from lmforge.training.options import FinetuneOptions
-from lmforge.training.step import weighted_backward
+from lmforge.training.precision import training_dtype
+from lmforge.training.step import EarlyStopping, train_step
 
 logger = logging.getLogger(__name__)
 
@@ -214,35 +217,6 @@ class TaskClassifier(nn.Module):
 
 
 @dataclass
-class EarlyStopping:
-    """Track the best value of a monitored metric; ``stop`` after ``patience`` evaluations without
-    an improvement larger than ``min_delta`` (``patience`` 0 never stops)."""
-
-    mode: str = "min"
-    patience: int = 0
-    min_delta: float = 0.0
-    best: float = math.nan
-    bad: int = 0
-
-    def update(self, value: float) -> bool:
-        """Record one evaluation; True when it is the best so far."""
-        better = (
-            math.isnan(self.best)
-            or (self.mode == "min" and value < self.best - self.min_delta)
-            or (self.mode == "max" and value > self.best + self.min_delta)
-        )
-        if better:
-            self.best, self.bad = value, 0
-        else:
-            self.bad += 1
-        return better
-
-    @property
-    def stop(self) -> bool:
-        return self.patience > 0 and self.bad >= self.patience
-
-
-@dataclass
 class FitResult:
     """What ``fit`` returns: where it stopped, the best evaluation and its trainable weights."""
 
@@ -255,6 +229,7 @@ class FitResult:
     stop_reason: str
     train_loss: float
     train_time_s: float
+    dtype: str = "fp32"
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -286,7 +261,7 @@ def fit(
     Args:
         model: the model being fine-tuned (frozen parameters have ``requires_grad=False``).
         opts: the shared options (steps, accumulation, lr and schedule, weight decay, L1, clipping,
-            evaluation interval, patience).
+            evaluation interval, patience, the training forward's ``dtype``).
         next_batch: returns ``(batch, n)``, ``n`` the number of loss terms (tokens or examples) in it.
         loss_sum: the summed loss of a batch (a scalar tensor); ``fit`` divides by the step's total ``n``.
         evaluate: validation metrics (called before training, every ``eval_every`` steps and at the end,
@@ -303,10 +278,12 @@ def fit(
     from lmforge.log import step_line
 
     log_metrics = log_metrics or (lambda record: None)
-    params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(model, opts.lr, opts.weight_decay, layer_lr_decay=opts.layer_lr_decay)
-    l1_params = [p for p in params if p.ndim >= 2] if opts.l1 > 0 else []
     stopper = EarlyStopping(mode, opts.patience, opts.min_delta)
+    device = next(model.parameters()).device.type
+    rt = Runtime(device=device, dtype=training_dtype(opts.dtype, model, device), seed=opts.seed)
+    if rt.dtype != "fp32":
+        logger.info("fine-tuning with %s autocast (dtype %s)", rt.dtype, opts.dtype)
     initial = evaluate()
     log_metrics({"step": 0, **initial})
     logger.info("step 0 (before fine-tuning): %s", _fmt(initial))
@@ -322,31 +299,21 @@ def fit(
             schedule=opts.schedule,
             min_lr_ratio=opts.min_lr_ratio,
         )
-        set_lr(optimizer, lr)  # each group: lr × its layer-wise lr_scale
         model.train()
         micro = [next_batch() for _ in range(opts.grad_accum)]
-        total = sum(n for _, n in micro)
-        summed = 0.0
-        for batch, _ in micro:
-            loss = loss_sum(batch)
-            weighted_backward(loss, total)
-            summed += float(loss.detach())
-        grad_norm = float(
-            torch.nn.utils.clip_grad_norm_(params, opts.grad_clip if opts.grad_clip > 0 else math.inf)
+        stats = train_step(
+            model,
+            [optimizer],
+            micro,
+            loss_sum,
+            lr=lr,  # each group: lr × its layer-wise lr_scale
+            grad_clip=opts.grad_clip,
+            l1=opts.l1,
+            step=step,
+            autocast=rt.autocast,
         )
-        if l1_params:  # gradient of l1 · Σ|w|, added once per step
-            with torch.no_grad():
-                for p in l1_params:
-                    if p.grad is not None:
-                        p.grad.add_(torch.sign(p), alpha=opts.l1)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
         step += 1
-        loss_value = summed / max(total, 1)
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(
-                f"loss became {loss_value} at step {step}; lower the learning rate (lr={opts.lr})"
-            )
+        loss_value, grad_norm = stats.loss, stats.grad_norm
         loss_ema = loss_value if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * loss_value
         elapsed = time.perf_counter() - start
         log_metrics(
@@ -389,6 +356,7 @@ def fit(
         stop_reason=stop_reason,
         train_loss=loss_ema,
         train_time_s=time.perf_counter() - start,
+        dtype=rt.dtype,
     )
 
 

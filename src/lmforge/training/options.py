@@ -1,33 +1,35 @@
-"""The training-control options every fine-tuning stage shares (no torch import: ``--help`` stays fast).
+"""The training options pretraining and fine-tuning share, spelled once (no torch import: ``--help`` stays fast).
 
-Each ``lmforge finetune <method>`` config subclasses ``FinetuneOptions`` and adds its own data and
-method fields, so the base checkpoint, the optimiser, regularisation (dropout, weight decay = L2, L1),
-the learning-rate schedule, early stopping and the wall-clock budget are spelled, validated and
-documented once. Every method, alignment's too, trains through ``training.finetune.fit``, which honours
-them all. ``SequenceOptions`` adds ``max_len`` for the methods that read one sequence per example.
+``TrainOptions`` holds every option whose meaning is the same in every training loop: the step budget
+(``max_steps``, ``max_time_s``), the batch (``batch_size``, ``grad_accum``), the optimiser step
+(``lr``, the schedule, ``weight_decay`` = L2, ``l1``, ``grad_clip``), evaluation and early stopping
+(``eval_every``, ``patience``, ``min_delta``), and where and how it runs (``seed``, ``device``, ``dtype``,
+``threads``, ``log_every``); all of them reach ``training.step.train_step`` / ``EarlyStopping``.
+``lmforge pretrain``'s config and ``FinetuneOptions`` subclass it; a loop whose sensible default differs
+re-declares the field with ``tuned`` (same help, another default). Each ``lmforge finetune <method>``
+config subclasses ``FinetuneOptions`` (base checkpoint, dropout, layer-wise lr decay, held-out split) and
+adds its own data and method fields; every method, alignment's too, trains through
+``training.finetune.fit``. ``SequenceOptions`` adds ``max_len`` for the methods that read one sequence per
+example.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from lmforge.config import ConfigError, opt
+from lmforge.runtime import DTYPES
 
 
 @dataclass
-class FinetuneOptions:
-    """Options shared by every fine-tuning method."""
+class TrainOptions:
+    """Options every training loop shares (pretraining and fine-tuning)."""
 
-    model: str = opt(
-        "@pretrain", "base model: a checkpoint directory or a training stage directory", path=True
-    )
-    checkpoint: Literal["best", "last"] = opt("best", "which checkpoint of a training stage to start from")
-    out: str = opt("", "output stage directory (checkpoints under ckpt/)", path=True)
     max_steps: int = opt(200, "optimiser steps")
     max_time_s: float = opt(0.0, "stop training after this many seconds, evaluate and save (0 = no budget)")
-    batch_size: int = opt(16, "examples (or sequences) per micro-batch")
+    batch_size: int = opt(16, "sequences (or examples) per micro-batch, per rank")
     grad_accum: int = opt(1, "micro-batches per optimiser step (loss weighted by token/example count)")
     lr: float = opt(1e-3, "peak learning rate")
     min_lr_ratio: float = opt(0.1, "final learning rate as a fraction of lr")
@@ -37,21 +39,22 @@ class FinetuneOptions:
         "cosine", "learning-rate schedule after warmup"
     )
     weight_decay: float = opt(0.01, "decoupled weight decay (L2) on trainable matrices")
-    layer_lr_decay: float = opt(
-        1.0, "layer-wise lr decay: block i of L takes lr·decay^(L−i), embeddings lr·decay^(L+1) (1 = off)"
-    )
     l1: float = opt(0.0, "L1 penalty: adds l1 · Σ|w| over trainable matrices to the loss (0 = off)")
-    dropout: float = opt(-1.0, "dropout while fine-tuning (-1 = keep the base model's)")
     grad_clip: float = opt(1.0, "clip the global gradient norm to this (0 = off)")
     eval_every: int = opt(50, "evaluate on the validation split every N steps (and at the end)")
     patience: int = opt(0, "stop after this many evaluations without improvement (0 = off)")
     min_delta: float = opt(0.0, "the monitored metric must improve by more than this to count")
-    val_fraction: float = opt(0.1, "fraction of the training data held out when no validation file is given")
-    max_eval_examples: int = opt(0, "score at most this many held-out examples per evaluation (0 = all)")
-    seed: int = opt(1337, "seed of data order, held-out split, new heads and dropout")
+    seed: int = opt(1337, "seed of initialisation, data order, held-out split and dropout")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
+    dtype: str = opt(
+        "auto",
+        "auto | fp32 | bf16 | fp16 (autocast for the training forward; auto: on a CPU the faster of fp32 and"
+        " bf16 for this decoder, measured and cached; bf16 on recent GPUs)",
+    )
     threads: int = opt(0, "CPU threads for torch (0 = one per core)", cache=False)
     log_every: int = opt(10, "log one line every N steps", cache=False)
+
+    RENAMED: ClassVar[dict[str, str]] = {}  # deprecated option name → its name now (config.from_dict)
 
     def validate(self) -> None:
         for key in ("max_steps", "batch_size", "grad_accum", "eval_every", "log_every"):
@@ -59,39 +62,27 @@ class FinetuneOptions:
                 raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
         if self.warmup_steps < 0:
             raise ConfigError("warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        if self.warmup_steps > self.max_steps > 0 and not self.warmup_ratio:
-            logging.getLogger(__name__).warning(
+        if (
+            self.warmup_steps > self.max_steps > 0 and not self.warmup_ratio
+        ):  # e.g. --max_steps 20 on a recipe
+            logging.getLogger(__name__).warning(  # that warms up for 50
                 "warmup_steps %d > max_steps %d: warming up over all %d steps instead",
                 self.warmup_steps,
                 self.max_steps,
                 self.max_steps,
             )
+            self.warmup_steps = self.max_steps
         if self.lr <= 0:
             raise ConfigError("lr", f"must be > 0, got {self.lr}")
         if not 0 <= self.warmup_ratio <= 1:
             raise ConfigError("warmup_ratio", f"must be in [0, 1], got {self.warmup_ratio}")
-        if not 0 < self.layer_lr_decay <= 1:
-            raise ConfigError("layer_lr_decay", f"must be in (0, 1] (1 = off), got {self.layer_lr_decay}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
-        for key in (
-            "weight_decay",
-            "l1",
-            "grad_clip",
-            "patience",
-            "min_delta",
-            "threads",
-            "max_eval_examples",
-            "max_time_s",
-        ):
+        for key in ("weight_decay", "l1", "grad_clip", "patience", "min_delta", "threads", "max_time_s"):
             if getattr(self, key) < 0:
                 raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
-        if not (self.dropout == -1.0 or 0.0 <= self.dropout < 1.0):
-            raise ConfigError(
-                "dropout", f"must be in [0, 1) or -1 (keep the base model's), got {self.dropout}"
-            )
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError("val_fraction", f"must be in [0, 1), got {self.val_fraction}")
+        if self.dtype not in DTYPES:
+            raise ConfigError("dtype", f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
     @property
     def warmup(self) -> int:
@@ -100,6 +91,44 @@ class FinetuneOptions:
         if self.warmup_ratio > 0:
             return min(self.max_steps, max(1, round(self.warmup_ratio * self.max_steps)))
         return min(self.warmup_steps, self.max_steps)
+
+
+def tuned(name: str, default: Any) -> Any:
+    """The ``TrainOptions`` field ``name`` with another default (same help and cache rule), for a
+    subclass whose loop needs a different one (e.g. pretraining's ``lr`` 3e-3)."""
+    meta = TrainOptions.__dataclass_fields__[name].metadata
+    return opt(default, meta["help"], cache=meta["cache"])
+
+
+@dataclass
+class FinetuneOptions(TrainOptions):
+    """Options shared by every fine-tuning method."""
+
+    model: str = opt(
+        "@pretrain", "base model: a checkpoint directory or a training stage directory", path=True
+    )
+    checkpoint: Literal["best", "last"] = opt("best", "which checkpoint of a training stage to start from")
+    out: str = opt("", "output stage directory (checkpoints under ckpt/)", path=True)
+    dtype: str = tuned("dtype", "fp32")
+    layer_lr_decay: float = opt(
+        1.0, "layer-wise lr decay: block i of L takes lr·decay^(L−i), embeddings lr·decay^(L+1) (1 = off)"
+    )
+    dropout: float = opt(-1.0, "dropout while fine-tuning (-1 = keep the base model's)")
+    val_fraction: float = opt(0.1, "fraction of the training data held out when no validation file is given")
+    max_eval_examples: int = opt(0, "score at most this many held-out examples per evaluation (0 = all)")
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 < self.layer_lr_decay <= 1:
+            raise ConfigError("layer_lr_decay", f"must be in (0, 1] (1 = off), got {self.layer_lr_decay}")
+        if self.max_eval_examples < 0:
+            raise ConfigError("max_eval_examples", f"must be >= 0, got {self.max_eval_examples}")
+        if not (self.dropout == -1.0 or 0.0 <= self.dropout < 1.0):
+            raise ConfigError(
+                "dropout", f"must be in [0, 1) or -1 (keep the base model's), got {self.dropout}"
+            )
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError("val_fraction", f"must be in [0, 1), got {self.val_fraction}")
 
 
 @dataclass

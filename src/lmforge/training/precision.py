@@ -169,3 +169,19 @@ def auto_dtype(
     if ddp.all_reduce_sum(float(chosen == "bf16")) < rt.world_size:
         chosen = "fp32"
     return dataclasses.replace(rt, dtype=chosen), {**probe, "dtype_bf16": float(chosen == "bf16")}
+
+
+def training_dtype(dtype: str, model: nn.Module, device: str) -> str:
+    """The autocast dtype a fine-tuning loop trains ``model`` with on ``device`` when configured ``dtype``:
+    ``dtype`` itself unless ``auto``; ``auto`` on a CPU is ``choose_cpu_dtype``'s measured choice for a
+    decoder language model (at the probe batch pretraining uses, so the cached timing is shared) and fp32
+    for any other module (a classifier's trunk and head are not timed); elsewhere ``create_runtime``'s rule
+    (bf16 on a CUDA device that supports it, else fp32)."""
+    if dtype != "auto":
+        return dtype
+    if device != "cpu":
+        return "bf16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "fp32"
+    mcfg = getattr(model, "config", None)
+    if getattr(mcfg, "arch", None) != "decoder":
+        return "fp32"
+    return choose_cpu_dtype(model, 4, mcfg.block_size, mcfg.vocab_size)[0]

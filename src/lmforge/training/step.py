@@ -1,28 +1,37 @@
-"""The one token-weighted loss and gradient-accumulation rule shared by every training loop.
+"""One training step, shared by every loop: token-weighted gradient accumulation, then one optimiser step.
 
-Normalisation rule: the loss of an optimiser step is the sum of token cross-entropies over every
-supervised token of the whole accumulated batch, divided by that batch's supervised-token count. So each
-micro-batch backpropagates ``loss_sum / total_tokens`` where ``total_tokens`` is counted over *all*
-micro-batches before the first backward. Any split into micro-batches × accumulation steps then gives the
+Pretraining (``stages/pretrain.py``), fine-tuning and alignment (``training/finetune.fit``) and the scaling
+sweep (``scaling/points.py``) all call ``train_step``; ``EarlyStopping`` is the one patience rule of
+pretraining and fine-tuning.
+
+Normalisation rule: the loss of an optimiser step is the sum of the loss terms (supervised tokens, or
+examples) over the whole accumulated batch *on every rank*, divided by that batch's global count. So each
+micro-batch backpropagates ``loss_sum · world / global_total``, where ``global_total`` is counted over all
+micro-batches and all data-parallel ranks (one all-reduce) before the first backward; DDP then averages
+gradients over the ``world`` ranks. Any split into ranks × micro-batches × accumulation steps gives the
 same gradient, however ragged the masks (averaging per-micro-batch means would over-weight micro-batches
-with few supervised tokens; torchtune #2307 is that bug). The pattern, written once in
-``accumulate_gradients``::
+with few supervised tokens; torchtune #2307 is that bug).
 
-    total = sum(supervised_tokens(y, m) for _, y, m in micro_batches)
-    for x, y, m in micro_batches:
-        loss_sum, _ = token_loss(model(x), y, m)
-        weighted_backward(loss_sum, total)
-
-Across data-parallel ranks ``total`` would be all-reduced first; that is a later extension.
+``train_step`` then takes the optimiser step, in this order: the schedule's learning rate into every
+group (``optim.set_lr``) → clip the global gradient norm → the L1 penalty's gradient ``l1 · sign(w)`` on
+the trainable matrices → ``step()`` and ``zero_grad`` on every optimiser → the step's mean loss (averaged
+over ranks) checked finite, else ``FloatingPointError``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lmforge.training import distributed as ddp
+from lmforge.training.optim import set_lr
 
 IGNORE_INDEX = -100
 
@@ -81,26 +90,115 @@ def token_loss(
     return loss_sum, int((targets != ignore_index).sum())
 
 
-def weighted_backward(loss_sum: torch.Tensor, total_tokens: int) -> None:
+def weighted_backward(loss_sum: torch.Tensor, total_tokens: float, world_size: int = 1) -> None:
     """Backpropagate one micro-batch's ``loss_sum`` divided by the accumulated batch's token count.
 
-    ``total_tokens`` of 0 (nothing supervised anywhere) backpropagates the zero loss unscaled.
+    ``total_tokens`` counts every rank's tokens; ``world_size`` ranks whose gradients DDP averages each
+    scale by ``world_size``, so the average is the global token mean. ``total_tokens`` of 0 (nothing
+    supervised anywhere) backpropagates the zero loss unscaled.
     """
-    (loss_sum / max(total_tokens, 1)).backward()
+    (loss_sum * world_size / max(total_tokens, 1)).backward()
 
 
-def accumulate_gradients(model: nn.Module, micro_batches: Iterable[MicroBatch]) -> tuple[float, int]:
-    """Run forward and backward over ``(idx, targets, mask | None)`` micro-batches, accumulating grads.
+@dataclass
+class StepStats:
+    """What one ``train_step`` did: the mean loss per loss term over the global batch, the global loss-term
+    count, the gradient norm before clipping and the learning rate it stepped with."""
 
-    ``model(idx)`` must return logits ``[B, T, V]``. Gradients add onto whatever ``.grad`` holds (call
-    ``optimizer.zero_grad`` before). Returns ``(mean loss per supervised token, supervised tokens)``.
+    loss: float
+    tokens: float
+    grad_norm: float
+    lr: float
+
+
+def train_step(
+    model: nn.Module,
+    optimizers: Sequence[torch.optim.Optimizer],
+    micro_batches: Sequence[tuple[Any, int]],
+    loss_sum: Callable[[Any], torch.Tensor],
+    *,
+    lr: float,
+    grad_clip: float = 0.0,
+    l1: float = 0.0,
+    step: int = 0,
+    autocast: Callable[[], Any] = contextlib.nullcontext,
+) -> StepStats:
+    """One optimiser step over ``micro_batches`` (the rule is in the module docstring).
+
+    Args:
+        model: the model being trained, DDP-wrapped when distributed (its ``no_sync`` defers the gradient
+            all-reduce to the last micro-batch); only parameters that require grad are clipped and
+            penalised.
+        optimizers: stepped in order (e.g. ``[Muon, AdamW]``); each group's lr becomes ``lr`` times its
+            scales (``optim.set_lr``).
+        micro_batches: ``(batch, n)`` pairs, ``n`` the loss terms (tokens or examples) of ``batch`` on
+            this rank.
+        loss_sum: the summed loss of one batch, a scalar tensor (run under ``autocast``).
+        lr: the schedule's learning rate for this step.
+        grad_clip: clip the global gradient norm to this (0 = off; the norm is still measured).
+        l1: adds ``l1 · Σ|w|`` over trainable matrices to the loss, as its gradient ``l1 · sign(w)``.
+        step: steps done before this one (for the error message).
+        autocast: a context-manager factory for mixed precision (``Runtime.autocast``).
+
+    Raises:
+        FloatingPointError: the step's loss is NaN or infinite.
     """
-    micro_batches = list(micro_batches)
-    total = sum(supervised_tokens(targets, mask) for _, targets, mask in micro_batches)
-    sums = []
-    for idx, targets, mask in micro_batches:
-        loss_sum, _ = token_loss(model(idx), targets, mask)
-        weighted_backward(loss_sum, total)
-        sums.append(loss_sum.detach())
-    loss = torch.stack(sums).sum().item() / max(total, 1) if sums else 0.0  # one device sync
-    return loss, total
+    _, world_size = ddp.world()
+    total = ddp.all_reduce_sum(sum(n for _, n in micro_batches))
+    local = 0.0
+    for i, (batch, _) in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast():
+                summed = loss_sum(batch)
+            weighted_backward(summed, total, world_size)
+        local += float(summed.detach())
+    for o in optimizers:
+        set_lr(o, lr)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf))
+    if l1 > 0:
+        with torch.no_grad():
+            for p in params:
+                if p.ndim >= 2 and p.grad is not None:
+                    p.grad.add_(torch.sign(p), alpha=l1)
+    for o in optimizers:
+        o.step()
+        o.zero_grad(set_to_none=True)
+    loss = ddp.all_reduce_sum(local) / max(total, 1)
+    if not math.isfinite(loss):
+        raise FloatingPointError(
+            f"loss became {loss} at step {step + 1}; lower the learning rate (lr={lr:g})"
+        )
+    return StepStats(loss=loss, tokens=total, grad_norm=grad_norm, lr=lr)
+
+
+@dataclass
+class EarlyStopping:
+    """Track the best value of a monitored metric; ``stop`` after ``patience`` evaluations without an
+    improvement larger than ``min_delta`` (``patience`` 0 never stops). Its state (``best``, ``bad``) is
+    two numbers, which pretraining keeps in its checkpoints."""
+
+    mode: str = "min"
+    patience: int = 0
+    min_delta: float = 0.0
+    best: float = math.nan
+    bad: int = 0
+
+    def update(self, value: float) -> bool:
+        """Record one evaluation; True when it is the best so far."""
+        better = (
+            math.isnan(self.best)
+            or (self.mode == "min" and value < self.best - self.min_delta)
+            or (self.mode == "max" and value > self.best + self.min_delta)
+        )
+        if better:
+            self.best, self.bad = value, 0
+        else:
+            self.bad += 1
+        return better
+
+    @property
+    def stop(self) -> bool:
+        return self.patience > 0 and self.bad >= self.patience
