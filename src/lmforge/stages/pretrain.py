@@ -70,6 +70,9 @@ class Config(TrainOptions):
     )
     muon_momentum: float = opt(0.95, "Muon's Nesterov momentum (torch's default 0.95)")
     muon_ns_steps: int = opt(5, "Newton-Schulz iterations per Muon step (3 is 40% cheaper)")
+    muon_ns_dtype: Literal["auto", "bf16", "fp32"] = opt(
+        "auto", "precision of Muon's Newton-Schulz: auto = the faster here, measured (bf16 is torch's)"
+    )
     beta1: float = opt(0.9, "AdamW beta1")
     beta2: float = opt(0.95, "AdamW beta2")
     eval_tokens: int = opt(65536, "validation tokens per evaluation (0 = the whole split)")
@@ -249,7 +252,9 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         cfg.muon_ns_steps,
         muon_lr=cfg.muon_lr,
         muon_momentum=cfg.muon_momentum,
+        ns_dtype="bf16" if cfg.muon_ns_dtype == "auto" and rt.device != "cpu" else cfg.muon_ns_dtype,
     )
+    probe.update(getattr(optimizers[0], "probe", {}))
     forward = torch.compile(model) if cfg.compile else model
     # every rank draws the same global batch and trains on its own slice of rows, so N ranks with
     # batch B follow exactly the trajectory of one process with batch N·B
