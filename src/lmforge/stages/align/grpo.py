@@ -7,6 +7,8 @@ answer; plus ``format_weight`` × ``format_reward``); advantages are the rewards
 group; the loss is PPO's clipped surrogate on the completion tokens plus ``beta`` × a KL estimate to the
 frozen reference (LoRA disabled, or a frozen copy). Each rollout is reused for ``updates_per_rollout``
 optimiser steps (with 1 the ratio is 1 and the clip inactive, as in the paper's default).
+``scale_rewards: false`` is Dr. GRPO's centred advantage; ``dynamic_sampling: N`` is DAPO's filter of
+the groups whose rewards are all equal, refilled from up to N rounds of sampling (``training.align``).
 
 Problems: ``problems`` (JSONL ``{"question", "answer"}``, GSM8K's ``#### N`` answers work as they are)
 held out by ``eval_problems`` (a JSONL file of the same shape, e.g. ``align.arithmetic``'s
@@ -358,9 +360,10 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
                     scale_rewards=cfg.scale_rewards,
                 )
             )
-            if not cfg.dynamic_sampling or sum(
-                int(align.informative_groups(x.rewards).sum()) for x in rounds
-            ) >= cfg.batch_size:
+            if (
+                not cfg.dynamic_sampling
+                or sum(int(align.informative_groups(x.rewards).sum()) for x in rounds) >= cfg.batch_size
+            ):
                 break
         ro = rounds[0]
         if cfg.dynamic_sampling:  # no informative group at all: train on the first round (zero advantage)
