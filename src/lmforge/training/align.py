@@ -13,7 +13,7 @@ the DPO / reward-model / GRPO losses as small pure functions, the reward model, 
 - ``RewardModel``: a trunk (decoder or encoder) + ``model.heads.ScalarHead`` on the last real token
   (``training.judge`` scores reply texts with it and measures win rates).
 - ``group_advantages`` / ``clipped_policy_loss`` / ``kl_k3``: GRPO (Shao et al. 2024, DeepSeekMath §4);
-  ``rollout`` samples through the inference engine (GRPO and PPO; PPO's own pieces: ``training.ppo``).
+  ``keep_groups``: DAPO's dynamic sampling; ``rollout`` samples through the inference engine (GRPO and PPO; PPO's own pieces: ``training.ppo``).
 - ``extract_answer`` / ``correctness_reward`` / ``format_reward`` / ``arithmetic_problems`` /
   ``split_heldout``: rewards as plain functions, a verifiable task generator (GSM8K-style ``#### N``
   answers) and its held-out split by question text.
@@ -220,15 +220,18 @@ def load_reward_model(path: Path, which: str = "best") -> RewardModel:
 # GRPO
 
 
-def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-4, *, scale: bool = True) -> torch.Tensor:
     """GRPO's group-normalised advantages ``[P, G]``: ``(r − mean_g r) / (std_g r + eps)``.
 
     ``std`` is the population standard deviation over each group; a group whose rewards are all equal
-    gets zero advantages (it carries no signal).
+    gets zero advantages (it carries no signal). ``scale=False`` is Dr. GRPO (Liu et al. 2025, TRL's
+    ``scale_rewards=False``): ``r − mean_g r`` only, so a group that is nearly all right or all wrong
+    (small std) is not up-weighted over a group split half and half.
     """
-    mean = rewards.mean(dim=1, keepdim=True)
-    std = rewards.std(dim=1, keepdim=True, unbiased=False)
-    return (rewards - mean) / (std + eps)
+    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    if not scale:
+        return centred
+    return centred / (rewards.std(dim=1, keepdim=True, unbiased=False) + eps)
 
 
 def clipped_policy_loss(
@@ -272,13 +275,15 @@ def rollout(
     params: Any,
     pad_id: int,
     reference: Reference | None = None,
+    scale_rewards: bool = True,
 ) -> Rollout:
     """Sample ``group_size`` completions per prompt with ``engine`` and score them (GRPO, Shao et al. 2024).
 
     ``reward(p, completion)`` scores a ``Completion`` of prompt ``p``. Completions that ended on a stop
     token get that token back (it is part of what the policy chose) when ``params.stop_ids`` holds
     exactly one id and no stop strings are set. ``params`` is the engine's
-    ``SamplingParams``; row ``p·G + g`` is sample ``g`` of prompt ``p``.
+    ``SamplingParams``; row ``p·G + g`` is sample ``g`` of prompt ``p``. ``scale_rewards``: see
+    ``group_advantages``'s ``scale``.
     """
     from lmforge.training.batches import lm_batch
 
@@ -300,8 +305,53 @@ def rollout(
     with torch.no_grad():
         old = token_logprobs(model, x, y)
     ref = reference.token_logprobs(x, y) if reference is not None else None
-    adv = group_advantages(rewards).reshape(-1)
+    adv = group_advantages(rewards, scale=scale_rewards).reshape(-1)
     return Rollout(x, y, m, adv, rewards, old, ref, completions)
+
+
+def informative_groups(rewards: torch.Tensor) -> torch.Tensor:
+    """``[P]`` bool: the groups of ``rewards [P, G]`` whose rewards are not all equal — the only ones
+    with a non-zero advantage (DAPO's dynamic-sampling filter, Yu et al. 2025)."""
+    return rewards.amax(dim=1) > rewards.amin(dim=1)
+
+
+def keep_groups(rollouts: Sequence[Rollout], group_size: int, limit: int) -> Rollout | None:
+    """DAPO's dynamic sampling (Yu et al. 2025): the first ``limit`` informative groups
+    (``informative_groups``) of ``rollouts`` as one rollout, right-padded to its longest row; ``None``
+    when no group has signal. Advantages stay as each group computed them; since the step divides by
+    its completion tokens, dropping zero-advantage groups makes every token of the step carry signal."""
+    parts: list[tuple[Rollout, torch.Tensor]] = []
+    left = limit
+    for ro in rollouts:
+        groups = informative_groups(ro.rewards).nonzero().flatten()[:left]
+        if len(groups):
+            parts.append((ro, groups))
+            left -= len(groups)
+    if not parts:
+        return None
+    T = max(ro.x.shape[1] for ro, _ in parts)
+
+    def rows(ro: Rollout, groups: torch.Tensor) -> torch.Tensor:
+        return (groups[:, None] * group_size + torch.arange(group_size)).flatten()
+
+    def cat(name: str, pad: Any) -> torch.Tensor:
+        out = []
+        for ro, groups in parts:
+            t = getattr(ro, name)[rows(ro, groups)]
+            out.append(F.pad(t, (0, T - t.shape[1]), value=pad))
+        return torch.cat(out)
+
+    ref = cat("ref_logp", 0.0) if parts[0][0].ref_logp is not None else None
+    return Rollout(
+        cat("x", 0),
+        cat("y", 0),
+        cat("m", False),
+        torch.cat([ro.advantages[rows(ro, g)] for ro, g in parts]),
+        torch.cat([ro.rewards[g] for ro, g in parts]),
+        cat("old_logp", 0.0),
+        ref,
+        [ro.completions[i] for ro, g in parts for i in rows(ro, g).tolist()],
+    )
 
 
 def grpo_loss_sum(

@@ -203,8 +203,16 @@ def test_grpo_cli_on_generated_arithmetic_with_lora(align_dir, tmp_path):
         "--group_size", "2",
         "--max_new_tokens", "3",
         "--lora_r", "2",
+        "--dynamic_sampling", "2",
+        "--scale_rewards", "false",
     )  # fmt: skip
     assert manifest(out)["metrics"]["eval_problems"] == 8
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rollouts = [r for r in rows if "reward" in r]
+    assert len(rollouts) == 2  # one per step; a second round only when the first lacked signal
+    for r in rollouts:
+        assert 1 <= r["groups"] <= 2 and 1 <= r["rounds"] <= 2
+        assert r["rounds"] == 2 or r["groups"] == 2
 
 
 def untrained_reward_model(align_dir: Path, out: Path) -> Path:

@@ -7,6 +7,8 @@ answer; plus ``format_weight`` × ``format_reward``); advantages are the rewards
 group; the loss is PPO's clipped surrogate on the completion tokens plus ``beta`` × a KL estimate to the
 frozen reference (LoRA disabled, or a frozen copy). Each rollout is reused for ``updates_per_rollout``
 optimiser steps (with 1 the ratio is 1 and the clip inactive, as in the paper's default).
+``scale_rewards: false`` is Dr. GRPO's centred advantage; ``dynamic_sampling: N`` is DAPO's filter of
+the groups whose rewards are all equal, refilled from up to N rounds of sampling (``training.align``).
 
 Problems: ``problems`` (JSONL ``{"question", "answer"}``, GSM8K's ``#### N`` answers work as they are)
 held out by ``eval_problems`` (a JSONL file of the same shape, e.g. ``align.arithmetic``'s
@@ -80,6 +82,14 @@ class Config(FinetuneOptions):
     temperature: float = opt(1.0, "sampling temperature of the rollouts")
     beta: float = opt(0.04, "weight of the KL penalty to the reference (0 = none, no reference kept)")
     clip_eps: float = opt(0.2, "PPO clip range ε of the probability ratio")
+    scale_rewards: bool = opt(
+        True, "divide each group's centred rewards by their std (False = Dr. GRPO: centred only)"
+    )
+    dynamic_sampling: int = opt(
+        0,
+        "DAPO's dynamic sampling: draw up to this many rounds of batch_size prompts per micro-batch and"
+        " train only on groups whose rewards differ, at most batch_size of them (0 = off: every group)",
+    )
     updates_per_rollout: int = opt(1, "optimiser steps on each rollout (μ)")
     format_weight: float = opt(0.0, "reward added for stating the answer as '#### N'")
     lr: float = opt(1e-4, "peak learning rate")
@@ -104,7 +114,7 @@ class Config(FinetuneOptions):
             raise ConfigError("eval_problems", "holds out problems of a problems file; set problems too")
         if not self.ops or set(self.ops) - set("+-*"):
             raise ConfigError("ops", f"operators from '+-*', got {self.ops!r}")
-        for key in ("temperature", "beta", "clip_eps", "format_weight", "lora_r"):
+        for key in ("temperature", "beta", "clip_eps", "format_weight", "lora_r", "dynamic_sampling"):
             if getattr(self, key) < 0:
                 raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
         if self.temperature == 0:
@@ -329,24 +339,39 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         slot = calls % cfg.grad_accum
         if calls % (cfg.grad_accum * cfg.updates_per_rollout) >= cfg.grad_accum:
             return buffer[slot], int(buffer[slot].m.sum())  # reuse this micro-batch's rollout (μ > 1)
-        chosen = [train[i] for i in rng.integers(0, len(train), size=cfg.batch_size)]
-        params = SamplingParams(
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            seed=cfg.seed + 1000 * calls,
-            **stops,
-        )
-        ro = align.rollout(
-            engine,
-            [prompt(p) for p in chosen],
-            lambda i, c: score(chosen[i], c.text),
-            group_size=cfg.group_size,
-            params=params,
-            pad_id=pad_id,
-            reference=reference,
-        )
-        state["reward"].append(float(ro.rewards.mean()))
+        rounds = []
+        for r in range(max(1, cfg.dynamic_sampling)):
+            chosen = [train[i] for i in rng.integers(0, len(train), size=cfg.batch_size)]
+            params = SamplingParams(
+                max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                seed=cfg.seed + 1000 * calls + r,
+                **stops,
+            )
+            rounds.append(
+                align.rollout(
+                    engine,
+                    [prompt(p) for p in chosen],
+                    lambda i, c, chosen=chosen: score(chosen[i], c.text),
+                    group_size=cfg.group_size,
+                    params=params,
+                    pad_id=pad_id,
+                    reference=reference,
+                    scale_rewards=cfg.scale_rewards,
+                )
+            )
+            if (
+                not cfg.dynamic_sampling
+                or sum(int(align.informative_groups(x.rewards).sum()) for x in rounds) >= cfg.batch_size
+            ):
+                break
+        ro = rounds[0]
+        if cfg.dynamic_sampling:  # no informative group at all: train on the first round (zero advantage)
+            ro = align.keep_groups(rounds, cfg.group_size, cfg.batch_size) or ro
+        state["reward"].append(float(rounds[0].rewards.mean()))  # the first round: an unfiltered sample
         row = {"step": calls // cfg.grad_accum + 1, "reward": state["reward"][-1]}
+        if cfg.dynamic_sampling:
+            row.update(groups=len(ro.rewards), rounds=len(rounds))
         if ro.ref_logp is not None:  # the sampling policy's KL to the reference over the rollout
             row["kl"] = float((align.kl_k3(ro.old_logp, ro.ref_logp) * ro.m).sum() / ro.m.sum().clamp(min=1))
         ctx.log_metrics(row)
