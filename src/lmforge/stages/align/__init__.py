@@ -16,6 +16,10 @@ METHODS: dict[str, tuple[str, str]] = {
         "lmforge.stages.align.collect",
         "sample replies and serve a web page where people rank them (JSONL store)",
     ),
+    "label": (
+        "lmforge.stages.align.label",
+        "on-policy preference pairs: sample replies, a reward model picks the best and the worst",
+    ),
     "dpo": ("lmforge.stages.align.dpo", "direct preference optimisation (or IPO) on chosen/rejected pairs"),
     "reward": (
         "lmforge.stages.align.reward",
