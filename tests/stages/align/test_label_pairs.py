@@ -39,9 +39,13 @@ def test_label_writes_best_over_worst_and_never_a_held_out_prompt(align_dir, rew
     assert not {p["prompt"][-1]["content"] for p in pairs} & held_prompts
     # the recorded scores are the judge's, and the chosen reply scores strictly higher
     judge = load_scorer(reward_dir)
-    rescored = judge([p["prompt"] for p in pairs] * 2, [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs])
+    rescored = judge(
+        [p["prompt"] for p in pairs] * 2, [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+    )
     assert torch.allclose(rescored[: len(pairs)], torch.tensor([p["chosen_score"] for p in pairs]), atol=1e-4)
-    assert torch.allclose(rescored[len(pairs) :], torch.tensor([p["rejected_score"] for p in pairs]), atol=1e-4)
+    assert torch.allclose(
+        rescored[len(pairs) :], torch.tensor([p["rejected_score"] for p in pairs]), atol=1e-4
+    )
     assert all(p["chosen_score"] > p["rejected_score"] for p in pairs)
     assert abs(m["chosen_score"] - sum(p["chosen_score"] for p in pairs) / len(pairs)) < 1e-6
     assert len(read_preferences(out / "pairs.jsonl")) == len(pairs)  # the format DPO reads

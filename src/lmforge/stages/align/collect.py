@@ -145,7 +145,13 @@ def generation_key(cfg: Config, ctx: StageContext) -> str:
 
 
 def sample_completions(
-    cfg: Any, ctx: StageContext, prompts: list[Any], n: int, *, top_k: int | None = None, top_p: float | None = None
+    cfg: Any,
+    ctx: StageContext,
+    prompts: list[Any],
+    n: int,
+    *,
+    top_k: int | None = None,
+    top_p: float | None = None,
 ) -> tuple[list[Any], Any, Any]:
     """``(completions, tokenizer, device)``: ``n`` sampled replies to each prompt (row ``p·n + g``) from the
     stage's ``model`` input. ``cfg`` has ``device``, ``seed``, ``threads``, ``checkpoint``,
@@ -166,7 +172,9 @@ def sample_completions(
     if budget < 1:
         raise ConfigError("max_new_tokens", f"must be < the model's block_size {mcfg.block_size}")
     engine = Engine(model, tok)
-    rows = [render_chat(tok, list(p), add_generation_prompt=True)[0][-budget:] for p in prompts for _ in range(n)]
+    rows = [
+        render_chat(tok, list(p), add_generation_prompt=True)[0][-budget:] for p in prompts for _ in range(n)
+    ]
     out: list[Any] = []
     chunk = 32
     for start in range(0, len(rows), chunk):

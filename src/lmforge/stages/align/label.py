@@ -57,7 +57,9 @@ class Config:
 
     def validate(self) -> None:
         if not self.prompts:
-            raise ConfigError("prompts", "at least one preference file is required (--prompts '[pairs.jsonl]')")
+            raise ConfigError(
+                "prompts", "at least one preference file is required (--prompts '[pairs.jsonl]')"
+            )
         if self.n_samples < 2:
             raise ConfigError("n_samples", f"must be >= 2 (a pair needs two replies), got {self.n_samples}")
         if self.max_new_tokens < 1 or self.max_prompts < 0 or self.min_margin < 0:
@@ -115,7 +117,9 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     order = np.random.default_rng(cfg.seed).permutation(len(kept))
     chosen = [kept[i] for i in order][: cfg.max_prompts or None]
     if not chosen:
-        raise ConfigError("prompts", f"no prompt left to label ({len(prompts)} read, {len(prompts) - len(kept)} excluded)")
+        raise ConfigError(
+            "prompts", f"no prompt left to label ({len(prompts)} read, {len(prompts) - len(kept)} excluded)"
+        )
     n = cfg.n_samples
     completions, tok, device = sample_completions(cfg, ctx, chosen, n)
     texts = [tok.decode(c.ids, skip_special_tokens=True) for c in completions]  # as the judges read them
@@ -131,7 +135,9 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
                  "chosen_score": s[b], "rejected_score": s[w]}
             )  # fmt: skip
     if not pairs:
-        raise ConfigError("min_margin", f"no pair: no prompt's best and worst replies differ by more than {cfg.min_margin}")
+        raise ConfigError(
+            "min_margin", f"no pair: no prompt's best and worst replies differ by more than {cfg.min_margin}"
+        )
     with (ctx.dir / PAIRS).open("w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in pairs)
 
