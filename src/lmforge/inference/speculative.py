@@ -80,6 +80,7 @@ from lmforge.inference.sampling import distribution, draw
 from lmforge.model.decode_weights import DecodeWeights
 from lmforge.model.decoder import Decoder
 from lmforge.model.kv_cache import KVCache
+from lmforge.runstore import TOKENIZER_FILE
 
 
 def check_draft(model: Decoder, draft: object, draft_tokens: int, ngram_max: int) -> None:
@@ -148,8 +149,8 @@ def load_draft(path: Path, which: str, target: Decoder, tokenizer: object) -> De
     draft, mcfg = load_model(ckpt, device=target.tok_emb.weight.device)
     if mcfg.arch != "decoder":
         raise ConfigError("draft_model", f"{ckpt} is an {mcfg.arch}; a draft must be a decoder checkpoint")
-    if (ckpt / "tokenizer.json").is_file():
-        own, vocab = load_tokenizer(ckpt / "tokenizer.json"), tokenizer.get_vocab()  # type: ignore[attr-defined]
+    if (ckpt / TOKENIZER_FILE).is_file():
+        own, vocab = load_tokenizer(ckpt / TOKENIZER_FILE), tokenizer.get_vocab()  # type: ignore[attr-defined]
         if own.get_vocab() != vocab:
             same = " (same size, other tokens)" if own.get_vocab_size() == len(vocab) else ""
             raise ConfigError(

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal
 from lmforge.config import ConfigError, opt
 from lmforge.errors import InputError
 from lmforge.model.config import ModelConfig, preset
-from lmforge.runstore import StageContext, resolve_ref, run_stage
+from lmforge.runstore import TOKENIZER_FILE, StageContext, resolve_ref, run_stage
 from lmforge.training.options import TrainOptions, tuned
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ def check_memory(cfg: Config) -> None:
 
     try:
         tok_dir = resolve_ref(cfg.tokenizer, Path(cfg.out).expanduser().resolve())
-        vocab = load_tokenizer(tok_dir / "tokenizer.json").get_vocab_size()
+        vocab = load_tokenizer(tok_dir / TOKENIZER_FILE).get_vocab_size()
     except InputError:
         vocab = 0
     try:
@@ -224,7 +224,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         logging.getLogger("lmforge").setLevel(logging.WARNING)
     ddp.barrier()  # rank 0 has prepared the stage directory
     tok_dir = ctx.inputs["tokenizer"]
-    tok_path = tok_dir / "tokenizer.json"
+    tok_path = tok_dir / TOKENIZER_FILE
     tok = load_tokenizer(tok_path)
     vocab = tok.get_vocab_size()
     mcfg = model_config(cfg, vocab)

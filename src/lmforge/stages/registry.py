@@ -61,6 +61,10 @@ STAGES: dict[str, Command] = {
         "lmforge.stages.align.collect",
         "sample replies and serve a web page where people rank them (JSONL store)",
     ),
+    "align label": Command(
+        "lmforge.stages.align.label",
+        "on-policy preference pairs: sample replies, a reward model picks the best and the worst",
+    ),
     "align dpo": Command(
         "lmforge.stages.align.dpo", "direct preference optimisation (or IPO) on chosen/rejected pairs"
     ),

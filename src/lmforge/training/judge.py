@@ -30,6 +30,7 @@ from torch import nn
 
 from lmforge.inference.engine import Engine, SamplingParams
 from lmforge.model import checkpoint as ckpt
+from lmforge.runstore import TOKENIZER_FILE
 from lmforge.tokenizer.chat import render_chat
 from lmforge.tokenizer.texts import pad_batch
 from lmforge.tokenizer.train import load_tokenizer, special_id
@@ -82,7 +83,7 @@ def load_scorer(path: Path, device: str | torch.device = "cpu") -> TextScorer:
     rm = load_reward_model(dir).to(device).requires_grad_(False)
     meta = json.loads((dir / META_FILE).read_text())
     max_len = int(meta.get("max_len") or rm.config.block_size)  # reward models saved before max_len was kept
-    return TextScorer(rm, load_tokenizer(dir / "tokenizer.json"), max_len)
+    return TextScorer(rm, load_tokenizer(dir / TOKENIZER_FILE), max_len)
 
 
 class WinRate:
@@ -166,3 +167,47 @@ class WinRate:
                 f"{prefix}base_score": float(base.mean()),
             }
         return out
+
+
+def sample_replies(
+    cfg: Any,
+    model: Path,
+    prompts: list[Any],
+    n: int,
+    *,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> tuple[list[Any], Any, Any]:
+    """``(completions, tokenizer, device)``: ``n`` sampled replies to each prompt (row ``p·n + g``) from
+    ``model`` (a checkpoint or training stage directory). ``cfg`` has ``device``, ``seed``, ``threads``, ``checkpoint``,
+    ``max_new_tokens`` and ``temperature`` (``align.collect``, ``align.label``); chunks of 32 rows, row
+    ``i`` drawn from ``seed`` + its chunk's start."""
+    from lmforge.errors import ConfigError
+    from lmforge.runtime import create_runtime
+
+    rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
+    ckpt_dir = ckpt.resolve_checkpoint(Path(model), cfg.checkpoint)
+    policy, mcfg = ckpt.load_model(ckpt_dir, device=rt.device)
+    policy.eval()
+    tok = load_tokenizer(ckpt_dir / TOKENIZER_FILE)
+    budget = mcfg.block_size - cfg.max_new_tokens
+    if budget < 1:
+        raise ConfigError("max_new_tokens", f"must be < the model's block_size {mcfg.block_size}")
+    engine = Engine(policy, tok)
+    rows = [
+        render_chat(tok, list(p), add_generation_prompt=True)[0][-budget:] for p in prompts for _ in range(n)
+    ]
+    out: list[Any] = []
+    chunk = 32
+    for start in range(0, len(rows), chunk):
+        params = SamplingParams(
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=cfg.seed + start,
+            stop_ids=frozenset({special_id(tok, "end")}),
+        )
+        out += engine.generate(rows[start : start + chunk], params)
+        logger.debug("sampled %d of %d replies", len(out), len(rows))
+    return out, tok, rt.device

@@ -1,4 +1,4 @@
-"""Fixtures for the alignment stage tests: a tiny tokenizer and untrained decoder checkpoint, and tiny
+"""Fixtures for the alignment stage tests: a tiny tokenizer, an untrained decoder checkpoint and reward model, and tiny
 generated preference and arithmetic files."""
 
 from __future__ import annotations
@@ -45,3 +45,19 @@ def align_dir(tmp_path_factory) -> Path:
     problems = [{"question": f"{a}+{b}=", "answer": f"#### {a + b}"} for a in range(4) for b in range(4)]
     (root / "math.jsonl").write_text("".join(json.dumps(r) + "\n" for r in problems))
     return root
+
+
+@pytest.fixture(scope="session")
+def reward_dir(align_dir: Path, tmp_path_factory) -> Path:
+    """An untrained reward model (the tiny decoder's trunk + a fresh head) saved as a checkpoint."""
+    import torch
+
+    from lmforge.model.checkpoint import load_model
+    from lmforge.training import align
+
+    trunk, mcfg = load_model(align_dir / "decoder")
+    torch.manual_seed(0)
+    rm = align.RewardModel(trunk)
+    out = tmp_path_factory.mktemp("rm")
+    align.save_reward_model(out, rm, mcfg, tokenizer_path=align_dir / "tokenizer.json", base="test")
+    return out

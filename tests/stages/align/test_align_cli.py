@@ -61,11 +61,11 @@ def test_dpo_cli(align_dir, tmp_path):
     assert evals[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # the policy is the reference at step 0
 
 
-def test_dpo_lora_cli_judged_by_a_reward_model(align_dir, tmp_path):
+def test_dpo_lora_cli_judged_by_a_reward_model(align_dir, reward_dir, tmp_path):
     out = tmp_path / "dpo-lora"
     run_cli(
         "dpo",
-        "--reward_model", str(untrained_reward_model(align_dir, tmp_path / "rm")),
+        "--reward_model", str(reward_dir),
         "--n_judge", "4",
         "--judge_tokens", "4",
         "--model", str(align_dir / "decoder"),
@@ -215,21 +215,8 @@ def test_grpo_cli_on_generated_arithmetic_with_lora(align_dir, tmp_path):
         assert r["rounds"] == 2 or r["groups"] == 2
 
 
-def untrained_reward_model(align_dir: Path, out: Path) -> Path:
-    import torch
-
-    from lmforge.model.checkpoint import load_model
-    from lmforge.training import align
-
-    trunk, mcfg = load_model(align_dir / "decoder")
-    torch.manual_seed(0)
-    rm = align.RewardModel(trunk)
-    align.save_reward_model(out, rm, mcfg, tokenizer_path=align_dir / "tokenizer.json", base="test")
-    return out
-
-
-def test_ppo_cli_with_a_reward_model(align_dir, tmp_path):
-    rm_dir = untrained_reward_model(align_dir, tmp_path / "rm")
+def test_ppo_cli_with_a_reward_model(align_dir, reward_dir, tmp_path):
+    rm_dir = reward_dir
     out = tmp_path / "ppo"
     run_cli(
         "ppo",

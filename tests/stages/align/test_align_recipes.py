@@ -46,16 +46,22 @@ def test_align_cpu_recipe_plans_the_whole_loop(tmp_path):
     assert kinds == {
         "split": "align.split", "data": "data", "tokenizer": "tokenizer", "pretrain": "pretrain",
         "import": "import.hf", "reward": "align.reward", "reward_decoder": "align.reward",
-        "chat": "finetune.sft", "dpo": "align.dpo", "ppo": "align.ppo",
+        "chat": "finetune.sft", "label": "align.label", "dpo": "align.dpo", "ppo": "align.ppo",
         "arithmetic": "align.arithmetic", "sft": "finetune.sft", "grpo": "align.grpo", "report": "report",
     }  # fmt: skip
     assert steps["data"].needs == ["split"] and steps["reward"].needs == ["import", "split"]
-    assert set(steps["dpo"].needs) == set(steps["ppo"].needs) == {"chat", "split", "reward", "reward_decoder"}
+    assert set(steps["ppo"].needs) == {"chat", "split", "reward", "reward_decoder"}
+    assert set(steps["dpo"].needs) == {"chat", "label", "split", "reward", "reward_decoder"}
+    assert set(steps["label"].needs) == {"chat", "split", "reward"}
+    # DPO trains on the policy's own replies to training prompts, labelled by the judge; never a held-out one
+    assert steps["dpo"].config.train == ["@label/pairs.jsonl"]
+    assert steps["label"].config.prompts == ["@split/train.jsonl"]
+    assert steps["label"].config.exclude == ["@split/heldout.jsonl"]
     assert steps["sft"].needs == ["pretrain", "arithmetic"]
     assert sorted(steps["grpo"].needs) == ["arithmetic", "sft"]  # trains and evaluates on its files
     # every preference stage trains on the split's training pairs and is scored on its held-out ones
     for name in ("reward", "reward_decoder", "dpo"):
-        assert steps[name].config.train == ["@split/train.jsonl"]
+        assert steps[name].config.train == ["@split/train.jsonl"] or name == "dpo"
         assert steps[name].config.val == "@split/heldout.jsonl"
     assert steps["ppo"].config.prompts == ["@split/train.jsonl"]
     assert steps["ppo"].config.val == "@split/heldout.jsonl"

@@ -148,41 +148,24 @@ def sample_items(cfg: Config, ctx: StageContext) -> tuple[list[Any], int]:
     """``(items, dropped prompts)``: ``n_responses`` distinct replies to each prompt, as ``RankItem``\\ s."""
     from lmforge.data.preferences import read_prompts
     from lmforge.data.supervised import log_problems
-    from lmforge.inference.engine import Engine, SamplingParams
-    from lmforge.model.checkpoint import load_model, resolve_checkpoint
-    from lmforge.runtime import create_runtime
     from lmforge.serve.ranking import RankItem
-    from lmforge.tokenizer.chat import render_chat
-    from lmforge.tokenizer.train import load_tokenizer, special_id
+    from lmforge.training.judge import sample_replies
 
     problems: list = []
     prompts = read_prompts(ctx.inputs["prompts"], problems)[: cfg.max_prompts or None]
     log_problems(problems, "prompts")
     if not prompts:
         raise ConfigError("prompts", f"no prompts in {ctx.inputs['prompts']}")
-    rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
-    ckpt_dir = resolve_checkpoint(ctx.inputs["model"], cfg.checkpoint)
-    model, mcfg = load_model(ckpt_dir, device=rt.device)
-    model.eval()
-    tok = load_tokenizer(ckpt_dir / "tokenizer.json")
-    budget = mcfg.block_size - cfg.max_new_tokens
-    if budget < 1:
-        raise ConfigError("max_new_tokens", f"must be < the model's block_size {mcfg.block_size}")
-    engine = Engine(model, tok)
     n = cfg.n_responses
-    rows = [render_chat(tok, p, add_generation_prompt=True)[0][-budget:] for p in prompts for _ in range(n)]
-    texts: list[str] = []
-    chunk = 32
-    for start in range(0, len(rows), chunk):
-        params = SamplingParams(
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_k=cfg.top_k or None,
-            top_p=cfg.top_p if cfg.top_p < 1 else None,
-            seed=cfg.seed + start,
-            stop_ids=frozenset({special_id(tok, "end")}),
-        )
-        texts += [c.text.strip() for c in engine.generate(rows[start : start + chunk], params)]
+    completions, _, _ = sample_replies(
+        cfg,
+        ctx.inputs["model"],
+        prompts,
+        n,
+        top_k=cfg.top_k or None,
+        top_p=cfg.top_p if cfg.top_p < 1 else None,
+    )
+    texts = [c.text.strip() for c in completions]
     items, dropped = [], 0
     for p, prompt in enumerate(prompts):
         distinct = list(dict.fromkeys(texts[p * n : (p + 1) * n]))

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, config_inputs, run_stage
+from lmforge.runstore import TOKENIZER_FILE, StageContext, config_inputs, run_stage
 from lmforge.training.options import FinetuneOptions
 
 logger = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     model, mcfg, ckpt_dir = ft.load_decoder(
         ctx.inputs["model"], cfg.checkpoint, method="DPO", device=rt.device, dropout=cfg.dropout
     )
-    tok_path = ckpt_dir / "tokenizer.json"
+    tok_path = ckpt_dir / TOKENIZER_FILE
     tok = load_tokenizer(tok_path)
     pad_id = special_id(tok, "pad")
     problems: list = []

@@ -41,7 +41,7 @@ from typing import Any
 
 from lmforge.config import ConfigError, opt
 from lmforge.eval.sandbox import require_sandbox
-from lmforge.runstore import StageContext, config_inputs, run_stage
+from lmforge.runstore import TOKENIZER_FILE, StageContext, config_inputs, run_stage
 from lmforge.training.options import FinetuneOptions
 
 logger = logging.getLogger(__name__)
@@ -281,7 +281,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     model, mcfg, ckpt_dir = ft.load_decoder(
         ctx.inputs["model"], cfg.checkpoint, method="GRPO", device=rt.device, dropout=cfg.dropout
     )
-    tok_path = ckpt_dir / "tokenizer.json"
+    tok_path = ckpt_dir / TOKENIZER_FILE
     tok = load_tokenizer(tok_path)
     pad_id, end_id = special_id(tok, "pad"), special_id(tok, "end")
     if cfg.task:

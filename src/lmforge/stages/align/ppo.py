@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, config_inputs, run_stage
+from lmforge.runstore import TOKENIZER_FILE, StageContext, config_inputs, run_stage
 from lmforge.training.options import FinetuneOptions
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     judges = {"reward": load_scorer(ctx.inputs["reward_model"], device)}
     if "check_model" in ctx.inputs:
         judges["check"] = load_scorer(ctx.inputs["check_model"], device)
-    tok_path = ckpt_dir / "tokenizer.json"
+    tok_path = ckpt_dir / TOKENIZER_FILE
     tok = load_tokenizer(tok_path)
     pad_id, end_id = special_id(tok, "pad"), special_id(tok, "end")
     problems: list = []

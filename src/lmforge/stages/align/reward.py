@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, config_inputs, run_stage
+from lmforge.runstore import TOKENIZER_FILE, StageContext, config_inputs, run_stage
 from lmforge.training.options import SequenceOptions
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         ctx.inputs["model"], cfg.checkpoint, device=rt.device, dropout=cfg.dropout
     )
     seq_len = ft.sequence_length(cfg.max_len, mcfg)
-    tok_path = ckpt_dir / "tokenizer.json"
+    tok_path = ckpt_dir / TOKENIZER_FILE
     tok = load_tokenizer(tok_path)
     pad_id = special_id(tok, "pad")
     problems: list = []
