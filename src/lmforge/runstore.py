@@ -38,7 +38,7 @@ from typing import Any
 
 from lmforge import __version__
 from lmforge.config import hash_view, to_dict
-from lmforge.errors import InputError
+from lmforge.errors import ConfigError, InputError
 from lmforge.log import TENSORBOARD_DIR, MetricsWriter, add_file_handler, remove_handler
 
 log = logging.getLogger(__name__)
@@ -261,8 +261,12 @@ def run_stage(
         The manifest, with ``cached_last`` telling whether this call was a cache hit.
 
     Raises:
+        ConfigError: no output directory (``out`` empty): before anything is created.
         InputError: an input is missing or its stage has not finished.
     """
+    if not str(out):
+        name = stage.split(".")[-1]
+        raise ConfigError("out", f"an output directory is required (e.g. --out runs/x/{name})")
     out = Path(out).expanduser().resolve()
     if not out.name:
         raise InputError(f"not a usable output directory: {out}")

@@ -116,8 +116,6 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     from lmforge.data.sources import fingerprint, resolve_sources
     from lmforge.eval.corpus import TASK_SOURCE
 
-    if not cfg.out:
-        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/data)")
     skipped: list[Problem] | None = None if cfg.strict else []
     sources = [str(resolve_ref(s, Path(cfg.out))) if s.startswith("@") else s for s in cfg.input]
     specs = check_readable(

@@ -140,8 +140,6 @@ INPUTS = ("model", "tokenizer")
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Evaluate (or return the cached result); returns the stage manifest."""
-    if not cfg.out:
-        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/eval)")
     inputs: dict[str, str] = {"model": cfg.model}
     if cfg.tokenizer == "@tokenizer" and not cfg.model.startswith("@"):
         producer = Path(cfg.out).expanduser().resolve().parent / "tokenizer"

@@ -131,8 +131,6 @@ INPUTS = ("tokenizer",)
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Pretrain (or return the cached result); returns the stage manifest."""
-    if not cfg.out:
-        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/pretrain)")
     check_memory(cfg)
     return run_stage(
         STAGE, cfg, out=cfg.out, inputs={"tokenizer": cfg.tokenizer}, work=train, version=VERSION, force=force

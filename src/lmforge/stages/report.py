@@ -56,7 +56,7 @@ AFTER_ALL = True  # runs after every other stage of a recipe and reads all of th
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Render (or return the cached report when no stage changed); returns the stage manifest."""
-    if not cfg.out:
+    if not cfg.out:  # checked here too: the stages it reports are found beside ``out``
         raise ConfigError("out", "an output directory is required (e.g. --out runs/x/report)")
     out = Path(cfg.out).expanduser().resolve()
     inputs = {p.name: p for p in _finished_stages(out.parent) if p != out}

@@ -102,8 +102,6 @@ INPUTS = ("data",)
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Train and encode (or return the cached result); returns the stage manifest."""
-    if not cfg.out:
-        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/tokenizer)")
     return run_stage(
         STAGE,
         cfg,

@@ -99,8 +99,6 @@ INPUTS = ("model", "prompts")
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Sample the replies and serve the ranking page until done (or return the cached result)."""
-    if not cfg.out:
-        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/collect)")
     found = {"model": cfg.model, "prompts": cfg.prompts}
     key = resolve_key(cfg)
     recorded = dataclasses.replace(cfg, api_key=KEY_SET if key else "")  # the manifest never holds it

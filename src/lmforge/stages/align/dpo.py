@@ -84,8 +84,6 @@ INPUTS = ("model", "train", "val", "reward_model", "check_model")
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Train with DPO (or return the cached result); returns the stage manifest."""
-    if not cfg.out:
-        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/dpo)")
     found = {"model": cfg.model, **config_inputs(cfg, "train", "val", "reward_model", "check_model")}
     return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)
 

@@ -146,8 +146,6 @@ INPUTS = ("model", "problems", "eval_problems")
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Train with GRPO (or return the cached result); returns the stage manifest."""
-    if not cfg.out:
-        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/grpo)")
     found = {"model": cfg.model, **config_inputs(cfg, "problems", "eval_problems")}
     if cfg.task.endswith((".yaml", ".yml")):
         found["task"] = cfg.task

@@ -77,8 +77,6 @@ INPUTS = ("model", "reward_model", "prompts", "exclude")
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Sample, score and write the pairs (or return the cached result); returns the stage manifest."""
-    if not cfg.out:
-        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/label)")
     found = {
         "model": cfg.model,
         "reward_model": cfg.reward_model,

@@ -89,8 +89,6 @@ INPUTS = ("model", "reward_model", "prompts", "val", "check_model")
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Train with PPO (or return the cached result); returns the stage manifest."""
-    if not cfg.out:
-        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/ppo)")
     found = {
         "model": cfg.model,
         "reward_model": cfg.reward_model,

@@ -55,8 +55,6 @@ INPUTS = ("train",)
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Write the split files (or return the cached result); returns the stage manifest."""
-    if not cfg.out:
-        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/split)")
     found = config_inputs(cfg, "train")
     return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)
 

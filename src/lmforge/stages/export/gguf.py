@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lmforge.config import ConfigError, opt
+from lmforge.config import opt
 from lmforge.runstore import StageContext, run_stage
 from lmforge.stages.export import refuse_early
 
@@ -34,8 +34,6 @@ INPUTS = ("model",)
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Export (or return the cached result); returns the stage manifest."""
-    if not cfg.out:
-        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/export-gguf)")
     refuse_early(cfg.model, cfg.out, cfg.checkpoint)
     return run_stage(
         STAGE, cfg, out=cfg.out, inputs={"model": cfg.model}, work=work, version=VERSION, force=force

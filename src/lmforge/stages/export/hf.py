@@ -54,8 +54,6 @@ INPUTS = ("model", "adapter")
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Export (or return the cached result); returns the stage manifest."""
-    if not cfg.out:
-        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/export-hf)")
     refuse_early(cfg.model, cfg.out, cfg.checkpoint)
     inputs = {"model": cfg.model} | ({"adapter": cfg.adapter} if cfg.adapter else {})
     return run_stage(STAGE, cfg, out=cfg.out, inputs=inputs, work=work, version=VERSION, force=force)

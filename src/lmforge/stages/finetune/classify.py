@@ -82,8 +82,6 @@ INPUTS = ("model", "compare_to", "train", "dev")
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Train the classifier (or return the cached result); returns the stage manifest."""
-    if not cfg.out:
-        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/classify)")
     return run_stage(
         STAGE, cfg, out=cfg.out, inputs=config_inputs(cfg, *INPUTS), work=train, version=VERSION, force=force
     )

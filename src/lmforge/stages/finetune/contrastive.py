@@ -95,8 +95,6 @@ INPUTS = ("model", "train", "val")
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Train the embedder (or return the cached result); returns the stage manifest."""
-    if not cfg.out:
-        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/contrastive)")
     if cfg.train.startswith(TASK_PREFIX):  # built-in task data: the task's name is the cache key
         name, _ = task_source(cfg.train)
         inputs, fingerprint = config_inputs(cfg, "model"), {"train": f"{TASK_PREFIX}{name}"}

@@ -60,8 +60,6 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     from lmforge.data.sources import fingerprint, resolve_sources
     from lmforge.eval.corpus import TASK_SOURCE
 
-    if not cfg.out:
-        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/dapt)")
     specs = resolve_sources(cfg.domain, cfg.text_field, tasks=TASK_SOURCE)
     found = {"fingerprint": {"domain": [fingerprint(s) for s in specs]}}
     inputs = {"model": cfg.model}

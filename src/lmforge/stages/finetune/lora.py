@@ -60,8 +60,6 @@ INPUTS = ("model", "train", "val")
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Fine-tune adapters (or return the cached result); returns the stage manifest."""
-    if not cfg.out:
-        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/lora)")
     check_targets(cfg)
     found = {"model": cfg.model, **config_inputs(cfg, "train", "val")}
     return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)

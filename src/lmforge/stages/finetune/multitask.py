@@ -78,8 +78,6 @@ INPUTS = ("model",)
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Train the multi-task model (or return the cached result); returns the stage manifest."""
-    if not cfg.out:
-        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/multitask)")
     inputs = {"model": cfg.model}
     for name, spec in cfg.tasks.items():
         inputs[f"{name}.train"] = spec.train

@@ -90,8 +90,6 @@ INPUTS = ("model", "train", "dev", "test")
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Train the tagger (or return the cached result); returns the stage manifest."""
-    if not cfg.out:
-        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/ner)")
     inputs = config_inputs(cfg, *INPUTS)
     if cfg.init_embeddings not in ("", "word2vec"):
         inputs["init_embeddings"] = cfg.init_embeddings

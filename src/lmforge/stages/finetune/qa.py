@@ -88,8 +88,6 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
         ConfigError: no ``out``; the base checkpoint is not an encoder, or its context is shorter
             than ``max_len`` (both checked before the stage starts).
     """
-    if not cfg.out:
-        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/qa)")
     check_base(cfg)
     inputs = {"model": cfg.model, "data": str(Path(cfg.data_dir) / SQUAD_FILE)}
     return run_stage(STAGE, cfg, out=cfg.out, inputs=inputs, work=train, version=VERSION, force=force)

@@ -43,8 +43,6 @@ INPUTS = ("model", "train", "val")
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Fine-tune (or return the cached result); returns the stage manifest."""
-    if not cfg.out:
-        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/sft)")
     return run_stage(
         STAGE,
         cfg,

@@ -56,8 +56,6 @@ INPUTS = ("model",)
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Fine-tune (or return the cached result); returns the stage manifest."""
-    if not cfg.out:
-        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/task)")
     inputs = {"model": cfg.model}
     inputs.update({f"task_{i}": t for i, t in enumerate(cfg.tasks) if t.endswith((".yaml", ".yml"))})
     return run_stage(STAGE, cfg, out=cfg.out, inputs=inputs, work=work, version=VERSION, force=force)

@@ -116,8 +116,6 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Import (or return the cached result); returns the stage manifest."""
     if not cfg.model:
         raise ConfigError("model", "a Hugging Face model directory is required (--model path/to/hf)")
-    if not cfg.out:
-        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/import)")
     spec = str(resolve_model_dir(cfg.model)) if cfg.model.startswith(PREFIX) else cfg.model
     hf_dir = resolve_ref(spec, Path(cfg.out).expanduser().resolve())
     if hf_dir.is_dir():

@@ -54,8 +54,6 @@ INPUTS = ("sweep",)
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Fit (or return the cached fit); returns the stage manifest."""
-    if not cfg.out:
-        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/fit)")
     return run_stage(
         STAGE, cfg, out=cfg.out, inputs={"sweep": cfg.sweep}, work=fit, version=VERSION, force=force
     )

@@ -47,8 +47,6 @@ INPUTS = ("fit",)
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Predict (and check) or return the cached result; returns the stage manifest."""
-    if not cfg.out:
-        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/predict)")
     return run_stage(
         STAGE, cfg, out=cfg.out, inputs={"fit": cfg.fit}, work=predict, version=VERSION, force=force
     )

@@ -52,8 +52,6 @@ INPUTS = ("tokenizer",)
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Train every point of the grid that is not cached; returns the stage manifest."""
-    if not cfg.out:
-        raise ConfigError("out", "an output directory is required (e.g. --out runs/x/sweep)")
     return run_stage(
         STAGE, cfg, out=cfg.out, inputs={"tokenizer": cfg.tokenizer}, work=sweep, version=VERSION, force=force
     )
