@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -541,3 +541,23 @@ def read_ranking_split(paths: Sequence[Path], problems: list) -> list[Any]:
     from lmforge.data.preferences import read_rankings
 
     return [r for path in paths for r in read_rankings(path, problems)]
+
+
+def three_sets(
+    read: Callable[[Sequence[Path], list], list[Any]], inputs: Mapping[str, Path], cfg: Any
+) -> tuple[list[Any], list[Any], list[Any], list]:
+    """``(train, select, held_out, problems)`` of a preference stage's inputs: ``read`` (``read_preference_split``
+    or ``read_ranking_split``) over the ``train*`` inputs; the held-out records are the ``val`` input or
+    else ``cfg.val_fraction`` (0.1 when 0) of them; the selection records, which choose the best step,
+    are as much again carved from the rest (seed ``cfg.seed + 1``): the held-out records are scored once,
+    at the end, by weights they did not choose. ``problems`` lists the bad records read."""
+    from lmforge.data.supervised import holdout
+
+    problems: list = []
+    train = read([p for k, p in sorted(inputs.items()) if k.startswith("train")], problems)
+    if "val" in inputs:
+        held = read([inputs["val"]], problems)
+    else:
+        train, held = holdout(train, cfg.val_fraction or 0.1, cfg.seed)
+    train, select = holdout(train, cfg.val_fraction or 0.1, cfg.seed + 1)
+    return train, select, held, problems

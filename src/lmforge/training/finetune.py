@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors.torch import load_file
@@ -50,7 +50,7 @@ from lmforge.model import checkpoint as ckpt
 from lmforge.model.checkpoint import HEADS_FILE, META_FILE, POOLING_FILE
 from lmforge.model.config import ModelConfig
 from lmforge.model.heads import POOLING_CHOICES, ClassificationHead, hidden_states
-from lmforge.runstore import resolve_ref
+from lmforge.runstore import TOKENIZER_FILE, resolve_ref
 from lmforge.runtime import Runtime
 from lmforge.training.optim import build_optimizer, lr_at
 from lmforge.training.options import FinetuneOptions
@@ -504,6 +504,38 @@ def predict_classes(
             predicted[i] = p
     model.train(was_training)
     return predicted, total / max(len(seqs), 1)
+
+
+class Begun(NamedTuple):
+    """What a fine-tuning or alignment stage starts from (``begin``)."""
+
+    rt: Runtime
+    model: nn.Module
+    mcfg: ModelConfig
+    ckpt_dir: Path
+    tok_path: Path
+    tok: Any
+
+
+def begin(cfg: Any, ctx: Any, method: str = "") -> Begun:
+    """The preamble of every fine-tuning and alignment stage: the runtime (``cfg.device``, ``seed``,
+    ``threads``; fp32 weights, ``fit`` autocasts), a fresh work directory (``restart``), the base
+    checkpoint of the stage's ``model`` input (``load_decoder`` naming ``method`` when it is set, else
+    ``load_base``, with ``cfg.dropout``) and its tokenizer."""
+    from lmforge.runtime import create_runtime
+    from lmforge.tokenizer.train import load_tokenizer
+
+    rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
+    restart(ctx)
+    where, which = ctx.inputs["model"], cfg.checkpoint
+    if method:
+        model, mcfg, ckpt_dir = load_decoder(
+            where, which, method=method, device=rt.device, dropout=cfg.dropout
+        )
+    else:
+        model, mcfg, ckpt_dir = load_base(where, which, device=rt.device, dropout=cfg.dropout)
+    tok_path = ckpt_dir / TOKENIZER_FILE
+    return Begun(rt, model, mcfg, ckpt_dir, tok_path, load_tokenizer(tok_path))
 
 
 def restart(ctx: Any) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from lmforge.errors import ConfigError
-from lmforge.runstore import TOKENIZER_FILE, StageContext
+from lmforge.runstore import StageContext
 from lmforge.training import finetune as ft
 from lmforge.training.batches import chat_rows, encode_conversations, lm_batch
 from lmforge.training.step import token_loss
@@ -90,16 +90,9 @@ def run_sft(
     rendered conversations; ``finetune.task`` passes task documents); ``method`` names the checkpoint's
     fine-tuning method (default ``sft`` or ``lora``).
     """
-    from lmforge.runtime import create_runtime
-    from lmforge.tokenizer.train import load_tokenizer, special_id
+    from lmforge.tokenizer.train import special_id
 
-    rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
-    ft.restart(ctx)
-    model, mcfg, ckpt_dir = ft.load_decoder(
-        ctx.inputs["model"], cfg.checkpoint, method="SFT", device=rt.device, dropout=cfg.dropout
-    )
-    tok_path = ckpt_dir / TOKENIZER_FILE
-    tok = load_tokenizer(tok_path)
+    rt, model, mcfg, ckpt_dir, tok_path, tok = ft.begin(cfg, ctx, "SFT")
     pad_id = special_id(tok, "pad")
     train_ex, val_ex, counts = examples(cfg, ctx, tok, mcfg.block_size)
     rows = chat_rows(train_ex, mcfg.block_size, cfg.packing)

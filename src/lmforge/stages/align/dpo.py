@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import TOKENIZER_FILE, StageContext, config_inputs, run_stage
+from lmforge.runstore import StageContext, config_inputs, run_stage
 from lmforge.training.options import FinetuneOptions
 
 logger = logging.getLogger(__name__)
@@ -95,32 +95,16 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from lmforge.data.supervised import holdout, log_problems, skipped
-    from lmforge.runtime import create_runtime
-    from lmforge.tokenizer.train import load_tokenizer, special_id
+    from lmforge.data.supervised import log_problems, skipped
+    from lmforge.tokenizer.train import special_id
     from lmforge.training import align
     from lmforge.training import finetune as ft
     from lmforge.training.batches import lm_batch
     from lmforge.training.judge import WinRate, distinct_prompts, load_scorer
 
-    rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
-    ft.restart(ctx)
-    model, mcfg, ckpt_dir = ft.load_decoder(
-        ctx.inputs["model"], cfg.checkpoint, method="DPO", device=rt.device, dropout=cfg.dropout
-    )
-    tok_path = ckpt_dir / TOKENIZER_FILE
-    tok = load_tokenizer(tok_path)
+    rt, model, mcfg, ckpt_dir, tok_path, tok = ft.begin(cfg, ctx, "DPO")
     pad_id = special_id(tok, "pad")
-    problems: list = []
-    train = align.read_preference_split(
-        [p for k, p in sorted(ctx.inputs.items()) if k.startswith("train")], problems
-    )
-    if "val" in ctx.inputs:
-        val = align.read_preference_split([ctx.inputs["val"]], problems)
-    else:
-        train, val = holdout(train, cfg.val_fraction or 0.1, cfg.seed)
-    # the best step is chosen on pairs carved from training: the held-out pairs are scored once, at the end
-    train, select = holdout(train, cfg.val_fraction or 0.1, cfg.seed + 1)
+    train, select, val, problems = align.three_sets(align.read_preference_split, ctx.inputs, cfg)
     log_problems(problems, "preference data")
     train = train[: cfg.max_train_examples or None]
     train_pairs, dropped = align.encode_pairs(tok, train, mcfg.block_size)

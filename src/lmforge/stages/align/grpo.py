@@ -41,7 +41,7 @@ from typing import Any
 
 from lmforge.config import ConfigError, opt
 from lmforge.eval.sandbox import require_sandbox
-from lmforge.runstore import TOKENIZER_FILE, StageContext, config_inputs, run_stage
+from lmforge.runstore import StageContext, config_inputs, run_stage
 from lmforge.training.options import FinetuneOptions
 
 logger = logging.getLogger(__name__)
@@ -268,19 +268,12 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     import torch
 
     from lmforge.inference.engine import Engine, SamplingParams
-    from lmforge.runtime import create_runtime
     from lmforge.tokenizer.chat import render_chat
-    from lmforge.tokenizer.train import load_tokenizer, special_id
+    from lmforge.tokenizer.train import special_id
     from lmforge.training import align
     from lmforge.training import finetune as ft
 
-    rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
-    ft.restart(ctx)
-    model, mcfg, ckpt_dir = ft.load_decoder(
-        ctx.inputs["model"], cfg.checkpoint, method="GRPO", device=rt.device, dropout=cfg.dropout
-    )
-    tok_path = ckpt_dir / TOKENIZER_FILE
-    tok = load_tokenizer(tok_path)
+    rt, model, mcfg, ckpt_dir, tok_path, tok = ft.begin(cfg, ctx, "GRPO")
     pad_id, end_id = special_id(tok, "pad"), special_id(tok, "end")
     if cfg.task:
         task, train, held = load_code_problems(cfg)

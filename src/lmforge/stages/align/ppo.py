@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import TOKENIZER_FILE, StageContext, config_inputs, run_stage
+from lmforge.runstore import StageContext, config_inputs, run_stage
 from lmforge.training.options import FinetuneOptions
 
 logger = logging.getLogger(__name__)
@@ -106,24 +106,17 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
 
     from lmforge.data.supervised import holdout, log_problems
     from lmforge.inference.engine import Engine, SamplingParams
-    from lmforge.runtime import create_runtime
     from lmforge.tokenizer.chat import render_chat
-    from lmforge.tokenizer.train import load_tokenizer, special_id
+    from lmforge.tokenizer.train import special_id
     from lmforge.training import align, ppo
     from lmforge.training import finetune as ft
     from lmforge.training.judge import WinRate, distinct_prompts, load_scorer
 
-    rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
+    rt, model, mcfg, ckpt_dir, tok_path, tok = ft.begin(cfg, ctx, "PPO")
     device = rt.device
-    ft.restart(ctx)
-    model, mcfg, ckpt_dir = ft.load_decoder(
-        ctx.inputs["model"], cfg.checkpoint, method="PPO", device=device, dropout=cfg.dropout
-    )
     judges = {"reward": load_scorer(ctx.inputs["reward_model"], device)}
     if "check_model" in ctx.inputs:
         judges["check"] = load_scorer(ctx.inputs["check_model"], device)
-    tok_path = ckpt_dir / TOKENIZER_FILE
-    tok = load_tokenizer(tok_path)
     pad_id, end_id = special_id(tok, "pad"), special_id(tok, "end")
     problems: list = []
     prefs = align.read_preference_split(

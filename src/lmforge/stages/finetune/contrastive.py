@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import TOKENIZER_FILE, StageContext, config_inputs, run_stage, write_json_atomic
+from lmforge.runstore import StageContext, config_inputs, run_stage, write_json_atomic
 from lmforge.training.options import SequenceOptions
 
 log = logging.getLogger(__name__)
@@ -141,22 +141,15 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     from lmforge.data.supervised import holdout_groups, log_problems, skipped
     from lmforge.eval.classic.bm25 import bm25_scores
     from lmforge.model.heads import embed_batch
-    from lmforge.runtime import create_runtime
     from lmforge.tokenizer.texts import encode_texts, pad_batch
-    from lmforge.tokenizer.train import load_tokenizer, special_id
+    from lmforge.tokenizer.train import special_id
     from lmforge.training import finetune as ft
     from lmforge.training.contrastive import embed, info_nce, retrieval_metrics
 
-    rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
+    rt, model, mcfg, ckpt_dir, tok_path, tok = ft.begin(cfg, ctx)
     device = rt.device
-    ft.restart(ctx)
-    model, mcfg, ckpt_dir = ft.load_base(
-        ctx.inputs["model"], cfg.checkpoint, device=device, dropout=cfg.dropout
-    )
     seq_len = ft.sequence_length(cfg.max_len, mcfg)
     pooling = ft.resolve_pooling(cfg.pooling, ckpt_dir, "mean")
-    tok_path = ckpt_dir / TOKENIZER_FILE
-    tok = load_tokenizer(tok_path)
     pad_id = special_id(tok, "pad")
     problems: list = []
     pairs, val_pairs = read_splits(cfg, ctx, problems)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import TOKENIZER_FILE, StageContext, run_stage, write_json_atomic
+from lmforge.runstore import StageContext, run_stage, write_json_atomic
 from lmforge.training.options import FinetuneOptions
 
 log = logging.getLogger(__name__)
@@ -115,25 +115,18 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     import torch
 
     from lmforge.eval.lm import evaluate_lm
-    from lmforge.runtime import create_runtime
     from lmforge.tokenizer.shards import open_tokens
-    from lmforge.tokenizer.train import load_tokenizer, token_byte_lengths
+    from lmforge.tokenizer.train import token_byte_lengths
     from lmforge.training import finetune as ft
     from lmforge.training.batches import window_batch
     from lmforge.training.step import token_loss
 
-    rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
+    rt, model, mcfg, ckpt_dir, tok_path, tok = ft.begin(cfg, ctx)
     device = rt.device
-    ft.restart(ctx)
-    model, mcfg, ckpt_dir = ft.load_base(
-        ctx.inputs["model"], cfg.checkpoint, device=device, dropout=cfg.dropout
-    )
     if mcfg.arch != "decoder":
         raise ConfigError(
             "model", f"continued pretraining here needs a decoder checkpoint, got an {mcfg.arch}"
         )
-    tok_path = ckpt_dir / TOKENIZER_FILE
-    tok = load_tokenizer(tok_path)
     token_bytes = token_byte_lengths(tok)
     domain_train, domain_val = _streams(
         _encode(tok, cfg.domain, cfg.text_field), cfg.val_fraction, cfg.seed, "domain"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import TOKENIZER_FILE, StageContext, run_stage, write_json_atomic
+from lmforge.runstore import StageContext, run_stage, write_json_atomic
 from lmforge.training.options import SequenceOptions
 
 log = logging.getLogger(__name__)
@@ -94,20 +94,13 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
 
     from lmforge.data.supervised import holdout, log_problems, read_labeled, sample_stratified, skipped
     from lmforge.eval.classification import bow_baseline, classification_metrics, confusion_table
-    from lmforge.runtime import create_runtime
     from lmforge.tokenizer.texts import encode_texts, pad_batch
-    from lmforge.tokenizer.train import load_tokenizer, special_id
+    from lmforge.tokenizer.train import special_id
     from lmforge.training import finetune as ft
 
-    rt = create_runtime(cfg.device, "fp32", cfg.seed, cfg.threads)
+    rt, trunk, mcfg, ckpt_dir, tok_path, tok = ft.begin(cfg, ctx)
     device = rt.device
-    ft.restart(ctx)
-    trunk, mcfg, ckpt_dir = ft.load_base(
-        ctx.inputs["model"], cfg.checkpoint, device=device, dropout=cfg.dropout
-    )
     seq_len = ft.sequence_length(cfg.max_len, mcfg)
-    tok_path = ckpt_dir / TOKENIZER_FILE
-    tok = load_tokenizer(tok_path)
     pad_id = special_id(tok, "pad")
     problems: list = []
     data: dict[str, dict[str, Any]] = {}
