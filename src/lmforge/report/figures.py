@@ -231,11 +231,14 @@ JUDGED_CAPTION = (
 
 def judged_png(curve: Curve) -> bytes:
     """Three panels of an align stage judged by a reward model (``training.judge.WinRate`` rows): the
-    score of the policy's replies beside the starting model's, the KL to the reference, the win rate."""
+    score of the policy's replies beside the starting model's, the KL to the reference, the win rate —
+    with the second judge's (``check_win_rate``) beside it when the stage had one, so hacking shows."""
     fig, (score, kl, win) = _axes(3)
     policy = curve.series.get("policy_score") or curve.series.get("score") or []
+    check = curve.series.get("check_win_rate", [])
     for ax, points, label in ((score, policy, "policy"), (score, curve.series.get("base_score", []), "start"),
-                              (kl, curve.series.get("kl", []), "KL"), (win, curve.series["win_rate"], "win rate")):  # fmt: skip
+                              (kl, curve.series.get("kl", []), "KL"), (win, curve.series["win_rate"], "judge"),
+                              (win, check, "second judge")):  # fmt: skip
         if points:
             steps, values = zip(*points)
             ax.plot(steps, values, marker="o", markersize=3, linewidth=1.2, label=label)
@@ -250,6 +253,8 @@ def judged_png(curve: Curve) -> bytes:
         ax.set_title(f"{curve.instance}: {title}")
         ax.grid(alpha=0.3)
     score.legend()
+    if check:
+        win.legend()
     return png_bytes(fig)
 
 
