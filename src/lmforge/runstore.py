@@ -190,8 +190,11 @@ class StageContext:
 
 
 def config_inputs(cfg: Any, *fields: str) -> dict[str, Any]:
-    """Run-store inputs named by config ``fields``, in order: a list field gives ``field0``,
-    ``field1``, ...; any other field is included under its own name when it is set (non-empty)."""
+    """Run-store inputs named by config ``fields`` (a stage's ``INPUTS``), in order: a list field gives
+    ``field0``, ``field1``, ...; any other field is included under its own name when it is set. An
+    input whose default is a stage of the run (``model: "@pretrain"``) is required: emptied, it is a
+    ``ConfigError`` before anything is created."""
+
     found: dict[str, Any] = {}
     for name in fields:
         value = getattr(cfg, name)
@@ -199,6 +202,8 @@ def config_inputs(cfg: Any, *fields: str) -> dict[str, Any]:
             found.update({f"{name}{i}": v for i, v in enumerate(value)})
         elif value:
             found[name] = value
+        elif str(type(cfg).__dataclass_fields__[name].default).startswith("@"):
+            raise ConfigError(name, "is required: a path, or an @stage reference to a stage of the run")
     return found
 
 

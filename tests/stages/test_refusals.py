@@ -42,3 +42,20 @@ def test_a_bad_option_is_refused_before_the_stage_directory_exists(tmp_path, cap
     assert main(["pretrain", "--out", str(out), "--lr", "-1", "-q"]) == 2
     assert "lr" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "key"),
+    [
+        (["pretrain", "--tokenizer", ""], "tokenizer"),
+        (["align", "dpo", "--train", "x.jsonl", "--model", ""], "model"),
+        (["export", "gguf", "--model", ""], "model"),
+        (["scaling", "fit", "--sweep", ""], "sweep"),
+    ],
+)
+def test_an_emptied_required_input_is_refused_by_name(argv, key, tmp_path, capsys):
+    """An input whose default names a stage (``model: "@pretrain"``) cannot be emptied; optional inputs
+    (default empty, e.g. ``val``) can."""
+    assert main([*argv, "--out", str(tmp_path / "run" / "x"), "-q"]) == 2
+    assert f"{key}: is required" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

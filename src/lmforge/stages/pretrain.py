@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal
 from lmforge.config import ConfigError, opt
 from lmforge.errors import InputError
 from lmforge.model.config import ModelConfig, preset
-from lmforge.runstore import TOKENIZER_FILE, StageContext, resolve_ref, run_stage
+from lmforge.runstore import TOKENIZER_FILE, StageContext, config_inputs, resolve_ref, run_stage
 from lmforge.training.options import TrainOptions, tuned
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Pretrain (or return the cached result); returns the stage manifest."""
     check_memory(cfg)
     return run_stage(
-        STAGE, cfg, out=cfg.out, inputs={"tokenizer": cfg.tokenizer}, work=train, version=VERSION, force=force
+        STAGE, cfg, out=cfg.out, inputs=config_inputs(cfg, *INPUTS), work=train, version=VERSION, force=force
     )
 
 

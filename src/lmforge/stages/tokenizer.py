@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, read_manifest, run_stage
+from lmforge.runstore import StageContext, config_inputs, read_manifest, run_stage
 from lmforge.tokenizer.train import DEFAULT_EXTRA_TOKENS, KINDS, TokenizerSpec
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
         STAGE,
         cfg,
         out=cfg.out,
-        inputs={"data": cfg.data},
+        inputs=config_inputs(cfg, *INPUTS),
         work=build,
         version=VERSION,
         force=force,

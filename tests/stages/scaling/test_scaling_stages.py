@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from lmforge.cli import main as lmforge_main
 from lmforge.config import from_dict
-from lmforge.stages.scaling import cli, fit, predict, sweep
+from lmforge.stages.scaling import fit, predict, sweep
 
 WORDS = "the cat sat on a mat and dog ran to park sun moon yes no list of files open read".split()
 RECIPE = {"block_size": 16, "batch_size": 4, "eval_tokens": 512, "threads": 1, "lr": 1e-2, "head_dim": 8}
@@ -94,10 +95,12 @@ def test_sweep_caches_points_and_fit_predict_report_manifests(tokenizer: Path):
 
 
 def test_cli_lists_methods_and_rejects_unknown(capsys):
-    assert cli(["--help"]) == 0
+    assert lmforge_main(["scaling", "--help"]) == 0
     out = capsys.readouterr().out
     assert all(f"  {m} " in out for m in ("sweep", "fit", "predict"))
-    assert cli(["swep"]) == 2 and "did you mean 'sweep'" in capsys.readouterr().err.lower()
+    assert (
+        lmforge_main(["scaling", "swep"]) == 2 and "did you mean 'sweep'" in capsys.readouterr().err.lower()
+    )
 
 
 def test_bad_sizes_are_config_errors(tokenizer: Path):

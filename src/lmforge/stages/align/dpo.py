@@ -84,7 +84,7 @@ INPUTS = ("model", "train", "val", "reward_model", "check_model")
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Train with DPO (or return the cached result); returns the stage manifest."""
-    found = {"model": cfg.model, **config_inputs(cfg, "train", "val", "reward_model", "check_model")}
+    found = config_inputs(cfg, *INPUTS)
     return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)
 
 

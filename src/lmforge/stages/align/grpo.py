@@ -146,7 +146,7 @@ INPUTS = ("model", "problems", "eval_problems")
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Train with GRPO (or return the cached result); returns the stage manifest."""
-    found = {"model": cfg.model, **config_inputs(cfg, "problems", "eval_problems")}
+    found = config_inputs(cfg, *INPUTS)
     if cfg.task.endswith((".yaml", ".yml")):
         found["task"] = cfg.task
     return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)

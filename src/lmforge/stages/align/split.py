@@ -55,7 +55,7 @@ INPUTS = ("train",)
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Write the split files (or return the cached result); returns the stage manifest."""
-    found = config_inputs(cfg, "train")
+    found = config_inputs(cfg, *INPUTS)
     return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)
 
 

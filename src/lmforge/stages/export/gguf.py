@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmforge.config import opt
-from lmforge.runstore import StageContext, run_stage
+from lmforge.runstore import StageContext, config_inputs, run_stage
 from lmforge.stages.export import refuse_early
 
 STAGE = "export.gguf"
@@ -36,7 +36,7 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Export (or return the cached result); returns the stage manifest."""
     refuse_early(cfg.model, cfg.out, cfg.checkpoint)
     return run_stage(
-        STAGE, cfg, out=cfg.out, inputs={"model": cfg.model}, work=work, version=VERSION, force=force
+        STAGE, cfg, out=cfg.out, inputs=config_inputs(cfg, *INPUTS), work=work, version=VERSION, force=force
     )
 
 

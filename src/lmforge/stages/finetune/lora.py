@@ -61,7 +61,7 @@ INPUTS = ("model", "train", "val")
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Fine-tune adapters (or return the cached result); returns the stage manifest."""
     check_targets(cfg)
-    found = {"model": cfg.model, **config_inputs(cfg, "train", "val")}
+    found = config_inputs(cfg, *INPUTS)
     return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)
 
 

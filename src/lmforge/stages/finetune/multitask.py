@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, run_stage, write_json_atomic
+from lmforge.runstore import StageContext, config_inputs, run_stage, write_json_atomic
 from lmforge.training.options import SequenceOptions
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ INPUTS = ("model",)
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Train the multi-task model (or return the cached result); returns the stage manifest."""
-    inputs = {"model": cfg.model}
+    inputs = config_inputs(cfg, *INPUTS)
     for name, spec in cfg.tasks.items():
         inputs[f"{name}.train"] = spec.train
         if spec.dev:

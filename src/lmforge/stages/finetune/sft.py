@@ -47,7 +47,7 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
         STAGE,
         cfg,
         out=cfg.out,
-        inputs={"model": cfg.model, **config_inputs(cfg, "train", "val")},
+        inputs=config_inputs(cfg, *INPUTS),
         work=work,
         version=VERSION,
         force=force,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, run_stage
+from lmforge.runstore import StageContext, config_inputs, run_stage
 from lmforge.training.options import FinetuneOptions
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ INPUTS = ("model",)
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Fine-tune (or return the cached result); returns the stage manifest."""
-    inputs = {"model": cfg.model}
+    inputs = config_inputs(cfg, *INPUTS)
     inputs.update({f"task_{i}": t for i, t in enumerate(cfg.tasks) if t.endswith((".yaml", ".yml"))})
     return run_stage(STAGE, cfg, out=cfg.out, inputs=inputs, work=work, version=VERSION, force=force)
 
