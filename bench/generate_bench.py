@@ -104,7 +104,7 @@ def engine(model, weights: str = "exact"):
 
 @torch.no_grad()
 def run_ours(model, prompts: torch.Tensor, new: int, weights: str = "exact") -> list[list[int]]:
-    from lmforge.inference.engine import SamplingParams
+    from lmforge.inference.rows import SamplingParams
 
     params = SamplingParams(max_new_tokens=new, temperature=0)
     return [c.ids for c in engine(model, weights).generate(prompts.tolist(), params)]
@@ -292,7 +292,8 @@ def val_prompts(tok, n: int, length: int) -> list[list[int]]:
 
 
 def trained_main(args) -> None:
-    from lmforge.inference.engine import DecodeStats, Engine, SamplingParams
+    from lmforge.inference.engine import Engine
+    from lmforge.inference.rows import DecodeStats, SamplingParams
     from lmforge.model.checkpoint import load_model, resolve_checkpoint
     from lmforge.tokenizer.train import load_tokenizer
 

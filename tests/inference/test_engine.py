@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmforge.inference.engine import Engine, SamplingParams
+from lmforge.inference.engine import Engine
+from lmforge.inference.rows import SamplingParams
 from lmforge.model.config import ModelConfig
 from lmforge.model.decoder import Decoder
 from lmforge.tokenizer.train import train_bpe

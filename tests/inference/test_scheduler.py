@@ -9,7 +9,8 @@ import threading
 import pytest
 import torch
 
-from lmforge.inference.engine import Engine, SamplingParams
+from lmforge.inference.engine import Engine
+from lmforge.inference.rows import SamplingParams
 from lmforge.inference.scheduler import Scheduler, Token
 from lmforge.model.config import ModelConfig
 from lmforge.model.decoder import Decoder

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from lmforge.inference.engine import TextState
+from lmforge.inference.rows import TextState
 from lmforge.tokenizer.train import train_bpe
 
 TEXT = "naïve café — 10 € « déjà vu » 🙂 日本語 the cat sat on the mat " * 3

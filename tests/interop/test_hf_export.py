@@ -163,7 +163,8 @@ def test_encoder_is_refused_with_the_reason(tmp_path: Path) -> None:
 def test_greedy_generation_in_transformers_equals_lmforge(tmp_path: Path) -> None:
     """tok(prompt) + model.generate in transformers continues a prompt as lmforge's engine does: the
     exported tokenizer puts <|bos|> first, as lmforge generate does."""
-    from lmforge.inference.engine import Engine, SamplingParams
+    from lmforge.inference.engine import Engine
+    from lmforge.inference.rows import SamplingParams
     from lmforge.model.checkpoint import load_model
     from lmforge.tokenizer.train import load_tokenizer
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmforge.inference.engine import Engine, SamplingParams
+from lmforge.inference.engine import Engine
+from lmforge.inference.rows import SamplingParams
 from lmforge.model.config import ModelConfig
 from lmforge.model.decode_weights import DecodeWeights
 from lmforge.model.decoder import Decoder

@@ -36,7 +36,7 @@ def _checkpoint(root: Path, tok_path: Path, **overrides) -> Path:
                 if p.dim() > 1:
                     p.normal_(0, 0.3)
             if not mcfg.tie_embeddings:  # stop tokens get logit 0, never the greedy pick: runs to max_tokens
-                from lmforge.inference.engine import default_stop_ids
+                from lmforge.inference.rows import default_stop_ids
 
                 model.lm_head.weight[sorted(default_stop_ids(load_tokenizer(tok_path)))] = 0
     return save_checkpoint(root / "ckpt" / "step_1", model, mcfg, tokenizer_path=tok_path)

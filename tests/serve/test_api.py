@@ -12,7 +12,8 @@ import pytest
 import torch
 from starlette.testclient import TestClient
 
-from lmforge.inference.engine import Engine, SamplingParams, default_stop_ids
+from lmforge.inference.engine import Engine
+from lmforge.inference.rows import SamplingParams, default_stop_ids
 from lmforge.model.checkpoint import load_model
 from lmforge.tokenizer.chat import chat_prompt
 from lmforge.tokenizer.train import load_tokenizer

@@ -302,7 +302,8 @@ def test_reversed_digit_arithmetic_and_its_reward():
 
 def test_grpo_raises_a_toy_reward_within_a_few_steps(tiny):
     """Reward = fraction of sampled tokens in the lower half of the vocabulary; GRPO must raise it."""
-    from lmforge.inference.engine import Engine, SamplingParams
+    from lmforge.inference.engine import Engine
+    from lmforge.inference.rows import SamplingParams
     from lmforge.tokenizer.chat import render_chat
 
     tok, build = tiny
@@ -339,7 +340,8 @@ def test_rollouts_sample_from_the_policy_after_each_optimiser_step(tiny):
     ``build_optimizer``'s fused AdamW, and the rollout's ratio starts at 1. (The fused step did not
     bump version counters, so the engine kept its first fused weights: rollouts came from the initial
     policy, and the clipped ratio and the k3 KL compared two different models.)"""
-    from lmforge.inference.engine import Engine, SamplingParams
+    from lmforge.inference.engine import Engine
+    from lmforge.inference.rows import SamplingParams
     from lmforge.tokenizer.chat import render_chat
     from lmforge.training.optim import build_optimizer
 
@@ -381,7 +383,8 @@ def test_ppo_pieces_by_hand():
 def test_ppo_raises_a_toy_reward_within_a_few_steps(tiny):
     """Score = fraction of reply tokens in the lower half of the vocabulary; PPO (value head, GAE, KL
     penalty, two updates per rollout) must raise it, with the policy's KL to the reference growing."""
-    from lmforge.inference.engine import Engine, SamplingParams
+    from lmforge.inference.engine import Engine
+    from lmforge.inference.rows import SamplingParams
     from lmforge.tokenizer.chat import render_chat
     from lmforge.tokenizer.train import special_id
 
@@ -459,7 +462,8 @@ def test_gae_with_discount_by_hand():
 
 
 def ppo_toy_batch(tok, pv, prompts, score, *, ref, kl_coef, seed, n=8, tokens=6):
-    from lmforge.inference.engine import Engine, SamplingParams
+    from lmforge.inference.engine import Engine
+    from lmforge.inference.rows import SamplingParams
     from lmforge.tokenizer.train import special_id
 
     params = SamplingParams(max_new_tokens=tokens, temperature=1.0, seed=seed)

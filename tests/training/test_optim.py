@@ -208,7 +208,8 @@ def test_fused_adamw_step_marks_weights_changed_for_a_live_engine():
     """An inference engine made before training must sample from the trained weights: the fused AdamW
     kernel writes weights without bumping their version counters, which the engine's fused-weight cache
     watches (before the fix a PPO/GRPO rollout engine kept sampling from the starting weights)."""
-    from lmforge.inference.engine import Engine, SamplingParams
+    from lmforge.inference.engine import Engine
+    from lmforge.inference.rows import SamplingParams
 
     torch.manual_seed(0)
     model = Decoder(ModelConfig(vocab_size=64, block_size=32, n_layer=1, n_head=2, n_embd=32))

@@ -95,7 +95,8 @@ def memorisation_probe(
     Raises:
         ValueError: a stream shorter than one window, or ``prefix + suffix`` beyond the model's context.
     """
-    from lmforge.inference.engine import Engine, SamplingParams
+    from lmforge.inference.engine import Engine
+    from lmforge.inference.rows import SamplingParams
 
     if prefix + suffix > lm.block_size:
         raise ValueError(

@@ -170,7 +170,8 @@ class LM:
         """Continuations of ``contexts`` (greedy by default), each cut before the first string of
         ``until``. When sampling, context ``i`` draws from a generator seeded ``seed + i``, whatever the
         batching (repeat a context to draw several samples of it)."""
-        from lmforge.inference.engine import Engine, SamplingParams, default_stop_ids
+        from lmforge.inference.engine import Engine
+        from lmforge.inference.rows import SamplingParams, default_stop_ids
 
         engine = Engine(self.model, self.tok)
         out = []

@@ -1,7 +1,8 @@
 """Inference: next-token sampling and the batched generation engine (prefill + cached decode, streaming,
 optional exact speculative decoding)."""
 
-from lmforge.inference.engine import Completion, DecodeStats, Engine, Event, SamplingParams
+from lmforge.inference.engine import Engine
+from lmforge.inference.rows import Completion, DecodeStats, Event, SamplingParams
 from lmforge.inference.sampling import check_sampling_args, sample
 
 __all__ = [

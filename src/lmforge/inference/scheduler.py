@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from lmforge.inference.engine import SamplingParams, TextState, pick, select_rows
+from lmforge.inference.rows import SamplingParams, TextState, pick, select_rows
 from lmforge.model.decode_weights import DecodeWeights
 from lmforge.model.decoder import Decoder
 from lmforge.model.kv_cache import KVCache

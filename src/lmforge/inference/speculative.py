@@ -71,16 +71,20 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from lmforge.config import ConfigError
-from lmforge.inference.engine import Batch, Engine, Event, RowOutput, SamplingParams, pick, select_rows
+from lmforge.inference.rows import Batch, Event, RowOutput, SamplingParams, pick, select_rows
 from lmforge.inference.sampling import distribution, draw
 from lmforge.model.decode_weights import DecodeWeights
 from lmforge.model.decoder import Decoder
 from lmforge.model.kv_cache import KVCache
 from lmforge.runstore import TOKENIZER_FILE
+
+if TYPE_CHECKING:  # the engine dispatches to this module; only its type is needed here
+    from lmforge.inference.engine import Engine
 
 
 def check_draft(model: Decoder, draft: object, draft_tokens: int, ngram_max: int) -> None:

@@ -38,7 +38,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from tokenizers import Tokenizer
 
-from lmforge.inference.engine import SamplingParams, default_stop_ids
+from lmforge.inference.rows import SamplingParams, default_stop_ids
 from lmforge.inference.scheduler import Scheduler, Token
 from lmforge.runstore import TOKENIZER_FILE
 from lmforge.serve import schemas as S

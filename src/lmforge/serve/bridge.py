@@ -21,7 +21,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from lmforge.inference.engine import SamplingParams
+from lmforge.inference.rows import SamplingParams
 from lmforge.inference.scheduler import Scheduler, Token
 from lmforge.serve.http import ApiError
 

@@ -122,7 +122,7 @@ def _lines() -> Iterable[str]:
 def chat_loop(engine: Any, cfg: Config, lines: Iterable[str], write: Callable[[str], None]) -> int:
     """Run the conversation over ``lines`` (user inputs), streaming replies to ``write``; returns the
     number of assistant turns."""
-    from lmforge.inference.engine import SamplingParams
+    from lmforge.inference.rows import SamplingParams
     from lmforge.tokenizer.chat import chat_ids, chat_prompt
 
     tok = engine.tokenizer

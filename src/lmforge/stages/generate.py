@@ -133,7 +133,8 @@ def print_samples(cfg: Config) -> dict[str, Any]:
 
 def sample(cfg: Config, ctx: StageContext) -> dict[str, float]:
     """Continue every prompt (one batch) and write one JSON line per sample."""
-    from lmforge.inference.engine import Engine, SamplingParams, default_stop_ids
+    from lmforge.inference.engine import Engine
+    from lmforge.inference.rows import SamplingParams, default_stop_ids
     from lmforge.model.checkpoint import load_model, resolve_checkpoint
     from lmforge.runtime import create_runtime
     from lmforge.tokenizer.train import load_tokenizer, special_id

@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmforge.inference.engine import Engine, SamplingParams
+from lmforge.inference.engine import Engine
+from lmforge.inference.rows import SamplingParams
 from lmforge.model import checkpoint as ckpt
 from lmforge.runstore import TOKENIZER_FILE
 from lmforge.tokenizer.chat import render_chat

@@ -267,7 +267,8 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from lmforge.inference.engine import Engine, SamplingParams
+    from lmforge.inference.engine import Engine
+    from lmforge.inference.rows import SamplingParams
     from lmforge.tokenizer.chat import render_chat
     from lmforge.tokenizer.train import special_id
     from lmforge.training import align
@@ -296,7 +297,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     stops: dict[str, Any] = {"stop_ids": frozenset({end_id})}
     if cfg.task:  # the eval stage's zero-shot prompt, stop strings and judgement
         from lmforge.eval.fewshot import build_prompt
-        from lmforge.inference.engine import default_stop_ids
+        from lmforge.inference.rows import default_stop_ids
 
         bos_id = special_id(tok, "<|bos|>")
         stops = {"stop": list(task.until), "stop_ids": default_stop_ids(tok)}

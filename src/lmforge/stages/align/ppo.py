@@ -105,7 +105,8 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     import torch
 
     from lmforge.data.supervised import holdout, log_problems
-    from lmforge.inference.engine import Engine, SamplingParams
+    from lmforge.inference.engine import Engine
+    from lmforge.inference.rows import SamplingParams
     from lmforge.tokenizer.chat import render_chat
     from lmforge.tokenizer.train import special_id
     from lmforge.training import align, ppo
