@@ -335,5 +335,6 @@ def test_help_shows_the_draft_options(name: str, capsys) -> None:
     for option in ("--draft ", "--draft_model ", "--draft_tokens "):
         assert option in out, option
     assert "type: none|ngram|model" in out
-    if name == "chat":
-        assert "repetition_penalty 1 (the default 1.1" in out
+    assert "not used when repetition_penalty != 1 (plain decoding then)" in out
+    if name == "chat":  # chat penalises repetition by default, so its help shows drafts are off unless 1
+        assert "--repetition_penalty" in out and "type: float; default: 1.1" in out

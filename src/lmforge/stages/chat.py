@@ -21,59 +21,27 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from lmforge.config import ConfigError, opt
 from lmforge.runstore import TOKENIZER_FILE
+from lmforge.stages.decoding import DecodingOptions, tuned
 
 STAGE = "chat"
 INPUTS = ("model", "draft_model")
 
 
 @dataclass
-class Config:
-    """Options of ``lmforge chat``."""
+class Config(DecodingOptions):
+    """Options of ``lmforge chat`` (the decoding options: ``stages/decoding.py``)."""
 
-    model: str = opt("", "a checkpoint directory, or a training stage directory", path=True)
-    checkpoint: Literal["best", "last"] = opt("best", "which checkpoint of a training stage to use")
+    model: str = tuned("model", "")
+    max_new_tokens: int = tuned("max_new_tokens", 256)
+    temperature: float = tuned("temperature", 0.7)
+    top_p: float = tuned("top_p", 0.95)
+    repetition_penalty: float = tuned("repetition_penalty", 1.1)
     system: str = opt("", "system prompt")
-    max_new_tokens: int = opt(256, "reply length limit in tokens")
-    temperature: float = opt(0.7, "sampling temperature (0 = greedy)")
-    top_k: int = opt(50, "sample among the k most likely tokens (0 = all)")
-    top_p: float = opt(0.95, "nucleus sampling mass (1 = off)")
-    min_p: float = opt(0.0, "drop tokens less likely than min_p times the top token (0 = off)")
-    repetition_penalty: float = opt(
-        1.1, "penalise tokens already in the conversation (1 = off); != 1 decodes plainly, without --draft"
-    )
     seed: int = opt(0, "sampling seed (-1 = a fresh random seed)")
-    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
-    weights: Literal["exact", "int8"] = opt(
-        "exact", "exact, or int8: weight-only int8 matmuls, ~2x faster decoding on a CPU, not bit-exact"
-    )
-    draft: Literal["none", "ngram", "model"] = opt(
-        "none",
-        "speculative decoding, same replies (docs/eval.md): ngram drafts from earlier text (prompt"
-        " lookup), model drafts with --draft_model; needs --repetition_penalty 1 (the default 1.1"
-        " decodes plainly)",
-    )
-    draft_model: str = opt(
-        "",
-        "with --draft model: a checkpoint or training stage directory (its --checkpoint entry) of a"
-        " smaller model with the target's tokenizer",
-        path=True,
-    )
-    draft_tokens: int = opt(4, "speculative decoding: tokens drafted per pass at most")
-
-    def validate(self) -> None:
-        from lmforge.inference.speculative import check_draft_options
-
-        check_draft_options(self.draft, self.draft_model, self.draft_tokens)
-        if self.max_new_tokens < 1:
-            raise ConfigError("max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ConfigError("temperature", f"must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError("top_p", f"must be in (0, 1], got {self.top_p}")
 
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:

@@ -12,10 +12,11 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from lmforge.config import ConfigError, opt
 from lmforge.runstore import TOKENIZER_FILE, StageContext, config_inputs, run_stage
+from lmforge.stages.decoding import DecodingOptions
 
 log = logging.getLogger(__name__)
 
@@ -24,59 +25,20 @@ VERSION = 2
 
 
 @dataclass
-class Config:
-    """Options of ``lmforge generate``."""
+class Config(DecodingOptions):
+    """Options of ``lmforge generate`` (the decoding options: ``stages/decoding.py``)."""
 
-    model: str = opt("@pretrain", "a checkpoint directory, or a training stage directory", path=True)
     out: str = opt(
         "", "output stage directory (none: print the samples to the terminal, write nothing)", path=True
     )
-    checkpoint: Literal["best", "last"] = opt("best", "which checkpoint of a training stage to use")
     prompts: list[str] = opt(["The "], "prompts to continue, one sample each")
-    max_new_tokens: int = opt(64, "tokens to generate per prompt")
-    temperature: float = opt(0.8, "sampling temperature (0 = greedy)")
-    top_k: int = opt(50, "sample among the k most likely tokens (0 = all)")
-    top_p: float = opt(1.0, "nucleus sampling: smallest set with this much probability (1 = off)")
-    min_p: float = opt(0.0, "drop tokens less likely than min_p times the top token (0 = off)")
-    repetition_penalty: float = opt(1.0, "penalise tokens already in the text (CTRL; 1 = off)")
     stop: list[str] = opt([], "stop strings: a completion ends before the first one")
     seed: int = opt(0, "sampling seed (each prompt uses seed + its index)")
-    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
-    weights: Literal["exact", "int8"] = opt(
-        "exact", "exact, or int8: weight-only int8 matmuls, ~2x faster decoding on a CPU, not bit-exact"
-    )
-    draft: Literal["none", "ngram", "model"] = opt(
-        "none",
-        "speculative decoding, verified in one pass, output unchanged (docs/eval.md): ngram drafts from"
-        " earlier text of each row (prompt lookup; fast on repetitive text), model drafts with"
-        " --draft_model; not used when repetition_penalty != 1 (plain decoding then)",
-    )
-    draft_model: str = opt(
-        "",
-        "with --draft model: the draft, a checkpoint directory or a training stage directory (its"
-        " --checkpoint entry), a smaller model with the target's tokenizer",
-        path=True,
-    )
-    draft_tokens: int = opt(4, "speculative decoding: tokens drafted per row and pass at most")
 
     def validate(self) -> None:
-        from lmforge.inference.speculative import check_draft_options
-
-        check_draft_options(self.draft, self.draft_model, self.draft_tokens)
+        super().validate()
         if not self.prompts:
             raise ConfigError("prompts", "at least one prompt is required")
-        if self.max_new_tokens < 1:
-            raise ConfigError("max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ConfigError("temperature", f"must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ConfigError("top_k", f"must be >= 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError("top_p", f"must be in (0, 1], got {self.top_p}")
-        if not 0 <= self.min_p <= 1:
-            raise ConfigError("min_p", f"must be in [0, 1], got {self.min_p}")
-        if self.repetition_penalty <= 0:
-            raise ConfigError("repetition_penalty", f"must be > 0, got {self.repetition_penalty}")
         if any(not s for s in self.stop):
             raise ConfigError("stop", "stop strings must not be empty")
 

@@ -1,0 +1,69 @@
+"""The decoding options ``lmforge generate`` and ``lmforge chat`` share — the model, sampling, int8
+weights and speculative drafts — declared, documented and validated once (no torch import, so
+``--help`` stays fast). Each command's ``Config`` subclasses ``DecodingOptions``, changes a default
+with ``tuned`` where its use differs (chat replies are longer and penalise repetition), and adds its
+own fields (prompts, stop strings, the system prompt, the seed's meaning)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from lmforge.config import ConfigError, opt
+
+
+@dataclass
+class DecodingOptions:
+    """Options shared by every command that decodes text from a checkpoint."""
+
+    model: str = opt("@pretrain", "a checkpoint directory, or a training stage directory", path=True)
+    checkpoint: Literal["best", "last"] = opt("best", "which checkpoint of a training stage to use")
+    max_new_tokens: int = opt(64, "tokens to generate per prompt (or reply)")
+    temperature: float = opt(0.8, "sampling temperature (0 = greedy)")
+    top_k: int = opt(50, "sample among the k most likely tokens (0 = all)")
+    top_p: float = opt(1.0, "nucleus sampling: smallest set with this much probability (1 = off)")
+    min_p: float = opt(0.0, "drop tokens less likely than min_p times the top token (0 = off)")
+    repetition_penalty: float = opt(
+        1.0, "penalise tokens already in the text (CTRL; 1 = off); != 1 decodes plainly, without a draft"
+    )
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
+    weights: Literal["exact", "int8"] = opt(
+        "exact", "exact, or int8: weight-only int8 matmuls, ~2x faster decoding on a CPU, not bit-exact"
+    )
+    draft: Literal["none", "ngram", "model"] = opt(
+        "none",
+        "speculative decoding, verified in one pass, output unchanged (docs/eval.md): ngram drafts from"
+        " earlier text of each row (prompt lookup; fast on repetitive text), model drafts with"
+        " --draft_model; not used when repetition_penalty != 1 (plain decoding then)",
+    )
+    draft_model: str = opt(
+        "",
+        "with --draft model: the draft, a checkpoint directory or a training stage directory (its"
+        " --checkpoint entry), a smaller model with the target's tokenizer",
+        path=True,
+    )
+    draft_tokens: int = opt(4, "speculative decoding: tokens drafted per row and pass at most")
+
+    def validate(self) -> None:
+        from lmforge.inference.speculative import check_draft_options
+
+        check_draft_options(self.draft, self.draft_model, self.draft_tokens)
+        if self.max_new_tokens < 1:
+            raise ConfigError("max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ConfigError("temperature", f"must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ConfigError("top_k", f"must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError("top_p", f"must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_p <= 1:
+            raise ConfigError("min_p", f"must be in [0, 1], got {self.min_p}")
+        if self.repetition_penalty <= 0:
+            raise ConfigError("repetition_penalty", f"must be > 0, got {self.repetition_penalty}")
+
+
+def tuned(name: str, default: Any) -> Any:
+    """The ``DecodingOptions`` field ``name`` with another default (same help), for a command whose use
+    needs a different one."""
+    meta = DecodingOptions.__dataclass_fields__[name].metadata
+    return opt(default, meta["help"], path=meta["path"], cache=meta["cache"])
