@@ -59,6 +59,14 @@ def test_small_top_p_keeps_only_the_top_token():
     assert torch.equal(draws, logits.argmax(dim=-1).expand_as(draws))
 
 
+def test_a_top_p_below_float32s_range_is_greedy_not_an_error():
+    """5e-324 (found by the server's schemathesis fuzz) rounds to 0 in fp32, so every token compared as
+    outside the nucleus and the all -inf row made multinomial raise (a 500 from the server)."""
+    logits = _logits()
+    draws = _draws(logits, n=20, top_p=5e-324)
+    assert torch.equal(draws, logits.argmax(dim=-1).expand_as(draws))
+
+
 def test_top_p_keeps_the_smallest_nucleus():
     # probabilities 0.5, 0.3, 0.15, 0.05: top_p 0.7 needs tokens {0, 1}; top_p 0.85 needs {0, 1, 2}
     logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()

@@ -84,7 +84,9 @@ def filter_logits(
         sorted_logits, order = torch.sort(scaled, dim=-1, descending=True)  # [B, V]
         probs = F.softmax(sorted_logits, dim=-1)
         mass_before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens
-        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, -math.inf)
+        drop = mass_before >= top_p  # a top_p below fp32's range compares as 0: every token would go
+        drop[:, 0] = False  # the most likely token always stays
+        sorted_logits = sorted_logits.masked_fill(drop, -math.inf)
         scaled = torch.full_like(scaled, -math.inf).scatter(-1, order, sorted_logits)
     if min_p:
         # p(v) < min_p * p(max)  <=>  logit(v) < logit(max) + log(min_p)
