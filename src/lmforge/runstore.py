@@ -194,7 +194,6 @@ def config_inputs(cfg: Any, *fields: str) -> dict[str, Any]:
     ``field0``, ``field1``, ...; any other field is included under its own name when it is set. An
     input whose default is a stage of the run (``model: "@pretrain"``) is required: emptied, it is a
     ``ConfigError`` before anything is created."""
-
     found: dict[str, Any] = {}
     for name in fields:
         value = getattr(cfg, name)

@@ -77,11 +77,7 @@ INPUTS = ("model", "reward_model", "prompts", "exclude")
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Sample, score and write the pairs (or return the cached result); returns the stage manifest."""
-    found = {
-        "model": cfg.model,
-        "reward_model": cfg.reward_model,
-        **config_inputs(cfg, "prompts", "exclude"),
-    }
+    found = config_inputs(cfg, *INPUTS)
     return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)
 
 

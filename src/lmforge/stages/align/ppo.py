@@ -89,11 +89,7 @@ INPUTS = ("model", "reward_model", "prompts", "val", "check_model")
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Train with PPO (or return the cached result); returns the stage manifest."""
-    found = {
-        "model": cfg.model,
-        "reward_model": cfg.reward_model,
-        **config_inputs(cfg, "prompts", "val", "check_model"),
-    }
+    found = config_inputs(cfg, *INPUTS)
     return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)
 
 
