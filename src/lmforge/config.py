@@ -61,6 +61,14 @@ def opt(default: Any, help: str, *, path: bool = False, cache: bool = True) -> A
     return field(default=default, metadata=meta)
 
 
+def retuned(cls: type, name: str, default: Any) -> Any:
+    """The field ``name`` of the config dataclass ``cls`` with another default and everything else (help,
+    path and cache rules) kept, for a subclass whose use needs a different default (pretraining's
+    ``lr``, chat's longer replies)."""
+    meta = cls.__dataclass_fields__[name].metadata
+    return opt(default, meta["help"], path=meta["path"], cache=meta["cache"])
+
+
 def _copy(value: Any) -> Any:
     import copy
 

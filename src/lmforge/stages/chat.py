@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmforge.config import ConfigError, opt
+from lmforge.config import ConfigError, opt, retuned
 from lmforge.runstore import TOKENIZER_FILE
-from lmforge.stages.decoding import DecodingOptions, tuned
+from lmforge.stages.decoding import DecodingOptions
 
 STAGE = "chat"
 INPUTS = ("model", "draft_model")
@@ -35,11 +35,11 @@ INPUTS = ("model", "draft_model")
 class Config(DecodingOptions):
     """Options of ``lmforge chat`` (the decoding options: ``stages/decoding.py``)."""
 
-    model: str = tuned("model", "")
-    max_new_tokens: int = tuned("max_new_tokens", 256)
-    temperature: float = tuned("temperature", 0.7)
-    top_p: float = tuned("top_p", 0.95)
-    repetition_penalty: float = tuned("repetition_penalty", 1.1)
+    model: str = retuned(DecodingOptions, "model", "")
+    max_new_tokens: int = retuned(DecodingOptions, "max_new_tokens", 256)
+    temperature: float = retuned(DecodingOptions, "temperature", 0.7)
+    top_p: float = retuned(DecodingOptions, "top_p", 0.95)
+    repetition_penalty: float = retuned(DecodingOptions, "repetition_penalty", 1.1)
     system: str = opt("", "system prompt")
     seed: int = opt(0, "sampling seed (-1 = a fresh random seed)")
 

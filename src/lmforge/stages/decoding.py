@@ -1,13 +1,13 @@
 """The decoding options ``lmforge generate`` and ``lmforge chat`` share — the model, sampling, int8
 weights and speculative drafts — declared, documented and validated once (no torch import, so
 ``--help`` stays fast). Each command's ``Config`` subclasses ``DecodingOptions``, changes a default
-with ``tuned`` where its use differs (chat replies are longer and penalise repetition), and adds its
+with ``config.retuned`` where its use differs (chat replies are longer and penalise repetition), and adds its
 own fields (prompts, stop strings, the system prompt, the seed's meaning)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from lmforge.config import ConfigError, opt
 
@@ -60,10 +60,3 @@ class DecodingOptions:
             raise ConfigError("min_p", f"must be in [0, 1], got {self.min_p}")
         if self.repetition_penalty <= 0:
             raise ConfigError("repetition_penalty", f"must be > 0, got {self.repetition_penalty}")
-
-
-def tuned(name: str, default: Any) -> Any:
-    """The ``DecodingOptions`` field ``name`` with another default (same help), for a command whose use
-    needs a different one."""
-    meta = DecodingOptions.__dataclass_fields__[name].metadata
-    return opt(default, meta["help"], path=meta["path"], cache=meta["cache"])

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from lmforge.config import ConfigError, opt
+from lmforge.config import ConfigError, opt, retuned
 from lmforge.errors import InputError
 from lmforge.model.config import ModelConfig, preset
 from lmforge.runstore import TOKENIZER_FILE, StageContext, config_inputs, resolve_ref, run_stage
-from lmforge.training.options import TrainOptions, tuned
+from lmforge.training.options import TrainOptions
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,12 @@ class Config(TrainOptions):
         "where training windows start: random positions, document starts (bos_aligned), or without "
         "replacement epoch by epoch (shuffled: better when a run makes several passes over a small corpus)",
     )
-    max_steps: int = tuned("max_steps", 1000)
-    lr: float = tuned("lr", 3e-3)
-    warmup_steps: int = tuned("warmup_steps", 50)
-    weight_decay: float = tuned("weight_decay", 0.1)
-    eval_every: int = tuned("eval_every", 250)
-    log_every: int = tuned("log_every", 1)
+    max_steps: int = retuned(TrainOptions, "max_steps", 1000)
+    lr: float = retuned(TrainOptions, "lr", 3e-3)
+    warmup_steps: int = retuned(TrainOptions, "warmup_steps", 50)
+    weight_decay: float = retuned(TrainOptions, "weight_decay", 0.1)
+    eval_every: int = retuned(TrainOptions, "eval_every", 250)
+    log_every: int = retuned(TrainOptions, "log_every", 1)
     schedule_clock: Literal["steps", "time"] = opt(
         "steps",
         "length of the schedule: max_steps, or (time, needs max_time_s) the steps projected to fit in the"

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
-from lmforge.config import ConfigError, opt
+from lmforge.config import ConfigError, opt, retuned
 from lmforge.runtime import DTYPES
 
 
@@ -93,13 +93,6 @@ class TrainOptions:
         return min(self.warmup_steps, self.max_steps)
 
 
-def tuned(name: str, default: Any) -> Any:
-    """The ``TrainOptions`` field ``name`` with another default (same help and cache rule), for a
-    subclass whose loop needs a different one (e.g. pretraining's ``lr`` 3e-3)."""
-    meta = TrainOptions.__dataclass_fields__[name].metadata
-    return opt(default, meta["help"], cache=meta["cache"])
-
-
 @dataclass
 class FinetuneOptions(TrainOptions):
     """Options shared by every fine-tuning method."""
@@ -109,7 +102,7 @@ class FinetuneOptions(TrainOptions):
     )
     checkpoint: Literal["best", "last"] = opt("best", "which checkpoint of a training stage to start from")
     out: str = opt("", "output stage directory (checkpoints under ckpt/)", path=True)
-    dtype: str = tuned("dtype", "fp32")
+    dtype: str = retuned(TrainOptions, "dtype", "fp32")
     layer_lr_decay: float = opt(
         1.0, "layer-wise lr decay: block i of L takes lr·decay^(L−i), embeddings lr·decay^(L+1) (1 = off)"
     )
