@@ -9,7 +9,20 @@ import random
 import pytest
 import torch
 
-from lmforge.training import align, ppo
+from lmforge.training import ppo
+from lmforge.training.logprobs import Reference, encode_response, sequence_logprobs, token_logprobs
+from lmforge.training.losses import (
+    bradley_terry_loss,
+    clipped_policy_loss,
+    dpo_loss,
+    group_advantages,
+    kl_k3,
+    plackett_luce_loss,
+)
+from lmforge.training.preferences import encode_pairs
+from lmforge.training.reward_model import RewardModel
+from lmforge.training.rewards import arithmetic_problems, correctness_reward, extract_answer, format_reward
+from lmforge.training.rollouts import Rollout, grpo_loss_sum, rollout
 
 GOOD = "good great fine nice".split()
 BAD = "bad awful poor ugly".split()
@@ -47,7 +60,7 @@ def toy_pairs(tok, n: int, seed: int = 0):
                 prompt, f"{rng.choice(GOOD)} {rng.choice(GOOD)}", f"{rng.choice(BAD)} {rng.choice(BAD)}"
             )
         )
-    pairs, dropped = align.encode_pairs(tok, prefs, 48)
+    pairs, dropped = encode_pairs(tok, prefs, 48)
     assert dropped == 0
     return pairs
 
@@ -60,16 +73,16 @@ def batch(pairs):
 
 def test_dpo_loss_hand_computed():
     pc, pr, rc, rr = (torch.tensor([v]) for v in (-2.0, -5.0, -3.0, -4.0))
-    losses, c, r = align.dpo_loss(pc, pr, rc, rr, beta=0.5)
+    losses, c, r = dpo_loss(pc, pr, rc, rr, beta=0.5)
     h = (-2 + 3) - (-5 + 4)  # 2
     assert losses.item() == pytest.approx(-math.log(1 / (1 + math.exp(-0.5 * h))))
     assert (c.item(), r.item()) == (pytest.approx(0.5), pytest.approx(-0.5))
-    ipo, _, _ = align.dpo_loss(pc, pr, rc, rr, beta=0.5, loss_type="ipo")
+    ipo, _, _ = dpo_loss(pc, pr, rc, rr, beta=0.5, loss_type="ipo")
     assert ipo.item() == pytest.approx((h - 1.0) ** 2)
-    same, _, _ = align.dpo_loss(pc, pr, pc, pr, beta=0.1)
+    same, _, _ = dpo_loss(pc, pr, pc, pr, beta=0.1)
     assert same.item() == pytest.approx(math.log(2))
     with pytest.raises(ValueError, match="loss_type"):
-        align.dpo_loss(pc, pr, rc, rr, beta=0.1, loss_type="hinge")
+        dpo_loss(pc, pr, rc, rr, beta=0.1, loss_type="hinge")
 
 
 def test_encode_response_masks_the_last_reply_only(tiny):
@@ -81,19 +94,19 @@ def test_encode_response_masks_the_last_reply_only(tiny):
         {"role": "assistant", "content": "good"},
         {"role": "user", "content": "again"},
     ]
-    ids, mask = align.encode_response(tok, prompt, "fine", 48)
+    ids, mask = encode_response(tok, prompt, "fine", 48)
     full, full_mask = render_chat(tok, [*prompt, {"role": "assistant", "content": "fine"}])
     assert ids == full
     n_reply = len(tok.encode("fine", add_special_tokens=False).ids) + 1  # + <|end|>
     assert sum(mask) == n_reply and sum(full_mask) > n_reply and all(mask[-n_reply:])
-    short, short_mask = align.encode_response(tok, prompt, "fine " * 40, 16)
+    short, short_mask = encode_response(tok, prompt, "fine " * 40, 16)
     assert len(short) == 17 and any(short_mask)
 
 
 def test_dpo_starts_at_ln2_falls_and_keeps_the_reference_frozen(tiny):
     tok, build = tiny
     policy = build()
-    ref = align.Reference(policy)
+    ref = Reference(policy)
     frozen = {k: v.clone() for k, v in ref.model.state_dict().items()}
     pairs = toy_pairs(tok, 32)
     x, y, m = batch(pairs)
@@ -102,9 +115,9 @@ def test_dpo_starts_at_ln2_falls_and_keeps_the_reference_frozen(tiny):
     opt = torch.optim.AdamW(policy.parameters(), lr=3e-3, weight_decay=0.0)
     losses = []
     for _ in range(15):
-        lp, _ = align.sequence_logprobs(policy, x, y, m)
+        lp, _ = sequence_logprobs(policy, x, y, m)
         pc, pr = lp.view(2, -1)
-        loss, _, _ = align.dpo_loss(pc, pr, ref_lp[0], ref_lp[1], beta=0.5)
+        loss, _, _ = dpo_loss(pc, pr, ref_lp[0], ref_lp[1], beta=0.5)
         losses.append(loss.mean())
         opt.zero_grad()
         losses[-1].backward()
@@ -122,36 +135,36 @@ def test_lora_reference_is_the_base_model(tiny):
     base = build()
     x, y, m = batch(toy_pairs(tok, 4))
     with torch.no_grad():
-        before = align.token_logprobs(base, x, y)
+        before = token_logprobs(base, x, y)
     apply_lora(base, LoraConfig(r=4, alpha=8.0))
-    ref = align.Reference(base)
+    ref = Reference(base)
     assert ref.uses_lora and ref.model is None
     opt = torch.optim.AdamW([p for p in base.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(3):
         opt.zero_grad()
-        (-align.token_logprobs(base, x, y).mul(m).sum()).backward()
+        (-token_logprobs(base, x, y).mul(m).sum()).backward()
         opt.step()
-    assert not torch.allclose(align.token_logprobs(base, x, y), before)  # the policy moved
+    assert not torch.allclose(token_logprobs(base, x, y), before)  # the policy moved
     assert torch.allclose(ref.token_logprobs(x, y), before, atol=1e-6)  # the reference did not
     assert base.training
 
 
 def test_bradley_terry_and_plackett_luce():
     c, r = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
-    bt = align.bradley_terry_loss(c, r)
+    bt = bradley_terry_loss(c, r)
     assert bt.tolist() == pytest.approx([math.log(1 + math.exp(-1)), math.log(1 + math.exp(2))])
-    assert align.plackett_luce_loss(torch.stack([c, r], dim=1)).tolist() == pytest.approx(bt.tolist())
+    assert plackett_luce_loss(torch.stack([c, r], dim=1)).tolist() == pytest.approx(bt.tolist())
     s = torch.tensor([[3.0, 1.0, 0.0]])
     e = [math.exp(v) for v in (3.0, 1.0, 0.0)]
     hand = -(math.log(e[0] / sum(e)) + math.log(e[1] / (e[1] + e[2])))
-    assert align.plackett_luce_loss(s).item() == pytest.approx(hand)
+    assert plackett_luce_loss(s).item() == pytest.approx(hand)
 
 
 def test_reward_model_learns_a_separable_preference(tiny):
     from lmforge.tokenizer.texts import pad_batch
 
     tok, build = tiny
-    rm = align.RewardModel(build())
+    rm = RewardModel(build())
     train, held = toy_pairs(tok, 48, seed=1), toy_pairs(tok, 24, seed=2)
 
     def scores(pairs):
@@ -161,7 +174,7 @@ def test_reward_model_learns_a_separable_preference(tiny):
     opt = torch.optim.AdamW(rm.parameters(), lr=3e-3)
     for _ in range(25):
         c, r = scores(train)
-        loss = align.bradley_terry_loss(c, r).mean()
+        loss = bradley_terry_loss(c, r).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -172,24 +185,24 @@ def test_reward_model_learns_a_separable_preference(tiny):
 
 def test_group_advantages_and_clipped_objective_by_hand():
     rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, 2.0, 2.0, 2.0], [3.0, 1.0, 2.0, 2.0]])
-    adv = align.group_advantages(rewards, eps=0.0 + 1e-8)
+    adv = group_advantages(rewards, eps=0.0 + 1e-8)
     assert adv[0].tolist() == pytest.approx([1.0, -1.0, -1.0, 1.0], abs=1e-6)  # mean 0.5, std 0.5
     assert adv[1].tolist() == [0.0] * 4  # no signal in a group of equal rewards
     s = math.sqrt(0.5)  # mean 2, population std sqrt((1 + 1 + 0 + 0) / 4)
     assert adv[2].tolist() == pytest.approx([1 / s, -1 / s, 0.0, 0.0], abs=1e-6)
     assert adv.mean(dim=1).abs().max() < 1e-6  # zero mean per group
     assert adv[[0, 2]].std(dim=1, unbiased=False).tolist() == pytest.approx([1.0, 1.0], abs=1e-6)
-    shifted = align.group_advantages(rewards * 10 + 3, eps=1e-8)  # invariant to reward scale and shift
+    shifted = group_advantages(rewards * 10 + 3, eps=1e-8)  # invariant to reward scale and shift
     assert torch.allclose(shifted, adv, atol=1e-5)
     logp = torch.log(torch.tensor([[0.6, 0.3]]))
     old = torch.log(torch.tensor([[0.4, 0.5]]))  # ratios 1.5, 0.6
-    pos = align.clipped_policy_loss(logp, old, torch.tensor([2.0]), clip_eps=0.2)
+    pos = clipped_policy_loss(logp, old, torch.tensor([2.0]), clip_eps=0.2)
     assert pos.tolist()[0] == pytest.approx([-1.2 * 2, -0.6 * 2])  # min(ρA, clip(ρ)A) with A > 0
-    neg = align.clipped_policy_loss(logp, old, torch.tensor([-1.0]), clip_eps=0.2)
+    neg = clipped_policy_loss(logp, old, torch.tensor([-1.0]), clip_eps=0.2)
     assert neg.tolist()[0] == pytest.approx([1.5, 0.8])  # A < 0: the pessimistic term
-    assert align.kl_k3(logp, logp).abs().max() == 0
+    assert kl_k3(logp, logp).abs().max() == 0
     r = -0.5
-    assert align.kl_k3(torch.tensor([0.0]), torch.tensor([r])).item() == pytest.approx(math.exp(r) - r - 1)
+    assert kl_k3(torch.tensor([0.0]), torch.tensor([r])).item() == pytest.approx(math.exp(r) - r - 1)
 
 
 @pytest.mark.parametrize(
@@ -200,7 +213,7 @@ def test_clipping_stops_the_gradient_outside_the_trust_region(ratio, adv, clippe
     """Outside [1−ε, 1+ε] on the side the advantage pushes towards, the clipped branch is the minimum
     and passes no gradient; otherwise d loss / d log π = −ρ A (Schulman et al. 2017, eq. 7)."""
     logp = torch.tensor([[math.log(ratio)]], requires_grad=True)
-    loss = align.clipped_policy_loss(logp, torch.zeros(1, 1), torch.tensor([adv]), clip_eps=0.2)
+    loss = clipped_policy_loss(logp, torch.zeros(1, 1), torch.tensor([adv]), clip_eps=0.2)
     loss.sum().backward()
     assert logp.grad.item() == pytest.approx(0.0 if clipped else -ratio * adv)
 
@@ -218,16 +231,16 @@ class Bigram(torch.nn.Module):
         return self.table[x]  # [B, T, V]
 
 
-def bigram_rollout(policy: torch.nn.Module, ref: torch.nn.Module, advantages: list[float]) -> align.Rollout:
+def bigram_rollout(policy: torch.nn.Module, ref: torch.nn.Module, advantages: list[float]) -> Rollout:
     """Two rows: a 1-token completion and a 3-token one (prompt token 0 unmasked, padding unmasked)."""
     x = torch.tensor([[0, 1, 0, 0], [0, 2, 3, 1]])
     y = torch.tensor([[1, 0, 0, 0], [2, 3, 1, 0]])
     m = torch.tensor([[False, True, False, False], [False, True, True, True]])
     with torch.no_grad():
-        old = align.token_logprobs(policy, x, y)
-    ref_logp = align.token_logprobs(ref, x, y)
+        old = token_logprobs(policy, x, y)
+    ref_logp = token_logprobs(ref, x, y)
     rewards = torch.tensor([advantages])
-    return align.Rollout(x, y, m, torch.tensor(advantages), rewards, old, ref_logp, completions=[])
+    return Rollout(x, y, m, torch.tensor(advantages), rewards, old, ref_logp, completions=[])
 
 
 def test_grpo_loss_is_summed_per_token_and_beta_scales_the_k3_term():
@@ -236,54 +249,54 @@ def test_grpo_loss_is_summed_per_token_and_beta_scales_the_k3_term():
     not the paper's per-sequence mean). The KL term is β × Σ k3, k3 = exp(r) − r − 1, r = log π_ref − log π."""
     policy, ref = Bigram(4, seed=0), Bigram(4, seed=1)
     ro = bigram_rollout(policy, ref, [1.0, -1.0])
-    zero, kl = align.grpo_loss_sum(policy, ro, clip_eps=0.2, beta=0.0)
+    zero, kl = grpo_loss_sum(policy, ro, clip_eps=0.2, beta=0.0)
     assert zero.item() == pytest.approx(-1.0 * 1 + 1.0 * 3)  # −A per token: row 1 has 1 token, row 2 has 3
-    logp = align.token_logprobs(policy, ro.x, ro.y).detach()
+    logp = token_logprobs(policy, ro.x, ro.y).detach()
     r = ro.ref_logp - logp
     k3 = ((torch.exp(r) - r - 1) * ro.m).sum().item()  # by hand
     assert kl == pytest.approx(k3 / 4)  # mean over the 4 completion tokens, reported for any β
     for beta in (0.04, 0.5):
-        loss, _ = align.grpo_loss_sum(policy, ro, clip_eps=0.2, beta=beta)
+        loss, _ = grpo_loss_sum(policy, ro, clip_eps=0.2, beta=beta)
         assert loss.item() == pytest.approx(zero.item() + beta * k3, rel=1e-5)
     same = bigram_rollout(policy, policy, [1.0, -1.0])
-    assert align.grpo_loss_sum(policy, same, clip_eps=0.2, beta=1.0)[1] == 0.0  # π = π_ref: no KL
+    assert grpo_loss_sum(policy, same, clip_eps=0.2, beta=1.0)[1] == 0.0  # π = π_ref: no KL
 
 
 def test_grpo_loss_gradient_is_the_advantage_weighted_policy_gradient():
     """μ = 1, β = 0: ∇ loss = −Σ_tokens A ∇ log π (the clip is inactive at ratio 1)."""
     policy = Bigram(4, seed=0)
     ro = bigram_rollout(policy, policy, [0.5, -2.0])
-    loss, _ = align.grpo_loss_sum(policy, ro, clip_eps=0.2, beta=0.0)
+    loss, _ = grpo_loss_sum(policy, ro, clip_eps=0.2, beta=0.0)
     loss.backward()
     got = policy.table.grad.clone()
     policy.table.grad = None
-    lp = align.token_logprobs(policy, ro.x, ro.y)
+    lp = token_logprobs(policy, ro.x, ro.y)
     (-(lp * ro.m * ro.advantages[:, None]).sum()).backward()
     assert torch.allclose(got, policy.table.grad, atol=1e-6)
 
 
 def test_verifiable_rewards_and_task_generator():
-    assert align.extract_answer("so 3+4 is 7 #### 7") == "7"
-    assert align.extract_answer("it is 1,234.") == "1234"
-    assert align.extract_answer("no digits") is None
-    assert align.correctness_reward("the answer is 12", "#### 12") == 1.0
-    assert align.correctness_reward("#### 13", "12") == 0.0
-    assert align.format_reward("#### 5") == 1.0 and align.format_reward("5") == 0.0
-    probs = align.arithmetic_problems(50, digits=2, ops="+-*", seed=3)
-    assert probs == align.arithmetic_problems(50, digits=2, ops="+-*", seed=3)
+    assert extract_answer("so 3+4 is 7 #### 7") == "7"
+    assert extract_answer("it is 1,234.") == "1234"
+    assert extract_answer("no digits") is None
+    assert correctness_reward("the answer is 12", "#### 12") == 1.0
+    assert correctness_reward("#### 13", "12") == 0.0
+    assert format_reward("#### 5") == 1.0 and format_reward("5") == 0.0
+    probs = arithmetic_problems(50, digits=2, ops="+-*", seed=3)
+    assert probs == arithmetic_problems(50, digits=2, ops="+-*", seed=3)
     for p in probs:
         assert eval(p["question"].rstrip("=")) == int(p["answer"])  # noqa: S307 - our own generated text
     with pytest.raises(ValueError):
-        align.arithmetic_problems(1, ops="/")
+        arithmetic_problems(1, ops="/")
     with pytest.raises(ValueError):
-        align.arithmetic_problems(1, digits=2, min_digits=3)
+        arithmetic_problems(1, digits=2, min_digits=3)
 
 
 def test_reversed_digit_arithmetic_and_its_reward():
     """``reverse``: numbers least-significant digit first, one digit per token; the same draws as the
     plain style; a completion of single-spaced digits is read as one number."""
-    plain = align.arithmetic_problems(300, digits=2, min_digits=1, seed=5)
-    rev = align.arithmetic_problems(300, digits=2, min_digits=1, seed=5, reverse=True)
+    plain = arithmetic_problems(300, digits=2, min_digits=1, seed=5)
+    rev = arithmetic_problems(300, digits=2, min_digits=1, seed=5, reverse=True)
     assert rev[0]["question"].count(" ") >= 3 and "+" in rev[0]["question"]
     for p, r in zip(plain, rev):
         a, b = (x.replace(" ", "")[::-1] for x in r["question"].rstrip(" =").split(" + "))
@@ -291,13 +304,11 @@ def test_reversed_digit_arithmetic_and_its_reward():
         assert r["answer"].replace(" ", "")[::-1] == p["answer"]
     lengths = {len(p["question"].split("+")[0]) for p in plain}
     assert lengths == {1, 2}  # min_digits=1: one- and two-digit operands
-    assert (
-        align.arithmetic_problems(1, ops="-", seed=1, reverse=True, digits=1)[0]["answer"][0] in "-0123456789"
-    )
-    assert align.extract_answer("5 8") == "58" and align.extract_answer(" 0 5 ") == "05"
-    assert align.correctness_reward("3 0 1", "#### 301") == 1.0
-    assert align.correctness_reward("3 0 1", "#### 103") == 0.0
-    assert align.extract_answer("I have 3 apples and 5 pears") == "5"  # prose keeps its last number
+    assert arithmetic_problems(1, ops="-", seed=1, reverse=True, digits=1)[0]["answer"][0] in "-0123456789"
+    assert extract_answer("5 8") == "58" and extract_answer(" 0 5 ") == "05"
+    assert correctness_reward("3 0 1", "#### 301") == 1.0
+    assert correctness_reward("3 0 1", "#### 103") == 0.0
+    assert extract_answer("I have 3 apples and 5 pears") == "5"  # prose keeps its last number
 
 
 def test_grpo_raises_a_toy_reward_within_a_few_steps(tiny):
@@ -308,7 +319,7 @@ def test_grpo_raises_a_toy_reward_within_a_few_steps(tiny):
 
     tok, build = tiny
     policy = build(seed=1)
-    ref = align.Reference(policy)
+    ref = Reference(policy)
     engine = Engine(policy, tok)
     half = tok.get_vocab_size() // 2
     prompts = [
@@ -323,10 +334,10 @@ def test_grpo_raises_a_toy_reward_within_a_few_steps(tiny):
     means = []
     for step in range(12):
         params = SamplingParams(max_new_tokens=6, temperature=1.0, seed=100 * step, logprobs=False)
-        ro = align.rollout(engine, prompts, reward, group_size=8, params=params, pad_id=2, reference=ref)
+        ro = rollout(engine, prompts, reward, group_size=8, params=params, pad_id=2, reference=ref)
         assert ro.advantages.view(2, 8).mean(dim=1).abs().max() < 1e-5
         means.append(ro.rewards.mean().item())
-        loss, kl = align.grpo_loss_sum(policy, ro, clip_eps=0.2, beta=0.01)
+        loss, kl = grpo_loss_sum(policy, ro, clip_eps=0.2, beta=0.01)
         opt.zero_grad()
         (loss / ro.m.sum()).backward()
         opt.step()
@@ -352,9 +363,7 @@ def test_rollouts_sample_from_the_policy_after_each_optimiser_step(tiny):
     opt = build_optimizer(policy, lr=0.05, weight_decay=0.0)
     for step in range(3):
         params = SamplingParams(max_new_tokens=5, temperature=1.0, seed=step, logprobs=True)
-        ro = align.rollout(
-            engine, prompts, lambda i, c: float(len(c.ids)), group_size=4, params=params, pad_id=2
-        )
+        ro = rollout(engine, prompts, lambda i, c: float(len(c.ids)), group_size=4, params=params, pad_id=2)
         sampled = torch.tensor([lp for c in ro.completions for lp in c.logprobs])
         scored = ro.old_logp[ro.m]  # no stop token is appended: stop_ids is empty
         assert torch.allclose(sampled, scored, atol=1e-4), (step, sampled, scored)
@@ -390,7 +399,7 @@ def test_ppo_raises_a_toy_reward_within_a_few_steps(tiny):
 
     tok, build = tiny
     policy = build(seed=1)
-    ref = align.Reference(policy)
+    ref = Reference(policy)
     pv = ppo.PolicyWithValue(policy)
     engine = Engine(policy, tok)
     half = tok.get_vocab_size() // 2
@@ -426,7 +435,7 @@ def test_dpo_gradient_sign_on_a_toy_pair(tiny):
     """At step 0 (policy = reference) ∂L/∂log π(y_w) = −β/2 and ∂L/∂log π(y_l) = +β/2; one gradient step on a
     decoder raises the chosen reply's log-probability margin over the rejected one."""
     pc, pr = torch.tensor([-3.0], requires_grad=True), torch.tensor([-4.0], requires_grad=True)
-    loss, _, _ = align.dpo_loss(pc, pr, pc.detach(), pr.detach(), beta=0.5)
+    loss, _, _ = dpo_loss(pc, pr, pc.detach(), pr.detach(), beta=0.5)
     loss.sum().backward()
     assert loss.item() == pytest.approx(math.log(2))
     assert pc.grad.item() == pytest.approx(-0.25) and pr.grad.item() == pytest.approx(0.25)
@@ -434,16 +443,16 @@ def test_dpo_gradient_sign_on_a_toy_pair(tiny):
     policy = build(seed=3)
     x, y, m = batch(toy_pairs(tok, 1, seed=4))
     with torch.no_grad():
-        ref = align.sequence_logprobs(policy, x, y, m)[0]
-    lp, _ = align.sequence_logprobs(policy, x, y, m)
-    loss, _, _ = align.dpo_loss(lp[0:1], lp[1:2], ref[0:1], ref[1:2], beta=0.5)
+        ref = sequence_logprobs(policy, x, y, m)[0]
+    lp, _ = sequence_logprobs(policy, x, y, m)
+    loss, _, _ = dpo_loss(lp[0:1], lp[1:2], ref[0:1], ref[1:2], beta=0.5)
     loss.sum().backward()
     with torch.no_grad():
         for p in policy.parameters():
             p -= 0.05 * p.grad
-        after = align.sequence_logprobs(policy, x, y, m)[0]
+        after = sequence_logprobs(policy, x, y, m)[0]
     assert after[0] - after[1] > ref[0] - ref[1]  # chosen up relative to rejected
-    assert align.dpo_loss(after[0:1], after[1:2], ref[0:1], ref[1:2], beta=0.5)[0].item() < math.log(2)
+    assert dpo_loss(after[0:1], after[1:2], ref[0:1], ref[1:2], beta=0.5)[0].item() < math.log(2)
 
 
 def test_gae_with_discount_by_hand():
@@ -488,14 +497,14 @@ def test_value_head_and_ppo_loss_by_hand(tiny):
     tok, build = tiny
     policy = build(seed=2)
     pv = ppo.PolicyWithValue(policy)
-    b = ppo_toy_batch(tok, pv, say_prompts(tok), lambda r, c: torch.ones(len(c)), ref=align.Reference(policy),
+    b = ppo_toy_batch(tok, pv, say_prompts(tok), lambda r, c: torch.ones(len(c)), ref=Reference(policy),
                       kl_coef=0.1, seed=5, n=2)  # fmt: skip
     with torch.no_grad():
         logp, values = pv(b.ro.x, b.ro.y)
         hidden = hidden_states(policy, b.ro.x)
         by_hand = hidden @ pv.value.proj.weight[0] + pv.value.proj.bias[0]
     assert torch.allclose(values, by_hand, atol=1e-5)
-    assert torch.allclose(logp, align.token_logprobs(policy, b.ro.x, b.ro.y), atol=1e-5)
+    assert torch.allclose(logp, token_logprobs(policy, b.ro.x, b.ro.y), atol=1e-5)
     assert torch.allclose(b.ro.old_logp, logp, atol=1e-5)  # sampled by this policy
     # move the "old" policy and values so that ratios and value changes fall inside and outside the clips
     shift = torch.linspace(-0.5, 0.5, b.ro.m.numel()).view_as(b.ro.m)
@@ -516,7 +525,7 @@ def test_value_head_learns_the_returns(tiny):
     policy = build(seed=2)
     pv = ppo.PolicyWithValue(policy)
     b = ppo_toy_batch(tok, pv, say_prompts(tok), lambda r, c: torch.tensor([float(len(x.ids)) for x in c]),
-                      ref=align.Reference(policy), kl_coef=0.0, seed=9)  # fmt: skip
+                      ref=Reference(policy), kl_coef=0.0, seed=9)  # fmt: skip
     opt = torch.optim.Adam(pv.value.parameters(), lr=5e-2)
     m = b.ro.m
 
@@ -537,7 +546,7 @@ def test_ppo_finds_the_target_tokens_of_a_bandit(tiny):
     sampled reward above 0.9 within 30 rollouts."""
     tok, build = tiny
     policy = build(seed=1)
-    ref = align.Reference(policy)
+    ref = Reference(policy)
     pv = ppo.PolicyWithValue(policy)
     with torch.no_grad():
         targets = policy(torch.tensor([say_prompts(tok)[0]]))[0, -1].topk(8).indices.tolist()  # reachable
@@ -567,7 +576,7 @@ def test_ppo_kl_penalty_alone_pulls_the_policy_back_to_the_reference(tiny):
     the KL of a policy that was pushed away from its reference."""
     tok, build = tiny
     policy = build(seed=1)
-    ref = align.Reference(policy)
+    ref = Reference(policy)
     with torch.no_grad():
         policy.lm_head.weight.add_(torch.randn_like(policy.lm_head.weight), alpha=0.15)
     pv = ppo.PolicyWithValue(policy)

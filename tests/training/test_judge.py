@@ -8,7 +8,9 @@ import random
 import pytest
 import torch
 
-from lmforge.training import align, judge
+from lmforge.training import judge
+from lmforge.training.logprobs import Reference, encode_response
+from lmforge.training.reward_model import RewardModel
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def models():
     trunk = build_model(
         ModelConfig(vocab_size=tok_r.get_vocab_size(), block_size=64, n_layer=1, n_head=2, n_embd=32)
     )
-    return tok_p, policy, tok_r, align.RewardModel(trunk).eval()
+    return tok_p, policy, tok_r, RewardModel(trunk).eval()
 
 
 def test_text_scorer_renders_as_the_reward_stage_encodes(models):
@@ -41,7 +43,7 @@ def test_text_scorer_renders_as_the_reward_stage_encodes(models):
     scorer = judge.TextScorer(rm, tok_r, max_len=24)
     prompts = [[{"role": "user", "content": "say good"}], [{"role": "user", "content": "reply " * 30}]]
     replies = ["great fine", "awful"]
-    rows = [align.encode_response(tok_r, p, r, 23)[0] for p, r in zip(prompts, replies)]
+    rows = [encode_response(tok_r, p, r, 23)[0] for p, r in zip(prompts, replies)]
     assert max(map(len, rows)) == 24  # the long prompt is cut from the left, as the reward stage cuts
     idx, mask = pad_batch(rows, special_id(tok_r, "pad"))
     with torch.no_grad():
@@ -64,7 +66,7 @@ def test_win_rate_is_a_half_at_the_start_and_moves_with_the_policy(models):
 
     judges = {"reward": judge.TextScorer(rm, tok_r, 64), "length": longer}
     win = judge.WinRate(policy, tok_p, prompts, judges, max_new_tokens=6, seed=3)
-    ref = align.Reference(policy)
+    ref = Reference(policy)
     start = win(policy, ref)
     assert start["win_rate"] == 0.5 and start["length_win_rate"] == 0.5
     assert start["kl"] == pytest.approx(0.0, abs=1e-5)

@@ -2,7 +2,7 @@
 
 - ``TextScorer``: an ``align.reward`` model and the tokenizer it was trained with, scoring
   ``(prompt messages, reply text)`` pairs. It renders each conversation exactly as the reward stage
-  encoded its pairs (``align.encode_response``, cut to the stage's ``max_len``), so a reward model
+  encoded its pairs (``training.logprobs.encode_response``, cut to the stage's ``max_len``), so a reward model
   whose vocabulary differs from the policy's (an imported encoder such as MiniLM) judges a decoder's
   replies: the policy's ids are decoded to text and re-tokenised.
 - ``WinRate``: replies of the starting model to a fixed prompt set, sampled once (fixed seed) and
@@ -35,7 +35,9 @@ from lmforge.runstore import TOKENIZER_FILE
 from lmforge.tokenizer.chat import render_chat
 from lmforge.tokenizer.texts import pad_batch
 from lmforge.tokenizer.train import load_tokenizer, special_id
-from lmforge.training.align import RewardModel, encode_response, load_reward_model, rollout
+from lmforge.training.logprobs import encode_response
+from lmforge.training.reward_model import RewardModel, load_reward_model
+from lmforge.training.rollouts import rollout
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +153,7 @@ class WinRate:
     @torch.no_grad()
     def __call__(self, policy: nn.Module, reference: Any) -> dict[str, float]:
         """Win rate per judge and ``kl``: the policy's summed ``log π − log π_ref`` over its own replies,
-        averaged (a sample estimate of KL(π ‖ π_ref) per reply); ``reference`` is an ``align.Reference``."""
+        averaged (a sample estimate of KL(π ‖ π_ref) per reply); ``reference`` is a ``training.logprobs.Reference``."""
         texts, kl = self.replies(policy, reference)
         out: dict[str, float] = {
             "kl": float(kl.mean()),

@@ -6,7 +6,7 @@
 - ``clipped_value_loss``: PPO's clipped value loss (Schulman et al. 2017);
 - ``PolicyWithValue``: a decoder policy with a value head (``ScalarHead(pooling="none")``) on its final
   hidden states, one trunk pass for log-probabilities and values;
-- ``ppo_batch``: one rollout — replies sampled through the engine (``training.align.rollout``), scored
+- ``ppo_batch``: one rollout — replies sampled through the engine (``training.rollouts.rollout``), scored
   by any function (a reward model, or a plain function in tests), KL-shaped, GAE advantages whitened
   over the batch's reply tokens;
 - ``ppo_loss_sum``: the clipped surrogate with per-token advantages plus ``vf_coef`` × the value loss,
@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmforge.training.align import Reference, Rollout, clipped_policy_loss, rollout
+from lmforge.training.logprobs import Reference
+from lmforge.training.losses import clipped_policy_loss
+from lmforge.training.rollouts import Rollout, rollout
 
 
 def kl_shaped_rewards(

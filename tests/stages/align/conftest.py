@@ -53,11 +53,11 @@ def reward_dir(align_dir: Path, tmp_path_factory) -> Path:
     import torch
 
     from lmforge.model.checkpoint import load_model
-    from lmforge.training import align
+    from lmforge.training.reward_model import RewardModel, save_reward_model
 
     trunk, mcfg = load_model(align_dir / "decoder")
     torch.manual_seed(0)
-    rm = align.RewardModel(trunk)
+    rm = RewardModel(trunk)
     out = tmp_path_factory.mktemp("rm")
-    align.save_reward_model(out, rm, mcfg, tokenizer_path=align_dir / "tokenizer.json", base="test")
+    save_reward_model(out, rm, mcfg, tokenizer_path=align_dir / "tokenizer.json", base="test")
     return out

@@ -83,7 +83,7 @@ def test_dpo_lora_cli_judged_by_a_reward_model(align_dir, reward_dir, tmp_path):
 
 
 def test_reward_cli_learns_the_toy_preference(align_dir, tmp_path):
-    from lmforge.training.align import load_reward_model
+    from lmforge.training.reward_model import load_reward_model
 
     out = tmp_path / "reward"
     run_cli(

@@ -1,8 +1,8 @@
 """Generated arithmetic problems as training and held-out files (stage kind ``align.arithmetic``).
 
-``training.align.arithmetic_problems`` draws ``n_problems`` questions like ``47+8=`` (operands of
+``training.rewards.arithmetic_problems`` draws ``n_problems`` questions like ``47+8=`` (operands of
 ``min_digits``..``digits`` digits, operators from ``ops``; with ``reverse`` written least-significant
-digit first, ``7 4 + 8 3 =`` → ``5 8``); ``training.align.split_heldout`` holds out
+digit first, ``7 4 + 8 3 =`` → ``5 8``); ``training.rewards.split_heldout`` holds out
 the first ``n_heldout`` distinct questions and removes every copy of them from the rest. The stage
 writes the training problems twice — ``sft.jsonl`` (``{"prompt", "response"}``, the answer alone, for
 ``finetune sft``) and ``problems.jsonl`` (``{"question", "answer"}`` with ``#### N`` answers, for
@@ -19,7 +19,7 @@ from typing import Any
 
 from lmforge.config import ConfigError, opt
 from lmforge.runstore import StageContext, run_stage
-from lmforge.training.align import arithmetic_problems, split_heldout
+from lmforge.training.rewards import arithmetic_problems, split_heldout
 
 STAGE = "align.arithmetic"
 VERSION = 1

@@ -97,21 +97,21 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
 
     from lmforge.data.supervised import log_problems, skipped
     from lmforge.tokenizer.train import special_id
-    from lmforge.training import align
     from lmforge.training import finetune as ft
     from lmforge.training.batches import lm_batch
     from lmforge.training.judge import WinRate, distinct_prompts, load_scorer
+    from lmforge.training.logprobs import Reference, sequence_logprobs
+    from lmforge.training.losses import dpo_loss
+    from lmforge.training.preferences import encode_pairs, read_preference_split, three_sets
 
     rt, model, mcfg, ckpt_dir, tok_path, tok = ft.begin(cfg, ctx, "DPO")
     pad_id = special_id(tok, "pad")
-    train, select, val, problems = align.three_sets(align.read_preference_split, ctx.inputs, cfg)
+    train, select, val, problems = three_sets(read_preference_split, ctx.inputs, cfg)
     log_problems(problems, "preference data")
     train = train[: cfg.max_train_examples or None]
-    train_pairs, dropped = align.encode_pairs(tok, train, mcfg.block_size)
-    select_pairs, select_dropped = align.encode_pairs(
-        tok, select[: cfg.max_eval_examples or None], mcfg.block_size
-    )
-    val_pairs, val_dropped = align.encode_pairs(tok, val, mcfg.block_size)
+    train_pairs, dropped = encode_pairs(tok, train, mcfg.block_size)
+    select_pairs, select_dropped = encode_pairs(tok, select[: cfg.max_eval_examples or None], mcfg.block_size)
+    val_pairs, val_dropped = encode_pairs(tok, val, mcfg.block_size)
     dropped += select_dropped
     if not train_pairs or not val_pairs or not select_pairs:
         raise ConfigError(
@@ -140,7 +140,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         out = []
         for s in range(0, len(pairs), 2 * cfg.batch_size):
             chunk = pairs[s : s + 2 * cfg.batch_size]
-            lp, _ = align.sequence_logprobs(model, *tensors(chunk))
+            lp, _ = sequence_logprobs(model, *tensors(chunk))
             out.append(lp.view(2, len(chunk)).T)
         model.train(was)
         return torch.cat(out)
@@ -160,7 +160,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     final_judge = (
         WinRate(model, tok, distinct_prompts(val)[: cfg.n_judge], judges, **sample) if judges else None
     )
-    reference = align.Reference(model) if select_judge or final_judge else None
+    reference = Reference(model) if select_judge or final_judge else None
     logger.info(
         "%d training pairs (%d more choose the best step), %d held out, %d dropped",
         len(train_pairs),
@@ -178,9 +178,9 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
 
     def loss_sum(batch: Any) -> torch.Tensor:
         pairs, ref = batch
-        lp, _ = align.sequence_logprobs(model, *tensors(pairs))
+        lp, _ = sequence_logprobs(model, *tensors(pairs))
         pc, pr = lp.view(2, len(pairs))
-        losses, rc, rr = align.dpo_loss(pc, pr, ref[:, 0], ref[:, 1], cfg.beta, cfg.loss_type)
+        losses, rc, rr = dpo_loss(pc, pr, ref[:, 0], ref[:, 1], cfg.beta, cfg.loss_type)
         seen["correct"] += float((rc > rr).sum())
         seen["pairs"] += len(pairs)
         step_seen["calls"] += 1
@@ -201,7 +201,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
 
     def pair_metrics(pairs: list, ref: torch.Tensor, prefix: str) -> dict[str, float]:
         pol = logps(pairs)
-        losses, rc, rr = align.dpo_loss(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], cfg.beta, cfg.loss_type)
+        losses, rc, rr = dpo_loss(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], cfg.beta, cfg.loss_type)
         return {
             f"{prefix}loss": float(losses.mean()),
             f"{prefix}reward_accuracy": float((rc > rr).float().mean()),

@@ -93,8 +93,8 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     import numpy as np
 
     from lmforge.data.supervised import log_problems
-    from lmforge.training.align import read_preference_split
     from lmforge.training.judge import distinct_prompts, load_scorer, sample_replies
+    from lmforge.training.preferences import read_preference_split
 
     def key(p: Any) -> str:
         return json.dumps(list(p), sort_keys=True)

@@ -105,9 +105,11 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     from lmforge.inference.rows import SamplingParams
     from lmforge.tokenizer.chat import render_chat
     from lmforge.tokenizer.train import special_id
-    from lmforge.training import align, ppo
     from lmforge.training import finetune as ft
+    from lmforge.training import ppo
     from lmforge.training.judge import WinRate, distinct_prompts, load_scorer
+    from lmforge.training.logprobs import Reference
+    from lmforge.training.preferences import read_preference_split
 
     rt, model, mcfg, ckpt_dir, tok_path, tok = ft.begin(cfg, ctx, "PPO")
     device = rt.device
@@ -116,12 +118,12 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         judges["check"] = load_scorer(ctx.inputs["check_model"], device)
     pad_id, end_id = special_id(tok, "pad"), special_id(tok, "end")
     problems: list = []
-    prefs = align.read_preference_split(
+    prefs = read_preference_split(
         [p for k, p in sorted(ctx.inputs.items()) if k.startswith("prompts")], problems
     )
     train = distinct_prompts(prefs)
     if "val" in ctx.inputs:
-        held = distinct_prompts(align.read_preference_split([ctx.inputs["val"]], problems))
+        held = distinct_prompts(read_preference_split([ctx.inputs["val"]], problems))
     else:
         train, held = holdout(train, cfg.val_fraction or 0.1, cfg.seed)
     log_problems(problems, "prompts")
@@ -140,7 +142,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
 
         lora = LoraConfig(r=cfg.lora_r, alpha=cfg.lora_alpha)
         apply_lora(model, lora)
-    reference = align.Reference(model)
+    reference = Reference(model)
     sample = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "seed": cfg.seed + 7}
     # the starting model's replies, sampled now: to selection prompts (curves), to held-out ones (final)
     select_judge = WinRate(model, tok, select, {"reward": judges["reward"]}, **sample)

@@ -13,7 +13,7 @@ the training records (``val_fraction`` of them, ``select_*`` in the evaluations)
 are scored once, by the chosen weights: ``rm_pairwise_accuracy`` is how often, over the held-out
 implied pairs, the preferred reply scores higher (``base_rm_pairwise_accuracy``: the trunk with its
 fresh head, before training). The result is a normal checkpoint plus ``heads.safetensors`` /
-``finetune.json``; ``training.align.load_reward_model`` reads it. ``metrics.jsonl`` has every step's
+``finetune.json``; ``training.reward_model.load_reward_model`` reads it. ``metrics.jsonl`` has every step's
 training-batch ``{"step", "accuracy", "reward_margin"}`` beside the evaluations.
 """
 
@@ -78,24 +78,26 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     from lmforge.data.supervised import log_problems, skipped
     from lmforge.tokenizer.texts import pad_batch
     from lmforge.tokenizer.train import special_id
-    from lmforge.training import align
     from lmforge.training import finetune as ft
+    from lmforge.training.losses import bradley_terry_loss, plackett_luce_loss
+    from lmforge.training.preferences import encode_pairs, encode_rankings, read_ranking_split, three_sets
+    from lmforge.training.reward_model import RewardModel, save_reward_model
 
     rt, trunk, mcfg, ckpt_dir, tok_path, tok = ft.begin(cfg, ctx)
     seq_len = ft.sequence_length(cfg.max_len, mcfg)
     pad_id = special_id(tok, "pad")
-    train, select, val, problems = align.three_sets(align.read_ranking_split, ctx.inputs, cfg)
+    train, select, val, problems = three_sets(read_ranking_split, ctx.inputs, cfg)
     log_problems(problems, "preference data")
     # whole conversations of at most max_len tokens (the head reads ids, not next-token targets)
     block = seq_len - 1
     if cfg.loss == "plackett_luce":
-        examples, dropped = align.encode_rankings(tok, train[: cfg.max_train_examples or None], block)
+        examples, dropped = encode_rankings(tok, train[: cfg.max_train_examples or None], block)
     else:
         pairs = [p for r in train for p in r.pairs()][: cfg.max_train_examples or None]
-        examples, dropped = align.encode_pairs(tok, pairs, block)
+        examples, dropped = encode_pairs(tok, pairs, block)
         examples = [list(pair) for pair in examples]  # a pair is a ranking of two
-    val_pairs, val_dropped = align.encode_pairs(tok, [p for r in val for p in r.pairs()], block)
-    select_pairs, select_dropped = align.encode_pairs(
+    val_pairs, val_dropped = encode_pairs(tok, [p for r in val for p in r.pairs()], block)
+    select_pairs, select_dropped = encode_pairs(
         tok, [p for r in select for p in r.pairs()][: cfg.max_eval_examples or None], block
     )
     dropped += val_dropped + select_dropped
@@ -115,7 +117,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     )
     pooling = ft.resolve_pooling(cfg.pooling, ckpt_dir, "last" if mcfg.arch == "decoder" else "mean")
     torch.manual_seed(cfg.seed)
-    rm = align.RewardModel(trunk, pooling).to(rt.device)
+    rm = RewardModel(trunk, pooling).to(rt.device)
     device = rt.device
 
     def score_rows(rows: list) -> torch.Tensor:  # [len(rows)] rewards
@@ -136,9 +138,9 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         flat = score_rows([row for ranking in batch for row in ranking])
         parts = flat.split([len(r) for r in batch])
         if cfg.loss == "plackett_luce":
-            loss = sum(align.plackett_luce_loss(s[None]).sum() for s in parts)
+            loss = sum(plackett_luce_loss(s[None]).sum() for s in parts)
         else:
-            loss = align.bradley_terry_loss(flat[0::2], flat[1::2]).sum()
+            loss = bradley_terry_loss(flat[0::2], flat[1::2]).sum()
         with torch.no_grad():  # the step's training-batch pairwise accuracy and margin (all implied pairs)
             for s in parts:
                 d = s[:, None] - s[None, :]  # d[i, j] = s_i − s_j; i ranked above j when i < j
@@ -170,7 +172,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         rm.train(was)
         c, r = torch.cat(chosen), torch.cat(rejected)
         return {
-            f"{prefix}loss": float(align.bradley_terry_loss(c, r).mean()),
+            f"{prefix}loss": float(bradley_terry_loss(c, r).mean()),
             f"{prefix}accuracy": float((c > r).float().mean()),
             f"{prefix}margin": float((c - r).mean()),
         }
@@ -187,7 +189,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     )
 
     def save(d: Path) -> None:
-        align.save_reward_model(d, rm, mcfg, tokenizer_path=tok_path, base=str(ckpt_dir), max_len=seq_len)
+        save_reward_model(d, rm, mcfg, tokenizer_path=tok_path, base=str(ckpt_dir), max_len=seq_len)
 
     ft.save_best_and_last(ctx.dir / "ckpt", rm, result, save)
     after = evaluate(val_pairs)  # the best step's weights (save_best_and_last), scored once

@@ -27,7 +27,7 @@ from lmforge.config import ConfigError, opt
 from lmforge.data.preferences import Preference
 from lmforge.data.supervised import holdout_groups, log_problems, skipped
 from lmforge.runstore import StageContext, config_inputs, run_stage
-from lmforge.training.align import read_preference_split
+from lmforge.training.preferences import read_preference_split
 
 STAGE = "align.split"
 VERSION = 1
