@@ -29,7 +29,7 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -390,6 +390,26 @@ def sample_stratified(
             label(chosen[0]),
         )
     return chosen
+
+
+def read_files(read: Callable[[Path, list], list[Any]], paths: Sequence[Path], problems: list) -> list[Any]:
+    """Every record ``read(path, problems)`` returns, for each of ``paths`` in order (``read_conversations``,
+    ``data.preferences.read_preferences``, ...); bad records go to ``problems``."""
+    return [record for path in paths for record in read(path, problems)]
+
+
+def train_and_held(
+    read: Callable[[Path, list], list[Any]], inputs: Mapping[str, Path], fraction: float, seed: int
+) -> tuple[list[Any], list[Any], list[Problem]]:
+    """``(train, held out, problems)`` of a stage's data inputs: ``read`` (``read_files``) over the
+    ``train*`` inputs in name order; the held-out records are the ``val`` input's, or else ``fraction``
+    (0.1 when 0) of train (``holdout`` with ``seed``). ``problems`` lists the bad records read."""
+    problems: list[Problem] = []
+    train = read_files(read, [p for k, p in sorted(inputs.items()) if k.startswith("train")], problems)
+    if "val" in inputs:
+        return train, read_files(read, [inputs["val"]], problems), problems
+    train, held = holdout(train, fraction or 0.1, seed)
+    return train, held, problems
 
 
 def holdout_groups(

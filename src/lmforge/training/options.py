@@ -10,7 +10,7 @@ re-declares the field with ``tuned`` (same help, another default). Each ``lmforg
 config subclasses ``FinetuneOptions`` (base checkpoint, dropout, layer-wise lr decay, held-out split) and
 adds its own data and method fields; every method, alignment's too, trains through
 ``training.finetune.fit``. ``SequenceOptions`` adds ``max_len`` for the methods that read one sequence per
-example.
+example; ``ConversationOptions`` the conversation files and packing of SFT (``finetune sft`` and ``lora``).
 """
 
 from __future__ import annotations
@@ -139,3 +139,21 @@ class SequenceOptions(FinetuneOptions):
         super().validate()
         if self.max_len != 0 and self.max_len < 3:
             raise ConfigError("max_len", f"must be 0 (the model's block_size) or >= 3, got {self.max_len}")
+
+
+@dataclass
+class ConversationOptions(FinetuneOptions):
+    """``FinetuneOptions`` plus the conversation files and their packing: the data options of SFT, with
+    or without LoRA adapters (``finetune sft``, ``finetune lora``)."""
+
+    train: list[str] = opt([], "conversation files (.jsonl, optionally compressed)", path=True)
+    val: str = opt("", "held-out conversations ('' = hold out val_fraction of train)", path=True)
+    packing: Literal["pack", "pad"] = opt("pack", "pack whole conversations into rows, or one per row")
+    max_train_examples: int = opt(0, "use at most this many training conversations (0 = all)")
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.train:
+            raise ConfigError("train", "at least one conversation file is required (--train data.jsonl)")
+        if self.max_train_examples < 0:
+            raise ConfigError("max_train_examples", f"must be >= 0, got {self.max_train_examples}")

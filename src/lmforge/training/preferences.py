@@ -2,8 +2,8 @@
 
 ``encode_pairs`` / ``encode_rankings`` render each reply of a ``data.preferences.Preference`` or
 ``Ranking`` with ``training.logprobs.encode_response`` (dropping and counting what does not fit);
-``read_preference_split`` / ``read_ranking_split`` read files; ``three_sets`` carves the sets the
-DPO, PPO and reward stages train on, select their best step with and score once at the end.
+``three_sets`` carves the sets the DPO and reward stages train on, select their best step with and
+score once at the end.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lmforge.data.supervised import holdout, train_and_held
 from lmforge.training.logprobs import encode_response
 
 Row = tuple[list[int], list[bool]]
@@ -48,35 +49,15 @@ def _encode_replies(tok: Any, prompt: Any, replies: Sequence[Any], block_size: i
     return rows
 
 
-def read_preference_split(paths: Sequence[Path], problems: list) -> list[Any]:
-    """Every ``Preference`` of ``paths`` (``data.preferences.read_preferences``), in file order."""
-    from lmforge.data.preferences import read_preferences
-
-    return [p for path in paths for p in read_preferences(path, problems)]
-
-
-def read_ranking_split(paths: Sequence[Path], problems: list) -> list[Any]:
-    """Every ``Ranking`` of ``paths`` (``data.preferences.read_rankings``; a pair is a ranking of 2)."""
-    from lmforge.data.preferences import read_rankings
-
-    return [r for path in paths for r in read_rankings(path, problems)]
-
-
 def three_sets(
-    read: Callable[[Sequence[Path], list], list[Any]], inputs: Mapping[str, Path], cfg: Any
+    read: Callable[[Path, list], list[Any]], inputs: Mapping[str, Path], cfg: Any
 ) -> tuple[list[Any], list[Any], list[Any], list]:
-    """``(train, select, held_out, problems)`` of a preference stage's inputs: ``read`` (``read_preference_split``
-    or ``read_ranking_split``) over the ``train*`` inputs; the held-out records are the ``val`` input or
-    else ``cfg.val_fraction`` (0.1 when 0) of them; the selection records, which choose the best step,
-    are as much again carved from the rest (seed ``cfg.seed + 1``): the held-out records are scored once,
-    at the end, by weights they did not choose. ``problems`` lists the bad records read."""
-    from lmforge.data.supervised import holdout
-
-    problems: list = []
-    train = read([p for k, p in sorted(inputs.items()) if k.startswith("train")], problems)
-    if "val" in inputs:
-        held = read([inputs["val"]], problems)
-    else:
-        train, held = holdout(train, cfg.val_fraction or 0.1, cfg.seed)
+    """``(train, select, held_out, problems)`` of a preference stage's inputs: ``read``
+    (``data.preferences.read_preferences`` or ``read_rankings``) over the ``train*`` inputs; the held-out
+    records are the ``val`` input or else ``cfg.val_fraction`` (0.1 when 0) of them
+    (``data.supervised.train_and_held``); the selection records, which choose the best step, are as much
+    again carved from the rest (seed ``cfg.seed + 1``): the held-out records are scored once, at the
+    end, by weights they did not choose. ``problems`` lists the bad records read."""
+    train, held, problems = train_and_held(read, inputs, cfg.val_fraction, cfg.seed)
     train, select = holdout(train, cfg.val_fraction or 0.1, cfg.seed + 1)
     return train, select, held, problems

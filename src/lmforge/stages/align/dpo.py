@@ -95,6 +95,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     import numpy as np
     import torch
 
+    from lmforge.data.preferences import read_preferences
     from lmforge.data.supervised import log_problems, skipped
     from lmforge.tokenizer.train import special_id
     from lmforge.training import finetune as ft
@@ -102,11 +103,11 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     from lmforge.training.judge import WinRate, distinct_prompts, load_scorer
     from lmforge.training.logprobs import Reference, sequence_logprobs
     from lmforge.training.losses import dpo_loss
-    from lmforge.training.preferences import encode_pairs, read_preference_split, three_sets
+    from lmforge.training.preferences import encode_pairs, three_sets
 
     rt, model, mcfg, ckpt_dir, tok_path, tok = ft.begin(cfg, ctx, "DPO")
     pad_id = special_id(tok, "pad")
-    train, select, val, problems = three_sets(read_preference_split, ctx.inputs, cfg)
+    train, select, val, problems = three_sets(read_preferences, ctx.inputs, cfg)
     log_problems(problems, "preference data")
     train = train[: cfg.max_train_examples or None]
     train_pairs, dropped = encode_pairs(tok, train, mcfg.block_size)

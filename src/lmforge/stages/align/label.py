@@ -92,19 +92,23 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     """Sample ``n_samples`` replies per prompt, score them, write the best/worst pairs."""
     import numpy as np
 
-    from lmforge.data.supervised import log_problems
+    from lmforge.data.preferences import read_preferences
+    from lmforge.data.supervised import log_problems, read_files
     from lmforge.training.judge import distinct_prompts, load_scorer, sample_replies
-    from lmforge.training.preferences import read_preference_split
 
     def key(p: Any) -> str:
         return json.dumps(list(p), sort_keys=True)
 
     problems: list = []
     prompts = distinct_prompts(
-        read_preference_split([p for k, p in sorted(ctx.inputs.items()) if k.startswith("prompts")], problems)
+        read_files(
+            read_preferences, [p for k, p in sorted(ctx.inputs.items()) if k.startswith("prompts")], problems
+        )
     )
     held = [p for k, p in sorted(ctx.inputs.items()) if k.startswith("exclude")]
-    excluded = {key(p) for p in distinct_prompts(read_preference_split(held, problems))} if held else set()
+    excluded = (
+        {key(p) for p in distinct_prompts(read_files(read_preferences, held, problems))} if held else set()
+    )
     log_problems(problems, "prompts")
     kept = [p for p in prompts if key(p) not in excluded]
     order = np.random.default_rng(cfg.seed).permutation(len(kept))

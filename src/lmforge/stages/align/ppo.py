@@ -100,7 +100,8 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from lmforge.data.supervised import holdout, log_problems
+    from lmforge.data.preferences import read_preferences
+    from lmforge.data.supervised import holdout, log_problems, read_files
     from lmforge.inference.engine import Engine
     from lmforge.inference.rows import SamplingParams
     from lmforge.tokenizer.chat import render_chat
@@ -109,7 +110,6 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     from lmforge.training import ppo
     from lmforge.training.judge import WinRate, distinct_prompts, load_scorer
     from lmforge.training.logprobs import Reference
-    from lmforge.training.preferences import read_preference_split
 
     rt, model, mcfg, ckpt_dir, tok_path, tok = ft.begin(cfg, ctx, "PPO")
     device = rt.device
@@ -118,12 +118,12 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         judges["check"] = load_scorer(ctx.inputs["check_model"], device)
     pad_id, end_id = special_id(tok, "pad"), special_id(tok, "end")
     problems: list = []
-    prefs = read_preference_split(
-        [p for k, p in sorted(ctx.inputs.items()) if k.startswith("prompts")], problems
+    prefs = read_files(
+        read_preferences, [p for k, p in sorted(ctx.inputs.items()) if k.startswith("prompts")], problems
     )
     train = distinct_prompts(prefs)
     if "val" in ctx.inputs:
-        held = distinct_prompts(read_preference_split([ctx.inputs["val"]], problems))
+        held = distinct_prompts(read_files(read_preferences, [ctx.inputs["val"]], problems))
     else:
         train, held = holdout(train, cfg.val_fraction or 0.1, cfg.seed)
     log_problems(problems, "prompts")

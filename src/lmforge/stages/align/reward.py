@@ -75,18 +75,19 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     import numpy as np
     import torch
 
+    from lmforge.data.preferences import read_rankings
     from lmforge.data.supervised import log_problems, skipped
     from lmforge.tokenizer.texts import pad_batch
     from lmforge.tokenizer.train import special_id
     from lmforge.training import finetune as ft
     from lmforge.training.losses import bradley_terry_loss, plackett_luce_loss
-    from lmforge.training.preferences import encode_pairs, encode_rankings, read_ranking_split, three_sets
+    from lmforge.training.preferences import encode_pairs, encode_rankings, three_sets
     from lmforge.training.reward_model import RewardModel, save_reward_model
 
     rt, trunk, mcfg, ckpt_dir, tok_path, tok = ft.begin(cfg, ctx)
     seq_len = ft.sequence_length(cfg.max_len, mcfg)
     pad_id = special_id(tok, "pad")
-    train, select, val, problems = three_sets(read_ranking_split, ctx.inputs, cfg)
+    train, select, val, problems = three_sets(read_rankings, ctx.inputs, cfg)
     log_problems(problems, "preference data")
     # whole conversations of at most max_len tokens (the head reads ids, not next-token targets)
     block = seq_len - 1

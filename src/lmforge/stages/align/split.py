@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmforge.config import ConfigError, opt
-from lmforge.data.preferences import Preference
-from lmforge.data.supervised import holdout_groups, log_problems, skipped
+from lmforge.data.preferences import Preference, read_preferences
+from lmforge.data.supervised import holdout_groups, log_problems, read_files, skipped
 from lmforge.runstore import StageContext, config_inputs, run_stage
-from lmforge.training.preferences import read_preference_split
 
 STAGE = "align.split"
 VERSION = 1
@@ -71,8 +70,8 @@ def _key(p: Preference) -> str:
 def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     """Read the pairs, hold out prompts, write the four files."""
     problems: list = []
-    prefs: list[Preference] = read_preference_split(
-        [p for k, p in sorted(ctx.inputs.items()) if k.startswith("train")], problems
+    prefs: list[Preference] = read_files(
+        read_preferences, [p for k, p in sorted(ctx.inputs.items()) if k.startswith("train")], problems
     )
     log_problems(problems, "preference data")
     # grouped by the opening turn: conversations that start alike (HH-RLHF has a few) stay on one side

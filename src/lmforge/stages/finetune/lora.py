@@ -9,12 +9,12 @@ holds ``adapter/`` (``adapter_model.safetensors`` + ``adapter_config.json``, the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from lmforge.config import ConfigError, opt
 from lmforge.model.config import LORA_TARGETS
 from lmforge.runstore import StageContext, config_inputs, run_stage
-from lmforge.training.options import FinetuneOptions
+from lmforge.training.options import ConversationOptions
 
 if TYPE_CHECKING:  # torch stays unimported until the stage runs (fast --help)
     from lmforge.model.lora import LoraConfig
@@ -24,13 +24,9 @@ VERSION = 1
 
 
 @dataclass
-class Config(FinetuneOptions):
+class Config(ConversationOptions):
     """Options of ``lmforge finetune lora``."""
 
-    train: list[str] = opt([], "conversation files (.jsonl, optionally compressed)", path=True)
-    val: str = opt("", "held-out conversations ('' = hold out val_fraction of train)", path=True)
-    packing: Literal["pack", "pad"] = opt("pack", "pack whole conversations into rows, or one per row")
-    max_train_examples: int = opt(0, "use at most this many training conversations (0 = all)")
     lr: float = opt(5e-3, "peak learning rate (adapters take larger steps than full fine-tuning)")
     weight_decay: float = opt(0.0, "decoupled weight decay (L2) on the adapter matrices")
     r: int = opt(8, "adapter rank")
@@ -41,8 +37,6 @@ class Config(FinetuneOptions):
 
     def validate(self) -> None:
         super().validate()
-        if not self.train:
-            raise ConfigError("train", "at least one conversation file is required (--train data.jsonl)")
         if self.r < 1:
             raise ConfigError("r", f"must be >= 1, got {self.r}")
         if self.alpha <= 0:
@@ -51,8 +45,6 @@ class Config(FinetuneOptions):
             raise ConfigError("lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
         if not self.targets:
             raise ConfigError("targets", "name at least one linear layer (e.g. [q_proj, v_proj])")
-        if self.max_train_examples < 0:
-            raise ConfigError("max_train_examples", f"must be >= 0, got {self.max_train_examples}")
 
 
 INPUTS = ("model", "train", "val")
@@ -101,7 +93,7 @@ def lora_config(cfg: Config) -> LoraConfig:
 
 
 def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
-    """The SFT loop (``training.sft.run_sft``) with adapters."""
-    from lmforge.training.sft import run_sft  # imports torch: not at --help time
+    """The SFT loop (``sft_loop.run_sft``) with adapters."""
+    from lmforge.stages.finetune.sft_loop import run_sft  # imports torch: not at --help time
 
     return run_sft(cfg, ctx, lora=lora_config(cfg))

@@ -11,31 +11,18 @@ the best checkpoint by validation loss is a normal checkpoint that eval, generat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from lmforge.config import ConfigError, opt
 from lmforge.runstore import StageContext, config_inputs, run_stage
-from lmforge.training.options import FinetuneOptions
+from lmforge.training.options import ConversationOptions
 
 STAGE = "finetune.sft"
 VERSION = 1
 
 
 @dataclass
-class Config(FinetuneOptions):
+class Config(ConversationOptions):
     """Options of ``lmforge finetune sft``."""
-
-    train: list[str] = opt([], "conversation files (.jsonl, optionally compressed)", path=True)
-    val: str = opt("", "held-out conversations ('' = hold out val_fraction of train)", path=True)
-    packing: Literal["pack", "pad"] = opt("pack", "pack whole conversations into rows, or one per row")
-    max_train_examples: int = opt(0, "use at most this many training conversations (0 = all)")
-
-    def validate(self) -> None:
-        super().validate()
-        if not self.train:
-            raise ConfigError("train", "at least one conversation file is required (--train data.jsonl)")
-        if self.max_train_examples < 0:
-            raise ConfigError("max_train_examples", f"must be >= 0, got {self.max_train_examples}")
 
 
 INPUTS = ("model", "train", "val")
@@ -55,7 +42,7 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
 
 
 def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
-    """The SFT loop (``training.sft.run_sft``)."""
-    from lmforge.training.sft import run_sft
+    """The SFT loop (``sft_loop.run_sft``)."""
+    from lmforge.stages.finetune.sft_loop import run_sft  # imports torch: not at --help time
 
     return run_sft(cfg, ctx)

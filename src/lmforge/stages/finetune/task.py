@@ -11,7 +11,7 @@ from the left; a target that does not fit is dropped and counted. Several tasks 
 training set. ``val_fraction`` of the examples is held out for the validation loss (early stopping
 and the best checkpoint); the task's test documents (``Task.docs``) are never read.
 
-The loop, packing, batches, and checkpoints are SFT's (``training.sft.run_sft``); the result is a
+The loop, packing, batches, and checkpoints are SFT's (``sft_loop.run_sft``); the result is a
 normal checkpoint that ``eval``, ``generate`` and ``chat`` load.
 """
 
@@ -63,7 +63,7 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
 
 def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     """SFT's loop over task examples."""
-    from lmforge.training.sft import run_sft
+    from lmforge.stages.finetune.sft_loop import run_sft  # imports torch: not at --help time
 
     def examples(cfg: Config, ctx: StageContext, tok: Any, block_size: int) -> tuple[list, list, dict]:
         from lmforge.eval.tasks import load_task

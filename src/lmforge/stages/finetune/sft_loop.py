@@ -1,10 +1,11 @@
-"""Supervised fine-tuning on conversations, with or without LoRA adapters (stages ``finetune.sft``/``.lora``).
+"""SFT's loop, shared by the stages ``finetune.sft``, ``finetune.lora`` and ``finetune.task`` (not a stage).
 
 The loop is ``finetune.fit``; this module supplies the data and the loss. Conversations are rendered
 by ``render_chat``, so the loss covers assistant tokens (and the ``<|end|>`` closing each assistant
 turn) only, packed or padded into rows (``training.batches``); the loss of a step is the token-weighted
 mean over every supervised token of the accumulated batch (``training.step``). Validation loss and
 perplexity are measured on held-out conversations, before training (the base model) and after.
+``finetune.task`` passes its own examples (task documents) instead of conversations.
 
 With LoRA (Hu et al. 2021, ``lmforge.model.lora``) only the adapters train. Each checkpoint
 directory then holds ``adapter/`` in the PEFT layout and, with ``merge`` on, the merged weights as a
@@ -31,27 +32,14 @@ from lmforge.training.step import token_loss
 logger = logging.getLogger(__name__)
 
 
-def read_split(paths: list[Path], problems: list) -> list:
-    """Every conversation of ``paths`` (see ``data.supervised.read_conversations``)."""
-    from lmforge.data.supervised import read_conversations
-
-    out = []
-    for path in paths:
-        out.extend(read_conversations(path, problems))
-    return out
-
-
 def conversation_examples(cfg: Any, ctx: StageContext, tok: Any, block_size: int) -> tuple[list, list, dict]:
     """``(train examples, held-out examples, counts)`` from the conversation files of ``ctx.inputs``
     (``train0..``, optionally ``val``; else ``val_fraction`` of train is held out)."""
-    from lmforge.data.supervised import holdout, log_problems, skipped
+    from lmforge.data.supervised import log_problems, read_conversations, skipped, train_and_held
 
-    problems: list = []
-    train_convs = read_split([p for k, p in sorted(ctx.inputs.items()) if k.startswith("train")], problems)
-    if "val" in ctx.inputs:
-        val_convs = read_split([ctx.inputs["val"]], problems)
-    else:
-        train_convs, val_convs = holdout(train_convs, cfg.val_fraction or 0.1, cfg.seed)
+    train_convs, val_convs, problems = train_and_held(
+        read_conversations, ctx.inputs, cfg.val_fraction, cfg.seed
+    )
     log_problems(problems, "SFT data")
     if cfg.max_train_examples:
         train_convs = train_convs[: cfg.max_train_examples]
