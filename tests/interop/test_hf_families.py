@@ -5,11 +5,11 @@ decoder cannot compute is refused by name, before any weight is read."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer
 
 from lmforge.errors import ConfigError, InputError
 from lmforge.model.config import ModelConfig
@@ -20,47 +20,6 @@ transformers = pytest.importorskip("transformers")
 from lmforge.interop import hf_import  # noqa: E402  (after the skip: it is only useful with transformers)
 from lmforge.interop.hf_export import export_hf  # noqa: E402
 from lmforge.interop.hf_families import check_family, export_family  # noqa: E402
-
-TEXT = "the cat sat on a mat and the dog ran to the park " * 20
-BASE = {
-    "hidden_size": 32,
-    "intermediate_size": 48,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 8,
-    "max_position_embeddings": 32,
-    "bos_token_id": 0,
-    "eos_token_id": 1,
-    "pad_token_id": 2,
-}
-
-
-@pytest.fixture(scope="module")
-def tokenizer_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An lmforge tokenizer (it has every lmforge token, so import adds none and ids line up)."""
-    from lmforge.tokenizer.train import train_bpe
-
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    train_bpe([TEXT] * 10, vocab_size=300).save(str(path))
-    return path
-
-
-def save_family(root: Path, family: str, tokenizer_json: Path, **overrides) -> Path:
-    """A ``<Family>ForCausalLM`` directory with norm gains and biases moved off their init values (a
-    dropped or swapped key, or a gain folded the wrong way, would show in the logits)."""
-    vocab = Tokenizer.from_file(str(tokenizer_json)).get_vocab_size()
-    config = getattr(transformers, f"{family}Config")(**{**BASE, "vocab_size": vocab, **overrides})
-    torch.manual_seed(0)
-    model = getattr(transformers, f"{family}ForCausalLM")(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "norm" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-    model.save_pretrained(root)
-    (root / "tokenizer.json").write_text(tokenizer_json.read_text())
-    return root
-
 
 CASES = [
     ("Qwen2", {}, {"qkv_bias": True}, "Qwen2ForCausalLM"),
@@ -85,11 +44,17 @@ CASES = [
 
 @pytest.mark.parametrize(("family", "overrides", "expected", "exported_as"), CASES)
 def test_family_imports_and_exports_with_equal_logits(
-    tmp_path: Path, tokenizer_json: Path, family: str, overrides: dict, expected: dict, exported_as: str
+    tmp_path: Path,
+    tiny_tokenizer_json: Path,
+    hf_family_dir: Callable[..., Path],
+    family: str,
+    overrides: dict,
+    expected: dict,
+    exported_as: str,
 ) -> None:
     from lmforge.model.checkpoint import save_checkpoint
 
-    read = hf_import.read_hf_model(save_family(tmp_path / "hf", family, tokenizer_json, **overrides))
+    read = hf_import.read_hf_model(hf_family_dir(tmp_path / "hf", family, tiny_tokenizer_json, **overrides))
     assert read.model_type == family.lower()
     for key, value in expected.items():
         assert getattr(read.config, key) == value, key
@@ -99,7 +64,7 @@ def test_family_imports_and_exports_with_equal_logits(
     with torch.no_grad():
         torch.testing.assert_close(model(idx), read.hf(input_ids=idx).logits, rtol=0, atol=1e-4)
 
-    ckpt = save_checkpoint(tmp_path / "ckpt", model, read.config, tokenizer_path=tokenizer_json)
+    ckpt = save_checkpoint(tmp_path / "ckpt", model, read.config, tokenizer_path=tiny_tokenizer_json)
     exported = export_hf(ckpt, tmp_path / "out")
     assert exported.family == export_family(read.config)
     back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", local_files_only=True).eval()
@@ -113,11 +78,11 @@ def test_family_imports_and_exports_with_equal_logits(
 
 
 def test_gemma_gains_are_folded_on_import_and_unfolded_on_export(
-    tmp_path: Path, tokenizer_json: Path
+    tmp_path: Path, tiny_tokenizer_json: Path, hf_family_dir: Callable[..., Path]
 ) -> None:
     from lmforge.interop.hf_families import to_family_state_dict
 
-    read = hf_import.read_hf_model(save_family(tmp_path, "Gemma", tokenizer_json))
+    read = hf_import.read_hf_model(hf_family_dir(tmp_path, "Gemma", tiny_tokenizer_json))
     stored = read.hf.model.layers[1].post_attention_layernorm.weight
     assert torch.equal(read.state["blocks.1.mlp_norm.weight"], stored + 1)
     assert torch.equal(read.state["norm.weight"], read.hf.model.norm.weight + 1)
@@ -156,9 +121,9 @@ def write_config(root: Path, config: transformers.PretrainedConfig) -> Path:
     ],
 )
 def test_settings_the_decoder_lacks_are_refused(
-    tmp_path: Path, family: str, overrides: dict, named: list
+    tmp_path: Path, hf_tiny_config: dict, family: str, overrides: dict, named: list
 ) -> None:
-    config = getattr(transformers, f"{family}Config")(**{**BASE, "vocab_size": 64, **overrides})
+    config = getattr(transformers, f"{family}Config")(**{**hf_tiny_config, "vocab_size": 64, **overrides})
     with pytest.raises(ConfigError) as err:
         hf_import.read_hf_config(write_config(tmp_path, config))
     for part in named:
@@ -166,8 +131,8 @@ def test_settings_the_decoder_lacks_are_refused(
     assert f"cannot import this {family} model exactly" in str(err.value)
 
 
-def test_gemma2_is_refused_naming_what_differs(tmp_path: Path) -> None:
-    config = transformers.Gemma2Config(**{**BASE, "vocab_size": 64})
+def test_gemma2_is_refused_naming_what_differs(tmp_path: Path, hf_tiny_config: dict) -> None:
+    config = transformers.Gemma2Config(**{**hf_tiny_config, "vocab_size": 64})
     with pytest.raises(ConfigError) as err:
         hf_import.read_hf_config(write_config(tmp_path, config))
     message = str(err.value)

@@ -5,6 +5,7 @@ without moving an id; settings the decoder cannot reproduce are refused by name.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,69 +24,13 @@ from lmforge.interop import hf_import  # noqa: E402  (after the skip: it is only
 TEXT = "the cat sat on a mat and the dog ran to the park " * 20
 
 
-def perturb(model: torch.nn.Module) -> torch.nn.Module:
-    """Move norm gains and biases off their init values, so a swapped or dropped key would show."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "norm" in name or ".ln_" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
-
-
-def gpt2_style_tokenizer():
-    """A byte-level BPE with only <|endoftext|>, as GPT-2's (no lmforge tokens)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+@pytest.fixture
+def save_llama(hf_family_dir: Callable[..., Path], tiny_tokenizer_json: Path) -> Callable[..., Path]:
+    """``save(root, **overrides)``: a Llama directory whose tokenizer.json is an lmforge tokenizer (so it
+    already has our tokens)."""
+    return lambda root, **overrides: hf_family_dir(
+        root, "Llama", tiny_tokenizer_json, pad_token_id=None, **overrides
     )
-    tok.train_from_iterator([TEXT] * 10, trainer)
-    return tok
-
-
-def save_gpt2(root: Path, slow_files: bool = True, **overrides) -> Path:
-    """A GPT-2 directory: config.json + model.safetensors + (vocab.json, merges.txt) or tokenizer.json."""
-    tok = gpt2_style_tokenizer()
-    eot = tok.token_to_id("<|endoftext|>")
-    base = {"vocab_size": tok.get_vocab_size(), "n_positions": 32, "n_embd": 32, "n_layer": 2, "n_head": 4}
-    config = transformers.GPT2Config(**{**base, "bos_token_id": eot, "eos_token_id": eot, **overrides})
-    torch.manual_seed(0)
-    perturb(transformers.GPT2LMHeadModel(config)).save_pretrained(root)
-    if slow_files:
-        tok.model.save(str(root))  # vocab.json + merges.txt, GPT-2's original tokenizer files
-    else:
-        tok.save(str(root / "tokenizer.json"))
-    return root
-
-
-def save_llama(root: Path, **overrides) -> Path:
-    """A Llama directory whose tokenizer.json is an lmforge tokenizer (so it already has our tokens)."""
-    from lmforge.tokenizer.train import train_bpe
-
-    tok = train_bpe([TEXT] * 10, vocab_size=300)
-    base = {
-        "vocab_size": tok.get_vocab_size(),
-        "hidden_size": 32,
-        "intermediate_size": 48,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 32,
-        "bos_token_id": 0,
-        "eos_token_id": 1,
-    }
-    torch.manual_seed(0)
-    perturb(transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**base, **overrides}))).save_pretrained(
-        root
-    )
-    tok.save(str(root / "tokenizer.json"))
-    return root
 
 
 @pytest.mark.parametrize(
@@ -96,7 +41,9 @@ def save_llama(root: Path, **overrides) -> Path:
         {"attention_bias": True, "mlp_bias": True, "rms_norm_eps": 1e-5, "rope_theta": 500.0},
     ],
 )
-def test_llama_imports_with_equal_logits(tmp_path: Path, overrides: dict) -> None:
+def test_llama_imports_with_equal_logits(
+    tmp_path: Path, overrides: dict, save_llama: Callable[..., Path]
+) -> None:
     read = hf_import.read_hf_model(save_llama(tmp_path, **overrides))
     assert read.model_type == "llama" and read.config.tie_embeddings == overrides.get(
         "tie_word_embeddings", False
@@ -112,8 +59,10 @@ def test_llama_imports_with_equal_logits(tmp_path: Path, overrides: dict) -> Non
 
 
 @pytest.mark.parametrize("slow_files", [True, False])
-def test_gpt2_imports_with_equal_logits_and_lmforge_tokens(tmp_path: Path, slow_files: bool) -> None:
-    hf_dir = save_gpt2(tmp_path, slow_files=slow_files)
+def test_gpt2_imports_with_equal_logits_and_lmforge_tokens(
+    tmp_path: Path, slow_files: bool, gpt2_hf_dir: Callable[..., Path]
+) -> None:
+    hf_dir = gpt2_hf_dir(tmp_path, slow_files=slow_files)
     assert (hf_dir / "tokenizer.json").exists() != slow_files
     read = hf_import.read_hf_model(hf_dir)
     cfg = read.config
@@ -155,8 +104,8 @@ def test_gelu_tanh_mlp_is_the_tanh_approximation() -> None:
     assert not torch.equal(mlp(x), exact)  # the two GELUs differ, so the option matters
 
 
-def test_untied_gpt2_grows_the_output_head_too(tmp_path: Path) -> None:
-    read = hf_import.read_hf_model(save_gpt2(tmp_path, tie_word_embeddings=False))
+def test_untied_gpt2_grows_the_output_head_too(tmp_path: Path, gpt2_hf_dir: Callable[..., Path]) -> None:
+    read = hf_import.read_hf_model(gpt2_hf_dir(tmp_path, tie_word_embeddings=False))
     assert not read.config.tie_embeddings
     tok = hf_import.read_hf_tokenizer(tmp_path)
     n = tok.get_vocab_size(with_added_tokens=True)
@@ -197,20 +146,20 @@ def test_gpt2_settings_the_decoder_lacks_are_refused() -> None:
     assert "scale_attn_by_inverse_layer_idx" in str(err.value)
 
 
-def test_bad_directories_fail_clearly(tmp_path: Path) -> None:
+def test_bad_directories_fail_clearly(tmp_path: Path, gpt2_hf_dir: Callable[..., Path]) -> None:
     with pytest.raises(InputError, match="no config.json"):
         hf_import.read_hf_model(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5"}))
     with pytest.raises(InputError, match="model_type 't5' cannot be imported; supported: llama, gpt2, "):
         hf_import.read_hf_model(tmp_path)
-    gpt2 = save_gpt2(tmp_path / "g")
+    gpt2 = gpt2_hf_dir(tmp_path / "g")
     for name in ("vocab.json", "merges.txt"):
         (gpt2 / name).unlink()
     with pytest.raises(InputError, match="no tokenizer.json and no tokenizer files"):
         hf_import.read_hf_tokenizer(gpt2)
 
 
-def test_bfloat16_weights_import_as_float32(tmp_path: Path) -> None:
+def test_bfloat16_weights_import_as_float32(tmp_path: Path, save_llama: Callable[..., Path]) -> None:
     save_llama(tmp_path)
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).to(torch.bfloat16)
     hf.save_pretrained(tmp_path / "bf16")
@@ -223,9 +172,11 @@ def test_bfloat16_weights_import_as_float32(tmp_path: Path) -> None:
     assert hf_import.max_logit_difference(model, read.hf, read.config.vocab_size) < 1e-4
 
 
-def test_added_tokens_take_unused_rows_of_a_padded_vocabulary(tmp_path: Path) -> None:
-    n = gpt2_style_tokenizer().get_vocab_size()
-    read = hf_import.read_hf_model(save_gpt2(tmp_path, vocab_size=n + 10))
+def test_added_tokens_take_unused_rows_of_a_padded_vocabulary(
+    tmp_path: Path, gpt2_tokenizer: Callable, gpt2_hf_dir: Callable[..., Path]
+) -> None:
+    n = gpt2_tokenizer([TEXT] * 10).get_vocab_size()
+    read = hf_import.read_hf_model(gpt2_hf_dir(tmp_path, vocab_size=n + 10))
     tok = hf_import.read_hf_tokenizer(tmp_path)
     added = hf_import.add_lmforge_tokens(tok)
     state, grown = hf_import.grow_vocab(read.state, read.config, tok, added, read.special)

@@ -5,6 +5,7 @@ finetune sft run on."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -41,36 +42,6 @@ def checkpoint(root: Path, **overrides) -> Path:
     cfg = ModelConfig(**{**base, **overrides})
     torch.manual_seed(0)
     return save_checkpoint(root / "ckpt", build_model(cfg), cfg, tokenizer_path=tok_path)
-
-
-def gpt2_dir(root: Path) -> Path:
-    """A tiny random GPT-2 saved with save_pretrained, tokenizer as vocab.json + merges.txt only."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator([" ".join(WORDS) * 4] * 10, trainer)
-    eot = tok.token_to_id("<|endoftext|>")
-    config = transformers.GPT2Config(
-        vocab_size=tok.get_vocab_size(),
-        n_positions=64,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        bos_token_id=eot,
-        eos_token_id=eot,
-    )
-    torch.manual_seed(0)
-    transformers.GPT2LMHeadModel(config).save_pretrained(root)
-    tok.model.save(str(root))
-    return root
 
 
 def test_export_hf_stage_writes_a_verified_llama_directory(tmp_path: Path) -> None:
@@ -119,12 +90,14 @@ def test_export_gguf_stage(tmp_path: Path) -> None:
     assert half["metrics"]["bytes"] < 0.6 * metrics["bytes"]
 
 
-def test_import_gpt2_then_generate_and_finetune(tmp_path: Path) -> None:
+def test_import_gpt2_then_generate_and_finetune(tmp_path: Path, gpt2_hf_dir: Callable[..., Path]) -> None:
     from lmforge.model.checkpoint import load_model, resolve_checkpoint
     from lmforge.stages import generate
     from lmforge.stages.finetune import sft
 
-    hf_dir = gpt2_dir(tmp_path / "gpt2")
+    hf_dir = gpt2_hf_dir(
+        tmp_path / "gpt2", [" ".join(WORDS) * 4] * 10, perturb=False, n_positions=64, n_head=2
+    )
     out = tmp_path / "run" / "import"
     manifest = import_hf.main(from_dict(import_hf.Config, {"model": str(hf_dir), "out": str(out)}))
     metrics = manifest["metrics"]
