@@ -206,6 +206,19 @@ def config_inputs(cfg: Any, *fields: str) -> dict[str, Any]:
     return found
 
 
+def run_config(
+    stage: str,
+    cfg: Any,
+    fields: tuple[str, ...],
+    work: Callable[[Any, StageContext], dict[str, float]],
+    **options: Any,
+) -> dict[str, Any]:
+    """``run_stage`` as most stages call it: writing to ``cfg.out``, with the inputs its config ``fields``
+    name (the stage's ``INPUTS``, through ``config_inputs``); ``options`` are ``run_stage``'s (``version``,
+    ``force``, ``volatile``, ``fingerprint``)."""
+    return run_stage(stage, cfg, out=cfg.out, inputs=config_inputs(cfg, *fields), work=work, **options)
+
+
 def resolve_ref(ref: str | Path, out: Path) -> Path:
     """``@name`` → ``<run dir>/name`` (the run dir is the parent of ``out``), ``@name/file`` → a file in
     it; a plain path as given."""

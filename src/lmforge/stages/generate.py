@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import TOKENIZER_FILE, StageContext, config_inputs, run_stage
+from lmforge.runstore import TOKENIZER_FILE, StageContext, config_inputs, run_config
 from lmforge.stages.decoding import DecodingOptions
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,7 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     run that prints the samples and writes nothing (``print_samples``)."""
     if not cfg.out:
         return print_samples(cfg)
-    return run_stage(
-        STAGE, cfg, out=cfg.out, inputs=config_inputs(cfg, *INPUTS), work=sample, version=VERSION, force=force
-    )
+    return run_config(STAGE, cfg, INPUTS, sample, version=VERSION, force=force)
 
 
 def print_samples(cfg: Config) -> dict[str, Any]:

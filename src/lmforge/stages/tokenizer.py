@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, config_inputs, read_manifest, run_stage
+from lmforge.runstore import StageContext, read_manifest, run_config
 from lmforge.tokenizer.train import DEFAULT_EXTRA_TOKENS, KINDS, TokenizerSpec
 
 log = logging.getLogger(__name__)
@@ -102,12 +102,11 @@ INPUTS = ("data",)
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Train and encode (or return the cached result); returns the stage manifest."""
-    return run_stage(
+    return run_config(
         STAGE,
         cfg,
-        out=cfg.out,
-        inputs=config_inputs(cfg, *INPUTS),
-        work=build,
+        INPUTS,
+        build,
         version=VERSION,
         force=force,
         volatile=("comparison.json", "comparison.md"),  # timings and a side-by-side: not used downstream

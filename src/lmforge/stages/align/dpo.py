@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, config_inputs, run_stage
+from lmforge.runstore import StageContext, run_config
 from lmforge.training.options import FinetuneOptions
 
 logger = logging.getLogger(__name__)
@@ -84,8 +84,7 @@ INPUTS = ("model", "train", "val", "reward_model", "check_model")
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Train with DPO (or return the cached result); returns the stage manifest."""
-    found = config_inputs(cfg, *INPUTS)
-    return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)
+    return run_config(STAGE, cfg, INPUTS, work, version=VERSION, force=force)
 
 
 def work(cfg: Config, ctx: StageContext) -> dict[str, float]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, config_inputs, run_stage
+from lmforge.runstore import StageContext, run_config
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +77,7 @@ INPUTS = ("model", "reward_model", "prompts", "exclude")
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Sample, score and write the pairs (or return the cached result); returns the stage manifest."""
-    found = config_inputs(cfg, *INPUTS)
-    return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)
+    return run_config(STAGE, cfg, INPUTS, work, version=VERSION, force=force)
 
 
 def best_and_worst(scores: list[float]) -> tuple[int, int]:

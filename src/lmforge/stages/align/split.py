@@ -26,7 +26,7 @@ from typing import Any
 from lmforge.config import ConfigError, opt
 from lmforge.data.preferences import Preference, read_preferences
 from lmforge.data.supervised import holdout_groups, log_problems, read_files, skipped
-from lmforge.runstore import StageContext, config_inputs, run_stage
+from lmforge.runstore import StageContext, run_config
 
 STAGE = "align.split"
 VERSION = 1
@@ -54,8 +54,7 @@ INPUTS = ("train",)
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Write the split files (or return the cached result); returns the stage manifest."""
-    found = config_inputs(cfg, *INPUTS)
-    return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)
+    return run_config(STAGE, cfg, INPUTS, work, version=VERSION, force=force)
 
 
 def dialogue(messages: list[dict[str, str]]) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmforge.config import opt
-from lmforge.runstore import StageContext, config_inputs, run_stage
+from lmforge.runstore import StageContext, run_config
 from lmforge.stages.export import refuse_early
 
 STAGE = "export.gguf"
@@ -35,9 +35,7 @@ INPUTS = ("model",)
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Export (or return the cached result); returns the stage manifest."""
     refuse_early(cfg.model, cfg.out, cfg.checkpoint)
-    return run_stage(
-        STAGE, cfg, out=cfg.out, inputs=config_inputs(cfg, *INPUTS), work=work, version=VERSION, force=force
-    )
+    return run_config(STAGE, cfg, INPUTS, work, version=VERSION, force=force)
 
 
 def work(cfg: Config, ctx: StageContext) -> dict[str, float]:

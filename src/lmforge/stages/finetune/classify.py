@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import TOKENIZER_FILE, StageContext, config_inputs, run_stage, write_json_atomic
+from lmforge.runstore import TOKENIZER_FILE, StageContext, run_config, write_json_atomic
 from lmforge.training.options import SequenceOptions
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,7 @@ INPUTS = ("model", "compare_to", "train", "dev")
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Train the classifier (or return the cached result); returns the stage manifest."""
-    return run_stage(
-        STAGE, cfg, out=cfg.out, inputs=config_inputs(cfg, *INPUTS), work=train, version=VERSION, force=force
-    )
+    return run_config(STAGE, cfg, INPUTS, train, version=VERSION, force=force)
 
 
 def load_split(cfg: Any, path: str, problems: list) -> list:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from lmforge.config import ConfigError, opt
 from lmforge.model.config import LORA_TARGETS
-from lmforge.runstore import StageContext, config_inputs, run_stage
+from lmforge.runstore import StageContext, run_config
 from lmforge.training.options import ConversationOptions
 
 if TYPE_CHECKING:  # torch stays unimported until the stage runs (fast --help)
@@ -53,8 +53,7 @@ INPUTS = ("model", "train", "val")
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Fine-tune adapters (or return the cached result); returns the stage manifest."""
     check_targets(cfg)
-    found = config_inputs(cfg, *INPUTS)
-    return run_stage(STAGE, cfg, out=cfg.out, inputs=found, work=work, version=VERSION, force=force)
+    return run_config(STAGE, cfg, INPUTS, work, version=VERSION, force=force)
 
 
 def check_targets(cfg: Config) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from lmforge.runstore import StageContext, config_inputs, run_stage
+from lmforge.runstore import StageContext, run_config
 from lmforge.training.options import ConversationOptions
 
 STAGE = "finetune.sft"
@@ -30,15 +30,7 @@ INPUTS = ("model", "train", "val")
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Fine-tune (or return the cached result); returns the stage manifest."""
-    return run_stage(
-        STAGE,
-        cfg,
-        out=cfg.out,
-        inputs=config_inputs(cfg, *INPUTS),
-        work=work,
-        version=VERSION,
-        force=force,
-    )
+    return run_config(STAGE, cfg, INPUTS, work, version=VERSION, force=force)
 
 
 def work(cfg: Config, ctx: StageContext) -> dict[str, float]:

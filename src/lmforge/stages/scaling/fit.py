@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, config_inputs, run_stage, write_json_atomic
+from lmforge.runstore import StageContext, run_config, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,7 @@ INPUTS = ("sweep",)
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Fit (or return the cached fit); returns the stage manifest."""
-    return run_stage(
-        STAGE, cfg, out=cfg.out, inputs=config_inputs(cfg, *INPUTS), work=fit, version=VERSION, force=force
-    )
+    return run_config(STAGE, cfg, INPUTS, fit, version=VERSION, force=force)
 
 
 def fit(cfg: Config, ctx: StageContext) -> dict[str, float]:

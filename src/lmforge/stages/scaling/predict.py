@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.config import ConfigError, opt
-from lmforge.runstore import StageContext, config_inputs, run_stage, write_json_atomic
+from lmforge.runstore import StageContext, run_config, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +47,7 @@ INPUTS = ("fit",)
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Predict (and check) or return the cached result; returns the stage manifest."""
-    return run_stage(
-        STAGE,
-        cfg,
-        out=cfg.out,
-        inputs=config_inputs(cfg, *INPUTS),
-        work=predict,
-        version=VERSION,
-        force=force,
-    )
+    return run_config(STAGE, cfg, INPUTS, predict, version=VERSION, force=force)
 
 
 def predict(cfg: Config, ctx: StageContext) -> dict[str, float]:

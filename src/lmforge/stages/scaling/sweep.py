@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.config import ConfigError, opt, to_dict
-from lmforge.runstore import StageContext, config_inputs, run_stage, write_json_atomic
+from lmforge.runstore import StageContext, run_config, write_json_atomic
 from lmforge.scaling.points import PointRecipe, parse_size
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,7 @@ INPUTS = ("tokenizer",)
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Train every point of the grid that is not cached; returns the stage manifest."""
-    return run_stage(
-        STAGE, cfg, out=cfg.out, inputs=config_inputs(cfg, *INPUTS), work=sweep, version=VERSION, force=force
-    )
+    return run_config(STAGE, cfg, INPUTS, sweep, version=VERSION, force=force)
 
 
 def points_dir(cfg: Config) -> Path:
