@@ -3,5 +3,5 @@ naming the config fields that point at upstream stages, and ``main(config) -> ma
 
 Stages never import each other; what two stages share lives in the library below them, or, for the
 methods of one group, in a module of the group that is not a stage (``finetune/sft_loop.py``, SFT's
-loop for ``sft``, ``lora`` and ``task``). Most ``main``\ s are one ``runstore.run_config`` call.
+loop for ``sft``, ``lora`` and ``task``). Most ``main`` functions are one ``runstore.run_config`` call.
 """

@@ -248,10 +248,10 @@ def restore(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 def fit(
     model: nn.Module,
     opts: FinetuneOptions,
-    *,
     next_batch: Callable[[], tuple[Any, int]],
     loss_sum: Callable[[Any], torch.Tensor],
     evaluate: Callable[[], dict[str, float]],
+    *,
     monitor: str,
     mode: str = "min",
     log_metrics: Callable[[dict[str, Any]], None] | None = None,

@@ -217,9 +217,9 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     result = ft.fit(
         model,
         cfg,
-        next_batch=next_batch,
-        loss_sum=loss_sum,
-        evaluate=evaluate,
+        next_batch,
+        loss_sum,
+        evaluate,
         monitor=cfg.monitor,
         mode="max" if cfg.monitor == "win_rate" else "min",
         log_metrics=ctx.log_metrics,

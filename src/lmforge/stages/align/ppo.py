@@ -210,14 +210,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         return {"score": found.pop("policy_score"), **found}
 
     result = ft.fit(
-        pv,
-        cfg,
-        next_batch=next_batch,
-        loss_sum=loss_sum,
-        evaluate=evaluate,
-        monitor="score",
-        mode="max",
-        log_metrics=ctx.log_metrics,
+        pv, cfg, next_batch, loss_sum, evaluate, monitor="score", mode="max", log_metrics=ctx.log_metrics
     )
 
     def save(d: Path) -> None:

@@ -181,9 +181,9 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     result = ft.fit(
         rm,
         cfg,
-        next_batch=next_batch,
-        loss_sum=loss_sum,
-        evaluate=lambda: evaluate(select_pairs, "select_"),
+        next_batch,
+        loss_sum,
+        lambda: evaluate(select_pairs, "select_"),
         monitor="select_loss",
         log_metrics=ctx.log_metrics,
     )

@@ -257,9 +257,9 @@ def _fine_tune(
     result = ft.fit(
         model,
         cfg,
-        next_batch=next_batch,
-        loss_sum=loss_sum,
-        evaluate=evaluate,
+        next_batch,
+        loss_sum,
+        evaluate,
         monitor="accuracy",
         mode="max",
         log_metrics=ctx.log_metrics if save else None,

@@ -216,9 +216,9 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     result = ft.fit(
         model,
         cfg,
-        next_batch=next_batch,
-        loss_sum=loss_sum,
-        evaluate=lambda: score(selection),
+        next_batch,
+        loss_sum,
+        lambda: score(selection),
         monitor="mrr",
         mode="max",
         log_metrics=ctx.log_metrics,

@@ -177,13 +177,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         return out
 
     result = ft.fit(
-        model,
-        cfg,
-        next_batch=next_batch,
-        loss_sum=loss_sum,
-        evaluate=perplexities,
-        monitor="domain_loss",
-        log_metrics=ctx.log_metrics,
+        model, cfg, next_batch, loss_sum, perplexities, monitor="domain_loss", log_metrics=ctx.log_metrics
     )
     meta = {"method": "dapt", "base": str(ckpt_dir), "replay": cfg.replay}
     ft.save_best_and_last(

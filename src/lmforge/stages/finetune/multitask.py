@@ -171,9 +171,9 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     result = ft.fit(
         model,
         cfg,
-        next_batch=next_batch,
-        loss_sum=loss_sum,
-        evaluate=evaluate,
+        next_batch,
+        loss_sum,
+        evaluate,
         monitor="mean_accuracy",
         mode="max",
         log_metrics=ctx.log_metrics,

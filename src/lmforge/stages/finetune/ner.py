@@ -342,14 +342,7 @@ def _fine_tune(
         return {"val_loss": loss, "f1": s["f1"], "precision": s["precision"], "recall": s["recall"]}
 
     result = ft.fit(
-        model,
-        cfg,
-        next_batch=next_batch,
-        loss_sum=loss_sum,
-        evaluate=evaluate,
-        monitor="f1",
-        mode="max",
-        log_metrics=ctx.log_metrics,
+        model, cfg, next_batch, loss_sum, evaluate, monitor="f1", mode="max", log_metrics=ctx.log_metrics
     )
     meta = {"method": "ner", "head": "token", "labels": {TASK: labels}, "base": str(ckpt_dir)}
     ft.save_best_and_last(

@@ -360,14 +360,7 @@ def _fine_tune(
         }
 
     result = ft.fit(
-        model,
-        cfg,
-        next_batch=next_batch,
-        loss_sum=loss_sum,
-        evaluate=evaluate,
-        monitor="f1",
-        mode="max",
-        log_metrics=ctx.log_metrics,
+        model, cfg, next_batch, loss_sum, evaluate, monitor="f1", mode="max", log_metrics=ctx.log_metrics
     )
     meta = {
         "method": "qa",

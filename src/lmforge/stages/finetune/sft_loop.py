@@ -123,13 +123,7 @@ def run_sft(
         return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
 
     result = ft.fit(
-        model,
-        cfg,
-        next_batch=next_batch,
-        loss_sum=loss_sum,
-        evaluate=evaluate,
-        monitor="val_loss",
-        log_metrics=ctx.log_metrics,
+        model, cfg, next_batch, loss_sum, evaluate, monitor="val_loss", log_metrics=ctx.log_metrics
     )
 
     def save(d: Path) -> None:
