@@ -90,7 +90,6 @@ def _lines() -> Iterable[str]:
 def chat_loop(engine: Any, cfg: Config, lines: Iterable[str], write: Callable[[str], None]) -> int:
     """Run the conversation over ``lines`` (user inputs), streaming replies to ``write``; returns the
     number of assistant turns."""
-    from lmforge.inference.rows import SamplingParams
     from lmforge.tokenizer.chat import chat_ids, chat_prompt
 
     tok = engine.tokenizer
@@ -113,16 +112,7 @@ def chat_loop(engine: Any, cfg: Config, lines: Iterable[str], write: Callable[[s
         head = [{"role": "system", "content": system}] if system else []
         ids, kept = chat_prompt(tok, head + history, budget)  # drops the oldest exchanges to fit
         history = kept[len(head) :]
-        params = SamplingParams(
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_k=cfg.top_k or None,
-            top_p=cfg.top_p if cfg.top_p < 1 else None,
-            min_p=cfg.min_p or None,
-            repetition_penalty=cfg.repetition_penalty,
-            seed=None if cfg.seed < 0 else cfg.seed + turns,
-            stop_ids=stop_ids,
-        )
+        params = cfg.sampling_params(seed=None if cfg.seed < 0 else cfg.seed + turns, stop_ids=stop_ids)
         write("model> ")
         reply = ""
         for event in engine.stream([ids], params):

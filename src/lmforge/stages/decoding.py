@@ -2,14 +2,18 @@
 weights and speculative drafts — declared, documented and validated once (no torch import, so
 ``--help`` stays fast). Each command's ``Config`` subclasses ``DecodingOptions``, changes a default
 with ``config.retuned`` where its use differs (chat replies are longer and penalise repetition), and adds its
-own fields (prompts, stop strings, the system prompt, the seed's meaning)."""
+own fields (prompts, stop strings, the system prompt, the seed's meaning). ``sampling_params`` turns
+the sampling options into the engine's ``SamplingParams`` (0 and 1 meaning "off"), once for both."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from lmforge.config import ConfigError, opt
+
+if TYPE_CHECKING:  # torch stays unimported until decoding starts (fast --help)
+    from lmforge.inference.rows import SamplingParams
 
 
 @dataclass
@@ -60,3 +64,18 @@ class DecodingOptions:
             raise ConfigError("min_p", f"must be in [0, 1], got {self.min_p}")
         if self.repetition_penalty <= 0:
             raise ConfigError("repetition_penalty", f"must be > 0, got {self.repetition_penalty}")
+
+    def sampling_params(self, **extra: Any) -> SamplingParams:
+        """The engine's ``SamplingParams`` of these options (``top_k`` 0, ``top_p`` 1 and ``min_p`` 0 are
+        off: ``None``), plus ``extra`` (the seed, stop strings and ids)."""
+        from lmforge.inference.rows import SamplingParams
+
+        return SamplingParams(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k or None,
+            top_p=self.top_p if self.top_p < 1 else None,
+            min_p=self.min_p or None,
+            repetition_penalty=self.repetition_penalty,
+            **extra,
+        )

@@ -94,7 +94,7 @@ def print_samples(cfg: Config) -> dict[str, Any]:
 def sample(cfg: Config, ctx: StageContext) -> dict[str, float]:
     """Continue every prompt (one batch) and write one JSON line per sample."""
     from lmforge.inference.engine import Engine
-    from lmforge.inference.rows import SamplingParams, default_stop_ids
+    from lmforge.inference.rows import default_stop_ids
     from lmforge.model.checkpoint import load_model, resolve_checkpoint
     from lmforge.runtime import create_runtime
     from lmforge.tokenizer.train import load_tokenizer, special_id
@@ -104,17 +104,7 @@ def sample(cfg: Config, ctx: StageContext) -> dict[str, float]:
     model, _ = load_model(ckpt_dir, device=rt.device)
     tok = load_tokenizer(ckpt_dir / TOKENIZER_FILE)
     bos = special_id(tok, "<|bos|>")
-    params = SamplingParams(
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        top_k=cfg.top_k or None,
-        top_p=cfg.top_p if cfg.top_p < 1 else None,
-        min_p=cfg.min_p or None,
-        repetition_penalty=cfg.repetition_penalty,
-        seed=cfg.seed,
-        stop=cfg.stop,
-        stop_ids=default_stop_ids(tok),
-    )
+    params = cfg.sampling_params(seed=cfg.seed, stop=cfg.stop, stop_ids=default_stop_ids(tok))
     draft: Any = None if cfg.draft == "none" else cfg.draft
     if cfg.draft == "model":
         from lmforge.inference.speculative import load_draft

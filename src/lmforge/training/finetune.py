@@ -468,6 +468,27 @@ def save_best_and_last(
     return ckpt_root / best
 
 
+def save_with_heads(
+    ckpt_root: Path,
+    model: nn.Module,
+    result: FitResult,
+    mcfg: ModelConfig,
+    *,
+    tokenizer_path: Path,
+    meta: dict,
+) -> Path:
+    """``save_best_and_last`` of a model with a ``trunk`` and ``heads`` (classify, multitask, ner, qa):
+    each checkpoint is the trunk plus ``heads.safetensors`` and ``meta`` (``save_finetuned``)."""
+    return save_best_and_last(
+        ckpt_root,
+        model,
+        result,
+        lambda d: save_finetuned(
+            d, model.trunk, mcfg, tokenizer_path=tokenizer_path, heads=model.heads, meta=meta
+        ),
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # classification helpers
 

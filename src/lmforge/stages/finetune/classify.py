@@ -266,14 +266,7 @@ def _fine_tune(
     )
     meta = {"method": "classify", "pooling": pooling, "labels": {TASK: labels}, "base": str(ckpt_dir)}
     if save:
-        ft.save_best_and_last(
-            ctx.dir / "ckpt",
-            model,
-            result,
-            lambda d: ft.save_finetuned(
-                d, model.trunk, mcfg, tokenizer_path=tok_path, heads=model.heads, meta=meta
-            ),
-        )
+        ft.save_with_heads(ctx.dir / "ckpt", model, result, mcfg, tokenizer_path=tok_path, meta=meta)
     else:
         ft.restore(model, result.best_state)
     predicted, val_loss = ft.predict_classes(model, x_dev, y_dev, TASK, pad_id=pad_id, device=device)

@@ -184,14 +184,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         "labels": {n: data[n]["labels"] for n in names},
         "base": str(ckpt_dir),
     }
-    ft.save_best_and_last(
-        ctx.dir / "ckpt",
-        model,
-        result,
-        lambda d: ft.save_finetuned(
-            d, model.trunk, mcfg, tokenizer_path=tok_path, heads=model.heads, meta=meta
-        ),
-    )
+    ft.save_with_heads(ctx.dir / "ckpt", model, result, mcfg, tokenizer_path=tok_path, meta=meta)
     metrics: dict[str, float] = {}
     rows, tables, report = [], [], {}
     for name in names:

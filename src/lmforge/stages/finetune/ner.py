@@ -345,14 +345,7 @@ def _fine_tune(
         model, cfg, next_batch, loss_sum, evaluate, monitor="f1", mode="max", log_metrics=ctx.log_metrics
     )
     meta = {"method": "ner", "head": "token", "labels": {TASK: labels}, "base": str(ckpt_dir)}
-    ft.save_best_and_last(
-        ctx.dir / "ckpt",
-        model,
-        result,
-        lambda d: ft.save_finetuned(
-            d, model.trunk, mcfg, tokenizer_path=tok_path, heads=model.heads, meta=meta
-        ),
-    )
+    ft.save_with_heads(ctx.dir / "ckpt", model, result, mcfg, tokenizer_path=tok_path, meta=meta)
     scored = encode(test_set, False) if test_set else x_dev
     predicted, _ = predict_tags(model, scored, batch_of, 2 * cfg.batch_size)
     return {

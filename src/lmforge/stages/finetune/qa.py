@@ -370,14 +370,7 @@ def _fine_tune(
         "max_answer_tokens": cfg.max_answer_tokens,
         "base": str(ckpt_dir),
     }
-    ft.save_best_and_last(
-        ctx.dir / "ckpt",
-        model,
-        result,
-        lambda d: ft.save_finetuned(
-            d, model.trunk, mcfg, tokenizer_path=tok_path, heads=model.heads, meta=meta
-        ),
-    )
+    ft.save_with_heads(ctx.dir / "ckpt", model, result, mcfg, tokenizer_path=tok_path, meta=meta)
     x_test = windows(test_q)
     spans = answer(model, test_q, x_test, pad_id=pad_id, cfg=cfg, device=device)[0] if test_q else []
     counts = {
