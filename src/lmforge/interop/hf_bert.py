@@ -44,17 +44,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
 from tokenizers import Tokenizer
 
-from lmforge.errors import ConfigError, InputError, UnsafePickleError
+from lmforge.errors import ConfigError, InputError
+from lmforge.interop.hf_import import load_weights, require_transformers
 from lmforge.model.config import ModelConfig
 from lmforge.model.heads import EncoderForPretraining, pool
 from lmforge.model.hf_names import _pattern  # the key-table template → regex rule, shared with decoders
@@ -355,18 +354,9 @@ def read_bert_model(transformer_dir: Path) -> Any:
         UnsafePickleError: a ``pytorch_model.bin`` holding code or objects beyond tensors (refused).
         InputError: no weights file, or weights transformers cannot load.
     """
-    from lmforge.interop.hf_import import pickled_weights, require_transformers  # the optional 'hf' extra
-
-    transformers = require_transformers()
     transformer_dir = Path(transformer_dir)
     require_weights(transformer_dir)
-    try:
-        hf = transformers.AutoModel.from_pretrained(transformer_dir, local_files_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UnsafePickleError.from_exception(pickled_weights(transformer_dir), exc) from exc
-    except (OSError, ValueError, SafetensorError) as exc:
-        raise InputError(f"{transformer_dir}: transformers cannot load the weights: {exc}") from exc
-    hf = hf.float().eval()
+    hf = load_weights("AutoModel", transformer_dir)
     raw = {k: v for k, v in hf.state_dict().items()}
     single = transformer_dir / "model.safetensors"
     if single.is_file():
@@ -417,8 +407,6 @@ def bert_gaps(cfg: ModelConfig) -> list[str]:
 
 def to_bert_config(cfg: ModelConfig, tok: Tokenizer) -> Any:
     """The ``transformers.BertConfig`` (``BertForMaskedLM``) of an encoder config BERT can express."""
-    from lmforge.interop.hf_import import require_transformers  # transformers: the optional 'hf' extra
-
     transformers = require_transformers()
     return transformers.BertConfig(
         vocab_size=cfg.vocab_size,

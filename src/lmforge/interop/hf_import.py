@@ -98,6 +98,24 @@ def require_transformers() -> Any:
     return transformers
 
 
+def load_weights(auto_class: str, hf_dir: Path) -> Any:
+    """``transformers.<auto_class>.from_pretrained(hf_dir)``, offline, in fp32 and eval mode.
+
+    Raises:
+        UnsafePickleError: a ``pytorch_model.bin`` holding code or objects beyond tensors (refused by
+            transformers' ``weights_only`` loading, never run).
+        InputError: weights that transformers cannot load.
+    """
+    transformers = require_transformers()
+    try:
+        hf = getattr(transformers, auto_class).from_pretrained(hf_dir, local_files_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafePickleError.from_exception(pickled_weights(hf_dir), exc) from exc
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise InputError(f"{hf_dir}: transformers cannot load the weights: {exc}") from exc
+    return hf.float().eval()
+
+
 def pickled_weights(hf_dir: Path) -> str:
     """The pickled weight file(s) of a directory, for messages: ``pytorch_model.bin`` or its shards."""
     single = Path(hf_dir) / "pytorch_model.bin"
@@ -150,14 +168,7 @@ def read_hf_model(hf_dir: Path) -> HFModel:
     """
     hf_dir = Path(hf_dir)
     model_type, hf_config, cfg = read_hf_config(hf_dir)
-    transformers = require_transformers()
-    try:
-        hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, local_files_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UnsafePickleError.from_exception(pickled_weights(hf_dir), exc) from exc
-    except (OSError, ValueError, SafetensorError) as exc:
-        raise InputError(f"{hf_dir}: transformers cannot load the weights: {exc}") from exc
-    hf = hf.float().eval()
+    hf = load_weights("AutoModelForCausalLM", hf_dir)
     hf_state = hf.state_dict()
     state = _READERS[model_type][1](hf_state, cfg)
     special = {name: getattr(hf_config, f"{name}_token_id", None) for name in ("bos", "eos", "pad")}
