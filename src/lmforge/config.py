@@ -69,6 +69,15 @@ def retuned(cls: type, name: str, default: Any) -> Any:
     return opt(default, meta["help"], path=meta["path"], cache=meta["cache"])
 
 
+def at_least(cfg: Any, minimum: int, *names: str) -> None:
+    """The range check of ``validate()`` methods: each field of ``names`` below ``minimum`` is a
+    ``ConfigError(name, "must be >= minimum, got value")``, in the order given."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value < minimum:
+            raise ConfigError(name, f"must be >= {minimum}, got {value}")
+
+
 def _copy(value: Any) -> Any:
     import copy
 

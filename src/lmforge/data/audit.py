@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.config import opt
+from lmforge.config import at_least, opt
 from lmforge.data.clean import DropFn
 from lmforge.data.document import Document
 from lmforge.errors import ConfigError, InputError
@@ -100,8 +100,7 @@ class AuditConfig:
                 raise ConfigError("groups", f"group name {name!r} must be lower-case letters, digits, _")
             if not any(_norm_term(t) for t in terms):
                 raise ConfigError("groups", f"group {name!r} has no words")
-        if self.max_blocklist_hits < 1:
-            raise ConfigError("max_blocklist_hits", f"must be >= 1, got {self.max_blocklist_hits}")
+        at_least(self, 1, "max_blocklist_hits")
         if self.blocklist_file and not Path(self.blocklist_file).is_file():
             raise ConfigError("blocklist_file", f"no such file: {self.blocklist_file}")
 

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lmforge.config import opt
+from lmforge.config import at_least, opt
 from lmforge.data.clean import DropFn
 from lmforge.data.document import Document
 from lmforge.errors import ConfigError, InputError
@@ -64,8 +64,7 @@ class DecontamConfig:
     min_words: int = opt(8, "eval texts shorter than n words are matched whole if at least this long")
 
     def validate(self) -> None:
-        if self.n < 1:
-            raise ConfigError("n", f"must be >= 1, got {self.n}")
+        at_least(self, 1, "n")
         if not 1 <= self.min_words <= self.n:
             raise ConfigError("min_words", f"must be in [1, n={self.n}], got {self.min_words}")
         if self.eval_files and not self.text_fields:

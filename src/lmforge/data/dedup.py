@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lmforge.config import opt
+from lmforge.config import at_least, opt
 from lmforge.errors import ConfigError
 
 __all__ = [
@@ -86,8 +86,7 @@ class DedupConfig:
             raise ConfigError("threshold", f"must be in (0, 1], got {self.threshold}")
         if not 8 <= self.num_perm <= 1024:
             raise ConfigError("num_perm", f"must be in [8, 1024], got {self.num_perm}")
-        if self.shingle_words < 1:
-            raise ConfigError("shingle_words", f"must be >= 1, got {self.shingle_words}")
+        at_least(self, 1, "shingle_words")
 
     @property
     def bands_rows(self) -> tuple[int, int]:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from lmforge.config import opt
+from lmforge.config import at_least, opt
 from lmforge.data.clean import DropFn
 from lmforge.data.document import Document
 from lmforge.errors import ConfigError
@@ -45,8 +45,7 @@ class LangConfig:
     def validate(self) -> None:
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ConfigError("min_confidence", f"must be in [0, 1], got {self.min_confidence}")
-        if self.max_chars < 1:
-            raise ConfigError("max_chars", f"must be >= 1, got {self.max_chars}")
+        at_least(self, 1, "max_chars")
         # only the form here: checking against the model's list loads a 70 MB model, which would slow
         # every config validation (even a fully cached `lmforge run`); build() checks the codes
         bad = [c for c in self.keep if not re.fullmatch(r"[a-z]{2,3}", c)]

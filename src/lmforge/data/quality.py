@@ -38,7 +38,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from lmforge.config import opt
+from lmforge.config import at_least, opt
 from lmforge.data.clean import DropFn
 from lmforge.data.document import Document
 from lmforge.errors import ConfigError
@@ -122,16 +122,16 @@ class QualityConfig:
     )
 
     def validate(self) -> None:
-        for name in (
+        at_least(
+            self,
+            0,
             "min_words",
             "max_words",
             "min_stop_words",
             "stop_words_min_doc_words",
             "line_punct_min_lines",
             "top_ngram_min_count",
-        ):
-            if getattr(self, name) < 0:
-                raise ConfigError(name, f"must be >= 0, got {getattr(self, name)}")
+        )
         if self.max_words and self.min_words > self.max_words:
             raise ConfigError("max_words", f"must be >= min_words ({self.min_words}), got {self.max_words}")
         if self.min_mean_word_length < 0 or self.max_mean_word_length < 0:
@@ -141,8 +141,7 @@ class QualityConfig:
                 "max_mean_word_length",
                 f"must be >= min_mean_word_length ({self.min_mean_word_length}), got {self.max_mean_word_length}",
             )
-        if self.max_symbol_ratio < 0:
-            raise ConfigError("max_symbol_ratio", f"must be >= 0, got {self.max_symbol_ratio}")
+        at_least(self, 0, "max_symbol_ratio")
         for name in (
             "min_alpha_words",
             "max_bullet_lines",

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from lmforge.config import ConfigError, opt, to_dict
+from lmforge.config import ConfigError, at_least, opt, to_dict
 from lmforge.model.config import ModelConfig
 from lmforge.runstore import TOKENIZER_FILE, StageContext, run_stage
 
@@ -63,18 +63,14 @@ class PointRecipe:
     threads: int = opt(0, "CPU threads for torch (0 = one per core)", cache=False)
 
     def validate(self) -> None:
-        for key in ("block_size", "batch_size", "head_dim"):
-            if getattr(self, key) < 1:
-                raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
+        at_least(self, 1, "block_size", "batch_size", "head_dim")
         if self.lr <= 0:
             raise ConfigError("lr", f"must be > 0, got {self.lr}")
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError("warmup_fraction", f"must be in [0, 1), got {self.warmup_fraction}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
-        for key in ("weight_decay", "grad_clip", "eval_tokens", "threads"):
-            if getattr(self, key) < 0:
-                raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
+        at_least(self, 0, "weight_decay", "grad_clip", "eval_tokens", "threads")
 
 
 @dataclass

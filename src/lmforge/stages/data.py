@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from lmforge.config import ConfigError, opt
+from lmforge.config import ConfigError, at_least, opt
 from lmforge.data.audit import AuditConfig
 from lmforge.data.decontam import DecontamConfig
 from lmforge.data.dedup import REASONS, DedupConfig
@@ -91,10 +91,8 @@ class Config:
             raise ConfigError("input", "at least one input is required (e.g. builtin:python-docs)")
         if not 0 < self.val_fraction < 1:
             raise ConfigError("val_fraction", f"must be in (0, 1), got {self.val_fraction}")
-        if self.rows_per_shard < 1:
-            raise ConfigError("rows_per_shard", f"must be >= 1, got {self.rows_per_shard}")
-        if self.max_docs < 0:
-            raise ConfigError("max_docs", f"must be >= 0, got {self.max_docs}")
+        at_least(self, 1, "rows_per_shard")
+        at_least(self, 0, "max_docs")
         if self.workers < 0:
             raise ConfigError("workers", f"must be >= 0 (0 = all CPUs), got {self.workers}")
         if not self.unit_mb > 0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from lmforge.config import ConfigError, opt
+from lmforge.config import ConfigError, at_least, opt
 
 if TYPE_CHECKING:  # torch stays unimported until decoding starts (fast --help)
     from lmforge.inference.rows import SamplingParams
@@ -52,12 +52,8 @@ class DecodingOptions:
         from lmforge.inference.speculative import check_draft_options
 
         check_draft_options(self.draft, self.draft_model, self.draft_tokens)
-        if self.max_new_tokens < 1:
-            raise ConfigError("max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ConfigError("temperature", f"must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ConfigError("top_k", f"must be >= 0, got {self.top_k}")
+        at_least(self, 1, "max_new_tokens")
+        at_least(self, 0, "temperature", "top_k")
         if not 0 < self.top_p <= 1:
             raise ConfigError("top_p", f"must be in (0, 1], got {self.top_p}")
         if not 0 <= self.min_p <= 1:

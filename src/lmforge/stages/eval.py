@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from lmforge.config import ConfigError, opt
+from lmforge.config import ConfigError, at_least, opt
 from lmforge.eval.sandbox import require_sandbox
 from lmforge.runstore import TOKENIZER_FILE, StageContext, read_manifest, run_stage
 
@@ -82,14 +82,11 @@ class Config:
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
 
     def validate(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError("batch_size", f"must be >= 1, got {self.batch_size}")
-        if self.max_tokens < 0:
-            raise ConfigError("max_tokens", f"must be >= 0, got {self.max_tokens}")
+        at_least(self, 1, "batch_size")
+        at_least(self, 0, "max_tokens")
         if self.stride < 0:
             raise ConfigError("stride", f"must be >= 0 (0 = disjoint windows), got {self.stride}")
-        if self.limit < 0:
-            raise ConfigError("limit", f"must be >= 0, got {self.limit}")
+        at_least(self, 0, "limit")
         if not self.shots or any(k < 0 for k in self.shots):
             raise ConfigError("shots", f"need one or more k >= 0, got {self.shots}")
         if "memorisation" in self.probes and not self.tokenizer:

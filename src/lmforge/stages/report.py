@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmforge.config import ConfigError, opt
+from lmforge.config import ConfigError, at_least, opt
 from lmforge.runstore import PARTIAL_SUFFIX, StageContext, read_manifest, run_stage
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,7 @@ class Config:
     limitations: list[str] = opt([], "model card: known limitations to state besides the automatic ones")
 
     def validate(self) -> None:
-        for key in ("watts_per_core", "grid_g_per_kwh"):
-            if getattr(self, key) < 0:
-                raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
+        at_least(self, 0, "watts_per_core", "grid_g_per_kwh")
         if self.pue < 1:
             raise ConfigError("pue", f"must be >= 1 (1 = no overhead), got {self.pue}")
 

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lmforge.config import ConfigError, opt
+from lmforge.config import ConfigError, at_least, opt
 from lmforge.serve.keys import KEY_ENV, resolve_api_key
 
 STAGE = "serve"
@@ -49,7 +49,9 @@ class Config:
         check_host(self.host)
         if not 0 <= self.port <= 65535:
             raise ConfigError("port", f"must be in 0..65535, got {self.port}")
-        for key in (
+        at_least(
+            self,
+            1,
             "max_tokens",
             "max_n",
             "max_inputs",
@@ -57,12 +59,8 @@ class Config:
             "max_body_bytes",
             "max_concurrent",
             "max_batch",
-        ):
-            if getattr(self, key) < 1:
-                raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
-        for key in ("max_prompt_tokens", "threads"):
-            if getattr(self, key) < 0:
-                raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
+        )
+        at_least(self, 0, "max_prompt_tokens", "threads")
 
 
 HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")

@@ -27,7 +27,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
-from lmforge.config import ConfigError, opt
+from lmforge.config import ConfigError, at_least, opt
 from lmforge.runstore import StageContext, read_manifest, run_config
 from lmforge.tokenizer.train import DEFAULT_EXTRA_TOKENS, KINDS, TokenizerSpec
 
@@ -86,11 +86,8 @@ class Config:
                 key = {"extra_special_tokens": "special_tokens"}.get(field, field)
                 where = f" (for compare kind {kind})" if kind != self.kind else ""
                 raise ConfigError(key, str(exc).removeprefix(field + " ") + where) from None
-        for key in ("train_max_bytes", "compare_train_bytes", "compare_eval_bytes"):
-            if getattr(self, key) < 0:
-                raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
-        if self.workers < 1:
-            raise ConfigError("workers", f"must be >= 1, got {self.workers}")
+        at_least(self, 0, "train_max_bytes", "compare_train_bytes", "compare_eval_bytes")
+        at_least(self, 1, "workers")
         if len(set(self.compare)) != len(self.compare):
             raise ConfigError(
                 "compare", f"lists a kind twice: {self.compare}; valid kinds: {', '.join(KINDS)}"

@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from lmforge.config import ConfigError, opt, retuned
+from lmforge.config import ConfigError, at_least, opt, retuned
 from lmforge.runtime import DTYPES
 
 
@@ -57,11 +57,8 @@ class TrainOptions:
     RENAMED: ClassVar[dict[str, str]] = {}  # deprecated option name → its name now (config.from_dict)
 
     def validate(self) -> None:
-        for key in ("max_steps", "batch_size", "grad_accum", "eval_every", "log_every"):
-            if getattr(self, key) < 1:
-                raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
-        if self.warmup_steps < 0:
-            raise ConfigError("warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        at_least(self, 1, "max_steps", "batch_size", "grad_accum", "eval_every", "log_every")
+        at_least(self, 0, "warmup_steps")
         if (
             self.warmup_steps > self.max_steps > 0 and not self.warmup_ratio
         ):  # e.g. --max_steps 20 on a recipe
@@ -78,9 +75,7 @@ class TrainOptions:
             raise ConfigError("warmup_ratio", f"must be in [0, 1], got {self.warmup_ratio}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
-        for key in ("weight_decay", "l1", "grad_clip", "patience", "min_delta", "threads", "max_time_s"):
-            if getattr(self, key) < 0:
-                raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
+        at_least(self, 0, "weight_decay", "l1", "grad_clip", "patience", "min_delta", "threads", "max_time_s")
         if self.dtype not in DTYPES:
             raise ConfigError("dtype", f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
@@ -114,8 +109,7 @@ class FinetuneOptions(TrainOptions):
         super().validate()
         if not 0 < self.layer_lr_decay <= 1:
             raise ConfigError("layer_lr_decay", f"must be in (0, 1] (1 = off), got {self.layer_lr_decay}")
-        if self.max_eval_examples < 0:
-            raise ConfigError("max_eval_examples", f"must be >= 0, got {self.max_eval_examples}")
+        at_least(self, 0, "max_eval_examples")
         if not (self.dropout == -1.0 or 0.0 <= self.dropout < 1.0):
             raise ConfigError(
                 "dropout", f"must be in [0, 1) or -1 (keep the base model's), got {self.dropout}"
@@ -155,5 +149,4 @@ class ConversationOptions(FinetuneOptions):
         super().validate()
         if not self.train:
             raise ConfigError("train", "at least one conversation file is required (--train data.jsonl)")
-        if self.max_train_examples < 0:
-            raise ConfigError("max_train_examples", f"must be >= 0, got {self.max_train_examples}")
+        at_least(self, 0, "max_train_examples")

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from lmforge.config import ConfigError, opt
+from lmforge.config import ConfigError, at_least, opt
 from lmforge.runstore import StageContext, run_stage, sha256_json
 from lmforge.serve.keys import KEY_ENV, resolve_api_key
 
@@ -79,17 +79,14 @@ class Config:
             raise ConfigError(
                 "n_responses", f"must be >= 2 (a ranking compares replies), got {self.n_responses}"
             )
-        if self.max_new_tokens < 1:
-            raise ConfigError("max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        at_least(self, 1, "max_new_tokens")
         if self.temperature <= 0:
             raise ConfigError(
                 "temperature", f"must be > 0 (greedy replies are all alike), got {self.temperature}"
             )
         if not 0 < self.top_p <= 1:
             raise ConfigError("top_p", f"must be in (0, 1], got {self.top_p}")
-        for key in ("max_prompts", "top_k", "max_rankings"):
-            if getattr(self, key) < 0:
-                raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
+        at_least(self, 0, "max_prompts", "top_k", "max_rankings")
         if not 0 <= self.port <= 65535:
             raise ConfigError("port", f"must be in 0..65535, got {self.port}")
 

@@ -24,7 +24,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lmforge.config import ConfigError, opt
+from lmforge.config import ConfigError, at_least, opt
 from lmforge.runstore import StageContext, run_config
 from lmforge.training.options import FinetuneOptions
 
@@ -69,12 +69,8 @@ class Config(FinetuneOptions):
             raise ConfigError("train", "at least one preference file is required (--train pairs.jsonl)")
         if self.beta <= 0:
             raise ConfigError("beta", f"must be > 0, got {self.beta}")
-        for key in ("n_judge", "judge_tokens"):
-            if getattr(self, key) < 1:
-                raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
-        for key in ("lora_r", "max_train_examples", "n_kl"):
-            if getattr(self, key) < 0:
-                raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
+        at_least(self, 1, "n_judge", "judge_tokens")
+        at_least(self, 0, "lora_r", "max_train_examples", "n_kl")
         if self.monitor == "win_rate" and not (self.reward_model and self.n_kl):
             raise ConfigError("monitor", "win_rate needs a reward_model and n_kl > 0 selection prompts")
 

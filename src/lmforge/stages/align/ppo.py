@@ -27,7 +27,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from lmforge.config import ConfigError, opt
+from lmforge.config import ConfigError, at_least, opt
 from lmforge.runstore import StageContext, run_config
 from lmforge.training.options import FinetuneOptions
 
@@ -72,12 +72,8 @@ class Config(FinetuneOptions):
             raise ConfigError(
                 "prompts", "at least one preference file is required (--prompts '[pairs.jsonl]')"
             )
-        for key in ("samples_per_prompt", "max_new_tokens", "updates_per_rollout", "n_eval", "n_judge"):
-            if getattr(self, key) < 1:
-                raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
-        for key in ("kl_coef", "clip_eps", "vf_coef", "lora_r"):
-            if getattr(self, key) < 0:
-                raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
+        at_least(self, 1, "samples_per_prompt", "max_new_tokens", "updates_per_rollout", "n_eval", "n_judge")
+        at_least(self, 0, "kl_coef", "clip_eps", "vf_coef", "lora_r")
         if self.temperature <= 0:
             raise ConfigError("temperature", f"must be > 0, got {self.temperature}")
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):

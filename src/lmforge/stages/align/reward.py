@@ -23,7 +23,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lmforge.config import ConfigError, opt
+from lmforge.config import ConfigError, at_least, opt
 from lmforge.runstore import StageContext, run_config
 from lmforge.training.options import SequenceOptions
 
@@ -55,8 +55,7 @@ class Config(SequenceOptions):
         super().validate()
         if not self.train:
             raise ConfigError("train", "at least one preference file is required (--train pairs.jsonl)")
-        if self.max_train_examples < 0:
-            raise ConfigError("max_train_examples", f"must be >= 0, got {self.max_train_examples}")
+        at_least(self, 0, "max_train_examples")
 
 
 INPUTS = ("model", "train", "val")

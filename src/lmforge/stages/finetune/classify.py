@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lmforge.config import ConfigError, opt
+from lmforge.config import ConfigError, at_least, opt
 from lmforge.runstore import TOKENIZER_FILE, StageContext, run_config, write_json_atomic
 from lmforge.training.options import SequenceOptions
 
@@ -69,8 +69,7 @@ class Config(SequenceOptions):
             raise ConfigError(
                 "train", "a training file is required (e.g. --train data/sst2/stsa.binary.train)"
             )
-        if self.max_train_examples < 0:
-            raise ConfigError("max_train_examples", f"must be >= 0, got {self.max_train_examples}")
+        at_least(self, 0, "max_train_examples")
         if self.preprocess != "none" and not self.bow_baseline:
             raise ConfigError(
                 "preprocess", f"{self.preprocess!r} prepares the bag-of-words baseline; bow_baseline is false"

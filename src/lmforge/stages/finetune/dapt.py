@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmforge.config import ConfigError, opt
+from lmforge.config import ConfigError, at_least, opt
 from lmforge.runstore import StageContext, run_stage, write_json_atomic
 from lmforge.training.options import FinetuneOptions
 
@@ -48,8 +48,7 @@ class Config(FinetuneOptions):
             raise ConfigError("domain", "name the domain corpus (files, a directory, a glob or builtin:NAME)")
         if not 0.0 <= self.replay < 1.0:
             raise ConfigError("replay", f"must be in [0, 1), got {self.replay}")
-        if self.eval_tokens < 0:
-            raise ConfigError("eval_tokens", f"must be >= 0, got {self.eval_tokens}")
+        at_least(self, 0, "eval_tokens")
 
 
 INPUTS = ("model", "general")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lmforge.config import ConfigError, opt
+from lmforge.config import ConfigError, at_least, opt
 from lmforge.model.config import LORA_TARGETS
 from lmforge.runstore import StageContext, run_config
 from lmforge.training.options import ConversationOptions
@@ -37,8 +37,7 @@ class Config(ConversationOptions):
 
     def validate(self) -> None:
         super().validate()
-        if self.r < 1:
-            raise ConfigError("r", f"must be >= 1, got {self.r}")
+        at_least(self, 1, "r")
         if self.alpha <= 0:
             raise ConfigError("alpha", f"must be > 0, got {self.alpha}")
         if not 0.0 <= self.lora_dropout < 1.0:

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lmforge.config import ConfigError, opt
+from lmforge.config import ConfigError, at_least, opt
 from lmforge.runstore import StageContext, config_inputs, run_stage, write_json_atomic
 from lmforge.training.options import SequenceOptions
 
@@ -49,8 +49,7 @@ class TaskSpec:
             raise ConfigError("train", "a training file is required")
         if self.weight <= 0:
             raise ConfigError("weight", f"must be > 0, got {self.weight}")
-        if self.max_train_examples < 0:
-            raise ConfigError("max_train_examples", f"must be >= 0, got {self.max_train_examples}")
+        at_least(self, 0, "max_train_examples")
 
 
 @dataclass

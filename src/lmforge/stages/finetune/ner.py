@@ -33,7 +33,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lmforge.config import ConfigError, opt
+from lmforge.config import ConfigError, at_least, opt
 from lmforge.runstore import TOKENIZER_FILE, StageContext, config_inputs, run_stage, write_json_atomic
 from lmforge.training.options import SequenceOptions
 
@@ -79,10 +79,8 @@ class Config(SequenceOptions):
         super().validate()
         if not self.train:
             raise ConfigError("train", "a training file is required (e.g. --train data/wnut17/train.conll)")
-        if self.max_train_examples < 0:
-            raise ConfigError("max_train_examples", f"must be >= 0, got {self.max_train_examples}")
-        if self.crf_iterations < 1:
-            raise ConfigError("crf_iterations", f"must be >= 1, got {self.crf_iterations}")
+        at_least(self, 0, "max_train_examples")
+        at_least(self, 1, "crf_iterations")
 
 
 INPUTS = ("model", "train", "dev", "test")

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmforge.config import ConfigError, opt
+from lmforge.config import ConfigError, at_least, opt
 from lmforge.runstore import TOKENIZER_FILE, StageContext, run_stage, write_json_atomic
 from lmforge.training.options import FinetuneOptions
 
@@ -67,11 +67,8 @@ class Config(FinetuneOptions):
         super().validate()
         from lmforge.training.qa_spans import check_windows
 
-        for key in ("max_train_examples", "max_test_examples"):
-            if getattr(self, key) < 0:
-                raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
-        if self.max_answer_tokens < 1:
-            raise ConfigError("max_answer_tokens", f"must be >= 1, got {self.max_answer_tokens}")
+        at_least(self, 0, "max_train_examples", "max_test_examples")
+        at_least(self, 1, "max_answer_tokens")
         try:
             check_windows(self.max_len, self.doc_stride)
         except ValueError as e:

@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lmforge.config import ConfigError, opt
+from lmforge.config import ConfigError, at_least, opt
 from lmforge.runstore import StageContext, config_inputs, run_stage
 from lmforge.training.options import FinetuneOptions
 
@@ -47,8 +47,7 @@ class Config(FinetuneOptions):
         if not self.tasks:
             raise ConfigError("tasks", "name at least one task (e.g. tasks=[squad])")
         check_task_names(self.tasks, self.data_dir)
-        if self.max_train_examples < 0:
-            raise ConfigError("max_train_examples", f"must be >= 0, got {self.max_train_examples}")
+        at_least(self, 0, "max_train_examples")
 
 
 INPUTS = ("model",)

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from lmforge.config import ConfigError, opt
+from lmforge.config import ConfigError, at_least, opt
 from lmforge.runstore import StageContext, run_config, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,7 @@ class Config:
     def validate(self) -> None:
         if not self.huber_delta > 0:
             raise ConfigError("huber_delta", f"must be > 0, got {self.huber_delta}")
-        for key in ("starts", "bootstrap"):
-            if getattr(self, key) < 0:
-                raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
+        at_least(self, 0, "starts", "bootstrap")
         if not 0 < self.level < 1:
             raise ConfigError("level", f"must be in (0, 1), got {self.level}")
         if any(not (b > 0 and math.isfinite(b)) for b in self.budgets):
