@@ -2,20 +2,20 @@
 
 Group relative policy optimisation (Shao et al. 2024): for each prompt the policy samples a group of
 ``group_size`` completions through the inference engine; each is scored by plain reward functions
-(``training.align.correctness_reward``: the number after ``####`` or the last number equals the
+(``training.rewards.correctness_reward``: the number after ``####`` or the last number equals the
 answer; plus ``format_weight`` × ``format_reward``); advantages are the rewards normalised within the
 group; the loss is PPO's clipped surrogate on the completion tokens plus ``beta`` × a KL estimate to the
 frozen reference (LoRA disabled, or a frozen copy). Each rollout is reused for ``updates_per_rollout``
 optimiser steps (with 1 the ratio is 1 and the clip inactive, as in the paper's default).
 ``scale_rewards: false`` is Dr. GRPO's centred advantage; ``dynamic_sampling: N`` is DAPO's filter of
-the groups whose rewards are all equal, refilled from up to N rounds of sampling (``training.align``).
+the groups whose rewards are all equal, refilled from up to N rounds of sampling (``training.rollouts``).
 
 Problems: ``problems`` (JSONL ``{"question", "answer"}``, GSM8K's ``#### N`` answers work as they are)
 held out by ``eval_problems`` (a JSONL file of the same shape, e.g. ``align.arithmetic``'s
 ``heldout.jsonl``) or else by ``val_fraction`` of the distinct questions; or, by default, generated
 arithmetic (``digits``, ``min_digits``, ``ops``; the first ``n_eval`` distinct questions are held out,
 at most half of those drawn). Whichever way, every training problem whose question text is held out
-is removed (``training.align.split_heldout``). The prompt is the question as a user turn of the chat template.
+is removed (``training.rewards.split_heldout``). The prompt is the question as a user turn of the chat template.
 Held-out problems are solved greedily before, during and after training: ``accuracy`` (exact match).
 ``grpo_accuracy_before`` is the starting policy's, ``grpo_accuracy_after`` the final policy's (the
 last evaluation, not the best one: choosing the best on the held-out set would flatter it), each with
@@ -159,7 +159,7 @@ def load_problems(
     ``val_fraction`` of its distinct questions) or generated. No training problem's question is a
     held-out question."""
     from lmforge.data.supervised import holdout
-    from lmforge.training.align import arithmetic_problems, split_heldout
+    from lmforge.training.rewards import arithmetic_problems, split_heldout
 
     if path is None:
         both = arithmetic_problems(
@@ -189,7 +189,7 @@ def read_problems(path: Any) -> list[dict[str, str]]:
     """The ``{"question", "answer"}`` records of a JSONL file; others are reported and skipped."""
     from lmforge.data.readers import Problem, report
     from lmforge.data.supervised import _json_records, log_problems
-    from lmforge.training.align import extract_answer
+    from lmforge.training.rewards import extract_answer
 
     problems: list = []
     found = []
@@ -271,8 +271,11 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     from lmforge.inference.rows import SamplingParams
     from lmforge.tokenizer.chat import render_chat
     from lmforge.tokenizer.train import special_id
-    from lmforge.training import align
     from lmforge.training import finetune as ft
+    from lmforge.training.logprobs import Reference
+    from lmforge.training.losses import kl_k3
+    from lmforge.training.rewards import correctness_reward, format_reward
+    from lmforge.training.rollouts import grpo_loss_sum, informative_groups, keep_groups, rollout
 
     rt, model, mcfg, ckpt_dir, tok_path, tok = ft.begin(cfg, ctx, "GRPO")
     pad_id, end_id = special_id(tok, "pad"), special_id(tok, "end")
@@ -291,7 +294,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
 
         lora = LoraConfig(r=cfg.lora_r, alpha=cfg.lora_alpha)
         apply_lora(model, lora)
-    reference = align.Reference(model) if cfg.beta > 0 else None
+    reference = Reference(model) if cfg.beta > 0 else None
     engine = Engine(model, tok)
 
     stops: dict[str, Any] = {"stop_ids": frozenset({end_id})}
@@ -316,10 +319,10 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
             )[0]
 
         def judge(problem: Any, text: str) -> float:
-            return align.correctness_reward(text, problem["answer"])
+            return correctness_reward(text, problem["answer"])
 
         def score(problem: Any, text: str) -> float:
-            return judge(problem, text) + cfg.format_weight * align.format_reward(text)
+            return judge(problem, text) + cfg.format_weight * format_reward(text)
 
     rng = np.random.default_rng(cfg.seed)
     buffer: list = []
@@ -341,7 +344,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
                 **stops,
             )
             rounds.append(
-                align.rollout(
+                rollout(
                     engine,
                     [prompt(p) for p in chosen],
                     lambda i, c, chosen=chosen: score(chosen[i], c.text),
@@ -354,24 +357,24 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
             )
             if (
                 not cfg.dynamic_sampling
-                or sum(int(align.informative_groups(x.rewards).sum()) for x in rounds) >= cfg.batch_size
+                or sum(int(informative_groups(x.rewards).sum()) for x in rounds) >= cfg.batch_size
             ):
                 break
         ro = rounds[0]
         if cfg.dynamic_sampling:  # no informative group at all: train on the first round (zero advantage)
-            ro = align.keep_groups(rounds, cfg.group_size, cfg.batch_size) or ro
+            ro = keep_groups(rounds, cfg.group_size, cfg.batch_size) or ro
         state["reward"].append(float(rounds[0].rewards.mean()))  # the first round: an unfiltered sample
         row = {"step": calls // cfg.grad_accum + 1, "reward": state["reward"][-1]}
         if cfg.dynamic_sampling:
             row.update(groups=len(ro.rewards), rounds=len(rounds))
         if ro.ref_logp is not None:  # the sampling policy's KL to the reference over the rollout
-            row["kl"] = float((align.kl_k3(ro.old_logp, ro.ref_logp) * ro.m).sum() / ro.m.sum().clamp(min=1))
+            row["kl"] = float((kl_k3(ro.old_logp, ro.ref_logp) * ro.m).sum() / ro.m.sum().clamp(min=1))
         ctx.log_metrics(row)
         buffer[slot:] = [ro]
         return ro, int(ro.m.sum())
 
     def loss_sum(ro: Any) -> torch.Tensor:
-        loss, kl = align.grpo_loss_sum(model, ro, clip_eps=cfg.clip_eps, beta=cfg.beta)
+        loss, kl = grpo_loss_sum(model, ro, clip_eps=cfg.clip_eps, beta=cfg.beta)
         state["kl"].append(kl)
         return loss
 
@@ -383,7 +386,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         state["solved"].append(solved)
         out = {"accuracy": sum(solved) / len(held)}
         if not cfg.task:
-            out["format"] = sum(align.format_reward(c.text) for c in done) / len(held)
+            out["format"] = sum(format_reward(c.text) for c in done) / len(held)
         return out
 
     result = ft.fit(
