@@ -62,8 +62,10 @@ class Config(TrainOptions):
         "length of the schedule: max_steps, or (time, needs max_time_s) the steps projected to fit in the"
         " time budget from the recent step time, so the decay ends at the budget however fast the machine is",
     )
-    optimizer: Literal["adamw", "muon"] = opt(
-        "adamw", "adamw, or muon for the blocks' matrices (AdamW for the rest)"
+    optimizer: Literal["adamw", "muon", "auto"] = opt(
+        "adamw",
+        "adamw, muon for the blocks' matrices (AdamW for the rest), or auto: muon unless its Newton-Schulz"
+        " work costs too much beside a forward + backward pass on this CPU (measured, cached)",
     )
     muon_lr: float = opt(
         0.0, "peak learning rate of Muon's matrices (0 = lr; the schedule scales both alike)"
@@ -83,10 +85,12 @@ class Config(TrainOptions):
     )
     ckpt_every: int = opt(250, "checkpoint every N steps (and at the end)")
     keep_last: int = opt(2, "checkpoints to keep besides the best")
-    procs: int = opt(
+    procs: int | Literal["auto"] = opt(
         1,
         "data-parallel CPU processes started by this command (gloo, no torchrun needed); small models "
-        "train faster as N single-threaded ranks than as one N-thread process; batch_size is per rank",
+        "train faster as N single-threaded ranks than as one N-thread process; batch_size is per rank. "
+        "auto: a few timed steps of this model pick N = threads (0: cores) single-threaded ranks or one "
+        "N-thread process training N x batch_size rows (the same global batch), cached per machine",
     )
     strategy: Literal["ddp", "fsdp"] = opt(
         "ddp", "data parallelism under torchrun: ddp, or fsdp (FSDP2 per block)"
@@ -105,7 +109,7 @@ class Config(TrainOptions):
     def validate(self) -> None:
         super().validate()
         for key in ("ckpt_every", "procs"):
-            if getattr(self, key) < 1:
+            if getattr(self, key) != "auto" and getattr(self, key) < 1:
                 raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
         for key in ("muon_lr", "eval_tokens", "eval_stride", "keep_last"):
             if getattr(self, key) < 0:
@@ -175,7 +179,7 @@ def check_memory(cfg: Config) -> None:
         check_fits(
             model_config(cfg, vocab),
             cfg.batch_size,
-            ranks=cfg.procs,
+            ranks=(cfg.threads or os.cpu_count() or 1) if cfg.procs == "auto" else cfg.procs,
             on_host=trains_on_host(cfg.device),
             default_batch=16,
         )
@@ -192,6 +196,9 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     """
     from lmforge.training import distributed as ddp
 
+    if cfg.procs == "auto":
+        cfg, layout = choose_layout(cfg, ctx)
+        return {**train(cfg, ctx), **layout}
     if cfg.procs > 1 and ddp.world()[1] == 1:
         threads = cfg.threads or max(1, (os.cpu_count() or 1) // cfg.procs)
         per_rank = dataclasses.replace(cfg, threads=threads)
@@ -212,7 +219,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     from lmforge.training.flops import matmul_peak, raise_peak
     from lmforge.training.objectives import PretrainObjective
     from lmforge.training.optim import build_optimizers, lr_at
-    from lmforge.training.precision import auto_dtype
+    from lmforge.training.precision import auto_dtype, fwd_bwd_ms
     from lmforge.training.step import EarlyStopping, train_step
 
     ddp.init_distributed("cuda" if cfg.device.startswith("cuda") else "cpu")
@@ -240,18 +247,13 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     probe: dict[str, float] = {}
     if cfg.dtype == "auto" and rt.device == "cpu" and mcfg.arch == "decoder":
         rt, probe = auto_dtype(rt, raw_model, mcfg.block_size, mcfg.vocab_size)
+    optim = optimizer_args(cfg, rt.device)
+    if optim["kind"] == "auto":  # timed before DDP wraps the model
+        optim["fwd_bwd_ms"] = fwd_bwd_ms(
+            raw_model, cfg.batch_size, mcfg.block_size, mcfg.vocab_size, rt.dtype
+        )
     model = ddp.wrap_model(raw_model, cfg.strategy)
-    optimizers = build_optimizers(
-        model,
-        cfg.optimizer,
-        cfg.lr,
-        cfg.weight_decay,
-        (cfg.beta1, cfg.beta2),
-        cfg.muon_ns_steps,
-        muon_lr=cfg.muon_lr,
-        muon_momentum=cfg.muon_momentum,
-        ns_dtype="bf16" if cfg.muon_ns_dtype == "auto" and rt.device != "cpu" else cfg.muon_ns_dtype,
-    )
+    optimizers = build_optimizers(model, **optim)
     probe.update(getattr(optimizers[0], "probe", {}))
     forward = torch.compile(model) if cfg.compile else model
     # every rank draws the same global batch and trains on its own slice of rows, so N ranks with
@@ -473,6 +475,50 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         "stopped_by_time_budget": int(stop_reason == "time_budget"),
         "world_size": rt.world_size,
     }
+
+
+def optimizer_args(cfg: Config, device: str) -> dict[str, Any]:
+    """``optim.build_optimizers``' arguments after the model for ``cfg`` on ``device`` (the ``auto``
+    choices are measured on a CPU only: elsewhere Muon, with torch's bf16 Newton–Schulz)."""
+    on_cpu = device == "cpu"
+    return {
+        "kind": "muon" if cfg.optimizer == "auto" and not on_cpu else cfg.optimizer,
+        "lr": cfg.lr,
+        "weight_decay": cfg.weight_decay,
+        "betas": (cfg.beta1, cfg.beta2),
+        "ns_steps": cfg.muon_ns_steps,
+        "muon_lr": cfg.muon_lr,
+        "muon_momentum": cfg.muon_momentum,
+        "ns_dtype": "bf16" if cfg.muon_ns_dtype == "auto" and not on_cpu else cfg.muon_ns_dtype,
+    }
+
+
+def choose_layout(cfg: Config, ctx: StageContext) -> tuple[Config, dict[str, float]]:
+    """``cfg`` with ``procs: auto`` resolved, and what to record: on a CPU outside torchrun, N = ``threads``
+    (0: the cores) single-threaded ranks of ``batch_size`` rows or one N-thread process of N·``batch_size``
+    rows, whichever trains this model's step faster here (``precision.choose_procs`` over
+    ``distributed.layout_step_ms``, cached per machine and shape); else one process."""
+    import json
+
+    import torch
+
+    from lmforge.tokenizer.train import load_tokenizer
+    from lmforge.training import distributed as ddp
+    from lmforge.training.precision import choose_procs
+
+    cores = cfg.threads or os.cpu_count() or 1
+    on_cpu = cfg.device == "cpu" or cfg.device == "auto" and not torch.cuda.is_available()
+    if not on_cpu or ddp.world()[1] > 1 or cfg.objective != "clm":
+        return dataclasses.replace(cfg, procs=1), {}
+    mcfg = model_config(cfg, load_tokenizer(ctx.inputs["tokenizer"] / TOKENIZER_FILE).get_vocab_size())
+    optim = optimizer_args(cfg, "cpu")
+    shape = json.dumps([dataclasses.asdict(mcfg), cfg.batch_size, optim, cfg.dtype], sort_keys=True)
+    procs, timings = choose_procs(
+        cores, lambda layout: ddp.layout_step_ms(layout, cores, mcfg, cfg.batch_size, optim, cfg.dtype), shape
+    )
+    rows = cfg.batch_size * (1 if procs > 1 else cores)
+    chosen = dataclasses.replace(cfg, procs=procs, threads=cores // procs, batch_size=rows)
+    return chosen, {**timings, "procs": procs, "threads": cores // procs, "batch_size": rows}
 
 
 def _schedule_length(cfg: Config, step: int, elapsed: float, step_time: float | None) -> int:

@@ -222,3 +222,68 @@ def _rank_main(
         raise SystemExit(1) from None
     finally:
         shutdown()
+
+
+def layout_step_ms(layout: str, cores: int, mcfg: Any, rows: int, optim: dict, dtype: str) -> float:
+    """Wall time in ms of a training step of a fresh decoder of shape ``mcfg`` trained on ``cores`` cores
+    either as one process with ``cores`` threads on ``cores · rows`` rows (``layout="threads"``, in this
+    process, whose thread count and torch RNG are put back) or as ``cores`` single-threaded ranks of
+    ``rows`` rows each (``"procs"``, ``run_local_ranks``): the same global batch, so the same trajectory.
+    ``optim`` holds ``optim.build_optimizers``' arguments after ``model``; ``dtype`` may be ``auto``
+    (resolved as training resolves it, at the layout's thread count). This is ``procs: auto``'s probe
+    (``precision.choose_procs``)."""
+    if layout == "procs":
+        return run_local_ranks(cores, _probe_rank, mcfg, rows, optim, dtype)
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
+    try:
+        return _probe_steps(mcfg, rows * cores, cores, optim, dtype)
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_rng_state(rng)
+
+
+def _probe_rank(mcfg: Any, rows: int, optim: dict, dtype: str) -> float:
+    init_distributed("cpu")
+    return _probe_steps(mcfg, rows, 1, optim, dtype)
+
+
+def _probe_steps(mcfg: Any, rows: int, threads: int, optim: dict, dtype: str, steps: int = 4) -> float:
+    """Best time in ms, the slowest rank's each step, of ``steps`` ``train_step``s on random ids after
+    two warm-up steps (the first builds Muon's and AdamW's state)."""
+    import time
+
+    from lmforge.model.checkpoint import build_model
+    from lmforge.runtime import create_runtime
+    from lmforge.training.optim import build_optimizers
+    from lmforge.training.precision import auto_dtype, fwd_bwd_ms
+    from lmforge.training.step import train_step
+
+    rt = create_runtime("cpu", dtype, 0, threads)
+    raw = build_model(mcfg)
+    if dtype == "auto":
+        rt, _ = auto_dtype(rt, raw, mcfg.block_size, mcfg.vocab_size)
+    if optim["kind"] == "auto":  # timed before DDP wraps the model
+        optim = {**optim, "fwd_bwd_ms": fwd_bwd_ms(raw, rows, mcfg.block_size, mcfg.vocab_size, rt.dtype)}
+    model = wrap_model(raw, "ddp")
+    opts = build_optimizers(model, **optim)
+    ids = torch.randint(0, mcfg.vocab_size, (rows, mcfg.block_size + 1))
+    n = rows * mcfg.block_size
+
+    def loss_sum(_: Any) -> torch.Tensor:
+        logits = model(ids[:, :-1])
+        return nn.functional.cross_entropy(
+            logits.float().flatten(0, 1), ids[:, 1:].flatten(), reduction="sum"
+        )
+
+    best = float("inf")
+    for i in range(steps + 2):
+        t0 = time.perf_counter()
+        train_step(model, opts, [(None, n)], loss_sum, lr=1e-4, grad_clip=1.0, autocast=rt.autocast)
+        dt = (time.perf_counter() - t0) * 1000
+        if dist.is_available() and dist.is_initialized():
+            t = torch.tensor([dt])
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            dt = float(t.item())
+        if i >= 2:
+            best = min(best, dt)
+    return best

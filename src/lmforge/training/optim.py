@@ -246,6 +246,7 @@ def build_optimizers(
     muon_lr: float = 0.0,
     muon_momentum: float = 0.95,
     ns_dtype: str = "bf16",
+    fwd_bwd_ms: float = 0.0,
 ) -> list[torch.optim.Optimizer]:
     """The optimisers of a training loop: ``[AdamW]``, or ``[Muon, AdamW]`` for ``kind="muon"``.
 
@@ -261,14 +262,18 @@ def build_optimizers(
     the Newton–Schulz iterations: ``bf16`` (torch's), ``fp32``, or ``auto`` — the faster on this machine
     for these matrices (``training.precision.choose_ns_dtype``; every rank must find bf16 faster for
     bf16), with the timings in the Muon optimiser's ``probe`` attribute for the stage's metrics.
+    ``kind="auto"`` is Muon unless its Newton–Schulz work, at that precision and shared over the ranks,
+    costs more than ``precision.MUON_MAX_COST`` times a forward + backward pass (``fwd_bwd_ms``, measured by
+    the caller; every rank must find Muon worth it), then AdamW alone (``precision.choose_optimizer``; the
+    timings and the choice in the first optimiser's ``probe``).
 
     Raises:
         ValueError: an unknown ``kind``, or the arguments ``build_optimizer`` refuses.
     """
+    if kind not in ("adamw", "muon", "auto"):
+        raise ValueError(f"unknown optimizer {kind!r}; valid: adamw, muon, auto")
     if kind == "adamw":
         return [build_optimizer(model, lr, weight_decay, betas)]
-    if kind != "muon":
-        raise ValueError(f"unknown optimizer {kind!r}; valid: adamw, muon")
     hidden = [
         p for n, p in model.named_parameters() if p.requires_grad and p.ndim == 2 and ".blocks." in f".{n}"
     ]
@@ -280,15 +285,28 @@ def build_optimizers(
         raise ValueError(f"muon_lr must be >= 0, got {muon_lr}")
     if not 0 <= muon_momentum < 1:
         raise ValueError(f"muon_momentum must be in [0, 1), got {muon_momentum}")
+    from lmforge.training import distributed as ddp
+
     probe: dict[str, float] = {}
-    if ns_dtype == "auto":
-        from lmforge.training import distributed as ddp
+    if ns_dtype == "auto" or kind == "auto":
         from lmforge.training.precision import choose_ns_dtype
 
-        ns_dtype, probe = choose_ns_dtype([tuple(p.shape) for p in hidden], ns_steps)
-        if ddp.all_reduce_sum(float(ns_dtype == "bf16")) < ddp.world()[1]:
-            ns_dtype = "fp32"
-        probe["ns_bf16"] = float(ns_dtype == "bf16")
+        measured, probe = choose_ns_dtype([tuple(p.shape) for p in hidden], ns_steps)
+        if ns_dtype == "auto":
+            ns_dtype = measured if ddp.all_reduce_sum(measured == "bf16") == ddp.world()[1] else "fp32"
+            probe["ns_bf16"] = float(ns_dtype == "bf16")
+    if kind == "auto":
+        from lmforge.training.precision import choose_optimizer
+
+        if not fwd_bwd_ms > 0:
+            raise ValueError("optimizer auto needs fwd_bwd_ms, the time of a forward + backward pass")
+        kind, record = choose_optimizer(fwd_bwd_ms, probe[f"probe_ns_{ns_dtype}_ms"], ddp.world()[1])
+        kind = "muon" if ddp.all_reduce_sum(kind == "muon") == ddp.world()[1] else "adamw"
+        probe.update(record, optimizer_muon=float(kind == "muon"))
+        if kind == "adamw":
+            adamw = build_optimizer(model, lr, weight_decay, betas)
+            adamw.probe = probe
+            return [adamw]
     muon = ShardedMuon(
         hidden,
         lr=lr,

@@ -79,8 +79,13 @@ def choose_cpu_dtype(
     ``margin`` times faster than fp32 here, else ``"fp32"``; ``timings`` holds ``probe_fp32_ms`` and
     ``probe_bf16_ms``. ``timer(dtype)`` replaces the measurement (tests); results are cached per machine
     and shape in ``cache`` (default ``CACHE``)."""
-    shape = f"{type(model).__name__}|params={sum(p.numel() for p in model.parameters())}|{batch}x{block}|v={vocab}"
-    timings = _timed("probe", shape, lambda dt: step_ms(model, batch, block, vocab, dt), timer, cache)
+    timings = _timed(
+        "probe",
+        _shape(model, batch, block, vocab),
+        lambda dt: step_ms(model, batch, block, vocab, dt),
+        timer,
+        cache,
+    )
     chosen = "bf16" if timings["probe_bf16_ms"] * margin <= timings["probe_fp32_ms"] else "fp32"
     log.info(
         "dtype auto: a training step of this model takes %.0f ms in fp32 and %.0f ms in bf16 autocast here: %s",
@@ -97,18 +102,19 @@ def _timed(
     measure: Callable[[str], float],
     timer: Callable[[str], float] | None,
     cache: Path | None,
+    options: tuple[str, ...] = ("fp32", "bf16"),
 ) -> dict[str, float]:
-    """``{prefix}_fp32_ms`` and ``{prefix}_bf16_ms`` for ``shape`` on this machine: read from ``cache``
-    (default ``CACHE``) or measured with ``measure(dtype)`` and stored (never a zero or an infinity);
-    ``timer`` replaces the measurement and the cache (tests)."""
+    """``{prefix}_{option}_ms`` for each of ``options`` for ``shape`` on this machine: read from
+    ``cache`` (default ``CACHE``) or measured with ``measure(option)`` and stored (never a zero or an
+    infinity); ``timer`` replaces the measurement and the cache (tests)."""
     cache = CACHE if cache is None else cache
-    names = (f"{prefix}_fp32_ms", f"{prefix}_bf16_ms")
+    names = [f"{prefix}_{option}_ms" for option in options]
     key = f"{machine_key('cpu', prefix)}|{shape}"
     stored = read_cache(cache)
     timings = stored.get(key) if timer is None else None
     if not (isinstance(timings, dict) and all(timings.get(k, 0) > 0 for k in names)):
         run = timer or measure
-        timings = {names[0]: float(run("fp32")), names[1]: float(run("bf16"))}
+        timings = {name: float(run(option)) for name, option in zip(names, options)}
         if timer is None and all(0 < v < float("inf") for v in timings.values()):
             stored[key] = timings
             write_cache(cache, stored)
@@ -185,3 +191,79 @@ def training_dtype(dtype: str, model: nn.Module, device: str) -> str:
     if getattr(mcfg, "arch", None) != "decoder":
         return "fp32"
     return choose_cpu_dtype(model, 4, mcfg.block_size, mcfg.vocab_size)[0]
+
+
+def choose_procs(
+    cores: int,
+    measure: Callable[[str], float],
+    shape: str,
+    *,
+    margin: float = 1.1,
+    timer: Callable[[str], float] | None = None,
+    cache: Path | None = None,
+) -> tuple[int, dict[str, float]]:
+    """``(procs, timings)`` for ``procs: auto``: ``cores`` single-threaded data-parallel processes when
+    their training step is at least ``margin`` times faster than one ``cores``-thread process training
+    the same global batch, else 1 (one process spawns nothing and holds one copy of the model).
+    ``measure("threads")`` / ``measure("procs")`` time a step of each layout (``timer`` replaces them and
+    the cache in tests); ``timings`` holds ``probe_layout_threads_ms`` and ``probe_layout_procs_ms``,
+    cached per machine and ``shape``."""
+    if cores < 2:
+        return 1, {}
+    timings = _timed("probe_layout", f"cores={cores}|{shape}", measure, timer, cache, ("threads", "procs"))
+    procs = cores if timings["probe_layout_procs_ms"] * margin <= timings["probe_layout_threads_ms"] else 1
+    log.info(
+        "procs auto: a training step takes %.0f ms as 1 process x %d threads and %.0f ms as %d processes x "
+        "1 thread here: %d process(es)",
+        timings["probe_layout_threads_ms"],
+        cores,
+        timings["probe_layout_procs_ms"],
+        cores,
+        procs,
+    )
+    return procs, timings
+
+
+MUON_MAX_COST = 0.5
+"""``optimizer: auto`` keeps Muon while its Newton–Schulz work per rank costs at most this fraction of a
+forward + backward pass. Muon reached in 666 steps what AdamW needed ~1.5x the steps for on the
+shakespeare recipe (docs/performance.md, "AdamW where Muon does not pay"), so a Muon step that costs
+more than 1.5x an AdamW step loses in wall time; AdamW's own update is small beside the pass."""
+
+
+def choose_optimizer(
+    fwd_bwd_ms: float, ns_ms: float, ranks: int = 1, max_cost: float = MUON_MAX_COST
+) -> tuple[str, dict[str, float]]:
+    """``(optimizer, record)`` for ``optimizer: auto``: ``"muon"`` when one step's Newton–Schulz work
+    (``ns_ms`` for every Muon matrix, shared out over ``ranks``) costs at most ``max_cost`` times a
+    forward + backward pass of a rank's batch (``fwd_bwd_ms``), else ``"adamw"``; ``record`` holds the
+    timings, the cost ratio ``muon_cost`` and ``optimizer_muon`` for the stage's metrics."""
+    cost = ns_ms / max(ranks, 1) / fwd_bwd_ms
+    chosen = "muon" if cost <= max_cost else "adamw"
+    log.info(
+        "optimizer auto: Muon's Newton-Schulz costs %.1f ms a rank per step, %.2fx the %.0f ms forward + "
+        "backward (limit %.2f): %s",
+        ns_ms / max(ranks, 1),
+        cost,
+        fwd_bwd_ms,
+        max_cost,
+        chosen,
+    )
+    return chosen, {
+        "probe_fwd_bwd_ms": fwd_bwd_ms,
+        "probe_muon_ns_ms": ns_ms,
+        "muon_cost": cost,
+        "optimizer_muon": float(chosen == "muon"),
+    }
+
+
+def fwd_bwd_ms(model: nn.Module, batch: int, block: int, vocab: int, dtype: str) -> float:
+    """``step_ms`` of ``model`` at ``[batch, block]`` in ``dtype``, cached per machine and shape."""
+    measure = lambda dt: step_ms(model, batch, block, vocab, dt)  # noqa: E731
+    timed = _timed("probe_step", _shape(model, batch, block, vocab), measure, None, None, (dtype,))
+    return timed[f"probe_step_{dtype}_ms"]
+
+
+def _shape(model: nn.Module, batch: int, block: int, vocab: int) -> str:
+    """The cache key of a timing of ``model`` at ``[batch, block]`` with ``vocab`` tokens."""
+    return f"{type(model).__name__}|params={sum(p.numel() for p in model.parameters())}|{batch}x{block}|v={vocab}"
