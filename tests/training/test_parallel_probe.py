@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from lmforge.cli import main
-from lmforge.training import distributed, precision
-from lmforge.training.precision import choose_optimizer, choose_procs
+from lmforge.training import layout, precision
+from lmforge.training.layout import choose_procs
+from lmforge.training.precision import choose_optimizer
 
 
 def test_processes_win_only_when_measurably_faster(tmp_path) -> None:
@@ -96,7 +97,7 @@ def test_the_auto_choices_land_in_the_manifest(tokenizer_dir, tmp_path, monkeypa
         layouts.append((layout, cores, rows, optim["kind"], dtype))
         return {"threads": 60.0, "procs": 90.0}[layout]
 
-    monkeypatch.setattr(distributed, "layout_step_ms", fake_layout)
+    monkeypatch.setattr(layout, "layout_step_ms", fake_layout)
     monkeypatch.setattr(precision, "fwd_bwd_ms", lambda *args: 10.0)
     monkeypatch.setattr(
         precision,
@@ -133,3 +134,24 @@ def test_the_auto_choices_land_in_the_manifest(tokenizer_dir, tmp_path, monkeypa
     assert (m["probe_layout_threads_ms"], m["probe_layout_procs_ms"]) == (60.0, 90.0)
     assert (m["optimizer_muon"], m["muon_cost"], m["ns_bf16"]) == (0.0, 5.0, 0.0)
     assert m["tokens"] == 2 * 6 * 16  # two steps of the 6-row global batch
+
+
+def tiny_config():
+    from lmforge.model.config import ModelConfig
+
+    return ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32)
+
+
+OPTIM = {"kind": "muon", "lr": 1e-3, "weight_decay": 0.1, "ns_steps": 3, "ns_dtype": "fp32"}
+
+
+def test_the_threads_layout_is_timed_in_process_and_puts_the_process_back() -> None:
+    rng = torch.get_rng_state()
+    assert layout.layout_step_ms("threads", 1, tiny_config(), 2, OPTIM, "fp32") > 0
+    assert torch.get_num_threads() == 1 and torch.equal(rng, torch.get_rng_state())
+
+
+@pytest.mark.slow
+def test_the_procs_layout_is_timed_on_real_local_ranks(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path))  # the ranks' own dtype / Newton-Schulz probes
+    assert layout.layout_step_ms("procs", 2, tiny_config(), 2, {**OPTIM, "kind": "auto"}, "auto") > 0

@@ -197,8 +197,8 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     from lmforge.training import distributed as ddp
 
     if cfg.procs == "auto":
-        cfg, layout = choose_layout(cfg, ctx)
-        return {**train(cfg, ctx), **layout}
+        cfg, chosen = choose_layout(cfg, ctx)
+        return {**train(cfg, ctx), **chosen}
     if cfg.procs > 1 and ddp.world()[1] == 1:
         threads = cfg.threads or max(1, (os.cpu_count() or 1) // cfg.procs)
         per_rank = dataclasses.replace(cfg, threads=threads)
@@ -496,15 +496,15 @@ def optimizer_args(cfg: Config, device: str) -> dict[str, Any]:
 def choose_layout(cfg: Config, ctx: StageContext) -> tuple[Config, dict[str, float]]:
     """``cfg`` with ``procs: auto`` resolved, and what to record: on a CPU outside torchrun, N = ``threads``
     (0: the cores) single-threaded ranks of ``batch_size`` rows or one N-thread process of N·``batch_size``
-    rows, whichever trains this model's step faster here (``precision.choose_procs`` over
-    ``distributed.layout_step_ms``, cached per machine and shape); else one process."""
+    rows, whichever trains this model's step faster here (``training/layout.py``, cached per machine
+    and shape); else one process."""
     import json
 
     import torch
 
     from lmforge.tokenizer.train import load_tokenizer
     from lmforge.training import distributed as ddp
-    from lmforge.training.precision import choose_procs
+    from lmforge.training import layout
 
     cores = cfg.threads or os.cpu_count() or 1
     on_cpu = cfg.device == "cpu" or cfg.device == "auto" and not torch.cuda.is_available()
@@ -513,8 +513,8 @@ def choose_layout(cfg: Config, ctx: StageContext) -> tuple[Config, dict[str, flo
     mcfg = model_config(cfg, load_tokenizer(ctx.inputs["tokenizer"] / TOKENIZER_FILE).get_vocab_size())
     optim = optimizer_args(cfg, "cpu")
     shape = json.dumps([dataclasses.asdict(mcfg), cfg.batch_size, optim, cfg.dtype], sort_keys=True)
-    procs, timings = choose_procs(
-        cores, lambda layout: ddp.layout_step_ms(layout, cores, mcfg, cfg.batch_size, optim, cfg.dtype), shape
+    procs, timings = layout.choose_procs(
+        cores, lambda kind: layout.layout_step_ms(kind, cores, mcfg, cfg.batch_size, optim, cfg.dtype), shape
     )
     rows = cfg.batch_size * (1 if procs > 1 else cores)
     chosen = dataclasses.replace(cfg, procs=procs, threads=cores // procs, batch_size=rows)

@@ -79,7 +79,7 @@ def choose_cpu_dtype(
     ``margin`` times faster than fp32 here, else ``"fp32"``; ``timings`` holds ``probe_fp32_ms`` and
     ``probe_bf16_ms``. ``timer(dtype)`` replaces the measurement (tests); results are cached per machine
     and shape in ``cache`` (default ``CACHE``)."""
-    timings = _timed(
+    timings = cached_timings(
         "probe",
         _shape(model, batch, block, vocab),
         lambda dt: step_ms(model, batch, block, vocab, dt),
@@ -96,7 +96,7 @@ def choose_cpu_dtype(
     return chosen, timings
 
 
-def _timed(
+def cached_timings(
     prefix: str,
     shape: str,
     measure: Callable[[str], float],
@@ -150,7 +150,7 @@ def choose_ns_dtype(
     (torch's choice) when it is at least ``margin`` times faster than fp32 here, else ``"fp32"``;
     ``timings`` holds ``probe_ns_fp32_ms`` and ``probe_ns_bf16_ms`` (cached per machine and shapes)."""
     shape = f"ns|steps={steps}|" + ",".join(f"{a}x{b}" for a, b in sorted(shapes))
-    timings = _timed("probe_ns", shape, lambda dt: newton_schulz_ms(shapes, dt, steps), timer, cache)
+    timings = cached_timings("probe_ns", shape, lambda dt: newton_schulz_ms(shapes, dt, steps), timer, cache)
     chosen = "bf16" if timings["probe_ns_bf16_ms"] * margin <= timings["probe_ns_fp32_ms"] else "fp32"
     log.info(
         "Muon's Newton–Schulz takes %.1f ms per step in fp32 and %.1f ms in bf16 here: %s",
@@ -193,37 +193,6 @@ def training_dtype(dtype: str, model: nn.Module, device: str) -> str:
     return choose_cpu_dtype(model, 4, mcfg.block_size, mcfg.vocab_size)[0]
 
 
-def choose_procs(
-    cores: int,
-    measure: Callable[[str], float],
-    shape: str,
-    *,
-    margin: float = 1.1,
-    timer: Callable[[str], float] | None = None,
-    cache: Path | None = None,
-) -> tuple[int, dict[str, float]]:
-    """``(procs, timings)`` for ``procs: auto``: ``cores`` single-threaded data-parallel processes when
-    their training step is at least ``margin`` times faster than one ``cores``-thread process training
-    the same global batch, else 1 (one process spawns nothing and holds one copy of the model).
-    ``measure("threads")`` / ``measure("procs")`` time a step of each layout (``timer`` replaces them and
-    the cache in tests); ``timings`` holds ``probe_layout_threads_ms`` and ``probe_layout_procs_ms``,
-    cached per machine and ``shape``."""
-    if cores < 2:
-        return 1, {}
-    timings = _timed("probe_layout", f"cores={cores}|{shape}", measure, timer, cache, ("threads", "procs"))
-    procs = cores if timings["probe_layout_procs_ms"] * margin <= timings["probe_layout_threads_ms"] else 1
-    log.info(
-        "procs auto: a training step takes %.0f ms as 1 process x %d threads and %.0f ms as %d processes x "
-        "1 thread here: %d process(es)",
-        timings["probe_layout_threads_ms"],
-        cores,
-        timings["probe_layout_procs_ms"],
-        cores,
-        procs,
-    )
-    return procs, timings
-
-
 MUON_MAX_COST = 0.5
 """``optimizer: auto`` keeps Muon while its Newton–Schulz work per rank costs at most this fraction of a
 forward + backward pass. Muon reached in 666 steps what AdamW needed ~1.5x the steps for on the
@@ -260,7 +229,7 @@ def choose_optimizer(
 def fwd_bwd_ms(model: nn.Module, batch: int, block: int, vocab: int, dtype: str) -> float:
     """``step_ms`` of ``model`` at ``[batch, block]`` in ``dtype``, cached per machine and shape."""
     measure = lambda dt: step_ms(model, batch, block, vocab, dt)  # noqa: E731
-    timed = _timed("probe_step", _shape(model, batch, block, vocab), measure, None, None, (dtype,))
+    timed = cached_timings("probe_step", _shape(model, batch, block, vocab), measure, None, None, (dtype,))
     return timed[f"probe_step_{dtype}_ms"]
 
 
