@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from shakespeare import sample_load  # bench/ is on the path when a script of it runs
+from shakespeare import describe_choices, sample_load  # bench/ is on the path when a script of it runs
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "shakespeare-cpu.yaml"
@@ -71,8 +71,10 @@ def run_lmforge(text_path: Path, budget: float, out: Path) -> dict:
         env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
         stdout=subprocess.DEVNULL,
     )
-    metrics = json.loads((out / "pretrain" / "manifest.json").read_text())["metrics"]
+    manifest = json.loads((out / "pretrain" / "manifest.json").read_text())
+    metrics = manifest["metrics"]
     return {
+        "choices": describe_choices(metrics, manifest["config"]),
         "iters": metrics["steps"],
         "train_s": metrics["train_time_s"],
         "train_loss": metrics["train_loss"],
@@ -130,6 +132,8 @@ def main() -> None:
             f"  {peer:8s} {r['val_bpb']:.4f} bits/byte  ({r['iters']} steps in {r['train_s']:.0f} s; load "
             f"{r['load_before']:.2f} before, mean {r['load_mean']:.2f}, max {r['load_max']:.2f}; {r['when']})"
         )
+        if "choices" in r:
+            print(f"           {r['choices']}")
     gain = 1 - results["lmforge"]["val_bpb"] / results["nanogpt"]["val_bpb"]
     print(
         f"lmforge is {100 * gain:.1f}% lower than nanoGPT (goal >= 20%): {'met' if gain >= 0.2 else 'NOT met'}"

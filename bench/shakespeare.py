@@ -32,6 +32,31 @@ def sample_load(samples: list[float], stop: threading.Event, every: float = 2.0)
         samples.append(os.getloadavg()[0])
 
 
+def describe_choices(metrics: dict, config: dict) -> str:
+    """The layout, precision and optimiser a pretrain stage trained with, and what chose them."""
+    procs = int(metrics.get("procs", config.get("procs", 1)))
+    threads = int(metrics.get("threads", config["threads"] or max(1, (os.cpu_count() or 1) // procs)))
+    parts = [
+        f"{procs} process(es) x {threads} thread(s), {metrics.get('batch_size', config['batch_size'])} rows each"
+    ]
+    if "probe_layout_procs_ms" in metrics:
+        parts[0] += (
+            f" (procs auto: a step {metrics['probe_layout_threads_ms']:.0f} ms as 1 process, "
+            f"{metrics['probe_layout_procs_ms']:.0f} ms as processes)"
+        )
+    if "dtype_bf16" in metrics:
+        parts.append(
+            f"{'bf16' if metrics['dtype_bf16'] else 'fp32'} (dtype auto: fwd+bwd {metrics['probe_fp32_ms']:.0f} ms "
+            f"fp32, {metrics['probe_bf16_ms']:.0f} ms bf16)"
+        )
+    if "optimizer_muon" in metrics:
+        parts.append(
+            f"{'Muon' if metrics['optimizer_muon'] else 'AdamW'} (optimizer auto: Newton-Schulz "
+            f"{metrics['muon_cost']:.2f}x the forward+backward; NS in {'bf16' if metrics.get('ns_bf16') else 'fp32'})"
+        )
+    return "; ".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="run directory (default: a fresh temp dir)")
@@ -68,9 +93,9 @@ def main() -> None:
     print(
         f"load average: {load_before[0]:.2f} before (5-min {load_before[1]:.2f}); during the run mean "
         f"{sum(samples) / max(len(samples), 1):.2f}, max {max(samples, default=0.0):.2f}; "
-        f"{os.cpu_count()} cores; training on {config.get('procs', 1)} process(es) x "
-        f"{config['threads'] or max(1, (os.cpu_count() or 1) // config.get('procs', 1))} thread(s)"
+        f"{os.cpu_count()} cores"
     )
+    print(f"measured choices: {describe_choices(metrics, config)}")
     print(
         f"pretrain: {metrics['steps']} steps ({config['max_steps']} planned) in {metrics['train_time_s']:.1f} s "
         f"(budget {config['max_time_s']:.0f} s, final evaluation included), "

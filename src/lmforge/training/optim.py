@@ -260,12 +260,12 @@ def build_optimizers(
     optimiser carries ``lr_scale = muon_lr / lr``, which a loop applies with ``scaled_lr(optimizer, lr)``.
     ``muon_momentum`` is Muon's (Nesterov) momentum, 0.95 as torch. ``ns_dtype`` is the precision of
     the Newton–Schulz iterations: ``bf16`` (torch's), ``fp32``, or ``auto`` — the faster on this machine
-    for these matrices (``training.precision.choose_ns_dtype``; every rank must find bf16 faster for
-    bf16), with the timings in the Muon optimiser's ``probe`` attribute for the stage's metrics.
-    ``kind="auto"`` is Muon unless its Newton–Schulz work, at that precision and shared over the ranks,
-    costs more than ``precision.MUON_MAX_COST`` times a forward + backward pass (``fwd_bwd_ms``, measured by
-    the caller; every rank must find Muon worth it), then AdamW alone (``precision.choose_optimizer``; the
-    timings and the choice in the first optimiser's ``probe``).
+    for these matrices (``training.precision.choose_ns_dtype``, from the ranks' mean timings), with the
+    timings in the Muon optimiser's ``probe`` attribute for the stage's metrics. ``kind="auto"`` is Muon
+    unless its Newton–Schulz work, at that precision and shared over the ranks, costs more than
+    ``precision.MUON_MAX_COST`` times a forward + backward pass of a rank's batch (``fwd_bwd_ms``, the
+    same figure on every rank: ``precision.fwd_bwd_ms`` gives the ranks' mean), then AdamW alone
+    (``precision.choose_optimizer``; the timings and the choice in the first optimiser's ``probe``).
 
     Raises:
         ValueError: an unknown ``kind``, or the arguments ``build_optimizer`` refuses.
@@ -291,9 +291,9 @@ def build_optimizers(
     if ns_dtype == "auto" or kind == "auto":
         from lmforge.training.precision import choose_ns_dtype
 
-        measured, probe = choose_ns_dtype([tuple(p.shape) for p in hidden], ns_steps)
+        measured, probe = choose_ns_dtype([tuple(p.shape) for p in hidden], ns_steps)  # the ranks' mean
         if ns_dtype == "auto":
-            ns_dtype = measured if ddp.all_reduce_sum(measured == "bf16") == ddp.world()[1] else "fp32"
+            ns_dtype = measured
             probe["ns_bf16"] = float(ns_dtype == "bf16")
     if kind == "auto":
         from lmforge.training.precision import choose_optimizer
@@ -301,8 +301,7 @@ def build_optimizers(
         if not fwd_bwd_ms > 0:
             raise ValueError("optimizer auto needs fwd_bwd_ms, the time of a forward + backward pass")
         kind, record = choose_optimizer(fwd_bwd_ms, probe[f"probe_ns_{ns_dtype}_ms"], ddp.world()[1])
-        kind = "muon" if ddp.all_reduce_sum(kind == "muon") == ddp.world()[1] else "adamw"
-        probe.update(record, optimizer_muon=float(kind == "muon"))
+        probe.update(record)
         if kind == "adamw":
             adamw = build_optimizer(model, lr, weight_decay, betas)
             adamw.probe = probe

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lmforge.training import distributed as ddp
 from lmforge.training.flops import machine_key, read_cache, write_cache
 
 log = logging.getLogger(__name__)
@@ -106,18 +107,23 @@ def cached_timings(
 ) -> dict[str, float]:
     """``{prefix}_{option}_ms`` for each of ``options`` for ``shape`` on this machine: read from
     ``cache`` (default ``CACHE``) or measured with ``measure(option)`` and stored (never a zero or an
-    infinity); ``timer`` replaces the measurement and the cache (tests)."""
+    infinity); ``timer`` replaces the measurement and the cache (tests). Under a process group every rank
+    must call it: the ranks' timings are averaged (measured side by side, as the ranks will train), so
+    all of them see, choose and store the same figures."""
     cache = CACHE if cache is None else cache
     names = [f"{prefix}_{option}_ms" for option in options]
     key = f"{machine_key('cpu', prefix)}|{shape}"
-    stored = read_cache(cache)
-    timings = stored.get(key) if timer is None else None
-    if not (isinstance(timings, dict) and all(timings.get(k, 0) > 0 for k in names)):
+    timings = read_cache(cache).get(key) if timer is None else None
+    measured = not (isinstance(timings, dict) and all(timings.get(k, 0) > 0 for k in names))
+    if measured:
         run = timer or measure
         timings = {name: float(run(option)) for name, option in zip(names, options)}
-        if timer is None and all(0 < v < float("inf") for v in timings.values()):
-            stored[key] = timings
-            write_cache(cache, stored)
+    world = ddp.world()[1]
+    timings = {name: ddp.all_reduce_sum(timings[name]) / world for name in names}
+    if measured and timer is None and all(0 < v < float("inf") for v in timings.values()):
+        stored = read_cache(cache)  # read again: another process may have stored a timing meanwhile
+        stored[key] = timings
+        write_cache(cache, stored)
     return timings
 
 
@@ -165,15 +171,11 @@ def auto_dtype(
     rt: Any, model: nn.Module, block: int, vocab: int, batch: int = 4
 ) -> tuple[Any, dict[str, float]]:
     """``rt`` with ``dtype: auto`` resolved for ``model`` on a CPU (``choose_cpu_dtype`` at a fixed probe
-    batch, so runs of one model with other batch sizes or rank counts choose alike; every rank must
-    measure bf16 faster for bf16), and the metrics to record (``probe_*_ms``, ``dtype_bf16``)."""
+    batch, so runs of one model with other batch sizes or rank counts choose alike; the ranks choose
+    from their mean timings), and the metrics to record (``probe_*_ms``, ``dtype_bf16``)."""
     import dataclasses
 
-    from lmforge.training import distributed as ddp
-
-    chosen, probe = choose_cpu_dtype(model, batch, block, vocab)
-    if ddp.all_reduce_sum(float(chosen == "bf16")) < rt.world_size:
-        chosen = "fp32"
+    chosen, probe = choose_cpu_dtype(model, batch, block, vocab)  # the ranks' mean timings: one choice
     return dataclasses.replace(rt, dtype=chosen), {**probe, "dtype_bf16": float(chosen == "bf16")}
 
 
