@@ -30,6 +30,11 @@ from pathlib import Path
 
 from shakespeare import describe_choices, sample_load  # bench/ is on the path when a script of it runs
 
+# OpenMP threads that spin between parallel regions lose most of their time when other jobs share the
+# cores (docs/performance.md, "Threads and a shared machine"); `import lmforge` makes them wait
+# passively, and the nanoGPT peer, which imports no lmforge, gets the same setting, before torch loads
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "shakespeare-cpu.yaml"
 TEXT = ROOT.parent / "shared" / "data" / "wikitext-2-tokenized" / "test.txt"
