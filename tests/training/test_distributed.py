@@ -21,14 +21,6 @@ from lmforge.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("dist")
-    assert main(["data", f"--out={run / 'data'}", "--max_docs=60", "-q"]) == 0
-    assert main(["tokenizer", f"--out={run / 'tokenizer'}", "--vocab_size=320", "-q"]) == 0
-    return run / "tokenizer"
-
-
 def pretrain(
     tokenizer_dir: Path, out: Path, batch: int, nproc: int = 1, strategy: str = "ddp", procs: int = 1
 ) -> list[dict]:

@@ -4,7 +4,6 @@ Muon or AdamW, and the choices land in the stage's manifest."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -76,14 +75,6 @@ def test_build_optimizers_auto_falls_back_to_adamw_at_the_measured_precision(mon
     assert dropped[0].probe["muon_cost"] == pytest.approx(9.0) and dropped[0].probe["optimizer_muon"] == 0.0
     with pytest.raises(ValueError, match="fwd_bwd_ms"):
         build_optimizers(model, "auto", 1e-3, 0.1)
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("probe")
-    assert main(["data", f"--out={run / 'data'}", "--max_docs=40", "-q"]) == 0
-    assert main(["tokenizer", f"--out={run / 'tokenizer'}", "--vocab_size=300", "-q"]) == 0
-    return run / "tokenizer"
 
 
 def test_the_auto_choices_land_in_the_manifest(tokenizer_dir, tmp_path, monkeypatch) -> None:
