@@ -16,6 +16,11 @@ bf16, which on a CPU without fast bf16 makes the optimiser alone cost several ti
 backward pass. ``choose_ns_dtype`` times the iterations on the model's own Muon matrix shapes in bf16
 and in fp32 (cached the same way) and ``training/muon.py`` runs them in the faster (``ns_bf16``,
 ``probe_ns_fp32_ms``, ``probe_ns_bf16_ms`` in the metrics).
+
+Whether Muon pays at all is the third choice (``optimizer: auto``): ``choose_optimizer`` keeps it while
+its Newton–Schulz work per rank costs at most ``MUON_MAX_COST`` of a forward + backward pass of a rank's
+batch (``fwd_bwd_ms``, timed and cached the same way), else AdamW alone. Every timing here goes through
+``cached_timings``, which the ``procs: auto`` probe (``training/layout.py``) shares.
 """
 
 from __future__ import annotations
