@@ -202,9 +202,10 @@ def training_dtype(dtype: str, model: nn.Module, device: str) -> str:
 
 MUON_MAX_COST = 0.5
 """``optimizer: auto`` keeps Muon while its Newton–Schulz work per rank costs at most this fraction of a
-forward + backward pass. Muon reached in 666 steps what AdamW needed ~1.5x the steps for on the
-shakespeare recipe (docs/performance.md, "AdamW where Muon does not pay"), so a Muon step that costs
-more than 1.5x an AdamW step loses in wall time; AdamW's own update is small beside the pass."""
+forward + backward pass. On the shakespeare recipe AdamW with 1.5x Muon's steps was still behind it
+(1,000 steps: 2.107 bits/byte, Muon's 666: 2.086; docs/performance.md, "AdamW where Muon does not
+pay"), so a Muon step costing up to 1.5x an AdamW step still wins in wall time; AdamW's own update is
+small beside the pass, so measuring against the pass leans towards AdamW."""
 
 
 def choose_optimizer(
