@@ -134,7 +134,7 @@ def main() -> None:
     )
     for peer, r in results.items():
         print(
-            f"  {peer:8s} {r['val_bpb']:.4f} bits/byte  ({r['iters']} steps in {r['train_s']:.0f} s; load "
+            f"  {peer:8s} {r['val_bpb']:.4f} bits/byte  ({r['iters']} steps; load "
             f"{r['load_before']:.2f} before, mean {r['load_mean']:.2f}, max {r['load_max']:.2f}; {r['when']})"
         )
         if "choices" in r:
