@@ -343,6 +343,17 @@ def init_blocks(model: nn.Module, blocks: nn.ModuleList, n_layer: int) -> None:
             module.reset_parameters()  # gain ones, bias zeros
 
 
+def _pad_range(cache: KVCache) -> tuple[int, int]:
+    """``(min, max)`` of ``cache.pad``, remembered on the cache until the tensor is replaced or written
+    (its version counter): a decode step then reads no tensor back (the ranges decide the mask)."""
+    pad = cache.pad
+    seen = getattr(cache, "_pad_range", None)  # (the tensor itself, its version, the range)
+    if seen is None or seen[0] is not pad or seen[1] != pad._version:
+        seen = (pad, pad._version, tuple(int(v) for v in torch.aminmax(pad)))
+        cache._pad_range = seen  # type: ignore[attr-defined]
+    return seen[2]
+
+
 class Decoder(nn.Module):
     """Decoder-only transformer language model (architecture in the module docstring).
 
@@ -493,7 +504,7 @@ class Decoder(nn.Module):
         if cache is not None:
             start = cache.pos
             if cache.pad is not None:
-                pad_min, pad_max = (int(v) for v in torch.aminmax(cache.pad))
+                pad_min, pad_max = _pad_range(cache)
                 pad = cache.pad if pad_max > 0 else None
         if start + T - pad_min > self.config.block_size:
             raise ValueError(
