@@ -183,6 +183,8 @@ def linear_add(
     Not under autocast, where the sum must stay in the residual stream's dtype. ``matmul``: ``linear``'s
     weight prepared for decoding (decode_weights.py), used instead of the module.
     """
+    if matmul is not None and h.dim() == 2:  # cached decoding's flat stream: no views
+        return matmul(h) if residual is None else matmul.add(h, residual)
     if matmul is not None:
         out = (
             matmul(h.view(-1, h.shape[-1]))
