@@ -237,7 +237,10 @@ class Attention(nn.Module):
                 is_causal=is_causal,
                 enable_gqa=gqa,
             )  # [B, H, T, Q]
-        y = y.transpose(1, 2).reshape(*((B * T,) if flat else (B, T)), -1)  # [B, T, H*Q] or [B*T, H*Q]
+        if flat and T == 1 and y.is_contiguous():  # one new token: [B, H, 1, Q] is [B, H*Q] already
+            y = y.view(B, -1)
+        else:
+            y = y.transpose(1, 2).reshape(*((B * T,) if flat else (B, T)), -1)  # [B, T, H*Q] or [B*T, H*Q]
         return linear_add(self.o_proj, y, residual, None if prepared is None else prepared.o)
 
 
