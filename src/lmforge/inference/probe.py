@@ -7,8 +7,8 @@ shape, the batch and how busy the other cores are: on one 2-core VM two threads 
 (small ops, OpenMP wake-ups), on the next they doubled the bandwidth the matmuls read weights at. So the
 engine does not guess: ``choose_threads`` times a few decode steps of the actual model at the actual
 batch (rounded up to a power of two) with one thread and with all of the process's threads (the count
-torch has when the engine runs: one per core by default, fewer when a stage set it), best of several
-after a warm-up, and keeps the faster (the single thread unless the other is at least ``margin`` faster:
+torch has when the engine runs: one per core by default, fewer when a stage set it), the two counts
+interleaved over several rounds and the best of each kept, and keeps the faster (the single thread unless the other is at least ``margin`` faster:
 one thread leaves the other cores to other work). Timings are cached per machine (CPU model, thread
 count, torch version) and shape in ``~/.cache/lmforge/decode_probe.json`` as the matmul peak and the
 dtype probe are, never a zero or an infinity. The probe leaves the model, the torch RNG and the thread
@@ -83,13 +83,15 @@ def choose_threads(
     batch: int,
     *,
     margin: float = 1.05,
+    rounds: int = 4,
     timer: Callable[[int], float] | None = None,
     cache: Path | None = None,
 ) -> tuple[int, dict[str, float]]:
     """``(threads, timings)``: the torch thread count to decode ``batch`` rows of ``model`` with here,
     1 or ``torch.get_num_threads()`` (N), whichever runs a decode step faster (N only when at least
-    ``margin`` times faster); ``timings`` maps ``"step_ms_t{n}"`` to each measured time (empty when
-    N is 1: nothing to choose). ``timer(threads)`` replaces the measurement and the cache (tests)."""
+    ``margin`` times faster); ``timings`` maps ``"step_ms_t{n}"`` to each count's best time over
+    ``rounds`` interleaved measurements (``decode_step_ms``; empty when N is 1: nothing to choose).
+    ``timer(threads)`` replaces the measurement and the cache (tests)."""
     n = torch.get_num_threads()
     if n <= 1:
         return 1, {}
@@ -105,8 +107,11 @@ def choose_threads(
     names = ("step_ms_t1", f"step_ms_t{n}")
     timings = stored.get(key)
     if not (isinstance(timings, dict) and all(timings.get(k, 0) > 0 for k in names)):
-        measure = timer or (lambda t: decode_step_ms(model, weights.refresh(), bucket, t))
-        timings = {names[0]: float(measure(1)), names[1]: float(measure(n))}
+        measure = timer or (lambda t: decode_step_ms(model, weights.refresh(), bucket, t, repeats=1))
+        timings = {name: float("inf") for name in names}
+        for _ in range(rounds):  # interleaved, so a change of load between them hits both counts
+            for name, t in zip(names, (1, n)):
+                timings[name] = min(timings[name], float(measure(t)))
         if timer is None and all(0 < v < float("inf") for v in timings.values()):
             stored[key] = timings
             write_cache(path, stored)

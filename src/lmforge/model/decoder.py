@@ -46,7 +46,9 @@ Defaults are in brackets; each is a ``ModelConfig`` field.
   in fp32 (CPU flash attention is slower in bf16). Kernels: kernels.py. Decoding passes
   ``weights=DecodeWeights(model)`` (decode_weights.py): the same fused matrices, built once instead of per
   call, with matmul kernels suited to few rows (and opt-in int8); ``last_only`` skips ``lm_head`` on all
-  but the last position; in fp32 without gradients rotated keys and values go straight into the cache. Projections that are not a plain ``nn.Linear`` (e.g. LoRA-wrapped) are called
+  but the last position; in fp32 without gradients rotated keys and values go straight into the cache;
+  cached decoding keeps the residual stream flat (``[B*T, D]``), so no views sit between it and the
+  2-D matmuls. Projections that are not a plain ``nn.Linear`` (e.g. LoRA-wrapped) are called
   as modules; under ``torch.compile`` (inductor fuses by itself) RMSNorm and SwiGLU take plain ops.
 
 Shape notation: B batch, T new tokens, S = cache position + T keys, D n_embd, H query heads,
