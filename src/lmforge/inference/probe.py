@@ -45,7 +45,7 @@ def batch_bucket(batch: int) -> int:
 
 
 def decode_step_ms(
-    model: Decoder, weights: DecodeWeights, batch: int, threads: int, steps: int = 6, repeats: int = 3
+    model: Decoder, weights: DecodeWeights, batch: int, threads: int, steps: int = 4, repeats: int = 3
 ) -> float:
     """Best wall time in ms of one cached decode step of ``model`` (prepared ``weights``) for ``batch``
     rows at ``threads`` torch threads: ``repeats`` timed runs of ``steps`` steps after a 16-token
@@ -83,7 +83,7 @@ def choose_threads(
     batch: int,
     *,
     margin: float = 1.05,
-    rounds: int = 4,
+    rounds: int = 3,
     timer: Callable[[int], float] | None = None,
     cache: Path | None = None,
 ) -> tuple[int, dict[str, float]]:
