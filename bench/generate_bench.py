@@ -19,7 +19,7 @@ take turns on the cores), whether greedy outputs agree token for token, how much
 first call took (the engine is built once per model and reused, as a server or chat holds one; its
 setup — the thread probe, fused and packed weights — lands in that first call), and the load average.
 Decode rows add the bandwidth: bytes of weights a decode step reads (every matrix once; the KV cache
-left out), divided by the time per new token (prefill included, so a lower bound), for the engine and
+left out), divided by the time per decode step (prefill included, so a lower bound), for the engine and
 for HF, beside this machine's memory bandwidth measured by ``probe.memory_bandwidth`` (a large copy,
 read + write bytes) at the engine's thread count: the distance to the physical limit.
 ``--int8`` adds the engine with ``weights="int8"`` (weight-only int8 matmuls; not exact) as a third peer. The machine is shared: trust the ratio,
