@@ -6,16 +6,24 @@ same process so background load hits both alike:
 
 - prefill tokens/s: one forward pass over 8 prompts of 128 tokens, filling the KV cache;
 - decode tokens/s at batch 1 and batch 8: greedy generation of 128 new tokens after a 16-token prompt
-  (new tokens / wall time; the short prefill is included), at 1 and at all torch threads.
+  (new tokens / wall time; the short prefill is included). By default the rows say ``auto``: the engine
+  decodes on the thread count it measures to be faster here (``inference/probe.py``, printed as
+  ``ours tN``) and HF ``generate`` runs on torch's default (all cores): each as a user gets it. When the
+  engine chose fewer threads, HF is also timed on the engine's count (``HF@tN``), so no peer is slowed by
+  a setting the other avoids. ``--threads 1,2`` adds rows with a hand-chosen count for both.
 
 Printed: the median over rounds of each implementation's tokens/s, the median of the per-round ratios
 ours / HF (each round times both back to back, so a round's ratio sees one machine state; who goes
 first alternates), the same ratio of CPU time consumed (steadier than wall time when other processes
 take turns on the cores), whether greedy outputs agree token for token, how much longer the untimed
 first call took (the engine is built once per model and reused, as a server or chat holds one; its
-setup — fused and packed weights — lands in that first call), and the load average.
+setup — the thread probe, fused and packed weights — lands in that first call), and the load average.
+Decode rows add the bandwidth: bytes of weights a decode step reads (every matrix once; the KV cache
+left out), divided by the time per decode step (prefill included, so a lower bound), for the engine and
+for HF, beside this machine's memory bandwidth measured by ``probe.memory_bandwidth`` (a large copy,
+read + write bytes) at the engine's thread count: the distance to the physical limit.
 ``--int8`` adds the engine with ``weights="int8"`` (weight-only int8 matmuls; not exact) as a third peer. The machine is shared: trust the ratio,
-not the absolute figures. Goal (issue 8): ≥ 2× HF decode tokens/s.
+not the absolute figures. Goal (issues 8, 24): ≥ 2× HF decode tokens/s in the default setting.
 
 ``--trained DIR`` measures speculative decoding (``Engine(draft=...)``), whose speed-up depends on how
 predictable the text is, so random weights would say nothing: it trains once (cached in DIR through
@@ -27,7 +35,7 @@ HF ``generate`` on the same weights: plain engine, ``draft="ngram"`` and the dra
 printing tok/s, the ratio to HF, tokens per target pass, acceptance, and whether the tokens equal
 HF's and the plain engine's. Skips when ../shared/data is absent.
 
-    python bench/generate_bench.py [--rounds 5] [--new 128] [--sizes 12M,50M] [--threads 1,2]
+    python bench/generate_bench.py [--rounds 5] [--new 128] [--sizes 12M,50M] [--threads 1,2] [--int8]
     nice -n 10 python bench/generate_bench.py --trained runs/spec-bench [--draft-tokens 4] [--rounds 3]
 """
 
@@ -90,29 +98,58 @@ def timed(fn, *args):
 ENGINES: dict = {}
 
 
-def engine(model, weights: str = "exact"):
-    """One engine per model and weight format, built once and reused, as ``lmforge serve``, ``chat`` and
-    ``generate`` hold one: its one-time setup (fusing weights, and oneDNN's packing on a weight's second
-    multi-row call) falls in the untimed warm-up call, whose extra time is printed ("first call")."""
+def engine(model, weights: str = "exact", threads: int | str = "auto"):
+    """One engine per model, weight format and thread setting, built once and reused, as ``lmforge
+    serve``, ``chat`` and ``generate`` hold one: its one-time setup (the thread probe, fusing weights,
+    and oneDNN's packing on a weight's second multi-row call) falls in the untimed warm-up call, whose
+    extra time is printed ("first call")."""
     from lmforge.inference.engine import Engine
 
-    key = (id(model), weights)
+    key = (id(model), weights, threads)
     if key not in ENGINES:
-        ENGINES[key] = Engine(model, weights=weights)
+        ENGINES[key] = Engine(model, weights=weights, threads=threads)
     return ENGINES[key]
 
 
-@torch.no_grad()
-def run_ours(model, prompts: torch.Tensor, new: int, weights: str = "exact") -> list[list[int]]:
-    from lmforge.inference.rows import SamplingParams
+def peer(weights: str, threads: int | str):
+    """The engine as a benchmark peer: ``fn(model, prompts, new)`` -> greedy ids per row."""
 
-    params = SamplingParams(max_new_tokens=new, temperature=0)
-    return [c.ids for c in engine(model, weights).generate(prompts.tolist(), params)]
+    @torch.no_grad()
+    def run(model, prompts: torch.Tensor, new: int) -> list[list[int]]:
+        from lmforge.inference.rows import SamplingParams
+
+        params = SamplingParams(max_new_tokens=new, temperature=0)
+        return [c.ids for c in engine(model, weights, threads).generate(prompts.tolist(), params)]
+
+    return run
 
 
-@torch.no_grad()
-def run_int8(model, prompts: torch.Tensor, new: int) -> list[list[int]]:
-    return run_ours(model, prompts, new, "int8")
+def hf_on(threads: int):
+    """HF ``generate`` on ``threads`` torch threads (the count is put back afterwards)."""
+
+    def run(model, prompts: torch.Tensor, new: int) -> list[list[int]]:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return run_hf(model, prompts, new)
+        finally:
+            torch.set_num_threads(before)
+
+    return run
+
+
+def weight_bytes(weights) -> int:
+    """Bytes of weights one decode step reads with the engine's prepared ``weights`` (DecodeWeights):
+    every matrix once (fp32, or int8 plus its scales); norms' gains and the embedding rows left out."""
+
+    def size(m) -> int:
+        w = m.w if m.w8 is None else m.w8
+        return w.numel() * w.element_size() + (
+            0 if m.scale is None else m.scale.numel() * m.scale.element_size()
+        )
+
+    mats = [m for lw in weights.layers for m in (lw.qkv, lw.o, lw.gate_up, lw.down) if m is not None]
+    return sum(size(m) for m in [*mats, weights.head])
 
 
 @torch.no_grad()
@@ -131,7 +168,7 @@ def run_hf(model, prompts: torch.Tensor, new: int, **extra) -> list[list[int]]:
 
 @torch.no_grad()
 def prefill_ours(model, prompts: torch.Tensor) -> None:
-    weights = engine(model).weights.refresh()
+    weights = engine(model, "exact", torch.get_num_threads()).weights.refresh()
     model(prompts, model.new_kv_cache(len(prompts), prompts.shape[1]), weights=weights, last_only=True)
 
 
@@ -145,7 +182,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--sizes", default="12M,50M")
-    ap.add_argument("--threads", default="", help="comma-separated decode thread counts (default 1 and all)")
+    ap.add_argument(
+        "--threads",
+        default="",
+        help="comma-separated hand-chosen decode thread counts, rows beside the auto ones (default none)",
+    )
     ap.add_argument("--int8", action="store_true", help="also time the engine with weights='int8'")
     ap.add_argument(
         "--cases", default="", help="only cases whose name contains one of these (comma-separated)"
@@ -161,7 +202,7 @@ def main() -> None:
     if args.trained is not None:
         return trained_main(args)
     all_threads = torch.get_num_threads()
-    thread_counts = sorted({int(t) for t in args.threads.split(",")} if args.threads else {1, all_threads})
+    thread_counts = sorted({int(t) for t in args.threads.split(",")} if args.threads else set())
     print(f"torch {torch.__version__}, {all_threads} threads available, load {os.getloadavg()[0]:.2f}")
     gen = torch.Generator().manual_seed(0)
     for size in args.sizes.split(","):
@@ -172,49 +213,86 @@ def main() -> None:
         cases = [("prefill b8x128", None, long, all_threads)]
         for batch in (1, 8):
             short = torch.randint(10, 4096, (batch, 16), generator=gen)
-            for threads in thread_counts:
-                cases.append((f"decode b{batch} t{threads}", batch, short, threads))
+            for threads in ["auto", *thread_counts]:
+                cases.append(
+                    (f"decode b{batch} {'' if threads == 'auto' else 't'}{threads}", batch, short, threads)
+                )
         if args.cases:
             cases = [c for c in cases if any(w in c[0] for w in args.cases.split(","))]
-        for name, batch, prompts, threads in cases:
-            torch.set_num_threads(threads)
-            runs = [("ours", prefill_ours, ours), ("hf", prefill_hf, hf)]
-            if batch is not None:
-                runs = [("ours", run_ours, ours), ("hf", run_hf, hf)]
-                if args.int8:
-                    runs.append(("int8", run_int8, ours))
-            times: dict[str, list[float]] = {who: [] for who, _, _ in runs}
-            cpus: dict[str, list[float]] = {who: [] for who, _, _ in runs}
-            outs = {}
-            extra = () if batch is None else (args.new,)
-            first = {}
-            for who, fn, model in runs:  # warm-up (allocator, the engine's setup), not timed
-                first[who] = timed(fn, model, prompts, *extra)[0]
-            for r in range(args.rounds):
-                for who, fn, model in runs if r % 2 == 0 else runs[::-1]:  # alternate who goes first
-                    t, c, outs[who] = timed(fn, model, prompts, *extra)
-                    times[who].append(t)
-                    cpus[who].append(c)
-            tokens = prompts.numel() if batch is None else batch * args.new
-            hf_tps = tokens / statistics.median(times["hf"])
-            for who in [w for w, _, _ in runs if w != "hf"]:
-                ratios = [h / o for o, h in zip(times[who], times["hf"])]
-                cpu_ratio = statistics.median(h / o for o, h in zip(cpus[who], cpus["hf"]))
-                agree = ""
-                if batch is not None:
-                    same = sum(a == b for ra, rb in zip(outs[who], outs["hf"]) for a, b in zip(ra, rb))
-                    agree = f" | greedy tokens agree {same}/{tokens}"
-                label = name if who == "ours" else f"{name} int8"
-                setup = first[who] - statistics.median(times[who])  # the first call's extra time
-                print(
-                    f"{label:<23} ours {tokens / statistics.median(times[who]):8.0f} tok/s | "
-                    f"HF {hf_tps:8.0f} tok/s | ratio {statistics.median(ratios):5.2f}x "
-                    f"(rounds {min(ratios):.2f}-{max(ratios):.2f}; CPU time {cpu_ratio:.2f}x){agree} | "
-                    f"first call +{1e3 * setup:.0f} ms | load {os.getloadavg()[0]:.2f}",
-                    flush=True,
-                )
+        for case in cases:
+            run_case(args, ours, hf, *case)
         torch.set_num_threads(all_threads)
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
+
+
+def run_case(args, ours, hf, name: str, batch: int | None, prompts: torch.Tensor, threads: int | str) -> None:
+    """Time one case (module docstring) round by round and print its rows."""
+    from lmforge.inference.probe import memory_bandwidth
+
+    all_threads = torch.get_num_threads()
+    torch.set_num_threads(all_threads if threads == "auto" else threads)
+    runs = [("ours", prefill_ours, ours), ("hf", prefill_hf, hf)]
+    if batch is not None:
+        runs = [("ours", peer("exact", threads), ours), ("hf", run_hf, hf)]
+        if args.int8:
+            runs.append(("int8", peer("int8", threads), ours))
+    extra = () if batch is None else (args.new,)
+    first = {}
+    for who, fn, model in runs:  # warm-up (allocator, the engine's setup), not timed
+        first[who] = timed(fn, model, prompts, *extra)[0]
+    chosen = engine(ours, "exact", threads).stats.threads if batch is not None else all_threads
+    if threads == "auto" and chosen != all_threads:  # HF also on the engine's count
+        runs.append((f"HF@t{chosen}", hf_on(chosen), hf))
+        first[runs[-1][0]] = timed(runs[-1][1], hf, prompts, *extra)[0]
+    times: dict[str, list[float]] = {who: [] for who, _, _ in runs}
+    cpus: dict[str, list[float]] = {who: [] for who, _, _ in runs}
+    outs = {}
+    for r in range(args.rounds):
+        for who, fn, model in runs if r % 2 == 0 else runs[::-1]:  # alternate who goes first
+            t, c, outs[who] = timed(fn, model, prompts, *extra)
+            times[who].append(t)
+            cpus[who].append(c)
+    tokens = prompts.numel() if batch is None else batch * args.new
+    hfs = [w for w, _, _ in runs if w.startswith("HF") or w == "hf"]
+    hf_label = f"HF t{all_threads if threads == 'auto' else threads}"
+    for who in [w for w, _, _ in runs if w not in hfs]:
+        vs = []
+        for h in hfs:
+            ratios = [b / a for a, b in zip(times[who], times[h])]
+            cpu_ratio = statistics.median(b / a for a, b in zip(cpus[who], cpus[h]))
+            label = hf_label if h == "hf" else h
+            vs.append(
+                f"{label} {tokens / statistics.median(times[h]):6.0f} tok/s: {statistics.median(ratios):4.2f}x "
+                f"(rounds {min(ratios):.2f}-{max(ratios):.2f}, CPU {cpu_ratio:.2f}x)"
+            )
+        agree = ""
+        if batch is not None:
+            same = sum(a == b for ra, rb in zip(outs[who], outs["hf"]) for a, b in zip(ra, rb))
+            agree = f" | greedy = HF {same}/{tokens}"
+        label = name if who == "ours" else f"{name} int8"
+        setup = first[who] - statistics.median(times[who])  # the first call's extra time
+        print(
+            f"{label:<20} ours t{chosen} {tokens / statistics.median(times[who]):6.0f} tok/s | "
+            + " | ".join(vs)
+            + f"{agree} | first call +{1e3 * setup:.0f} ms | load {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
+        if batch is not None:  # bytes of weights per decode step / time per step (prefill included)
+            step = {w: statistics.median(times[w]) / args.new for w in (who, *hfs)}
+            weights = engine(ours, "exact" if who == "ours" else "int8", threads).weights
+            ours_bytes, hf_bytes = weight_bytes(weights), weight_bytes(engine(ours, "exact", threads).weights)
+            peak = memory_bandwidth(chosen, remeasure=True)
+            print(
+                f"{'':<20} bandwidth: {ours_bytes / 1e6:.0f} MB of weights per step, ours "
+                f"{ours_bytes / step[who] / 1e9:.1f} GB/s, "
+                + ", ".join(
+                    f"{hf_label if h == 'hf' else h} {hf_bytes / step[h] / 1e9:.1f} GB/s" for h in hfs
+                )
+                + f"; memory (copy probe, {chosen} thread{'s' if chosen > 1 else ''}) {peak:.1f} GB/s: "
+                f"ours at {ours_bytes / step[who] / 1e9 / peak:.0%}",
+                flush=True,
+            )
+    torch.set_num_threads(all_threads)
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,10 +6,13 @@ library code that needs it. torch is imported inside the function so importing t
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import platform
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from lmforge.errors import ConfigError
@@ -94,3 +97,47 @@ def create_runtime(device: str = "auto", dtype: str = "auto", seed: int = 0, thr
     rt = Runtime(device=device, dtype=dtype, seed=seed, rank=rank, world_size=world, local_rank=local)
     log.debug("runtime: %s", rt)
     return rt
+
+
+# Per-machine measurement caches (~/.cache/lmforge/*.json): the matmul peak (training/flops.py), the
+# dtype probe (training/precision.py) and the decode probes (inference/probe.py).
+
+
+def machine_key(device: str, dtype: str) -> str:
+    """The key of a per-machine measurement: CPU (or GPU) model, device, ``dtype`` (or any probe name),
+    torch's thread count and version."""
+    import torch
+
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name()
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+    return f"{name}|{device}|{dtype}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+
+
+def read_cache(path: Path) -> dict:
+    """A per-machine measurement cache (JSON object); empty when missing or unreadable."""
+    try:
+        cache = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def write_cache(path: Path, cache: dict) -> None:
+    """Replace the cache at ``path`` atomically; a read-only home is fine (measured again next time)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(cache, indent=1))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("could not write the cache %s: %s", path, exc)

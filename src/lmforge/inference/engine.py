@@ -27,6 +27,12 @@ without a cache, token for token (tested, ragged batches included).
 the same output (greedy: token for token; sampling: in distribution) and the same per-row events.
 ``Engine.stats`` (``DecodeStats``) counts the model's passes, drafted and accepted tokens of the last call.
 
+Threads: ``Engine(..., threads="auto")`` (the default) decodes each call on the torch thread count that
+``probe.choose_threads`` measured to be faster for this model and batch on this machine (1 or all of the
+process's threads; cached per machine and shape); an integer fixes it, 0 leaves torch's setting alone.
+The count is set for the call (while its events are consumed) and put back when it ends; it is recorded in
+``Engine.stats.threads``.
+
 Departure from unbounded generation: prompts longer than ``block_size - 1`` tokens keep their last
 ``block_size - 1`` tokens, and generation stops at ``block_size`` (no sliding window: the cache is exact).
 """
@@ -38,6 +44,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from tokenizers import Tokenizer
 
+from lmforge.inference.probe import batch_bucket, choose_threads
 from lmforge.inference.rows import (
     Batch,
     Completion,
@@ -73,10 +80,12 @@ class Engine:
             second than plain ones, and decode plainly while they do not (``speculative.SpeedGate``;
             speed only, the output is the same). ``False`` drafts on every pass, whatever it costs.
             Sampling always drafts (a timing-driven choice would change a seeded sample).
+        threads: torch threads to decode with: ``"auto"`` (measured, module docstring), an integer
+            >= 1, or 0 (torch's current setting).
 
     Raises:
         ValueError: an unknown ``draft``, a draft model with another vocabulary or a shorter context,
-            ``draft_tokens`` or ``ngram_max`` < 1.
+            ``draft_tokens`` or ``ngram_max`` < 1, ``threads`` neither ``"auto"`` nor an integer >= 0.
     """
 
     def __init__(
@@ -88,7 +97,10 @@ class Engine:
         draft_tokens: int = 4,
         ngram_max: int = 3,
         draft_gate: bool = True,
+        threads: int | str = "auto",
     ):
+        if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
+            raise ValueError(f"threads: expected 'auto' or an integer >= 0, got {threads!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.weights = DecodeWeights(model, weights)
@@ -96,6 +108,8 @@ class Engine:
         check_draft(model, draft, draft_tokens, ngram_max)
         self.draft, self.draft_tokens, self.ngram_max = draft, draft_tokens, ngram_max
         self.draft_gate = draft_gate
+        self.threads = threads
+        self._chosen: dict[tuple[int, int], int] = {}  # (thread budget, batch bucket) -> measured choice
         self.stats = DecodeStats()  # of the latest call (reset when a call starts)
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
@@ -140,7 +154,10 @@ class Engine:
         if draft is not None:
             draft.eval()
         self.stats = DecodeStats()
+        before = torch.get_num_threads()
         try:
+            self.stats.threads = self._threads(len(rows))
+            torch.set_num_threads(self.stats.threads)
             batch = self._batch(rows, params)
             if max(batch.budget) == 0:
                 for i in range(len(rows)):
@@ -150,9 +167,20 @@ class Engine:
             else:
                 yield from self._loop(rows, params, batch)
         finally:
+            torch.set_num_threads(before)
             model.train(was_training)
             if draft is not None:
                 draft.train(draft_training)
+
+    def _threads(self, batch: int) -> int:
+        """The thread count of a call decoding ``batch`` rows (``threads``; ``"auto"`` measured once per
+        thread budget and batch bucket, then remembered by the engine)."""
+        if self.threads != "auto":
+            return self.threads or torch.get_num_threads()
+        key = (torch.get_num_threads(), batch_bucket(batch))
+        if key not in self._chosen:
+            self._chosen[key] = choose_threads(self.model, self.weights, batch)[0]
+        return self._chosen[key]
 
     def _batch(self, rows: list[list[int]], params: SamplingParams) -> Batch:
         """``rows`` (already cut to ``block_size - 1``) as a left-padded ``Batch``."""

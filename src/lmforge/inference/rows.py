@@ -102,13 +102,15 @@ def pick(
 
 @dataclass
 class DecodeStats:
-    """What one ``Engine`` call cost: target forward passes after the prefill, tokens emitted, and (with
-    a draft) tokens drafted and accepted. Plain decoding has one pass per token step of the batch."""
+    """What one ``Engine`` call cost: target forward passes after the prefill, tokens emitted, (with
+    a draft) tokens drafted and accepted, and the thread count it ran on. Plain decoding has one pass per
+    token step of the batch."""
 
     passes: int = 0
     tokens: int = 0
     drafted: int = 0
     accepted: int = 0
+    threads: int = 0  # torch threads the call decoded with (the engine's ``threads`` choice)
 
     @property
     def tokens_per_pass(self) -> float:

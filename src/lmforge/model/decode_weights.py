@@ -150,17 +150,22 @@ class Matmul:
         if route == "packed":
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed, None, "add")
         if route == "few":
-            return residual + _few_rows(self.w, x)
+            return residual + _few_rows(self.w, x, contiguous=False)  # the sum is contiguous
         return torch.addmm(residual, x, self.wt)
 
 
-def _few_rows(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _few_rows(w: torch.Tensor, x: torch.Tensor, contiguous: bool = True) -> torch.Tensor:
     """``x @ w.T`` for ``x`` ``[n, D]`` with ``n <= FEW_ROWS``, as ``(w @ x.T).T`` over a row-contiguous
-    ``x``; one row is doubled (MKL's two-column product is faster here than its matrix-vector one)."""
-    x = x.contiguous()
+        ``x``; one row is doubled (MKL's two-column product is faster here than its matrix-vector one). With
+        ``contiguous=False`` the result may be a strided view, and for one row 1-D ``[N]`` (for a consumer
+    that broadcasts it once, such as the residual sum)."""
+    if not x.is_contiguous():  # a check, not an op: decode steps call this 4 times per layer
+        x = x.contiguous()
     if x.shape[0] == 1:
-        return torch.mm(w, torch.cat((x, x)).t())[:, :1].t().contiguous()
-    return torch.mm(w, x.t()).t().contiguous()
+        y = torch.mm(w, torch.cat((x, x)).t())  # [N, 2], two equal columns
+        return y[:, :1].t().contiguous() if contiguous else y[:, 0]  # [1, N], or [N] strided
+    y = torch.mm(w, x.t())
+    return y.t().contiguous() if contiguous else y.t()
 
 
 @functools.cache

@@ -46,7 +46,9 @@ Defaults are in brackets; each is a ``ModelConfig`` field.
   in fp32 (CPU flash attention is slower in bf16). Kernels: kernels.py. Decoding passes
   ``weights=DecodeWeights(model)`` (decode_weights.py): the same fused matrices, built once instead of per
   call, with matmul kernels suited to few rows (and opt-in int8); ``last_only`` skips ``lm_head`` on all
-  but the last position; in fp32 without gradients rotated keys and values go straight into the cache. Projections that are not a plain ``nn.Linear`` (e.g. LoRA-wrapped) are called
+  but the last position; in fp32 without gradients rotated keys and values go straight into the cache;
+  cached decoding keeps the residual stream flat (``[B*T, D]``), so no views sit between it and the
+  2-D matmuls. Projections that are not a plain ``nn.Linear`` (e.g. LoRA-wrapped) are called
   as modules; under ``torch.compile`` (inductor fuses by itself) RMSNorm and SwiGLU take plain ops.
 
 Shape notation: B batch, T new tokens, S = cache position + T keys, D n_embd, H query heads,
@@ -138,18 +140,20 @@ class Attention(nn.Module):
         out_dtype: torch.dtype | None,
         matmul: Matmul | None,
         k_out: torch.Tensor | None = None,
+        bt: tuple[int, int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q ``[B, T, H, Q]``, k and v ``[B, T, K, Q]`` from one matmul over the concatenated weights
         (``matmul``: prepared once for decoding, else concatenated for this call). Without gradients,
-        rotated keys go straight into ``k_out`` (the cache's slot) when given."""
-        B, T, _ = x.shape
+        rotated keys go straight into ``k_out`` (the cache's slot) when given. ``bt``: (B, T) of a
+        flattened ``x`` ``[B*T, D]`` (cached decoding keeps the residual stream 2-D)."""
+        B, T = bt or x.shape[:2]
         H, K, Q = self.n_head, self.n_kv_head, self.head_dim
         inter = rope is not None  # each head's RoPE pairs sit in adjacent rows of q and k
         if matmul is None:
             w, b = self.qkv_weight(inter)  # type: ignore[misc]
             qkv = F.linear(x, w, b).view(B, T, H + 2 * K, Q)
         else:
-            qkv = matmul(x.view(B * T, -1)).view(B, T, H + 2 * K, Q)
+            qkv = matmul(x if bt else x.view(B * T, -1)).view(B, T, H + 2 * K, Q)
         if self.q_norm is not None and self.k_norm is not None:
             q, k, v = qkv.split((H, K, K), dim=2)
             q = F.rms_norm(q, (Q,), pairs(self.q_norm.weight, 1, Q, inter).reshape(Q), self.q_norm.eps)
@@ -185,8 +189,12 @@ class Attention(nn.Module):
         ``rope``: cos/sin ``[T, Q/2]``, or per row ``[B, T, Q/2]`` (optionally a third entry: their
         complex ``[T or B, T, 1, Q/2]``, computed once per forward). With ``residual`` (``[B, T, D]``)
         return ``residual + attention(x)``. ``prepared``: this layer's decode matrices (decode_weights.py).
+        With ``prepared`` and a ``cache``, ``x`` (and ``residual``, and the result) may be flattened to
+        ``[B*T, D]`` (B = the cache's batch): cached decoding keeps its residual stream 2-D, which spares
+        the views between it and the 2-D matmuls.
         """
-        B, T, _ = x.shape
+        flat = x.dim() == 2
+        B, T = (cache.batch_size, x.shape[0] // cache.batch_size) if flat else x.shape[:2]
         # CPU flash attention is slower in bf16 than in fp32 (measured), so under CPU autocast it runs in fp32
         fp32_attention = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
         qkv = None if prepared is None else prepared.qkv
@@ -195,7 +203,8 @@ class Attention(nn.Module):
             slots = cache.slots(layer, T)  # [B, T, K, Q] each
         if qkv is not None or all(type(p) is nn.Linear for p in (self.q_proj, self.k_proj, self.v_proj)):
             out_dtype = torch.float32 if fp32_attention else None
-            q, k, v = self._fused_qkv(x, rope, out_dtype, qkv, None if slots is None else slots[0])
+            bt = (B, T) if flat else None
+            q, k, v = self._fused_qkv(x, rope, out_dtype, qkv, None if slots is None else slots[0], bt)
             written = slots is not None and k is slots[0]  # rotated keys went straight into the cache
             if written:
                 slots[1].copy_(v)
@@ -230,7 +239,10 @@ class Attention(nn.Module):
                 is_causal=is_causal,
                 enable_gqa=gqa,
             )  # [B, H, T, Q]
-        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # [B, T, H*Q]
+        if flat and T == 1 and y.is_contiguous():  # one new token: [B, H, 1, Q] is [B, H*Q] already
+            y = y.view(B, -1)
+        else:
+            y = y.transpose(1, 2).reshape(*((B * T,) if flat else (B, T)), -1)  # [B, T, H*Q] or [B*T, H*Q]
         return linear_add(self.o_proj, y, residual, None if prepared is None else prepared.o)
 
 
@@ -257,15 +269,17 @@ class MLP(nn.Module):
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None, prepared: LayerWeights | None = None
     ) -> torch.Tensor:
-        """Map ``[B, T, D]`` to ``[B, T, D]`` (plus ``residual`` when given); ``prepared`` as ``Attention``."""
+        """Map ``[B, T, D]`` (or flat ``[B*T, D]``) to the same shape (plus ``residual`` when given);
+        ``prepared`` as ``Attention``."""
         gate_up = None if prepared is None else prepared.gate_up
         wb = self.gate_up_weight() if gate_up is None else None
         if gate_up is not None or wb is not None:
-            gu = (
-                F.linear(x, *wb)
-                if wb is not None
-                else gate_up(x.view(-1, x.shape[-1])).view(*x.shape[:-1], -1)
-            )
+            if wb is not None:
+                gu = F.linear(x, *wb)
+            elif x.dim() == 2:  # cached decoding's flat stream
+                gu = gate_up(x)
+            else:
+                gu = gate_up(x.view(-1, x.shape[-1])).view(*x.shape[:-1], -1)
             g, u = gu.chunk(2, dim=-1)  # [B, T, F] each
             if self.kind == "geglu":
                 h = F.gelu(g, approximate="tanh") * u
@@ -341,6 +355,17 @@ def init_blocks(model: nn.Module, blocks: nn.ModuleList, n_layer: int) -> None:
             nn.init.zeros_(module.bias)
         elif isinstance(module, (nn.RMSNorm, nn.LayerNorm)):
             module.reset_parameters()  # gain ones, bias zeros
+
+
+def _pad_range(cache: KVCache) -> tuple[int, int]:
+    """``(min, max)`` of ``cache.pad``, remembered on the cache until the tensor is replaced or written
+    (its version counter): a decode step then reads no tensor back (the ranges decide the mask)."""
+    pad = cache.pad
+    seen = getattr(cache, "_pad_range", None)  # (the tensor itself, its version, the range)
+    if seen is None or seen[0] is not pad or seen[1] != pad._version:
+        seen = (pad, pad._version, tuple(int(v) for v in torch.aminmax(pad)))
+        cache._pad_range = seen  # type: ignore[attr-defined]
+    return seen[2]
 
 
 class Decoder(nn.Module):
@@ -493,7 +518,7 @@ class Decoder(nn.Module):
         if cache is not None:
             start = cache.pos
             if cache.pad is not None:
-                pad_min, pad_max = (int(v) for v in torch.aminmax(cache.pad))
+                pad_min, pad_max = _pad_range(cache)
                 pad = cache.pad if pad_max > 0 else None
         if start + T - pad_min > self.config.block_size:
             raise ValueError(
@@ -524,11 +549,14 @@ class Decoder(nn.Module):
                 rope += (torch.complex(*rope).unsqueeze(-2),)
         attn_mask, is_causal = self._attention_mask(start, T, x.dtype, x.device, pad)
         layers = weights.layers if weights is not None else [None] * len(self.blocks)
+        flat = weights is not None and cache is not None  # cached decoding: a 2-D stream [B*T, D]
+        if flat:
+            x = x.view(B * T, -1)
         for layer, (block, prepared) in enumerate(zip(self.blocks, layers)):
             x = block(x, rope, attn_mask, is_causal, cache, layer, prepared)
         if cache is not None:
             cache.advance(T)
-        return self.norm(x)  # [B, T, D]
+        return self.norm(x).view(B, T, -1) if flat else self.norm(x)  # [B, T, D]
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Distinct parameters; see ``count_params`` for what ``non_embedding`` leaves out."""

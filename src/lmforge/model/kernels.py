@@ -108,6 +108,11 @@ def rope_qkv(
     ``k_out`` (fp32 ``[B, T, K, Q]``, e.g. the KV cache's slot): the rotated keys are written there, no
     copy, and it is returned as k."""
     H, HK = n_head, n_head + n_kv_head
+    if k_out is not None and qkv.dtype == torch.float32 and qkv.is_contiguous():  # decoding: fewest ops
+        c = torch.view_as_complex(qkv.view(*qkv.shape[:-1], -1, 2))  # [B, T, H+2K, Q/2]
+        q = torch.view_as_real(c[:, :, :H] * freqs).view(*qkv.shape[:2], H, -1)
+        torch.mul(c[:, :, H:HK], freqs, out=_as_complex(k_out))
+        return q, k_out, qkv[:, :, HK:]
     q = _rotate(qkv[:, :, :H], freqs)
     if k_out is not None:
         torch.mul(_as_complex(qkv[:, :, H:HK]), freqs, out=_as_complex(k_out))
@@ -178,6 +183,8 @@ def linear_add(
     Not under autocast, where the sum must stay in the residual stream's dtype. ``matmul``: ``linear``'s
     weight prepared for decoding (decode_weights.py), used instead of the module.
     """
+    if matmul is not None and h.dim() == 2:  # cached decoding's flat stream: no views
+        return matmul(h) if residual is None else matmul.add(h, residual)
     if matmul is not None:
         out = (
             matmul(h.view(-1, h.shape[-1]))

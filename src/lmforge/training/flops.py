@@ -11,33 +11,16 @@ the achieved rate as the new peak, so MFU never exceeds 1.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import platform
 import time
 from pathlib import Path
+
+from lmforge.runtime import machine_key, read_cache, write_cache
 
 log = logging.getLogger(__name__)
 
 CACHE = Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge")) / "matmul_peak.json"
-
-
-def machine_key(device: str, dtype: str) -> str:
-    import torch
-
-    if device.startswith("cuda"):
-        name = torch.cuda.get_device_name()
-    else:
-        name = platform.processor() or platform.machine()
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
-    return f"{name}|{device}|{dtype}|threads={torch.get_num_threads()}|torch={torch.__version__}"
 
 
 def measure_matmul_peak(
@@ -64,27 +47,6 @@ def measure_matmul_peak(
             torch.cuda.synchronize()
         best = max(best, 2 * n**3 / (time.perf_counter() - t0))
     return best
-
-
-def read_cache(path: Path) -> dict:
-    """A per-machine measurement cache (JSON object); empty when missing or unreadable."""
-    try:
-        cache = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return cache if isinstance(cache, dict) else {}
-
-
-def write_cache(path: Path, cache: dict) -> None:
-    """Replace the cache at ``path`` atomically; a read-only home is fine (measured again next time)."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(cache, indent=1))
-        os.replace(tmp, path)
-    except OSError as exc:
-        log.debug("could not write the cache %s: %s", path, exc)
 
 
 def matmul_peak(device: str = "cpu", dtype: str = "fp32") -> float:
