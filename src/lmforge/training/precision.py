@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from lmforge.training import distributed as ddp
-from lmforge.training.flops import machine_key, read_cache, write_cache
+from lmforge.runtime import machine_key, read_cache, write_cache
 
 log = logging.getLogger(__name__)
 
