@@ -116,4 +116,4 @@ def test_no_shipped_recipe_is_refused_with_4_gib(four_gib, recipe, tmp_path):
     steps = plan(load_yaml(recipe), {}, tmp_path)
     vocab = next((s.config.vocab_size for s in steps if s.kind == "tokenizer"), 32768)
     for cfg in [s.config for s in steps if s.kind == "pretrain"]:
-        check_fits(pretrain.model_config(cfg, vocab), cfg.batch_size, ranks=cfg.procs)
+        check_fits(pretrain.model_config(cfg, vocab), cfg.batch_size, ranks=pretrain.most_ranks(cfg))

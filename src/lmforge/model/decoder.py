@@ -77,7 +77,13 @@ from lmforge.model.kernels import (
     rope_qkv,
 )
 from lmforge.model.kv_cache import KVCache
-from lmforge.model.positional import alibi_slopes, apply_rope, rope_tables, sinusoidal_table
+from lmforge.model.positional import (
+    alibi_slopes,
+    apply_rope,
+    register_position_tables,
+    rope_tables,
+    sinusoidal_table,
+)
 
 __all__ = ["Attention", "Block", "Decoder", "MLP", "RMSNorm", "alibi_slopes", "apply_rope", "count_params"]
 __all__ += ["init_blocks", "make_norm", "rope_tables", "sinusoidal_table"]
@@ -393,16 +399,7 @@ class Decoder(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
-        # Fixed tables are recomputed from the config, never saved (persistent=False).
-        if cfg.pos == "rope":
-            cos, sin = rope_tables(cfg.block_size, cfg.head_dim, cfg.rope_theta)
-            self.register_buffer("rope_cos", cos, persistent=False)  # [block_size, Q/2]
-            self.register_buffer("rope_sin", sin, persistent=False)  # [block_size, Q/2]
-        elif cfg.pos == "sinusoidal":
-            table = sinusoidal_table(cfg.block_size, cfg.n_embd)
-            self.register_buffer("pos_table", table, persistent=False)  # [block_size, D]
-        elif cfg.pos == "alibi":
-            self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_head), persistent=False)  # [H]
+        register_position_tables(self, cfg)
         self.init_weights()
 
     @torch.no_grad()

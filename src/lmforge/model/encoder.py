@@ -39,7 +39,7 @@ from torch import nn
 from lmforge.errors import ConfigError
 from lmforge.model.config import ModelConfig
 from lmforge.model.decoder import INIT_STD, Block, count_params, init_blocks, make_norm
-from lmforge.model.positional import alibi_slopes, rope_tables, sinusoidal_table
+from lmforge.model.positional import register_position_tables
 
 
 class Encoder(nn.Module):
@@ -74,16 +74,7 @@ class Encoder(nn.Module):
         self.emb_norm = make_norm(cfg, cfg.n_embd) if cfg.emb_norm else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = nn.Identity() if cfg.post_norm else make_norm(cfg, cfg.n_embd)
-        # Fixed tables are recomputed from the config, never saved (persistent=False).
-        if cfg.pos == "rope":
-            cos, sin = rope_tables(cfg.block_size, cfg.head_dim, cfg.rope_theta)
-            self.register_buffer("rope_cos", cos, persistent=False)  # [block_size, Q/2]
-            self.register_buffer("rope_sin", sin, persistent=False)  # [block_size, Q/2]
-        elif cfg.pos == "sinusoidal":
-            table = sinusoidal_table(cfg.block_size, cfg.n_embd)
-            self.register_buffer("pos_table", table, persistent=False)  # [block_size, D]
-        elif cfg.pos == "alibi":
-            self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_head), persistent=False)  # [H]
+        register_position_tables(self, cfg)
         self.init_weights()
 
     @torch.no_grad()

@@ -4,6 +4,7 @@ fixed sinusoidal encodings and ALiBi slopes (decoder.py's module docstring says 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -48,3 +49,19 @@ def alibi_slopes(n_head: int) -> torch.Tensor:
     slopes = [2.0 ** (-8.0 * i / m) for i in range(1, m + 1)]
     slopes += [2.0 ** (-8.0 * i / (2 * m)) for i in range(1, 2 * m + 1)][0::2][: n_head - m]
     return torch.tensor(slopes, dtype=torch.float32)
+
+
+def register_position_tables(module: torch.nn.Module, cfg: Any) -> None:
+    """Register on ``module`` the fixed position tables ``cfg.pos`` needs (decoder and encoder alike).
+
+    ``rope``: ``rope_cos``/``rope_sin`` ``[block_size, Q/2]``; ``sinusoidal``: ``pos_table``
+    ``[block_size, D]``; ``alibi``: ``alibi_slopes`` ``[H]``; ``learned``/``none``: nothing. The tables
+    are recomputed from the config, never saved (``persistent=False``)."""
+    if cfg.pos == "rope":
+        cos, sin = rope_tables(cfg.block_size, cfg.head_dim, cfg.rope_theta)
+        module.register_buffer("rope_cos", cos, persistent=False)
+        module.register_buffer("rope_sin", sin, persistent=False)
+    elif cfg.pos == "sinusoidal":
+        module.register_buffer("pos_table", sinusoidal_table(cfg.block_size, cfg.n_embd), persistent=False)
+    elif cfg.pos == "alibi":
+        module.register_buffer("alibi_slopes", alibi_slopes(cfg.n_head), persistent=False)

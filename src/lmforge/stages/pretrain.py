@@ -159,6 +159,12 @@ def model_config(cfg: Config, vocab: int) -> ModelConfig:
     return mcfg
 
 
+def most_ranks(cfg: Config) -> int:
+    """The most local ranks ``cfg`` can start, each with its own copy of the model: ``procs``, or with
+    ``procs: auto`` one per thread it may use (the probe may choose that many)."""
+    return (cfg.threads or os.cpu_count() or 1) if cfg.procs == "auto" else cfg.procs
+
+
 def check_memory(cfg: Config) -> None:
     """Refuse a model that cannot train in the memory available (``model.memory.check_fits``), before the
     stage directory exists; the vocabulary is the tokenizer's when it is already there, else the
@@ -179,7 +185,7 @@ def check_memory(cfg: Config) -> None:
         check_fits(
             model_config(cfg, vocab),
             cfg.batch_size,
-            ranks=(cfg.threads or os.cpu_count() or 1) if cfg.procs == "auto" else cfg.procs,
+            ranks=most_ranks(cfg),
             on_host=trains_on_host(cfg.device),
             default_batch=16,
         )

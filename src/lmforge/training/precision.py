@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmforge.training import distributed as ddp
 from lmforge.runtime import machine_key, read_cache, write_cache
+from lmforge.training import distributed as ddp
 
 log = logging.getLogger(__name__)
 
