@@ -45,6 +45,8 @@ def test_generate_writes_samples_and_seeds_reproduce(ckpt: Path, tmp_path: Path)
     assert [r["prompt"] for r in rows] == ["the cat", "a"] and a["metrics"]["samples"] == 2
     assert (tmp_path / "a" / "samples.jsonl").read_text() == (tmp_path / "b" / "samples.jsonl").read_text()
     assert b["metrics"]["tokens"] == sum(r["tokens"] for r in rows)
+    # the decode thread count the engine measured (1 or torch's count) is in the manifest
+    assert b["metrics"]["decode_threads"] in (1, torch.get_num_threads())
     stop = rows[0]["completion"][2:4]
     if stop:
         generate_stage.main(

@@ -133,6 +133,7 @@ def sample(cfg: Config, ctx: StageContext) -> dict[str, float]:
             log.info("sample %d: %r", i, (prompt + c.text)[:200])
     n_tokens = sum(len(c.ids) for c in completions)
     metrics = {"samples": len(cfg.prompts), "tokens": n_tokens, "tokens_per_s": n_tokens / max(dt, 1e-9)}
+    metrics["decode_threads"] = engine.stats.threads  # the engine's measured choice (inference/probe.py)
     if cfg.draft != "none":
         metrics.update(draft_acceptance=engine.stats.acceptance, tokens_per_pass=engine.stats.tokens_per_pass)
     return metrics
