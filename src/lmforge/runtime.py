@@ -122,6 +122,29 @@ def machine_key(device: str, dtype: str) -> str:
     return f"{name}|{device}|{dtype}|threads={torch.get_num_threads()}|torch={torch.__version__}"
 
 
+BUSY = 1.0  # load average per core above which other work was sharing the cores while a probe ran
+
+
+def load_per_core() -> float:
+    """The 1-minute load average divided by the cores (0.0 where the platform has none)."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except (AttributeError, OSError):
+        return 0.0
+
+
+def stale(entry: Any, now: float | None = None) -> bool:
+    """Whether a cached probe ``entry`` (a dict of timings) should be measured again: it was measured
+    while the machine was busy (its ``load_per_core`` above ``BUSY``) and the machine is quiet now
+    (below half that; ``now`` defaults to ``load_per_core()``). A probe timed while other jobs held
+    the cores can prefer the choice that suffers less from them (one thread over two), which is not
+    the faster one on the machine a user has; a quiet measurement replaces it, a busy one never
+    replaces a quiet one."""
+    if not isinstance(entry, dict) or entry.get("load_per_core", 0.0) <= BUSY:
+        return False
+    return (load_per_core() if now is None else now) < BUSY / 2
+
+
 def read_cache(path: Path) -> dict:
     """A per-machine measurement cache (JSON object); empty when missing or unreadable."""
     try:

@@ -150,3 +150,45 @@ def test_each_count_keeps_its_best_round() -> None:
     rounds = iter([9.0, 30.0, 10.0, 6.0, 8.0, 40.0])  # t1, t2, t1, t2, ...
     threads, timings = probe.choose_threads(model, DecodeWeights(model), 1, timer=lambda t: next(rounds))
     assert timings == {"step_ms_t1": 8.0, "step_ms_t2": 6.0} and threads == 2
+
+
+def test_a_probe_timed_on_a_busy_machine_is_timed_again_once_it_is_quiet(tmp_path, monkeypatch) -> None:
+    """A choice cached while other jobs held the cores (load per core > 1) is measured again when the
+    machine is quiet (< 0.5) and the quiet figure stays; a busy machine never replaces a quiet figure."""
+    from lmforge import runtime
+
+    torch.set_num_threads(2)
+    model, calls = tiny(), []
+    weights = DecodeWeights(model)
+    load = {"now": 3.0}
+    monkeypatch.setattr(runtime, "load_per_core", lambda: load["now"])
+    monkeypatch.setattr(probe, "load_per_core", lambda: load["now"])
+
+    def timings(t1: float, t2: float):
+        return lambda model, weights, batch, threads, **_: (
+            calls.append(threads) or (t1 if threads == 1 else t2)
+        )
+
+    path = tmp_path / "decode_probe.json"
+    monkeypatch.setattr(probe, "decode_step_ms", timings(4.0, 9.0))  # busy: the second thread waits its turn
+    assert probe.choose_threads(model, weights, 8, cache=path)[0] == 1
+    busy = len(calls)
+    load["now"] = 1.5  # still busy: the cached figure stands
+    assert probe.choose_threads(model, weights, 8, cache=path)[0] == 1 and len(calls) == busy
+    monkeypatch.setattr(probe, "decode_step_ms", timings(8.0, 4.0))
+    load["now"] = 0.2  # quiet: measured again
+    assert probe.choose_threads(model, weights, 8, cache=path) == (2, {"step_ms_t1": 8.0, "step_ms_t2": 4.0})
+    quiet = len(calls)
+    assert quiet > busy
+    load["now"] = 3.0  # busy again: the quiet figure is kept, nothing is measured
+    assert probe.choose_threads(model, weights, 8, cache=path)[0] == 2 and len(calls) == quiet
+
+
+def test_stale_needs_a_busy_measurement_and_a_quiet_machine() -> None:
+    from lmforge.runtime import stale
+
+    assert stale({"a_ms": 1.0, "load_per_core": 2.0}, now=0.1)
+    assert not stale({"a_ms": 1.0, "load_per_core": 2.0}, now=0.8)  # not quiet enough to do better
+    assert not stale({"a_ms": 1.0, "load_per_core": 0.9}, now=0.0)  # measured quiet
+    assert not stale({"a_ms": 1.0}, now=0.0)  # cached before loads were recorded: kept
+    assert not stale(None, now=0.0)

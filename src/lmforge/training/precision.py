@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmforge.runtime import machine_key, read_cache, write_cache
+from lmforge.runtime import load_per_core, machine_key, read_cache, stale, write_cache
 from lmforge.training import distributed as ddp
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def cached_timings(
     names = [f"{prefix}_{option}_ms" for option in options]
     key = f"{machine_key('cpu', prefix)}|{shape}"
     timings = read_cache(cache).get(key) if timer is None else None
-    measured = not (isinstance(timings, dict) and all(timings.get(k, 0) > 0 for k in names))
+    measured = stale(timings) or not (isinstance(timings, dict) and all(timings.get(k, 0) > 0 for k in names))
     if measured:
         run = timer or measure
         timings = {name: float(run(option)) for name, option in zip(names, options)}
@@ -127,7 +127,7 @@ def cached_timings(
     timings = {name: ddp.all_reduce_sum(timings[name]) / world for name in names}
     if measured and timer is None and all(0 < v < float("inf") for v in timings.values()):
         stored = read_cache(cache)  # read again: another process may have stored a timing meanwhile
-        stored[key] = timings
+        stored[key] = {**timings, "load_per_core": load_per_core()}
         write_cache(cache, stored)
     return timings
 
