@@ -52,6 +52,22 @@ class KVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.pos = 0
         self.pad: torch.Tensor | None = None  # [B] left-padding columns per row (ragged batches only)
+        self._views_of: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _layer_views(self) -> tuple[list[torch.Tensor], ...]:
+        """Per-layer views of ``k``/``v`` (``[B, K, max_len, Q]``) and their ``[B, max_len, K, Q]``
+        transposes, made once per tensor (``rows.select_rows`` replaces the tensors): a decode step then
+        narrows a ready view instead of selecting the layer and transposing it again in every layer."""
+        if self._views_of is None or self._views_of[0] is not self.k or self._views_of[1] is not self.v:
+            keys, values = list(self.k.unbind(0)), list(self.v.unbind(0))
+            self._views = (
+                keys,
+                values,
+                [t.transpose(1, 2) for t in keys],
+                [t.transpose(1, 2) for t in values],
+            )
+            self._views_of = (self.k, self.v)
+        return self._views
 
     def check(self, batch_size: int, n_new: int) -> None:
         """Raise ValueError unless ``n_new`` tokens for ``batch_size`` rows fit at the current position."""
@@ -69,7 +85,8 @@ class KVCache:
         ``[B, kv_heads, pos+T, head_dim]`` (views into the cache). Does not move ``pos``.
         """
         end = self.pos + k.shape[2]
-        keys, values = self.k[layer], self.v[layer]  # [B, kv_heads, max_len, head_dim]
+        layer_keys, layer_values = self._layer_views()[:2]
+        keys, values = layer_keys[layer], layer_values[layer]  # [B, kv_heads, max_len, head_dim]
         keys.narrow(2, self.pos, k.shape[2]).copy_(k)  # narrow, not indexing: fewer ops per decode step
         values.narrow(2, self.pos, k.shape[2]).copy_(v)
         return keys.narrow(2, 0, end), values.narrow(2, 0, end)
@@ -77,13 +94,14 @@ class KVCache:
     def slots(self, layer: int, n_new: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Views ``[B, n_new, kv_heads, head_dim]`` of ``layer``'s key and value columns ``pos ..
         pos+n_new-1``, to be written in place (then ``filled``), instead of ``update``."""
-        k = self.k[layer].narrow(2, self.pos, n_new).transpose(1, 2)
-        return k, self.v[layer].narrow(2, self.pos, n_new).transpose(1, 2)
+        k, v = self._layer_views()[2:]
+        return k[layer].narrow(1, self.pos, n_new), v[layer].narrow(1, self.pos, n_new)
 
     def filled(self, layer: int, n_new: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``layer``'s keys and values of positions ``0 .. pos+n_new-1`` (views), after ``slots``."""
         end = self.pos + n_new
-        return self.k[layer].narrow(2, 0, end), self.v[layer].narrow(2, 0, end)
+        k, v = self._layer_views()[:2]
+        return k[layer].narrow(2, 0, end), v[layer].narrow(2, 0, end)
 
     def advance(self, n: int) -> None:
         """Mark ``n`` more positions as filled (called once per forward, after every layer)."""
