@@ -11,6 +11,7 @@ import logging
 import os
 import platform
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,7 @@ def create_runtime(device: str = "auto", dtype: str = "auto", seed: int = 0, thr
 
 # Per-machine measurement caches (~/.cache/lmforge/*.json): the matmul peak (training/flops.py), the
 # dtype probe (training/precision.py) and the decode probes (inference/probe.py).
+CACHE_DIR = Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge"))
 
 
 def machine_key(device: str, dtype: str) -> str:
@@ -143,6 +145,28 @@ def stale(entry: Any, now: float | None = None) -> bool:
     if not isinstance(entry, dict) or entry.get("load_per_core", 0.0) <= BUSY:
         return False
     return (load_per_core() if now is None else now) < BUSY / 2
+
+
+def read_timings(path: Path, key: str, names: Sequence[str]) -> dict[str, float] | None:
+    """The timings ``names`` a probe stored under ``key`` in the cache at ``path``, or None when they
+    are missing, not all positive, or ``stale`` (then the probe measures them again)."""
+    entry = read_cache(path).get(key)
+    if stale(entry) or not (
+        isinstance(entry, dict) and all(isinstance(entry.get(k), int | float) and entry[k] > 0 for k in names)
+    ):
+        return None
+    return {k: float(entry[k]) for k in names}
+
+
+def store_timings(path: Path, key: str, timings: dict[str, float]) -> None:
+    """Store a probe's ``timings`` under ``key`` with the load they were measured at (``stale`` reads it);
+    a zero or an infinity is never stored. The file is read again first: another process may have
+    stored an entry meanwhile."""
+    if not all(0 < v < float("inf") for v in timings.values()):
+        return
+    stored = read_cache(path)
+    stored[key] = {**timings, "load_per_core": load_per_core()}
+    write_cache(path, stored)
 
 
 def read_cache(path: Path) -> dict:

@@ -161,8 +161,7 @@ def test_a_probe_timed_on_a_busy_machine_is_timed_again_once_it_is_quiet(tmp_pat
     model, calls = tiny(), []
     weights = DecodeWeights(model)
     load = {"now": 3.0}
-    monkeypatch.setattr(runtime, "load_per_core", lambda: load["now"])
-    monkeypatch.setattr(probe, "load_per_core", lambda: load["now"])
+    monkeypatch.setattr(runtime, "load_per_core", lambda: load["now"])  # read by stale and store_timings
 
     def timings(t1: float, t2: float):
         return lambda model, weights, batch, threads, **_: (

@@ -22,7 +22,6 @@ decode step's weight reads are compared against (``bench/generate_bench.py``'s b
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,11 +30,11 @@ import torch
 
 from lmforge.model.decode_weights import DecodeWeights
 from lmforge.model.decoder import Decoder
-from lmforge.runtime import load_per_core, machine_key, read_cache, stale, write_cache
+from lmforge.runtime import CACHE_DIR, machine_key, read_cache, read_timings, store_timings, write_cache
 
 log = logging.getLogger(__name__)
 
-CACHE = Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge")) / "decode_probe.json"
+CACHE = CACHE_DIR / "decode_probe.json"
 PROMPT = 16  # prompt tokens before the timed decode steps
 
 
@@ -103,19 +102,16 @@ def choose_threads(
     )
     key = f"{machine_key('cpu', 'decode_threads')}|{shape}"
     path = CACHE if cache is None else cache
-    stored = read_cache(path) if timer is None else {}
     names = ("step_ms_t1", f"step_ms_t{n}")
-    timings = stored.get(key)
-    if stale(timings) or not (isinstance(timings, dict) and all(timings.get(k, 0) > 0 for k in names)):
+    timings = read_timings(path, key, names) if timer is None else None
+    if timings is None:
         measure = timer or (lambda t: decode_step_ms(model, weights.refresh(), bucket, t, repeats=1))
         timings = {name: float("inf") for name in names}
         for _ in range(rounds):  # interleaved, so a change of load between them hits both counts
             for name, t in zip(names, (1, n)):
                 timings[name] = min(timings[name], float(measure(t)))
-        if timer is None and all(0 < v < float("inf") for v in timings.values()):
-            stored[key] = {**timings, "load_per_core": load_per_core()}
-            write_cache(path, stored)
-    timings = {name: timings[name] for name in names}
+        if timer is None:
+            store_timings(path, key, timings)
     threads = n if timings[names[1]] * margin < timings[names[0]] else 1
     log.info(
         "decode threads auto: a step of %d rows takes %.2f ms on 1 thread and %.2f ms on %d here: %d",

@@ -12,15 +12,13 @@ the achieved rate as the new peak, so MFU never exceeds 1.
 from __future__ import annotations
 
 import logging
-import os
 import time
-from pathlib import Path
 
-from lmforge.runtime import machine_key, read_cache, write_cache
+from lmforge.runtime import CACHE_DIR, machine_key, read_cache, write_cache
 
 log = logging.getLogger(__name__)
 
-CACHE = Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge")) / "matmul_peak.json"
+CACHE = CACHE_DIR / "matmul_peak.json"
 
 
 def measure_matmul_peak(

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,12 +35,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmforge.runtime import load_per_core, machine_key, read_cache, stale, write_cache
+from lmforge.runtime import CACHE_DIR, machine_key, read_timings, store_timings
 from lmforge.training import distributed as ddp
 
 log = logging.getLogger(__name__)
 
-CACHE = Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge")) / "dtype_probe.json"
+CACHE = CACHE_DIR / "dtype_probe.json"
 
 
 def step_ms(model: nn.Module, batch: int, block: int, vocab: int, dtype: str, repeats: int = 3) -> float:
@@ -118,17 +117,15 @@ def cached_timings(
     cache = CACHE if cache is None else cache
     names = [f"{prefix}_{option}_ms" for option in options]
     key = f"{machine_key('cpu', prefix)}|{shape}"
-    timings = read_cache(cache).get(key) if timer is None else None
-    measured = stale(timings) or not (isinstance(timings, dict) and all(timings.get(k, 0) > 0 for k in names))
+    timings = read_timings(cache, key, names) if timer is None else None
+    measured = timings is None
     if measured:
         run = timer or measure
         timings = {name: float(run(option)) for name, option in zip(names, options)}
     world = ddp.world()[1]
     timings = {name: ddp.all_reduce_sum(timings[name]) / world for name in names}
-    if measured and timer is None and all(0 < v < float("inf") for v in timings.values()):
-        stored = read_cache(cache)  # read again: another process may have stored a timing meanwhile
-        stored[key] = {**timings, "load_per_core": load_per_core()}
-        write_cache(cache, stored)
+    if measured and timer is None:
+        store_timings(cache, key, timings)
     return timings
 
 
