@@ -512,7 +512,7 @@ def choose_layout(cfg: Config, ctx: StageContext) -> tuple[Config, dict[str, flo
     from lmforge.training import distributed as ddp
     from lmforge.training import layout
 
-    cores = cfg.threads or os.cpu_count() or 1
+    cores = most_ranks(cfg)  # N: the threads it may use, as many ranks as the memory check counted
     on_cpu = cfg.device == "cpu" or cfg.device == "auto" and not torch.cuda.is_available()
     if not on_cpu or ddp.world()[1] > 1 or cfg.objective != "clm":
         return dataclasses.replace(cfg, procs=1), {}
