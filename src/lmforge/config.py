@@ -41,6 +41,7 @@ __all__ = [
     "merge",
     "describe",
     "hash_view",
+    "fields_from",
 ]
 
 
@@ -76,6 +77,18 @@ def at_least(cfg: Any, minimum: int, *names: str) -> None:
         value = getattr(cfg, name)
         if value < minimum:
             raise ConfigError(name, f"must be >= {minimum}, got {value}")
+
+
+def fields_from(cfg: Any, cls: type[T], **given: Any) -> T:
+    """An instance of the dataclass ``cls`` whose fields take the values of ``cfg``'s fields of the same
+    names, except those ``given`` (a config handing its options on to the settings object a library
+    function takes, e.g. ``lmforge serve``'s limits to ``ServeSettings``).
+
+    Raises:
+        AttributeError: ``cfg`` has no field for one of ``cls``'s fields that is not ``given``.
+    """
+    taken = {f.name: getattr(cfg, f.name) for f in fields(cls) if f.name not in given}  # type: ignore[arg-type]
+    return cls(**taken, **given)
 
 
 def _copy(value: Any) -> Any:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from lmforge.config import ConfigError, at_least, opt
+from lmforge.config import ConfigError, at_least, fields_from, opt
 from lmforge.data.audit import AuditConfig
 from lmforge.data.decontam import DecontamConfig
 from lmforge.data.dedup import REASONS, DedupConfig
@@ -167,18 +167,7 @@ def curate(cfg: Config, ctx: StageContext, specs: list[Any], skipped: list[Probl
     from lmforge.data.executor import make_executor
     from lmforge.data.pipeline import Settings, run_pipeline
 
-    settings = Settings(
-        steps=steps(cfg),
-        dedup=cfg.dedup,
-        out=str(ctx.dir),
-        val_fraction=cfg.val_fraction,
-        split_seed=cfg.split_seed,
-        split=cfg.split,
-        rows_per_shard=cfg.rows_per_shard,
-        write_rejects=cfg.write_rejects,
-        strict=cfg.strict,
-        text_split=cfg.text_split,
-    )
+    settings = fields_from(cfg, Settings, steps=steps(cfg), out=str(ctx.dir))
     if not ctx.resumed:
         for name in ("work", "train", "val", "rejects"):
             shutil.rmtree(ctx.dir / name, ignore_errors=True)

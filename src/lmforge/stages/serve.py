@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lmforge.config import ConfigError, at_least, opt
+from lmforge.config import ConfigError, at_least, fields_from, opt
 from lmforge.serve.keys import KEY_ENV, resolve_api_key
 
 STAGE = "serve"
@@ -92,19 +92,7 @@ def settings(cfg: Config) -> Any:
     """The app's ``ServeSettings`` from the config (the key from the environment when not given)."""
     from lmforge.serve.app import ServeSettings
 
-    return ServeSettings(
-        api_key=resolve_api_key(cfg.api_key),
-        name=cfg.name,
-        max_prompt_tokens=cfg.max_prompt_tokens,
-        max_tokens=cfg.max_tokens,
-        max_n=cfg.max_n,
-        max_inputs=cfg.max_inputs,
-        max_messages=cfg.max_messages,
-        max_body_bytes=cfg.max_body_bytes,
-        max_concurrent=cfg.max_concurrent,
-        max_batch=cfg.max_batch,
-        threads=cfg.threads,
-    )
+    return fields_from(cfg, ServeSettings, api_key=resolve_api_key(cfg.api_key))
 
 
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
