@@ -37,6 +37,19 @@ def test_decays_end_at_min_lr_and_never_rise(schedule: str) -> None:
     assert all(a >= b - 1e-12 for a, b in zip(values, values[1:]))
 
 
+def test_step_lr_reads_the_schedule_options() -> None:
+    from lmforge.training.optim import step_lr
+    from lmforge.training.options import TrainOptions
+
+    opts = TrainOptions(max_steps=40, lr=0.5, warmup_steps=4, schedule="linear", min_lr_ratio=0.2)
+    assert step_lr(opts, 1) == pytest.approx(0.5 * 2 / 4)  # warmup_steps: step 1 of 4
+    assert step_lr(opts, 40) == pytest.approx(0.1)  # the end of max_steps: min_lr
+    assert step_lr(opts, 20, max_steps=20) == pytest.approx(0.1)  # a shorter schedule ends sooner
+    assert step_lr(opts, 20) == pytest.approx(0.5 + (0.1 - 0.5) * 16 / 36)
+    opts.warmup_ratio = 0.25  # the ratio, not warmup_steps: 10 warmup steps
+    assert step_lr(opts, 4) == pytest.approx(0.5 * 5 / 10)
+
+
 def test_cosine_and_linear_midpoints() -> None:
     # decay runs over steps 10..100, midpoint 55
     assert lr(55, "cosine") == pytest.approx(0.55)

@@ -224,7 +224,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     from lmforge.training import checkpoint as ckpt
     from lmforge.training.flops import matmul_peak, raise_peak
     from lmforge.training.objectives import PretrainObjective
-    from lmforge.training.optim import build_optimizers, lr_at
+    from lmforge.training.optim import build_optimizers, step_lr
     from lmforge.training.precision import auto_dtype, fwd_bwd_ms
     from lmforge.training.step import EarlyStopping, train_step
 
@@ -371,14 +371,7 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     model.train()
     while step < cfg.max_steps:
         t0 = time.perf_counter()
-        lr = lr_at(
-            step,
-            max_steps=_schedule_length(cfg, step, elapsed_before + t0 - start, step_time),
-            base_lr=cfg.lr,
-            warmup_steps=cfg.warmup,
-            schedule=cfg.schedule,
-            min_lr_ratio=cfg.min_lr_ratio,
-        )
+        lr = step_lr(cfg, step, _schedule_length(cfg, step, elapsed_before + t0 - start, step_time))
         micro = [objective.prepare(*(t[rows] for t in loader.next_batch())) for _ in range(cfg.grad_accum)]
         stats = train_step(
             model,

@@ -9,7 +9,7 @@
 - ``TaskClassifier``: one shared trunk and one ``ClassificationHead`` per task; ``forward_routed``
   sends each row of a mixed batch through its own task's head (multi-task learning with hard
   parameter sharing, Caruana 1997).
-- ``fit``: the optimisation loop all methods run: schedule (``optim.lr_at``; ``warmup_ratio`` or
+- ``fit``: the optimisation loop all methods run: schedule (``optim.step_lr``; ``warmup_ratio`` or
   ``warmup_steps``; ``layer_lr_decay`` scales each depth's groups, ``optim.set_lr``) → accumulated
   token/example-weighted backward, clip, L1 and AdamW over the trainable parameters only (one
   ``step.train_step``, as pretraining's; the forward under ``dtype`` autocast, ``precision.training_dtype``)
@@ -52,7 +52,7 @@ from lmforge.model.config import ModelConfig
 from lmforge.model.heads import POOLING_CHOICES, ClassificationHead, hidden_states
 from lmforge.runstore import TOKENIZER_FILE, resolve_ref
 from lmforge.runtime import Runtime
-from lmforge.training.optim import build_optimizer, lr_at
+from lmforge.training.optim import build_optimizer, step_lr
 from lmforge.training.options import FinetuneOptions
 from lmforge.training.precision import training_dtype
 from lmforge.training.step import EarlyStopping, train_step
@@ -291,14 +291,7 @@ def fit(
     loss_ema, stop_reason, step = math.nan, "max_steps", 0
     start = time.perf_counter()
     while step < opts.max_steps:
-        lr = lr_at(
-            step,
-            max_steps=opts.max_steps,
-            base_lr=opts.lr,
-            warmup_steps=opts.warmup,
-            schedule=opts.schedule,
-            min_lr_ratio=opts.min_lr_ratio,
-        )
+        lr = step_lr(opts, step)
         model.train()
         micro = [next_batch() for _ in range(opts.grad_accum)]
         stats = train_step(

@@ -2,7 +2,7 @@
 
 ``build_optimizer`` makes AdamW with two parameter groups (decayed, not decayed), or, with layer-wise
 learning-rate decay, two per depth; ``lr_at`` is a pure function giving the learning rate of a step,
-and ``set_lr`` gives it to every group (times the group's ``lr_scale``), so resuming needs no
+``step_lr`` is it under a loop's ``TrainOptions``, and ``set_lr`` gives it to every group (times the group's ``lr_scale``), so resuming needs no
 scheduler state.
 """
 
@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.autograd.graph import increment_version
+
+from lmforge.training.options import TrainOptions
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +221,20 @@ def lr_at(
     if schedule == "cosine":
         return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
     return base_lr + (min_lr - base_lr) * progress  # linear and the decay phase of wsd
+
+
+def step_lr(opts: TrainOptions, step: int, max_steps: int | None = None) -> float:
+    """``lr_at`` under the schedule options of a training loop (``lr``, ``warmup`` — ``warmup_ratio`` or
+    ``warmup_steps`` —, ``schedule``, ``min_lr_ratio``), in a schedule ``max_steps`` long (by default
+    ``opts.max_steps``; pretraining's ``schedule_clock: time`` passes a projected length)."""
+    return lr_at(
+        step,
+        max_steps=opts.max_steps if max_steps is None else max_steps,
+        base_lr=opts.lr,
+        warmup_steps=opts.warmup,
+        schedule=opts.schedule,
+        min_lr_ratio=opts.min_lr_ratio,
+    )
 
 
 def scaled_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
