@@ -24,7 +24,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lmforge.config import ConfigError, at_least, opt
+from lmforge.config import ConfigError, at_least, opt, retuned
 from lmforge.runstore import StageContext, run_config
 from lmforge.training.options import FinetuneOptions
 
@@ -42,9 +42,9 @@ class Config(FinetuneOptions):
     val: str = opt("", "held-out preference file ('' = hold out val_fraction of train)", path=True)
     beta: float = opt(0.1, "β: strength of the pull towards the reference (KL weight)")
     loss_type: Literal["sigmoid", "ipo"] = opt("sigmoid", "sigmoid = DPO, ipo = IPO's squared loss")
-    lr: float = opt(5e-5, "peak learning rate")
+    lr: float = retuned(FinetuneOptions, "lr", 5e-5)
     batch_size: int = opt(8, "pairs per micro-batch")
-    weight_decay: float = opt(0.0, "decoupled weight decay (L2) on trainable matrices")
+    weight_decay: float = retuned(FinetuneOptions, "weight_decay", 0.0)
     lora_r: int = opt(0, "train LoRA adapters of this rank instead of every weight (0 = full model)")
     lora_alpha: float = opt(16.0, "LoRA scale numerator (update = alpha / r · B A)")
     max_train_examples: int = opt(0, "use at most this many training pairs (0 = all)")

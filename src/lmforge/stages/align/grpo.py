@@ -39,7 +39,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from lmforge.config import ConfigError, opt
+from lmforge.config import ConfigError, opt, retuned
 from lmforge.eval.sandbox import require_sandbox
 from lmforge.runstore import StageContext, config_inputs, run_stage
 from lmforge.training.options import FinetuneOptions
@@ -92,9 +92,9 @@ class Config(FinetuneOptions):
     )
     updates_per_rollout: int = opt(1, "optimiser steps on each rollout (μ)")
     format_weight: float = opt(0.0, "reward added for stating the answer as '#### N'")
-    lr: float = opt(1e-4, "peak learning rate")
-    warmup_steps: int = opt(0, "linear warmup steps (at most max_steps)")
-    weight_decay: float = opt(0.0, "decoupled weight decay (L2) on trainable matrices")
+    lr: float = retuned(FinetuneOptions, "lr", 1e-4)
+    warmup_steps: int = retuned(FinetuneOptions, "warmup_steps", 0)
+    weight_decay: float = retuned(FinetuneOptions, "weight_decay", 0.0)
     eval_every: int = opt(20, "evaluate on the held-out problems every N steps (and at the end)")
     lora_r: int = opt(0, "train LoRA adapters of this rank instead of every weight (0 = full model)")
     lora_alpha: float = opt(16.0, "LoRA scale numerator (update = alpha / r · B A)")

@@ -27,7 +27,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from lmforge.config import ConfigError, at_least, opt
+from lmforge.config import ConfigError, at_least, opt, retuned
 from lmforge.runstore import StageContext, run_config
 from lmforge.training.options import FinetuneOptions
 
@@ -61,8 +61,8 @@ class Config(FinetuneOptions):
     lam: float = opt(0.95, "GAE λ")
     updates_per_rollout: int = opt(2, "optimiser steps on each rollout (PPO epochs)")
     n_eval: int = opt(32, "selection prompts (carved from training) scored at each evaluation")
-    lr: float = opt(1e-5, "peak learning rate")
-    weight_decay: float = opt(0.0, "decoupled weight decay (L2) on trainable matrices")
+    lr: float = retuned(FinetuneOptions, "lr", 1e-5)
+    weight_decay: float = retuned(FinetuneOptions, "weight_decay", 0.0)
     lora_r: int = opt(0, "train LoRA adapters of this rank instead of every weight (0 = full model)")
     lora_alpha: float = opt(16.0, "LoRA scale numerator (update = alpha / r · B A)")
 

@@ -23,7 +23,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lmforge.config import ConfigError, at_least, opt
+from lmforge.config import ConfigError, at_least, opt, retuned
 from lmforge.runstore import StageContext, run_config
 from lmforge.training.options import SequenceOptions
 
@@ -47,7 +47,7 @@ class Config(SequenceOptions):
     loss: Literal["bradley_terry", "plackett_luce"] = opt(
         "bradley_terry", "bradley_terry = every implied pair; plackett_luce = each whole ranking"
     )
-    lr: float = opt(1e-4, "peak learning rate")
+    lr: float = retuned(SequenceOptions, "lr", 1e-4)
     batch_size: int = opt(8, "pairs (bradley_terry) or rankings (plackett_luce) per micro-batch")
     max_train_examples: int = opt(0, "use at most this many training pairs or rankings (0 = all)")
 

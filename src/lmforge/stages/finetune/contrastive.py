@@ -30,7 +30,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lmforge.config import ConfigError, opt
+from lmforge.config import ConfigError, opt, retuned
 from lmforge.runstore import StageContext, config_inputs, run_stage, write_json_atomic
 from lmforge.training.options import SequenceOptions
 
@@ -58,7 +58,7 @@ class Config(SequenceOptions):
     )
     temperature: float = opt(0.05, "InfoNCE temperature (similarities are divided by it)")
     symmetric: bool = opt(True, "also train the positive → query direction")
-    lr: float = opt(3e-4, "peak learning rate")
+    lr: float = retuned(SequenceOptions, "lr", 3e-4)
 
     def validate(self) -> None:
         super().validate()
