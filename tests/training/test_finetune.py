@@ -166,6 +166,9 @@ def test_early_stopping_patience_and_best_selection():
         monitor="val_loss",
     )
     assert result.stop_reason == "early_stop" and result.steps == 4 and result.best_step == 1
+    run = result.run_metrics()  # what the stages report
+    assert run == {"steps": 4, "best_step": 1, "train_loss": result.train_loss,
+                   "train_time_s": result.train_time_s, "early_stopped": 1}  # fmt: skip
 
 
 def test_time_budget_stops_evaluates_and_saves_a_usable_checkpoint(tmp_path):
@@ -194,6 +197,7 @@ def test_time_budget_stops_evaluates_and_saves_a_usable_checkpoint(tmp_path):
         monitor="val_loss",
     )
     assert result.stop_reason == "time_budget" and result.steps == 1 < 1000
+    assert result.run_metrics()["early_stopped"] == 0
     assert len(calls) == 2 and result.last_metrics != result.initial_metrics  # before, and at the stop
     assert all(not torch.equal(before[n], p) for n, p in model.named_parameters())
     ft.save_best_and_last(

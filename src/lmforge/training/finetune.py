@@ -231,6 +231,18 @@ class FitResult:
     train_time_s: float
     dtype: str = "fp32"
 
+    def run_metrics(self) -> dict[str, float]:
+        """What a fine-tuning stage reports about its run: ``steps``, ``best_step``, ``train_loss`` (the
+        loss's moving average at the end), ``train_time_s`` and ``early_stopped`` (1 when patience ended
+        it)."""
+        return {
+            "steps": self.steps,
+            "best_step": self.best_step,
+            "train_loss": self.train_loss,
+            "train_time_s": self.train_time_s,
+            "early_stopped": int(self.stop_reason == "early_stop"),
+        }
+
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """A detached copy of every trainable parameter, by name."""

@@ -185,14 +185,10 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     write_json_atomic(ctx.dir / "classification.json", report)
     write_json_atomic(ctx.dir / "report.json", {"tables": tables})
     metrics.update(
-        steps=run["fit"].steps,
-        best_step=run["fit"].best_step,
         train_examples=len(train_set),
         skipped_records=skipped(problems),
         dev_examples=len(dev_set),
-        train_loss=run["fit"].train_loss,
-        train_time_s=run["fit"].train_time_s,
-        early_stopped=int(run["fit"].stop_reason == "early_stop"),
+        **run["fit"].run_metrics(),
     )
     return metrics
 

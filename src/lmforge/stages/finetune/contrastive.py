@@ -247,9 +247,5 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         "val_queries": len(queries),
         "val_candidates": len(candidates),
         "skipped_records": skipped(problems),
-        "steps": result.steps,
-        "best_step": result.best_step,
-        "train_loss": result.train_loss,
-        "train_time_s": result.train_time_s,
-        "early_stopped": int(result.stop_reason == "early_stop"),
+        **result.run_metrics(),
     }

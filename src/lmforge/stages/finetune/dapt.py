@@ -202,9 +202,5 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         "forgetting": after["general_loss"] - before["general_loss"],
         "domain_gain": before["domain_loss"] - after["domain_loss"],
         "replay": cfg.replay,
-        "steps": result.steps,
-        "best_step": result.best_step,
-        "train_loss": result.train_loss,
-        "train_time_s": result.train_time_s,
-        "early_stopped": int(result.stop_reason == "early_stop"),
+        **result.run_metrics(),
     }

@@ -216,12 +216,5 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     write_json_atomic(ctx.dir / "classification.json", report)
     write_json_atomic(ctx.dir / "report.json", {"tables": tables})
     metrics["mean_accuracy"] = float(np.mean([metrics[f"{n}_accuracy"] for n in names]))
-    metrics.update(
-        skipped_records=skipped(problems),
-        steps=result.steps,
-        best_step=result.best_step,
-        train_loss=result.train_loss,
-        train_time_s=result.train_time_s,
-        early_stopped=int(result.stop_reason == "early_stop"),
-    )
+    metrics.update(skipped_records=skipped(problems), **result.run_metrics())
     return metrics

@@ -234,16 +234,12 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
     metrics.update(
         dev_f1=float(fit.best_metrics["f1"]),
         val_loss=float(fit.best_metrics["val_loss"]),
-        steps=fit.steps,
-        best_step=fit.best_step,
         train_sentences=len(train_set),
         dev_sentences=len(dev_set),
         test_sentences=len(test_set),
         truncated_words=run["truncated"],
         init_embedding_rows=run["init_rows"],
-        train_loss=fit.train_loss,
-        train_time_s=fit.train_time_s,
-        early_stopped=int(fit.stop_reason == "early_stop"),
+        **fit.run_metrics(),
     )
     return metrics
 

@@ -239,16 +239,12 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         dev_f1=float(fit.best_metrics["f1"]),
         dev_f1_before=float(fit.initial_metrics["f1"]),
         val_loss=float(fit.best_metrics["val_loss"]),
-        steps=fit.steps,
-        best_step=fit.best_step,
         train_questions=len(train_q),
         dev_questions=len(dev_q),
         test_questions=len(test_q),
         mismatched_answers=mismatched,
         **run["counts"],
-        train_loss=fit.train_loss,
-        train_time_s=fit.train_time_s,
-        early_stopped=int(fit.stop_reason == "early_stop"),
+        **fit.run_metrics(),
     )
     return metrics
 

@@ -147,12 +147,8 @@ def run_sft(
         **result.best_metrics,
         "base_val_loss": result.initial_metrics["val_loss"],
         "base_val_ppl": result.initial_metrics["val_ppl"],
-        "train_loss": result.train_loss,
-        "steps": result.steps,
-        "best_step": result.best_step,
+        **result.run_metrics(),
         **counts,
         "trainable_params": trainable,
         **({"adapted_layers": len(adapted)} if lora is not None else {}),
-        "train_time_s": result.train_time_s,
-        "early_stopped": int(result.stop_reason == "early_stop"),
     }
