@@ -100,16 +100,23 @@ def open_binary(path: Path, compression: str | None) -> Iterator[BinaryIO]:
         raise InputError(f"{path}: unsupported compression {compression!r}; valid: {', '.join(COMPRESSIONS)}")
 
 
-def decode(raw: bytes, file: str, line: int | None, problems: list[Problem] | None) -> str:
-    """Decode UTF-8; invalid bytes become U+FFFD and are reported as ``invalid_utf8``."""
+# how bytes that are not UTF-8 are read: the codec → the note of the repair (byte offset)
+REPAIRS = {
+    "utf-8": "invalid UTF-8 at byte {}, replaced with U+FFFD",
+    "cp1252": "not UTF-8 (byte {}); read as Windows-1252, kept",
+}
+
+
+def decode(
+    raw: bytes, file: str, line: int | None, problems: list[Problem] | None, fallback: str = "utf-8"
+) -> str:
+    """Decode UTF-8; bytes that are not are read with ``fallback`` (``utf-8``: invalid bytes become
+    U+FFFD; ``cp1252``: Windows-1252, for Latin-1 files) and the repair is reported as ``invalid_utf8``."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        report(
-            problems,
-            Problem(file, line, "invalid_utf8", f"invalid UTF-8 at byte {exc.start}, replaced with U+FFFD"),
-        )
-        return raw.decode("utf-8", errors="replace")
+        report(problems, Problem(file, line, "invalid_utf8", REPAIRS[fallback].format(exc.start)))
+        return raw.decode(fallback, errors="replace")
 
 
 def _text_value(

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmforge.data.readers import COMPRESSIONS, Problem, open_binary, report
+from lmforge.data.readers import COMPRESSIONS, Problem, decode, open_binary, report
 from lmforge.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -81,19 +81,6 @@ def _check_file(path: Path) -> Path:
     return path
 
 
-def _decode(raw: bytes, file: str, line: int, problems: list[Problem] | None) -> str:
-    """UTF-8, or else Windows-1252 (the classic sentence-classification files, e.g. MR and Subj, are
-    Latin-1): the line is kept and the repair reported as ``invalid_utf8``."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        report(
-            problems,
-            Problem(file, line, "invalid_utf8", f"not UTF-8 (byte {exc.start}); read as Windows-1252, kept"),
-        )
-        return raw.decode("cp1252", errors="replace")
-
-
 def skipped(problems: list[Problem]) -> int:
     """How many of ``problems`` dropped a record (encoding repairs keep theirs)."""
     return sum(p.kind != "invalid_utf8" for p in problems)
@@ -102,12 +89,14 @@ def skipped(problems: list[Problem]) -> int:
 def _text_lines(
     path: Path, compression: str | None, problems: list[Problem] | None
 ) -> Iterator[tuple[int, str]]:
-    """``(line number, decoded line without its newline)`` for every line of ``path``."""
+    """``(line number, decoded line without its newline)`` for every line of ``path``: UTF-8, or else
+    Windows-1252 (the classic sentence-classification files, e.g. MR and Subj, are Latin-1), the line
+    kept and the repair reported as ``invalid_utf8``."""
     name = str(path)
     try:
         with open_binary(path, compression) as fh:
             for number, raw in enumerate(fh, start=1):
-                line = _decode(raw, name, number, problems)
+                line = decode(raw, name, number, problems, fallback="cp1252")
                 yield number, (line.removeprefix("\ufeff") if number == 1 else line).rstrip("\r\n")
     except (OSError, EOFError) as exc:
         raise InputError(f"{path}: cannot read ({exc})") from exc
@@ -147,6 +136,24 @@ def _table_records(path: Path, problems: list[Problem] | None) -> Iterator[tuple
             yield reader.line_num, dict(zip(header, row))
     except csv.Error as exc:
         raise InputError(f"{path}:{reader.line_num}: malformed {fmt.upper()} ({exc})") from exc
+
+
+def _rows(path: str | Path, problems: list[Problem] | None) -> tuple[Path, str, Iterator[tuple[int, Any]]]:
+    """The checked file, its format and its rows: for a file of lines (``"lines"``) ``(line number,
+    text)`` of every line that is not blank, else ``(line number, record)`` of JSONL or CSV/TSV.
+
+    Raises:
+        InputError: the file is missing (at once), or unreadable (while its rows are read).
+    """
+    path = _check_file(Path(path))
+    fmt, compression = file_format(path)
+    if fmt == "lines":
+        rows: Iterator[tuple[int, Any]] = (
+            (n, line) for n, line in _text_lines(path, compression, problems) if line.strip()
+        )
+    else:
+        rows = _json_records(path, problems) if fmt == "jsonl" else _table_records(path, problems)
+    return path, fmt, rows
 
 
 def _str_field(record: dict[str, Any], key: str) -> str | None:
@@ -255,22 +262,18 @@ def read_labeled(
     Raises:
         InputError: the file is missing or unreadable, or a CSV/TSV lacks one of the columns.
     """
-    path = _check_file(Path(path))
+    path, fmt, rows = _rows(path, problems)
     name = str(path)
-    fmt, compression = file_format(path)
     out: list[Labeled] = []
     if fmt == "lines":
-        for number, line in _text_lines(path, compression, problems):
-            if not line.strip():
-                continue
+        for number, line in rows:
             parts = line.strip().split(None, 1)
             if len(parts) < 2:
                 report(problems, Problem(name, number, "missing_field", "expected 'LABEL TEXT'; skipped"))
                 continue
             out.append(Labeled(parts[1].strip(), parts[0], f"{name}:{number}"))
         return out
-    records = _json_records(path, problems) if fmt == "jsonl" else _table_records(path, problems)
-    for number, record in records:
+    for number, record in rows:
         if fmt != "jsonl" and not out and (text_field not in record or label_field not in record):
             raise InputError(
                 f"{name}: needs columns {text_field!r} and {label_field!r}; has {sorted(record)}"
@@ -305,22 +308,18 @@ def read_pairs(path: str | Path, problems: list[Problem] | None = None) -> list[
     Raises:
         InputError: the file is missing or unreadable.
     """
-    path = _check_file(Path(path))
+    path, fmt, rows = _rows(path, problems)
     name = str(path)
-    fmt, compression = file_format(path)
     out: list[Pair] = []
     if fmt == "lines":
-        for number, line in _text_lines(path, compression, problems):
-            if not line.strip():
-                continue
+        for number, line in rows:
             parts = line.split("\t")
             if len(parts) != 2 or not all(p.strip() for p in parts):
                 report(problems, Problem(name, number, "missing_field", "expected 'A<tab>B'; skipped"))
                 continue
             out.append(Pair(parts[0].strip(), parts[1].strip(), f"{name}:{number}"))
         return out
-    records = _json_records(path, problems) if fmt == "jsonl" else _table_records(path, problems)
-    for number, record in records:
+    for number, record in rows:
         a = next((record[k] for k in PAIR_A_KEYS if isinstance(record.get(k), str)), None)
         b = next((record[k] for k in PAIR_B_KEYS if isinstance(record.get(k), str)), None)
         if not a or not b:
