@@ -9,7 +9,7 @@ import pytest
 
 from lmforge.config import opt
 from lmforge.errors import InputError
-from lmforge.runstore import read_manifest, run_stage
+from lmforge.runstore import read_json, read_manifest, run_stage
 
 
 @dataclass
@@ -140,3 +140,13 @@ def test_config_inputs_expand_lists_and_skip_unset_fields():
         "reward_model": "@reward",
     }
     assert list(config_inputs(C(val="v.jsonl"), "val", "train")) == ["val", "train0", "train1"]
+
+
+def test_read_json_names_the_file_and_what_it_is(tmp_path):
+    (tmp_path / "ok.json").write_text('{"r": 8}')
+    assert read_json(tmp_path / "ok.json") == {"r": 8}
+    (tmp_path / "bad.json").write_text("{r: 8")
+    with pytest.raises(InputError, match=r"cannot read adapter config .*bad\.json: Expecting"):
+        read_json(tmp_path / "bad.json", "adapter config")
+    with pytest.raises(InputError, match=r"cannot read .*missing\.json: .*No such file"):
+        read_json(tmp_path / "missing.json")

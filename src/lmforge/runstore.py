@@ -117,6 +117,18 @@ def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
     return m if m.get("status") == "complete" else None
 
 
+def read_json(path: Path, what: str = "") -> Any:
+    """The JSON document in ``path``.
+
+    Raises:
+        InputError: ``cannot read [what] PATH: why`` when the file is missing, unreadable or not JSON.
+    """
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read {what + ' ' if what else ''}{path}: {exc}") from exc
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON to ``path`` through a temporary file and a rename, so readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -57,6 +57,7 @@ from lmforge.interop.hf_import import load_weights, require_transformers
 from lmforge.model.config import ModelConfig
 from lmforge.model.heads import EncoderForPretraining, pool
 from lmforge.model.hf_names import _pattern  # the key-table template → regex rule, shared with decoders
+from lmforge.runstore import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -122,10 +123,7 @@ def locate(hf_dir: Path) -> BertModelDir:
     transformer, pooling = hf_dir, None
     modules_file = hf_dir / "modules.json"
     if modules_file.is_file():
-        try:
-            modules = json.loads(modules_file.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"{modules_file}: not valid JSON: {exc}") from exc
+        modules = read_json(modules_file, "sentence-transformers modules")
         for module in modules:
             kind = str(module.get("type", ""))
             path = hf_dir / str(module.get("path", ""))
@@ -151,10 +149,7 @@ def read_pooling(pooling_dir: Path) -> Pooling:
         InputError: a missing config, or a pooling mode lmforge does not have (e.g. weighted mean).
     """
     path = Path(pooling_dir) / "config.json"
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the pooling config: {exc}") from exc
+    cfg = read_json(path, "pooling config")
     names = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
     declared = sorted(k for k, v in cfg.items() if k.startswith("pooling_mode_") and v)
     if len(declared) != 1 or declared[0] not in names:

@@ -34,7 +34,7 @@ from lmforge.interop.hf_families import check_family, to_family_config, to_famil
 from lmforge.interop.hf_import import max_logit_difference, require_transformers
 from lmforge.model.checkpoint import CONFIG_FILE, load_model
 from lmforge.model.config import ModelConfig
-from lmforge.runstore import TOKENIZER_FILE
+from lmforge.runstore import TOKENIZER_FILE, read_json
 from lmforge.tokenizer.chat import hf_tokenizer_config, with_bos
 from lmforge.tokenizer.train import load_tokenizer
 
@@ -69,11 +69,7 @@ def check_exportable(cfg: ModelConfig) -> str:
 
 def read_checkpoint_config(ckpt_dir: Path) -> ModelConfig:
     """The ``ModelConfig`` of a checkpoint directory (``model_config.json``), without loading weights."""
-    path = Path(ckpt_dir) / CONFIG_FILE
-    try:
-        return ModelConfig.from_dict(json.loads(path.read_text()))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read model config {path}: {exc}") from exc
+    return ModelConfig.from_dict(read_json(Path(ckpt_dir) / CONFIG_FILE, "model config"))
 
 
 @dataclass

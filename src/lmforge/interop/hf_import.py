@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import pickle
 from collections.abc import Callable
@@ -51,6 +50,7 @@ from lmforge.model.hf_names import (
     from_hf_state_dict,
     from_llama_config,
 )
+from lmforge.runstore import read_json
 from lmforge.tokenizer.chat import without_bos
 from lmforge.tokenizer.train import CHAT_TOKENS, SPECIAL_TOKENS
 
@@ -136,10 +136,7 @@ def read_hf_config(hf_dir: Path) -> tuple[str, Any, ModelConfig]:
     path = hf_dir / "config.json"
     if not path.is_file():
         raise InputError(f"{hf_dir}: not a Hugging Face model directory (no config.json)")
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read {path}: {exc}") from exc
+    raw = read_json(path)
     model_type = raw.get("model_type") if isinstance(raw, dict) else None
     supported = ", ".join(SUPPORTED)
     if problems := relative_problems(model_type, raw):

@@ -48,7 +48,14 @@ from lmforge.errors import ConfigError, InputError
 from lmforge.model.config import ModelConfig
 from lmforge.model.decoder import Decoder
 from lmforge.model.heads import EncoderForPretraining
-from lmforge.runstore import MANIFEST, TOKENIZER_FILE, read_manifest, sha256_file, write_json_atomic
+from lmforge.runstore import (
+    MANIFEST,
+    TOKENIZER_FILE,
+    read_json,
+    read_manifest,
+    sha256_file,
+    write_json_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -425,10 +432,7 @@ def read_meta(dir: Path) -> dict[str, Any]:
     path = Path(dir) / META_FILE
     if not path.is_file():
         return {}
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"cannot read {path}: {e}") from e
+    meta = read_json(path)
     if not isinstance(meta, dict):
         raise InputError(f"{path}: expected a JSON object, got {type(meta).__name__}")
     return meta

@@ -47,6 +47,7 @@ from torch import nn
 from lmforge.errors import ConfigError, InputError
 from lmforge.model.config import LORA_TARGETS
 from lmforge.model.hf_names import to_hf_key
+from lmforge.runstore import read_json
 
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -414,10 +415,7 @@ def _read_adapter_config(path: Path) -> tuple[LoraConfig, dict]:
     rejects options lmforge does not implement."""
     if not path.is_file():
         raise InputError(f"adapter config not found: {path}")
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"cannot read adapter config {path}: {e}") from e
+    raw = read_json(path, "adapter config")
     if not isinstance(raw, dict) or raw.get("peft_type") != "LORA":
         peft_type = raw.get("peft_type") if isinstance(raw, dict) else None
         raise InputError(f"{path}: peft_type is {peft_type!r}; only 'LORA' adapters can be loaded")

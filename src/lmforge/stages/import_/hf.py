@@ -31,7 +31,7 @@ from lmforge.errors import InputError
 from lmforge.interop import hf_bert, hf_import
 from lmforge.interop.pretrained import PREFIX, resolve_model_dir
 from lmforge.model.checkpoint import POOLING_FILE, checkpoint_dir, save_checkpoint, write_final
-from lmforge.runstore import StageContext, resolve_ref, run_stage
+from lmforge.runstore import StageContext, read_json, resolve_ref, run_stage
 from lmforge.tokenizer.train import save_tokenizer
 
 STAGE = "import.hf"
@@ -81,10 +81,7 @@ def model_type(hf_dir: Path) -> str:
         InputError: no config.json or unreadable JSON.
     """
     transformer = hf_bert.locate(hf_dir).transformer
-    try:
-        raw = json.loads((transformer / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{transformer}/config.json: not valid JSON: {exc}") from exc
+    raw = read_json(transformer / "config.json")
     return str(raw.get("model_type", "")) if isinstance(raw, dict) else ""
 
 
