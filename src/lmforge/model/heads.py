@@ -98,6 +98,19 @@ def embed_batch(model: nn.Module, idx: torch.Tensor, mask: torch.Tensor, pooling
     return F.normalize(pool(hidden_states(model, idx, mask), mask, pooling).float(), dim=-1)
 
 
+def init_linear(linear: nn.Linear) -> None:
+    """The init of every head's dense and projection layers (BERT's): weight normal std ``INIT_STD``
+    (0.02), bias (when it has one) zeros."""
+    nn.init.normal_(linear.weight, mean=0.0, std=INIT_STD)
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)
+
+
+def _check_classes(n_classes: int) -> None:
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
+        raise ValueError(f"n_classes must be an integer >= 1, got {n_classes!r}")
+
+
 class MLMHead(nn.Module):
     """BERT's masked-LM head: hidden ``[B, T, D]`` → logits ``[B, T, V]``.
 
@@ -127,13 +140,11 @@ class MLMHead(nn.Module):
         """``dense`` weight normal std 0.02, bias zeros; ``norm`` reset; ``bias`` zeros; an untied
         ``decoder`` weight normal std 0.02 (a tied one belongs to, and is initialised with, the embedding).
         """
-        nn.init.normal_(self.dense.weight, mean=0.0, std=INIT_STD)
-        if self.dense.bias is not None:
-            nn.init.zeros_(self.dense.bias)
+        init_linear(self.dense)
         self.norm.reset_parameters()
         nn.init.zeros_(self.bias)
         if not self.tied:
-            nn.init.normal_(self.decoder.weight, mean=0.0, std=INIT_STD)
+            init_linear(self.decoder)  # no bias: the head's own per-token ``bias`` is added after it
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Map hidden states ``[B, T, D]`` to vocabulary logits ``[B, T, V]``."""
@@ -155,8 +166,7 @@ class ClassificationHead(nn.Module):
 
     def __init__(self, cfg: ModelConfig, n_classes: int, pooling: str = "cls"):
         super().__init__()
-        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
-            raise ValueError(f"n_classes must be an integer >= 1, got {n_classes!r}")
+        _check_classes(n_classes)
         if pooling not in POOLING_CHOICES:
             raise ValueError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLING_CHOICES)}")
         self.pooling = pooling
@@ -168,9 +178,8 @@ class ClassificationHead(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         """``dense`` and ``out_proj`` weights normal std 0.02, their biases zeros."""
-        for linear in (self.dense, self.out_proj):
-            nn.init.normal_(linear.weight, mean=0.0, std=INIT_STD)
-            nn.init.zeros_(linear.bias)
+        init_linear(self.dense)
+        init_linear(self.out_proj)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Class logits ``[B, C]`` from hidden states ``[B, T, D]`` and an optional bool mask ``[B, T]``."""
@@ -199,8 +208,7 @@ class TokenClassificationHead(nn.Module):
 
     def __init__(self, cfg: ModelConfig, n_classes: int):
         super().__init__()
-        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
-            raise ValueError(f"n_classes must be an integer >= 1, got {n_classes!r}")
+        _check_classes(n_classes)
         self.drop = nn.Dropout(cfg.dropout)
         self.out_proj = nn.Linear(cfg.n_embd, n_classes, bias=True)
         self.init_weights()
@@ -208,15 +216,33 @@ class TokenClassificationHead(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         """``out_proj`` weight normal std 0.02, bias zeros."""
-        nn.init.normal_(self.out_proj.weight, mean=0.0, std=INIT_STD)
-        nn.init.zeros_(self.out_proj.bias)
+        init_linear(self.out_proj)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Label logits ``[B, T, C]`` from hidden states ``[B, T, D]``."""
         return self.out_proj(self.drop(hidden))  # [B, T, C]
 
 
-class SpanHead(nn.Module):
+class ProjectionHead(nn.Module):
+    """A head that is one linear layer ``proj`` (D→``width``, with a bias): the span and scalar heads.
+
+    Args:
+        cfg: the model configuration (width).
+        width: outputs per position.
+    """
+
+    def __init__(self, cfg: ModelConfig, width: int):
+        super().__init__()
+        self.proj = nn.Linear(cfg.n_embd, width, bias=True)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """``proj`` weight normal std 0.02, bias zeros (so a scalar head starts near 0)."""
+        init_linear(self.proj)
+
+
+class SpanHead(ProjectionHead):
     """Answer-span scorer: hidden ``[B, T, D]`` → ``(start_logits [B, T], end_logits [B, T])``.
 
     BERT's SQuAD head: a start vector S and an end vector E (the two rows of ``proj``), the logit of
@@ -229,15 +255,7 @@ class SpanHead(nn.Module):
     """
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.proj = nn.Linear(cfg.n_embd, 2, bias=True)
-        self.init_weights()
-
-    @torch.no_grad()
-    def init_weights(self) -> None:
-        """``proj`` weight normal std 0.02, bias zeros."""
-        nn.init.normal_(self.proj.weight, mean=0.0, std=INIT_STD)
-        nn.init.zeros_(self.proj.bias)
+        super().__init__(cfg, 2)
 
     def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Start and end logits, each ``[B, T]``, from hidden states ``[B, T, D]``."""
@@ -245,7 +263,7 @@ class SpanHead(nn.Module):
         return start, end
 
 
-class ScalarHead(nn.Module):
+class ScalarHead(ProjectionHead):
     """One scalar per sequence (``pooling`` "last" | "mean" | "cls": ``[B]``) or per token ("none": ``[B, T]``).
 
     Raises:
@@ -253,18 +271,10 @@ class ScalarHead(nn.Module):
     """
 
     def __init__(self, cfg: ModelConfig, pooling: str = "last"):
-        super().__init__()
         if pooling not in (*POOLING_CHOICES, "none"):
             raise ValueError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLING_CHOICES)}, none")
+        super().__init__(cfg, 1)
         self.pooling = pooling
-        self.proj = nn.Linear(cfg.n_embd, 1, bias=True)
-        self.init_weights()
-
-    @torch.no_grad()
-    def init_weights(self) -> None:
-        """``proj`` weight normal std 0.02, bias zeros (initial scalars are near 0)."""
-        nn.init.normal_(self.proj.weight, mean=0.0, std=INIT_STD)
-        nn.init.zeros_(self.proj.bias)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Scalars ``[B]`` (pooled) or ``[B, T]`` (pooling "none") from hidden states ``[B, T, D]``."""
