@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal
 from lmforge.config import ConfigError, opt, retuned
 from lmforge.errors import InputError
 from lmforge.model.config import ModelConfig, preset
-from lmforge.runstore import TOKENIZER_FILE, StageContext, config_inputs, resolve_ref, run_stage
+from lmforge.runstore import TOKENIZER_FILE, StageContext, resolve_ref, run_config
 from lmforge.training.options import TrainOptions
 
 log = logging.getLogger(__name__)
@@ -136,9 +136,7 @@ INPUTS = ("tokenizer",)
 def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Pretrain (or return the cached result); returns the stage manifest."""
     check_memory(cfg)
-    return run_stage(
-        STAGE, cfg, out=cfg.out, inputs=config_inputs(cfg, *INPUTS), work=train, version=VERSION, force=force
-    )
+    return run_config(STAGE, cfg, INPUTS, train, version=VERSION, force=force)
 
 
 def model_config(cfg: Config, vocab: int) -> ModelConfig:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmforge.config import ConfigError, opt, retuned
-from lmforge.runstore import StageContext, config_inputs, run_stage, write_json_atomic
+from lmforge.runstore import StageContext, run_config, write_json_atomic
 from lmforge.training.options import SequenceOptions
 
 log = logging.getLogger(__name__)
@@ -97,19 +97,10 @@ def main(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Train the embedder (or return the cached result); returns the stage manifest."""
     if cfg.train.startswith(TASK_PREFIX):  # built-in task data: the task's name is the cache key
         name, _ = task_source(cfg.train)
-        inputs, fingerprint = config_inputs(cfg, "model"), {"train": f"{TASK_PREFIX}{name}"}
+        fields, found = ("model",), {"fingerprint": {"train": f"{TASK_PREFIX}{name}"}}
     else:
-        inputs, fingerprint = config_inputs(cfg, *INPUTS), None
-    return run_stage(
-        STAGE,
-        cfg,
-        out=cfg.out,
-        inputs=inputs,
-        work=train,
-        version=VERSION,
-        force=force,
-        fingerprint=fingerprint,
-    )
+        fields, found = INPUTS, {}
+    return run_config(STAGE, cfg, fields, train, version=VERSION, force=force, **found)
 
 
 def read_splits(cfg: Config, ctx: StageContext, problems: list) -> tuple[list, list]:
