@@ -23,6 +23,7 @@ from lmforge.model.lora import (
     load_adapter,
     lora_modules,
     lora_parameters,
+    lora_policy,
     merge_lora,
     merged_state_dict,
     save_adapter,
@@ -326,3 +327,13 @@ def test_peft_loads_our_adapter_with_the_same_logits(tmp_path: Path) -> None:
     load_adapter(fresh, tmp_path / "from_peft")
     with torch.no_grad():
         torch.testing.assert_close(fresh(idx), model(idx), rtol=0, atol=0)
+
+
+def test_lora_policy_is_the_whole_model_or_adapters() -> None:
+    model = build()
+    assert lora_policy(model, 0, 16.0) is None and not lora_modules(model)
+    assert all(p.requires_grad for p in model.parameters())  # r = 0: every weight trains
+    cfg = lora_policy(model, 4, 8.0)
+    assert cfg is not None and (cfg.r, cfg.alpha, cfg.targets) == (4, 8.0, DEFAULT_TARGETS)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in lora_parameters(model)} and len(lora_modules(model)) > 0

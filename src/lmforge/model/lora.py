@@ -288,6 +288,17 @@ def apply_lora(model: nn.Module, cfg: LoraConfig) -> list[str]:
     return chosen
 
 
+def lora_policy(model: nn.Module, r: int, alpha: float) -> LoraConfig | None:
+    """The trained part of a policy (``align dpo``, ``ppo``, ``grpo``: their ``lora_r`` and ``lora_alpha``):
+    the whole model when ``r`` is 0, else LoRA adapters of rank ``r`` on the default targets, applied to
+    ``model`` in place (``apply_lora``, the rest frozen). Returns the adapters' config, or None."""
+    if not r:
+        return None
+    lora = LoraConfig(r=r, alpha=alpha)
+    apply_lora(model, lora)
+    return lora
+
+
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The adapter tensors (``lora_A``, ``lora_B`` of each ``LoRALinear``), in module order."""
     return [p for m in lora_modules(model).values() for p in (m.lora_A, m.lora_B)]

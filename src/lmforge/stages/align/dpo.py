@@ -92,6 +92,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
 
     from lmforge.data.preferences import read_preferences
     from lmforge.data.supervised import log_problems, skipped
+    from lmforge.model.lora import lora_policy
     from lmforge.tokenizer.train import special_id
     from lmforge.training import finetune as ft
     from lmforge.training.batches import lm_batch
@@ -116,12 +117,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
             f" {len(val_pairs)} held out",
         )
     device = rt.device
-    lora = None
-    if cfg.lora_r:
-        from lmforge.model.lora import LoraConfig, apply_lora
-
-        lora = LoraConfig(r=cfg.lora_r, alpha=cfg.lora_alpha)
-        apply_lora(model, lora)
+    lora = lora_policy(model, cfg.lora_r, cfg.lora_alpha)
 
     def tensors(pairs: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y, m = lm_batch(

@@ -269,6 +269,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
 
     from lmforge.inference.engine import Engine
     from lmforge.inference.rows import SamplingParams
+    from lmforge.model.lora import lora_policy
     from lmforge.tokenizer.chat import render_chat
     from lmforge.tokenizer.train import special_id
     from lmforge.training import finetune as ft
@@ -288,12 +289,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
             "problems", f"need problems to train on and to hold out, got {len(train)} and {len(held)}"
         )
     logger.info("%d training problems, %d held out", len(train), len(held))
-    lora = None
-    if cfg.lora_r:
-        from lmforge.model.lora import LoraConfig, apply_lora
-
-        lora = LoraConfig(r=cfg.lora_r, alpha=cfg.lora_alpha)
-        apply_lora(model, lora)
+    lora = lora_policy(model, cfg.lora_r, cfg.lora_alpha)
     reference = Reference(model) if cfg.beta > 0 else None
     engine = Engine(model, tok)
 

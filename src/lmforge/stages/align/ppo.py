@@ -99,6 +99,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
     from lmforge.data.supervised import holdout, log_problems, read_files
     from lmforge.inference.engine import Engine
     from lmforge.inference.rows import SamplingParams
+    from lmforge.model.lora import lora_policy
     from lmforge.tokenizer.chat import render_chat
     from lmforge.tokenizer.train import special_id
     from lmforge.training import finetune as ft
@@ -131,12 +132,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
             f"need prompts to train on, to choose the step and to hold out, got {len(train)}, {len(select)}"
             f" and {len(held)}",
         )
-    lora = None
-    if cfg.lora_r:
-        from lmforge.model.lora import LoraConfig, apply_lora
-
-        lora = LoraConfig(r=cfg.lora_r, alpha=cfg.lora_alpha)
-        apply_lora(model, lora)
+    lora = lora_policy(model, cfg.lora_r, cfg.lora_alpha)
     reference = Reference(model)
     sample = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "seed": cfg.seed + 7}
     # the starting model's replies, sampled now: to selection prompts (curves), to held-out ones (final)
