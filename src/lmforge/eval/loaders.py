@@ -207,6 +207,18 @@ class Builtin:
     settings: dict = field(default_factory=dict)
 
 
+def _multi30k(tgt: str, language: str, test_split: str, max_new_tokens: int) -> Builtin:
+    """Multi30k English → ``tgt`` (``multi30k/{split}.{en,tgt}.gz``): ``test_split`` is scored, ``train``
+    is the few-shot pool."""
+    pair = ("English", language)
+    return Builtin(
+        "generation",
+        lambda d: _translation(d, "en", tgt, pair, "multi30k", test_split),
+        lambda d: _translation(d, "en", tgt, pair, "multi30k", "train"),
+        {"metrics": ("bleu", "chrf"), "until": ("\n",), "max_new_tokens": max_new_tokens},
+    )
+
+
 BUILTIN: dict[str, Builtin] = {
     "hellaswag": Builtin(
         "multiple_choice", lambda d: hellaswag(d / "hellaswag" / "hellaswag_val_full.txt.bz2")
@@ -243,12 +255,7 @@ BUILTIN: dict[str, Builtin] = {
             "answer_regex": r"####\s*(-?[0-9.,]+)",
         },
     ),
-    "multi30k_en_de": Builtin(
-        "generation",
-        lambda d: _translation(d, "en", "de", ("English", "German"), "multi30k", "val"),
-        lambda d: _translation(d, "en", "de", ("English", "German"), "multi30k", "train"),
-        {"metrics": ("bleu", "chrf"), "until": ("\n",), "max_new_tokens": 48},
-    ),
+    "multi30k_en_de": _multi30k("de", "German", "val", 48),
     "humaneval": Builtin(
         "code",
         _code("humaneval", _HUMANEVAL, "test"),
@@ -275,12 +282,7 @@ BUILTIN: dict[str, Builtin] = {
         _code("mbpp", _MBPP, "train"),  # ids 601-974; few-shot examples come from it too
         {"until": ("[DONE]",), "max_new_tokens": 256, "fmt": _CODE_FORMAT},
     ),
-    "multi30k_en_fr": Builtin(
-        "generation",
-        lambda d: _translation(d, "en", "fr", ("English", "French"), "multi30k", "test_2016_flickr"),
-        lambda d: _translation(d, "en", "fr", ("English", "French"), "multi30k", "train"),
-        {"metrics": ("bleu", "chrf"), "until": ("\n",), "max_new_tokens": 80},
-    ),
+    "multi30k_en_fr": _multi30k("fr", "French", "test_2016_flickr", 80),
     "europarl_en_fr": Builtin(
         "generation",
         lambda d: _europarl_en_fr(d, "test"),
