@@ -65,9 +65,14 @@ def report_sections(run: RunData, drawn: Sequence[tuple[Image, str]], card: Card
     return [section for section in sections if section is not None]
 
 
+def _shown(title: str, blocks: list[tuple[str, object]]) -> Section | None:
+    """The section ``title`` of ``blocks``, or None (left out of the report) when there are none."""
+    return Section(title, blocks) if blocks else None
+
+
 def _data(images: list[Image]) -> Section | None:
     """The data funnel figure; its caption names every number."""
-    return Section("Data", [("img", image) for image in images]) if images else None
+    return _shown("Data", [("img", image) for image in images])
 
 
 def _tokenizer(run: RunData) -> Section | None:
@@ -104,23 +109,19 @@ def _training(run: RunData, images: list[Image]) -> Section | None:
 def _evaluation(run: RunData) -> Section | None:
     """Each eval stage's tables (tasks × checkpoints, probes, the largest bias gap), then its language
     modelling numbers unless a table holds them; with no table, all its metrics."""
-    if not run.evals:
-        return None
-    section = Section("Evaluation")
+    blocks = []
     for instance, metrics in run.evals:
         tables = run.eval_tables.get(instance, [])
-        section.blocks += _tables_then_metrics(instance, tables, metrics, "Language modelling", LM_SUFFIXES)
-    return section
+        blocks += _tables_then_metrics(instance, tables, metrics, "Language modelling", LM_SUFFIXES)
+    return _shown("Evaluation", blocks)
 
 
 def _finetune(run: RunData) -> Section | None:
     """Each fine-tuning stage's tables; its metrics only when it wrote none (else: Raw metrics)."""
-    if not run.finetune:
-        return None
-    section = Section("Fine-tuning")
+    blocks = []
     for r in run.finetune:
-        section.blocks += _tables_then_metrics(f"{r.instance} ({r.kind})", r.tables, r.metrics, "", ())
-    return section
+        blocks += _tables_then_metrics(f"{r.instance} ({r.kind})", r.tables, r.metrics, "", ())
+    return _shown("Fine-tuning", blocks)
 
 
 def _tables_then_metrics(
@@ -140,13 +141,10 @@ def _tables_then_metrics(
 
 
 def _samples(run: RunData) -> Section | None:
-    if not run.samples:
-        return None
-    section = Section("Samples")
+    blocks: list[tuple[str, object]] = []
     for sample_set in run.samples:
-        section.blocks.append(("h3", sample_set.instance))
-        section.blocks += [("sample", pair) for pair in sample_set.samples]
-    return section
+        blocks += [("h3", sample_set.instance), *(("sample", pair) for pair in sample_set.samples)]
+    return _shown("Samples", blocks)
 
 
 def _pipeline(run: RunData) -> Section | None:
@@ -168,4 +166,4 @@ def _raw(run: RunData) -> Section | None:
         if rows:
             title = f"{stage.instance} ({stage.kind}): {len(rows)} metric{'s' if len(rows) != 1 else ''}"
             blocks.append(("details", Table(title, ("metric", "value"), [list(r) for r in rows])))
-    return Section("Raw metrics", blocks) if blocks else None
+    return _shown("Raw metrics", blocks)
