@@ -120,6 +120,8 @@ def test_latin1_lines_are_repaired_not_dropped(tmp_path):
     got = read_labeled(path, problems=problems)
     assert got[0].text == "the action clichés pile up" and len(got) == 2
     assert [p.kind for p in problems] == ["invalid_utf8", "missing_field"] and skipped(problems) == 1
+    assert problems[0].message == "not UTF-8 (byte 18); read as Windows-1252, kept"  # at "é"
+    assert (problems[1].line, problems[1].message) == (3, "expected 'LABEL TEXT'; skipped")
 
 
 def test_sample_stratified_keeps_each_labels_share_on_a_sorted_file(caplog) -> None:

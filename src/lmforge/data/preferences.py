@@ -39,7 +39,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from lmforge.data.readers import Problem, report
+from lmforge.data.readers import Problem, skip
 from lmforge.data.supervised import Messages, _check_file, _json_records, file_format
 from lmforge.errors import InputError
 
@@ -189,7 +189,7 @@ def read_rankings(path: str | Path, problems: list[Problem] | None = None) -> li
                     else "two ranked responses are the same reply"
                 )
         except (ValueError, KeyError) as exc:
-            report(problems, Problem(name, number, "missing_field", f"{exc}; skipped"))
+            skip(problems, name, number, str(exc))
             continue
         out.append(Ranking(tuple(prompt), tuple(ordered), f"{name}:{number}"))
     return out
@@ -230,7 +230,7 @@ def read_prompts(path: str | Path, problems: list[Problem] | None = None) -> lis
                 if not prompt or prompt[-1]["role"] != "user":
                     raise ValueError("the prompt must end with a user turn")
             except (ValueError, KeyError) as exc:
-                report(problems, Problem(str(path), number, "missing_field", f"{exc}; skipped"))
+                skip(problems, str(path), number, str(exc))
                 continue
             found.append(prompt)
     else:

@@ -68,6 +68,12 @@ def report(problems: list[Problem] | None, problem: Problem) -> None:
         problems.append(problem)
 
 
+def skip(problems: list[Problem] | None, file: str, line: int, why: str) -> None:
+    """Report a record dropped because a field it needs is missing or invalid: ``missing_field``,
+    ``"<why>; skipped"``."""
+    report(problems, Problem(file, line, "missing_field", f"{why}; skipped"))
+
+
 def split_name(path: Path) -> tuple[str | None, str | None]:
     """Return ``(format, compression)`` read from a file name; format is None when unsupported.
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmforge.data.readers import COMPRESSIONS, Problem, decode, open_binary, report
+from lmforge.data.readers import COMPRESSIONS, Problem, decode, open_binary, report, skip
 from lmforge.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ def read_conversations(path: str | Path, problems: list[Problem] | None = None) 
         try:
             found = to_conversations(record)
         except ValueError as exc:
-            report(problems, Problem(str(path), number, "missing_field", f"{exc}; skipped"))
+            skip(problems, str(path), number, str(exc))
             continue
         if not found:
             report(
@@ -269,7 +269,7 @@ def read_labeled(
         for number, line in rows:
             parts = line.strip().split(None, 1)
             if len(parts) < 2:
-                report(problems, Problem(name, number, "missing_field", "expected 'LABEL TEXT'; skipped"))
+                skip(problems, name, number, "expected 'LABEL TEXT'")
                 continue
             out.append(Labeled(parts[1].strip(), parts[0], f"{name}:{number}"))
         return out
@@ -284,15 +284,7 @@ def read_labeled(
         elif isinstance(label, (int, float)):
             label = str(int(label)) if float(label).is_integer() else str(label)
         if not isinstance(text, str) or not isinstance(label, str) or not label.strip():
-            report(
-                problems,
-                Problem(
-                    name,
-                    number,
-                    "missing_field",
-                    f"needs a string {text_field!r} and a {label_field!r}; skipped",
-                ),
-            )
+            skip(problems, name, number, f"needs a string {text_field!r} and a {label_field!r}")
             continue
         out.append(Labeled(text, label.strip(), f"{name}:{number}"))
     return out
@@ -315,7 +307,7 @@ def read_pairs(path: str | Path, problems: list[Problem] | None = None) -> list[
         for number, line in rows:
             parts = line.split("\t")
             if len(parts) != 2 or not all(p.strip() for p in parts):
-                report(problems, Problem(name, number, "missing_field", "expected 'A<tab>B'; skipped"))
+                skip(problems, name, number, "expected 'A<tab>B'")
                 continue
             out.append(Pair(parts[0].strip(), parts[1].strip(), f"{name}:{number}"))
         return out
@@ -323,15 +315,7 @@ def read_pairs(path: str | Path, problems: list[Problem] | None = None) -> list[
         a = next((record[k] for k in PAIR_A_KEYS if isinstance(record.get(k), str)), None)
         b = next((record[k] for k in PAIR_B_KEYS if isinstance(record.get(k), str)), None)
         if not a or not b:
-            report(
-                problems,
-                Problem(
-                    name,
-                    number,
-                    "missing_field",
-                    f"needs one of {PAIR_A_KEYS} and one of {PAIR_B_KEYS} as strings; skipped",
-                ),
-            )
+            skip(problems, name, number, f"needs one of {PAIR_A_KEYS} and one of {PAIR_B_KEYS} as strings")
             continue
         out.append(Pair(a, b, f"{name}:{number}"))
     return out

@@ -187,7 +187,7 @@ def load_problems(
 
 def read_problems(path: Any) -> list[dict[str, str]]:
     """The ``{"question", "answer"}`` records of a JSONL file; others are reported and skipped."""
-    from lmforge.data.readers import Problem, report
+    from lmforge.data.readers import skip
     from lmforge.data.supervised import _json_records, log_problems
     from lmforge.training.rewards import extract_answer
 
@@ -196,12 +196,7 @@ def read_problems(path: Any) -> list[dict[str, str]]:
     for number, record in _json_records(path, problems):
         q, a = record.get("question"), record.get("answer")
         if not isinstance(q, str) or not isinstance(a, (str, int, float)) or extract_answer(str(a)) is None:
-            report(
-                problems,
-                Problem(
-                    str(path), number, "missing_field", "needs 'question' and a numeric 'answer'; skipped"
-                ),
-            )
+            skip(problems, str(path), number, "needs 'question' and a numeric 'answer'")
             continue
         found.append({"question": q, "answer": str(a)})
     log_problems(problems, "problems")
