@@ -159,3 +159,19 @@ def test_a_renamed_option_keeps_working_for_a_release_with_a_warning(caplog):
         from_dict(Config, {"early_stop_patience": 3, "patience": 2}, prefix="pretrain")
     assert err.value.key == "pretrain.early_stop_patience"
     assert "early_stop_patience" not in {row[0] for row in describe(Config)}  # --help shows the new name
+
+
+def test_range_checks_name_the_first_field_out_of_range() -> None:
+    from types import SimpleNamespace
+
+    from lmforge.config import above, at_least
+
+    cfg = SimpleNamespace(a=0.5, b=0, c=float("nan"), d=-1)
+    above(cfg, 0, "a")
+    at_least(cfg, 0, "b")
+    with pytest.raises(ConfigError, match=r"^b: must be > 0, got 0$"):
+        above(cfg, 0, "a", "b", "d")  # the first one out of range
+    with pytest.raises(ConfigError, match=r"^c: must be > 0, got nan$"):
+        above(cfg, 0, "c")  # NaN is not above anything
+    with pytest.raises(ConfigError, match=r"^d: must be >= 0, got -1$"):
+        at_least(cfg, 0, "b", "d")

@@ -91,6 +91,15 @@ def fields_from(cfg: Any, cls: type[T], **given: Any) -> T:
     return cls(**taken, **given)
 
 
+def above(cfg: Any, minimum: float, *names: str) -> None:
+    """The strict range check of ``validate()`` methods: each field of ``names`` not above ``minimum``
+    (NaN included) is a ``ConfigError(name, "must be > minimum, got value")``, in the order given."""
+    for name in names:
+        value = getattr(cfg, name)
+        if not value > minimum:
+            raise ConfigError(name, f"must be > {minimum}, got {value}")
+
+
 def _copy(value: Any) -> Any:
     import copy
 

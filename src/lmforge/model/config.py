@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from lmforge.config import above
 from lmforge.errors import ConfigError
 
 # the linear layers LoRA adapts by default (every projection of a block, Hugging Face names); here, not in
@@ -134,9 +135,7 @@ class ModelConfig:
                 raise ConfigError(key, f"unknown {key} {getattr(self, key)!r}; valid: {', '.join(choices)}")
         if self.vocab_size < 0:
             raise ConfigError("vocab_size", f"must be >= 0 (0 = from the tokenizer), got {self.vocab_size}")
-        for key in ("block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(key, f"must be > 0, got {getattr(self, key)}")
+        above(self, 0, "block_size", "n_layer", "n_head", "n_embd")
         for key in ("n_kv_head", "mlp_hidden"):
             if getattr(self, key) < 0:
                 raise ConfigError(key, f"must be >= 0 (0 = default), got {getattr(self, key)}")

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from lmforge.config import ConfigError, at_least, opt, to_dict
+from lmforge.config import ConfigError, above, at_least, opt, to_dict
 from lmforge.model.config import ModelConfig
 from lmforge.runstore import TOKENIZER_FILE, StageContext, run_stage
 
@@ -64,8 +64,7 @@ class PointRecipe:
 
     def validate(self) -> None:
         at_least(self, 1, "block_size", "batch_size", "head_dim")
-        if self.lr <= 0:
-            raise ConfigError("lr", f"must be > 0, got {self.lr}")
+        above(self, 0, "lr")
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError("warmup_fraction", f"must be in [0, 1), got {self.warmup_fraction}")
         if not 0 <= self.min_lr_ratio <= 1:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from lmforge.config import ConfigError, at_least, fields_from, opt
+from lmforge.config import ConfigError, above, at_least, fields_from, opt
 from lmforge.data.audit import AuditConfig
 from lmforge.data.decontam import DecontamConfig
 from lmforge.data.dedup import REASONS, DedupConfig
@@ -95,8 +95,7 @@ class Config:
         at_least(self, 0, "max_docs")
         if self.workers < 0:
             raise ConfigError("workers", f"must be >= 0 (0 = all CPUs), got {self.workers}")
-        if not self.unit_mb > 0:
-            raise ConfigError("unit_mb", f"must be > 0, got {self.unit_mb}")
+        above(self, 0, "unit_mb")
         from lmforge.data.readers import text_splitter
 
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from lmforge.config import ConfigError, at_least, opt
+from lmforge.config import ConfigError, above, at_least, opt
 
 if TYPE_CHECKING:  # torch stays unimported until decoding starts (fast --help)
     from lmforge.inference.rows import SamplingParams
@@ -58,8 +58,7 @@ class DecodingOptions:
             raise ConfigError("top_p", f"must be in (0, 1], got {self.top_p}")
         if not 0 <= self.min_p <= 1:
             raise ConfigError("min_p", f"must be in [0, 1], got {self.min_p}")
-        if self.repetition_penalty <= 0:
-            raise ConfigError("repetition_penalty", f"must be > 0, got {self.repetition_penalty}")
+        above(self, 0, "repetition_penalty")
 
     def sampling_params(self, **extra: Any) -> SamplingParams:
         """The engine's ``SamplingParams`` of these options (``top_k`` 0, ``top_p`` 1 and ``min_p`` 0 are

@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from lmforge.config import ConfigError, at_least, opt, retuned
+from lmforge.config import ConfigError, above, at_least, opt, retuned
 from lmforge.runtime import DTYPES
 
 
@@ -69,8 +69,7 @@ class TrainOptions:
                 self.max_steps,
             )
             self.warmup_steps = self.max_steps
-        if self.lr <= 0:
-            raise ConfigError("lr", f"must be > 0, got {self.lr}")
+        above(self, 0, "lr")
         if not 0 <= self.warmup_ratio <= 1:
             raise ConfigError("warmup_ratio", f"must be in [0, 1], got {self.warmup_ratio}")
         if not 0 <= self.min_lr_ratio <= 1:

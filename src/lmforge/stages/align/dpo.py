@@ -24,7 +24,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lmforge.config import ConfigError, at_least, opt, retuned
+from lmforge.config import ConfigError, above, at_least, opt, retuned
 from lmforge.runstore import StageContext, run_config
 from lmforge.training.options import FinetuneOptions
 
@@ -67,8 +67,7 @@ class Config(FinetuneOptions):
         super().validate()
         if not self.train:
             raise ConfigError("train", "at least one preference file is required (--train pairs.jsonl)")
-        if self.beta <= 0:
-            raise ConfigError("beta", f"must be > 0, got {self.beta}")
+        above(self, 0, "beta")
         at_least(self, 1, "n_judge", "judge_tokens")
         at_least(self, 0, "lora_r", "max_train_examples", "n_kl")
         if self.monitor == "win_rate" and not (self.reward_model and self.n_kl):

@@ -39,7 +39,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from lmforge.config import ConfigError, opt, retuned
+from lmforge.config import ConfigError, at_least, opt, retuned
 from lmforge.eval.sandbox import require_sandbox
 from lmforge.runstore import StageContext, config_inputs, run_stage
 from lmforge.training.options import FinetuneOptions
@@ -101,9 +101,7 @@ class Config(FinetuneOptions):
 
     def validate(self) -> None:
         super().validate()
-        for key in ("n_problems", "n_eval", "digits", "max_new_tokens", "updates_per_rollout"):
-            if getattr(self, key) < 1:
-                raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
+        at_least(self, 1, "n_problems", "n_eval", "digits", "max_new_tokens", "updates_per_rollout")
         if self.group_size < 2:
             raise ConfigError(
                 "group_size", f"must be >= 2 (advantages compare a group), got {self.group_size}"
@@ -114,9 +112,7 @@ class Config(FinetuneOptions):
             raise ConfigError("eval_problems", "holds out problems of a problems file; set problems too")
         if not self.ops or set(self.ops) - set("+-*"):
             raise ConfigError("ops", f"operators from '+-*', got {self.ops!r}")
-        for key in ("temperature", "beta", "clip_eps", "format_weight", "lora_r", "dynamic_sampling"):
-            if getattr(self, key) < 0:
-                raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
+        at_least(self, 0, "temperature", "beta", "clip_eps", "format_weight", "lora_r", "dynamic_sampling")
         if self.temperature == 0:
             raise ConfigError("temperature", "must be > 0: a group of greedy samples is all alike")
         if self.task:

@@ -26,7 +26,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lmforge.config import ConfigError, opt
+from lmforge.config import ConfigError, above, opt
 from lmforge.runstore import StageContext, run_config
 
 logger = logging.getLogger(__name__)
@@ -68,8 +68,7 @@ class Config:
                 "max_new_tokens must be >= 1, max_prompts and min_margin >= 0, got"
                 f" {self.max_new_tokens}, {self.max_prompts}, {self.min_margin}",
             )
-        if self.temperature <= 0:
-            raise ConfigError("temperature", f"must be > 0, got {self.temperature}")
+        above(self, 0, "temperature")
 
 
 INPUTS = ("model", "reward_model", "prompts", "exclude")

@@ -27,7 +27,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from lmforge.config import ConfigError, at_least, opt, retuned
+from lmforge.config import ConfigError, above, at_least, opt, retuned
 from lmforge.runstore import StageContext, run_config
 from lmforge.training.options import FinetuneOptions
 
@@ -74,8 +74,7 @@ class Config(FinetuneOptions):
             )
         at_least(self, 1, "samples_per_prompt", "max_new_tokens", "updates_per_rollout", "n_eval", "n_judge")
         at_least(self, 0, "kl_coef", "clip_eps", "vf_coef", "lora_r")
-        if self.temperature <= 0:
-            raise ConfigError("temperature", f"must be > 0, got {self.temperature}")
+        above(self, 0, "temperature")
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
             raise ConfigError("gamma", f"gamma and lam must be in [0, 1], got {self.gamma}, {self.lam}")
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from lmforge.config import ConfigError, opt
+from lmforge.config import above, opt
 from lmforge.runstore import StageContext, run_stage
 from lmforge.stages.export import refuse_early
 
@@ -45,8 +45,7 @@ class Config:
     )
 
     def validate(self) -> None:
-        if self.tolerance <= 0:
-            raise ConfigError("tolerance", f"must be > 0, got {self.tolerance}")
+        above(self, 0, "tolerance")
 
 
 INPUTS = ("model", "adapter")

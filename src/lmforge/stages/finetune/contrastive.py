@@ -30,7 +30,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lmforge.config import ConfigError, opt, retuned
+from lmforge.config import ConfigError, above, opt, retuned
 from lmforge.runstore import StageContext, run_config, write_json_atomic
 from lmforge.training.options import SequenceOptions
 
@@ -64,8 +64,7 @@ class Config(SequenceOptions):
         super().validate()
         if not self.train:
             raise ConfigError("train", "a pairs file or task is required (--train pairs.jsonl)")
-        if self.temperature <= 0:
-            raise ConfigError("temperature", f"must be > 0, got {self.temperature}")
+        above(self, 0, "temperature")
         if self.batch_size < 2:
             raise ConfigError("batch_size", "in-batch negatives need batch_size >= 2")
         if self.train.startswith(TASK_PREFIX):

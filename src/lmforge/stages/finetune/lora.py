@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lmforge.config import ConfigError, at_least, opt
+from lmforge.config import ConfigError, above, at_least, opt
 from lmforge.model.config import LORA_TARGETS
 from lmforge.runstore import StageContext, run_config
 from lmforge.training.options import ConversationOptions
@@ -38,8 +38,7 @@ class Config(ConversationOptions):
     def validate(self) -> None:
         super().validate()
         at_least(self, 1, "r")
-        if self.alpha <= 0:
-            raise ConfigError("alpha", f"must be > 0, got {self.alpha}")
+        above(self, 0, "alpha")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError("lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
         if not self.targets:

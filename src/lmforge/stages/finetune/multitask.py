@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lmforge.config import ConfigError, at_least, opt
+from lmforge.config import ConfigError, above, at_least, opt
 from lmforge.runstore import StageContext, config_inputs, run_stage, write_json_atomic
 from lmforge.training.options import SequenceOptions
 
@@ -47,8 +47,7 @@ class TaskSpec:
     def validate(self) -> None:
         if not self.train:
             raise ConfigError("train", "a training file is required")
-        if self.weight <= 0:
-            raise ConfigError("weight", f"must be > 0, got {self.weight}")
+        above(self, 0, "weight")
         at_least(self, 0, "max_train_examples")
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from lmforge.config import ConfigError, opt
+from lmforge.config import ConfigError, above, opt
 from lmforge.errors import InputError
 from lmforge.interop import hf_bert, hf_import
 from lmforge.interop.pretrained import PREFIX, resolve_model_dir
@@ -66,8 +66,7 @@ class Config:
     )
 
     def validate(self) -> None:
-        if self.tolerance <= 0:
-            raise ConfigError("tolerance", f"must be > 0, got {self.tolerance}")
+        above(self, 0, "tolerance")
 
 
 INPUTS = ("model",)

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from lmforge.config import ConfigError, at_least, opt
+from lmforge.config import ConfigError, above, at_least, opt
 from lmforge.runstore import StageContext, run_config, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,7 @@ class Config:
     )
 
     def validate(self) -> None:
-        if not self.huber_delta > 0:
-            raise ConfigError("huber_delta", f"must be > 0, got {self.huber_delta}")
+        above(self, 0, "huber_delta")
         at_least(self, 0, "starts", "bootstrap")
         if not 0 < self.level < 1:
             raise ConfigError("level", f"must be in (0, 1), got {self.level}")
