@@ -64,7 +64,7 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return torch.where(seen, penalised, logits)
 
 
-def filter_logits(
+def distribution(
     logits: torch.Tensor,
     *,
     temperature: float = 1.0,
@@ -72,7 +72,8 @@ def filter_logits(
     top_p: float | None = None,
     min_p: float | None = None,
 ) -> torch.Tensor:
-    """Scaled fp32 logits ``[B, V]`` with the tokens that top-k / top-p / min-p drop set to ``-inf``.
+    """The probabilities ``[B, V]`` sampling draws from: the softmax of the fp32 logits divided by the
+    temperature, with the tokens top-k / top-p / min-p drop at 0.
 
     ``temperature`` must be > 0 here (greedy is the caller's argmax).
     """
@@ -92,21 +93,7 @@ def filter_logits(
         # p(v) < min_p * p(max)  <=>  logit(v) < logit(max) + log(min_p)
         floor = scaled.max(dim=-1, keepdim=True).values + math.log(min_p)  # [B, 1]
         scaled = scaled.masked_fill(scaled < floor, -math.inf)
-    return scaled
-
-
-def distribution(
-    logits: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-) -> torch.Tensor:
-    """The probabilities ``[B, V]`` sampling draws from: ``softmax(filter_logits(...))``; temperature > 0."""
-    return F.softmax(
-        filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p), -1
-    )
+    return F.softmax(scaled, -1)
 
 
 def draw(probs: torch.Tensor, generators: Sequence[torch.Generator | None] | None = None) -> torch.Tensor:
