@@ -171,6 +171,24 @@ def test_early_stopping_patience_and_best_selection():
                    "train_time_s": result.train_time_s, "early_stopped": 1}  # fmt: skip
 
 
+def test_a_monitored_loss_is_minimised_and_any_other_metric_maximised():
+    for monitor, values in (
+        ("accuracy", [0.1, 0.6, 0.5, 0.4, 0.3]),
+        ("select_loss", [9.0, 1.0, 2.0, 3.0, 4.0]),
+    ):
+        model, scores = tiny(), iter(values)  # initial, then evaluations at steps 1..4
+        result = ft.fit(
+            model,
+            opts(max_steps=10, eval_every=1, patience=3),
+            next_batch=lambda: ((torch.randint(3, V, (2, 5)),), 2),
+            loss_sum=lambda b, model=model: model(b[0]).float().square().mean() * 2,
+            evaluate=lambda scores=scores, monitor=monitor: {monitor: next(scores)},
+            monitor=monitor,
+        )
+        assert result.stop_reason == "early_stop" and result.best_step == 1, monitor
+        assert result.best_metrics[monitor] == values[1]
+
+
 def test_time_budget_stops_evaluates_and_saves_a_usable_checkpoint(tmp_path):
     import json
     import time

@@ -265,7 +265,7 @@ def fit(
     evaluate: Callable[[], dict[str, float]],
     *,
     monitor: str,
-    mode: str = "min",
+    mode: str | None = None,
     log_metrics: Callable[[dict[str, Any]], None] | None = None,
 ) -> FitResult:
     """Train the parameters of ``model`` that require grad; the loop is in the module docstring.
@@ -280,7 +280,8 @@ def fit(
             also when the time budget ends training; the budget counts from the first step, so the
             initial evaluation is not charged to it but the periodic ones are).
         monitor: the metric of ``evaluate`` that early stopping and best-checkpoint selection follow.
-        mode: ``min`` (a loss) or ``max`` (an accuracy).
+        mode: ``min`` or ``max``; by default ``min`` for a loss (a ``monitor`` ending in ``loss``) and
+            ``max`` for any other metric (an accuracy, F1, MRR, a reward model's score or win rate).
         log_metrics: receives one record per step and per evaluation (``metrics.jsonl``).
 
     Raises:
@@ -291,7 +292,9 @@ def fit(
 
     log_metrics = log_metrics or (lambda record: None)
     optimizer = build_optimizer(model, opts.lr, opts.weight_decay, layer_lr_decay=opts.layer_lr_decay)
-    stopper = EarlyStopping(mode, opts.patience, opts.min_delta)
+    stopper = EarlyStopping(
+        mode or ("min" if monitor.endswith("loss") else "max"), opts.patience, opts.min_delta
+    )
     device = next(model.parameters()).device.type
     rt = Runtime(device=device, dtype=training_dtype(opts.dtype, model, device), seed=opts.seed)
     if rt.dtype != "fp32":

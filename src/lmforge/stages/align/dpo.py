@@ -212,7 +212,6 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         loss_sum,
         evaluate,
         monitor=cfg.monitor,
-        mode="max" if cfg.monitor == "win_rate" else "min",
         log_metrics=ctx.log_metrics,
     )
 

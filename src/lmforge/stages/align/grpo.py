@@ -383,7 +383,6 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         loss_sum=loss_sum,
         evaluate=evaluate,
         monitor="accuracy",
-        mode="max",
         log_metrics=ctx.log_metrics,
     )
 

@@ -200,9 +200,7 @@ def work(cfg: Config, ctx: StageContext) -> dict[str, float]:
         found = select_judge(model, reference)
         return {"score": found.pop("policy_score"), **found}
 
-    result = ft.fit(
-        pv, cfg, next_batch, loss_sum, evaluate, monitor="score", mode="max", log_metrics=ctx.log_metrics
-    )
+    result = ft.fit(pv, cfg, next_batch, loss_sum, evaluate, monitor="score", log_metrics=ctx.log_metrics)
 
     def save(d: Path) -> None:
         meta = {"method": "ppo", "base": str(ckpt_dir)}

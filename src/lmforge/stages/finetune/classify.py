@@ -256,7 +256,6 @@ def _fine_tune(
         loss_sum,
         evaluate,
         monitor="accuracy",
-        mode="max",
         log_metrics=ctx.log_metrics if save else None,
     )
     meta = {"method": "classify", "pooling": pooling, "labels": {TASK: labels}, "base": str(ckpt_dir)}

@@ -210,7 +210,6 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         loss_sum,
         lambda: score(selection),
         monitor="mrr",
-        mode="max",
         log_metrics=ctx.log_metrics,
     )
     meta = {"method": "contrastive", "pooling": pooling, "base": str(ckpt_dir)}

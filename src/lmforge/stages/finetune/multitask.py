@@ -173,7 +173,6 @@ def train(cfg: Config, ctx: StageContext) -> dict[str, float]:
         loss_sum,
         evaluate,
         monitor="mean_accuracy",
-        mode="max",
         log_metrics=ctx.log_metrics,
     )
     meta = {

@@ -335,9 +335,7 @@ def _fine_tune(
         s = entity_scores([t for _, t in dev_set], as_tags(predicted, labels), cfg.scheme)
         return {"val_loss": loss, "f1": s["f1"], "precision": s["precision"], "recall": s["recall"]}
 
-    result = ft.fit(
-        model, cfg, next_batch, loss_sum, evaluate, monitor="f1", mode="max", log_metrics=ctx.log_metrics
-    )
+    result = ft.fit(model, cfg, next_batch, loss_sum, evaluate, monitor="f1", log_metrics=ctx.log_metrics)
     meta = {"method": "ner", "head": "token", "labels": {TASK: labels}, "base": str(ckpt_dir)}
     ft.save_with_heads(ctx.dir / "ckpt", model, result, mcfg, tokenizer_path=tok_path, meta=meta)
     scored = encode(test_set, False) if test_set else x_dev

@@ -352,9 +352,7 @@ def _fine_tune(
             "f1": squad_f1(predicted, refs),
         }
 
-    result = ft.fit(
-        model, cfg, next_batch, loss_sum, evaluate, monitor="f1", mode="max", log_metrics=ctx.log_metrics
-    )
+    result = ft.fit(model, cfg, next_batch, loss_sum, evaluate, monitor="f1", log_metrics=ctx.log_metrics)
     meta = {
         "method": "qa",
         "head": "span",
