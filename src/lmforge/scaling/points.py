@@ -34,6 +34,7 @@ from typing import Any, Literal
 from lmforge.config import ConfigError, above, at_least, opt, to_dict
 from lmforge.model.config import ModelConfig
 from lmforge.runstore import TOKENIZER_FILE, StageContext, run_stage
+from lmforge.training.options import device_option
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class PointRecipe:
     pos: Literal["rope", "learned", "alibi"] = opt("rope", "position scheme")
     eval_tokens: int = opt(0, "validation tokens per evaluation (0 = the whole val split)")
     seed: int = opt(1337, "seed of initialisation and data order (the same for every point)")
-    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps", cache=False)
+    device: str = device_option(cache=False)
     dtype: str = opt("auto", "auto | fp32 | bf16 | fp16", cache=False)
     threads: int = opt(0, "CPU threads for torch (0 = one per core)", cache=False)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from lmforge.config import ConfigError, above, at_least, opt
+from lmforge.training.options import device_option
 
 if TYPE_CHECKING:  # torch stays unimported until decoding starts (fast --help)
     from lmforge.inference.rows import SamplingParams
@@ -30,7 +31,7 @@ class DecodingOptions:
     repetition_penalty: float = opt(
         1.0, "penalise tokens already in the text (CTRL; 1 = off); != 1 decodes plainly, without a draft"
     )
-    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
+    device: str = device_option()
     weights: Literal["exact", "int8"] = opt(
         "exact", "exact, or int8: weight-only int8 matmuls, ~2x faster decoding on a CPU, not bit-exact"
     )

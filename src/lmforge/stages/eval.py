@@ -32,6 +32,7 @@ from typing import Any, Literal
 from lmforge.config import ConfigError, at_least, opt
 from lmforge.eval.sandbox import require_sandbox
 from lmforge.runstore import TOKENIZER_FILE, StageContext, read_manifest, run_stage
+from lmforge.training.options import device_option
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class Config:
         cache=False,
     )
     batch_size: int = opt(16, "sequences per forward pass")
-    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
+    device: str = device_option()
 
     def validate(self) -> None:
         at_least(self, 1, "batch_size")

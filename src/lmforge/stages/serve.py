@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from lmforge.config import ConfigError, at_least, fields_from, opt
 from lmforge.serve.keys import KEY_ENV, resolve_api_key
+from lmforge.training.options import device_option
 
 STAGE = "serve"
 INPUTS = ("model",)
@@ -43,7 +44,7 @@ class Config:
     max_concurrent: int = opt(64, "requests in flight at once; more get 429")
     max_batch: int = opt(32, "sequences generating at once in the batch; more wait their turn")
     threads: int = opt(0, "torch threads for the model (0 = torch's default)")
-    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
+    device: str = device_option()
 
     def validate(self) -> None:
         check_host(self.host)

@@ -17,10 +17,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from lmforge.config import ConfigError, above, at_least, opt, retuned
 from lmforge.runtime import DTYPES
+
+
+def device_option(*, cache: bool = True) -> Any:
+    """The ``device`` option of every config that runs a model (training, decoding, evaluation, serving):
+    ``auto`` picks CUDA, then MPS, then the CPU (``runtime.create_runtime``). ``cache=False`` where the
+    device is left out of the cache key (a scaling point's result does not depend on it)."""
+    return opt("auto", "auto | cpu | cuda | cuda:N | mps", cache=cache)
 
 
 @dataclass
@@ -45,7 +52,7 @@ class TrainOptions:
     patience: int = opt(0, "stop after this many evaluations without improvement (0 = off)")
     min_delta: float = opt(0.0, "the monitored metric must improve by more than this to count")
     seed: int = opt(1337, "seed of initialisation, data order, held-out split and dropout")
-    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
+    device: str = device_option()
     dtype: str = opt(
         "auto",
         "auto | fp32 | bf16 | fp16 (autocast for the training forward; auto: on a CPU the faster of fp32 and"

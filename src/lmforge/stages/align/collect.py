@@ -35,6 +35,7 @@ from typing import Any, Literal
 from lmforge.config import ConfigError, at_least, opt
 from lmforge.runstore import StageContext, run_stage, sha256_json
 from lmforge.serve.keys import KEY_ENV, resolve_api_key
+from lmforge.training.options import device_option
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class Config:
         f"require this key on the page's /api/* ('' = ${KEY_ENV}, else none); the printed link carries it",
         cache=False,
     )
-    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
+    device: str = device_option()
     threads: int = opt(0, "CPU threads for torch (0 = one per core)", cache=False)
 
     def validate(self) -> None:

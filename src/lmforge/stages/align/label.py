@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from lmforge.config import ConfigError, above, opt
 from lmforge.runstore import StageContext, run_config
+from lmforge.training.options import device_option
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class Config:
     temperature: float = opt(1.0, "sampling temperature")
     min_margin: float = opt(0.0, "keep a pair only when best − worst score exceeds this")
     seed: int = opt(0, "prompt order and sampling seed")
-    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
+    device: str = device_option()
     threads: int = opt(0, "CPU threads for torch (0 = one per core)", cache=False)
 
     def validate(self) -> None:
