@@ -6,11 +6,12 @@
 (``eval_every``, ``patience``, ``min_delta``), and where and how it runs (``seed``, ``device``, ``dtype``,
 ``threads``, ``log_every``); all of them reach ``training.step.train_step`` / ``EarlyStopping``.
 ``lmforge pretrain``'s config and ``FinetuneOptions`` subclass it; a loop whose sensible default differs
-re-declares the field with ``tuned`` (same help, another default). Each ``lmforge finetune <method>``
+re-declares the field with ``config.retuned`` (same help, another default). Each ``lmforge finetune <method>``
 config subclasses ``FinetuneOptions`` (base checkpoint, dropout, layer-wise lr decay, held-out split) and
 adds its own data and method fields; every method, alignment's too, trains through
 ``training.finetune.fit``. ``SequenceOptions`` adds ``max_len`` for the methods that read one sequence per
 example; ``ConversationOptions`` the conversation files and packing of SFT (``finetune sft`` and ``lora``).
+``device_option`` is the device option of every config that runs a model, training or not.
 """
 
 from __future__ import annotations
