@@ -22,6 +22,8 @@ Decode rows add the bandwidth: bytes of weights a decode step reads (every matri
 left out), divided by the time per decode step (prefill included, so a lower bound), for the engine and
 for HF, beside this machine's memory bandwidth measured by ``probe.memory_bandwidth`` (a large copy,
 read + write bytes) at the engine's thread count: the distance to the physical limit.
+The process runs as ``lmforge generate`` and ``lmforge chat`` do: OpenMP threads spin between parallel
+regions (``runtime.spin_for_decoding``; both peers share the process, so both get it).
 ``--int8`` adds the engine with ``weights="int8"`` (weight-only int8 matmuls; not exact) as a third peer. The machine is shared: trust the ratio,
 not the absolute figures. Goal (issues 8, 24): ≥ 2× HF decode tokens/s in the default setting.
 
@@ -52,7 +54,10 @@ from pathlib import Path
 
 # isort: off
 import lmforge  # noqa: F401  (first: sets OpenMP's passive wait policy before torch loads it)
-import torch
+from lmforge.runtime import spin_for_decoding
+
+spin_for_decoding()  # as `lmforge generate` and `lmforge chat` run: OpenMP threads spin between regions
+import torch  # noqa: E402
 
 # isort: on
 

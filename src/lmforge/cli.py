@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" Did you mean '{near[0]}'?" if near else ""
         print(f"lmforge: unknown command '{name}'.{hint} Commands: {', '.join(names)}", file=sys.stderr)
         return 2
+    if cmd.decodes:
+        from lmforge.runtime import spin_for_decoding
+
+        spin_for_decoding()
     from lmforge.stages.invoke import invoke
 
     return invoke(importlib.import_module(cmd.module), name, rest)

@@ -11,6 +11,7 @@ import logging
 import os
 import platform
 import random
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,31 @@ def create_runtime(device: str = "auto", dtype: str = "auto", seed: int = 0, thr
 # Per-machine measurement caches (~/.cache/lmforge/*.json): the matmul peak (training/flops.py), the
 # dtype probe (training/precision.py) and the decode probes (inference/probe.py).
 CACHE_DIR = Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge"))
+
+
+DECODE_SPIN = 100_000  # GOMP_SPINCOUNT of a decoding process (``spin_for_decoding``)
+
+
+def spin_for_decoding() -> bool:
+    """Let torch's OpenMP threads spin between parallel regions (``GOMP_SPINCOUNT=DECODE_SPIN``, about a
+    millisecond or two of ``pause`` loops, then sleep) in a process whose work is decoding, unless the
+    environment sets the count; returns whether the count is set for torch (False once torch is loaded:
+    libgomp reads it when it loads).
+
+    lmforge waits passively by default (``OMP_WAIT_POLICY=PASSIVE``, ``lmforge/__init__``): spinning
+    threads on a shared core made a training step 7x slower. A decode step is the other case: a few
+    hundred small ops around one matmul per projection, each matmul a parallel region; a passive worker
+    sleeps after every region and is woken for the next, and on a VM a wake-up costs tens of
+    microseconds, which made two threads slower than one (docs/performance.md, "spinning threads").
+    Spinning keeps the worker awake across a step. The engine guards against the cost on a shared core:
+    its thread choice is measured (``probe.choose_threads``) and kept under watch (``ThreadGovernor``),
+    and one thread has no parallel regions to spin after. ``lmforge generate`` and ``lmforge chat`` call
+    this before torch loads; training commands do not.
+    """
+    if "torch" in sys.modules:
+        return False
+    os.environ.setdefault("GOMP_SPINCOUNT", str(DECODE_SPIN))
+    return True
 
 
 def machine_key(device: str, dtype: str) -> str:

@@ -191,3 +191,72 @@ def test_stale_needs_a_busy_measurement_and_a_quiet_machine() -> None:
     assert not stale({"a_ms": 1.0, "load_per_core": 0.9}, now=0.0)  # measured quiet
     assert not stale({"a_ms": 1.0}, now=0.0)  # cached before loads were recorded: kept
     assert not stale(None, now=0.0)
+
+
+def drive(gov: probe.ThreadGovernor, step_ms: dict[int, float], steps: int, slow_from: int = -1) -> list[int]:
+    """Run ``steps`` decode steps through ``gov`` with fake step times (ms per thread count; from step
+    ``slow_from`` on, two threads take 10x as long: a job took the other core); returns the counts used."""
+    used = []
+    for i in range(steps):
+        t = gov.before()
+        used.append(t)
+        ms = step_ms[t] * (10 if t > 1 and 0 <= slow_from <= i else 1)
+        gov.after(ms / 1000)
+    return used
+
+
+def test_governor_moves_to_one_thread_when_two_become_slow() -> None:
+    """Two threads are faster until another job arrives (10x slower from step 100): the governor is on
+    one thread within a few steps (the alarm brings the trial forward) and stays there, but for its trials."""
+    gov = probe.ThreadGovernor(2, 2, every=64, trial=2)
+    used = drive(gov, {1: 5.0, 2: 3.0}, 200, slow_from=100)
+    assert used[:64] == [2] * 64  # the first trial comes after 64 timed steps
+    assert used[65:67] == [1, 1]  # ... at one thread, which loses: back to two
+    assert 2 in used[67:100]
+    assert used[110:].count(2) <= 2 * 2 and gov.current == 1 and gov.switches == 1  # trials only
+
+
+def test_governor_moves_to_the_faster_count_and_costs_few_steps_when_right() -> None:
+    """Started on the slower count, the governor moves at its first trial; started right, it spends only
+    its trial steps (2 in every 64) on the other count."""
+    wrong = probe.ThreadGovernor(1, 2, every=16, trial=2)
+    used = drive(wrong, {1: 5.0, 2: 3.0}, 60)
+    assert wrong.current == 2 and wrong.switches == 1 and used[20:].count(1) <= 2 * (40 // 16 + 1)
+    right = probe.ThreadGovernor(2, 2, every=64, trial=2)
+    used = drive(right, {1: 5.0, 2: 3.0}, 400)
+    assert right.switches == 0 and used.count(1) <= 2 * (400 // 64)
+
+
+def test_governor_is_inactive_with_one_thread_or_disabled() -> None:
+    for gov in (probe.ThreadGovernor(1, 1), probe.ThreadGovernor(2, 2, enabled=False)):
+        start = gov.current
+        assert drive(gov, {1: 1.0, 2: 50.0}, 300) == [start] * 300 and gov.switches == 0
+
+
+def test_engine_governs_unseeded_calls_and_keeps_a_seeded_count(monkeypatch) -> None:
+    """The engine runs each plain decode step at the governor's count and remembers where a call ended;
+    a seeded call keeps its starting count (its sample must not depend on timing)."""
+    torch.set_num_threads(2)
+    model = tiny()
+    monkeypatch.setattr(engine_module, "choose_threads", lambda model, weights, batch: (2, {}))
+    made: list[probe.ThreadGovernor] = []
+
+    class Fake(probe.ThreadGovernor):  # two threads look 10x slower than one
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "every": 4})
+            made.append(self)
+
+        def after(self, seconds: float) -> None:
+            super().after(seconds * (10 if torch.get_num_threads() > 1 else 1))
+
+    monkeypatch.setattr(engine_module, "ThreadGovernor", Fake)
+    engine = Engine(model)
+    seen = []
+    for _event in engine.stream([[1, 2, 3]], SamplingParams(max_new_tokens=20, temperature=0)):
+        seen.append(torch.get_num_threads())
+    assert made[-1].switches >= 1 and engine.stats.thread_switches >= 1
+    assert made[-1].current == 1 and 1 in seen and torch.get_num_threads() == 2  # put back after the call
+    assert engine._threads(1) == 1  # the next call starts where this one ended
+    engine._chosen.clear()
+    engine.generate([[1, 2, 3]], SamplingParams(max_new_tokens=20, temperature=1.0, seed=3))
+    assert not made[-1].enabled and engine.stats.thread_switches == 0 and engine.stats.threads == 2

@@ -31,7 +31,10 @@ Threads: ``Engine(..., threads="auto")`` (the default) decodes each call on the 
 ``probe.choose_threads`` measured to be faster for this model and batch on this machine (1 or all of the
 process's threads; cached per machine and shape); an integer fixes it, 0 leaves torch's setting alone.
 The count is set for the call (while its events are consumed) and put back when it ends; it is recorded in
-``Engine.stats.threads``.
+``Engine.stats.threads``. While a plain (not speculative), unseeded ``"auto"`` call runs, a
+``probe.ThreadGovernor`` times its steps and moves it to the other count when that is measured faster
+(another job took a core; ``stats.thread_switches``), and the next call starts where it ended. A seeded
+call keeps its count: the counts' matmuls round differently, and a seed must reproduce.
 
 Departure from unbounded generation: prompts longer than ``block_size - 1`` tokens keep their last
 ``block_size - 1`` tokens, and generation stops at ``block_size`` (no sliding window: the cache is exact).
@@ -39,12 +42,13 @@ Departure from unbounded generation: prompts longer than ``block_size - 1`` toke
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 
 import torch
 from tokenizers import Tokenizer
 
-from lmforge.inference.probe import batch_bucket, choose_threads
+from lmforge.inference.probe import ThreadGovernor, batch_bucket, choose_threads
 from lmforge.inference.rows import (
     Batch,
     Completion,
@@ -111,6 +115,7 @@ class Engine:
         self.threads = threads
         self._chosen: dict[tuple[int, int], int] = {}  # (thread budget, batch bucket) -> measured choice
         self.stats = DecodeStats()  # of the latest call (reset when a call starts)
+        self._governor = ThreadGovernor(1, 1)  # the running call's (``probe.ThreadGovernor``)
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
         """Generate for every prompt (token ids); returns one ``Completion`` per prompt, in order."""
@@ -158,6 +163,10 @@ class Engine:
         try:
             self.stats.threads = self._threads(len(rows))
             torch.set_num_threads(self.stats.threads)
+            # a seeded call keeps its count: a count's matmuls round differently, and a seed reproduces
+            self._governor = ThreadGovernor(
+                self.stats.threads, before, enabled=self.threads == "auto" and params.seed is None
+            )
             batch = self._batch(rows, params)
             if max(batch.budget) == 0:
                 for i in range(len(rows)):
@@ -167,6 +176,8 @@ class Engine:
             else:
                 yield from self._loop(rows, params, batch)
         finally:
+            if self._governor.switches:  # the count the call ended on: the latest evidence
+                self._chosen[(before, batch_bucket(len(rows)))] = self._governor.current
             torch.set_num_threads(before)
             model.train(was_training)
             if draft is not None:
@@ -241,4 +252,10 @@ class Engine:
                 seen = None if seen is None else seen[rows_kept]
                 gens = None if gens is None else [gens[j] for j in keep]
                 alive = [alive[j] for j in keep]
+            threads = self._governor.before()
+            if threads != torch.get_num_threads():
+                torch.set_num_threads(threads)
+            t0 = time.perf_counter()
             logits = self.model(tokens[:, None], cache, weights=weights)[:, -1]
+            self._governor.after(time.perf_counter() - t0)
+            self.stats.thread_switches = self._governor.switches

@@ -14,6 +14,14 @@ count, torch version) and shape in ``~/.cache/lmforge/decode_probe.json`` as the
 dtype probe are, never a zero or an infinity. The probe leaves the model, the torch RNG and the thread
 count as it found them.
 
+Two threads pay only if the second stays awake: a decode step is one parallel region per matmul with
+small ops between, and a passively waiting OpenMP worker (lmforge's default) is put to sleep after each
+region and woken for the next, which on a VM costs tens of microseconds a time: two threads decoded
+slower than one. ``lmforge generate`` and ``chat`` therefore let the workers spin
+(``runtime.spin_for_decoding``); the wait policy is part of the cache key. Spinning threads are costly on
+a shared core, so a call does not trust one measurement: ``ThreadGovernor`` times the steps of the call
+and moves it to the faster count while it runs.
+
 ``memory_bandwidth`` measures the rate this machine streams a buffer much larger than the last-level
 cache (best of several copies, read + write bytes counted, cached the same way): the physical limit a
 decode step's weight reads are compared against (``bench/generate_bench.py``'s bandwidth column).
@@ -22,6 +30,7 @@ decode step's weight reads are compared against (``bench/generate_bench.py``'s b
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -98,7 +107,7 @@ def choose_threads(
     cfg = model.config
     shape = (
         f"decode|L={cfg.n_layer}|D={cfg.n_embd}|H={cfg.n_head}|K={cfg.kv_heads}|F={cfg.hidden_dim}"
-        f"|V={cfg.vocab_size}|weights={weights.weights}|b={bucket}"
+        f"|V={cfg.vocab_size}|weights={weights.weights}|b={bucket}|omp={openmp_waiting()}"
     )
     key = f"{machine_key('cpu', 'decode_threads')}|{shape}"
     path = CACHE if cache is None else cache
@@ -122,6 +131,14 @@ def choose_threads(
         threads,
     )
     return threads, timings
+
+
+def openmp_waiting() -> str:
+    """How OpenMP threads wait between parallel regions in this process (``GOMP_SPINCOUNT`` or
+    ``OMP_WAIT_POLICY`` as the environment has them; ``runtime.spin_for_decoding``): part of the decode
+    probe's cache key, since whether two threads pay depends on it."""
+    spin = os.environ.get("GOMP_SPINCOUNT")
+    return f"spin{spin}" if spin else os.environ.get("OMP_WAIT_POLICY", "default").lower()
 
 
 def copy_gbps(mib: int = 256, repeats: int = 5) -> float:
@@ -167,3 +184,77 @@ def memory_bandwidth(
     finally:
         torch.set_num_threads(before)
     return value
+
+
+class ThreadGovernor:
+    """Keeps one decode call on the faster of 1 and ``n`` threads while it runs, by measurement.
+
+    ``choose_threads`` decides once, from a few steps; the machine can change under a long call (another
+    job takes a core), and with OpenMP threads that spin between parallel regions (``runtime.
+    spin_for_decoding``) two threads on a shared core become many times slower, not a little. So the
+    engine times its steps: every ``every`` steps at the current count, ``trial`` steps run at the other
+    count, and the call moves to the other count when their mean is ``margin`` times faster than the
+    mean of the last ``trial`` steps at the current one; a step at more than one thread that takes over
+    ``alarm`` times the median of its recent steps brings the trial forward. Trials at the slower count
+    cost a few percent of a call that was on the right count; a call on the wrong count is moved within
+    ``every`` steps. The first step is not timed (it may pay one-time setup).
+
+    Use: ``threads = gov.before()`` before a step (the count to set), ``gov.after(seconds)`` after it.
+    ``switches`` counts the moves. Inactive (always ``start``) when ``n`` is 1 or ``enabled`` is False.
+    """
+
+    def __init__(
+        self,
+        start: int,
+        n: int,
+        *,
+        enabled: bool = True,
+        every: int = 64,
+        trial: int = 2,
+        margin: float = 1.05,
+        alarm: float = 2.0,
+    ):
+        self.current, self.n = start, n
+        self.enabled = enabled and n > 1
+        self.every, self.trial, self.margin, self.alarm = every, trial, margin, alarm
+        self.recent: list[float] = []  # the last step times at the current count (at most ``every``)
+        self.tried: list[float] = []  # step times of the running trial at the other count
+        self.since = 0  # steps at the current count since the last trial
+        self.testing = False
+        self.warm = False
+        self.switches = 0
+
+    def other(self) -> int:
+        """The count a trial runs at."""
+        return 1 if self.current > 1 else self.n
+
+    def before(self) -> int:
+        """The thread count the next step runs at."""
+        if not self.enabled:
+            return self.current
+        if not self.testing and self.warm and self.since >= self.every:
+            self.testing, self.tried = True, []
+        return self.other() if self.testing else self.current
+
+    def after(self, seconds: float) -> None:
+        """Record the wall time of the step ``before`` announced."""
+        if not self.enabled:
+            return
+        if not self.warm:
+            self.warm = True
+            return
+        if self.testing:
+            self.tried.append(seconds)
+            if len(self.tried) >= self.trial:
+                mine = self.recent[-self.trial :]
+                if mine and sum(self.tried) * self.margin < sum(mine) * len(self.tried) / len(mine):
+                    self.current, self.recent = self.other(), list(self.tried)
+                    self.switches += 1
+                self.testing, self.since = False, 0
+            return
+        self.recent = (self.recent + [seconds])[-self.every :]
+        self.since += 1
+        if self.current > 1 and len(self.recent) >= 4:
+            ordered = sorted(self.recent)
+            if seconds > self.alarm * ordered[len(ordered) // 2]:
+                self.since = self.every  # a step far slower than usual: try the other count now

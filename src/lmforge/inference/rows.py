@@ -111,6 +111,7 @@ class DecodeStats:
     drafted: int = 0
     accepted: int = 0
     threads: int = 0  # torch threads the call decoded with (the engine's ``threads`` choice)
+    thread_switches: int = 0  # moves between 1 and N threads during the call (``probe.ThreadGovernor``)
 
     @property
     def tokens_per_pass(self) -> float:

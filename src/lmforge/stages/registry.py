@@ -13,6 +13,7 @@ from typing import NamedTuple
 class Command(NamedTuple):
     module: str  # module holding Config and main(config) (or a cli(argv))
     summary: str
+    decodes: bool = False  # its work is decoding: OpenMP threads spin (``runtime.spin_for_decoding``)
 
 
 class Group(NamedTuple):
@@ -87,8 +88,8 @@ STAGES: dict[str, Command] = {
     ),
     "eval": Command("lmforge.stages.eval", "evaluate LM metrics and k-shot tasks, side by side"),
     "harness": Command("lmforge.stages.harness", "run lm-evaluation-harness tasks on a checkpoint, offline"),
-    "generate": Command("lmforge.stages.generate", "sample text from a checkpoint"),
-    "chat": Command("lmforge.stages.chat", "chat with a model in the terminal"),
+    "generate": Command("lmforge.stages.generate", "sample text from a checkpoint", decodes=True),
+    "chat": Command("lmforge.stages.chat", "chat with a model in the terminal", decodes=True),
     "serve": Command("lmforge.stages.serve", "serve a model over an OpenAI-compatible API, with a chat page"),
     "export hf": Command(
         "lmforge.stages.export.hf", "Hugging Face transformers directory (Llama, Qwen2, Qwen3 or Gemma)"
