@@ -176,6 +176,7 @@ class Engine:
             else:
                 yield from self._loop(rows, params, batch)
         finally:
+            self.stats.thread_switches = self._governor.switches
             if self._governor.switches:  # the count the call ended on: the latest evidence
                 self._chosen[(before, batch_bucket(len(rows)))] = self._governor.current
             torch.set_num_threads(before)
@@ -258,4 +259,3 @@ class Engine:
             t0 = time.perf_counter()
             logits = self.model(tokens[:, None], cache, weights=weights)[:, -1]
             self._governor.after(time.perf_counter() - t0)
-            self.stats.thread_switches = self._governor.switches

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -217,7 +218,7 @@ class ThreadGovernor:
         self.current, self.n = start, n
         self.enabled = enabled and n > 1
         self.every, self.trial, self.margin, self.alarm = every, trial, margin, alarm
-        self.recent: list[float] = []  # the last step times at the current count (at most ``every``)
+        self.recent: deque[float] = deque(maxlen=every)  # the last step times at the current count
         self.tried: list[float] = []  # step times of the running trial at the other count
         self.since = 0  # steps at the current count since the last trial
         self.testing = False
@@ -246,13 +247,13 @@ class ThreadGovernor:
         if self.testing:
             self.tried.append(seconds)
             if len(self.tried) >= self.trial:
-                mine = self.recent[-self.trial :]
+                mine = list(self.recent)[-self.trial :]
                 if mine and sum(self.tried) * self.margin < sum(mine) * len(self.tried) / len(mine):
-                    self.current, self.recent = self.other(), list(self.tried)
+                    self.current, self.recent = self.other(), deque(self.tried, maxlen=self.every)
                     self.switches += 1
                 self.testing, self.since = False, 0
             return
-        self.recent = (self.recent + [seconds])[-self.every :]
+        self.recent.append(seconds)
         self.since += 1
         if self.current > 1 and len(self.recent) >= 4:
             ordered = sorted(self.recent)
